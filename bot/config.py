@@ -1,0 +1,285 @@
+"""Configuration, read once from the environment (and a `.env` file) into a frozen dataclass.
+
+`load_config` reports every missing or malformed variable at once, each with a hint. Secrets
+are wrapped in `Secret`, whose repr and str never show the value. `.env.example` lists every
+variable read here (tests hold the two together).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+_SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+
+
+class Secret:
+    """A secret string: `reveal()` gives the value; repr and str never do."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret value (only for the one call that needs it)."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the bot reads from its environment."""
+
+    slack_bot_token: Secret = field(default_factory=lambda: Secret(""))
+    slack_signing_secret: Secret = field(default_factory=lambda: Secret(""))
+    slack_app_token: Secret = field(default_factory=lambda: Secret(""))
+    slack_api_url: str = "https://slack.com/api/"
+    custom_vision_endpoint: str = ""
+    custom_vision_training_key: Secret = field(default_factory=lambda: Secret(""))
+    custom_vision_tps: float = 10.0
+    bot_command: str = "/cv"
+    database: Path = Path("./data/cvdsr.db")
+    work_dir: Path = Path("./data/work")
+    approvers: tuple[str, ...] = ()
+    requesters: tuple[str, ...] = ()
+    allowed_channels: tuple[str, ...] = ()
+    audit_channel: str | None = None
+    approval_ttl_hours: float = 24.0
+    required_approvals: int = 1
+    allow_public_exports: bool = False
+    max_file_mb: int = 1000
+    port: int = 3000
+    workers: int = 2
+    download_concurrency: int = 8
+
+    @property
+    def socket_mode(self) -> bool:
+        """True when an app-level token is set: Socket Mode instead of HTTP."""
+        return bool(self.slack_app_token)
+
+    @property
+    def max_file_bytes(self) -> int:
+        """Largest single file the bot uploads, in bytes."""
+        return self.max_file_mb * 1024 * 1024
+
+    def secrets(self) -> tuple[str, ...]:
+        """Return every secret value (for redaction and for tests that scan for leaks)."""
+        values = (
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.custom_vision_training_key,
+        )
+        return tuple(s.reveal() for s in values if s)
+
+
+def read_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
+    """Return the process environment over the values of `env_file` (the environment wins)."""
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ)
+    return values
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.env.get(name, "").strip() or default
+
+    def parsed(self, name: str, default: Any, parse: Callable[[str], Any], hint: str) -> Any:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is malformed: {hint}")
+            return default
+
+    def ids(self, name: str, pattern: re.Pattern[str], hint: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(p.strip() for p in self.text(name).split(",") if p.strip()))
+        bad = [item for item in items if not pattern.match(item)]
+        if bad:
+            self.problems.append(f"{name} has malformed ids {', '.join(bad)}: {hint}")
+        return tuple(item for item in items if pattern.match(item))
+
+
+def _positive_number(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.query:
+        raise ValueError(raw)
+    return raw
+
+
+def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
+    """Return the Config read from `env`; raise ConfigError listing every problem.
+
+    With `serve=False` the Slack credentials are optional (offline commands such as
+    `audit verify` need only the database).
+    """
+    from bot.errors import ConfigError
+
+    r = _Reader(env)
+    bot_token = r.text("SLACK_BOT_TOKEN")
+    signing_secret = r.text("SLACK_SIGNING_SECRET")
+    app_token = r.text("SLACK_APP_TOKEN")
+    endpoint = r.text("CUSTOM_VISION_ENDPOINT").rstrip("/")
+    training_key = r.text("CUSTOM_VISION_TRAINING_KEY")
+    if serve:
+        if not bot_token:
+            r.problems.append(
+                "SLACK_BOT_TOKEN is missing: copy the Bot User OAuth Token (xoxb-...)"
+            )
+        elif not bot_token.startswith("xoxb-"):
+            r.problems.append("SLACK_BOT_TOKEN is malformed: a bot token starts with xoxb-")
+        if app_token and not app_token.startswith("xapp-"):
+            r.problems.append("SLACK_APP_TOKEN is malformed: an app-level token starts with xapp-")
+        if not app_token and not signing_secret:
+            r.problems.append(
+                "SLACK_SIGNING_SECRET is missing: HTTP mode needs it (Basic Information page), "
+                "or set SLACK_APP_TOKEN for Socket Mode"
+            )
+        if not endpoint:
+            r.problems.append(
+                "CUSTOM_VISION_ENDPOINT is missing: the resource endpoint, "
+                "e.g. https://<name>.cognitiveservices.azure.com"
+            )
+        if not training_key:
+            r.problems.append(
+                "CUSTOM_VISION_TRAINING_KEY is missing: Azure portal > resource > Keys and Endpoint"
+            )
+    if endpoint:
+        try:
+            _url(endpoint)
+        except ValueError:
+            r.problems.append(
+                f"CUSTOM_VISION_ENDPOINT={endpoint!r} is malformed: "
+                "expected https://<name>.cognitiveservices.azure.com"
+            )
+    api_url = r.parsed(
+        "SLACK_API_URL",
+        "https://slack.com/api/",
+        _url,
+        "expected a URL like https://slack.com/api/",
+    )
+    if not api_url.endswith("/"):
+        api_url += "/"
+    command = r.text("BOT_COMMAND", "/cv")
+    if not re.match(r"^/[a-z0-9_-]{1,31}$", command):
+        r.problems.append(
+            f"BOT_COMMAND={command!r} is malformed: expected a slash command like /cv"
+        )
+    user_hint = "expected user ids (U..., W...) or user-group ids (S...), comma-separated"
+    config = Config(
+        slack_bot_token=Secret(bot_token),
+        slack_signing_secret=Secret(signing_secret),
+        slack_app_token=Secret(app_token),
+        slack_api_url=api_url,
+        custom_vision_endpoint=endpoint,
+        custom_vision_training_key=Secret(training_key),
+        custom_vision_tps=r.parsed(
+            "CUSTOM_VISION_TPS", 10.0, _positive_number, "expected a number of calls per second > 0"
+        ),
+        bot_command=command,
+        database=Path(r.text("BOT_DATABASE", "./data/cvdsr.db")),
+        work_dir=Path(r.text("BOT_WORK_DIR", "./data/work")),
+        approvers=r.ids("BOT_APPROVERS", _SLACK_ID, user_hint),
+        requesters=r.ids("BOT_REQUESTERS", _SLACK_ID, user_hint),
+        allowed_channels=r.ids(
+            "BOT_ALLOWED_CHANNELS",
+            _CHANNEL_ID,
+            "expected channel ids (C..., G...), comma-separated",
+        ),
+        audit_channel=r.parsed(
+            "BOT_AUDIT_CHANNEL", None, _channel_id, "expected one channel id (C... or G...)"
+        ),
+        approval_ttl_hours=r.parsed(
+            "BOT_APPROVAL_TTL_HOURS", 24.0, _positive_number, "expected a number of hours > 0"
+        ),
+        required_approvals=r.parsed(
+            "BOT_REQUIRED_APPROVALS", 1, _positive_int, "expected a whole number >= 1"
+        ),
+        allow_public_exports=r.parsed(
+            "BOT_ALLOW_PUBLIC_EXPORTS", False, _boolean, "expected true or false"
+        ),
+        max_file_mb=r.parsed("BOT_MAX_FILE_MB", 1000, _max_file_mb, "expected 1 to 1000 (MB)"),
+        port=r.parsed("PORT", 3000, _port, "expected a TCP port 1-65535"),
+        workers=r.parsed("BOT_WORKERS", 2, _positive_int, "expected a whole number >= 1"),
+        download_concurrency=r.parsed(
+            "BOT_DOWNLOAD_CONCURRENCY", 8, _positive_int, "expected a whole number >= 1"
+        ),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+def _channel_id(raw: str) -> str:
+    if not _CHANNEL_ID.match(raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _max_file_mb(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 1000:
+        raise ValueError(raw)
+    return value

@@ -1,0 +1,94 @@
+"""The project's exceptions, in one hierarchy.
+
+    BotError                      anything with a message fit to show a Slack user
+    ├── ConfigError               missing or malformed configuration (lists every problem)
+    ├── ParseError                a command the grammar rejects (carries the right usage)
+    ├── NotAllowed                an actor may not do this (who may do what: bot.policy)
+    ├── RequestStateError         the request is not in a state that allows this
+    └── TrainingApiError          the Training API failed (bot.training)
+        ├── ServiceError          the service answered an error body ({code, message})
+        │   └── NotFound          NotFound* codes
+        ├── Unauthorized          401: bad key or endpoint
+        ├── Throttled             429 after every retry
+        ├── TransportError        timeouts and dropped connections after every retry
+        └── MalformedResponse     a body that is not what the spec promises
+
+Anything that is not a BotError is a bug: it reaches the app's error handler with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base class: `user_message` is safe to show in Slack (never holds a secret)."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class ConfigError(BotError):
+    """The configuration has problems; `problems` lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"Configuration has {len(self.problems)} problem(s):\n{lines}")
+
+
+class ParseError(BotError, ValueError):
+    """A command the grammar rejects; `usage` is the form that would have worked."""
+
+    def __init__(self, problem: str, usage: str) -> None:
+        self.problem = problem
+        self.usage = usage
+        super().__init__(f"{problem}\nUsage: {usage}" if usage else problem)
+
+
+class NotAllowed(BotError):
+    """The actor may not perform this action."""
+
+
+class RequestStateError(BotError):
+    """The request's stored state does not allow this action."""
+
+
+class TrainingApiError(BotError):
+    """A Training API call failed; carries the HTTP status and the service's code."""
+
+    def __init__(
+        self,
+        user_message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        super().__init__(user_message)
+        self.status = status
+        self.code = code
+        self.operation = operation
+
+
+class ServiceError(TrainingApiError):
+    """The service answered with an error body."""
+
+
+class NotFound(ServiceError):
+    """The project, iteration, tag or image does not exist (NotFound* codes)."""
+
+
+class Unauthorized(TrainingApiError):
+    """401: the training key or the endpoint is wrong."""
+
+
+class Throttled(TrainingApiError):
+    """429 answers persisted after every retry."""
+
+
+class TransportError(TrainingApiError):
+    """Timeouts or dropped connections persisted after every retry."""
+
+
+class MalformedResponse(TrainingApiError):
+    """The response is not what the spec promises (bad JSON, missing fields, HTML page)."""

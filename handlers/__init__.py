@@ -1,0 +1,1 @@
+"""The Slack edge: listeners that ack, extract plain values, call bot/, and render replies."""
