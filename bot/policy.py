@@ -1,0 +1,171 @@
+"""Who may do what: the one table of authorisation rules. Pure functions over plain values.
+
+| action     | who                                                   | when                     |
+|------------|-------------------------------------------------------|--------------------------|
+| request    | BOT_REQUESTERS (user or group), anyone when empty;    | channel allowed by       |
+|            | deletions also need BOT_APPROVERS to be configured    | BOT_ALLOWED_CHANNELS     |
+| approve    | BOT_APPROVERS (user or group), never the requester,   | pending, not expired     |
+|            | each approver once                                    |                          |
+| reject     | BOT_APPROVERS (user or group), never the requester    | pending, not expired     |
+| cancel     | the requester                                         | queued/running export,   |
+|            |                                                       | previewing/pending delete|
+| retry      | the requester or an approver                          | failed                   |
+| read audit | approvers: everything; requesters: their own requests | always                   |
+
+Every refusal carries a message fit for the user; callers record it in the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    REQUEST = "request"
+    APPROVE = "approve"
+    REJECT = "reject"
+    CANCEL = "cancel"
+    RETRY = "retry"
+    READ_AUDIT = "read_audit"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The configured lists (from Config)."""
+
+    approvers: frozenset[str] = frozenset()
+    requesters: frozenset[str] = frozenset()
+    allowed_channels: frozenset[str] = frozenset()
+    required_approvals: int = 1
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A Slack user and the configured user groups they belong to."""
+
+    user_id: str
+    groups: frozenset[str] = frozenset()
+
+    def listed_in(self, ids: Iterable[str]) -> bool:
+        """Return True when the user, or one of their groups, is in `ids`."""
+        ids = frozenset(ids)
+        return self.user_id in ids or bool(self.groups & ids)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the rules need to know about a stored request."""
+
+    request_id: str
+    kind: str  # export | delete | manual
+    status: str
+    requester: str
+    approvals: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+ALLOW = Decision(True)
+CANCELLABLE = {"export": {"queued", "running"}, "delete": {"previewing", "pending"}}
+
+
+def may_request(rules: Rules, actor: Actor, channel: str, *, deletion: bool) -> Decision:
+    """Return whether `actor` may make a request in `channel`."""
+    if rules.allowed_channels and channel not in rules.allowed_channels:
+        return Decision(
+            False,
+            "This channel is not one where the bot takes requests (BOT_ALLOWED_CHANNELS). "
+            "Ask in an allowed channel, or ask an admin to add this one.",
+        )
+    if rules.requesters and not actor.listed_in(rules.requesters):
+        return Decision(
+            False,
+            "You are not on the list of people who may make requests (BOT_REQUESTERS). "
+            "Ask an admin to add you or your user group.",
+        )
+    if deletion and not rules.approvers:
+        return Decision(
+            False,
+            "Deletions are disabled: no approvers are configured (BOT_APPROVERS). "
+            "Ask an admin to set at least one approver.",
+        )
+    return ALLOW
+
+
+def _decidable(subject: Subject, now: datetime) -> Decision:
+    if subject.kind != "delete":
+        return Decision(False, f"{subject.request_id} is not a deletion: nothing to approve.")
+    if subject.status == "pending" and subject.expires_at is not None and now >= subject.expires_at:
+        return Decision(False, f"{subject.request_id} has expired and can no longer be decided.")
+    if subject.status != "pending":
+        return Decision(
+            False, f"{subject.request_id} is {subject.status} and can no longer be decided."
+        )
+    return ALLOW
+
+
+def may_approve(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
+    """Return whether `actor` may approve the deletion `subject` now."""
+    if not actor.listed_in(rules.approvers):
+        return Decision(False, "Only approvers (BOT_APPROVERS) may approve deletions.")
+    if actor.user_id == subject.requester:
+        return Decision(False, "You cannot approve your own request: a second person must.")
+    if actor.user_id in subject.approvals:
+        return Decision(False, f"You have already approved {subject.request_id}.")
+    return _decidable(subject, now)
+
+
+def may_reject(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
+    """Return whether `actor` may reject the deletion `subject` now."""
+    if not actor.listed_in(rules.approvers):
+        return Decision(False, "Only approvers (BOT_APPROVERS) may reject deletions.")
+    if actor.user_id == subject.requester:
+        return Decision(False, "You cannot reject your own request: use Cancel instead.")
+    return _decidable(subject, now)
+
+
+def may_cancel(actor: Actor, subject: Subject) -> Decision:
+    """Return whether `actor` may cancel `subject`."""
+    if actor.user_id != subject.requester:
+        return Decision(False, f"Only the requester may cancel {subject.request_id}.")
+    if subject.status not in CANCELLABLE.get(subject.kind, set()):
+        return Decision(False, f"{subject.request_id} is {subject.status}: it cannot be cancelled.")
+    return ALLOW
+
+
+def may_retry(rules: Rules, actor: Actor, subject: Subject) -> Decision:
+    """Return whether `actor` may resume the failed request `subject`."""
+    if actor.user_id != subject.requester and not actor.listed_in(rules.approvers):
+        return Decision(False, f"Only the requester or an approver may retry {subject.request_id}.")
+    if subject.status != "failed":
+        return Decision(
+            False, f"{subject.request_id} is {subject.status}: only failed requests can be retried."
+        )
+    return ALLOW
+
+
+def may_read_audit(rules: Rules, actor: Actor, *, own_request: bool | None) -> Decision:
+    """Return whether `actor` may read the audit (`own_request`: the trail asked for is theirs).
+
+    `own_request` is None for the whole log, True/False for one request's trail.
+    """
+    if actor.listed_in(rules.approvers):
+        return ALLOW
+    if own_request:
+        return ALLOW
+    return Decision(
+        False,
+        "Only approvers may read the whole audit log; requesters may read the trail of their "
+        "own requests (`audit --request <id>`).",
+    )
