@@ -1,0 +1,201 @@
+"""Opening the SQLite database safely for a threaded process, and its migrations.
+
+Every thread gets its own connection (sqlite3 connections are not shared across threads). The
+database runs in WAL mode so readers never block the one writer; writers take the write lock
+up front (`BEGIN IMMEDIATE`) so a read-then-write transaction cannot fail half-way with
+SQLITE_BUSY. Migrations are numbered functions, never edited once shipped: add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from bot import audit
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Execute a SQL script statement by statement, inside the caller's transaction.
+
+    (`executescript` would commit the migration's transaction half-way.)
+    """
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()[:80]}")
+
+
+def _m001_initial(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,               -- export | delete | manual
+            command TEXT NOT NULL,            -- the parsed request, JSON
+            text TEXT NOT NULL,               -- what the user typed
+            requester TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            expires_at TEXT,                  -- deletions: end of the approval window
+            message_ts TEXT,                  -- the announcement in the channel
+            preview TEXT,                     -- deletions: JSON impact preview
+            progress TEXT,                    -- JSON {done, total, phase}
+            result TEXT,                      -- JSON summary of the outcome
+            error TEXT,                       -- user-facing failure message
+            decided_by TEXT,                  -- who rejected / cancelled
+            decision_reason TEXT
+        );
+        -- Request ids are typed by people (R-1001): start above three digits.
+        INSERT INTO sqlite_sequence (name, seq) VALUES ('requests', 1000);
+        CREATE INDEX requests_status ON requests (status);
+        CREATE INDEX requests_requester ON requests (requester, status);
+
+        CREATE TABLE approvals (
+            request_id INTEGER NOT NULL REFERENCES requests (id),
+            approver TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (request_id, approver)
+        );
+
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id INTEGER NOT NULL REFERENCES requests (id),
+            kind TEXT NOT NULL,               -- preview | export | delete
+            status TEXT NOT NULL,             -- queued | running | done | failed | cancelled
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until TEXT,
+            checkpoint TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX jobs_status ON jobs (status);
+
+        CREATE TABLE deletion_items (
+            request_id INTEGER NOT NULL REFERENCES requests (id),
+            seq INTEGER NOT NULL,             -- execution order
+            kind TEXT NOT NULL,  -- unpublish | image | prediction | tag | iteration | project
+            project_id TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            parent_id TEXT,                   -- the iteration of an unpublish, else NULL
+            batch INTEGER NOT NULL,
+            status TEXT NOT NULL,             -- pending | sending | deleted | gone | failed
+            http_status INTEGER,
+            operation TEXT,
+            at TEXT,
+            verified TEXT,                    -- NULL | gone | survived
+            PRIMARY KEY (request_id, seq)
+        );
+        CREATE INDEX deletion_items_batch ON deletion_items (request_id, batch);
+
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id INTEGER,
+            key TEXT UNIQUE,                  -- coalescing key: one pending item per key
+            kind TEXT NOT NULL,               -- announce | post | progress | upload | mirror
+            channel TEXT NOT NULL,
+            payload TEXT NOT NULL,            -- JSON
+            status TEXT NOT NULL,             -- pending | sent | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            not_before TEXT NOT NULL,
+            result TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX outbox_pending ON outbox (status, not_before);
+        """,
+    )
+    run_script(conn, audit.SCHEMA_SQL)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Return a new connection in autocommit mode (transactions are explicit), WAL enabled."""
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # check_same_thread=False only so close() can run at shutdown; each thread uses its own.
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations not yet applied; return the schema version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+class Database:
+    """Per-thread connections to one SQLite file, migrated on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        migrate(self.conn)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """Return this thread's connection, opening it on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @property
+    def tables(self) -> sqlite_utils.Database:
+        """Return this thread's connection wrapped by sqlite-utils."""
+        return sqlite_utils.Database(self.conn)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """Yield this thread's connection inside BEGIN IMMEDIATE; commit, or roll back on error."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection opened by any thread."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

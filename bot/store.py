@@ -1,0 +1,649 @@
+"""The bot's state in SQLite: requests, approvals, jobs, deletion items and the Slack outbox.
+
+Every state change is a conditional update (`... WHERE status = ?`) inside one write
+transaction, together with the audit event that records it, so a double click, two approvers
+at once or a click racing expiry lead to exactly one outcome, and a crash loses nothing: what
+was committed is the truth, what was not never happened.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot import audit as audit_log
+from bot.clock import Clock, iso, parse_iso
+from bot.db import Database
+from bot.errors import RequestStateError
+from bot.ids import format_request_id, parse_request_id
+
+TERMINAL = frozenset({"done", "failed", "cancelled", "rejected", "expired", "answered"})
+OPEN = frozenset({"queued", "running", "previewing", "pending", "approved"})
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One stored request, as the rest of the bot sees it."""
+
+    number: int
+    kind: str
+    command: Mapping[str, Any]
+    text: str
+    requester: str
+    channel: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    message_ts: str | None
+    preview: Mapping[str, Any] | None
+    progress: Mapping[str, Any] | None
+    result: Mapping[str, Any] | None
+    error: str | None
+    decided_by: str | None
+    decision_reason: str | None
+    approvals: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """The human-typeable id, `R-1042`."""
+        return format_request_id(self.number)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    request_number: int
+    kind: str
+    status: str
+    attempts: int
+    checkpoint: Mapping[str, Any]
+
+    @property
+    def request_id(self) -> str:
+        """The human-typeable id of the job's request."""
+        return format_request_id(self.request_number)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    request_number: int | None
+    key: str | None
+    kind: str
+    channel: str
+    payload: Mapping[str, Any]
+    attempts: int
+    result: Mapping[str, Any] | None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else parse_iso(text)
+
+
+class Store:
+    """All reads and writes of the bot's state; audit events go in the same transaction."""
+
+    def __init__(self, db: Database, clock: Clock, *, secrets: Sequence[str] = ()) -> None:
+        self.db = db
+        self.clock = clock
+        self.secrets = tuple(s for s in secrets if s)
+        self.audit_channel: str | None = None
+        # Called after a transaction that queued a Slack delivery has committed.
+        self.on_enqueue: Callable[[], None] | None = None
+        self._local = threading.local()
+
+    # -- transactions and audit --------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """Yield a connection inside one write transaction."""
+        with self.db.write() as conn:
+            yield conn
+        if getattr(self._local, "enqueued", False):
+            self._local.enqueued = False
+            if self.on_enqueue is not None:
+                self.on_enqueue()
+
+    def audit(
+        self,
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        *,
+        request: int | str | None = None,
+        targets: Sequence[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> audit_log.Event:
+        """Append an audit event inside the caller's transaction (and queue its mirror)."""
+        rid = format_request_id(request) if isinstance(request, int) else request
+        event = audit_log.append(
+            conn,
+            at=self.clock.now(),
+            actor=actor,
+            action=action,
+            request_id=rid,
+            targets=targets,
+            outcome=outcome,
+            details=details or {},
+            secrets=self.secrets,
+        )
+        self._mirror(conn, event)
+        return event
+
+    def _mirror(self, conn: sqlite3.Connection, event: audit_log.Event) -> None:
+        if self.audit_channel:
+            self.enqueue(
+                conn,
+                kind="mirror",
+                channel=self.audit_channel,
+                payload={"text": audit_log.mirror_line(event), "seq": event.seq},
+                request=None,
+            )
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        request: int | str | None = None,
+        targets: Sequence[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> audit_log.Event:
+        """Append one audit event in a transaction of its own."""
+        with self.write() as conn:
+            return self.audit(
+                conn,
+                actor,
+                action,
+                request=request,
+                targets=targets,
+                outcome=outcome,
+                details=details,
+            )
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def create_request(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: str,
+        command: Mapping[str, Any],
+        text: str,
+        requester: str,
+        channel: str,
+        status: str,
+        expires_at: datetime | None = None,
+    ) -> int:
+        """Insert a request inside the caller's transaction; return its number."""
+        now = iso(self.clock.now())
+        cursor = conn.execute(
+            "INSERT INTO requests (kind, command, text, requester, channel, status, created_at,"
+            " updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind,
+                _json(command),
+                text,
+                requester,
+                channel,
+                status,
+                now,
+                now,
+                iso(expires_at) if expires_at else None,
+            ),
+        )
+        number = cursor.lastrowid
+        assert number is not None
+        return number
+
+    def get(self, request: int | str, conn: sqlite3.Connection | None = None) -> RequestRecord:
+        """Return the stored request; raise RequestStateError when there is none."""
+        number = request if isinstance(request, int) else parse_request_id(request)
+        conn = conn or self.db.conn
+        row = (
+            conn.execute("SELECT * FROM requests WHERE id = ?", (number,)).fetchone()
+            if number is not None
+            else None
+        )
+        if row is None:
+            shown = request if isinstance(request, str) else format_request_id(request)
+            raise RequestStateError(f"There is no request {shown}.")
+        return self._record(conn, row)
+
+    def _record(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> RequestRecord:
+        cols = [
+            "id",
+            "kind",
+            "command",
+            "text",
+            "requester",
+            "channel",
+            "status",
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "message_ts",
+            "preview",
+            "progress",
+            "result",
+            "error",
+            "decided_by",
+            "decision_reason",
+        ]
+        r = dict(zip(cols, row, strict=True))
+        approvals = tuple(
+            a
+            for (a,) in conn.execute(
+                "SELECT approver FROM approvals WHERE request_id = ? ORDER BY at, approver",
+                (r["id"],),
+            )
+        )
+        return RequestRecord(
+            number=r["id"],
+            kind=r["kind"],
+            command=json.loads(r["command"]),
+            text=r["text"],
+            requester=r["requester"],
+            channel=r["channel"],
+            status=r["status"],
+            created_at=parse_iso(r["created_at"]),
+            updated_at=parse_iso(r["updated_at"]),
+            expires_at=_time(r["expires_at"]),
+            message_ts=r["message_ts"],
+            preview=_loads(r["preview"]),
+            progress=_loads(r["progress"]),
+            result=_loads(r["result"]),
+            error=r["error"],
+            decided_by=r["decided_by"],
+            decision_reason=r["decision_reason"],
+            approvals=approvals,
+        )
+
+    def requests_of(self, user: str, *, open_only: bool = True) -> list[RequestRecord]:
+        """Return the user's requests, newest first (only open ones by default)."""
+        conn = self.db.conn
+        sql = "SELECT * FROM requests WHERE requester = ?"
+        if open_only:
+            sql += f" AND status IN ({','.join('?' * len(OPEN))})"
+        rows = conn.execute(sql + " ORDER BY id DESC LIMIT 50", (user, *sorted(OPEN))).fetchall()
+        if not open_only:
+            rows = conn.execute(
+                "SELECT * FROM requests WHERE requester = ? ORDER BY id DESC LIMIT 50", (user,)
+            ).fetchall()
+        return [self._record(conn, row) for row in rows]
+
+    def has_requests(self, user: str) -> bool:
+        """Return True when `user` has ever made a request."""
+        row = self.db.conn.execute(
+            "SELECT 1 FROM requests WHERE requester = ? LIMIT 1", (user,)
+        ).fetchone()
+        return row is not None
+
+    def transition(
+        self,
+        conn: sqlite3.Connection,
+        number: int,
+        *,
+        from_status: Sequence[str],
+        to_status: str,
+        **fields: Any,
+    ) -> bool:
+        """Compare-and-set the request's status; return False when it was not in `from_status`."""
+        sets = ["status = ?", "updated_at = ?"]
+        values: list[Any] = [to_status, iso(self.clock.now())]
+        for name, value in fields.items():
+            sets.append(f"{name} = ?")
+            values.append(_json(value) if isinstance(value, dict | list) else value)
+        marks = ",".join("?" * len(from_status))
+        cursor = conn.execute(
+            f"UPDATE requests SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",  # noqa: S608
+            (*values, number, *from_status),
+        )
+        return cursor.rowcount == 1
+
+    def update_fields(self, conn: sqlite3.Connection, number: int, **fields: Any) -> None:
+        """Set columns of a request without changing its status."""
+        sets = ["updated_at = ?"]
+        values: list[Any] = [iso(self.clock.now())]
+        for name, value in fields.items():
+            sets.append(f"{name} = ?")
+            values.append(_json(value) if isinstance(value, dict | list) else value)
+        conn.execute(
+            f"UPDATE requests SET {', '.join(sets)} WHERE id = ?",  # noqa: S608
+            (*values, number),
+        )
+
+    def add_approval(self, conn: sqlite3.Connection, number: int, approver: str) -> int:
+        """Record one approval (once per approver); return the number of approvals."""
+        conn.execute(
+            "INSERT OR IGNORE INTO approvals (request_id, approver, at) VALUES (?, ?, ?)",
+            (number, approver, iso(self.clock.now())),
+        )
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM approvals WHERE request_id = ?", (number,)
+        ).fetchone()
+        return int(count)
+
+    def due_for_expiry(self, now: datetime) -> list[int]:
+        """Return the numbers of pending deletions whose approval window has passed."""
+        rows = self.db.conn.execute(
+            "SELECT id FROM requests WHERE status = 'pending' AND expires_at <= ?", (iso(now),)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def enqueue_job(self, conn: sqlite3.Connection, number: int, kind: str) -> int:
+        """Queue a job for a request inside the caller's transaction; return its id."""
+        now = iso(self.clock.now())
+        cursor = conn.execute(
+            "INSERT INTO jobs (request_id, kind, status, created_at, updated_at)"
+            " VALUES (?, ?, 'queued', ?, ?)",
+            (number, kind, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def claim_job(self, owner: str, lease: timedelta) -> Job | None:
+        """Claim the oldest runnable job (queued, or running with an expired lease)."""
+        now = self.clock.now()
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued'"
+                " OR (status = 'running' AND lease_until < ?) ORDER BY id LIMIT 1",
+                (iso(now),),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (owner, iso(now + lease), iso(now), row[0]),
+            )
+            return self._job(conn, int(row[0]))
+
+    def _job(self, conn: sqlite3.Connection, job_id: int) -> Job:
+        row = conn.execute(
+            "SELECT id, request_id, kind, status, attempts, checkpoint FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+        return Job(
+            id=row[0],
+            request_number=row[1],
+            kind=row[2],
+            status=row[3],
+            attempts=row[4],
+            checkpoint=json.loads(row[5]),
+        )
+
+    def renew_lease(self, job_id: int, owner: str, lease: timedelta) -> bool:
+        """Extend a job's lease; return False when another owner took it."""
+        with self.write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?"
+                " AND status = 'running'",
+                (iso(self.clock.now() + lease), job_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def save_checkpoint(
+        self, conn: sqlite3.Connection, job_id: int, checkpoint: Mapping[str, Any]
+    ) -> None:
+        """Store a job's progress checkpoint inside the caller's transaction."""
+        conn.execute(
+            "UPDATE jobs SET checkpoint = ?, updated_at = ? WHERE id = ?",
+            (_json(checkpoint), iso(self.clock.now()), job_id),
+        )
+
+    def finish_job(self, conn: sqlite3.Connection, job_id: int, status: str) -> None:
+        """Mark a job done, failed or cancelled inside the caller's transaction."""
+        conn.execute(
+            "UPDATE jobs SET status = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+            " WHERE id = ?",
+            (status, iso(self.clock.now()), job_id),
+        )
+
+    def release_jobs(self, owner: str | None = None) -> list[Job]:
+        """Put running jobs back in the queue (all, or one owner's); return them."""
+        with self.write() as conn:
+            sql = "SELECT id FROM jobs WHERE status = 'running'"
+            args: tuple[Any, ...] = ()
+            if owner is not None:
+                sql += " AND lease_owner = ?"
+                args = (owner,)
+            ids = [int(r[0]) for r in conn.execute(sql, args)]
+            for job_id in ids:
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
+                    " WHERE id = ?",
+                    (job_id,),
+                )
+            return [self._job(conn, job_id) for job_id in ids]
+
+    def job_for(self, number: int, kind: str) -> Job | None:
+        """Return the latest job of `kind` for a request."""
+        row = self.db.conn.execute(
+            "SELECT id FROM jobs WHERE request_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+            (number, kind),
+        ).fetchone()
+        return None if row is None else self._job(self.db.conn, int(row[0]))
+
+    def requeue_job(self, conn: sqlite3.Connection, job_id: int) -> None:
+        """Queue a failed job again, keeping its checkpoint (retry continues where it stopped)."""
+        conn.execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ?",
+            (iso(self.clock.now()), job_id),
+        )
+
+    def unfinished_jobs(self) -> int:
+        """Return how many jobs are queued or running."""
+        (count,) = self.db.conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+        ).fetchone()
+        return int(count)
+
+    # -- deletion items --------------------------------------------------------------------------
+
+    def add_deletion_items(
+        self, conn: sqlite3.Connection, number: int, items: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Store the deletion plan's items (kind, project_id, target_id, parent_id, batch)."""
+        conn.executemany(
+            "INSERT INTO deletion_items (request_id, seq, kind, project_id, target_id, parent_id,"
+            " batch, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            [
+                (
+                    number,
+                    seq,
+                    item["kind"],
+                    item["project_id"],
+                    item["target_id"],
+                    item.get("parent_id"),
+                    item["batch"],
+                )
+                for seq, item in enumerate(items, start=1)
+            ],
+        )
+
+    def deletion_items(
+        self, number: int, *, batch: int | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Return a request's deletion items in execution order (optionally one batch/status)."""
+        sql = "SELECT * FROM deletion_items WHERE request_id = ?"
+        args: list[Any] = [number]
+        if batch is not None:
+            sql += " AND batch = ?"
+            args.append(batch)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        cursor = self.db.conn.execute(sql + " ORDER BY seq", args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def mark_items(
+        self,
+        conn: sqlite3.Connection,
+        number: int,
+        batch: int,
+        *,
+        status: str,
+        http_status: int | None = None,
+        operation: str | None = None,
+        target_ids: Sequence[str] | None = None,
+    ) -> None:
+        """Set the status of a batch's items (or of some of its targets)."""
+        sql = (
+            "UPDATE deletion_items SET status = ?, http_status = COALESCE(?, http_status),"
+            " operation = COALESCE(?, operation), at = ? WHERE request_id = ? AND batch = ?"
+        )
+        args: list[Any] = [status, http_status, operation, iso(self.clock.now()), number, batch]
+        if target_ids is not None:
+            sql += f" AND target_id IN ({','.join('?' * len(target_ids))})"
+            args.extend(target_ids)
+        conn.execute(sql, args)
+
+    def mark_verified(
+        self, conn: sqlite3.Connection, number: int, target_ids: Sequence[str], verdict: str
+    ) -> None:
+        """Record the verification verdict (gone | survived) of some targets."""
+        for start in range(0, len(target_ids), 500):
+            chunk = target_ids[start : start + 500]
+            conn.execute(
+                f"UPDATE deletion_items SET verified = ? WHERE request_id = ?"  # noqa: S608
+                f" AND target_id IN ({','.join('?' * len(chunk))})",
+                (verdict, number, *chunk),
+            )
+
+    # -- outbox ----------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: str,
+        channel: str,
+        payload: Mapping[str, Any],
+        request: int | None,
+        key: str | None = None,
+    ) -> None:
+        """Queue a Slack delivery inside the caller's transaction.
+
+        With a `key`, an existing item is reused: its payload is replaced and it goes back to
+        pending, keeping its result (so a progress message or an announcement is updated in
+        place rather than posted again).
+        """
+        now = iso(self.clock.now())
+        self._local.enqueued = True
+        if key is not None:
+            cursor = conn.execute(
+                "UPDATE outbox SET payload = ?, status = 'pending', attempts = 0, not_before = ?"
+                " WHERE key = ?",
+                (_json(payload), now, key),
+            )
+            if cursor.rowcount:
+                return
+        conn.execute(
+            "INSERT INTO outbox (request_id, key, kind, channel, payload, status, not_before,"
+            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (request, key, kind, channel, _json(payload), now, now),
+        )
+
+    def enqueue_once(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: str,
+        channel: str,
+        payload: Mapping[str, Any],
+        request: int | None,
+        key: str,
+    ) -> bool:
+        """Queue a delivery unless one with `key` exists already; return True when queued."""
+        self._local.enqueued = True
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO outbox (request_id, key, kind, channel, payload, status,"
+            " not_before, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (request, key, kind, channel, _json(payload), *[iso(self.clock.now())] * 2),
+        )
+        return cursor.rowcount == 1
+
+    def pending_outbox(self, limit: int = 20) -> list[OutboxItem]:
+        """Return deliveries that are due, oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT id, request_id, key, kind, channel, payload, attempts, result FROM outbox"
+            " WHERE status = 'pending' AND not_before <= ? ORDER BY id LIMIT ?",
+            (iso(self.clock.now()), limit),
+        ).fetchall()
+        return [
+            OutboxItem(
+                id=r[0],
+                request_number=r[1],
+                key=r[2],
+                kind=r[3],
+                channel=r[4],
+                payload=json.loads(r[5]),
+                attempts=r[6],
+                result=_loads(r[7]),
+            )
+            for r in rows
+        ]
+
+    def outbox_done(
+        self, item_id: int, result: Mapping[str, Any], *, payload: Mapping[str, Any]
+    ) -> None:
+        """Mark a delivery sent, unless its payload changed meanwhile (then it stays pending)."""
+        with self.write() as conn:
+            conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
+            conn.execute(
+                "UPDATE outbox SET status = 'sent' WHERE id = ? AND payload = ?",
+                (item_id, _json(payload)),
+            )
+
+    def outbox_progress(self, item_id: int, result: Mapping[str, Any]) -> None:
+        """Store a partial result of a delivery (an upload's file id) before finishing it."""
+        with self.write() as conn:
+            conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
+
+    def outbox_retry(self, item_id: int, delay: timedelta, *, give_up_after: int = 50) -> None:
+        """Push a failed delivery back; after `give_up_after` attempts, mark it failed."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, not_before = ?,"
+                " status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE status END"
+                " WHERE id = ?",
+                (iso(self.clock.now() + delay), give_up_after, item_id),
+            )
+
+    def outbox_failed(self, item_id: int, error: str) -> None:
+        """Mark a delivery that can never succeed (e.g. channel_not_found) as failed."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE outbox SET status = 'failed', result = ? WHERE id = ?",
+                (_json({"error": error}), item_id),
+            )
+
+    def outbox_pending_count(self) -> int:
+        """Return how many deliveries are still pending."""
+        (count,) = self.db.conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE status = 'pending'"
+        ).fetchone()
+        return int(count)
