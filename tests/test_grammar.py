@@ -1,0 +1,975 @@
+"""The /cv grammar: every form, every error with its exact text, storage, help."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from typing import Any
+
+import pytest
+
+from bot.errors import BotError, ParseError
+from bot.grammar import (
+    AuditExport,
+    AuditVerify,
+    Cancel,
+    Command,
+    Delete,
+    DeleteKind,
+    Export,
+    ExportKind,
+    Help,
+    Meta,
+    Retry,
+    Status,
+    help_text,
+    parse,
+    quote,
+    request_from_dict,
+    slack_escape,
+    usage,
+)
+
+P = "6c1f2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+I = "7d2e3f40-5a6b-4c7d-9e8f-a0b1c2d3e4f5"  # noqa: E741
+T = "8e3f4051-6b7c-4d8e-af90-b1c2d3e4f506"
+T2 = "8e3f4051-6b7c-4d8e-af90-b1c2d3e4f507"
+M1 = "9f405162-7c8d-4e9f-b0a1-c2d3e4f50617"
+M2 = "a0516273-8d9e-4fa0-b1b2-d3e4f5061728"
+E = ExportKind
+D = DeleteKind
+
+U_EXPORT_PROJECT = 'export project <project-id> [--no-images] [--ticket <ref>] [--reason "<text>"]'
+U_EXPORT_ITERATION = (
+    'export iteration <project-id> <iteration-id> [--ticket <ref>] [--reason "<text>"]'
+)
+U_EXPORT_PERFORMANCE = (
+    "export performance <project-id> <iteration-id> [--threshold F] [--overlap F]"
+    ' [--ticket <ref>] [--reason "<text>"]'
+)
+U_EXPORT_TAGS = (
+    'export tags <project-id> [--iteration <iteration-id>] [--ticket <ref>] [--reason "<text>"]'
+)
+U_EXPORT_IMAGES = (
+    "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]... [--ids <id,id,...>]"
+    ' [--iteration <iteration-id>] [--no-files] [--ticket <ref>] [--reason "<text>"]'
+)
+U_DELETE_IMAGES = (
+    "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all)"
+    ' [--ticket <ref>] [--reason "<text>"]'
+)
+U_DELETE_PREDICTIONS = (
+    'delete predictions <project-id> [--ids <id,id,...>] [--ticket <ref>] [--reason "<text>"]'
+)
+U_DELETE_ACCOUNT = 'delete account [--ticket <ref>] [--reason "<text>"]'
+U_DELETE_PROJECT = 'delete project <project-id> [--ticket <ref>] [--reason "<text>"]'
+U_AUDIT = "audit [--request <request-id>] [--since YYYY-MM-DD] [--format csv|jsonl]"
+U_HELP = "help [<verb> [<kind>]]"
+U_EXPORT_ALL = "\n".join(
+    [
+        "export account",
+        "export projects",
+        "export project <project-id> [--no-images]",
+        "export iterations <project-id>",
+        "export iteration <project-id> <iteration-id>",
+        "export performance <project-id> <iteration-id> [--threshold F] [--overlap F]",
+        "export tags <project-id> [--iteration <iteration-id>]",
+        "export tag <project-id> <tag-id> [--iteration <iteration-id>]",
+        "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]..."
+        " [--ids <id,id,...>] [--iteration <iteration-id>] [--no-files]",
+        "export exports <project-id> <iteration-id> [--download]",
+        "export predictions <project-id> [--no-files]",
+    ]
+)
+U_ALL = "\n".join(
+    [
+        "help [<verb> [<kind>]]",
+        "export <kind> ... (kinds: account, projects, project, iterations, iteration, performance,"
+        " tags, tag, images, exports, predictions)",
+        "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"
+        " account, exports)",
+        "status [<request-id>]",
+        "cancel <request-id>",
+        "retry <request-id>",
+        U_AUDIT,
+        "audit verify",
+    ]
+)
+KINDS_EXPORT = (
+    "account, projects, project, iterations, iteration, performance, tags, tag, images, exports,"
+    " predictions"
+)
+GUID_HINT = "expected a GUID (8-4-4-4-12 hex digits)"
+
+
+# --- every form ------------------------------------------------------------------------------
+
+FORMS: list[tuple[str, Command]] = [
+    ("help", Help()),
+    ("", Help()),
+    ("   \u00a0 ", Help()),
+    ("help export", Help("export")),
+    ("help export images", Help("export images")),
+    ("help DELETE Account", Help("delete account")),
+    ("help audit verify", Help("audit verify")),
+    ("help status", Help("status")),
+    ("export account", Export(E.ACCOUNT)),
+    ("export projects", Export(E.PROJECTS)),
+    (f"export project {P}", Export(E.PROJECT, project_id=P)),
+    (f"export project {P} --no-images", Export(E.PROJECT, project_id=P, images=False)),
+    (f"export iterations {P}", Export(E.ITERATIONS, project_id=P)),
+    (f"export iteration {P} {I}", Export(E.ITERATION, project_id=P, iteration_id=I)),
+    (f"export performance {P} {I}", Export(E.PERFORMANCE, project_id=P, iteration_id=I)),
+    (
+        f"export performance {P} {I} --threshold 0.5 --overlap=.25",
+        Export(E.PERFORMANCE, project_id=P, iteration_id=I, threshold=0.5, overlap=0.25),
+    ),
+    (
+        f"export performance {P} {I} --threshold 0 --overlap 1",
+        Export(E.PERFORMANCE, project_id=P, iteration_id=I, threshold=0.0, overlap=1.0),
+    ),
+    (f"export tags {P}", Export(E.TAGS, project_id=P)),
+    (f"export tags {P} --iteration {I}", Export(E.TAGS, project_id=P, iteration_id=I)),
+    (f"export tag {P} {T}", Export(E.TAG, project_id=P, tag_id=T)),
+    (
+        f"export tag {P} {T} --iteration {I}",
+        Export(E.TAG, project_id=P, tag_id=T, iteration_id=I),
+    ),
+    (f"export images {P}", Export(E.IMAGES, project_id=P)),
+    (f"export images {P} --tagged", Export(E.IMAGES, project_id=P, tagging="tagged")),
+    (f"export images {P} --untagged", Export(E.IMAGES, project_id=P, tagging="untagged")),
+    (
+        f"export images {P} --tag {T} --tag {T2} --tag {T}",
+        Export(E.IMAGES, project_id=P, tag_ids=(T, T2), tagging="tagged"),
+    ),
+    (
+        f"export images {P} --tagged --tag {T}",
+        Export(E.IMAGES, project_id=P, tag_ids=(T,), tagging="tagged"),
+    ),
+    (
+        f"export images {P} --ids {M2},{M1},{M2.upper()}",
+        Export(E.IMAGES, project_id=P, image_ids=(M2, M1)),
+    ),
+    (
+        f"export images {P} --ids {M1} --iteration {I} --no-files",
+        Export(E.IMAGES, project_id=P, image_ids=(M1,), iteration_id=I, files=False),
+    ),
+    (
+        f'export images {P} --ids "{M1}, {M2}"',
+        Export(E.IMAGES, project_id=P, image_ids=(M1, M2)),
+    ),
+    (f"export exports {P} {I}", Export(E.EXPORTS, project_id=P, iteration_id=I)),
+    (
+        f"export exports {P} {I} --download",
+        Export(E.EXPORTS, project_id=P, iteration_id=I, download=True),
+    ),
+    (f"export predictions {P}", Export(E.PREDICTIONS, project_id=P)),
+    (f"export predictions {P} --no-files", Export(E.PREDICTIONS, project_id=P, files=False)),
+    (f"delete project {P}", Delete(D.PROJECT, project_id=P)),
+    (f"delete iteration {P} {I}", Delete(D.ITERATION, project_id=P, iteration_id=I)),
+    (f"delete iterations {P}", Delete(D.ITERATIONS, project_id=P)),
+    (f"delete tag {P} {T}", Delete(D.TAG, project_id=P, tag_id=T)),
+    (
+        f"delete images {P} --ids {M1},{M2},{M1}",
+        Delete(D.IMAGES, project_id=P, selector="ids", image_ids=(M1, M2)),
+    ),
+    (f"delete images {P} --tag {T}", Delete(D.IMAGES, project_id=P, selector="tag", tag_id=T)),
+    (f"delete images {P} --untagged", Delete(D.IMAGES, project_id=P, selector="untagged")),
+    (f"delete images {P} --all", Delete(D.IMAGES, project_id=P, selector="all")),
+    (f"delete predictions {P}", Delete(D.PREDICTIONS, project_id=P, selector="all")),
+    (
+        f"delete predictions {P} --ids {M1}",
+        Delete(D.PREDICTIONS, project_id=P, selector="ids", prediction_ids=(M1,)),
+    ),
+    ("delete account", Delete(D.ACCOUNT)),
+    (f"delete exports {P} {I}", Delete(D.EXPORTS, project_id=P, iteration_id=I)),
+    ("status", Status()),
+    ("status R-1042", Status("R-1042")),
+    ("status r-007", Status("R-7")),
+    ("cancel R-12", Cancel("R-12")),
+    ("retry r-3", Retry("R-3")),
+    ("audit", AuditExport()),
+    (
+        "audit --request r-5 --since 2026-01-02 --format JSONL",
+        AuditExport(request_id="R-5", since=date(2026, 1, 2), format="jsonl"),
+    ),
+    ("audit --format=csv", AuditExport(format="csv")),
+    ("audit verify", AuditVerify()),
+    ("AUDIT Verify", AuditVerify()),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FORMS)
+def test_grammar_parses_every_form(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+META_CASES = [
+    (f"export project {P} --ticket DSR-1042", Meta(ticket="DSR-1042")),
+    (f'export project {P} --reason "Access request"', Meta(reason="Access request")),
+    (f"export project {P} --reason=Short", Meta(reason="Short")),
+    (f'export project {P} --reason="a b" --ticket=T-1', Meta(ticket="T-1", reason="a b")),
+    (
+        "delete account --ticket 'DSR 7' --reason 'It\u2019s the customer\u2019s wish'",
+        Meta(ticket="DSR 7", reason="It\u2019s the customer\u2019s wish"),
+    ),
+    (
+        f"export project {P} --reason \u201cuser asked\u201d",
+        Meta(reason="user asked"),
+    ),
+    (
+        f"export project {P} --reason \u2018user asked\u2019",
+        Meta(reason="user asked"),
+    ),
+    (
+        f'export project {P} --reason "she said \\"now\\" \\\\ C:\\Users"',
+        Meta(reason='she said "now" \\ C:\\Users'),
+    ),
+    (
+        f"export project {P} --reason 'single \"double\" inside'",
+        Meta(reason='single "double" inside'),
+    ),
+    (
+        f'export project {P} --reason "&lt;!channel&gt; &amp;amp; caf\u00e9 \U0001f600'
+        ' \u05e9\u05dc\u05d5\u05dd"',
+        Meta(reason="<!channel> &amp; caf\u00e9 \U0001f600 \u05e9\u05dc\u05d5\u05dd"),
+    ),
+    (
+        f'export project {P} --reason "<!channel> and <@U123|bob>"',
+        Meta(reason="<!channel> and <@U123|bob>"),
+    ),
+    (
+        f"export project {P} --ticket <https://jira.example.com/browse/DSR-1>",
+        Meta(ticket="https://jira.example.com/browse/DSR-1"),
+    ),
+    (
+        f"export project {P} --ticket <https://jira.example.com/browse/DSR-1|DSR-1>",
+        Meta(ticket="DSR-1"),
+    ),
+    (
+        f'export project {P} --reason "mail from <mailto:ann@example.com|ann@example.com>"',
+        Meta(reason="mail from ann@example.com"),
+    ),
+    (
+        f"export project {P} --reason <mailto:ann@example.com>",
+        Meta(reason="ann@example.com"),
+    ),
+    (
+        f'export project {P} --reason "  line one\nline\ttwo\x07  "',
+        Meta(reason="line one line two"),
+    ),
+    (f'export project {P} --reason "--all of it"', Meta(reason="--all of it")),
+    (f"export project {P} --reason ''", None),  # empty reason: an error, below
+]
+
+
+@pytest.mark.parametrize(("text", "meta"), [c for c in META_CASES if c[1] is not None])
+def test_grammar_keeps_free_text_verbatim(text: str, meta: Meta) -> None:
+    command = parse(text)
+    assert isinstance(command, Export | Delete)
+    assert command.meta == meta
+
+
+TOKEN_CASES = [
+    # case-insensitive verbs, kinds, flags; ids lowercased
+    (
+        f"EXPORT Images {P.upper()} --TAGGED --No-Files",
+        Export(E.IMAGES, project_id=P, tagging="tagged", files=False),
+    ),
+    # any whitespace separates, runs collapse
+    (
+        f"export\u00a0images\t{P}\n\n--untagged\u2003\u200b",
+        Export(E.IMAGES, project_id=P, tagging="untagged"),
+    ),
+    # smart punctuation: em and en dashes for --
+    (
+        f"export images {P} \u2014tagged \u2013no-files",
+        Export(E.IMAGES, project_id=P, tagging="tagged", files=False),
+    ),
+    # underscores in flag names
+    (f"export images {P} --no_files", Export(E.IMAGES, project_id=P, files=False)),
+    # options anywhere after the verb, even before the kind
+    (
+        f"export --ticket T-1 images --no-files {P}",
+        Export(E.IMAGES, project_id=P, files=False, meta=Meta(ticket="T-1")),
+    ),
+    # a pasted command name is skipped
+    (f"/cv export project {P}", Export(E.PROJECT, project_id=P)),
+    ("/cv", Help()),
+    # quoted ids and quoted kinds are still words
+    (f'export "project" "{P}"', Export(E.PROJECT, project_id=P)),
+    # --help anywhere asks for the help of the form
+    (f"export images {P} --help", Help("export images")),
+    ("delete images --help", Help("delete images")),
+    ("export account -h", Help("export account")),
+    ("export --help", Help("export")),
+    ("export imgs --help", Help("export")),
+    ("--help", Help()),
+    ("--help export", Help("export")),
+    ("audit verify --help", Help("audit verify")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TOKEN_CASES)
+def test_grammar_tokenizes_like_slack_users_type(text: str, expected: Command) -> None:
+    assert parse(text) == expected
+
+
+# --- every error -----------------------------------------------------------------------------
+
+ERRORS: list[tuple[str, str, str]] = [
+    # quotes
+    (
+        f'export project {P} --reason "user asked',
+        "unbalanced quote: the \" before 'user asked' is never closed",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export project {P} --reason \u201cuser asked",
+        "unbalanced quote: the \u201c before 'user asked' is never closed",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export project {P} --reason 'it",
+        "unbalanced quote: the ' before 'it' is never closed",
+        U_EXPORT_PROJECT,
+    ),
+    ('exprot "', 'unbalanced quote: the " at the end is never closed', U_ALL),
+    # verbs
+    (
+        f"exprot images {P}",
+        "unknown command 'exprot'; did you mean 'export'?",
+        U_EXPORT_IMAGES,
+    ),
+    ("exprot", "unknown command 'exprot'; did you mean 'export'?", U_EXPORT_ALL),
+    (f"erase project {P}", "unknown command 'erase'; did you mean 'delete'?", U_DELETE_PROJECT),
+    ("frobnicate", "unknown command 'frobnicate'", U_ALL),
+    ("statsu", "unknown command 'statsu'; did you mean 'status'?", "status [<request-id>]"),
+    ("verify", "unknown command 'verify'; did you mean 'audit verify'?", "audit verify"),
+    # kinds
+    ("export", f"export needs a kind: {KINDS_EXPORT}", U_EXPORT_ALL),
+    (f"export imgs {P}", "unknown kind 'imgs' for export; did you mean 'images'?", U_EXPORT_IMAGES),
+    (
+        f"export image {P}",
+        "unknown kind 'image' for export; did you mean 'images'?",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        "export everything",
+        f"unknown kind 'everything' for export; use one of: {KINDS_EXPORT}",
+        U_EXPORT_ALL,
+    ),
+    (f"export {P}", f"export needs a kind before the id: {KINDS_EXPORT}", U_EXPORT_ALL),
+    (
+        "delete acount",
+        "unknown kind 'acount' for delete; did you mean 'account'?",
+        U_DELETE_ACCOUNT,
+    ),
+    # help topics
+    ("help exprot", "no help on 'exprot'; did you mean 'export'?", U_HELP),
+    (
+        "help xyzzy",
+        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, audit",
+        U_HELP,
+    ),
+    ("help export imgs", "unknown kind 'imgs' for export; did you mean 'images'?", U_HELP),
+    ("help status now", "unexpected argument 'now' after 'help status'", U_HELP),
+    ("help export images now", "unexpected argument 'now' after 'help export images'", U_HELP),
+    ("help --all", "help does not take --all", U_HELP),
+    # missing ids
+    (f"export iteration {P}", "export iteration needs <iteration-id>", U_EXPORT_ITERATION),
+    (
+        "export iteration",
+        "export iteration needs <project-id> and <iteration-id>",
+        U_EXPORT_ITERATION,
+    ),
+    ("delete project", "delete project needs <project-id>", U_DELETE_PROJECT),
+    ("cancel", "cancel needs <request-id>", "cancel <request-id>"),
+    ("retry", "retry needs <request-id>", "retry <request-id>"),
+    # malformed ids
+    (
+        f"export project {P[:-1]}",
+        f"'{P[:-1]}' is not a valid project id: {GUID_HINT}",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export iteration {P} {I}x",
+        f"'{I}x' is not a valid iteration id: {GUID_HINT}",
+        U_EXPORT_ITERATION,
+    ),
+    (
+        f"export project {'f' * 60}",
+        f"'{'f' * 39}\u2026' is not a valid project id: {GUID_HINT}",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        'export project "a\x07b\u202ec"',
+        f"'a\\x07b\\u202ec' is not a valid project id: {GUID_HINT}",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export images tagged {P}",
+        f"'tagged' is not a valid project id: {GUID_HINT}; did you mean '--tagged'?",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export tags {P} --iteration nope",
+        f"'nope' is not a valid iteration id: {GUID_HINT}",
+        U_EXPORT_TAGS,
+    ),
+    (
+        f"export images {P} --ids {M1},nope",
+        f"'nope' in --ids is not a valid image id: {GUID_HINT}",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"delete predictions {P} --ids x",
+        f"'x' in --ids is not a valid prediction id: {GUID_HINT}",
+        U_DELETE_PREDICTIONS,
+    ),
+    (
+        "status 1042",
+        "'1042' is not a request id: expected R-<number>, like R-1042",
+        "status [<request-id>]",
+    ),
+    (
+        "audit --request x",
+        "'x' is not a request id: expected R-<number>, like R-1042",
+        U_AUDIT,
+    ),
+    # options
+    (
+        f"export images {P} --tgged",
+        "unknown option '--tgged'; did you mean '--tagged'?",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export images {P} -tagged",
+        "unknown option '-tagged'; did you mean '--tagged'?",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export images {P} --iter {I}",
+        "unknown option '--iter'; did you mean '--iteration'?",
+        U_EXPORT_IMAGES,
+    ),
+    (f"export images {P} --frobnicate", "unknown option '--frobnicate'", U_EXPORT_IMAGES),
+    (f"export tags {P} --no-files", "export tags does not take --no-files", U_EXPORT_TAGS),
+    (f"delete images {P} --tagged", "delete images does not take --tagged", U_DELETE_IMAGES),
+    ("audit --ticket T", "audit does not take --ticket", U_AUDIT),
+    (f"export project {P} --ticket", "--ticket needs a ticket reference", U_EXPORT_PROJECT),
+    (f"export project {P} --ticket=", "--ticket needs a ticket reference", U_EXPORT_PROJECT),
+    (
+        f"export project {P} --reason --no-images",
+        '--reason needs a reason (in quotes when it has spaces: --reason "...")',
+        U_EXPORT_PROJECT,
+    ),
+    (f"export tags {P} --iteration", "--iteration needs <iteration-id>", U_EXPORT_TAGS),
+    ("audit --since", "--since needs a date like 2026-01-31", U_AUDIT),
+    ("audit --format", "--format needs csv or jsonl", U_AUDIT),
+    (f"export project {P} --no-images=yes", "--no-images takes no value", U_EXPORT_PROJECT),
+    (
+        f"export project {P} --ticket A --ticket B",
+        "--ticket is given more than once",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export tags {P} --iteration {I} --iteration {I}",
+        "--iteration is given more than once",
+        U_EXPORT_TAGS,
+    ),
+    (f"delete images {P} --tag {T} --tag {T2}", "--tag is given more than once", U_DELETE_IMAGES),
+    (
+        f"export images {P} --ids {M1} --ids {M2}",
+        "--ids is given more than once",
+        U_EXPORT_IMAGES,
+    ),
+    # conflicts
+    (
+        f"export images {P} --tagged --untagged",
+        "--tagged and --untagged cannot be used together",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export images {P} --untagged --tag {T}",
+        "--tag and --untagged cannot be used together",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export images {P} --ids {M1} --tagged",
+        "--ids and --tagged cannot be used together",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"export images {P} --tag {T} --ids {M1}",
+        "--ids and --tag cannot be used together",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        f"delete images {P}",
+        "delete images needs one of --ids, --tag, --untagged or --all",
+        U_DELETE_IMAGES,
+    ),
+    (
+        f"delete images {P} --all --untagged",
+        "delete images takes only one of --ids, --tag, --untagged or --all"
+        " (got --untagged and --all)",
+        U_DELETE_IMAGES,
+    ),
+    # --ids lists
+    (f"export images {P} --ids ,", "--ids needs at least one image id", U_EXPORT_IMAGES),
+    (f'export images {P} --ids ""', "--ids needs at least one image id", U_EXPORT_IMAGES),
+    # extra arguments
+    (
+        f"export project {P} {I}",
+        f"unexpected argument '{I}' (export project takes <project-id>)",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"delete images {P} --ids {M1}, {M2}",
+        f"unexpected argument '{M2}' (delete images takes <project-id>);"
+        " write --ids without spaces after the commas",
+        U_DELETE_IMAGES,
+    ),
+    (
+        "delete account now",
+        "unexpected argument 'now' (delete account takes no arguments)",
+        U_DELETE_ACCOUNT,
+    ),
+    (
+        f"export project {P} --reason user asked",
+        "unexpected argument 'asked' (export project takes <project-id>);"
+        ' to give --reason with spaces, quote it: --reason "..."',
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"export images {P} untagged",
+        "unexpected argument 'untagged' (export images takes <project-id>);"
+        " did you mean '--untagged'?",
+        U_EXPORT_IMAGES,
+    ),
+    (
+        "audit verfy",
+        "unexpected argument 'verfy' (audit takes no arguments); did you mean 'audit verify'?",
+        U_AUDIT,
+    ),
+    ("audit verify --since 2026-01-01", "audit verify does not take --since", "audit verify"),
+    (
+        "status R-1 R-2",
+        "unexpected argument 'R-2' (status takes <request-id>)",
+        "status [<request-id>]",
+    ),
+    # numbers
+    (
+        f"export performance {P} {I} --threshold 1.5",
+        "--threshold must be between 0 and 1 (got 1.5)",
+        U_EXPORT_PERFORMANCE,
+    ),
+    (
+        f"export performance {P} {I} --overlap -0.1",
+        "--overlap must be between 0 and 1 (got -0.1)",
+        U_EXPORT_PERFORMANCE,
+    ),
+    (
+        f"export performance {P} {I} --threshold high",
+        "--threshold must be a number between 0 and 1 (got 'high')",
+        U_EXPORT_PERFORMANCE,
+    ),
+    (
+        f"export performance {P} {I} --threshold nan",
+        "--threshold must be a number between 0 and 1 (got 'nan')",
+        U_EXPORT_PERFORMANCE,
+    ),
+    (
+        f"export performance {P} {I} --threshold 0,5",
+        "--threshold must be a number between 0 and 1 (got '0,5')",
+        U_EXPORT_PERFORMANCE,
+    ),
+    # dates and formats
+    (
+        "audit --since yesterday",
+        "--since must be a date like 2026-01-31 (got 'yesterday')",
+        U_AUDIT,
+    ),
+    ("audit --since 2026-1-5", "--since must be a date like 2026-01-31 (got '2026-1-5')", U_AUDIT),
+    ("audit --since 2026-02-30", "--since: 2026-02-30 is not a real date", U_AUDIT),
+    ("audit --format xml", "--format must be csv or jsonl (got 'xml')", U_AUDIT),
+    # free text
+    (
+        f"export project {P} --ticket {'T' * 101}",
+        "--ticket is too long: 101 characters (at most 100)",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f'export project {P} --reason "{"r" * 1001}"',
+        "--reason is too long: 1001 characters (at most 1000)",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f'export project {P} --ticket "DSR\x07-1"',
+        "--ticket must not contain control characters (found U+0007)",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f'export project {P} --ticket "DSR\u202e-1"',
+        "--ticket must not contain control characters (found U+202E)",
+        U_EXPORT_PROJECT,
+    ),
+    (f"export project {P} --ticket '  '", "--ticket needs a ticket reference", U_EXPORT_PROJECT),
+    (
+        f"export project {P} --reason ''",
+        '--reason needs a reason (in quotes when it has spaces: --reason "...")',
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f'export project {P} --reason "\x07\x08"',
+        '--reason needs a reason (in quotes when it has spaces: --reason "...")',
+        U_EXPORT_PROJECT,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem", "form_usage"), ERRORS)
+def test_grammar_rejects_with_a_specific_problem_and_usage(
+    text: str, problem: str, form_usage: str
+) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(text)
+    assert caught.value.problem == problem
+    assert caught.value.usage == form_usage
+
+
+def test_grammar_parse_error_is_a_bot_error_with_the_usage_in_its_message() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(f"export iteration {P}")
+    error = caught.value
+    assert isinstance(error, BotError)
+    assert isinstance(error, ValueError)
+    assert (
+        error.user_message == f"export iteration needs <iteration-id>\nUsage: {U_EXPORT_ITERATION}"
+    )
+
+
+def test_grammar_limits_are_inclusive() -> None:
+    command = parse(f'export project {P} --ticket {"T" * 100} --reason "{"r" * 1000}"')
+    assert isinstance(command, Export)
+    assert command.meta == Meta(ticket="T" * 100, reason="r" * 1000)
+
+
+def test_grammar_handles_very_long_input() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(f'export project {P} --reason "{"x" * 19_000}"')
+    assert caught.value.problem == "--reason is too long: 19000 characters (at most 1000)"
+    soup = ("export <http://x|y> &amp; \u201c '" * 800)[:20_000]
+    with pytest.raises(ParseError):
+        parse(soup)
+
+
+# --- describe, contains_images ---------------------------------------------------------------
+
+DESCRIPTIONS = [
+    ("export account", "export the whole account"),
+    ("export projects", "export the list of projects"),
+    (f"export project {P}", "export project 6c1f2a3b\u2026"),
+    (f"export project {P} --no-images", "export project 6c1f2a3b\u2026 (without images)"),
+    (f"export iterations {P}", "export iterations of project 6c1f2a3b\u2026"),
+    (f"export iteration {P} {I}", "export iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"),
+    (
+        f"export performance {P} {I} --threshold 0.5 --overlap 0.25",
+        "export performance of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"
+        " (threshold 0.5, overlap 0.25)",
+    ),
+    (f"export tags {P}", "export tags of project 6c1f2a3b\u2026"),
+    (
+        f"export tag {P} {T} --iteration {I}",
+        "export tag 8e3f4051\u2026 of project 6c1f2a3b\u2026 (iteration 7d2e3f40\u2026)",
+    ),
+    (
+        f"export images {P} --tagged --iteration {I} --no-files",
+        "export images of project 6c1f2a3b\u2026 (tagged, iteration 7d2e3f40\u2026, without files)",
+    ),
+    (f"export images {P} --untagged", "export images of project 6c1f2a3b\u2026 (untagged)"),
+    (
+        f"export images {P} --tag {T} --tag {T2}",
+        "export images of project 6c1f2a3b\u2026 (with tags 8e3f4051\u2026, 8e3f4051\u2026)",
+    ),
+    (f"export images {P} --ids {M1},{M2}", "export images of project 6c1f2a3b\u2026 (2 image ids)"),
+    (
+        f"export exports {P} {I} --download",
+        "export model exports of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"
+        " (with the exported files)",
+    ),
+    (
+        f"export predictions {P} --no-files",
+        "export stored predictions of project 6c1f2a3b\u2026 (without files)",
+    ),
+    (f"delete project {P}", "delete project 6c1f2a3b\u2026"),
+    (f"delete iteration {P} {I}", "delete iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"),
+    (f"delete iterations {P}", "delete every trained iteration of project 6c1f2a3b\u2026"),
+    (f"delete tag {P} {T}", "delete tag 8e3f4051\u2026 of project 6c1f2a3b\u2026"),
+    (f"delete images {P} --ids {M1}", "delete 1 image of project 6c1f2a3b\u2026"),
+    (f"delete images {P} --ids {M1},{M2}", "delete 2 images of project 6c1f2a3b\u2026"),
+    (
+        f"delete images {P} --tag {T}",
+        "delete images with tag 8e3f4051\u2026 of project 6c1f2a3b\u2026",
+    ),
+    (f"delete images {P} --untagged", "delete untagged images of project 6c1f2a3b\u2026"),
+    (f"delete images {P} --all", "delete all images of project 6c1f2a3b\u2026"),
+    (f"delete predictions {P}", "delete all stored predictions of project 6c1f2a3b\u2026"),
+    (
+        f"delete predictions {P} --ids {M1},{M2}",
+        "delete 2 stored predictions of project 6c1f2a3b\u2026",
+    ),
+    ("delete account", "delete the Custom Vision account"),
+    (
+        f"delete exports {P} {I}",
+        "delete model exports of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "description"), DESCRIPTIONS)
+def test_grammar_describes_requests_in_one_plain_line(text: str, description: str) -> None:
+    command = parse(text + ' --reason "secret\nstuff" --ticket X')
+    assert isinstance(command, Export | Delete)
+    assert command.describe() == description
+
+
+CONTAINS_IMAGES = [
+    ("export account", False, False),
+    ("export projects", False, False),
+    (f"export project {P}", True, True),
+    (f"export project {P} --no-images", False, False),
+    (f"export iteration {P} {I}", False, False),
+    (f"export images {P}", True, True),
+    (f"export images {P} --no-files", False, False),
+    (f"export predictions {P}", True, True),
+    (f"export predictions {P} --no-files", False, False),
+    (f"export exports {P} {I}", False, False),
+    (f"export exports {P} {I} --download", False, True),
+    (f"export tags {P}", False, False),
+]
+
+
+@pytest.mark.parametrize(("text", "contains_images", "needs_files"), CONTAINS_IMAGES)
+def test_grammar_knows_which_exports_hold_image_files(
+    text: str, contains_images: bool, needs_files: bool
+) -> None:
+    command = parse(text)
+    assert isinstance(command, Export)
+    assert command.contains_images is contains_images
+    assert command.needs_files is needs_files
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [text for text, expected in FORMS if isinstance(expected, Export | Delete)]
+    + [text for text, meta in META_CASES if meta is not None],
+)
+def test_grammar_requests_survive_a_json_round_trip(text: str) -> None:
+    command = parse(text)
+    assert isinstance(command, Export | Delete)
+    stored = json.loads(json.dumps(command.to_dict()))
+    assert type(command).from_dict(stored) == command
+    assert request_from_dict(stored) == command
+
+
+def test_grammar_to_dict_is_plain_json() -> None:
+    command = parse(f"export images {P} --tag {T} --no-files --ticket DSR-1")
+    assert command.to_dict() == {  # type: ignore[union-attr]
+        "verb": "export",
+        "kind": "images",
+        "project_id": P,
+        "iteration_id": None,
+        "tag_id": None,
+        "image_ids": [],
+        "tag_ids": [T],
+        "tagging": "tagged",
+        "files": False,
+        "images": True,
+        "download": False,
+        "threshold": None,
+        "overlap": None,
+        "meta": {"ticket": "DSR-1", "reason": None},
+    }
+    delete = parse(f"delete predictions {P} --ids {M1}")
+    assert delete.to_dict() == {  # type: ignore[union-attr]
+        "verb": "delete",
+        "kind": "predictions",
+        "project_id": P,
+        "iteration_id": None,
+        "tag_id": None,
+        "selector": "ids",
+        "image_ids": [],
+        "prediction_ids": [M1],
+        "meta": {"ticket": None, "reason": None},
+    }
+
+
+def _export(**changes: Any) -> dict[str, Any]:
+    return {**Export(E.IMAGES, project_id=P).to_dict(), **changes}
+
+
+def _delete(**changes: Any) -> dict[str, Any]:
+    return {**Delete(D.IMAGES, project_id=P, selector="all").to_dict(), **changes}
+
+
+BAD_STORED = [
+    ({**_export(), "verb": "status"}, "not a stored export or delete (verb 'status')"),
+    (_export(colour="red"), "unknown field(s) in a stored export: colour"),
+    (_export(kind="everything"), "kind: not a valid kind: 'everything'"),
+    (_export(project_id="p1"), "project_id: not a GUID: 'p1'"),
+    (_export(project_id=None), "not a valid export: export images needs <project-id>"),
+    (_export(image_ids=[M1, "x"]), "image_ids: every item must be a GUID"),
+    (_export(image_ids=M1), f"image_ids: not a list: '{M1}'"),
+    (_export(files="no"), "files: not a boolean: 'no'"),
+    (_export(tagging="some"), "tagging: must be one of ('all', 'tagged', 'untagged'), not 'some'"),
+    (_export(threshold=0.5), "not a valid export: export images does not take --threshold"),
+    (
+        _export(tagging="all", tag_ids=[T]),
+        "inconsistent fields for export images of project 6c1f2a3b\u2026 (with tag 8e3f4051\u2026)",
+    ),
+    (
+        _export(image_ids=[M1, M1]),
+        "inconsistent fields for export images of project 6c1f2a3b\u2026 (2 image ids)",
+    ),
+    (
+        _export(meta={"ticket": "a\nb", "reason": None}),
+        "not a valid export: --ticket must not contain control characters (found U+000A)",
+    ),
+    (
+        _export(meta={"ticket": None, "reason": " padded"}),
+        "inconsistent fields for export images of project 6c1f2a3b\u2026",
+    ),
+    (_export(meta={"ticket": 5}), "meta: ticket and reason must be strings or null"),
+    (_export(meta={"who": "me"}), "meta: must be an object with ticket and reason"),
+    (
+        {**Export(E.PERFORMANCE, project_id=P, iteration_id=I).to_dict(), "threshold": 2},
+        "not a valid export: --threshold must be between 0 and 1 (got 2.0)",
+    ),
+    (
+        {**Export(E.PERFORMANCE, project_id=P, iteration_id=I).to_dict(), "overlap": True},
+        "overlap: not a number: True",
+    ),
+    (
+        _delete(selector=None),
+        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
+    ),
+    (
+        _delete(selector="everything"),
+        "selector: must be one of ('ids', 'tag', 'untagged', 'all', None), not 'everything'",
+    ),
+    (
+        _delete(selector="ids"),
+        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
+    ),
+    (
+        _delete(selector="ids", prediction_ids=[M1]),
+        "inconsistent fields for delete 0 images of project 6c1f2a3b\u2026",
+    ),
+    (
+        {**Delete(D.ACCOUNT).to_dict(), "project_id": P},
+        "inconsistent fields for delete the Custom Vision account",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "problem"), BAD_STORED)
+def test_grammar_from_dict_rejects_bad_data(data: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        request_from_dict(data)
+    assert str(caught.value) == problem
+
+
+@pytest.mark.parametrize("data", [None, [], "export", {"verb": "status"}])
+def test_grammar_request_from_dict_needs_a_stored_request(data: Any) -> None:
+    with pytest.raises(ValueError):
+        request_from_dict(data)
+
+
+def test_grammar_from_dict_normalises_id_case() -> None:
+    stored = _export(project_id=P.upper(), image_ids=[M1.upper()])
+    assert Export.from_dict(stored) == Export(E.IMAGES, project_id=P, image_ids=(M1,))
+
+
+def test_grammar_quote_round_trips_any_text() -> None:
+    text = 'a "b" \u201cc\u201d \\ & <!channel> &amp; \u2019s'
+    command = parse(f"export project {P} --reason {quote(text)}")
+    assert isinstance(command, Export)
+    assert command.meta.reason == text
+    assert slack_escape("<a & b>") == "&lt;a &amp; b&gt;"
+
+
+# --- help --------------------------------------------------------------------------------
+
+TOPICS = [
+    None,
+    "help",
+    "export",
+    "delete",
+    "status",
+    "cancel",
+    "retry",
+    "audit",
+    "audit verify",
+    *(f"export {kind.value}" for kind in ExportKind),
+    *(f"delete {kind.value}" for kind in DeleteKind),
+]
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_grammar_help_examples_all_parse(topic: str | None) -> None:
+    text = help_text(topic, command="/dsr")
+    examples = re.findall(r"^  /dsr (.+)$", text, flags=re.MULTILINE)
+    assert examples
+    for example in examples:
+        if "<" in example:  # a usage line, not an example
+            continue
+        command = parse(slack_escape(example))
+        if topic is not None and " " in topic:
+            assert not isinstance(command, Help)
+            assert example.split()[:2] == topic.split()
+
+
+@pytest.mark.parametrize("topic", [t for t in TOPICS if t is None or " " in t])
+def test_grammar_help_of_a_form_shows_its_usage(topic: str | None) -> None:
+    text = help_text(topic)
+    if topic is None:
+        assert all(f"/cv {line}" in text for line in usage("export").splitlines())
+    else:
+        assert text.startswith(f"/cv {usage(topic)}\n")
+
+
+def test_grammar_help_states_the_rules_users_must_know() -> None:
+    overview = help_text(None)
+    assert "Iteration performance is deleted together with its iteration." in overview
+    assert (
+        "delete account and delete exports cannot be done with the Training-Key: the bot"
+        " answers with the steps to do them." in overview
+    )
+    assert "Every deletion needs approval by a second person" in overview
+    assert '--ticket <ref> and --reason "<text>"' in overview
+    assert "deleted with it" in help_text("delete iteration")
+    assert "deleted with its iteration" in help_text("export performance")
+    assert "cannot be done with the Training-Key" in help_text("delete account")
+    assert "cannot be done with the Training-Key" in help_text("delete exports")
+    for kind in DeleteKind:
+        assert "second person" in help_text(f"delete {kind.value}")
+
+
+def test_grammar_help_and_usage_reject_unknown_topics() -> None:
+    with pytest.raises(ValueError):
+        help_text("export everything")
+    with pytest.raises(ValueError):
+        usage("frobnicate")
+
+
+def test_grammar_usage_lists_forms() -> None:
+    assert usage("export") == U_EXPORT_ALL
+    assert usage("") == U_ALL
+    assert usage("Export  Images") == U_EXPORT_IMAGES
+    assert usage("status") == "status [<request-id>]"
