@@ -1,0 +1,963 @@
+"""A real HTTP emulator of the Custom Vision Training API v3.3, its gateway and blob storage.
+
+I/O module: a ThreadingHTTPServer on 127.0.0.1 (port 0 by default). The data model and
+the service rules live in bot.emulators.cvdata; this module owns the wire:
+
+- Routes under /customvision/v3.3/training for the operations the bot uses (plus
+  PublishIteration, ExportIteration and ExportProject), with the spec's query parameters:
+  csv arrays, lowercase booleans, caps (256 imageIds, 20 tagIds, 64 prediction ids),
+  take <= 256, orderBy Newest|Oldest (default Newest), GUIDs checked.
+- The gateway in front of it: Training-Key check (401), unknown routes (404), rate limit
+  (429), dropped connections, 5xx. Gateway bodies are `{"error": {"code", "message"}}`;
+  service errors are `{"code": <CustomVisionErrorCodes>, "message"}`.
+- Blob storage at /blob/<container>/<name>?<SAS>: image, thumbnail, resized, prediction and
+  export bytes regenerated on every request (valid PNG / zip files), no key needed; a wrong
+  signature is storage's 403, a deleted blob storage's 404. With `Faults.vnet` the API shows
+  relative paths instead, served by GetArtifact with the key.
+
+Every request is recorded as a `Call`; `hooks` see every exchange in full (tests use one to
+check each response against the spec). Fault randomness comes from a seeded random.Random,
+so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import math
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from bot.emulators.cvdata import CvError, EmulatorData, Links, Seed, TaggingStatus
+
+__all__ = [
+    "API_BASE",
+    "Call",
+    "CustomVisionEmulator",
+    "Exchange",
+    "Faults",
+    "Seed",
+    "main",
+    "routes",
+]
+
+API_BASE = "/customvision/v3.3/training"
+MAX_IMAGE_IDS = 256
+MAX_TAG_IDS = 20
+MAX_PREDICTION_IDS = 64
+MAX_TAKE = 256
+DEFAULT_TAKE = 50
+DEFAULT_SEED = Seed()
+
+GATEWAY_401_MISSING = (
+    "Access denied due to missing subscription key. Make sure to include subscription key "
+    "when making requests to an API."
+)
+GATEWAY_401_INVALID = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide "
+    "a valid key for an active subscription and use a correct regional API endpoint for your "
+    "resource."
+)
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_SEGMENT = r"([^/]+)"
+
+
+@dataclass
+class Faults:
+    """Fault switches, read on every request; tests flip them while the emulator runs.
+
+    Randomness (error_rate, drop_rate, blob_truncate_rate) comes from the emulator's
+    random.Random seeded with Seed.seed, so the same run of requests meets the same faults.
+    """
+
+    # Training API calls per second (sliding one-second window, answered calls only);
+    # above it the gateway answers 429. Blob downloads are not counted.
+    tps_cap: float | None = None
+    # Send Retry-After with a 429; without it only the message names the wait.
+    retry_after_header: bool = True
+    # Fraction of Training API calls answered 500 (service body) or 503 (gateway body).
+    error_rate: float = 0.0
+    # Fraction of calls (Training API and blob) whose connection closes without an answer.
+    drop_rate: float = 0.0
+    # Seconds added to every Training API call / every blob download.
+    latency: float = 0.0
+    blob_latency: float = 0.0
+    # Image, export and prediction URIs become relative paths, fetched through GetArtifact.
+    vnet: bool = False
+    # operationId -> N: once N calls of it have succeeded (since start), it answers 500.
+    fail_after: dict[str, int] = field(default_factory=dict)
+    # Seconds before an allIterations deletion disappears from the iterations (202 Accepted).
+    async_delete_delay: float = 0.2
+    # 429 wording: Custom Vision's own ("... Please retry after 1 second. ...") or APIM's
+    # generic ("Rate limit is exceeded. Try again in 1 seconds.").
+    throttle_wording: Literal["customvision", "apim"] = "customvision"
+    # Fraction of blob downloads cut off halfway (full Content-Length announced).
+    blob_truncate_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the emulator saw it. status 0 = the connection was dropped unanswered.
+
+    operation_id is the spec's operationId, "Blob" for blob storage, "Unknown" for no route.
+    key_sent tells whether a Training-Key header came with it (blob downloads must not).
+    """
+
+    operation_id: str
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    time: float
+    key_sent: bool = False
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A request and the answer given, for hooks. origin says who answered: the service
+    (spec-shaped), the gateway (401/404/429/5xx `{"error": ...}`), or blob storage."""
+
+    operation_id: str
+    method: str
+    path: str
+    query: dict[str, str]
+    request_body: Any
+    status: int
+    response_body: Any
+    origin: Literal["service", "gateway", "blob"]
+
+
+Hook = Callable[[Exchange], None]
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, str]
+    body: Any
+    key: str | None
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any = None  # JSON value, bytes, or None for no body
+    headers: dict[str, str] = field(default_factory=dict)
+    origin: Literal["service", "gateway", "blob"] = "service"
+    content_type: str = "application/json; charset=utf-8"
+    drop: bool = False
+    truncate: bool = False
+
+
+def _gateway(status: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
+    body = {"error": {"code": str(status), "message": message}}
+    return _Answer(status, body, headers or {}, origin="gateway")
+
+
+def _bad(code: str, message: str) -> CvError:
+    return CvError(400, code, message)
+
+
+# ----------------------------------------------------------------- query parsing
+
+
+def _guid(value: str, name: str) -> str:
+    if not _GUID.match(value):
+        raise _bad("BadRequestInvalidIds", f"'{name}' is not a valid GUID.")
+    return value.lower()
+
+
+def _opt_guid(query: dict[str, str], name: str) -> str | None:
+    value = query.get(name)
+    return None if value is None or value == "" else _guid(value, name)
+
+
+def _guid_list(query: dict[str, str], name: str, cap: int | None, code: str) -> list[str]:
+    value = query.get(name)
+    if value is None or value == "":
+        return []
+    items = [item.strip() for item in value.split(",")]
+    if cap is not None and len(items) > cap:
+        raise _bad(code, f"'{name}' is limited to {cap} ids per call; got {len(items)}.")
+    return [_guid(item, name) for item in items]
+
+
+def _bool(query: dict[str, str], name: str) -> bool:
+    value = query.get(name)
+    if value is None or value == "":
+        return False
+    # ASP.NET binds booleans case-insensitively; anything else is a 400.
+    if value.lower() not in ("true", "false"):
+        raise _bad("BadRequest", f"'{name}' must be true or false.")
+    return value.lower() == "true"
+
+
+def _int(query: dict[str, str], name: str, default: int, low: int, high: int | None) -> int:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    if not re.fullmatch(r"-?\d{1,10}", value):
+        raise _bad("BadRequest", f"'{name}' must be an integer.")
+    number = int(value)
+    if number < low or (high is not None and number > high):
+        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _bad("BadRequest", f"'{name}' must be {limit}.")
+    return number
+
+
+def _number(query: dict[str, str], name: str, default: float) -> float:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad("BadRequest", f"'{name}' must be a number.") from None
+    if not math.isfinite(number):
+        raise _bad("BadRequest", f"'{name}' must be a number.")
+    return number
+
+
+def _choice(query: dict[str, str], name: str, choices: Sequence[str], default: str) -> str:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    for choice in choices:
+        if value.lower() == choice.lower():  # enums bind case-insensitively too
+            return choice
+    raise _bad("BadRequest", f"'{name}' must be one of {', '.join(choices)}.")
+
+
+# ----------------------------------------------------------------------- server
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: CustomVisionEmulator) -> None:
+        self.emulator = emulator
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        """Wake handler threads blocked on idle keep-alive connections so they can end."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "cv-emulator"
+    sys_version = ""
+    timeout = 30
+    # Headers and body leave in one write without Nagle's delay (else ~40 ms per keep-alive call).
+    disable_nagle_algorithm = True
+    wbufsize = 1 << 16
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default stderr access log."""
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        answer = self.server.emulator._dispatch(self.command, self.path, dict(self.headers), raw)
+        if answer.drop:
+            self.close_connection = True
+            return
+        if answer.status in (202, 204) or answer.body is None:
+            payload = b""
+        elif isinstance(answer.body, bytes):
+            payload = answer.body
+        else:
+            payload = json.dumps(answer.body).encode("utf-8")
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        if answer.status != 204:
+            if payload:
+                self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(payload)))
+        if answer.truncate:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if answer.truncate:
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            return
+        if payload:
+            self.wfile.write(payload)
+
+
+RouteHandler = Callable[["CustomVisionEmulator", _Request], _Answer]
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+    operation_id: str
+    handler: RouteHandler
+    params: tuple[str, ...]
+
+
+_ROUTES: list[_Route] = []
+
+
+def _route(method: str, template: str, operation_id: str) -> Callable[[RouteHandler], RouteHandler]:
+    names = tuple(re.findall(r"\{(\w+)\}", template))
+    regex = re.escape(template)
+    for name in names:
+        regex = regex.replace(re.escape("{" + name + "}"), _SEGMENT)
+
+    def register(handler: RouteHandler) -> RouteHandler:
+        _ROUTES.append(
+            _Route(method, template, re.compile(f"^{regex}$"), operation_id, handler, names)
+        )
+        return handler
+
+    return register
+
+
+def routes() -> list[tuple[str, str, str]]:
+    """Return (method, path template under API_BASE, operationId) of every emulated operation."""
+    return [(r.method, r.template, r.operation_id) for r in _ROUTES]
+
+
+class CustomVisionEmulator:
+    """The emulator: start() it, point a client at `endpoint`, read `calls` and `data`."""
+
+    def __init__(
+        self,
+        training_key: str = "emulator-training-key",
+        *,
+        seed: Seed | None = DEFAULT_SEED,
+        faults: Faults | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._key = training_key
+        self.faults = faults or Faults()
+        self.clock = clock  # rate-limit window, async deletions, Call.time
+        self.data = EmulatorData(seed, clock=clock)
+        self.calls: list[Call] = []
+        self.hooks: list[Hook] = []
+        self.hook_errors: list[BaseException] = []
+        self._host = host
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._random = random.Random(seed.seed if seed else 0)
+        self._window: collections.deque[float] = collections.deque()
+        self._successes: collections.Counter[str] = collections.Counter()
+        self._deleted_images: collections.Counter[str] = collections.Counter()
+        self._deleted_predictions: collections.Counter[str] = collections.Counter()
+        self._request_ids = 0
+        self.endpoint = ""
+
+    def __repr__(self) -> str:
+        return f"CustomVisionEmulator(endpoint={self.endpoint!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> CustomVisionEmulator:
+        """Start serving in a background thread; return self."""
+        server = _Server((self._host, self._port), self)
+        self._server = server
+        host, port = server.server_address[:2]
+        self.endpoint = f"http://{host!s}:{port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end open connections and join every handler thread."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_open_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> CustomVisionEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------- records
+
+    def calls_to(self, operation_id: str) -> list[Call]:
+        """Return the recorded calls of one operation, in order."""
+        with self._lock:
+            return [c for c in self.calls if c.operation_id == operation_id]
+
+    def deleted_image_counts(self) -> collections.Counter[str]:
+        """Return image id -> how many successful DeleteImages calls removed it."""
+        with self._lock:
+            return collections.Counter(self._deleted_images)
+
+    def deleted_prediction_counts(self) -> collections.Counter[str]:
+        """Return prediction id -> how many DeletePrediction calls removed it."""
+        with self._lock:
+            return collections.Counter(self._deleted_predictions)
+
+    def image_bytes(self, image_id: str) -> bytes:
+        """Return the bytes the original-image blob of `image_id` serves (deleted or not)."""
+        return self.data.original_image_bytes(image_id)
+
+    @property
+    def api_url(self) -> str:
+        """The Training API base URL (endpoint plus the v3.3 base path)."""
+        return self.endpoint + API_BASE
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _links(self) -> Links:
+        return self.data.links(self.endpoint, self.faults.vnet)
+
+    def _record(
+        self, operation_id: str, request: _Request, answer: _Answer, key_sent: bool
+    ) -> None:
+        status = 0 if answer.drop else answer.status
+        call = Call(
+            operation_id,
+            request.method,
+            request.path,
+            dict(request.query),
+            status,
+            self.clock(),
+            key_sent,
+        )
+        with self._lock:
+            self.calls.append(call)
+            hooks = list(self.hooks)
+        if answer.drop:
+            return
+        exchange = Exchange(
+            operation_id,
+            request.method,
+            request.path,
+            dict(request.query),
+            request.body,
+            answer.status,
+            answer.body,
+            answer.origin,
+        )
+        for hook in hooks:
+            try:
+                hook(exchange)
+            except Exception as exc:  # a hook's failure must reach the test, not the client
+                with self._lock:
+                    self.hook_errors.append(exc)
+
+    def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Answer:
+        parts = urlsplit(target)
+        pairs = parse_qs(parts.query, keep_blank_values=True)
+        query = {name: values[-1] for name, values in pairs.items()}
+        key = next((v for k, v in headers.items() if k.lower() == "training-key"), None)
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw
+        request = _Request(method, parts.path, {}, query, body, key)
+        if parts.path.startswith("/blob/"):
+            answer = self._blob(parts.path[len("/blob/") :], query)
+            self._record("Blob", request, answer, key is not None)
+            return answer
+        route = self._match(method, parts.path, request)
+        if route is None:
+            answer = _gateway(404, "Resource not found")
+            self._record("Unknown", request, answer, key is not None)
+            return answer
+        answer = self._api(route, request, pairs)
+        self._record(route.operation_id, request, answer, key is not None)
+        return answer
+
+    def _match(self, method: str, path: str, request: _Request) -> _Route | None:
+        if not path.startswith(API_BASE + "/"):
+            return None
+        rest = path[len(API_BASE) :]
+        for route in _ROUTES:
+            if route.method != method:
+                continue
+            match = route.pattern.match(rest)
+            if match:
+                request.params = dict(zip(route.params, match.groups(), strict=True))
+                return route
+        return None
+
+    def _api(self, route: _Route, request: _Request, pairs: dict[str, list[str]]) -> _Answer:
+        faults = self.faults
+        if request.key is None:
+            return _gateway(401, GATEWAY_401_MISSING)
+        if request.key != self._key:
+            return _gateway(401, GATEWAY_401_INVALID)
+        throttled = self._throttle(route.operation_id, faults)
+        if throttled is not None:
+            return throttled
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        with self._lock:
+            roll_drop = self._random.random()
+            roll_error = self._random.random()
+            roll_kind = self._random.random()
+            self._request_ids += 1
+            request_id = str(uuid.UUID(int=self._request_ids, version=4))
+        if roll_drop < faults.drop_rate:
+            return _Answer(0, drop=True)
+        if roll_error < faults.error_rate:
+            if roll_kind < 0.5:
+                return _Answer(500, {"code": "ErrorUnknown", "message": "An error occurred."})
+            return _gateway(503, "The service is temporarily unavailable. Try again later.")
+        limit = faults.fail_after.get(route.operation_id)
+        if limit is not None:
+            with self._lock:
+                exhausted = self._successes[route.operation_id] >= limit
+            if exhausted:
+                return _Answer(500, {"code": "ErrorUnknown", "message": "An error occurred."})
+        try:
+            repeated = sorted(name for name, values in pairs.items() if len(values) > 1)
+            if repeated:
+                raise _bad("BadRequest", f"Query parameter '{repeated[0]}' is repeated.")
+            for name in route.params:
+                request.params[name] = _guid(request.params[name], name)
+            answer = route.handler(self, request)
+        except CvError as error:
+            answer = _Answer(error.status, {"code": error.code, "message": error.message})
+        answer.headers.setdefault("apim-request-id", request_id)
+        if answer.status < 400:
+            with self._lock:
+                self._successes[route.operation_id] += 1
+        return answer
+
+    def _throttle(self, operation_id: str, faults: Faults) -> _Answer | None:
+        cap = faults.tps_cap
+        if cap is None:
+            return None
+        now = self.clock()
+        with self._lock:
+            window = self._window
+            while window and window[0] <= now - 1.0:
+                window.popleft()
+            if len(window) < cap:
+                window.append(now)
+                return None
+            wait = max(1, math.ceil(window[0] + 1.0 - now))
+        unit = "second" if wait == 1 else "seconds"
+        if faults.throttle_wording == "apim":
+            message = f"Rate limit is exceeded. Try again in {wait} seconds."
+        else:
+            message = (
+                f"Requests to the {operation_id} Operation under Custom_Vision_Training_3.3 have "
+                "exceeded rate limit of your current Custom_Vision.Training F0 pricing tier. "
+                f"Please retry after {wait} {unit}. To increase your rate limit switch to a "
+                "paid tier."
+            )
+        headers = {"Retry-After": str(wait)} if faults.retry_after_header else {}
+        return _gateway(429, message, headers)
+
+    def _blob(self, relpath: str, query: dict[str, str]) -> _Answer:
+        faults = self.faults
+        if faults.blob_latency > 0:
+            time.sleep(faults.blob_latency)
+        with self._lock:
+            roll_drop = self._random.random()
+            roll_truncate = self._random.random()
+        if roll_drop < faults.drop_rate:
+            return _Answer(0, drop=True, origin="blob")
+        try:
+            found = self.data.blob(relpath, query.get("sig"))
+        except PermissionError:
+            return _storage_error(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the request. Make sure the value of "
+                "Authorization header is formed correctly including the signature.",
+            )
+        if found is None:
+            return _storage_error(404, "BlobNotFound", "The specified blob does not exist.")
+        data, content_type = found
+        truncate = roll_truncate < faults.blob_truncate_rate and len(data) > 1
+        return _Answer(
+            200,
+            data,
+            {"x-ms-blob-type": "BlockBlob"},
+            origin="blob",
+            content_type=content_type,
+            truncate=truncate,
+        )
+
+
+def _storage_error(status: int, code: str, message: str) -> _Answer:
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+    return _Answer(
+        status,
+        body,
+        {"x-ms-error-code": code},
+        origin="blob",
+        content_type="application/xml",
+    )
+
+
+# ------------------------------------------------------------------- operations
+# Each handler reads the parsed request and answers; CvError becomes a service error body.
+
+
+def _ok(body: Any) -> _Answer:
+    return _Answer(200, body)
+
+
+@_route("GET", "/domains", "GetDomains")
+def _get_domains(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_domains())
+
+
+@_route("GET", "/projects", "GetProjects")
+def _get_projects(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_projects(emu._links()))
+
+
+@_route("GET", "/projects/{projectId}", "GetProject")
+def _get_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_project(req.params["projectId"], emu._links()))
+
+
+@_route("DELETE", "/projects/{projectId}", "DeleteProject")
+def _delete_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    emu.data.api_delete_project(req.params["projectId"])
+    return _Answer(204)
+
+
+@_route("GET", "/projects/{projectId}/export", "ExportProject")
+def _export_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_export_project(req.params["projectId"]))
+
+
+@_route("GET", "/projects/{projectId}/artifacts", "GetArtifact")
+def _get_artifact(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    path = req.query.get("path")
+    if not path:
+        raise _bad("BadRequestRequiredParamIsNull", "'path' is required.")
+    project_id = req.params["projectId"]
+    emu.data.api_project(project_id, emu._links())  # NotFoundProject first
+    found = emu.data.artifact(project_id, path)
+    if found is None:
+        raise CvError(404, "NotFound", "The artifact does not exist.")
+    return _Answer(200, found[0], content_type="application/octet-stream")
+
+
+@_route("GET", "/projects/{projectId}/iterations", "GetIterations")
+def _get_iterations(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_iterations(req.params["projectId"]))
+
+
+@_route("GET", "/projects/{projectId}/iterations/{iterationId}", "GetIteration")
+def _get_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_iteration(req.params["projectId"], req.params["iterationId"]))
+
+
+@_route("DELETE", "/projects/{projectId}/iterations/{iterationId}", "DeleteIteration")
+def _delete_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    emu.data.api_delete_iteration(req.params["projectId"], req.params["iterationId"])
+    return _Answer(204)
+
+
+@_route(
+    "GET", "/projects/{projectId}/iterations/{iterationId}/performance", "GetIterationPerformance"
+)
+def _get_performance(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    threshold = _number(req.query, "threshold", 0.5)
+    overlap = _number(req.query, "overlapThreshold", 0.3)
+    return _ok(
+        emu.data.api_performance(
+            req.params["projectId"], req.params["iterationId"], threshold, overlap
+        )
+    )
+
+
+@_route("POST", "/projects/{projectId}/iterations/{iterationId}/publish", "PublishIteration")
+def _publish(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    name = req.query.get("publishName")
+    if not name or not req.query.get("predictionId"):
+        raise _bad("BadRequestRequiredParamIsNull", "publishName and predictionId are required.")
+    _bool(req.query, "overwrite")
+    return _ok(emu.data.api_publish(req.params["projectId"], req.params["iterationId"], name))
+
+
+@_route("DELETE", "/projects/{projectId}/iterations/{iterationId}/publish", "UnpublishIteration")
+def _unpublish(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    emu.data.api_unpublish(req.params["projectId"], req.params["iterationId"])
+    return _Answer(204)
+
+
+@_route("GET", "/projects/{projectId}/iterations/{iterationId}/export", "GetExports")
+def _get_exports(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(
+        emu.data.api_exports(req.params["projectId"], req.params["iterationId"], emu._links())
+    )
+
+
+_PLATFORMS = ("CoreML", "TensorFlow", "DockerFile", "ONNX", "VAIDK")
+_FLAVORS = ("Linux", "Windows", "ONNX10", "ONNX12", "ARM", "TensorFlowNormal", "TensorFlowLite")
+
+
+@_route("POST", "/projects/{projectId}/iterations/{iterationId}/export", "ExportIteration")
+def _export_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    if not req.query.get("platform"):
+        raise _bad("BadRequestRequiredParamIsNull", "'platform' is required.")
+    platform = _choice(req.query, "platform", _PLATFORMS, "")
+    flavor = _choice(req.query, "flavor", _FLAVORS, "") or None
+    project_id, iteration_id = req.params["projectId"], req.params["iterationId"]
+    return _ok(
+        emu.data.api_export_iteration(project_id, iteration_id, platform, flavor, emu._links())
+    )
+
+
+@_route("GET", "/projects/{projectId}/tags", "GetTags")
+def _get_tags(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _ok(emu.data.api_tags(req.params["projectId"], _opt_guid(req.query, "iterationId")))
+
+
+@_route("GET", "/projects/{projectId}/tags/{tagId}", "GetTag")
+def _get_tag(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    iteration_id = _opt_guid(req.query, "iterationId")
+    return _ok(emu.data.api_tag(req.params["projectId"], req.params["tagId"], iteration_id))
+
+
+@_route("DELETE", "/projects/{projectId}/tags/{tagId}", "DeleteTag")
+def _delete_tag(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    emu.data.api_delete_tag(req.params["projectId"], req.params["tagId"])
+    return _Answer(204)
+
+
+def _list_images(
+    emu: CustomVisionEmulator, req: _Request, status: TaggingStatus, with_tags: bool
+) -> _Answer:
+    iteration_id = _opt_guid(req.query, "iterationId")
+    tag_ids = (
+        _guid_list(req.query, "tagIds", MAX_TAG_IDS, "BadRequestExceededBatchSize")
+        if with_tags
+        else []
+    )
+    newest = _choice(req.query, "orderBy", ("Newest", "Oldest"), "Newest") == "Newest"
+    take = _int(req.query, "take", DEFAULT_TAKE, 0, MAX_TAKE)
+    skip = _int(req.query, "skip", 0, 0, None)
+    if req.query.get("$filter"):
+        raise _bad("BadRequestNotSupported", "The emulator does not support $filter.")
+    images = emu.data.api_images(
+        req.params["projectId"],
+        emu._links(),
+        iteration_id=iteration_id,
+        status=status,
+        tag_ids=tag_ids,
+        newest_first=newest,
+        skip=skip,
+        take=take,
+    )
+    return _ok(images)
+
+
+def _tagging_status(query: dict[str, str]) -> TaggingStatus:
+    status = _choice(query, "taggingStatus", ("All", "Tagged", "Untagged"), "All")
+    return "Tagged" if status == "Tagged" else "Untagged" if status == "Untagged" else "All"
+
+
+@_route("GET", "/projects/{projectId}/images", "GetImages")
+def _get_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _list_images(emu, req, _tagging_status(req.query), True)
+
+
+@_route("GET", "/projects/{projectId}/images/tagged", "GetTaggedImages")
+def _get_tagged_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _list_images(emu, req, "Tagged", True)
+
+
+@_route("GET", "/projects/{projectId}/images/untagged", "GetUntaggedImages")
+def _get_untagged_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _list_images(emu, req, "Untagged", False)
+
+
+def _count(emu: CustomVisionEmulator, req: _Request, status: TaggingStatus, tags: bool) -> _Answer:
+    if req.query.get("$filter"):
+        raise _bad("BadRequestNotSupported", "The emulator does not support $filter.")
+    count = emu.data.api_image_count(
+        req.params["projectId"],
+        iteration_id=_opt_guid(req.query, "iterationId"),
+        status=status,
+        # The spec sets no cap on tagIds for the count operations.
+        tag_ids=_guid_list(req.query, "tagIds", None, "") if tags else [],
+    )
+    return _ok(count)
+
+
+@_route("GET", "/projects/{projectId}/images/count", "GetImageCount")
+def _get_image_count(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _count(emu, req, _tagging_status(req.query), True)
+
+
+@_route("GET", "/projects/{projectId}/images/tagged/count", "GetTaggedImageCount")
+def _get_tagged_count(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _count(emu, req, "Tagged", True)
+
+
+@_route("GET", "/projects/{projectId}/images/untagged/count", "GetUntaggedImageCount")
+def _get_untagged_count(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    return _count(emu, req, "Untagged", False)
+
+
+@_route("GET", "/projects/{projectId}/images/id", "GetImagesByIds")
+def _get_images_by_ids(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    ids = _guid_list(req.query, "imageIds", MAX_IMAGE_IDS, "BadRequestExceededBatchSize")
+    iteration_id = _opt_guid(req.query, "iterationId")
+    return _ok(emu.data.api_images_by_ids(req.params["projectId"], ids, iteration_id, emu._links()))
+
+
+@_route("DELETE", "/projects/{projectId}/images", "DeleteImages")
+def _delete_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    ids = _guid_list(req.query, "imageIds", MAX_IMAGE_IDS, "BadRequestExceededBatchSize")
+    all_images = _bool(req.query, "allImages")
+    all_iterations = _bool(req.query, "allIterations")
+    if not ids and not all_images:
+        raise _bad("BadRequestRequiredParamIsNull", "Specify imageIds or allImages.")
+    removed = emu.data.api_delete_images(
+        req.params["projectId"],
+        ids,
+        all_images=all_images,
+        all_iterations=all_iterations,
+        delay=emu.faults.async_delete_delay,
+    )
+    with emu._lock:
+        emu._deleted_images.update(removed)
+    return _Answer(202 if all_images or all_iterations else 204)
+
+
+@_route("POST", "/projects/{projectId}/predictions/query", "QueryPredictions")
+def _query_predictions(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    if req.body is None:
+        raise _bad("BadRequestRequiredParamIsNull", "The query body is required.")
+    return _ok(emu.data.api_query_predictions(req.params["projectId"], req.body, emu._links()))
+
+
+@_route("DELETE", "/projects/{projectId}/predictions", "DeletePrediction")
+def _delete_prediction(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    ids = _guid_list(req.query, "ids", MAX_PREDICTION_IDS, "BadRequestPredictionIdsExceededCount")
+    if not ids:
+        raise _bad("BadRequestPredictionIdsMissing", "'ids' is required.")
+    removed = emu.data.api_delete_predictions(req.params["projectId"], ids)
+    with emu._lock:
+        emu._deleted_predictions.update(removed)
+    return _Answer(204)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve an emulator until Ctrl-C (`python -m bot.emulators.customvision --help`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--key", default="emulator-training-key", help="the Training-Key to accept")
+    parser.add_argument("--projects", type=int, default=DEFAULT_SEED.projects)
+    parser.add_argument("--iterations", type=int, default=DEFAULT_SEED.iterations)
+    parser.add_argument("--tags", type=int, default=DEFAULT_SEED.tags)
+    parser.add_argument("--images", type=int, default=DEFAULT_SEED.images)
+    parser.add_argument("--predictions", type=int, default=DEFAULT_SEED.predictions)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED.seed)
+    parser.add_argument("--tps-cap", type=float, default=None)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--vnet", action="store_true")
+    args = parser.parse_args(argv)
+    seed = Seed(
+        projects=args.projects,
+        iterations=args.iterations,
+        tags=args.tags,
+        images=args.images,
+        predictions=args.predictions,
+        seed=args.seed,
+    )
+    faults = Faults(
+        tps_cap=args.tps_cap, latency=args.latency, error_rate=args.error_rate, vnet=args.vnet
+    )
+    emulator = CustomVisionEmulator(
+        args.key, seed=seed, faults=faults, host=args.host, port=args.port
+    )
+    with emulator:
+        print(f"Custom Vision Training API emulator: {emulator.endpoint}", flush=True)
+        print(f"  API base: {emulator.api_url}", flush=True)
+        for project_id in emulator.data.project_ids():
+            print(f"  project {project_id}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()
