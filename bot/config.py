@@ -148,7 +148,7 @@ def _positive_int(raw: str) -> int:
 
 def _port(raw: str) -> int:
     value = int(raw)
-    if not 1 <= value <= 65535:
+    if not 0 <= value <= 65535:
         raise ValueError(raw)
     return value
 
@@ -261,7 +261,7 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
             "BOT_ALLOW_PUBLIC_EXPORTS", False, _boolean, "expected true or false"
         ),
         max_file_mb=r.parsed("BOT_MAX_FILE_MB", 1000, _max_file_mb, "expected 1 to 1000 (MB)"),
-        port=r.parsed("PORT", 3000, _port, "expected a TCP port 1-65535"),
+        port=r.parsed("PORT", 3000, _port, "expected a TCP port 0-65535 (0: any free port)"),
         workers=r.parsed("BOT_WORKERS", 2, _positive_int, "expected a whole number >= 1"),
         download_concurrency=r.parsed(
             "BOT_DOWNLOAD_CONCURRENCY", 8, _positive_int, "expected a whole number >= 1"

@@ -117,10 +117,10 @@ def _decidable(subject: Subject, now: datetime) -> Decision:
 
 def may_approve(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
     """Return whether `actor` may approve the deletion `subject` now."""
-    if not actor.listed_in(rules.approvers):
-        return Decision(False, "Only approvers (BOT_APPROVERS) may approve deletions.")
     if actor.user_id == subject.requester:
         return Decision(False, "You cannot approve your own request: a second person must.")
+    if not actor.listed_in(rules.approvers):
+        return Decision(False, "Only approvers (BOT_APPROVERS) may approve deletions.")
     if actor.user_id in subject.approvals:
         return Decision(False, f"You have already approved {subject.request_id}.")
     return _decidable(subject, now)
@@ -128,10 +128,10 @@ def may_approve(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> 
 
 def may_reject(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
     """Return whether `actor` may reject the deletion `subject` now."""
-    if not actor.listed_in(rules.approvers):
-        return Decision(False, "Only approvers (BOT_APPROVERS) may reject deletions.")
     if actor.user_id == subject.requester:
         return Decision(False, "You cannot reject your own request: use Cancel instead.")
+    if not actor.listed_in(rules.approvers):
+        return Decision(False, "Only approvers (BOT_APPROVERS) may reject deletions.")
     return _decidable(subject, now)
 
 

@@ -277,16 +277,14 @@ class Store:
         )
 
     def requests_of(self, user: str, *, open_only: bool = True) -> list[RequestRecord]:
-        """Return the user's requests, newest first (only open ones by default)."""
+        """Return the user's latest 50 requests, newest first (only open ones by default)."""
         conn = self.db.conn
         sql = "SELECT * FROM requests WHERE requester = ?"
+        args: list[Any] = [user]
         if open_only:
             sql += f" AND status IN ({','.join('?' * len(OPEN))})"
-        rows = conn.execute(sql + " ORDER BY id DESC LIMIT 50", (user, *sorted(OPEN))).fetchall()
-        if not open_only:
-            rows = conn.execute(
-                "SELECT * FROM requests WHERE requester = ? ORDER BY id DESC LIMIT 50", (user,)
-            ).fetchall()
+            args.extend(sorted(OPEN))
+        rows = conn.execute(sql + " ORDER BY id DESC LIMIT 50", args).fetchall()
         return [self._record(conn, row) for row in rows]
 
     def has_requests(self, user: str) -> bool:

@@ -77,7 +77,7 @@ def test_policy_request_open_lists_allow_anyone_but_deletions_need_approvers() -
     [
         (APPROVER, pending(), True, ""),
         (GROUP_APPROVER, pending(), True, ""),
-        (REQUESTER, pending(), False, "Only approvers (BOT_APPROVERS) may approve deletions."),
+        (REQUESTER, pending(), False, "You cannot approve your own request: a second person must."),
         (STRANGER, pending(), False, "Only approvers (BOT_APPROVERS) may approve deletions."),
         (
             APPROVER,
@@ -124,7 +124,8 @@ def test_policy_approve(actor: Actor, subject: Subject, allowed: bool, reason: s
     [
         (APPROVER, pending(), True, ""),
         (GROUP_APPROVER, pending(approvals=("U0GROUPIE",)), True, ""),
-        (REQUESTER, pending(), False, "Only approvers (BOT_APPROVERS) may reject deletions."),
+        (REQUESTER, pending(), False, "You cannot reject your own request: use Cancel instead."),
+        (STRANGER, pending(), False, "Only approvers (BOT_APPROVERS) may reject deletions."),
         (
             APPROVER,
             pending(requester="U0APPROVER"),

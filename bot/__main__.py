@@ -1,0 +1,184 @@
+"""Command line: `python -m bot run | serve | sandbox | check | audit verify`.
+
+`run` is the README's main job: the real bot when credentials are configured, otherwise the
+sandbox (local emulators, no credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from bot.config import Config, load_config, read_environment
+from bot.errors import ConfigError
+
+log = logging.getLogger("bot")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces any configured secret in a log line (defence in depth)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "[redacted]")
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(fmt: str, secrets: Sequence[str] = (), stream: IO[str] | None = None) -> None:
+    """Log one line per event to stderr, human-readable or JSON, with secrets redacted."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+def _lock(database: Path) -> IO[str]:
+    """Hold an exclusive lock beside the database: one bot process per database."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    handle = (database.parent / (database.name + ".lock")).open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError([f"another bot process is using {database}; stop it first"]) from None
+    return handle
+
+
+def serve(config: Config, *, stop: threading.Event | None = None) -> int:
+    """Run the bot until SIGTERM/SIGINT (or `stop`); return the exit code."""
+    from bot.app import HttpServer, build_bot, socket_mode
+    from bot.checks import run_checks
+
+    lock = _lock(config.database)
+    stop = stop or threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(sig, lambda *_: stop.set())
+    bot = build_bot(config)
+    try:
+        failures = [c for c in run_checks(config, bot=bot) if not c.ok]
+        if failures:
+            log.error("refusing to start; fix these first:")
+            for check in failures:
+                log.error("  %s: %s — %s", check.name, check.detail, check.fix)
+            return 2
+        bot.start()
+        if config.socket_mode:
+            handler = socket_mode(bot)
+            handler.connect()  # type: ignore[no-untyped-call]
+            log.info("serving %s over Socket Mode", config.bot_command)
+            stop.wait()
+            handler.close()  # type: ignore[no-untyped-call]
+        else:
+            server = HttpServer(bot, port=config.port).start()
+            log.info(
+                "serving %s on http://0.0.0.0:%s/slack/events", config.bot_command, server.port
+            )
+            stop.wait()
+            server.close()
+        log.info("stopping: waiting for running jobs to reach a checkpoint")
+        return 0
+    finally:
+        bot.stop()
+        lock.close()
+
+
+def audit_verify(config: Config) -> int:
+    """Verify the audit chain of the database file offline; return 0 when intact."""
+    from bot import audit
+    from bot.db import connect
+
+    if not config.database.exists():
+        print(f"No database at {config.database}.", file=sys.stderr)
+        return 2
+    conn = connect(config.database)
+    try:
+        result = audit.verify(conn)
+    finally:
+        conn.close()
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; return the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the real bot with credentials, else the sandbox")
+    sub.add_parser("serve", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    sandbox = sub.add_parser("sandbox", help="a scripted demo against local emulators")
+    sandbox.add_argument("--interactive", action="store_true")
+    sandbox.add_argument("--output", type=Path, default=Path("sandbox-output"))
+    sub.add_parser("check", help="verify configuration, Slack, Custom Vision and the database")
+    audit_parser = sub.add_parser("audit", help="audit log tools")
+    audit_parser.add_argument("action", choices=("verify",))
+    args = parser.parse_args(argv)
+
+    env = read_environment(args.env_file)
+    command = args.command
+    if command == "run":
+        has_credentials = bool(env.get("SLACK_BOT_TOKEN") or env.get("CUSTOM_VISION_TRAINING_KEY"))
+        command = "serve" if has_credentials else "sandbox"
+        args.interactive, args.output = False, Path("sandbox-output")
+    try:
+        if command == "sandbox":
+            from bot.sandbox import run_sandbox
+
+            setup_logging(args.log_format)
+            logging.getLogger().setLevel(logging.WARNING)
+            return run_sandbox(output=args.output, interactive=args.interactive)
+        config = load_config(env, serve=command in {"serve", "check"})
+        setup_logging(args.log_format, config.secrets())
+        if command == "serve":
+            return serve(config)
+        if command == "check":
+            from bot.checks import print_checks
+
+            return print_checks(config)
+        return audit_verify(config)
+    except ConfigError as exc:
+        print(exc.user_message, file=sys.stderr)
+        print("See .env.example and README.md (Configuration).", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""A whole bot on one machine: both emulators and the bot over real HTTP, wired by a Config.
+
+Tests, benchmarks and the sandbox start the same stack, so what they exercise is what runs in
+production: the real config loader, the real Training API client over HTTP, the unmodified
+slack-sdk client against the Slack emulator, and signed requests into Bolt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config, load_config
+from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed
+from bot.emulators.slack import DEFAULT_SCOPES, SlackEmulator
+from bot.emulators.slack_driver import SlackDriver
+from bot.ids import parse_request_id
+
+SIGNING_SECRET = "emulator-signing-secret-0f9c2b"  # noqa: S105 - a test value, not a credential
+BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"  # noqa: S105
+TRAINING_KEY = "emulator-training-key-7a3c"
+
+
+@dataclass(frozen=True)
+class Person:
+    user_id: str
+    name: str
+
+
+REQUESTER = Person("U0ALICE", "alice")
+APPROVER = Person("U0BOB", "bob")
+GROUP_APPROVER = Person("U0CAROL", "carol")
+STRANGER = Person("U0MALLORY", "mallory")
+PRIVACY_GROUP = "S0PRIVACY"
+CHANNEL = "C0DSR"  # private channel where requests are made
+PUBLIC_CHANNEL = "C0GENERAL"
+OUTSIDE_CHANNEL = "C0RANDOM"  # the bot is not a member
+AUDIT_CHANNEL = "C0AUDIT"
+
+
+@dataclass
+class Stack:
+    """Running emulators and a running bot; `close()` stops everything."""
+
+    cv: CustomVisionEmulator
+    slack: SlackEmulator
+    config: Config
+    env: dict[str, str]
+    bot: Any = None  # bot.app.Bot when started in-process
+    server: Any = None  # bot.app.HttpServer
+    driver: SlackDriver | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def bot_url(self) -> str:
+        """The bot's Slack endpoint."""
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}/slack/events"
+
+    def command(self, person: Person, text: str, channel: str = CHANNEL) -> Any:
+        """Send a signed slash command as `person`; return the HTTP response."""
+        assert self.driver is not None
+        return self.driver.command(person.user_id, channel, text)
+
+    def request_id(self, response: Any) -> str:
+        """Return the request id (R-1001) named in a command's ephemeral answer."""
+        text = str(response.json()["text"])
+        for word in text.replace(":", " ").replace(".", " ").split():
+            if parse_request_id(word) is not None:
+                return word
+        raise AssertionError(f"no request id in {text!r}")
+
+    def status(self, request_id: str) -> str:
+        """Return the stored status of a request."""
+        assert self.bot is not None
+        return str(self.bot.store.get(request_id).status)
+
+    def wait_status(self, request_id: str, *statuses: str, timeout: float = 30.0) -> str:
+        """Wait until the request reaches one of `statuses`; return it (raise on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(request_id)
+            if status in statuses:
+                return status
+            time.sleep(0.02)
+        raise AssertionError(f"{request_id} stayed {self.status(request_id)}, not {statuses}")
+
+    def wait_delivered(self, timeout: float = 30.0) -> None:
+        """Wait until the outbox has nothing pending (every Slack delivery was made)."""
+        assert self.bot is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.bot.store.outbox_pending_count() == 0:
+                return
+            time.sleep(0.02)
+        raise AssertionError("Slack deliveries still pending")
+
+    def announcement(self, request_id: str) -> Any:
+        """Return the emulator's copy of a request's announcement message."""
+        assert self.bot is not None
+        ts = self.bot.store.get(request_id).message_ts
+        for message in self.slack.messages(CHANNEL) + self.slack.messages(PUBLIC_CHANNEL):
+            if message.ts == ts:
+                return message
+        raise AssertionError(f"no announcement for {request_id}")
+
+    def click(self, person: Person, request_id: str, action: str, channel: str = CHANNEL) -> Any:
+        """Click one of the announcement's buttons (`approve`, `reject`, `cancel`)."""
+        assert self.driver is not None and self.bot is not None
+        ts = self.bot.store.get(request_id).message_ts
+        assert ts is not None, "the announcement was not posted yet"
+        return self.driver.click(person.user_id, channel, ts, f"request.{action}", request_id)
+
+    def close(self) -> None:
+        """Stop the bot, the server and both emulators."""
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
+
+
+def bot_env(
+    cv: CustomVisionEmulator, slack: SlackEmulator, data_dir: Path, **overrides: str
+) -> dict[str, str]:
+    """Return the environment a bot needs to talk to these emulators."""
+    env = {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "CUSTOM_VISION_ENDPOINT": cv.endpoint,
+        "CUSTOM_VISION_TRAINING_KEY": TRAINING_KEY,
+        "CUSTOM_VISION_TPS": "1000",
+        "BOT_DATABASE": str(data_dir / "cvdsr.db"),
+        "BOT_WORK_DIR": str(data_dir / "work"),
+        "BOT_APPROVERS": f"{APPROVER.user_id},{PRIVACY_GROUP}",
+        "BOT_AUDIT_CHANNEL": AUDIT_CHANNEL,
+        "PORT": "0",
+    }
+    env.update(overrides)
+    return env
+
+
+def populate_slack(slack: SlackEmulator) -> None:
+    """Add the demo cast: people, a user group, channels with and without the bot."""
+    for person in (REQUESTER, APPROVER, GROUP_APPROVER, STRANGER):
+        slack.add_user(person.user_id, person.name)
+    slack.add_usergroup(PRIVACY_GROUP, "privacy-team", [GROUP_APPROVER.user_id])
+    slack.add_channel(CHANNEL, "privacy-requests", is_private=True)
+    slack.add_channel(PUBLIC_CHANNEL, "general", is_private=False)
+    slack.add_channel(OUTSIDE_CHANNEL, "random", is_private=False, bot_member=False)
+    slack.add_channel(AUDIT_CHANNEL, "dsr-audit", is_private=True)
+
+
+def start_emulators(
+    seed: Seed | None = None, faults: Faults | None = None
+) -> tuple[CustomVisionEmulator, SlackEmulator]:
+    """Start both emulators with the demo data."""
+    cv = CustomVisionEmulator(TRAINING_KEY, seed=seed or Seed(), faults=faults).start()
+    slack = SlackEmulator(bot_token=BOT_TOKEN, scopes=(*DEFAULT_SCOPES, "files:read")).start()
+    populate_slack(slack)
+    return cv, slack
+
+
+def start_stack(
+    data_dir: Path,
+    *,
+    seed: Seed | None = None,
+    faults: Faults | None = None,
+    env: Mapping[str, str] | None = None,
+    verify_timeout: float = 10.0,
+    start_bot: bool = True,
+) -> Stack:
+    """Start the emulators and, unless `start_bot` is False, the bot in-process over HTTP."""
+    from bot.app import HttpServer, build_bot
+
+    cv, slack = start_emulators(seed, faults)
+    full_env = bot_env(cv, slack, data_dir, **dict(env or {}))
+    stack = Stack(cv=cv, slack=slack, config=load_config(full_env), env=full_env)
+    stack._closers.extend([cv.stop, slack.stop])
+    if start_bot:
+        stack.bot = build_bot(stack.config, verify_timeout=verify_timeout)
+        stack.bot.start()
+        stack._closers.append(stack.bot.stop)
+        stack.server = HttpServer(stack.bot, host="127.0.0.1", port=0).start()
+        stack._closers.append(stack.server.close)
+        stack.driver = SlackDriver(stack.bot_url, SIGNING_SECRET, slack, command="/cv")
+    return stack

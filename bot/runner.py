@@ -1,0 +1,363 @@
+"""The job runner: the bot's own workers, separate from Bolt's listener pool.
+
+Jobs live in SQLite. A worker claims one with a lease, runs its handler, and the handler
+records checkpoints as it goes (per page read, batch deleted, file queued). On start-up every
+job left running by a previous process is queued again and resumes from its checkpoint; the
+user sees in the thread that the work resumed. SIGTERM stops the claiming of new jobs and asks
+running ones to stop at their next checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bot.clock import Clock
+from bot.errors import BotError
+from bot.store import Job, RequestRecord, Store
+from bot.training import TrainingClient
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = timedelta(seconds=2)
+
+
+class JobInterrupted(Exception):
+    """The process is stopping: the job goes back to the queue at its last checkpoint."""
+
+
+class JobCancelled(Exception):
+    """The requester cancelled the request."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job handler ended with; the runner records it in one transaction."""
+
+    request_status: str  # the request's new status
+    job_status: str = "done"  # done | failed
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None  # posted into the request's thread
+    audit_action: str = "request.completed"
+    audit_details: Mapping[str, Any] = field(default_factory=dict)
+    mention_requester: bool = True
+    request_fields: Mapping[str, Any] = field(default_factory=dict)  # e.g. preview, expires_at
+
+
+class JobContext:
+    """What a job handler may use: its request, the client, checkpoints, progress, Slack."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        job: Job,
+        request: RequestRecord,
+    ) -> None:
+        self.runner = runner
+        self.job = job
+        self.request = request
+        self.store = runner.store
+        self.client = runner.client
+        self.clock = runner.clock
+        self.work_dir = runner.work_dir / request.id
+        self.settings = runner.settings
+        self.checkpoint: dict[str, Any] = dict(job.checkpoint)
+        self.resumed = job.attempts > 1 or bool(job.checkpoint)
+        self._last_progress: Any = None
+
+    def check(self) -> None:
+        """Raise JobInterrupted when stopping, JobCancelled when the request was cancelled."""
+        if self.runner.stopping.is_set():
+            raise JobInterrupted
+        status = self.store.db.conn.execute(
+            "SELECT status FROM requests WHERE id = ?", (self.request.number,)
+        ).fetchone()[0]
+        if status == "cancelled":
+            raise JobCancelled
+
+    def save(self, **updates: Any) -> None:
+        """Merge `updates` into the checkpoint and store it, then check for stop or cancel."""
+        self.checkpoint.update(updates)
+        with self.store.write() as conn:
+            self.store.save_checkpoint(conn, self.job.id, self.checkpoint)
+        self.check()
+
+    def progress(self, done: int, total: int | None, phase: str, *, force: bool = False) -> None:
+        """Show progress in the thread: one message, updated at most every 2 seconds."""
+        now = self.clock.now()
+        if (
+            not force
+            and self._last_progress is not None
+            and now - self._last_progress < PROGRESS_INTERVAL
+        ):
+            return
+        self._last_progress = now
+        state = {"done": done, "total": total, "phase": phase}
+        with self.store.write() as conn:
+            self.store.update_fields(conn, self.request.number, progress=state)
+            self.store.enqueue(
+                conn,
+                kind="progress",
+                channel=self.request.channel,
+                payload={"request": self.request.number, **state},
+                request=self.request.number,
+                key=f"progress:{self.request.number}",
+            )
+
+    def post(self, text: str, *, key: str | None = None) -> None:
+        """Queue a message for the request's thread (once per `key` when given)."""
+        with self.store.write() as conn:
+            payload = {"text": text}
+            if key is None:
+                self.store.enqueue(
+                    conn,
+                    kind="post",
+                    channel=self.request.channel,
+                    payload=payload,
+                    request=self.request.number,
+                )
+            else:
+                self.store.enqueue_once(
+                    conn,
+                    kind="post",
+                    channel=self.request.channel,
+                    payload=payload,
+                    request=self.request.number,
+                    key=key,
+                )
+
+    def audit(
+        self,
+        action: str,
+        *,
+        targets: tuple[str, ...] | list[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record an audit event for this request, as the bot."""
+        self.store.record(
+            "bot",
+            action,
+            request=self.request.number,
+            targets=tuple(targets),
+            outcome=outcome,
+            details=details,
+        )
+
+
+JobHandler = Callable[[JobContext], Outcome]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Job settings from the config that handlers need."""
+
+    max_file_bytes: int = 1000 * 1024 * 1024
+    download_concurrency: int = 8
+    endpoint_host: str = ""
+    approval_ttl: timedelta = timedelta(hours=24)
+
+
+class Runner:
+    """Worker threads that claim and run jobs, plus a housekeeping thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: TrainingClient,
+        handlers: Mapping[str, JobHandler],
+        *,
+        clock: Clock,
+        work_dir: Path,
+        settings: Settings,
+        workers: int = 2,
+        lease: timedelta = timedelta(minutes=2),
+        poll_interval: float = 0.05,
+        on_finish: Callable[[RequestRecord], None] | None = None,
+        housekeeping: Callable[[], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.handlers = dict(handlers)
+        self.clock = clock
+        self.work_dir = work_dir
+        self.settings = settings
+        self.workers = workers
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.on_finish = on_finish
+        self.housekeeping = housekeeping
+        self.owner = f"worker-{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Resume the jobs a previous process left running, then start the workers."""
+        for job in self.store.release_jobs():
+            self.store.record(
+                "bot",
+                "job.resumed",
+                request=job.request_number,
+                details={"job": job.kind, "attempts": job.attempts, "after": "restart"},
+            )
+        for n in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        keeper = threading.Thread(target=self._keep, name="job-housekeeping", daemon=True)
+        keeper.start()
+        self._threads.append(keeper)
+
+    def notify(self) -> None:
+        """Wake idle workers (a job was queued)."""
+        self.wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming jobs; running ones stop at their next checkpoint; wait for them."""
+        self.stopping.set()
+        self.wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.store.release_jobs(self.owner)
+
+    def _keep(self) -> None:
+        while not self.stopping.wait(1.0):
+            with self._lock:
+                running = dict(self._running)
+            for job_id in running:
+                self.store.renew_lease(job_id, self.owner, self.lease)
+            if self.housekeeping is not None:
+                try:
+                    self.housekeeping()
+                except Exception:
+                    log.exception("housekeeping failed")
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            job = self.store.claim_job(self.owner, self.lease)
+            if job is None:
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+                continue
+            with self._lock:
+                self._running[job.id] = job.kind
+            try:
+                self.run_one(job)
+            finally:
+                with self._lock:
+                    self._running.pop(job.id, None)
+
+    def run_one(self, job: Job) -> None:
+        """Run one claimed job to its outcome (or back to the queue when interrupted)."""
+        request = self.store.get(job.request_number)
+        handler = self.handlers[job.kind]
+        ctx = JobContext(self, job, request)
+        if job.attempts > 1:
+            ctx.post(
+                f"Work on {request.id} resumed after a restart (attempt {job.attempts}), "
+                "from its last checkpoint.",
+                key=f"resumed:{job.id}:{job.attempts}",
+            )
+        try:
+            ctx.check()
+            outcome = handler(ctx)
+        except JobInterrupted:
+            log.info("job %s of %s interrupted at a checkpoint", job.id, request.id)
+            self._release(job)
+            return
+        except JobCancelled:
+            outcome = Outcome(
+                request_status="cancelled",
+                job_status="cancelled",
+                message=f"{request.id} was cancelled; work stopped.",
+                audit_action="request.stopped",
+            )
+        except BotError as exc:
+            outcome = Outcome(
+                request_status="failed",
+                job_status="failed",
+                error=exc.user_message,
+                message=f"{request.id} failed: {exc.user_message}",
+                audit_action="request.failed",
+                audit_details={"error": exc.user_message, "type": type(exc).__name__},
+            )
+        except Exception as exc:
+            log.error("job %s of %s crashed:\n%s", job.id, request.id, traceback.format_exc())
+            outcome = Outcome(
+                request_status="failed",
+                job_status="failed",
+                error="internal error (see the bot's log)",
+                message=f"{request.id} failed with an internal error; the bot's log has details.",
+                audit_action="request.failed",
+                audit_details={"error": type(exc).__name__},
+            )
+        self._finish(job, request, outcome)
+
+    def _release(self, job: Job) -> None:
+        with self.store.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
+                " WHERE id = ? AND status = 'running'",
+                (job.id,),
+            )
+
+    def _finish(self, job: Job, request: RequestRecord, outcome: Outcome) -> None:
+        store = self.store
+        with store.write() as conn:
+            store.finish_job(conn, job.id, outcome.job_status)
+            fields: dict[str, Any] = dict(outcome.request_fields)
+            if outcome.result is not None:
+                fields["result"] = dict(outcome.result)
+            if outcome.error is not None:
+                fields["error"] = outcome.error
+            changed = store.transition(
+                conn,
+                request.number,
+                from_status=("cancelled",)
+                if outcome.request_status == "cancelled"
+                else ("queued", "running", "previewing", "approved"),
+                to_status=outcome.request_status,
+                **fields,
+            )
+            if not changed:
+                return
+            store.audit(
+                conn,
+                "bot",
+                outcome.audit_action,
+                request=request.number,
+                outcome=outcome.request_status,
+                details=dict(outcome.audit_details),
+            )
+            if outcome.message:
+                text = outcome.message
+                if outcome.mention_requester:
+                    text = f"<@{request.requester}> {text}"
+                store.enqueue(
+                    conn,
+                    kind="post",
+                    channel=request.channel,
+                    payload={"text": text},
+                    request=request.number,
+                )
+            store.enqueue(
+                conn,
+                kind="announce",
+                channel=request.channel,
+                payload={"request": request.number},
+                request=request.number,
+                key=f"announce:{request.number}",
+            )
+        if self.on_finish is not None:
+            self.on_finish(store.get(request.number))

@@ -1,0 +1,686 @@
+"""The bot without Slack: what happens when someone types a command or clicks a button.
+
+Handlers call one method here with plain values and render the `Reply`. Every change is one
+write transaction holding the state change, its audit events and the Slack deliveries it
+causes (the outbox), so nothing is half-done after a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from bot import audit, grammar
+from bot.clock import Clock, iso
+from bot.errors import BotError, ParseError, RequestStateError
+from bot.ids import parse_request_id
+from bot.policy import (
+    Actor,
+    Decision,
+    Rules,
+    Subject,
+    may_approve,
+    may_cancel,
+    may_read_audit,
+    may_reject,
+    may_request,
+    may_retry,
+)
+from bot.store import OPEN, RequestRecord, Store
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MANUAL_STEPS = {
+    "account": (
+        "The Custom Vision account is the Azure resource itself; the Training-Key cannot delete "
+        "it. To erase it:\n"
+        "1. Azure portal > the Custom Vision resource (training and, if any, prediction) > "
+        "Delete; or Resource Manager: `az cognitiveservices account delete --name <resource> "
+        "--resource-group <group>`.\n"
+        "2. Deleted resources stay recoverable for 48 hours. Purge them to erase at once: "
+        "portal > Azure AI services > Manage deleted resources > Purge; or `az "
+        "cognitiveservices account purge --location <region> --resource-group <group> --name "
+        "<resource>`.\n"
+        "3. Exported models, training images and stored predictions go with the resource."
+    ),
+    "exports": (
+        "Exported models have no delete operation in the Training API: they are deleted with "
+        "the iteration (`delete iteration <project-id> <iteration-id>`) or with the account "
+        "(Azure portal or Resource Manager, then purge after the 48-hour soft delete). Copies "
+        "already downloaded must be deleted where they were stored."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the user who acted is told (ephemeral unless `public`)."""
+
+    text: str
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    exists: bool
+    is_member: bool = False
+    is_private: bool = False
+    is_im: bool = False
+    name: str = ""
+
+
+class Directory(Protocol):
+    """Slack lookups the rules need (implemented in handlers/ with a cache)."""
+
+    def groups_of(self, user_id: str, groups: frozenset[str]) -> frozenset[str]:
+        """Return which of `groups` (user-group ids) contain `user_id`."""
+        ...
+
+    def channel(self, channel_id: str) -> ChannelInfo:
+        """Return what the bot knows of a channel."""
+        ...
+
+
+def _answers_errors(method: Callable[P, R]) -> Callable[P, R | Reply]:
+    """Turn a BotError raised by a decision into the Reply that explains it."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | Reply:
+        try:
+            return method(*args, **kwargs)
+        except BotError as exc:
+            return Reply(exc.user_message)
+
+    return wrapper
+
+
+def subject_of(record: RequestRecord) -> Subject:
+    """Return what the authorisation rules need to know of a stored request."""
+    return Subject(
+        request_id=record.id,
+        kind=record.kind,
+        status=record.status,
+        requester=record.requester,
+        approvals=record.approvals,
+        expires_at=record.expires_at,
+    )
+
+
+def age(since: datetime, now: datetime) -> str:
+    """Return a short human age: 45s, 12m, 3h, 2d."""
+    seconds = max(0, int((now - since).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class Service:
+    """Entry points for commands and decisions."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        directory: Directory,
+        clock: Clock,
+        *,
+        approval_ttl: timedelta,
+        allow_public_exports: bool,
+        work_dir: Path,
+        command: str = "/cv",
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.directory = directory
+        self.clock = clock
+        self.approval_ttl = approval_ttl
+        self.allow_public_exports = allow_public_exports
+        self.work_dir = work_dir
+        self.command = command
+        self.wake = wake
+
+    # -- who is acting ---------------------------------------------------------------------------
+
+    def actor(self, user_id: str) -> Actor:
+        """Return the actor with the configured user groups they belong to."""
+        groups = frozenset(g for g in self.rules.approvers | self.rules.requesters if g[0] == "S")
+        return Actor(user_id, self.directory.groups_of(user_id, groups) if groups else frozenset())
+
+    def _refuse(
+        self, actor: str, action: str, decision: Decision, *, request: str | None = None
+    ) -> Reply:
+        self.store.record(
+            actor,
+            f"{action}.refused",
+            request=request,
+            outcome="refused",
+            details={"reason": decision.reason},
+        )
+        return Reply(decision.reason)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def handle_command(self, user_id: str, channel_id: str, text: str) -> Reply:
+        """Parse and act on one slash command; return what the user is told."""
+        try:
+            command = grammar.parse(text)
+        except ParseError as exc:
+            return Reply(
+                f"{exc.problem}\nUsage: `{self.command} {exc.usage}`" if exc.usage else exc.problem
+            )
+        try:
+            return self._dispatch(user_id, channel_id, text, command)
+        except BotError as exc:
+            return Reply(exc.user_message)
+
+    def _dispatch(self, user_id: str, channel_id: str, text: str, command: Any) -> Reply:
+        if isinstance(command, grammar.Help):
+            return Reply(grammar.help_text(command.topic, command=self.command))
+        if isinstance(command, grammar.Status):
+            return self.status(user_id, command.request_id)
+        if isinstance(command, grammar.Cancel):
+            return self.cancel(user_id, command.request_id)
+        if isinstance(command, grammar.Retry):
+            return self.retry(user_id, command.request_id)
+        if isinstance(command, grammar.AuditVerify):
+            return self.audit_verify(user_id, channel_id)
+        if isinstance(command, grammar.AuditExport):
+            return self.audit_export(user_id, channel_id, command)
+        if isinstance(command, grammar.Export | grammar.Delete):
+            return self.submit(user_id, channel_id, text, command)
+        raise AssertionError(f"unhandled command {command!r}")
+
+    def submit(
+        self, user_id: str, channel_id: str, text: str, command: grammar.Export | grammar.Delete
+    ) -> Reply:
+        """Store a new export or deletion request and queue its first job."""
+        deletion = isinstance(command, grammar.Delete)
+        parsed = command.to_dict()
+        actor = self.actor(user_id)
+        decision = may_request(self.rules, actor, channel_id, deletion=deletion)
+        if not decision:
+            return self._refuse(user_id, "command", decision)
+        if channel_id.startswith("D"):
+            return self._refuse(
+                user_id,
+                "command",
+                Decision(
+                    False,
+                    "Requests are made in a channel, where approvers and the audit trail can see "
+                    f"them, not in direct messages. Run `{self.command} {text.strip()}` in your "
+                    "privacy team's channel.",
+                ),
+            )
+        channel = self.directory.channel(channel_id)
+        if not channel.exists or not channel.is_member:
+            return self._refuse(
+                user_id,
+                "command",
+                Decision(
+                    False,
+                    "I am not in this channel, so I cannot post the request and its results "
+                    f"here. Invite me first (`/invite @cv-dsr-bot`), then run `{self.command} "
+                    f"{text.strip()}` again.",
+                ),
+            )
+        if (
+            isinstance(command, grammar.Export)
+            and command.contains_images
+            and not (channel.is_private or channel.is_im)
+            and not self.allow_public_exports
+        ):
+            return self._refuse(
+                user_id,
+                "command",
+                Decision(
+                    False,
+                    "This export would post image files (personal data) into a public channel. "
+                    "Run it in a private channel, add `--no-files` (or `--no-images` for a "
+                    "project) to export metadata only, or ask an admin to set "
+                    "BOT_ALLOW_PUBLIC_EXPORTS=true.",
+                ),
+            )
+        manual = deletion and command.kind in {
+            grammar.DeleteKind.ACCOUNT,
+            grammar.DeleteKind.EXPORTS,
+        }
+        kind = "manual" if manual else ("delete" if deletion else "export")
+        status = "answered" if manual else ("previewing" if deletion else "queued")
+        with self.store.write() as conn:
+            number = self.store.create_request(
+                conn,
+                kind=kind,
+                command=parsed,
+                text=text,
+                requester=user_id,
+                channel=channel_id,
+                status=status,
+            )
+            self.store.audit(
+                conn,
+                user_id,
+                "command.received",
+                request=number,
+                targets=_targets(parsed),
+                details={"command": parsed, "channel": channel_id},
+            )
+            if manual:
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "request.answered",
+                    request=number,
+                    details={"steps": str(command.kind)},
+                )
+            else:
+                self.store.enqueue_job(conn, number, "preview" if deletion else "export")
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "request.queued",
+                    request=number,
+                    details={"job": "preview" if deletion else "export"},
+                )
+            self._announce(conn, number, channel_id)
+            rid = f"R-{number}"
+        self.wake()
+        if manual:
+            steps = MANUAL_STEPS[
+                "account" if command.kind == grammar.DeleteKind.ACCOUNT else "exports"
+            ]
+            return Reply(f"{rid} recorded. {steps}")
+        if deletion:
+            return Reply(
+                f"{rid} recorded: computing what the deletion will remove. The preview and the "
+                "approval buttons will appear in the channel; a second, authorised person must "
+                "approve."
+            )
+        return Reply(
+            f"{rid} queued: {command.describe()}. Progress and files will appear in "
+            "the request's thread."
+        )
+
+    def _announce(self, conn: Any, number: int, channel: str) -> None:
+        self.store.enqueue(
+            conn,
+            kind="announce",
+            channel=channel,
+            payload={"request": number},
+            request=number,
+            key=f"announce:{number}",
+        )
+
+    @_answers_errors
+    def status(self, user_id: str, request_id: str | None) -> Reply:
+        """Return the caller's open requests, or one request's state."""
+        now = self.clock.now()
+        if request_id is not None:
+            record = self.store.get(request_id)
+            actor = self.actor(user_id)
+            if record.requester != user_id and not actor.listed_in(self.rules.approvers):
+                return Reply(
+                    f"{record.id} is not yours; only its requester and approvers can "
+                    "see its status."
+                )
+            return Reply(describe_status(record, now))
+        records = self.store.requests_of(user_id)
+        if not records:
+            return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
+        lines = [f"Your open requests ({len(records)}):"]
+        lines += [_status_line(r, now) for r in records]
+        return Reply("\n".join(lines))
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def _load(self, request_id: str) -> RequestRecord:
+        if parse_request_id(request_id) is None:
+            raise RequestStateError(f"{request_id!r} is not a request id (they look like R-1042).")
+        return self.store.get(request_id)
+
+    @_answers_errors
+    def approve(self, user_id: str, request_id: str) -> Reply:
+        """Record an approval; start the deletion when enough distinct approvers agreed."""
+        record = self._load(request_id)
+        actor = self.actor(user_id)
+        now = self.clock.now()
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)  # decide on stored state, in the tx
+            decision = may_approve(self.rules, actor, subject_of(record), now)
+            if not decision:
+                self.store.audit(
+                    conn,
+                    user_id,
+                    "approval.refused",
+                    request=record.number,
+                    outcome="refused",
+                    details={"reason": decision.reason},
+                )
+                return Reply(decision.reason)
+            count = self.store.add_approval(conn, record.number, user_id)
+            self.store.audit(
+                conn,
+                user_id,
+                "approval.granted",
+                request=record.number,
+                details={"approvals": count, "required": self.rules.required_approvals},
+            )
+            started = False
+            if count >= self.rules.required_approvals:
+                started = self.store.transition(
+                    conn, record.number, from_status=("pending",), to_status="approved"
+                )
+                if started:
+                    self.store.enqueue_job(conn, record.number, "delete")
+                    self.store.audit(
+                        conn,
+                        "bot",
+                        "request.approved",
+                        request=record.number,
+                        details={"approvers": [*record.approvals, user_id]},
+                    )
+            self._announce(conn, record.number, record.channel)
+        if started:
+            self.wake()
+            return Reply(
+                f"You approved {record.id}. The deletion starts now; the receipt will "
+                "be posted in its thread."
+            )
+        missing = self.rules.required_approvals - count
+        return Reply(f"You approved {record.id}. {missing} more approval(s) needed.")
+
+    @_answers_errors
+    def check_reject(self, user_id: str, request_id: str) -> Reply | None:
+        """Return None when the user may reject (before opening the reason dialog), else why not."""
+        record = self._load(request_id)
+        decision = may_reject(self.rules, self.actor(user_id), subject_of(record), self.clock.now())
+        if decision:
+            return None
+        return self._refuse(user_id, "rejection", decision, request=record.id)
+
+    @_answers_errors
+    def reject(self, user_id: str, request_id: str, reason: str) -> Reply:
+        """Reject a pending deletion with a reason."""
+        record = self._load(request_id)
+        actor = self.actor(user_id)
+        reason = reason.strip()
+        if not reason:
+            return Reply("A rejection needs a reason.")
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)
+            decision = may_reject(self.rules, actor, subject_of(record), self.clock.now())
+            if not decision:
+                self.store.audit(
+                    conn,
+                    user_id,
+                    "rejection.refused",
+                    request=record.number,
+                    outcome="refused",
+                    details={"reason": decision.reason},
+                )
+                return Reply(decision.reason)
+            self.store.transition(
+                conn,
+                record.number,
+                from_status=("pending",),
+                to_status="rejected",
+                decided_by=user_id,
+                decision_reason=reason[:1000],
+            )
+            self.store.audit(
+                conn,
+                user_id,
+                "request.rejected",
+                request=record.number,
+                outcome="rejected",
+                details={"reason": reason[:1000]},
+            )
+            self._announce(conn, record.number, record.channel)
+            self._post(
+                conn, record, f"<@{record.requester}> {record.id} was rejected by <@{user_id}>."
+            )
+        self.finished(self.store.get(record.number))
+        return Reply(f"You rejected {record.id}.")
+
+    @_answers_errors
+    def cancel(self, user_id: str, request_id: str) -> Reply:
+        """Cancel the caller's queued or running export, or pending deletion."""
+        record = self._load(request_id)
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)
+            decision = may_cancel(self.actor(user_id), subject_of(record))
+            if not decision:
+                self.store.audit(
+                    conn,
+                    user_id,
+                    "cancel.refused",
+                    request=record.number,
+                    outcome="refused",
+                    details={"reason": decision.reason},
+                )
+                return Reply(decision.reason)
+            self.store.transition(
+                conn,
+                record.number,
+                from_status=(record.status,),
+                to_status="cancelled",
+                decided_by=user_id,
+            )
+            self.store.audit(
+                conn,
+                user_id,
+                "request.cancelled",
+                request=record.number,
+                outcome="cancelled",
+                details={"was": record.status},
+            )
+            self._announce(conn, record.number, record.channel)
+        if record.status in {"pending", "queued"}:
+            self.finished(self.store.get(record.number))
+        return Reply(f"{record.id} is cancelled.")
+
+    @_answers_errors
+    def retry(self, user_id: str, request_id: str) -> Reply:
+        """Resume a failed request from where it stopped (deletions need no new approval)."""
+        record = self._load(request_id)
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)
+            decision = may_retry(self.rules, self.actor(user_id), subject_of(record))
+            if not decision:
+                self.store.audit(
+                    conn,
+                    user_id,
+                    "retry.refused",
+                    request=record.number,
+                    outcome="refused",
+                    details={"reason": decision.reason},
+                )
+                return Reply(decision.reason)
+            job_kind = {"export": "export", "delete": "delete"}[record.kind]
+            job = self.store.job_for(record.number, job_kind)
+            if job is None and record.kind == "delete":
+                job = self.store.job_for(record.number, "preview")
+            if job is None:
+                return Reply(f"{record.id} has no work to resume.")
+            to_status = {"export": "queued", "delete": "approved", "preview": "previewing"}[
+                job.kind
+            ]
+            self.store.transition(
+                conn, record.number, from_status=("failed",), to_status=to_status, error=None
+            )
+            self.store.requeue_job(conn, job.id)
+            self.store.audit(
+                conn,
+                user_id,
+                "request.retried",
+                request=record.number,
+                details={"job": job.kind, "checkpoint": bool(job.checkpoint)},
+            )
+            self._announce(conn, record.number, record.channel)
+            self._post(conn, record, f"<@{user_id}> resumed {record.id} from where it stopped.")
+        self.wake()
+        return Reply(f"{record.id} resumes from where it stopped.")
+
+    def expire_due(self) -> int:
+        """Expire pending deletions whose approval window passed; return how many."""
+        expired = 0
+        for number in self.store.due_for_expiry(self.clock.now()):
+            with self.store.write() as conn:
+                if not self.store.transition(
+                    conn, number, from_status=("pending",), to_status="expired"
+                ):
+                    continue
+                record = self.store.get(number, conn)
+                self.store.audit(conn, "bot", "request.expired", request=number, outcome="expired")
+                self._announce(conn, number, record.channel)
+                self._post(
+                    conn,
+                    record,
+                    f"<@{record.requester}> {record.id} expired without "
+                    "enough approvals; nothing was deleted.",
+                )
+            expired += 1
+            self.finished(self.store.get(number))
+        return expired
+
+    def _post(self, conn: Any, record: RequestRecord, text: str) -> None:
+        self.store.enqueue(
+            conn, kind="post", channel=record.channel, payload={"text": text}, request=record.number
+        )
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def finished(self, record: RequestRecord) -> None:
+        """Post a request's own audit trail into its thread once it has ended."""
+        path = self.work_dir / "audit" / f"{record.id}-audit-trail.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fp:
+            count = audit.write_jsonl(audit.events(self.store.db.conn, request_id=record.id), fp)
+        verification = audit.verify(self.store.db.conn)
+        with self.store.write() as conn:
+            self.store.enqueue_once(
+                conn,
+                kind="upload",
+                channel=record.channel,
+                payload={
+                    "path": str(path),
+                    "filename": path.name,
+                    "title": f"{record.id} audit trail ({count} events)",
+                    "comment": f"Audit trail of {record.id}: {count} events. "
+                    f"{verification.summary()}",
+                },
+                request=record.number,
+                key=f"trail:{record.number}:{record.status}",
+            )
+
+    def audit_verify(self, user_id: str, channel_id: str) -> Reply:
+        """Recompute the audit chain and report the result."""
+        actor = self.actor(user_id)
+        decision = may_read_audit(self.rules, actor, own_request=self.store.has_requests(user_id))
+        if not decision:
+            return self._refuse(user_id, "audit", decision)
+        verification = audit.verify(self.store.db.conn)
+        self.store.record(
+            user_id,
+            "audit.verified",
+            outcome="ok" if verification.ok else "broken",
+            details={
+                "count": verification.count,
+                "head": verification.head_hash,
+                "first_bad_seq": verification.first_bad_seq,
+            },
+        )
+        return Reply(verification.summary(), public=True)
+
+    def audit_export(self, user_id: str, channel_id: str, command: grammar.AuditExport) -> Reply:
+        """Post the selected audit events as a file in the channel."""
+        actor = self.actor(user_id)
+        own: bool | None = None
+        if command.request_id is not None:
+            record = self.store.get(command.request_id)
+            own = record.requester == user_id
+        decision = may_read_audit(self.rules, actor, own_request=own)
+        if not decision:
+            return self._refuse(user_id, "audit", decision, request=command.request_id)
+        if not self.directory.channel(channel_id).is_member:
+            return Reply(
+                "I am not in this channel, so I cannot post the audit file here. Invite me first."
+            )
+        stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
+        name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
+        path = self.work_dir / "audit" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        selected = audit.events(
+            self.store.db.conn, request_id=command.request_id, since=command.since
+        )
+        with path.open("w", encoding="utf-8", newline="") as fp:
+            write = audit.write_csv if command.format == "csv" else audit.write_jsonl
+            count = write(selected, fp)
+        verification = audit.verify(self.store.db.conn)
+        with self.store.write() as conn:
+            self.store.audit(
+                conn,
+                user_id,
+                "audit.exported",
+                request=command.request_id,
+                details={
+                    "events": count,
+                    "format": command.format,
+                    "since": str(command.since) if command.since else None,
+                    "file": name,
+                },
+            )
+            self.store.enqueue(
+                conn,
+                kind="upload",
+                channel=channel_id,
+                payload={
+                    "path": str(path),
+                    "filename": name,
+                    "title": f"Audit log ({count} events)",
+                    "comment": f"<@{user_id}> audit log: {count} events. {verification.summary()}",
+                },
+                request=None,
+            )
+        return Reply(f"Posting {count} audit events as `{name}`.")
+
+
+def _targets(parsed: Mapping[str, Any]) -> list[str]:
+    keys = ("project_id", "iteration_id", "tag_id")
+    found = [str(parsed[k]) for k in keys if parsed.get(k)]
+    for key in ("image_ids", "prediction_ids", "tag_ids"):
+        found.extend(str(v) for v in parsed.get(key) or ())
+    return found
+
+
+def _status_line(record: RequestRecord, now: datetime) -> str:
+    ticket = record.command.get("meta", {}).get("ticket") if record.command else None
+    ticket_part = f", ticket {ticket}" if ticket else ""
+    return (
+        f"• {record.id} — {record.status}, {age(record.created_at, now)} old{ticket_part}: "
+        f"`{record.text}`"
+    )
+
+
+def describe_status(record: RequestRecord, now: datetime) -> str:
+    """Return a plain description of one request's state."""
+    lines = [_status_line(record, now)]
+    if record.progress and record.status in OPEN:
+        p = record.progress
+        total = f"/{p['total']}" if p.get("total") is not None else ""
+        lines.append(f"Progress: {p.get('phase', '')} {p.get('done', 0)}{total}")
+    if record.approvals:
+        lines.append("Approved by " + ", ".join(f"<@{a}>" for a in record.approvals))
+    if record.expires_at and record.status == "pending":
+        lines.append(f"Expires {iso(record.expires_at)[:16].replace('T', ' ')} UTC")
+    if record.error:
+        lines.append(f"Error: {record.error}")
+    return "\n".join(lines)

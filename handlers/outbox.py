@@ -1,0 +1,285 @@
+"""Delivers the outbox to Slack: announcements, thread posts, progress, files, audit mirror.
+
+Jobs and decisions never call Slack themselves: they queue deliveries in SQLite in the same
+transaction as the change they report. This thread sends them in order, re-rendering each
+announcement from the request's current state, and retries what Slack refuses for a while
+(429 with Retry-After, 5xx, connection errors) without ever blocking a job. A delivery that can
+never succeed (the bot was removed from the channel) is marked failed and logged.
+
+Uploads use the three steps of files_upload_v2 by hand, recording the file id after the bytes
+are sent, so a restart between the steps completes the same file instead of posting it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.store import OutboxItem, RequestRecord, Store
+from handlers import blocks
+
+log = logging.getLogger(__name__)
+
+PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "msg_too_long",
+        "invalid_blocks",
+        "no_text",
+        "restricted_action",
+        "file_not_found",
+    }
+)
+
+
+class Deferred(Exception):
+    """The item cannot go yet (its thread's parent is not posted); try again shortly."""
+
+
+class Deliverer:
+    """A thread that sends pending outbox items to Slack."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: WebClient,
+        *,
+        required_approvals: int,
+        poll_interval: float = 0.1,
+        upload_timeout: float = 300.0,
+        on_delivered: Callable[[OutboxItem], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.required_approvals = required_approvals
+        self.poll_interval = poll_interval
+        self.upload_timeout = upload_timeout
+        self.on_delivered = on_delivered
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = requests.Session()
+
+    def start(self) -> None:
+        """Start delivering in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="slack-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the item in flight."""
+        self.stopping.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._http.close()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sent = self.deliver_pending()
+            except Exception:
+                log.exception("outbox round failed")
+                sent = 0
+            if not sent:
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+
+    def deliver_pending(self) -> int:
+        """Send one round of due items in order; return how many were sent."""
+        sent = 0
+        blocked: set[int] = set()
+        for item in self.store.pending_outbox(limit=50):
+            if self.stopping.is_set():
+                break
+            if item.request_number is not None and item.request_number in blocked:
+                continue  # keep each request's messages in order
+            try:
+                self._deliver(item)
+                sent += 1
+                if self.on_delivered is not None:
+                    self.on_delivered(item)
+            except Deferred:
+                self.store.outbox_retry(item.id, timedelta(seconds=0.2), give_up_after=10_000)
+                if item.request_number is not None:
+                    blocked.add(item.request_number)
+            except SlackApiError as exc:
+                self._slack_failure(item, exc)
+                if item.request_number is not None:
+                    blocked.add(item.request_number)
+            except (requests.RequestException, OSError) as exc:
+                log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
+                self.store.outbox_retry(item.id, _backoff(item.attempts))
+                if item.request_number is not None:
+                    blocked.add(item.request_number)
+        return sent
+
+    def _slack_failure(self, item: OutboxItem, exc: SlackApiError) -> None:
+        error = str(exc.response.get("error") or "")
+        if exc.response.status_code == 429 or error == "ratelimited":
+            retry_after = float(exc.response.headers.get("Retry-After", "1") or 1)
+            log.info("Slack rate limit on %s; retrying in %ss", item.kind, retry_after)
+            self.store.outbox_retry(item.id, timedelta(seconds=retry_after), give_up_after=10_000)
+        elif error in PERMANENT:
+            log.error("outbox item %s (%s) cannot be delivered: %s", item.id, item.kind, error)
+            self.store.outbox_failed(item.id, error)
+        else:
+            log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, error)
+            self.store.outbox_retry(item.id, _backoff(item.attempts))
+
+    # -- one item --------------------------------------------------------------------------------
+
+    def _deliver(self, item: OutboxItem) -> None:
+        handler: dict[str, Callable[[OutboxItem], Mapping[str, Any]]] = {
+            "announce": self._announce,
+            "progress": self._progress,
+            "post": self._post,
+            "upload": self._upload,
+            "mirror": self._mirror,
+        }
+        result = handler[item.kind](item)
+        self.store.outbox_done(item.id, result, payload=item.payload)
+
+    def _request(self, item: OutboxItem) -> RequestRecord:
+        assert item.request_number is not None
+        return self.store.get(item.request_number)
+
+    def _thread_ts(self, item: OutboxItem) -> str | None:
+        if item.request_number is None:
+            return None
+        record = self._request(item)
+        if record.message_ts is None:
+            raise Deferred
+        return record.message_ts
+
+    def _announce(self, item: OutboxItem) -> Mapping[str, Any]:
+        record = self._request(item)
+        text, body = blocks.announcement(record, self.required_approvals)
+        previous = dict(item.result or {})
+        ts = previous.get("ts")
+        if ts:
+            try:
+                self.client.chat_update(channel=item.channel, ts=ts, text=text, blocks=body)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "message_not_found":
+                    raise
+                ts = None
+        if not ts:
+            response = self.client.chat_postMessage(channel=item.channel, text=text, blocks=body)
+            ts = str(response["ts"])
+            with self.store.write() as conn:
+                self.store.update_fields(conn, record.number, message_ts=ts)
+        if record.status == "pending" and not previous.get("approval_posted"):
+            self.store.record(
+                "bot",
+                "approval.posted",
+                request=record.number,
+                details={"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)},
+            )
+            previous["approval_posted"] = True
+        return {**previous, "ts": ts}
+
+    def _progress(self, item: OutboxItem) -> Mapping[str, Any]:
+        thread_ts = self._thread_ts(item)
+        text = f"{self._request(item).id}: {blocks.progress_text(item.payload)}"
+        ts = (item.result or {}).get("ts")
+        if ts:
+            self.client.chat_update(channel=item.channel, ts=ts, text=text)
+            return {"ts": ts}
+        response = self.client.chat_postMessage(
+            channel=item.channel, thread_ts=thread_ts, text=text
+        )
+        return {"ts": str(response["ts"])}
+
+    def _post(self, item: OutboxItem) -> Mapping[str, Any]:
+        thread_ts = self._thread_ts(item)
+        response = self.client.chat_postMessage(
+            channel=item.channel, thread_ts=thread_ts, text=str(item.payload["text"])
+        )
+        return {"ts": str(response["ts"])}
+
+    def _mirror(self, item: OutboxItem) -> Mapping[str, Any]:
+        response = self.client.chat_postMessage(
+            channel=item.channel, text=str(item.payload["text"])
+        )
+        return {"ts": str(response["ts"])}
+
+    def _upload(self, item: OutboxItem) -> Mapping[str, Any]:
+        thread_ts = self._thread_ts(item)
+        payload = item.payload
+        path = Path(str(payload["path"]))
+        state = dict(item.result or {})
+        if state.get("file_id") and self._already_shared(str(state["file_id"]), item.channel):
+            return state
+        if not state.get("file_id"):
+            size = path.stat().st_size
+            ticket = self.client.files_getUploadURLExternal(
+                filename=str(payload["filename"]), length=size
+            )
+            with path.open("rb") as fp:
+                response = self._http.post(
+                    str(ticket["upload_url"]), data=fp, timeout=self.upload_timeout
+                )
+            if response.status_code != 200:
+                raise requests.HTTPError(f"upload answered {response.status_code}")
+            state = {"file_id": str(ticket["file_id"]), "size": size, "sha256": _sha256(path)}
+            self.store.outbox_progress(item.id, state)
+        arguments: dict[str, Any] = {
+            "files": [{"id": state["file_id"], "title": str(payload.get("title") or "")}],
+            "channel_id": item.channel,
+        }
+        if thread_ts:
+            arguments["thread_ts"] = thread_ts
+        if payload.get("comment"):
+            arguments["initial_comment"] = str(payload["comment"])
+        self.client.files_completeUploadExternal(**arguments)
+        self.store.record(
+            "bot",
+            "file.posted",
+            request=item.request_number,
+            targets=(str(state["file_id"]),),
+            details={
+                "name": payload["filename"],
+                "size": state["size"],
+                "sha256": state["sha256"],
+                "channel": item.channel,
+            },
+        )
+        return {**state, "completed": True}
+
+    def _already_shared(self, file_id: str, channel: str) -> bool:
+        try:
+            data = self.client.files_info(file=file_id)["file"]
+        except SlackApiError:
+            return False
+        shares = data.get("shares") or {}
+        channels = set(data.get("channels") or []) | set(data.get("groups") or [])
+        for scope in ("public", "private"):
+            channels |= set((shares.get(scope) or {}).keys())
+        return channel in channels
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fp:
+        for chunk in iter(lambda: fp.read(1 << 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(60.0, 0.5 * 2 ** min(attempts, 7)))

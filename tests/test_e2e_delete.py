@@ -1,0 +1,288 @@
+"""End to end: deletions from the slash command through four-eyes approval to the receipt.
+
+Everything goes through the surfaces: signed commands and clicks into the bot, the Slack
+emulator's record of what the bot posted, and the Custom Vision emulator's record of calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot import audit
+from bot.emulators.customvision import Seed
+from bot.emulators.stack import (
+    APPROVER,
+    CHANNEL,
+    GROUP_APPROVER,
+    REQUESTER,
+    STRANGER,
+    Stack,
+    start_stack,
+)
+
+SEED = Seed(projects=2, iterations=2, tags=3, images=60, predictions=6, image_bytes=256)
+
+
+def make_stack(tmp_path: Path, **env: str) -> Stack:
+    return start_stack(tmp_path, seed=SEED, env=env, verify_timeout=10.0)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    running = make_stack(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def request_pending(stack: Stack, text: str) -> str:
+    rid = stack.request_id(stack.command(REQUESTER, text))
+    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid)
+    stack.wait_delivered()
+    return rid
+
+
+def last_ephemeral(stack: Stack, person: str) -> str:
+    stack.wait_delivered()
+    found = stack.slack.ephemerals(user_id=person)
+    assert found, f"no ephemeral message for {person}"
+    return found[-1].text
+
+
+def receipt(stack: Stack, rid: str) -> dict[str, object]:
+    stack.wait_delivered()
+    files = [
+        f
+        for f in stack.slack.files(CHANNEL)
+        if f.name.startswith(rid) and f.name.endswith("receipt.json")
+    ]
+    assert len(files) >= 1, [f.name for f in stack.slack.files(CHANNEL)]
+    data: dict[str, object] = json.loads(files[-1].data)
+    return data
+
+
+def test_e2e_delete_tag_images_preview_approve_receipt(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    tag = stack.cv.data.tag_ids(project)[0]
+    targeted = {
+        i
+        for scope in [None, *stack.cv.data.iteration_ids(project)]
+        for i in stack.cv.data.image_ids(project, scope)
+        if tag in stack.cv.data.image_tag_ids(project, i, scope)
+    }
+    assert targeted
+    other_images = set(stack.cv.data.image_ids(stack.cv.data.project_ids()[1]))
+    rid = request_pending(stack, f"delete images {project} --tag {tag} --ticket DSR-1")
+
+    announcement = stack.announcement(rid)
+    actions = next(b for b in announcement.blocks if b["type"] == "actions")
+    assert [e["action_id"] for e in actions["elements"]] == [
+        "request.approve",
+        "request.reject",
+        "request.cancel",
+    ]
+    assert {e["value"] for e in actions["elements"]} == {rid}
+    assert "confirm" in actions["elements"][0]
+    shown = json.dumps(announcement.blocks)
+    assert "Waiting for approval" in shown and "Expires" in shown
+    assert str(len(targeted)) in shown
+
+    # Four eyes: the requester and a stranger cannot approve; each refusal is explained.
+    stack.click(REQUESTER, rid, "approve")
+    assert "cannot approve your own request" in last_ephemeral(stack, REQUESTER.user_id)
+    stack.click(STRANGER, rid, "approve")
+    assert "Only approvers" in last_ephemeral(stack, STRANGER.user_id)
+    assert stack.status(rid) == "pending"
+    assert stack.cv.deleted_image_counts() == {}
+
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+    counts = stack.cv.deleted_image_counts()
+    assert set(counts) == targeted
+    assert set(counts.values()) == {1}
+    assert other_images == set(stack.cv.data.image_ids(stack.cv.data.project_ids()[1]))
+
+    data = receipt(stack, rid)
+    assert data["request_id"] == rid
+    assert data["requester"] == REQUESTER.user_id
+    assert data["approvers"] == [APPROVER.user_id]
+    items = data["items"]
+    assert isinstance(items, list)
+    assert {i["target_id"] for i in items if i["kind"] == "image"} == targeted
+    assert {i["verified"] for i in items} == {"gone"}
+    csv_file = [f for f in stack.slack.files(CHANNEL) if f.name.endswith("receipt.csv")][-1]
+    rows = list(csv.DictReader(io.StringIO(csv_file.data.decode("utf-8"))))
+    assert len(rows) == len(items)
+
+    actions_in_order = [e.action for e in audit.events(stack.bot.db.conn, request_id=rid)]
+    for expected in (
+        "command.received",
+        "request.queued",
+        "preview.computed",
+        "approval.posted",
+        "approval.refused",
+        "approval.granted",
+        "request.approved",
+        "api.call",
+        "request.completed",
+    ):
+        assert expected in actions_in_order, expected
+    assert audit.verify(stack.bot.db.conn).ok
+
+
+def test_e2e_group_approver_and_two_required_approvals(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, BOT_REQUIRED_APPROVALS="2")
+    try:
+        project = stack.cv.data.project_ids()[0]
+        image = stack.cv.data.image_ids(project)[0]
+        rid = request_pending(stack, f"delete images {project} --ids {image}")
+        stack.click(GROUP_APPROVER, rid, "approve")
+        assert "1 more approval(s) needed" in last_ephemeral(stack, GROUP_APPROVER.user_id)
+        stack.click(GROUP_APPROVER, rid, "approve")  # the same person twice counts once
+        assert "already approved" in last_ephemeral(stack, GROUP_APPROVER.user_id)
+        assert stack.status(rid) == "pending"
+        stack.click(APPROVER, rid, "approve")
+        assert stack.wait_status(rid, "done", "failed") == "done"
+        assert stack.cv.deleted_image_counts() == {image: 1}
+        assert stack.bot.store.get(rid).approvals == (GROUP_APPROVER.user_id, APPROVER.user_id)
+    finally:
+        stack.close()
+
+
+def test_e2e_simultaneous_approvals_execute_once(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    images = stack.cv.data.image_ids(project)[:3]
+    rid = request_pending(stack, f"delete images {project} --ids {','.join(images)}")
+    barrier = threading.Barrier(4)
+
+    def click(person: object) -> None:
+        barrier.wait()
+        stack.click(person, rid, "approve")  # type: ignore[arg-type]
+
+    threads = [
+        threading.Thread(target=click, args=(p,))
+        for p in (APPROVER, GROUP_APPROVER, APPROVER, GROUP_APPROVER)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stack.wait_status(rid, "done", "failed") == "done"
+    assert dict(stack.cv.deleted_image_counts()) == {i: 1 for i in images}
+    delete_calls = stack.cv.calls_to("DeleteImages")
+    assert len(delete_calls) == 1
+    jobs = stack.bot.db.conn.execute("SELECT COUNT(*) FROM jobs WHERE kind = 'delete'").fetchone()[
+        0
+    ]
+    assert jobs == 1
+
+
+def test_e2e_reject_with_reason_and_cancel(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    rid = request_pending(stack, f"delete images {project} --ids {image}")
+    stack.click(APPROVER, rid, "reject")
+    views = stack.slack.views(APPROVER.user_id)
+    assert views and views[-1].callback_id == "request.reject_reason"
+    assert stack.driver is not None
+    empty = stack.driver.submit_view(
+        APPROVER.user_id,
+        "request.reject_reason",
+        views[-1].view["private_metadata"],
+        {"reason": {"value": "   "}},
+    )
+    assert empty.json()["response_action"] == "errors"
+    stack.driver.submit_view(
+        APPROVER.user_id,
+        "request.reject_reason",
+        views[-1].view["private_metadata"],
+        {"reason": {"value": "Wrong subject <!channel>"}},
+    )
+    assert stack.wait_status(rid, "rejected") == "rejected"
+    record = stack.bot.store.get(rid)
+    assert record.decided_by == APPROVER.user_id
+    assert record.decision_reason == "Wrong subject <!channel>"
+    stack.wait_delivered()
+    shown = stack.announcement(rid)
+    assert "<!channel>" not in shown.text
+    assert "Rejected" in json.dumps(shown.blocks)
+    stack.click(APPROVER, rid, "approve")
+    assert "rejected and can no longer be decided" in last_ephemeral(stack, APPROVER.user_id)
+
+    rid2 = request_pending(stack, f"delete images {project} --ids {image}")
+    stack.click(APPROVER, rid2, "cancel")
+    assert "Only the requester may cancel" in last_ephemeral(stack, APPROVER.user_id)
+    stack.click(REQUESTER, rid2, "cancel")
+    assert stack.wait_status(rid2, "cancelled") == "cancelled"
+    assert stack.cv.deleted_image_counts() == {}
+
+
+def test_e2e_expired_request_cannot_be_approved(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, BOT_APPROVAL_TTL_HOURS="0.0003")  # about one second
+    try:
+        project = stack.cv.data.project_ids()[0]
+        image = stack.cv.data.image_ids(project)[0]
+        rid = request_pending(stack, f"delete images {project} --ids {image}")
+        assert stack.wait_status(rid, "expired", timeout=10) == "expired"
+        stack.click(APPROVER, rid, "approve")
+        assert "can no longer be decided" in last_ephemeral(stack, APPROVER.user_id)
+        assert stack.cv.deleted_image_counts() == {}
+        assert "request.expired" in [
+            e.action for e in audit.events(stack.bot.db.conn, request_id=rid)
+        ]
+    finally:
+        stack.close()
+
+
+def test_e2e_delete_iteration_unpublishes_first(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    published = [
+        i for i in stack.cv.data.iteration_ids(project) if stack.cv.data.publish_name(project, i)
+    ]
+    assert published
+    iteration = published[0]
+    name = stack.cv.data.publish_name(project, iteration)
+    rid = request_pending(stack, f"delete iteration {project} {iteration}")
+    assert name in json.dumps(stack.announcement(rid).blocks)
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+    operations = [c.operation_id for c in stack.cv.calls if c.method == "DELETE"]
+    assert operations == ["UnpublishIteration", "DeleteIteration"]
+    assert iteration not in stack.cv.data.iteration_ids(project)
+
+
+def test_e2e_fault_mid_batch_then_retry_finishes_without_resending(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    stack.cv.data.add_images(project, 600)  # three batches of at most 256
+    rid = request_pending(stack, f"delete images {project} --untagged")
+    targeted = set(stack.cv.data.image_ids(project)) - {
+        i for i in stack.cv.data.image_ids(project) if stack.cv.data.image_tag_ids(project, i)
+    }
+    stack.cv.faults.fail_after["DeleteImages"] = 1  # the second batch fails, every retry too
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "failed", "done", timeout=60) == "failed"
+    partial = receipt(stack, rid)
+    assert any(i["status"] == "pending" for i in partial["items"])  # type: ignore[union-attr]
+    first_batch = stack.cv.calls_to("DeleteImages")[0].query["imageIds"].split(",")
+
+    stack.cv.faults.fail_after.clear()
+    stack.command(APPROVER, f"retry {rid}")  # an approver may resume; no new approval
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    sent_after = [
+        c.query["imageIds"].split(",")
+        for c in stack.cv.calls_to("DeleteImages")
+        if c.status in (202, 204)
+    ]
+    assert sent_after[0] == first_batch
+    assert not set(first_batch) & {i for batch in sent_after[1:] for i in batch}
+    counts = stack.cv.deleted_image_counts()
+    assert set(counts) >= targeted
+    assert set(counts.values()) == {1}
