@@ -257,7 +257,16 @@ class HttpServer:
             clear_untrusted_proxy_headers=True,
         )
         self.port: int = self.server.socket.getsockname()[1]  # type: ignore[union-attr]
-        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+
+    def _serve(self) -> None:
+        # waitress has no stop(): run its loop in short slices and close it from this thread,
+        # so no socket is closed under a select() running elsewhere.
+        server: Any = self.server
+        while not self._stop.is_set():
+            server.asyncore.loop(timeout=0.1, map=server._map, use_poll=True, count=1)
+        server.close()
 
     def start(self) -> HttpServer:
         """Start serving in the background."""
@@ -265,9 +274,9 @@ class HttpServer:
         return self
 
     def close(self) -> None:
-        """Stop serving and close the listening socket."""
-        self.server.close()
-        self._thread.join(5)
+        """Stop serving, close the listening socket and finish the requests in flight."""
+        self._stop.set()
+        self._thread.join(10)
 
 
 def socket_mode(bot: Bot) -> SocketModeHandler:

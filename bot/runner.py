@@ -260,6 +260,24 @@ class Runner:
 
     def run_one(self, job: Job) -> None:
         """Run one claimed job to its outcome (or back to the queue when interrupted)."""
+        if job.kind != "preview":
+            with self.store.write() as conn:
+                started = self.store.transition(
+                    conn,
+                    job.request_number,
+                    from_status=("queued", "approved"),
+                    to_status="running",
+                )
+                if started:
+                    record = self.store.get(job.request_number, conn)
+                    self.store.enqueue(
+                        conn,
+                        kind="announce",
+                        channel=record.channel,
+                        payload={"request": record.number},
+                        request=record.number,
+                        key=f"announce:{record.number}",
+                    )
         request = self.store.get(job.request_number)
         handler = self.handlers[job.kind]
         ctx = JobContext(self, job, request)

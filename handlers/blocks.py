@@ -22,7 +22,7 @@ STATUS_LABEL = {
     "running": "Running",
     "previewing": "Computing the preview",
     "pending": "Waiting for approval",
-    "approved": "Approved, deleting",
+    "approved": "Approved, starting",
     "done": "Done",
     "failed": "Failed",
     "cancelled": "Cancelled",
@@ -80,6 +80,8 @@ def _meta(record: RequestRecord) -> tuple[str | None, str | None]:
 def announcement(record: RequestRecord, required_approvals: int) -> tuple[str, list[Block]]:
     """Return the fallback text and blocks of a request's announcement, for its current state."""
     label = STATUS_LABEL.get(record.status, record.status)
+    if record.kind == "delete" and record.status == "running":
+        label = "Deleting"
     emoji = STATUS_EMOJI.get(record.status, ":hourglass_flowing_sand:")
     what = describe_command(record)
     verb = {"export": "Export", "delete": "Deletion", "manual": "Deletion (manual)"}[record.kind]
