@@ -418,8 +418,18 @@ class Store:
             (status, iso(self.clock.now()), job_id),
         )
 
-    def release_jobs(self, owner: str | None = None) -> list[Job]:
-        """Put running jobs back in the queue (all, or one owner's); return them."""
+    def release_jobs(
+        self,
+        owner: str | None = None,
+        *,
+        audit_action: str | None = None,
+        audit_details: Mapping[str, Any] | None = None,
+    ) -> list[Job]:
+        """Put running jobs back in the queue (all, or one owner's); return them.
+
+        With `audit_action`, each released job gets that audit event in the same transaction,
+        so a crash cannot release a job without the record saying so.
+        """
         with self.write() as conn:
             sql = "SELECT id FROM jobs WHERE status = 'running'"
             args: tuple[Any, ...] = ()
@@ -433,7 +443,21 @@ class Store:
                     " WHERE id = ?",
                     (job_id,),
                 )
-            return [self._job(conn, job_id) for job_id in ids]
+            jobs = [self._job(conn, job_id) for job_id in ids]
+            if audit_action is not None:
+                for job in jobs:
+                    self.audit(
+                        conn,
+                        "bot",
+                        audit_action,
+                        request=job.request_number,
+                        details={
+                            "job": job.kind,
+                            "attempts": job.attempts,
+                            **dict(audit_details or {}),
+                        },
+                    )
+            return jobs
 
     def job_for(self, number: int, kind: str) -> Job | None:
         """Return the latest job of `kind` for a request."""
@@ -450,6 +474,26 @@ class Store:
             " updated_at = ? WHERE id = ?",
             (iso(self.clock.now()), job_id),
         )
+
+    def unreported_outcomes(self, key_prefix: str) -> list[RequestRecord]:
+        """Return ended requests whose work ran as jobs but whose final report was never queued.
+
+        The report is the outbox item keyed `<key_prefix>:<number>:<status>`; it is queued just
+        after the request's final transaction, so a crash in between leaves the request here.
+        """
+        marks = ",".join("?" * len(TERMINAL))
+        conn = self.db.conn
+        rows = conn.execute(
+            f"SELECT * FROM requests AS r WHERE r.status IN ({marks})"  # noqa: S608
+            " AND EXISTS (SELECT 1 FROM jobs AS j WHERE j.request_id = r.id)"
+            " AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.request_id = r.id"
+            "  AND j.status IN ('queued', 'running'))"
+            " AND NOT EXISTS (SELECT 1 FROM outbox AS o"
+            "  WHERE o.key = ? || ':' || r.id || ':' || r.status)"
+            " ORDER BY r.id",
+            (*sorted(TERMINAL), key_prefix),
+        ).fetchall()
+        return [self._record(conn, row) for row in rows]
 
     def unfinished_jobs(self) -> int:
         """Return how many jobs are queued or running."""
@@ -480,6 +524,10 @@ class Store:
                 for seq, item in enumerate(items, start=1)
             ],
         )
+
+    def clear_deletion_items(self, conn: sqlite3.Connection, number: int) -> None:
+        """Drop an unapproved plan's items (a preview computed again replaces them)."""
+        conn.execute("DELETE FROM deletion_items WHERE request_id = ?", (number,))
 
     def deletion_items(
         self, number: int, *, batch: int | None = None, status: str | None = None
@@ -606,15 +654,26 @@ class Store:
         ]
 
     def outbox_done(
-        self, item_id: int, result: Mapping[str, Any], *, payload: Mapping[str, Any]
+        self,
+        item_id: int,
+        result: Mapping[str, Any],
+        *,
+        payload: Mapping[str, Any],
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Mark a delivery sent, unless its payload changed meanwhile (then it stays pending)."""
+        """Mark a delivery sent, unless its payload changed meanwhile (then it stays pending).
+
+        `also` runs in the same transaction (the audit event of the delivery), so a crash
+        leaves either both or neither.
+        """
         with self.write() as conn:
             conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
             conn.execute(
                 "UPDATE outbox SET status = 'sent' WHERE id = ? AND payload = ?",
                 (item_id, _json(payload)),
             )
+            if also is not None:
+                also(conn)
 
     def outbox_progress(self, item_id: int, result: Mapping[str, Any]) -> None:
         """Store a partial result of a delivery (an upload's file id) before finishing it."""

@@ -8,6 +8,7 @@ link.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,24 @@ STATUS_EMOJI = {
 def escape(text: str) -> str:
     """Return `text` safe inside mrkdwn: &, < and > escaped as Slack requires."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+
+
+def bot_text(text: str) -> str:
+    """Return text the bot composed, safe as mrkdwn: escaped, keeping only user mentions.
+
+    The bot's own messages mention people as `<@U…>`; everything else in them (request
+    descriptions, reasons, error messages quoting the Training API) is escaped, so it cannot
+    ping `@channel`, forge a link or open a mention of a channel.
+    """
+    parts = _MENTION.split(text)
+    mentions = _MENTION.findall(text)
+    out = [escape(parts[0])]
+    for mention, part in zip(mentions, parts[1:], strict=True):
+        out.extend([mention, escape(part)])
+    return "".join(out)
 
 
 def plain(text: str, limit: int = 2900) -> dict[str, Any]:
@@ -117,7 +136,7 @@ def preview_blocks(preview: Mapping[str, Any]) -> list[Block]:
     if project:
         lines.append(f"Project: {project.get('name', '')} ({project.get('id', '')})")
     if "workspace_images" in preview:
-        lines.append(f"Images in the workspace: {preview['workspace_images']}")
+        lines.append(f"Workspace images removed: {preview['workspace_images']}")
     if preview.get("images_targeted") is not None:
         lines.append(
             f"Images to delete (workspace and every iteration): {preview['images_targeted']}"

@@ -1,0 +1,1069 @@
+"""Erasure: the impact preview, the frozen plan, its execution, verification and the receipt.
+
+Two job handlers (I/O through the job context): `run_preview` (job "preview") reads the live
+project and freezes the plan as `deletion_items`; `run_delete` (job "delete", after approval)
+executes that plan batch by batch, verifies that every target is gone, and writes the receipt.
+Pure: `Facts` -> `plan_items` / `preview_of`, and the receipt rows and texts.
+
+The plan (table deletion_items, in `seq` order)
+-----------------------------------------------
+One batch is one change call. The first item of a batch (lowest seq) says which call:
+
+    kind        call                                  target_id       parent_id
+    unpublish   UnpublishIteration(parent_id)         publish name    the iteration
+    image       DeleteImages(every id of the batch,   image id        -
+                allIterations=true), <= 256 ids
+    prediction  DeletePrediction(every id), <= 64     prediction id   -
+    tag         DeleteTag(target_id)                  tag id          -
+    iteration   DeleteIteration(target_id)            iteration id    -
+    project     DeleteProject(target_id)              project id      -
+
+Batches run in that order: unpublish first (a published iteration cannot be deleted), the
+project last. Objects that a call removes together with its target are "covered" items: they
+sit in the same batch after the first item, carry parent_id = the call's target (the project,
+or the iteration whose snapshot alone held an image), and are marked with the call's outcome.
+So `delete project` is unpublish batches plus ONE batch: the project item, then every image,
+tag, iteration and stored prediction the project holds, all removed by DeleteProject.
+
+Item status: pending -> sending (committed before the call) -> deleted (the call answered
+2xx) | gone (NotFound: already absent; or a probe after an interrupted call found it absent) |
+failed (the call failed for good). A batch whose items are all deleted/gone is never sent
+again; one left sending or failed is probed first and only what still exists is sent.
+Verification then sets `verified` to gone | survived for every item.
+
+The preview counts what the deletion removes: `workspace_images` the targeted images found in
+the workspace, `iterations[].images` the images it takes out of that snapshot (all of them when
+the iteration itself is removed), `images_targeted` the distinct images removed anywhere
+(for an iteration: the images only its snapshot held), `tags[].images` the workspace images
+carrying the tag.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot import grammar
+from bot.clock import iso
+from bot.errors import BotError, NotFound, ServiceError, TrainingApiError
+from bot.runner import JobContext, Outcome
+from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
+
+DEFAULT_VERIFY_TIMEOUT = 60.0  # seconds to wait for the asynchronous image deletion (202)
+
+OPERATIONS = {
+    "unpublish": "UnpublishIteration",
+    "image": "DeleteImages",
+    "prediction": "DeletePrediction",
+    "tag": "DeleteTag",
+    "iteration": "DeleteIteration",
+    "project": "DeleteProject",
+}
+PHASES = {
+    "unpublish": "unpublishing iterations",
+    "image": "deleting images",
+    "prediction": "deleting predictions",
+    "tag": "deleting tags",
+    "iteration": "deleting iterations",
+    "project": "deleting the project",
+}
+CONFIRMED = frozenset({"deleted", "gone"})
+MULTI = frozenset({"image", "prediction"})  # one call removes every item of the batch
+NOUNS = {  # (singular, plural), for counts in messages
+    "project": ("project", "projects"),
+    "unpublish": ("iteration unpublished", "iterations unpublished"),
+    "image": ("image", "images"),
+    "tag": ("tag", "tags"),
+    "iteration": ("iteration", "iterations"),
+    "prediction": ("stored prediction", "stored predictions"),
+}
+COUNT_ORDER = ("image", "prediction", "tag", "iteration", "project", "unpublish")
+RECEIPT_COLUMNS = (
+    "request_id",
+    "project_id",
+    "kind",
+    "target_id",
+    "parent_id",
+    "batch",
+    "status",
+    "operation",
+    "http_status",
+    "at",
+    "verified",
+)
+SURVIVORS_SHOWN = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: facts -> plan and preview
+
+
+@dataclass(frozen=True)
+class IterationFacts:
+    """One trained iteration as the plan sees it."""
+
+    id: str
+    name: str
+    publish_name: str  # "" when not published
+    images: int  # images the deletion takes out of this snapshot (all of them when removed)
+    removed: bool  # the plan deletes this iteration
+    own_images: tuple[str, ...] = ()  # images no other snapshot holds: deleted with it
+
+
+@dataclass(frozen=True)
+class TagFacts:
+    id: str
+    name: str
+    images: int
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the live API says about the targets of one deletion request."""
+
+    kind: str  # grammar.DeleteKind value
+    project_id: str
+    project_name: str
+    workspace_images: int  # targeted images found in the workspace
+    iterations: tuple[IterationFacts, ...]  # the snapshots the deletion touches
+    images: tuple[str, ...] = ()  # images removed (DeleteImages; or covered by the project)
+    images_not_found: tuple[str, ...] = ()
+    tags: tuple[TagFacts, ...] = ()  # tags removed
+    predictions: tuple[str, ...] = ()
+    predictions_not_found: tuple[str, ...] = ()
+    selector: str = ""  # images: grammar's selector (ids | tag | untagged | all)
+    tag_name: str = ""  # images --tag: the tag's name (its id when the workspace lacks it)
+
+    @property
+    def images_targeted(self) -> int:
+        """Return how many distinct images the deletion removes."""
+        own = sum(len(it.own_images) for it in self.iterations)
+        return len(self.images) + own
+
+
+def plan_items(facts: Facts) -> list[dict[str, Any]]:
+    """Return the deletion items in execution order, with batch numbers (see module doc)."""
+    items: list[dict[str, Any]] = []
+    batch = 0
+    p = facts.project_id
+
+    def add(kind: str, target: str, parent: str | None = None) -> None:
+        items.append(
+            {
+                "kind": kind,
+                "project_id": p,
+                "target_id": target,
+                "parent_id": parent,
+                "batch": batch,
+            }
+        )
+
+    for it in facts.iterations:
+        if it.removed and it.publish_name:
+            batch += 1
+            add("unpublish", it.publish_name, it.id)
+    if facts.kind == grammar.DeleteKind.PROJECT:
+        batch += 1
+        add("project", p)
+        for image in facts.images:
+            add("image", image, p)
+        for tag in facts.tags:
+            add("tag", tag.id, p)
+        for it in facts.iterations:
+            add("iteration", it.id, p)
+        for prediction in facts.predictions:
+            add("prediction", prediction, p)
+        return items
+    for chunk in chunks(facts.images, MAX_IMAGE_IDS):
+        batch += 1
+        for image in chunk:
+            add("image", image)
+    for chunk in chunks(facts.predictions, MAX_PREDICTION_IDS):
+        batch += 1
+        for prediction in chunk:
+            add("prediction", prediction)
+    for tag in facts.tags:
+        batch += 1
+        add("tag", tag.id)
+    for it in facts.iterations:
+        if it.removed:
+            batch += 1
+            add("iteration", it.id)
+            for image in it.own_images:
+                add("image", image, it.id)
+    return items
+
+
+def _plural(count: int, kind: str) -> str:
+    one, many = NOUNS[kind]
+    return f"{count} {one if count == 1 else many}"
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"'
+
+
+def images_phrase(facts: Facts, count: int) -> str:
+    """Return `count` images described by the request's selector: `12 untagged images`."""
+    images = _plural(count, "image")
+    if facts.selector == "ids":
+        return f"{images} given by id"
+    if facts.selector == "tag":
+        return f"{images} tagged {_quoted(facts.tag_name)}"
+    if facts.selector == "untagged":
+        return images.replace(" image", " untagged image", 1)
+    return f"all {images}"
+
+
+def summary_of(facts: Facts) -> str:
+    """Return the preview's one plain line."""
+    project = f"project {_quoted(facts.project_name)}"
+    removed = [it for it in facts.iterations if it.removed]
+    published = [it.publish_name for it in removed if it.publish_name]
+    kind = facts.kind
+    if kind == grammar.DeleteKind.PROJECT:
+        parts = [
+            _plural(facts.images_targeted, "image")
+            + f" ({facts.workspace_images} in the workspace)",
+            _plural(len(facts.tags), "tag"),
+            _plural(len(removed), "iteration"),
+            _plural(len(facts.predictions), "prediction"),
+        ]
+        text = f"Deletes {project} with everything in it: {', '.join(parts)}."
+    elif kind in (grammar.DeleteKind.ITERATION, grammar.DeleteKind.ITERATIONS):
+        names = ", ".join(_quoted(it.name) for it in removed)
+        if kind == grammar.DeleteKind.ITERATION:
+            which = f"iteration {names}"
+        else:
+            which = f"all {_plural(len(removed), 'iteration')} ({names})"
+        own = facts.images_targeted
+        text = (
+            f"Deletes {which} of {project}; {_plural(own, 'image')} used by no other "
+            "iteration and not in the workspace "
+            f"{'is' if own == 1 else 'are'} deleted with {'it' if len(removed) == 1 else 'them'}."
+        )
+    elif kind == grammar.DeleteKind.TAG:
+        tag = facts.tags[0]
+        text = (
+            f"Deletes tag {_quoted(tag.name)} of {project} (on {_plural(tag.images, 'image')} "
+            "in the workspace); the images stay, and trained iterations keep their snapshot."
+        )
+    elif kind == grammar.DeleteKind.IMAGES:
+        held = [it for it in facts.iterations if it.images]
+        text = (
+            f"Deletes {images_phrase(facts, facts.images_targeted)} of {project} "
+            f"everywhere: {facts.workspace_images} in the workspace, and from "
+            f"{len(held)} trained iteration snapshot{'' if len(held) == 1 else 's'}."
+        )
+        if facts.images_not_found:
+            text += f" {len(facts.images_not_found)} requested id(s) not found."
+    else:
+        text = f"Deletes {_plural(len(facts.predictions), 'prediction')} of {project}."
+        if facts.predictions_not_found:
+            text += f" {len(facts.predictions_not_found)} requested id(s) not found."
+    if published:
+        stop = "that prediction endpoint stops" if len(published) == 1 else "those endpoints stop"
+        text += f" Unpublishes {', '.join(published)} first: {stop} working."
+    return text
+
+
+def nothing_to_delete(facts: Facts) -> str:
+    """Return the answer to a request that matches nothing."""
+    text = f"Nothing to delete: project {_quoted(facts.project_name)} holds "
+    if facts.kind == grammar.DeleteKind.IMAGES:
+        if facts.selector == "ids":
+            text += f"none of the {len(facts.images_not_found)} requested image id(s)"
+        else:
+            text += "no " + images_phrase(facts, 0).removeprefix("all ").removeprefix("0 ")
+    else:
+        text += "no stored predictions"
+        if facts.predictions_not_found:
+            text += f" with the {len(facts.predictions_not_found)} requested id(s)"
+    return text + "."
+
+
+def preview_of(facts: Facts) -> dict[str, Any]:
+    """Return the plain-data preview an approver reads (rendered by the Slack side)."""
+    return {
+        "kind": facts.kind,
+        "project": {"id": facts.project_id, "name": facts.project_name},
+        "workspace_images": facts.workspace_images,
+        "iterations": [
+            {
+                "id": it.id,
+                "name": it.name,
+                "images": it.images,
+                "published": bool(it.publish_name),
+                "publish_name": it.publish_name or None,
+                "removed": it.removed,
+            }
+            for it in facts.iterations
+        ],
+        "images_targeted": facts.images_targeted,
+        "images_not_found": list(facts.images_not_found),
+        "tags": [{"id": t.id, "name": t.name, "images": t.images} for t in facts.tags],
+        "predictions": len(facts.predictions),
+        "predictions_not_found": list(facts.predictions_not_found),
+        "unpublish": [
+            {"iteration_id": it.id, "publish_name": it.publish_name}
+            for it in facts.iterations
+            if it.removed and it.publish_name
+        ],
+        "summary": summary_of(facts),
+    }
+
+
+def counts_of(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Return how many items of each kind a plan holds (keys in COUNT_ORDER, zero omitted)."""
+    counts = dict.fromkeys(COUNT_ORDER, 0)
+    for item in items:
+        counts[item["kind"]] += 1
+    return {kind: n for kind, n in counts.items() if n}
+
+
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """Return counts as words: `240 images, 4 tags and 1 project`."""
+    parts = [_plural(n, kind) for kind, n in counts.items() if n]
+    if not parts:
+        return "nothing"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def batches_of(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Return the items grouped by batch, in execution order."""
+    grouped: dict[int, list[Mapping[str, Any]]] = {}
+    for item in sorted(items, key=lambda i: int(i["seq"])):
+        grouped.setdefault(int(item["batch"]), []).append(item)
+    return [grouped[b] for b in sorted(grouped)]
+
+
+def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Return one receipt row per item (RECEIPT_COLUMNS), in execution order."""
+    return [
+        {
+            "request_id": request_id,
+            "project_id": item["project_id"],
+            "kind": item["kind"],
+            "target_id": item["target_id"],
+            "parent_id": item["parent_id"],
+            "batch": item["batch"],
+            "status": item["status"],
+            "operation": item["operation"],
+            "http_status": item["http_status"],
+            "at": item["at"],
+            "verified": item["verified"],
+        }
+        for item in sorted(items, key=lambda i: int(i["seq"]))
+    ]
+
+
+def _shown(kind: str, target: str, parent: str | None) -> str:
+    if kind == "unpublish":
+        return f"publication {target} of iteration {parent}"
+    return f"{NOUNS[kind][0]} {target}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Preview (I/O): read the live project
+
+
+def _project_name(client: TrainingClient, project_id: str) -> str:
+    try:
+        return client.get_project(project_id).name
+    except NotFound:
+        raise NotFound(
+            f"There is no project {project_id} (or the training key cannot see it): "
+            "nothing to delete."
+        ) from None
+
+
+def _ids(client: TrainingClient, project_id: str, iteration_id: str | None) -> list[str]:
+    return [image.id for image in client.iter_images(project_id, iteration_id=iteration_id)]
+
+
+def _selected(
+    client: TrainingClient, command: grammar.Delete, p: str, iteration_id: str | None
+) -> list[str]:
+    """Return the ids of the images the selector picks in the workspace or one snapshot."""
+    try:
+        if command.selector == "tag":
+            assert command.tag_id is not None
+            found = client.iter_images(
+                p, kind="tagged", iteration_id=iteration_id, tag_ids=[command.tag_id]
+            )
+        elif command.selector == "untagged":
+            found = client.iter_images(p, kind="untagged", iteration_id=iteration_id)
+        elif command.selector == "ids":
+            found = iter(client.get_images_by_ids(p, command.image_ids, iteration_id))
+        else:
+            found = client.iter_images(p, iteration_id=iteration_id)
+        return [image.id for image in found]
+    except NotFound:
+        return []  # e.g. the tag is not in this snapshot
+
+
+def _image_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+    client = ctx.client
+    workspace = _selected(client, command, p, None)
+    union = dict.fromkeys(workspace)
+    iterations: list[IterationFacts] = []
+    for it in client.get_iterations(p):
+        ctx.check()
+        held = _selected(client, command, p, it.id)
+        union.update(dict.fromkeys(held))
+        if held:
+            iterations.append(
+                IterationFacts(it.id, it.name, it.publish_name or "", len(held), removed=False)
+            )
+    not_found: tuple[str, ...] = ()
+    if command.selector == "ids":
+        known = {i.lower() for i in union}
+        not_found = tuple(i for i in command.image_ids if i.lower() not in known)
+    tag_name = ""
+    if command.selector == "tag":
+        assert command.tag_id is not None
+        try:
+            tag_name = client.get_tag(p, command.tag_id).name
+        except NotFound:
+            tag_name = command.tag_id
+    return Facts(
+        kind=command.kind.value,
+        project_id=p,
+        project_name=name,
+        workspace_images=len(workspace),
+        iterations=tuple(iterations),
+        images=tuple(union),
+        images_not_found=not_found,
+        selector=command.selector or "all",
+        tag_name=tag_name,
+    )
+
+
+def _iteration_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+    client = ctx.client
+    listed = client.get_iterations(p)
+    if command.kind == grammar.DeleteKind.ITERATION:
+        assert command.iteration_id is not None
+        removed = [it for it in listed if it.id == command.iteration_id]
+        if not removed:
+            raise NotFound(
+                f"Project {_quoted(name)} has no iteration {command.iteration_id}: "
+                "nothing to delete."
+            )
+    else:
+        removed = list(listed)
+        if not removed:
+            raise BotError(f"Project {_quoted(name)} has no trained iterations: nothing to delete.")
+    gone = {it.id for it in removed}
+    # Images that survive elsewhere: in the workspace or a snapshot the plan keeps.
+    kept = set(_ids(client, p, None))
+    for it in listed:
+        if it.id not in gone:
+            ctx.check()
+            kept.update(_ids(client, p, it.id))
+    snapshots = {}
+    for it in removed:
+        ctx.check()
+        snapshots[it.id] = _ids(client, p, it.id)
+    # An image held by several removed snapshots goes with the last one deleted.
+    owner: dict[str, str] = {}
+    for it in removed:
+        for image in snapshots[it.id]:
+            if image not in kept:
+                owner[image] = it.id
+    facts = tuple(
+        IterationFacts(
+            it.id,
+            it.name,
+            it.publish_name or "",
+            len(snapshots[it.id]),
+            removed=True,
+            own_images=tuple(i for i in dict.fromkeys(snapshots[it.id]) if owner.get(i) == it.id),
+        )
+        for it in removed
+    )
+    return Facts(
+        kind=command.kind.value,
+        project_id=p,
+        project_name=name,
+        workspace_images=0,
+        iterations=facts,
+    )
+
+
+def _project_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+    client = ctx.client
+    workspace = _ids(client, p, None)
+    union = dict.fromkeys(workspace)
+    tags = {t.id: TagFacts(t.id, t.name, t.image_count or 0) for t in client.get_tags(p)}
+    iterations = []
+    for it in client.get_iterations(p):
+        ctx.check()
+        held = _ids(client, p, it.id)
+        union.update(dict.fromkeys(held))
+        for tag in client.get_tags(p, it.id):
+            tags.setdefault(tag.id, TagFacts(tag.id, tag.name, 0))
+        iterations.append(
+            IterationFacts(it.id, it.name, it.publish_name or "", len(held), removed=True)
+        )
+    predictions = tuple(dict.fromkeys(pr.id for pr in client.iter_predictions(p)))
+    return Facts(
+        kind=command.kind.value,
+        project_id=p,
+        project_name=name,
+        workspace_images=len(workspace),
+        iterations=tuple(iterations),
+        images=tuple(union),
+        tags=tuple(tags.values()),
+        predictions=predictions,
+    )
+
+
+def _tag_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+    assert command.tag_id is not None
+    try:
+        tag = ctx.client.get_tag(p, command.tag_id)
+    except NotFound:
+        raise NotFound(
+            f"Project {_quoted(name)} has no tag {command.tag_id} in its workspace: "
+            "nothing to delete."
+        ) from None
+    count = tag.image_count
+    if count is None:
+        count = ctx.client.count_images(p, kind="tagged", tag_ids=[tag.id])
+    return Facts(
+        kind=command.kind.value,
+        project_id=p,
+        project_name=name,
+        workspace_images=0,
+        iterations=(),
+        tags=(TagFacts(tag.id, tag.name, count),),
+    )
+
+
+def _prediction_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+    stored = list(dict.fromkeys(pr.id for pr in ctx.client.iter_predictions(p)))
+    not_found: tuple[str, ...] = ()
+    if command.selector == "ids":
+        # Keep the service's spelling of each id: later calls and probes compare with it.
+        present = {i.lower(): i for i in stored}
+        wanted = list(dict.fromkeys(i.lower() for i in command.prediction_ids))
+        stored = [present[i] for i in wanted if i in present]
+        not_found = tuple(i for i in wanted if i not in present)
+    return Facts(
+        kind=command.kind.value,
+        project_id=p,
+        project_name=name,
+        workspace_images=0,
+        iterations=(),
+        predictions=tuple(stored),
+        predictions_not_found=not_found,
+    )
+
+
+_COLLECTORS: dict[str, Callable[[JobContext, grammar.Delete, str, str], Facts]] = {
+    grammar.DeleteKind.PROJECT: _project_facts,
+    grammar.DeleteKind.ITERATION: _iteration_facts,
+    grammar.DeleteKind.ITERATIONS: _iteration_facts,
+    grammar.DeleteKind.TAG: _tag_facts,
+    grammar.DeleteKind.IMAGES: _image_facts,
+    grammar.DeleteKind.PREDICTIONS: _prediction_facts,
+}
+
+
+def collect_facts(ctx: JobContext, command: grammar.Delete) -> Facts:
+    """Return what the live API holds for `command`; raise NotFound/BotError when nothing."""
+    collector = _COLLECTORS.get(command.kind)
+    if collector is None or command.project_id is None:
+        raise BotError(f"{command.describe()} is not something this job can delete.")
+    name = _project_name(ctx.client, command.project_id)
+    return collector(ctx, command, command.project_id, name)
+
+
+def run_preview(ctx: JobContext) -> Outcome:
+    """Compute the preview, freeze the plan as deletion items; the request becomes pending."""
+    command = grammar.Delete.from_dict(ctx.request.command)
+    facts = collect_facts(ctx, command)
+    items = plan_items(facts)
+    if not items:
+        raise BotError(nothing_to_delete(facts))
+    preview = preview_of(facts)
+    counts = counts_of(items)
+    ttl = ctx.settings.approval_ttl
+    with ctx.store.write() as conn:
+        # A preview job that ran before (restart, retry) left a plan nobody approved: replace it.
+        ctx.store.clear_deletion_items(conn, ctx.request.number)
+        ctx.store.add_deletion_items(conn, ctx.request.number, items)
+    return Outcome(
+        request_status="pending",
+        request_fields={"preview": preview, "expires_at": iso(ctx.clock.now() + ttl)},
+        audit_action="preview.computed",
+        audit_details={"counts": counts, "summary": preview["summary"]},
+        message=None,
+        mention_requester=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution (I/O)
+
+
+def _present_images(client: TrainingClient, p: str, ids: Sequence[str]) -> set[str]:
+    """Return which of `ids` the workspace or any remaining snapshot still holds."""
+    present = {image.id for image in client.get_images_by_ids(p, ids)}
+    for it in client.get_iterations(p):
+        rest = [i for i in ids if i not in present]
+        if not rest:
+            break
+        try:
+            present.update(image.id for image in client.get_images_by_ids(p, rest, it.id))
+        except NotFound:
+            continue  # the iteration went meanwhile
+    return present
+
+
+def _present(
+    client: TrainingClient, p: str, kind: str, item: Mapping[str, Any], targets: Sequence[str]
+) -> list[str]:
+    """Return the targets that still exist (an unpublish target: still published)."""
+    try:
+        if kind == "image":
+            present = _present_images(client, p, targets)
+            return [t for t in targets if t in present]
+        if kind == "prediction":
+            stored = {pr.id for pr in client.iter_predictions(p)}
+            return [t for t in targets if t in stored]
+        if kind == "tag":
+            client.get_tag(p, item["target_id"])
+        elif kind == "iteration":
+            client.get_iteration(p, item["target_id"])
+        elif kind == "project":
+            client.get_project(p)
+        elif kind == "unpublish" and not client.get_iteration(p, item["parent_id"]).publish_name:
+            return []
+        return list(targets)
+    except NotFound:
+        return []
+
+
+def _call(
+    client: TrainingClient, p: str, kind: str, item: Mapping[str, Any], targets: Sequence[str]
+) -> int:
+    if kind == "image":
+        return client.delete_images(p, targets, all_iterations=True)
+    if kind == "prediction":
+        return client.delete_predictions(p, targets)
+    if kind == "tag":
+        return client.delete_tag(p, item["target_id"])
+    if kind == "iteration":
+        return client.delete_iteration(p, item["target_id"])
+    if kind == "project":
+        return client.delete_project(p)
+    return client.unpublish_iteration(p, item["parent_id"])
+
+
+def _already_gone(kind: str, exc: TrainingApiError) -> bool:
+    if isinstance(exc, NotFound):
+        return True
+    return kind == "unpublish" and exc.code == "BadRequestIterationNotPublished"
+
+
+class _BatchFailed(Exception):
+    def __init__(self, error: TrainingApiError, batch: int) -> None:
+        super().__init__(error.user_message)
+        self.error = error
+        self.batch = batch
+
+
+def _mark(
+    ctx: JobContext,
+    batch: Sequence[Mapping[str, Any]],
+    targets: Sequence[str] | None,
+    *,
+    status: str,
+    http_status: int | None,
+    action: str,
+    outcome: str,
+    details: Mapping[str, Any],
+) -> None:
+    """Mark a batch (or some targets of a multi-id batch) and audit it, in one transaction."""
+    first = batch[0]
+    kind = first["kind"]
+    number = ctx.request.number
+    selected = list(targets) if targets is not None and kind in MULTI else None
+    shown = selected if selected is not None else [first["target_id"]]
+    with ctx.store.write() as conn:
+        ctx.store.mark_items(
+            conn,
+            number,
+            int(first["batch"]),
+            status=status,
+            http_status=http_status,
+            operation=OPERATIONS[kind],
+            target_ids=selected,
+        )
+        ctx.store.audit(
+            conn,
+            "bot",
+            action,
+            request=number,
+            targets=shown,
+            outcome=outcome,
+            details={
+                "operation": OPERATIONS[kind],
+                "project_id": first["project_id"],
+                "batch": int(first["batch"]),
+                "http_status": http_status,
+                **({"iteration_id": first["parent_id"]} if kind == "unpublish" else {}),
+                **({"covered": len(batch) - 1} if kind not in MULTI and len(batch) > 1 else {}),
+                **details,
+            },
+        )
+
+
+def _run_batch(ctx: JobContext, batch: Sequence[Mapping[str, Any]]) -> None:
+    """Send one batch unless the service already confirmed it; raise _BatchFailed."""
+    first = batch[0]
+    kind = first["kind"]
+    p = first["project_id"]
+    open_items = [i for i in batch if i["status"] not in CONFIRMED]
+    if not open_items:
+        return
+    targets = [i["target_id"] for i in open_items] if kind in MULTI else [first["target_id"]]
+    step = "api.probe"
+    try:
+        # After an interrupted or failed call its effect is unknown: probe, and send only what
+        # still exists. An unpublish is always probed (someone may have unpublished meanwhile).
+        if kind == "unpublish" or any(i["status"] in ("sending", "failed") for i in open_items):
+            present = _present(ctx.client, p, kind, first, targets)
+            absent = [t for t in targets if t not in present]
+            if absent:
+                _mark(
+                    ctx,
+                    batch,
+                    absent,
+                    status="gone",
+                    http_status=None,
+                    action=step,
+                    outcome="gone",
+                    details={"probed": len(targets), "absent": len(absent)},
+                )
+            targets = present
+            if not targets:
+                return
+        step = "api.call"
+        with ctx.store.write() as conn:
+            ctx.store.mark_items(
+                conn,
+                ctx.request.number,
+                int(first["batch"]),
+                status="sending",
+                target_ids=targets if kind in MULTI else None,
+            )
+        try:
+            status = _call(ctx.client, p, kind, first, targets)
+        except ServiceError as exc:
+            if not _already_gone(kind, exc):
+                raise
+            _mark(
+                ctx,
+                batch,
+                targets,
+                status="gone",
+                http_status=exc.status,
+                action=step,
+                outcome="gone",
+                details={"code": exc.code},
+            )
+            return
+        _mark(
+            ctx,
+            batch,
+            targets,
+            status="deleted",
+            http_status=status,
+            action=step,
+            outcome="ok",
+            details={},
+        )
+    except TrainingApiError as exc:
+        _mark(
+            ctx,
+            batch,
+            targets,
+            status="failed",
+            http_status=exc.status,
+            action=step,
+            outcome="failed",
+            details={"code": exc.code, "error": exc.user_message},
+        )
+        raise _BatchFailed(exc, int(first["batch"])) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification (I/O)
+
+
+def survivors(client: TrainingClient, items: Sequence[Mapping[str, Any]]) -> set[int]:
+    """Return the seq of every item whose target still exists (unpublish: still published)."""
+    if not items:
+        return set()
+    p = items[0]["project_id"]
+    try:
+        client.get_project(p)
+    except NotFound:
+        return set()  # the project, and everything in it, is gone
+    listed = {it.id: it for it in client.get_iterations(p)}
+    left: set[int] = set()
+    images = [i for i in items if i["kind"] == "image"]
+    if images:
+        ids = [i["target_id"] for i in images]
+        present = {im.id for im in client.get_images_by_ids(p, ids)}
+        for iteration_id in listed:
+            try:
+                present.update(im.id for im in client.get_images_by_ids(p, ids, iteration_id))
+            except NotFound:
+                continue
+        left.update(int(i["seq"]) for i in images if i["target_id"] in present)
+    predictions = [i for i in items if i["kind"] == "prediction"]
+    if predictions:
+        stored = {pr.id for pr in client.iter_predictions(p)}
+        left.update(int(i["seq"]) for i in predictions if i["target_id"] in stored)
+    for item in items:
+        kind = item["kind"]
+        if kind == "iteration" and item["target_id"] in listed:
+            left.add(int(item["seq"]))
+        elif kind == "unpublish":
+            iteration = listed.get(item["parent_id"])
+            if iteration is not None and iteration.publish_name:
+                left.add(int(item["seq"]))
+        elif kind == "project":
+            left.add(int(item["seq"]))
+        elif kind == "tag":
+            try:
+                client.get_tag(p, item["target_id"])
+                left.add(int(item["seq"]))
+            except NotFound:
+                pass
+    return left
+
+
+def verify(
+    ctx: JobContext,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> set[int]:
+    """Re-read until every item is gone or `timeout` seconds passed; store verdicts.
+
+    Returns the seq of the survivors. Polls with backoff because DeleteImages with
+    allIterations=true answers 202 and removes the images asynchronously.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    remaining = list(items)
+    total = len(items)
+    while True:
+        ctx.progress(total - len(remaining), total, "verifying")
+        left = survivors(ctx.client, remaining)
+        gone = [i for i in remaining if int(i["seq"]) not in left]
+        _store_verdicts(ctx, gone, "gone")
+        remaining = [i for i in remaining if int(i["seq"]) in left]
+        if not remaining or time.monotonic() >= deadline:
+            break
+        ctx.check()
+        sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 5.0)
+    _store_verdicts(ctx, remaining, "survived")
+    ctx.progress(total - len(remaining), total, "verifying", force=True)
+    return {int(i["seq"]) for i in remaining}
+
+
+def _store_verdicts(ctx: JobContext, items: Sequence[Mapping[str, Any]], verdict: str) -> None:
+    if not items:
+        return
+    with ctx.store.write() as conn:
+        ctx.store.mark_verified(conn, ctx.request.number, [i["target_id"] for i in items], verdict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Receipt (I/O: two files and their upload)
+
+
+def write_receipt(
+    ctx: JobContext,
+    *,
+    outcome: str,
+    started_at: str,
+    note: str,
+) -> tuple[Path, Path]:
+    """Write receipt.json and receipt.csv for this attempt and queue both uploads."""
+    record = ctx.request
+    items = ctx.store.deletion_items(record.number)
+    rows = receipt_rows(record.id, items)
+    preview = record.preview or {}
+    meta = record.command.get("meta") or {}
+    attempt = ctx.job.attempts
+    suffix = "" if attempt <= 1 else f"-{attempt}"
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    json_path = ctx.work_dir / f"receipt{suffix}.json"
+    csv_path = ctx.work_dir / f"receipt{suffix}.csv"
+    endpoint = getattr(ctx.settings, "endpoint_host", "") or ctx.client.endpoint_host
+    document = {
+        "request_id": record.id,
+        "outcome": outcome,
+        "note": note,
+        "requester": record.requester,
+        "approvers": list(record.approvals),
+        "ticket": meta.get("ticket"),
+        "reason": meta.get("reason"),
+        "command": record.text,
+        "preview_summary": preview.get("summary"),
+        "project": preview.get("project"),
+        "endpoint_host": endpoint,
+        "started_at": started_at,
+        "finished_at": iso(ctx.clock.now()),
+        "attempt": attempt,
+        "counts": counts_of(items),
+        "items": rows,
+    }
+    with json_path.open("w", encoding="utf-8") as fp:
+        json.dump(document, fp, ensure_ascii=False, indent=1)
+        fp.write("\n")
+    with csv_path.open("w", encoding="utf-8", newline="") as fp:
+        writer = csv.DictWriter(fp, fieldnames=RECEIPT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    key = f"receipt:{record.number}"
+    key_suffix = "" if attempt <= 1 else f":{attempt}"
+    label = "deletion receipt" if outcome == "done" else f"deletion receipt ({outcome})"
+    with ctx.store.write() as conn:
+        for path, fmt in ((json_path, "json"), (csv_path, "csv")):
+            ctx.store.enqueue_once(
+                conn,
+                kind="upload",
+                channel=record.channel,
+                request=record.number,
+                key=f"{key}:{fmt}{key_suffix}",
+                payload={
+                    "path": str(path),
+                    "filename": f"{record.id}-receipt{suffix}.{fmt}",
+                    "title": f"{record.id} {label} ({fmt.upper()})",
+                    **({"comment": f"{record.id} {label}: {note}"} if fmt == "json" else {}),
+                },
+            )
+    return json_path, csv_path
+
+
+# ---------------------------------------------------------------------------------------------
+# The delete job
+
+
+def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT) -> Outcome:
+    """Execute the frozen plan, verify, post the receipt; return the request's outcome."""
+    record = ctx.request
+    number = record.number
+    items = ctx.store.deletion_items(number)
+    if not items:
+        raise BotError(f"{record.id} has no frozen deletion plan; run a new request.")
+    started_at = ctx.checkpoint.get("started_at")
+    if not isinstance(started_at, str):
+        started_at = iso(ctx.clock.now())
+        ctx.save(started_at=started_at)
+    batches = batches_of(items)
+    total = len(items)
+    done = sum(1 for i in items if i["status"] in CONFIRMED)
+    try:
+        for batch in batches:
+            ctx.progress(done, total, PHASES[batch[0]["kind"]])
+            _run_batch(ctx, batch)
+            done += len(batch)
+            ctx.save(batch=int(batch[0]["batch"]))
+    except _BatchFailed as failure:
+        return _failed_outcome(ctx, failure, started_at)
+    ctx.progress(total, total, "verifying", force=True)
+    items = ctx.store.deletion_items(number)
+    try:
+        left = verify(ctx, items, timeout=verify_timeout)
+    except TrainingApiError as exc:
+        note = f"verification could not finish: {exc.user_message}"
+        write_receipt(ctx, outcome="unverified", started_at=started_at, note=note)
+        return _outcome_failed(
+            ctx,
+            f"Every deletion call was answered, but the {note}",
+            {"error": exc.user_message},
+            advice="A retry verifies again without re-sending anything; receipt attached.",
+        )
+    items = ctx.store.deletion_items(number)
+    counts = counts_of(items)
+    if left:
+        alive = [i for i in items if int(i["seq"]) in left]
+        shown = [_shown(i["kind"], i["target_id"], i["parent_id"]) for i in alive]
+        listed = "; ".join(shown[:SURVIVORS_SHOWN])
+        more = f" and {len(shown) - SURVIVORS_SHOWN} more" if len(shown) > SURVIVORS_SHOWN else ""
+        note = (
+            f"{len(alive)} of {total} targets still exist after {verify_timeout:g} s: "
+            f"{listed}{more}. They are listed as survived in the receipt."
+        )
+        write_receipt(ctx, outcome="survivors", started_at=started_at, note=note)
+        return _outcome_failed(
+            ctx,
+            f"Not every target was removed: {note}",
+            {"survivors": len(alive), "survivor_ids": [i["target_id"] for i in alive][:100]},
+            advice="A retry verifies again without re-sending confirmed calls; receipt attached.",
+        )
+    absent = sum(1 for i in items if i["status"] == "gone")
+    summary = describe_counts(counts) + " deleted and verified gone"
+    if absent:
+        summary += f" ({absent} of them already absent when their turn came)"
+    write_receipt(ctx, outcome="done", started_at=started_at, note=f"{summary}.")
+    return Outcome(
+        request_status="done",
+        result={"counts": counts, "verified": total, "already_absent": absent},
+        message=f"{record.id}: {summary}; receipt attached.",
+        audit_action="request.completed",
+        audit_details={"counts": counts, "verified": total},
+    )
+
+
+def _outcome_failed(
+    ctx: JobContext, text: str, details: Mapping[str, Any], *, advice: str
+) -> Outcome:
+    return Outcome(
+        request_status="failed",
+        job_status="failed",
+        error=text,
+        message=f"{ctx.request.id} failed. {text} {advice}",
+        audit_action="request.failed",
+        audit_details=dict(details),
+    )
+
+
+def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> Outcome:
+    items = ctx.store.deletion_items(ctx.request.number)
+    removed = counts_of(i for i in items if i["status"] in CONFIRMED)
+    remaining = counts_of(i for i in items if i["status"] not in CONFIRMED)
+    batches = len({int(i["batch"]) for i in items})
+    note = (
+        f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
+        f"Removed: {describe_counts(removed)}. Not removed yet: {describe_counts(remaining)}."
+    )
+    write_receipt(ctx, outcome="partial", started_at=started_at, note=note)
+    return _outcome_failed(
+        ctx,
+        f"The deletion {note}",
+        {
+            "error": failure.error.user_message,
+            "batch": failure.batch,
+            "removed": removed,
+            "remaining": remaining,
+        },
+        advice="A retry continues where it stopped, without re-sending what was removed; "
+        "partial receipt attached.",
+    )

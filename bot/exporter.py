@@ -1,0 +1,978 @@
+"""The export job: build the package a request asks for, then queue its parts for upload.
+
+`run_export(ctx)` is the job handler "export" (I/O through the job context): it reads the
+Training API with ctx.client, downloads files into a cache under ctx.work_dir, lays everything
+out with bot.package and queues each part for the request's thread. Pure: `short`,
+`file_ext`, `not_found`, `describe_counts`, `human_size`, `summary`.
+
+What each kind puts in the package (names from bot.package; JSON exactly as the API returned
+it, unknown fields included; every object the export read is in the package):
+
+    account      account.json (endpoint host, API version, every project with its counts of
+                 images, tags and iterations against the S0 limits), domains.json,
+                 projects.json, projects/<id>/iterations.json, projects/<id>/tags.json
+    projects     projects.json
+    project      projects.json, iterations.json, performance/<iteration-id>.json (each trained
+                 iteration), exports.json, tags.json, images.jsonl, predictions.jsonl, and the
+                 image files (unless --no-images)
+    iterations   projects.json, iterations.json
+    iteration    projects.json, iterations.json, performance/<id>.json, exports.json
+    performance  projects.json, iterations.json, performance/<id>.json (--threshold/--overlap)
+    tags, tag    projects.json, tags.json (+ iterations.json with --iteration)
+    images       projects.json, images.jsonl, image files unless --no-files (+ iterations.json
+                 with --iteration, tags.json with --tag)
+    exports      projects.json, iterations.json, exports.json, and with --download the model
+                 files models/<iteration-id>/<platform>-<flavor>.<ext> (status Done only)
+    predictions  projects.json, predictions.jsonl, image files unless --no-files
+
+tags.json is {"workspace": [...], "iterations": {"<id>": [...]}} (the scopes read);
+exports.json is {"<iteration-id>": [...]}. images.jsonl has one line per image per scope,
+{"scope": "workspace"|"iteration", "iterationId": id|null, "image": <as returned>, "file":
+<package name of its original file>|null}; a file is stored once, under images/workspace/
+when the workspace holds the image, else under the first iteration that does.
+predictions.jsonl lines are {"prediction": <as returned>, "file": name|null}.
+
+Speed: listings go page by page (256) and are streamed to the package; files download on
+`download_concurrency` threads fed through a bounded window, so memory stays flat whatever
+the size of the project. A line waits (in order) until its file is in the package, because a
+file's name ends with its type, known only from its first bytes.
+
+Resuming: a checkpoint is saved per section, per page listed and per batch of files. A
+downloaded file is kept in <work_dir>/cache (with its size and SHA-256 in cache/state.jsonl)
+until the package is finished, so a resumed job verifies and reuses it instead of downloading
+it again. The package writer keeps the parts it closed and discards the one a crash left
+open; everything else is written again. Once the parts are queued for upload (in the same
+transaction as the checkpoint saying so), a resumed job only returns the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from bot import grammar, package
+from bot.clock import iso, parse_iso
+from bot.errors import NotFound
+from bot.grammar import ExportKind
+from bot.models import Image, Iteration, Tag
+from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
+from bot.runner import JobCancelled, JobContext, Outcome
+from bot.training import API_VERSION, MAX_TAKE
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The service's limits (Microsoft's "Limits and quotas", S0 tier).
+LIMITS = {
+    "images_per_project": 100_000,
+    "tags_per_project": 500,
+    "iterations_per_project": 20,
+    "projects": 100,
+}
+FILES_PER_CHECKPOINT = 64
+WINDOW_PER_THREAD = 4  # downloads queued per download thread
+MAX_WAITING_LINES = 4096  # listing lines held while their files download
+CACHE_DIR = "cache"
+_STATE_FILE = "state.jsonl"
+_EXT = re.compile(r"[a-z0-9]{1,10}")
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"PK\x03\x04", "zip"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+    (b"BM", "bmp"),
+)
+_NOT_FOUND_KINDS = {
+    "NotFoundProject": ("Project", "project_id"),
+    "NotFoundIteration": ("Iteration", "iteration_id"),
+    "NotFoundTag": ("Tag", "tag_id"),
+}
+# (count key, singular, plural), in the order a summary names them.
+_COUNT_WORDS: tuple[tuple[str, str, str], ...] = (
+    ("projects", "project", "projects"),
+    ("domains", "domain", "domains"),
+    ("iterations", "iteration", "iterations"),
+    ("performance", "performance report", "performance reports"),
+    ("tags", "tag", "tags"),
+    ("images", "image", "images"),
+    ("image_files", "image file", "image files"),
+    ("predictions", "stored prediction", "stored predictions"),
+    ("prediction_files", "prediction image", "prediction images"),
+    ("exports", "model export", "model exports"),
+    ("model_files", "model file", "model files"),
+    ("files_missing", "file no longer available", "files no longer available"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def short(guid: str | None) -> str:
+    """Return the first 8 characters of an id and an ellipsis, as messages show ids."""
+    return f"{(guid or '?')[:8]}\u2026"
+
+
+def file_ext(head: bytes, uri: str | None = None) -> str:
+    """Return a file's extension from its first bytes, else from the URI's path, else "bin"."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _MAGIC:
+        if head.startswith(magic):
+            return ext
+    if uri:
+        suffix = PurePosixPath(urlsplit(uri).path).suffix.lstrip(".").lower()
+        if _EXT.fullmatch(suffix):
+            return suffix
+    return "bin"
+
+
+def not_found(
+    what: str, ids: Sequence[str], code: str, *, operation: str | None = None
+) -> NotFound:
+    """Return the NotFound error naming the kind and the (short) ids that were not found."""
+    shown = ", ".join(short(i) for i in ids[:3])
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    if len(ids) == 1:
+        text = f"{what} {shown} was not found ({code})."
+    else:
+        text = f"{what}s {shown}{more} were not found ({code})."
+    return NotFound(text, status=404, code=code, operation=operation)
+
+
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """Return counts as words, e.g. "1 project, 2 iterations, 40 images" ("nothing" if none)."""
+    words = [
+        f"{counts[key]:,} {one if counts[key] == 1 else many}"
+        for key, one, many in _COUNT_WORDS
+        if counts.get(key)
+    ]
+    return ", ".join(words) if words else "nothing"
+
+
+def human_size(size: int) -> str:
+    """Return a byte count for people: 512 bytes, 1.5 KB, 12.3 MB (1 KB = 1024 bytes)."""
+    if size < 1024:
+        return f"{size} byte{'s' if size != 1 else ''}"
+    value, unit = size / 1024, "KB"
+    for bigger in ("MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def summary(request_id: str, counts: Mapping[str, int], files: Sequence[Mapping[str, Any]]) -> str:
+    """Return the thread message of a finished export: counts, then each part's size and hash."""
+    total = sum(int(f["size"]) for f in files)
+    noun = "file" if len(files) == 1 else "files"
+    lines = [
+        f"{request_id} export is ready: {describe_counts(counts)}.",
+        f"{len(files)} {noun} to download, {human_size(total)} in total:",
+    ]
+    for f in files:
+        lines.append(
+            f"\u2022 {f['name']}: {human_size(int(f['size']))} ({int(f['size']):,} bytes),"
+            f" SHA-256 {f['sha256']}"
+        )
+    return "\n".join(lines)
+
+
+def _trained(iteration: Iteration) -> bool:
+    # Only a completed iteration has a snapshot, performance and exports to read.
+    return iteration.status is None or iteration.status.lower() == "completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The download cache (I/O under <work_dir>/cache)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A downloaded file in the cache: its type, size and SHA-256."""
+
+    ext: str
+    size: int
+    sha256: str
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class DownloadCache:
+    """Downloaded files kept until the package is finished, with a state file; thread-safe."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.part"):  # a download a crash cut off
+            stale.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._state: dict[str, Cached] = {}
+        state = folder / _STATE_FILE
+        if state.exists():
+            with state.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                        self._state[str(record["key"])] = Cached(
+                            str(record["ext"]), int(record["size"]), str(record["sha256"])
+                        )
+                    except (ValueError, KeyError, TypeError):
+                        break  # a line torn by a crash ends the state
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._state)
+
+    def path(self, key: str) -> Path:
+        """Return where the file of `key` is (or goes) in the cache."""
+        return self.folder / hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+
+    def known(self, key: str) -> Cached | None:
+        """Return what the state says about `key` (not checked against the file)."""
+        with self._lock:
+            return self._state.get(key)
+
+    def verified(self, key: str) -> Cached | None:
+        """Return the cached file's record when the file is there with its size and SHA-256."""
+        cached = self.known(key)
+        path = self.path(key)
+        if cached is None or not path.is_file():
+            return None
+        if path.stat().st_size != cached.size or _sha256_file(path) != cached.sha256:
+            log.warning("cached download %s is damaged; downloading it again", path.name)
+            path.unlink(missing_ok=True)
+            return None
+        return cached
+
+    def record(self, key: str, cached: Cached) -> None:
+        """Remember a completed download (appended to the state file).
+
+        Not fsynced: a record lost in a power cut costs one download again, and a file that
+        did not reach the disk fails `verified`.
+        """
+        line = json.dumps({"key": key, **asdict(cached)}) + "\n"
+        with self._lock:
+            with (self.folder / _STATE_FILE).open("a", encoding="utf-8") as f:
+                f.write(line)
+            self._state[key] = cached
+
+    def copy_into(self, key: str, folder: Path) -> Path:
+        """Return a new name for the cached file in `folder` (a hard link when possible)."""
+        target = folder / f"{uuid.uuid4().hex}.cached"
+        try:
+            os.link(self.path(key), target)
+        except OSError:
+            shutil.copyfile(self.path(key), target)
+        return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent downloads into the package
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file to put in the package: where to fetch it and how to name it."""
+
+    key: str  # cache key, e.g. "image:<id>"
+    uri: str
+    project_id: str
+    name: Callable[[str], str]  # extension -> package name
+
+
+FileResult = tuple[str | None, str]  # (package name or None when gone, how it was obtained)
+
+
+class Downloads:
+    """Downloads files on a thread pool, at most `window` queued, and adds them to the package.
+
+    Only the job's thread calls submit/wait_for/drain (they collect results and raise the
+    first failure); the pool's threads only download, verify and add.
+    """
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        writer: PackageWriter,
+        cache: DownloadCache,
+        *,
+        on_batch: Callable[[], None],
+    ) -> None:
+        threads = max(1, int(ctx.settings.download_concurrency))
+        self._client = ctx.client
+        self._writer = writer
+        self._cache = cache
+        self._on_batch = on_batch
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"export-{ctx.request.id}")
+        self._window = threads * WINDOW_PER_THREAD
+        self._pending: dict[Future[FileResult], str] = {}
+        self._futures: dict[str, Future[FileResult]] = {}
+        self.resolved: dict[str, str | None] = {}
+        self.how: dict[str, int] = {}
+        self.submitted = 0
+
+    @property
+    def done(self) -> int:
+        """Return how many files are settled (in the package or gone)."""
+        return len(self.resolved)
+
+    def submit(self, job: FileJob) -> None:
+        """Queue a file (once per key), waiting while the window is full."""
+        if job.key in self.resolved or job.key in self._futures:
+            return
+        while len(self._pending) >= self._window:
+            self._collect(block=True)
+        future = self._pool.submit(self._fetch, job)
+        self._pending[future] = job.key
+        self._futures[job.key] = future
+        self.submitted += 1
+
+    def wait_for(self, key: str) -> None:
+        """Wait until the file of `key` is settled."""
+        while key in self._futures:
+            self._collect(block=True)
+
+    def drain(self) -> None:
+        """Wait until every queued file is settled."""
+        while self._pending:
+            self._collect(block=True)
+
+    def close(self) -> None:
+        """Drop what is still queued and wait for the downloads in flight."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _collect(self, *, block: bool) -> None:
+        finished, _ = wait(
+            list(self._pending), timeout=None if block else 0, return_when=FIRST_COMPLETED
+        )
+        before = self.done
+        for future in finished:
+            key = self._pending.pop(future)
+            del self._futures[key]
+            name, how = future.result()  # the first failure stops the export
+            self.resolved[key] = name
+            self.how[how] = self.how.get(how, 0) + 1
+        if self.done // FILES_PER_CHECKPOINT != before // FILES_PER_CHECKPOINT:
+            self._on_batch()
+
+    def _fetch(self, job: FileJob) -> FileResult:
+        known = self._cache.known(job.key)
+        if known is not None and self._writer.has(job.name(known.ext)):
+            return job.name(known.ext), "kept"  # in a part a previous attempt closed
+        how = "cached"
+        cached = self._cache.verified(job.key)
+        if cached is None:
+            how = "downloaded"
+            dest = self._cache.path(job.key)
+            try:
+                got = self._client.download(job.uri, dest, project_id=job.project_id)
+            except NotFound:
+                return None, "missing"  # deleted since it was listed
+            with dest.open("rb") as f:
+                head = f.read(16)
+            cached = Cached(file_ext(head, job.uri), got.size, got.sha256)
+            self._cache.record(job.key, cached)
+        name = job.name(cached.ext)
+        if not self._writer.has(name):
+            self._writer.add_file(name, self._cache.copy_into(job.key, self._writer.temp_dir))
+        return name, how
+
+
+class Lines:
+    """A JSON-lines listing whose lines are written in order, each once its file is settled."""
+
+    def __init__(self, sink: JsonlWriter | None, downloads: Downloads | None) -> None:
+        self._sink = sink  # None: the listing is already in the package (a resumed job)
+        self._downloads = downloads
+        self._waiting: deque[tuple[dict[str, Any], str | None]] = deque()
+        self.count = 0
+
+    def add(self, record: dict[str, Any], key: str | None) -> None:
+        """Queue a line; with a key, its "file" is filled in once that file is settled."""
+        self._waiting.append((record, key))
+        self.flush()
+        if len(self._waiting) > MAX_WAITING_LINES and self._downloads is not None:
+            head = self._waiting[0][1]
+            if head is not None:
+                self._downloads.wait_for(head)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines whose files are settled, in order."""
+        resolved = self._downloads.resolved if self._downloads is not None else {}
+        while self._waiting:
+            record, key = self._waiting[0]
+            if key is not None:
+                if key not in resolved:
+                    return
+                record["file"] = resolved[key]
+            self._waiting.popleft()
+            if self._sink is not None:
+                self._sink.write(record)
+            self.count += 1
+
+    def finish(self) -> None:
+        """Wait for every file and write the remaining lines."""
+        if self._downloads is not None:
+            self._downloads.drain()
+        self.flush()
+        if self._waiting:  # pragma: no cover - drain() settles every key
+            raise RuntimeError("lines still wait for files after every download settled")
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+class _Build:
+    """One attempt at building the package of an export request."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        export: grammar.Export,
+        writer: PackageWriter,
+        cache: DownloadCache,
+    ) -> None:
+        self.ctx = ctx
+        self.client = ctx.client
+        self.export = export
+        self.writer = writer
+        self.cache = cache
+        self.counts: dict[str, int] = {}
+        self.downloads = Downloads(ctx, writer, cache, on_batch=self._files_batch)
+        self.phase = "reading"
+        self.listed = 0
+        self.list_total: int | None = None
+
+    # -- checkpoints and progress -------------------------------------------------------------
+
+    def section(self, name: str) -> None:
+        self.ctx.save(section=name, counts=self.counts)
+
+    def _files_batch(self) -> None:
+        d = self.downloads
+        self.ctx.save(files_done=d.done, files_downloaded=d.how.get("downloaded", 0))
+        if self.phase == "downloading files":
+            self.ctx.progress(d.done, d.submitted, self.phase)
+
+    def _listed(self) -> None:
+        self.listed += 1
+        if self.listed % MAX_TAKE == 0:
+            self.ctx.save(listed=self.listed, files_done=self.downloads.done)
+            self.ctx.progress(self.listed, self.list_total, self.phase)
+
+    # -- package helpers ----------------------------------------------------------------------
+
+    def json(self, name: str, data: Any) -> None:
+        # A part kept from an earlier attempt may hold it already.
+        if not self.writer.has(name):
+            self.writer.write_json(name, data)
+
+    def jsonl(self, name: str) -> AbstractContextManager[JsonlWriter | None]:
+        if self.writer.has(name):
+            return nullcontext(None)
+        return self.writer.jsonl(name)
+
+    # -- sections -------------------------------------------------------------------------------
+
+    def project(self) -> str:
+        p = self.export.project_id
+        assert p is not None
+        self.json("projects.json", [self.client.get_project(p).to_dict()])
+        self.counts["projects"] = 1
+        return p
+
+    def iteration(self, p: str) -> Iteration:
+        i = self.export.iteration_id
+        assert i is not None
+        it = self.client.get_iteration(p, i)
+        self.json("iterations.json", [it.to_dict()])
+        self.counts["iterations"] = 1
+        return it
+
+    def performance(
+        self,
+        p: str,
+        iterations: Sequence[Iteration],
+        *,
+        threshold: float | None = None,
+        overlap: float | None = None,
+    ) -> None:
+        for it in iterations:
+            name = package.performance_path(it.id)
+            if not self.writer.has(name):
+                perf = self.client.get_iteration_performance(p, it.id, threshold, overlap)
+                self.writer.write_json(name, perf.to_dict())
+            self.counts["performance"] = self.counts.get("performance", 0) + 1
+        self.section("performance")
+
+    def exports(self, p: str, iterations: Sequence[Iteration], *, download: bool) -> None:
+        listed: dict[str, Any] = {}
+        for it in iterations:
+            exports = self.client.get_exports(p, it.id)
+            listed[it.id] = [e.to_dict() for e in exports]
+            self.counts["exports"] = self.counts.get("exports", 0) + len(exports)
+            if not download:
+                continue
+            for e in exports:
+                label = f"{e.platform or 'unknown'}{f' ({e.flavor})' if e.flavor else ''}"
+                if (e.status or "").lower() != "done" or not e.download_uri:
+                    self.writer.note(
+                        f"Model export {label} of iteration {it.id} is {e.status or 'unknown'}:"
+                        " not downloaded (only finished exports can be)."
+                    )
+                    continue
+                self.downloads.submit(
+                    FileJob(
+                        key=f"model:{it.id}:{e.platform}:{e.flavor}",
+                        uri=e.download_uri,
+                        project_id=p,
+                        name=partial(package.model_path, it.id, e.platform or "model", e.flavor),
+                    )
+                )
+        self.json("exports.json", listed)
+        if download:
+            self.phase = "downloading files"
+            self.downloads.drain()
+            self.counts["model_files"] = self._settled("model:")
+        self.section("exports")
+
+    def tags(self, p: str, scopes: Sequence[str | None]) -> dict[str | None, list[Tag]]:
+        found: dict[str | None, list[Tag]] = {}
+        for scope in scopes:
+            found[scope] = self.client.get_tags(p, scope)
+        self.json("tags.json", _tags_json(found))
+        self.counts["tags"] = len(found[scopes[0]])  # the first scope: the one asked for
+        self.section("tags")
+        return found
+
+    def images(
+        self,
+        p: str,
+        scopes: Sequence[str | None],
+        *,
+        files: bool,
+        kind: grammar.Tagging = "all",
+        tag_ids: Sequence[str] = (),
+        image_ids: Sequence[str] = (),
+    ) -> None:
+        self.phase, self.listed = "listing images", 0
+        if image_ids:
+            self.list_total = len(image_ids)
+        else:
+            self.list_total = sum(
+                self.client.count_images(p, kind=kind, iteration_id=s, tag_ids=tag_ids)
+                for s in scopes
+            )
+        self.ctx.progress(0, self.list_total, self.phase, force=True)
+        distinct: set[str] = set()
+        with self.jsonl("images.jsonl") as sink:
+            lines = Lines(sink, self.downloads if files else None)
+            for scope in scopes:
+                if image_ids:
+                    listing: Iterable[Image] = self._by_ids(p, image_ids, scope)
+                else:
+                    listing = self.client.iter_images(
+                        p, kind=kind, iteration_id=scope, tag_ids=tag_ids
+                    )
+                for image in listing:
+                    distinct.add(image.id.lower())
+                    key = self._image_file(p, image, scope) if files else None
+                    record = {
+                        "scope": "workspace" if scope is None else "iteration",
+                        "iterationId": scope,
+                        "image": image.to_dict(),
+                        "file": None,
+                    }
+                    lines.add(record, key)
+                    self._listed()
+            self.phase = "downloading files"
+            self.ctx.progress(self.downloads.done, self.downloads.submitted, self.phase)
+            lines.finish()
+        self.counts["images"] = len(distinct)
+        self.counts["image_records"] = lines.count
+        if files:
+            self.counts["image_files"] = self._settled("image:")
+        self.section("images")
+
+    def _by_ids(self, p: str, image_ids: Sequence[str], scope: str | None) -> list[Image]:
+        found = self.client.get_images_by_ids(p, image_ids, scope)
+        have = {image.id.lower() for image in found}
+        missing = [i for i in image_ids if i.lower() not in have]
+        if missing:
+            raise not_found("Image", missing, "NotFoundImage", operation="GetImagesByIds")
+        return found
+
+    def _image_file(self, p: str, image: Image, scope: str | None) -> str | None:
+        uri = image.original_image_uri or image.resized_image_uri
+        if not uri:
+            return None
+        key = f"image:{image.id.lower()}"
+        # The first scope listing an image names its folder: the workspace is listed first.
+        name = partial(package.image_path, image.id, scope)
+        self.downloads.submit(FileJob(key=key, uri=uri, project_id=p, name=name))
+        return key
+
+    def predictions(self, p: str, *, files: bool) -> None:
+        self.phase = "listing predictions"
+        self.listed, self.list_total = 0, None
+        with self.jsonl("predictions.jsonl") as sink:
+            lines = Lines(sink, self.downloads if files else None)
+            for prediction in self.client.iter_predictions(p):
+                key: str | None = None
+                uri = prediction.original_image_uri or prediction.resized_image_uri
+                if files and uri:
+                    key = f"prediction:{prediction.id.lower()}"
+                    name = partial(package.prediction_image_path, prediction.id)
+                    self.downloads.submit(FileJob(key=key, uri=uri, project_id=p, name=name))
+                lines.add({"prediction": prediction.to_dict(), "file": None}, key)
+                self._listed()
+            self.phase = "downloading files"
+            lines.finish()
+        self.counts["predictions"] = lines.count
+        if files:
+            self.counts["prediction_files"] = self._settled("prediction:")
+        self.section("predictions")
+
+    def _settled(self, prefix: str) -> int:
+        return sum(1 for k, v in self.downloads.resolved.items() if v and k.startswith(prefix))
+
+    # -- the kinds ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, int]:
+        export = self.export
+        kind = export.kind
+        if kind is ExportKind.ACCOUNT:
+            self.account()
+        elif kind is ExportKind.PROJECTS:
+            projects = self.client.get_projects()
+            self.json("projects.json", [pr.to_dict() for pr in projects])
+            self.counts["projects"] = len(projects)
+        elif kind is ExportKind.PROJECT:
+            self.whole_project()
+        else:
+            p = self.project()
+            self.section("project")
+            self.part_of_project(p)
+        missing = sum(1 for v in self.downloads.resolved.values() if v is None)
+        if missing:
+            self.counts["files_missing"] = missing
+            self.writer.note(
+                f"{missing} file(s) no longer existed when the export downloaded them (deleted "
+                'since they were listed): their lines say "file": null.'
+            )
+        return self.counts
+
+    def part_of_project(self, p: str) -> None:
+        export = self.export
+        kind = export.kind
+        if kind is ExportKind.ITERATIONS:
+            iterations = self.client.get_iterations(p)
+            self.json("iterations.json", [it.to_dict() for it in iterations])
+            self.counts["iterations"] = len(iterations)
+        elif kind is ExportKind.ITERATION:
+            it = self.iteration(p)
+            self.section("iteration")
+            if _trained(it):
+                self.performance(p, [it])
+            else:
+                self.writer.note(f"Iteration {it.id} is {it.status}: it has no performance.")
+            self.exports(p, [it], download=False)
+        elif kind is ExportKind.PERFORMANCE:
+            it = self.iteration(p)
+            self.performance(p, [it], threshold=export.threshold, overlap=export.overlap)
+            self.writer.note(
+                "Performance was read at probability threshold "
+                f"{_fraction(export.threshold)} and overlap threshold {_fraction(export.overlap)}."
+            )
+        elif kind is ExportKind.TAGS:
+            if export.iteration_id is not None:
+                self.iteration(p)
+            self.tags(p, [export.iteration_id])
+        elif kind is ExportKind.TAG:
+            assert export.tag_id is not None
+            if export.iteration_id is not None:
+                self.iteration(p)
+            tag = self.client.get_tag(p, export.tag_id, export.iteration_id)
+            self.json("tags.json", _tags_json({export.iteration_id: [tag]}))
+            self.counts["tags"] = 1
+        elif kind is ExportKind.IMAGES:
+            self.images_kind(p)
+        elif kind is ExportKind.EXPORTS:
+            it = self.iteration(p)
+            self.exports(p, [it], download=export.download)
+        elif kind is ExportKind.PREDICTIONS:
+            self.predictions(p, files=export.files)
+        else:  # pragma: no cover - every kind is handled above
+            raise ValueError(f"unknown export kind {kind!r}")
+
+    def images_kind(self, p: str) -> None:
+        export = self.export
+        scope = export.iteration_id
+        if scope is not None:
+            self.iteration(p)
+        if export.tag_ids:
+            tags = self.client.get_tags(p, scope)
+            self.json("tags.json", _tags_json({scope: tags}))
+            known = {t.id.lower() for t in tags}
+            missing = [t for t in export.tag_ids if t.lower() not in known]
+            if missing:
+                raise not_found("Tag", missing, "NotFoundTag", operation="GetTags")
+        self.images(
+            p,
+            [scope],
+            files=export.files,
+            kind=export.tagging,
+            tag_ids=export.tag_ids,
+            image_ids=export.image_ids,
+        )
+
+    def whole_project(self) -> None:
+        p = self.project()
+        iterations = self.client.get_iterations(p)
+        self.json("iterations.json", [it.to_dict() for it in iterations])
+        self.counts["iterations"] = len(iterations)
+        trained = [it for it in iterations if _trained(it)]
+        for it in iterations:
+            if not _trained(it):
+                self.writer.note(
+                    f"Iteration {it.id} is {it.status}: it has no performance, exports, tags or "
+                    "images of its own yet."
+                )
+        self.section("iterations")
+        self.performance(p, trained)
+        self.exports(p, trained, download=False)
+        scopes: list[str | None] = [None, *(it.id for it in trained)]
+        self.tags(p, scopes)
+        self.images(p, scopes, files=self.export.images)
+        self.predictions(p, files=self.export.images)
+
+    def account(self) -> None:
+        ctx = self.ctx
+        domains = self.client.get_domains()
+        self.json("domains.json", [d.to_dict() for d in domains])
+        projects = self.client.get_projects()
+        self.json("projects.json", [pr.to_dict() for pr in projects])
+        self.counts.update(domains=len(domains), projects=len(projects))
+        self.section("projects")
+        rows: list[dict[str, Any]] = []
+        self.phase = "counting per project"
+        for n, pr in enumerate(projects):
+            ctx.progress(n, len(projects), self.phase)
+            counts = {
+                kind: self.client.count_images(pr.id, kind=kind)
+                for kind in ("all", "tagged", "untagged")
+            }
+            tags = self.client.get_tags(pr.id)
+            iterations = self.client.get_iterations(pr.id)
+            self.json(
+                package.project_path(pr.id, "iterations.json"), [i.to_dict() for i in iterations]
+            )
+            self.json(package.project_path(pr.id, "tags.json"), _tags_json({None: tags}))
+            rows.append(
+                {
+                    "id": pr.id,
+                    "name": pr.name,
+                    "images": {**counts, "limit": LIMITS["images_per_project"]},
+                    "tags": {"count": len(tags), "limit": LIMITS["tags_per_project"]},
+                    "iterations": {
+                        "count": len(iterations),
+                        "limit": LIMITS["iterations_per_project"],
+                    },
+                }
+            )
+            # The per-project counts stay in account.json: the package holds no image or tag
+            # of its own, and a summary saying "120 images" would suggest it did.
+            ctx.save(section=f"account:{n + 1}", counts=self.counts)
+        self.json(
+            "account.json",
+            {
+                "endpoint_host": ctx.settings.endpoint_host or self.client.endpoint_host,
+                "api_version": API_VERSION,
+                "tier_limits": {"tier": "S0", **LIMITS},
+                "projects": {"count": len(projects), "limit": LIMITS["projects"]},
+                "per_project": rows,
+            },
+        )
+        for text in ACCOUNT_NOTES:
+            self.writer.note(text)
+
+
+ACCOUNT_NOTES = (
+    "The Custom Vision Training API v3.3 has no account operation (GetAccountInfo existed only "
+    "in v1.x): this package holds what the training key can read - the endpoint, the domains, "
+    "and every project with its counts against the service limits.",
+    "No key is in this package, ever. The training and prediction keys are in the Azure "
+    "portal > the Custom Vision resource > Keys and Endpoint.",
+    "The account itself is the Azure resource: export its settings, or delete it, in the Azure "
+    "portal or through Azure Resource Manager (Cognitive Services accounts). A deleted resource "
+    "stays recoverable for 48 hours until it is purged.",
+    "Limits compared are those of the S0 tier: 100,000 training images per project, 500 tags "
+    "and 20 iterations per project, 100 projects.",
+)
+
+
+def _fraction(value: float | None) -> str:
+    return "the service's default" if value is None else f"{value:g}"
+
+
+def _tags_json(found: Mapping[str | None, Sequence[Tag]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if None in found:
+        document["workspace"] = [t.to_dict() for t in found[None]]
+    iterations = {k: [t.to_dict() for t in v] for k, v in found.items() if k is not None}
+    if iterations:
+        document["iterations"] = iterations
+    return document
+
+
+# ---------------------------------------------------------------------------------------------
+# The handler
+
+
+def run_export(ctx: JobContext) -> Outcome:
+    """Build the request's package and queue its parts; return the outcome (raise BotError)."""
+    finished = ctx.checkpoint.get("finished")
+    if finished:
+        return _outcome(ctx, finished)  # parts already queued: uploads are idempotent
+    export = grammar.Export.from_dict(ctx.request.command)
+    started = ctx.checkpoint.get("started_at")
+    if not started:
+        started = iso(ctx.clock.now())
+        ctx.save(started_at=started)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    info = PackageInfo(
+        request_id=ctx.request.id,
+        requester=ctx.request.requester,
+        ticket=export.meta.ticket,
+        reason=export.meta.reason,
+        scope=export.describe(),
+        endpoint_host=ctx.settings.endpoint_host or ctx.client.endpoint_host,
+        api_version=API_VERSION,
+        started_at=parse_iso(started),
+    )
+    try:
+        parts, counts = _build(ctx, export, info)
+    except JobCancelled:
+        # Cancelled: nothing will be posted, so the downloaded personal data goes now.
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        raise
+    except NotFound as exc:
+        raise _named(exc, export) from exc
+    finished = _queue_uploads(ctx, export, parts, counts)
+    shutil.rmtree(ctx.work_dir / CACHE_DIR, ignore_errors=True)
+    return _outcome(ctx, finished)
+
+
+def _build(
+    ctx: JobContext, export: grammar.Export, info: PackageInfo
+) -> tuple[list[Part], dict[str, int]]:
+    with PackageWriter(
+        ctx.work_dir, info, max_part_bytes=ctx.settings.max_file_bytes, clock=ctx.clock.now
+    ) as writer:
+        if writer.has(package.MANIFEST_NAME):
+            # finish() ran before a crash; only the queueing was left.
+            return writer.finish(), dict(ctx.checkpoint.get("counts") or {})
+        cache = DownloadCache(ctx.work_dir / CACHE_DIR)
+        build = _Build(ctx, export, writer, cache)
+        try:
+            counts = build.run()
+        finally:
+            build.downloads.close()
+        for key, n in counts.items():
+            writer.count(key, n)
+        ctx.save(section="packaging", counts=counts)
+        ctx.progress(1, 1, "packaging", force=True)
+        return writer.finish(), counts
+
+
+def _named(exc: NotFound, export: grammar.Export) -> NotFound:
+    """Return a NotFound naming the kind and id of what was missing, when the export knows it."""
+    kind = _NOT_FOUND_KINDS.get(exc.code or "")
+    if kind is None:
+        return exc
+    what, field = kind
+    ident = getattr(export, field)
+    if ident is None:
+        return exc
+    return not_found(what, [ident], exc.code or "NotFound", operation=exc.operation)
+
+
+def _queue_uploads(
+    ctx: JobContext, export: grammar.Export, parts: Sequence[Part], counts: Mapping[str, int]
+) -> dict[str, Any]:
+    """Queue every part and record it, with the checkpoint saying so, in one transaction."""
+    record = ctx.request
+    total = len(parts)
+    files: list[dict[str, Any]] = [
+        {"name": p.path.name, "size": p.size, "sha256": p.sha256} for p in parts
+    ]
+    finished = {"parts": files, "counts": dict(counts)}
+    with ctx.store.write() as conn:
+        for part, file in zip(parts, files, strict=True):
+            where = f" (part {part.index} of {total})" if total > 1 else ""
+            queued = ctx.store.enqueue_once(
+                conn,
+                kind="upload",
+                channel=record.channel,
+                request=record.number,
+                key=f"upload:{record.number}:part{part.index}",
+                payload={
+                    "path": str(part.path),
+                    "filename": file["name"],
+                    "title": f"{record.id} export{where}",
+                    "comment": f"{record.id}: {export.describe()}{where};"
+                    f" {human_size(part.size)}, SHA-256 {part.sha256}",
+                },
+            )
+            if queued:
+                ctx.store.audit(
+                    conn,
+                    "bot",
+                    "file.queued",
+                    request=record.number,
+                    targets=(file["name"],),
+                    details=file,
+                )
+        ctx.checkpoint["finished"] = finished
+        ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
+    return finished
+
+
+def _outcome(ctx: JobContext, finished: Mapping[str, Any]) -> Outcome:
+    files = [dict(f) for f in finished["parts"]]
+    counts = dict(finished["counts"])
+    return Outcome(
+        request_status="done",
+        result={"parts": files, "counts": counts},
+        message=summary(ctx.request.id, counts, files),
+        audit_action="request.completed",
+        audit_details={"files": files, "counts": counts},
+    )

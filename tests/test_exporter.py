@@ -1,0 +1,826 @@
+"""bot.exporter: every export kind, from the queued job to the package and its queued parts.
+
+The real Training API client runs over HTTP against the Custom Vision emulator, the real Store
+on a temporary SQLite file, and jobs run through Runner.run_one (the path a worker takes)
+without worker threads. Packages are read back from their zip parts and checked against the
+emulator: metadata against fresh API reads, files byte for byte against the manifest's
+SHA-256 and the bytes the emulator serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from bot import audit, grammar
+from bot.clock import FakeClock
+from bot.db import Database
+from bot.emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
+from bot.exporter import (
+    CACHE_DIR,
+    describe_counts,
+    file_ext,
+    human_size,
+    not_found,
+    run_export,
+    summary,
+)
+from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
+from bot.store import RequestRecord, Store
+from bot.training import TrainingClient
+
+KEY = "exporter-test-key-9Qx2"
+REQUESTER = "U0ALICE"
+CHANNEL = "C0DSR"
+SEED = Seed(projects=3, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
+UNKNOWN = "00000000-0000-4000-8000-0000000000aa"
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "uri", "ext"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", None, "png"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", None, "jpg"),
+        (b"GIF89a\x01\x00", None, "gif"),
+        (b"BM6\x00\x00\x00", None, "bmp"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", None, "webp"),
+        (b"PK\x03\x04\x14\x00", "https://x/e-1/model.zip?sig=a", "zip"),
+        (b"\x00\x01\x02", "https://x/e-1/model.TFLite?sig=a", "tflite"),
+        (b"\x00\x01\x02", "i-1/o-2", "bin"),
+        (b"", None, "bin"),
+    ],
+)
+def test_file_ext_reads_magic_bytes_then_the_uri(head: bytes, uri: str | None, ext: str) -> None:
+    assert file_ext(head, uri) == ext
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1536, "1.5 KB"), (5 << 20, "5.0 MB")],
+)
+def test_human_size_reads_as_people_write_it(size: int, text: str) -> None:
+    assert human_size(size) == text
+
+
+def test_describe_counts_and_summary_name_counts_sizes_and_hashes() -> None:
+    counts = {"projects": 1, "images": 2, "image_files": 1, "tags": 0, "image_records": 9}
+    assert describe_counts(counts) == "1 project, 2 images, 1 image file"
+    assert describe_counts({}) == "nothing"
+    files = [{"name": "R-1-export.zip", "size": 2048, "sha256": "ab" * 32}]
+    assert summary("R-1", counts, files) == (
+        "R-1 export is ready: 1 project, 2 images, 1 image file.\n"
+        "1 file to download, 2.0 KB in total:\n"
+        f"\u2022 R-1-export.zip: 2.0 KB (2,048 bytes), SHA-256 {'ab' * 32}"
+    )
+
+
+def test_not_found_names_the_kind_and_the_short_ids() -> None:
+    one = not_found("Project", ["12345678-aaaa"], "NotFoundProject")
+    assert one.user_message == "Project 12345678\u2026 was not found (NotFoundProject)."
+    many = not_found("Image", [f"{n}0000000-x" for n in range(1, 6)], "NotFoundImage")
+    assert many.user_message == (
+        "Images 10000000\u2026, 20000000\u2026, 30000000\u2026 and 2 more were not found"
+        " (NotFoundImage)."
+    )
+    assert (one.code, one.status) == ("NotFoundProject", 404)
+
+
+# -- the harness ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Package:
+    manifest: dict[str, Any]
+    files: dict[str, bytes]  # every file of the manifest, rejoined when split
+    parts: list[Path]
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.files[name])
+
+    def lines(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.files[name].decode().splitlines()]
+
+    def names(self, prefix: str = "") -> set[str]:
+        return {n for n in self.files if n.startswith(prefix)}
+
+
+@dataclass
+class Harness:
+    cv: CustomVisionEmulator
+    store: Store
+    runner: Runner
+    client: TrainingClient
+    clock: FakeClock
+    work_dir: Path
+    projects: tuple[str, ...] = ()
+    handler: list[Callable[[JobContext], Outcome]] = field(default_factory=list)
+
+    @property
+    def p(self) -> str:
+        return self.projects[0]
+
+    def settings(self, **changes: Any) -> None:
+        current = self.runner.settings
+        self.runner.settings = Settings(
+            max_file_bytes=changes.get("max_file_bytes", current.max_file_bytes),
+            download_concurrency=changes.get("download_concurrency", current.download_concurrency),
+            endpoint_host=current.endpoint_host,
+        )
+
+    def submit(self, text: str, *, run: bool = True) -> RequestRecord:
+        """Store an export request as the service does, and run its job."""
+        command = grammar.parse(text)
+        assert isinstance(command, grammar.Export)
+        with self.store.write() as conn:
+            number = self.store.create_request(
+                conn,
+                kind="export",
+                command=command.to_dict(),
+                text=text,
+                requester=REQUESTER,
+                channel=CHANNEL,
+                status="queued",
+            )
+            self.store.enqueue_job(conn, number, "export")
+        if run:
+            self.run_jobs()
+        return self.store.get(number)
+
+    def run_jobs(self) -> None:
+        while (job := self.store.claim_job("test-worker", timedelta(minutes=5))) is not None:
+            self.runner.run_one(job)
+
+    def done(self, text: str) -> tuple[RequestRecord, Package]:
+        record = self.submit(text)
+        assert record.status == "done", record.error
+        return record, self.package(record)
+
+    def package(self, record: RequestRecord) -> Package:
+        assert record.result is not None
+        folder = self.work_dir / record.id
+        parts = [folder / f["name"] for f in record.result["parts"]]
+        entries: dict[str, bytes] = {}
+        for path, posted in zip(parts, record.result["parts"], strict=True):
+            data = path.read_bytes()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (
+                posted["size"],
+                posted["sha256"],
+            )
+            with zipfile.ZipFile(path) as zf:
+                assert zf.testzip() is None
+                for name in zf.namelist():
+                    assert name not in entries, f"{name} is in two parts"
+                    entries[name] = zf.read(name)
+        # The manifest cannot list its own pieces when it is split: rejoin them by name.
+        pieces = sorted(n for n in entries if n.startswith("manifest.json."))
+        raw = b"".join(entries.pop(n) for n in pieces) if pieces else entries.pop("manifest.json")
+        manifest = json.loads(raw)
+        files: dict[str, bytes] = {}
+        for f in manifest["files"]:
+            if "chunks" in f:
+                data = b"".join(entries.pop(c["name"]) for c in f["chunks"])
+            else:
+                data = entries.pop(f["name"])
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (f["size"], f["sha256"])
+            files[f["name"]] = data
+        assert entries == {}, f"not in the manifest: {sorted(entries)}"
+        return Package(manifest, files, parts)
+
+    def uploads(self, number: int) -> dict[str, dict[str, Any]]:
+        rows = self.store.db.conn.execute(
+            "SELECT key, payload FROM outbox WHERE kind = 'upload' AND request_id = ?", (number,)
+        ).fetchall()
+        return {key: json.loads(payload) for key, payload in rows}
+
+    def events(self, number: int, action: str) -> list[audit.Event]:
+        rid = f"R-{number}"
+        return [e for e in audit.events(self.store.db.conn, request_id=rid) if e.action == action]
+
+    def blob_paths(self) -> Counter[str]:
+        return Counter(c.path for c in self.cv.calls_to("Blob"))
+
+    def api(self, p: str, scope: str | None = None) -> list[dict[str, Any]]:
+        """The images of a scope as the API shows them now."""
+        return [i.to_dict() for i in self.client.iter_images(p, iteration_id=scope)]
+
+
+def make_harness(
+    tmp_path: Path, faults: Faults | None = None, seed: Seed = SEED
+) -> Iterator[Harness]:
+    with CustomVisionEmulator(KEY, seed=seed, faults=faults) as cv:
+        db = Database(tmp_path / "bot.db")
+        clock = FakeClock()
+        store = Store(db, clock, secrets=[KEY])
+        client = TrainingClient(
+            cv.endpoint, KEY, tps=1000.0, max_attempts=3, backoff_base=0.0, sleep=lambda s: None
+        )
+        handler: list[Callable[[JobContext], Outcome]] = [run_export]
+        runner = Runner(
+            store,
+            client,
+            {"export": lambda ctx: handler[0](ctx)},
+            clock=clock,
+            work_dir=tmp_path / "work",
+            settings=Settings(download_concurrency=4, endpoint_host=urlsplit(cv.endpoint).netloc),
+        )
+        h = Harness(
+            cv,
+            store,
+            runner,
+            client,
+            clock,
+            tmp_path / "work",
+            tuple(cv.data.project_ids()),
+            handler,
+        )
+        try:
+            yield h
+        finally:
+            client.close()
+            db.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    yield from make_harness(tmp_path)
+
+
+def image_id_of(name: str) -> str:
+    return name.rsplit("/", 1)[1].split(".")[0]
+
+
+def assert_image_files(h: Harness, pkg: Package, prefix: str = "images/") -> None:
+    """Every image file holds exactly the bytes the emulator serves for its image."""
+    for name in pkg.names(prefix):
+        if name.startswith("images/predictions/"):
+            continue
+        assert name.endswith(".png"), name
+        assert pkg.files[name] == h.cv.image_bytes(image_id_of(name)), name
+
+
+# -- export project ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vnet", [False, True])
+def test_export_project_holds_everything_the_project_holds(tmp_path: Path, vnet: bool) -> None:
+    for h in make_harness(tmp_path, Faults(vnet=vnet)):
+        p, data = h.p, h.cv.data
+        iterations = data.iteration_ids(p)
+        record, pkg = h.done(f"export project {p} --ticket DSR-7 --reason 'access request'")
+
+        assert pkg.json("projects.json") == [h.client.get_project(p).to_dict()]
+        assert pkg.json("iterations.json") == [i.to_dict() for i in h.client.get_iterations(p)]
+        for it in iterations:
+            assert pkg.json(f"performance/{it}.json") == (
+                h.client.get_iteration_performance(p, it).to_dict()
+            )
+        assert pkg.json("exports.json") == {
+            it: [e.to_dict() for e in h.client.get_exports(p, it)] for it in iterations
+        }
+        assert pkg.json("tags.json") == {
+            "workspace": [t.to_dict() for t in h.client.get_tags(p)],
+            "iterations": {
+                it: [t.to_dict() for t in h.client.get_tags(p, it)] for it in iterations
+            },
+        }
+
+        # One line per image per scope, the image exactly as the API returns it.
+        lines = pkg.lines("images.jsonl")
+        scopes: list[str | None] = [None, *iterations]
+        expected = [
+            ("workspace" if s is None else "iteration", s, image)
+            for s in scopes
+            for image in h.api(p, s)
+        ]
+        assert [(li["scope"], li["iterationId"], li["image"]) for li in lines] == expected
+
+        # Each distinct image is stored once: in the workspace folder when the workspace holds
+        # it, else under the first iteration holding it; every line names that file.
+        workspace = set(data.image_ids(p))
+        first_iteration = {}
+        for it in reversed(iterations):
+            first_iteration.update(dict.fromkeys(data.image_ids(p, it), it))
+        distinct = {li["image"]["id"] for li in lines}
+        assert distinct - workspace, "the seed should have images only an iteration holds"
+        for line in lines:
+            i = line["image"]["id"]
+            folder = "workspace" if i in workspace else f"iterations/{first_iteration[i]}"
+            assert line["file"] == f"images/{folder}/{i}.png"
+        assert pkg.names("images/") - pkg.names("images/predictions/") == {
+            li["file"] for li in lines
+        }
+        assert_image_files(h, pkg)
+
+        predictions = pkg.lines("predictions.jsonl")
+        assert [li["prediction"]["id"] for li in predictions] == data.prediction_ids(p)
+        assert [li["prediction"] for li in predictions] == [
+            s.to_dict() for s in h.client.iter_predictions(p)
+        ]
+        for line in predictions:
+            assert line["file"] == f"images/predictions/{line['prediction']['id']}.png"
+            assert pkg.files[line["file"]].startswith(b"\x89PNG")
+
+        # Downloaded once each, and nothing left in the cache.
+        downloads = (
+            h.blob_paths()
+            if not vnet
+            else Counter(c.query["path"] for c in h.cv.calls_to("GetArtifact"))
+        )
+        assert len(downloads) == len(distinct) + len(predictions)
+        assert set(downloads.values()) == {1}
+        assert not (h.work_dir / record.id / CACHE_DIR).exists()
+
+        counts = {
+            "projects": 1,
+            "iterations": len(iterations),
+            "performance": len(iterations),
+            "exports": sum(len(h.client.get_exports(p, it)) for it in iterations),
+            "tags": len(data.tag_ids(p)),
+            "images": len(distinct),
+            "image_records": len(lines),
+            "image_files": len(distinct),
+            "predictions": len(predictions),
+            "prediction_files": len(predictions),
+        }
+        assert record.result is not None
+        assert record.result["counts"] == counts
+        assert pkg.manifest["counts"] == dict(sorted(counts.items()))
+        assert pkg.manifest["request"]["ticket"] == "DSR-7"
+        assert pkg.manifest["source"]["api_version"] == "v3.3"
+        readme = pkg.files["README.txt"].decode()
+        assert "access request" in readme
+        assert KEY not in readme and KEY.encode() not in b"".join(pkg.files.values())
+
+
+def test_export_project_queues_parts_with_audit_and_summary(harness: Harness) -> None:
+    h = harness
+    h.settings(max_file_bytes=16 * 1024)
+    record, pkg = h.done(f"export project {h.p}")
+    assert record.result is not None
+    parts = record.result["parts"]
+    total = len(parts)
+    assert total > 2, "16 KB parts should split this project"
+    assert all(path.stat().st_size <= 16 * 1024 for path in pkg.parts)
+    uploads = h.uploads(record.number)
+    assert sorted(uploads) == sorted(f"upload:{record.number}:part{n}" for n in range(1, total + 1))
+    for n, part in enumerate(parts, 1):
+        payload = uploads[f"upload:{record.number}:part{n}"]
+        width = max(2, len(str(total)))
+        assert part["name"] == f"{record.id}-export-part{n:0{width}d}-of-{total:0{width}d}.zip"
+        assert payload["filename"] == part["name"]
+        assert payload["path"] == str(h.work_dir / record.id / part["name"])
+        assert payload["title"] == f"{record.id} export (part {n} of {total})"
+        assert part["sha256"] in payload["comment"]
+    assert [e.details for e in h.events(record.number, "file.queued")] == parts
+    completed = h.events(record.number, "request.completed")
+    assert [e.details for e in completed] == [{"files": parts, "counts": record.result["counts"]}]
+    message = summary(record.id, record.result["counts"], parts)
+    assert all(p["sha256"] in message for p in parts)
+    posts = h.store.db.conn.execute(
+        "SELECT payload FROM outbox WHERE kind = 'post' AND request_id = ?", (record.number,)
+    ).fetchall()
+    assert [json.loads(x)["text"] for (x,) in posts] == [f"<@{REQUESTER}> {message}"]
+    assert record.progress is not None and record.progress["phase"] == "packaging"
+    assert_image_files(h, pkg)
+    assert len(pkg.lines("images.jsonl")) == record.result["counts"]["image_records"]
+
+
+def test_export_project_without_images_downloads_nothing(harness: Harness) -> None:
+    h = harness
+    record, pkg = h.done(f"export project {h.p} --no-images")
+    assert pkg.names("images/") == set()
+    assert h.blob_paths() == Counter()
+    assert {li["file"] for li in pkg.lines("images.jsonl")} == {None}
+    assert {li["file"] for li in pkg.lines("predictions.jsonl")} == {None}
+    assert record.result is not None
+    assert "image_files" not in record.result["counts"]
+
+
+# -- the other kinds -----------------------------------------------------------------------------
+
+
+def test_export_account_counts_every_project_against_the_limits(harness: Harness) -> None:
+    h = harness
+    data = h.cv.data
+    record, pkg = h.done("export account")
+    assert record.result is not None
+    assert record.result["counts"] == {"domains": len(h.client.get_domains()), "projects": 3}
+    account = pkg.json("account.json")
+    assert account["endpoint_host"] == urlsplit(h.cv.endpoint).netloc
+    assert account["api_version"] == "v3.3"
+    assert account["projects"] == {"count": len(h.projects), "limit": 100}
+    rows = account["per_project"]
+    assert [r["id"] for r in rows] == list(h.projects)
+    for row, p in zip(rows, h.projects, strict=True):
+        images = data.image_ids(p)
+        untagged = [i for i in images if not data.image_tag_ids(p, i)]
+        assert row["images"] == {
+            "all": len(images),
+            "tagged": len(images) - len(untagged),
+            "untagged": len(untagged),
+            "limit": 100_000,
+        }
+        assert row["tags"] == {"count": len(data.tag_ids(p)), "limit": 500}
+        assert row["iterations"] == {"count": len(data.iteration_ids(p)), "limit": 20}
+        assert pkg.json(f"projects/{p}/iterations.json") == [
+            i.to_dict() for i in h.client.get_iterations(p)
+        ]
+        assert pkg.json(f"projects/{p}/tags.json") == {
+            "workspace": [t.to_dict() for t in h.client.get_tags(p)]
+        }
+    assert pkg.json("domains.json") == [d.to_dict() for d in h.client.get_domains()]
+    assert pkg.json("projects.json") == [pr.to_dict() for pr in h.client.get_projects()]
+    notes = pkg.manifest["notes"]
+    assert any("Keys and Endpoint" in n and "No key" in n for n in notes)
+    assert any("48 hours" in n and "Resource Manager" in n for n in notes)
+    assert KEY.encode() not in b"".join(pkg.files.values())
+    assert h.blob_paths() == Counter()
+
+
+def test_export_projects_lists_every_project(harness: Harness) -> None:
+    record, pkg = harness.done("export projects")
+    assert pkg.json("projects.json") == [p.to_dict() for p in harness.client.get_projects()]
+    assert set(pkg.files) == {"projects.json", "README.txt"}
+    assert record.result is not None
+    assert record.result["counts"] == {"projects": len(harness.projects)}
+
+
+def test_export_iterations_and_iteration(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    it = h.cv.data.iteration_ids(p)[0]
+    _, pkg = h.done(f"export iterations {p}")
+    assert pkg.json("iterations.json") == [i.to_dict() for i in h.client.get_iterations(p)]
+    assert set(pkg.files) == {"projects.json", "iterations.json", "README.txt"}
+
+    _, pkg = h.done(f"export iteration {p} {it}")
+    assert pkg.json("iterations.json") == [h.client.get_iteration(p, it).to_dict()]
+    assert pkg.json(f"performance/{it}.json") == h.client.get_iteration_performance(p, it).to_dict()
+    assert pkg.json("exports.json") == {it: [e.to_dict() for e in h.client.get_exports(p, it)]}
+    assert pkg.names("models/") == set()
+
+
+def test_export_performance_passes_thresholds_through(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    it = h.cv.data.iteration_ids(p)[1]
+    _, pkg = h.done(f"export performance {p} {it} --threshold 0.7 --overlap 0.25")
+    calls = h.cv.calls_to("GetIterationPerformance")
+    assert [(c.query["threshold"], c.query["overlapThreshold"]) for c in calls] == [("0.7", "0.25")]
+    assert pkg.json(f"performance/{it}.json") == (
+        h.client.get_iteration_performance(p, it, 0.7, 0.25).to_dict()
+    )
+    assert any("threshold 0.7 and overlap threshold 0.25" in n for n in pkg.manifest["notes"])
+
+
+@pytest.mark.parametrize("scoped", [False, True])
+def test_export_tags_and_tag_read_the_workspace_or_the_snapshot(
+    harness: Harness, scoped: bool
+) -> None:
+    h = harness
+    p = h.p
+    it = h.cv.data.iteration_ids(p)[0] if scoped else None
+    option = f" --iteration {it}" if it else ""
+    scope_key = "iterations" if it else "workspace"
+
+    def shaped(tags: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"iterations": {it: tags}} if it else {"workspace": tags}
+
+    _, pkg = h.done(f"export tags {p}{option}")
+    tags = [t.to_dict() for t in h.client.get_tags(p, it)]
+    assert pkg.json("tags.json") == shaped(tags)
+    assert scope_key in pkg.json("tags.json")
+    assert ("iterations.json" in pkg.files) == scoped
+
+    tag = h.cv.data.tag_ids(p, it)[1]
+    _, pkg = h.done(f"export tag {p} {tag}{option}")
+    assert pkg.json("tags.json") == shaped([h.client.get_tag(p, tag, it).to_dict()])
+
+
+@pytest.mark.parametrize(
+    ("options", "kind"),
+    [
+        ("", "all"),
+        ("--tagged", "tagged"),
+        ("--untagged", "untagged"),
+        ("--no-files", "all"),
+    ],
+)
+def test_export_images_by_tagging(harness: Harness, options: str, kind: str) -> None:
+    h = harness
+    p = h.p
+    record, pkg = h.done(f"export images {p} {options}")
+    api = [i.to_dict() for i in h.client.iter_images(p, kind=kind)]  # type: ignore[arg-type]
+    lines = pkg.lines("images.jsonl")
+    assert [li["image"] for li in lines] == api
+    assert {(li["scope"], li["iterationId"]) for li in lines} == {("workspace", None)}
+    files = "--no-files" not in options
+    assert pkg.names("images/") == (
+        {f"images/workspace/{i['id']}.png" for i in api} if files else set()
+    )
+    assert len(h.blob_paths()) == (len(api) if files else 0)
+    assert_image_files(h, pkg)
+    assert record.result is not None
+    assert record.result["counts"]["images"] == len(api)
+
+
+def test_export_images_with_tags_of_an_iteration(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    it = h.cv.data.iteration_ids(p)[0]
+    tags = h.cv.data.tag_ids(p, it)[:2]
+    _, pkg = h.done(f"export images {p} --tag {tags[0]} --tag {tags[1]} --iteration {it}")
+    api = [
+        i.to_dict() for i in h.client.iter_images(p, kind="tagged", iteration_id=it, tag_ids=tags)
+    ]
+    assert api, "the seed should have images with these tags"
+    lines = pkg.lines("images.jsonl")
+    assert [li["image"] for li in lines] == api
+    assert {(li["scope"], li["iterationId"]) for li in lines} == {("iteration", it)}
+    assert {li["file"] for li in lines} == {f"images/iterations/{it}/{i['id']}.png" for i in api}
+    assert pkg.json("tags.json") == {
+        "iterations": {it: [t.to_dict() for t in h.client.get_tags(p, it)]}
+    }
+    assert pkg.json("iterations.json") == [h.client.get_iteration(p, it).to_dict()]
+    assert_image_files(h, pkg)
+
+
+def test_export_images_by_ids(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    ids = h.cv.data.image_ids(p)[3:6]
+    _, pkg = h.done(f"export images {p} --ids {','.join(ids)}")
+    lines = pkg.lines("images.jsonl")
+    assert [li["image"]["id"] for li in lines] == ids
+    assert [li["image"] for li in lines] == [
+        i.to_dict() for i in h.client.get_images_by_ids(p, ids)
+    ]
+    assert pkg.names("images/") == {f"images/workspace/{i}.png" for i in ids}
+    assert_image_files(h, pkg)
+
+
+def test_export_exports_downloads_finished_models_only(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    it = h.cv.data.iteration_ids(p)[1]
+    h.cv.data.add_export(p, it, "CoreML", "Apple/ios 11", status="Exporting")
+    _, pkg = h.done(f"export exports {p} {it} --download")
+    exports = h.client.get_exports(p, it)
+    assert pkg.json("exports.json") == {it: [e.to_dict() for e in exports]}
+    done = [e for e in exports if e.status == "Done"]
+    assert len(done) == 2
+    expected = {f"models/{it}/{e.platform}-{e.flavor}.zip": e for e in done}
+    assert pkg.names("models/") == set(expected)
+    for name in expected:
+        with zipfile.ZipFile(io.BytesIO(pkg.files[name])) as model:
+            assert "labels.txt" in model.namelist()
+    assert any("CoreML (Apple/ios 11)" in n and "Exporting" in n for n in pkg.manifest["notes"])
+
+    _, pkg = h.done(f"export exports {p} {it}")
+    assert pkg.names("models/") == set()
+
+
+@pytest.mark.parametrize("files", [True, False])
+def test_export_predictions(harness: Harness, files: bool) -> None:
+    h = harness
+    p = h.p
+    record, pkg = h.done(f"export predictions {p}{'' if files else ' --no-files'}")
+    lines = pkg.lines("predictions.jsonl")
+    assert [li["prediction"] for li in lines] == [s.to_dict() for s in h.client.iter_predictions(p)]
+    ids = h.cv.data.prediction_ids(p)
+    if files:
+        assert pkg.names("images/") == {f"images/predictions/{i}.png" for i in ids}
+        for i in ids:
+            served = h.cv.data.artifact(p, f"p-{p.replace('-', '')}/o-{i.replace('-', '')}")
+            assert served is not None
+            assert pkg.files[f"images/predictions/{i}.png"] == served[0]
+    else:
+        assert pkg.names("images/") == set()
+        assert {li["file"] for li in lines} == {None}
+    assert record.result is not None
+    assert record.result["counts"]["predictions"] == len(ids)
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("export project {u}", "Project 00000000\u2026 was not found (NotFoundProject)."),
+        ("export performance {u} {i}", "Project 00000000\u2026 was not found (NotFoundProject)."),
+        ("export iteration {p} {u}", "Iteration 00000000\u2026 was not found (NotFoundIteration)."),
+        (
+            "export tags {p} --iteration {u}",
+            "Iteration 00000000\u2026 was not found (NotFoundIteration).",
+        ),
+        ("export tag {p} {u}", "Tag 00000000\u2026 was not found (NotFoundTag)."),
+        ("export images {p} --tag {u}", "Tag 00000000\u2026 was not found (NotFoundTag)."),
+        ("export images {p} --ids {m},{u}", "Image 00000000\u2026 was not found (NotFoundImage)."),
+    ],
+)
+def test_export_of_something_unknown_fails_naming_it(
+    harness: Harness, command: str, message: str
+) -> None:
+    h = harness
+    p = h.p
+    text = command.format(
+        u=UNKNOWN, p=p, i=h.cv.data.iteration_ids(p)[0], m=h.cv.data.image_ids(p)[0]
+    )
+    record = h.submit(text)
+    assert (record.status, record.error) == ("failed", message)
+    assert h.uploads(record.number) == {}
+    assert [e.details for e in h.events(record.number, "request.failed")] == [
+        {"error": message, "type": "NotFound"}
+    ]
+
+
+def test_export_notes_a_file_deleted_after_it_was_listed(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    gone = h.cv.data.image_ids(p)[4]
+
+    def delete_once(exchange: Exchange) -> None:
+        if exchange.operation_id == "GetImages" and h.cv.data.has_image(p, gone):
+            h.cv.data.api_delete_images(p, [gone], all_images=False, all_iterations=True, delay=0.0)
+
+    h.cv.hooks.append(delete_once)
+    record, pkg = h.done(f"export images {p}")
+    lines = pkg.lines("images.jsonl")
+    assert [li["file"] for li in lines if li["image"]["id"] == gone] == [None]
+    assert all(li["file"] for li in lines if li["image"]["id"] != gone)
+    assert record.result is not None
+    assert record.result["counts"]["files_missing"] == 1
+    assert record.result["counts"]["image_files"] == len(lines) - 1
+    assert any("no longer existed" in n for n in pkg.manifest["notes"])
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+BIG = Seed(projects=1, iterations=2, tags=3, images=300, predictions=6, image_bytes=256)
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Iterator[Harness]:
+    yield from make_harness(tmp_path, seed=BIG)
+
+
+def stop_when(
+    condition: Callable[[dict[str, Any]], bool], then: Callable[[JobContext], None] | None = None
+) -> Callable[[JobContext], Outcome]:
+    """A handler that runs the export and stops it at the first checkpoint where `condition`
+    (once: the attempts after it run the export unchanged)."""
+    fired: list[bool] = []
+
+    def handler(ctx: JobContext) -> Outcome:
+        save = ctx.save
+
+        def checked(**updates: Any) -> None:
+            if not fired and condition({**ctx.checkpoint, **updates}):
+                fired.append(True)
+                if then is None:
+                    save(**updates)
+                    raise JobInterrupted
+                then(ctx)
+            save(**updates)
+
+        ctx.save = checked  # type: ignore[method-assign]
+        return run_export(ctx)
+
+    return handler
+
+
+@pytest.mark.parametrize("damage", ["none", "package lost", "package lost, one file damaged"])
+def test_export_resumes_without_downloading_anything_twice(big: Harness, damage: str) -> None:
+    h = big
+    p = h.p
+    h.settings(max_file_bytes=64 * 1024)
+    h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 128)
+    record = h.submit(f"export project {p}", run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    h.runner.run_one(job)
+    record = h.store.get(record.number)
+    assert record.status == "running", record.error
+    assert h.store.job_for(record.number, "export").status == "queued"  # type: ignore[union-attr]
+    first = h.blob_paths()
+    assert len(first) >= 128
+    folder = h.work_dir / record.id
+    damaged: list[str] = []
+    if damage != "none":
+        kept = list((folder / ".package").glob("part-*.zip"))
+        assert kept, "64 KB parts should have been closed before the interruption"
+        shutil.rmtree(folder / ".package")
+    if "damaged" in damage:
+        cached = sorted(f for f in (folder / CACHE_DIR).iterdir() if f.name != "state.jsonl")
+        cached[0].write_bytes(b"not the image")
+        damaged.append(cached[0].name)
+
+    h.handler[0] = run_export
+    h.run_jobs()
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    pkg = h.package(record)
+    total = h.blob_paths()
+    assert len(first) < len(total), "the interruption should leave files to download"
+    assert sorted(Counter(total.values()).items()) == (
+        [(1, len(total) - len(damaged)), (2, len(damaged))] if damaged else [(1, len(total))]
+    )
+
+    data = h.cv.data
+    iterations = data.iteration_ids(p)
+    lines = pkg.lines("images.jsonl")
+    expected = [(s, image["id"]) for s in [None, *iterations] for image in h.api(p, s)]
+    assert [(li["iterationId"], li["image"]["id"]) for li in lines] == expected
+    distinct = {li["image"]["id"] for li in lines}
+    assert {li["file"] for li in lines} == pkg.names("images/") - pkg.names("images/predictions/")
+    assert len(pkg.names("images/")) == len(distinct) + len(data.prediction_ids(p))
+    assert_image_files(h, pkg)
+    assert len(h.uploads(record.number)) == len(pkg.parts) > 1
+    assert record.result is not None
+    assert record.result["counts"]["image_files"] == len(distinct)
+
+
+def test_export_finished_before_a_crash_is_not_built_again(harness: Harness) -> None:
+    h = harness
+
+    def crash_after(ctx: JobContext) -> Outcome:
+        run_export(ctx)
+        raise JobInterrupted  # the process died before the runner recorded the outcome
+
+    h.handler[0] = crash_after
+    record = h.submit(f"export project {h.p}", run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    h.runner.run_one(job)
+    assert h.store.job_for(record.number, "export").status == "queued"  # type: ignore[union-attr]
+    uploads = h.uploads(record.number)
+    calls = len(h.cv.calls)
+    h.handler[0] = run_export
+    h.run_jobs()
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    assert len(h.cv.calls) == calls
+    assert h.uploads(record.number) == uploads
+    assert len(h.events(record.number, "file.queued")) == len(uploads)
+    h.package(record)
+
+
+def test_export_finished_but_not_queued_is_queued_without_rebuilding(harness: Harness) -> None:
+    h = harness
+    record, _ = h.done(f"export project {h.p}")
+    assert record.result is not None
+    parts = record.result["parts"]
+    job = h.store.job_for(record.number, "export")
+    assert job is not None
+    # As if the process died between the package's finish() and the queueing of its parts.
+    with h.store.write() as conn:
+        conn.execute(
+            "DELETE FROM outbox WHERE kind = 'upload' AND request_id = ?", (record.number,)
+        )
+        checkpoint = {k: v for k, v in job.checkpoint.items() if k != "finished"}
+        h.store.save_checkpoint(conn, job.id, checkpoint)
+        conn.execute("UPDATE requests SET status = 'running' WHERE id = ?", (record.number,))
+        h.store.requeue_job(conn, job.id)
+    calls = len(h.cv.calls)
+    h.run_jobs()
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    assert record.result is not None
+    assert record.result["parts"] == parts
+    assert len(h.cv.calls) == calls
+    assert sorted(h.uploads(record.number)) == [
+        f"upload:{record.number}:part{n}" for n in range(1, len(parts) + 1)
+    ]
+    h.package(record)
+
+
+def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
+    h = big
+
+    def cancel(ctx: JobContext) -> None:
+        with ctx.store.write() as conn:
+            ctx.store.transition(
+                conn, ctx.request.number, from_status=("running",), to_status="cancelled"
+            )
+
+    h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 64, then=cancel)
+    record = h.submit(f"export project {h.p}")
+    assert record.status == "cancelled"
+    assert not (h.work_dir / record.id).exists()
+    assert h.uploads(record.number) == {}
