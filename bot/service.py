@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from bot.policy import (
     may_request,
     may_retry,
 )
-from bot.store import OPEN, RequestRecord, Store
+from bot.store import OPEN, TERMINAL, RequestRecord, Store
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -528,6 +529,35 @@ class Service:
             self._post(conn, record, f"<@{user_id}> resumed {record.id} from where it stopped.")
         self.wake()
         return Reply(f"{record.id} resumes from where it stopped.")
+
+    def housekeeping(self) -> None:
+        """Expire overdue approvals, then remove the work files of finished requests."""
+        self.expire_due()
+        self.purge_work_files()
+
+    def purge_work_files(self) -> list[str]:
+        """Delete the work folders (packages, caches, receipts) of requests that are over.
+
+        They hold personal data (image files). A folder goes once its request has ended and
+        every file of it was posted; a failed request keeps its folder so `retry` can reuse
+        what was downloaded.
+        """
+        removed = []
+        for folder in sorted(self.work_dir.glob("R-*")):
+            number = parse_request_id(folder.name)
+            if number is None or not folder.is_dir():
+                continue
+            try:
+                record = self.store.get(number)
+            except RequestStateError:
+                continue
+            if record.status not in TERMINAL or record.status == "failed":
+                continue
+            if not self.store.is_settled(number):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(record.id)
+        return removed
 
     def expire_due(self) -> int:
         """Expire pending deletions whose approval window passed; return how many."""

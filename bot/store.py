@@ -698,6 +698,18 @@ class Store:
                 (_json({"error": error}), item_id),
             )
 
+    def is_settled(self, number: int) -> bool:
+        """Return True when a request has no job running or queued and nothing left to post."""
+        conn = self.db.conn
+        job = conn.execute(
+            "SELECT 1 FROM jobs WHERE request_id = ? AND status IN ('queued', 'running') LIMIT 1",
+            (number,),
+        ).fetchone()
+        delivery = conn.execute(
+            "SELECT 1 FROM outbox WHERE request_id = ? AND status = 'pending' LIMIT 1", (number,)
+        ).fetchone()
+        return job is None and delivery is None
+
     def outbox_pending_count(self) -> int:
         """Return how many deliveries are still pending."""
         (count,) = self.db.conn.execute(

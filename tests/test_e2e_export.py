@@ -241,3 +241,12 @@ def test_e2e_acks_stay_fast_while_eight_exports_run(tmp_path: Path) -> None:
             stack.wait_status(rid, "done", "failed", timeout=120)
     finally:
         stack.close()
+
+
+def test_e2e_work_files_are_removed_once_posted(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    rid, _ = export(stack, f"export project {project}")
+    folder = stack.config.work_dir / rid
+    assert stack.bot.service.purge_work_files() == [rid] or not folder.exists()
+    assert not folder.exists()
+    assert [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
