@@ -1,0 +1,1080 @@
+"""The Custom Vision Training API v3.3 client, over plain `requests`. An I/O adapter.
+
+Every call goes to `{endpoint}/customvision/v3.3/training/<path>` with the `Training-Key` and
+`Accept: application/json` headers and a timeout, and answers with models (bot.models) or the
+HTTP status of a change; every failure becomes one of bot.errors' typed errors.
+
+Retries live in one place, `TrainingClient._retrying`, with the rules:
+- retried: 429 (waits for `Retry-After`, else the "retry after N seconds" / "try again in N
+  seconds" of the gateway's message, else exponential backoff with full jitter; every wait is
+  capped by `backoff_cap`), 5xx, timeouts, dropped or refused connections. Other answers are
+  final. After `max_attempts` the last failure is raised as Throttled, ServiceError or
+  TransportError, carrying the status, the service's code and the operation id.
+- deletes are idempotent in effect, so they are retried like reads. But when an attempt may
+  have reached the service (timeout, dropped connection, 5xx), its effect is unknown: a retry
+  of DeleteProject / DeleteIteration / DeleteTag may then answer NotFound because the first
+  attempt did delete it, and a retry of UnpublishIteration may answer
+  BadRequestIterationNotPublished. After such an attempt those answers mean "already done" and
+  the call returns 204. After a 429 (the gateway refused the call, nothing ran) or on the first
+  attempt they stay errors: the object really was not there. DeleteImages / DeletePrediction
+  ignore ids that are already gone, so a plain retry is enough for them.
+
+Rate limiting: every attempt (retries too) of a Training API call first takes a slot from a
+RateLimiter shared by every client of the process for the same endpoint (`shared_limiter`).
+Blob downloads of absolute URIs are not Training API calls and are not limited; GetArtifact is.
+
+Downloads stream to a temporary file beside the destination in 64 KiB chunks, hashing as they
+go, and are renamed into place only when complete; a body shorter than its Content-Length is
+retried like a dropped connection and, if it persists, raised as MalformedResponse.
+
+Secrets: the key is sent only in the `Training-Key` header of Training API calls (never to blob
+links, never across a redirect), and never appears in a message, log line or repr; messages
+also never quote a download URI (blob links carry SAS signatures).
+
+Pure (no I/O): chunks, retry_after_hint, backoff_delay and the error-body parsing below.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+import re
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, NoReturn, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from bot.errors import (
+    MalformedResponse,
+    NotFound,
+    ServiceError,
+    Throttled,
+    TrainingApiError,
+    TransportError,
+    Unauthorized,
+)
+from bot.ids import is_guid
+from bot.models import (
+    Domain,
+    Export,
+    Image,
+    Iteration,
+    IterationPerformance,
+    M,
+    PredictionQueryResult,
+    Project,
+    StoredImagePrediction,
+    Tag,
+    parse_list,
+)
+
+__all__ = [
+    "API_VERSION",
+    "DOWNLOAD_CHUNK",
+    "MAX_IMAGE_IDS",
+    "MAX_PREDICTION_IDS",
+    "MAX_TAG_IDS",
+    "MAX_TAKE",
+    "Download",
+    "ImageKind",
+    "RateLimiter",
+    "TrainingClient",
+    "backoff_delay",
+    "chunks",
+    "retry_after_hint",
+    "shared_limiter",
+]
+
+API_VERSION = "v3.3"
+MAX_IMAGE_IDS = 256  # imageIds per DeleteImages / GetImagesByIds call
+MAX_PREDICTION_IDS = 64  # ids per DeletePrediction call
+MAX_TAG_IDS = 20  # tagIds per image listing
+MAX_TAKE = 256  # images per page
+DOWNLOAD_CHUNK = 64 * 1024
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ImageKind = Literal["all", "tagged", "untagged"]
+
+_IMAGE_LISTS: dict[str, tuple[str, str]] = {
+    "all": ("GetImages", "/images"),
+    "tagged": ("GetTaggedImages", "/images/tagged"),
+    "untagged": ("GetUntaggedImages", "/images/untagged"),
+}
+_IMAGE_COUNTS: dict[str, tuple[str, str]] = {
+    "all": ("GetImageCount", "/images/count"),
+    "tagged": ("GetTaggedImageCount", "/images/tagged/count"),
+    "untagged": ("GetUntaggedImageCount", "/images/untagged/count"),
+}
+_ORDERS = ("Newest", "Oldest")
+_BLOB = "BlobDownload"  # the operation name used in messages for absolute-URI downloads
+_MAX_REDIRECTS = 3
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII: what a header value may carry
+_REQUEST_ID = re.compile(r"^[\w.:-]{1,100}$")
+_RETRY_TEXT = re.compile(
+    r"(?:retry after|try again in)\s+(\d+(?:\.\d+)?)\s*sec", re.IGNORECASE
+)  # the gateway's "Please retry after 1 second" / "Try again in 2 seconds"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    """Return `items` split into lists of at most `size` (for the per-call id caps)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def retry_after_hint(
+    header: str | None, message: str | None, *, now: datetime | None = None
+) -> float | None:
+    """Return the seconds a 429/503 asks to wait (Retry-After header, else the message), or None."""
+    if header:
+        value = header.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None and when.tzinfo is not None:
+                current = now or datetime.now(UTC)
+                return max(0.0, (when - current).total_seconds())
+        else:
+            if math.isfinite(seconds) and seconds >= 0:
+                return seconds
+    if message:
+        match = _RETRY_TEXT.search(message)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, hint: float | None, rng: random.Random
+) -> float:
+    """Return the wait before attempt `attempt + 1`: the hint if any, else full-jitter backoff."""
+    if hint is not None:
+        return min(hint, cap)
+    return rng.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def _require_guid(name: str, value: object) -> str:
+    if not isinstance(value, str) or not is_guid(value):
+        raise ValueError(f"{name} is not a GUID: {value!r}")
+    return value
+
+
+def _require_guids(name: str, values: Sequence[str], *, limit: int | None = None) -> list[str]:
+    if isinstance(values, str):
+        # A lone string is a Sequence[str] too; iterating it would check single characters.
+        raise ValueError(f"{name} must be a list of GUIDs, not one string: {values!r}")
+    checked = [_require_guid(name, v) for v in values]
+    if limit is not None and len(checked) > limit:
+        raise ValueError(f"{name}: at most {limit} per call, got {len(checked)}")
+    return checked
+
+
+def _csv(values: Sequence[str]) -> str:
+    return ",".join(values)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _parse_count(data: object) -> int | None:
+    # The spec says integer; its own examples for the tagged/untagged counts show "10", so a
+    # string of digits is accepted too.
+    if isinstance(data, int) and not isinstance(data, bool) and data >= 0:
+        return data
+    if isinstance(data, str) and data.isdigit():
+        return int(data)
+    return None
+
+
+def _request_ref(headers: Mapping[str, str]) -> str:
+    """The gateway's request id, for support tickets: " (request id ...)" or ""."""
+    value = headers.get("apim-request-id") or headers.get("x-ms-request-id") or ""
+    return f" (request id {value})" if _REQUEST_ID.match(value) else ""
+
+
+def _error_body(content: bytes) -> tuple[str | None, str | None]:
+    """Return (code, message) from either error shape, or (None, None) when it is neither."""
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    inner = data.get("error")
+    body = inner if isinstance(inner, dict) else data  # gateway: {"error": {code, message}}
+    code = body.get("code")
+    message = body.get("message")
+    code_text = str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None
+    message_text = message if isinstance(message, str) else None
+    if code_text is None and message_text is None:
+        return None, None
+    return code_text, message_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limiting
+
+
+class RateLimiter:
+    """Starts at most one call per 1/rate seconds across all threads (a one-token bucket).
+
+    Each acquire() reserves the next free slot under a lock and sleeps outside it, so threads
+    go in arrival order and no 1-second window holds more than rate + 1 call starts.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not (rate_per_second > 0 and math.isfinite(rate_per_second)):
+            raise ValueError(f"rate must be a positive number, got {rate_per_second!r}")
+        self._rate = float(rate_per_second)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot = -math.inf
+
+    @property
+    def rate(self) -> float:
+        """Return the calls per second this limiter allows."""
+        return self._rate
+
+    def lower_rate(self, rate_per_second: float) -> None:
+        """Lower the rate to `rate_per_second` if that is lower (never raises it)."""
+        if not (rate_per_second > 0 and math.isfinite(rate_per_second)):
+            raise ValueError(f"rate must be a positive number, got {rate_per_second!r}")
+        with self._lock:
+            self._rate = min(self._rate, float(rate_per_second))
+
+    def acquire(self) -> None:
+        """Block until a call may start."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next_slot)
+            self._next_slot = start + 1.0 / self._rate
+        if start > now:
+            self._sleep(start - now)
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(rate_per_second={self._rate})"
+
+
+# Weak values: a limiter lives as long as a client uses it, so a later server on a reused
+# port (tests) starts fresh instead of inheriting an old rate.
+_SHARED: weakref.WeakValueDictionary[str, RateLimiter] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _endpoint_key(endpoint: str) -> str:
+    parts = urlsplit(endpoint.strip())
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def shared_limiter(endpoint: str, rate_per_second: float) -> RateLimiter:
+    """Return the process-wide limiter for `endpoint` (the lowest rate asked for wins)."""
+    key = _endpoint_key(endpoint)
+    with _SHARED_LOCK:
+        limiter = _SHARED.get(key)
+        if limiter is None:
+            limiter = RateLimiter(rate_per_second)
+            _SHARED[key] = limiter
+        else:
+            limiter.lower_rate(rate_per_second)
+        return limiter
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file written by TrainingClient.download()."""
+
+    path: pathlib.Path
+    size: int
+    sha256: str
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth another try (internal to the retry loop)."""
+
+    def __init__(
+        self,
+        kind: Literal["throttled", "server", "transport", "truncated"],
+        detail: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        message: str | None = None,
+        hint: float | None = None,
+        ref: str = "",
+        maybe_applied: bool,
+    ) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.ref = ref  # " (request id ...)" for messages, or ""
+        # True when the service may have acted on the request before the failure.
+        self.maybe_applied = maybe_applied
+
+
+@dataclass
+class _AttemptState:
+    number: int = 0
+    maybe_applied: bool = False  # an earlier attempt may have reached the service
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content: bytes
+    content_type: str
+
+
+class TrainingClient:
+    """A Training API v3.3 client for one Custom Vision resource (thread-safe)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        training_key: str,
+        *,
+        session: requests.Session | None = None,
+        tps: float = 10.0,
+        limiter: RateLimiter | None = None,
+        timeout: float = 30.0,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(endpoint.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        if not isinstance(training_key, str) or not _KEY_CHARS.match(training_key):
+            # Never echo the key: say only what is wrong with it.
+            raise ValueError("the training key is empty or has characters a key cannot have")
+        if not (timeout > 0):
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        if backoff_base < 0 or backoff_cap < 0:
+            raise ValueError("backoff_base and backoff_cap must not be negative")
+        self.endpoint = endpoint.strip().rstrip("/")
+        self.endpoint_host: str = parts.netloc.rpartition("@")[2].lower()
+        self._base = f"{self.endpoint}/customvision/{API_VERSION}/training"
+        self._key = training_key
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._limiter = limiter if limiter is not None else shared_limiter(self.endpoint, tps)
+        self._timeout = float(timeout)
+        self._max_attempts = max_attempts
+        self._backoff_base = float(backoff_base)
+        self._backoff_cap = float(backoff_cap)
+        self._sleep = sleep
+        self._rng = random.Random()  # jitter, not security
+
+    def __repr__(self) -> str:
+        return f"TrainingClient(endpoint={self.endpoint!r}, tps={self._limiter.rate})"
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """Return the rate limiter this client takes its call slots from."""
+        return self._limiter
+
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> TrainingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_domains(self) -> list[Domain]:
+        """Return every domain; raise TrainingApiError subclasses on failure."""
+        return self._list("GetDomains", "/domains", Domain)
+
+    def get_projects(self) -> list[Project]:
+        """Return every project of the resource."""
+        return self._list("GetProjects", "/projects", Project)
+
+    def get_project(self, project_id: str) -> Project:
+        """Return one project; raise NotFound when it does not exist."""
+        p = _require_guid("project_id", project_id)
+        return self._one("GetProject", f"/projects/{p}", Project)
+
+    def get_iterations(self, project_id: str) -> list[Iteration]:
+        """Return the iterations of a project."""
+        p = _require_guid("project_id", project_id)
+        return self._list("GetIterations", f"/projects/{p}/iterations", Iteration)
+
+    def get_iteration(self, project_id: str, iteration_id: str) -> Iteration:
+        """Return one iteration; raise NotFound when it does not exist."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        return self._one("GetIteration", f"/projects/{p}/iterations/{i}", Iteration)
+
+    def get_iteration_performance(
+        self,
+        project_id: str,
+        iteration_id: str,
+        threshold: float | None = None,
+        overlap_threshold: float | None = None,
+    ) -> IterationPerformance:
+        """Return an iteration's performance at the given thresholds (service defaults if None)."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        params: dict[str, str] = {}
+        for name, value in (("threshold", threshold), ("overlapThreshold", overlap_threshold)):
+            if value is not None:
+                if isinstance(value, bool) or not (0.0 <= value <= 1.0):
+                    raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+                params[name] = repr(float(value))
+        path = f"/projects/{p}/iterations/{i}/performance"
+        return self._one("GetIterationPerformance", path, IterationPerformance, params)
+
+    def get_exports(self, project_id: str, iteration_id: str) -> list[Export]:
+        """Return the exported models of an iteration."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        return self._list("GetExports", f"/projects/{p}/iterations/{i}/export", Export)
+
+    def get_tags(self, project_id: str, iteration_id: str | None = None) -> list[Tag]:
+        """Return the tags of the workspace, or of an iteration's snapshot."""
+        p = _require_guid("project_id", project_id)
+        params = self._iteration_param(iteration_id)
+        return self._list("GetTags", f"/projects/{p}/tags", Tag, params)
+
+    def get_tag(self, project_id: str, tag_id: str, iteration_id: str | None = None) -> Tag:
+        """Return one tag; raise NotFound when it does not exist."""
+        p = _require_guid("project_id", project_id)
+        t = _require_guid("tag_id", tag_id)
+        params = self._iteration_param(iteration_id)
+        return self._one("GetTag", f"/projects/{p}/tags/{t}", Tag, params)
+
+    def get_images_page(
+        self,
+        project_id: str,
+        *,
+        kind: ImageKind = "all",
+        iteration_id: str | None = None,
+        tag_ids: Sequence[str] = (),
+        skip: int = 0,
+        take: int = MAX_TAKE,
+        order_by: str = "Oldest",
+    ) -> list[Image]:
+        """Return one page of images (GetImages / GetTaggedImages / GetUntaggedImages)."""
+        operation, path, params = self._image_query(project_id, kind, iteration_id, tag_ids)
+        if isinstance(take, bool) or not (1 <= take <= MAX_TAKE):
+            raise ValueError(f"take must be between 1 and {MAX_TAKE}, got {take!r}")
+        if isinstance(skip, bool) or skip < 0:
+            raise ValueError(f"skip must not be negative, got {skip!r}")
+        if order_by not in _ORDERS:
+            raise ValueError(f"order_by must be one of {_ORDERS}, got {order_by!r}")
+        params.update({"orderBy": order_by, "take": str(take), "skip": str(skip)})
+        return self._list(operation, path, Image, params)
+
+    def iter_images(
+        self,
+        project_id: str,
+        *,
+        kind: ImageKind = "all",
+        iteration_id: str | None = None,
+        tag_ids: Sequence[str] = (),
+        skip: int = 0,
+        page_size: int = MAX_TAKE,
+    ) -> Iterator[Image]:
+        """Return an iterator over every image, oldest first, page by page until a short page."""
+        self._image_query(project_id, kind, iteration_id, tag_ids)  # validate now, not lazily
+        if isinstance(page_size, bool) or not (1 <= page_size <= MAX_TAKE):
+            raise ValueError(f"page_size must be between 1 and {MAX_TAKE}, got {page_size!r}")
+        if isinstance(skip, bool) or skip < 0:
+            raise ValueError(f"skip must not be negative, got {skip!r}")
+        tags = list(tag_ids)
+
+        def pages() -> Iterator[Image]:
+            offset = skip
+            while True:
+                # Oldest first: images added meanwhile land after the pages already read.
+                page = self.get_images_page(
+                    project_id,
+                    kind=kind,
+                    iteration_id=iteration_id,
+                    tag_ids=tags,
+                    skip=offset,
+                    take=page_size,
+                    order_by="Oldest",
+                )
+                yield from page
+                if len(page) < page_size:
+                    return
+                offset += len(page)
+
+        return pages()
+
+    def count_images(
+        self,
+        project_id: str,
+        *,
+        kind: ImageKind = "all",
+        iteration_id: str | None = None,
+        tag_ids: Sequence[str] = (),
+    ) -> int:
+        """Return the number of images (GetImageCount / GetTagged... / GetUntaggedImageCount)."""
+        _, _, params = self._image_query(project_id, kind, iteration_id, tag_ids)
+        operation, suffix = _IMAGE_COUNTS[kind]
+        data = self._json(operation, "GET", f"/projects/{project_id}{suffix}", params)
+        count = _parse_count(data)
+        if count is None:
+            raise self._malformed(operation, "expected a count (a non-negative integer)")
+        return count
+
+    def get_images_by_ids(
+        self, project_id: str, image_ids: Sequence[str], iteration_id: str | None = None
+    ) -> list[Image]:
+        """Return the images with these ids that exist (any number; sent in batches of 256)."""
+        p = _require_guid("project_id", project_id)
+        ids = _require_guids("image_ids", image_ids)
+        params = self._iteration_param(iteration_id)
+        images: list[Image] = []
+        for batch in chunks(ids, MAX_IMAGE_IDS):
+            batch_params = {**params, "imageIds": _csv(batch)}
+            path = f"/projects/{p}/images/id"
+            images.extend(self._list("GetImagesByIds", path, Image, batch_params))
+        return images
+
+    def query_predictions(
+        self, project_id: str, token: Mapping[str, Any] | None = None, *, max_count: int = 256
+    ) -> PredictionQueryResult:
+        """Return one page of stored predictions; pass the previous page's token to go on."""
+        p = _require_guid("project_id", project_id)
+        if isinstance(max_count, bool) or not (1 <= max_count <= MAX_TAKE):
+            raise ValueError(f"max_count must be between 1 and {MAX_TAKE}, got {max_count!r}")
+        if token is not None and not isinstance(token, Mapping):
+            raise ValueError("token must be the token object of a previous page")
+        body: dict[str, Any] = dict(token) if token is not None else {}
+        iteration = body.get("iterationId")
+        if iteration is not None:
+            _require_guid("token.iterationId", iteration)
+        body["maxCount"] = max_count
+        # Oldest first unless the caller chose: predictions stored meanwhile come last.
+        body.setdefault("orderBy", "Oldest")
+        path = f"/projects/{p}/predictions/query"
+        data = self._json("QueryPredictions", "POST", path, None, body)
+        return self._model("QueryPredictions", PredictionQueryResult, data)
+
+    def iter_predictions(
+        self, project_id: str, *, max_count: int = MAX_TAKE
+    ) -> Iterator[StoredImagePrediction]:
+        """Return an iterator over every stored prediction, following the continuation token."""
+        _require_guid("project_id", project_id)
+        if isinstance(max_count, bool) or not (1 <= max_count <= MAX_TAKE):
+            raise ValueError(f"max_count must be between 1 and {MAX_TAKE}, got {max_count!r}")
+
+        def pages() -> Iterator[StoredImagePrediction]:
+            token: dict[str, Any] | None = None
+            seen: set[str] = set()
+            while True:
+                result = self.query_predictions(project_id, token, max_count=max_count)
+                yield from result.results
+                if result.token is None or not result.token.continuation:
+                    return
+                continuation = result.token.continuation
+                if continuation in seen:
+                    # The same page again would loop forever and hide the rest.
+                    raise self._malformed("QueryPredictions", "the continuation token repeated")
+                seen.add(continuation)
+                token = result.token.to_dict()
+
+        return pages()
+
+    def download(self, uri: str, dest: pathlib.Path, *, project_id: str | None = None) -> Download:
+        """Stream an image/export to `dest` and return its size and sha256.
+
+        An absolute http(s) URI (a blob link) is fetched without the key; a relative path goes
+        through GetArtifact with the key for `project_id`. The file appears only when complete.
+        """
+        if not isinstance(uri, str) or not uri.strip():
+            raise ValueError("the download URI is empty (is the export finished?)")
+        parts = urlsplit(uri)
+        if parts.scheme:
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                # Do not echo the URI: a blob link carries a SAS signature.
+                raise ValueError(f"cannot download a {parts.scheme!r} URI")
+            operation, url, params = _BLOB, uri, None
+        else:
+            if project_id is None:
+                raise ValueError("a relative artifact path needs project_id (GetArtifact)")
+            p = _require_guid("project_id", project_id)
+            operation = "GetArtifact"
+            url = f"{self._base}/projects/{p}/artifacts"
+            params = {"path": uri}
+        target = pathlib.Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return self._retrying(
+            operation,
+            lambda state: self._download_once(operation, url, params, target),
+        )
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def delete_project(self, project_id: str) -> int:
+        """Delete a project; return 204 (also when a retry finds it already deleted)."""
+        p = _require_guid("project_id", project_id)
+        return self._change("DeleteProject", f"/projects/{p}", None, done_if=_is_not_found)
+
+    def delete_iteration(self, project_id: str, iteration_id: str) -> int:
+        """Delete an iteration; return 204 (also when a retry finds it already deleted)."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        path = f"/projects/{p}/iterations/{i}"
+        return self._change("DeleteIteration", path, None, done_if=_is_not_found)
+
+    def unpublish_iteration(self, project_id: str, iteration_id: str) -> int:
+        """Unpublish an iteration; return 204 (also when a retry finds it already unpublished)."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        path = f"/projects/{p}/iterations/{i}/publish"
+        return self._change("UnpublishIteration", path, None, done_if=_is_not_published)
+
+    def delete_tag(self, project_id: str, tag_id: str) -> int:
+        """Delete a tag; return 204 (also when a retry finds it already deleted)."""
+        p = _require_guid("project_id", project_id)
+        t = _require_guid("tag_id", tag_id)
+        return self._change("DeleteTag", f"/projects/{p}/tags/{t}", None, done_if=_is_not_found)
+
+    def delete_images(
+        self, project_id: str, image_ids: Sequence[str], *, all_iterations: bool = True
+    ) -> int:
+        """Delete up to 256 images in ONE call; return 202 (all_iterations) or 204."""
+        p = _require_guid("project_id", project_id)
+        ids = _require_guids("image_ids", image_ids, limit=MAX_IMAGE_IDS)
+        if not ids:
+            raise ValueError("image_ids is empty: nothing to delete")
+        params = {"imageIds": _csv(ids), "allIterations": _bool(all_iterations)}
+        return self._change("DeleteImages", f"/projects/{p}/images", params)
+
+    def delete_predictions(self, project_id: str, prediction_ids: Sequence[str]) -> int:
+        """Delete up to 64 stored predictions in ONE call; return the status (204)."""
+        p = _require_guid("project_id", project_id)
+        ids = _require_guids("prediction_ids", prediction_ids, limit=MAX_PREDICTION_IDS)
+        if not ids:
+            raise ValueError("prediction_ids is empty: nothing to delete")
+        return self._change("DeletePrediction", f"/projects/{p}/predictions", {"ids": _csv(ids)})
+
+    # -- request building ----------------------------------------------------------------------
+
+    @staticmethod
+    def _iteration_param(iteration_id: str | None) -> dict[str, str]:
+        if iteration_id is None:
+            return {}
+        return {"iterationId": _require_guid("iteration_id", iteration_id)}
+
+    def _image_query(
+        self,
+        project_id: str,
+        kind: str,
+        iteration_id: str | None,
+        tag_ids: Sequence[str],
+    ) -> tuple[str, str, dict[str, str]]:
+        p = _require_guid("project_id", project_id)
+        if kind not in _IMAGE_LISTS:
+            raise ValueError(f"kind must be one of {tuple(_IMAGE_LISTS)}, got {kind!r}")
+        params = self._iteration_param(iteration_id)
+        tags = _require_guids("tag_ids", tag_ids, limit=MAX_TAG_IDS)
+        if tags:
+            if kind == "untagged":
+                raise ValueError("tag_ids cannot filter untagged images")
+            params["tagIds"] = _csv(tags)
+        operation, suffix = _IMAGE_LISTS[kind]
+        return operation, f"/projects/{p}{suffix}", params
+
+    def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        return {"Training-Key": self._key, "Accept": accept}
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def _list(
+        self, operation: str, path: str, cls: type[M], params: dict[str, str] | None = None
+    ) -> list[M]:
+        data = self._json(operation, "GET", path, params)
+        try:
+            return parse_list(cls, data)
+        except MalformedResponse as exc:
+            raise self._malformed(operation, exc.user_message, 200) from None
+
+    def _one(
+        self, operation: str, path: str, cls: type[M], params: dict[str, str] | None = None
+    ) -> M:
+        return self._model(operation, cls, self._json(operation, "GET", path, params))
+
+    def _model(self, operation: str, cls: type[M], data: object) -> M:
+        try:
+            return cls.from_dict(data)
+        except MalformedResponse as exc:
+            raise self._malformed(operation, exc.user_message, 200) from None
+
+    def _json(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        answer = self._call(operation, method, path, params, body)
+        if answer.status != 200 or not answer.content:
+            raise self._malformed(operation, f"HTTP {answer.status} without a body", answer.status)
+        try:
+            return json.loads(answer.content)
+        except (ValueError, UnicodeDecodeError):
+            kind = answer.content_type.split(";")[0].strip() or "no content type"
+            raise self._malformed(operation, f"not JSON ({kind})", answer.status) from None
+
+    def _change(
+        self,
+        operation: str,
+        path: str,
+        params: dict[str, str] | None,
+        *,
+        done_if: Callable[[TrainingApiError], bool] | None = None,
+    ) -> int:
+        return self._call(operation, "DELETE", path, params, None, done_if=done_if).status
+
+    def _malformed(
+        self, operation: str, detail: str, status: int | None = None
+    ) -> MalformedResponse:
+        return MalformedResponse(
+            self._scrub(f"The response of Custom Vision to {operation} was not valid: {detail}."),
+            status=status,
+            operation=operation,
+        )
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: no message we build should ever carry the key.
+        return text.replace(self._key, "[key]")
+
+    # -- the one place where calls are sent and retried ----------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: dict[str, Any] | None,
+        *,
+        done_if: Callable[[TrainingApiError], bool] | None = None,
+    ) -> _Answer:
+        url = self._base + path
+
+        def attempt(state: _AttemptState) -> _Answer:
+            self._limiter.acquire()
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=body,
+                    headers=self._headers(),
+                    timeout=self._timeout,
+                    # Never follow a redirect: requests would resend the Training-Key header.
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                raise self._transport_failure(operation, exc) from None
+            with response:
+                status = response.status_code
+                log.debug("%s %s -> %d (attempt %d)", method, operation, status, state.number)
+                if 200 <= status < 300:
+                    content_type = response.headers.get("Content-Type", "")
+                    return _Answer(status, response.content, content_type)
+                error = self._error_for(operation, status, response.content, response.headers)
+            if (
+                done_if is not None
+                and state.maybe_applied
+                and not isinstance(error, _Retryable)
+                and done_if(error)
+            ):
+                log.info(
+                    "%s: %s on attempt %d after an attempt with unknown outcome; "
+                    "treating it as already done",
+                    operation,
+                    error.code,
+                    state.number,
+                )
+                return _Answer(204, b"", "")
+            raise error
+
+        return self._retrying(operation, attempt)
+
+    def _retrying(self, operation: str, attempt: Callable[[_AttemptState], T]) -> T:
+        state = _AttemptState()
+        for number in range(1, self._max_attempts + 1):
+            state.number = number
+            try:
+                return attempt(state)
+            except _Retryable as failure:
+                state.maybe_applied = state.maybe_applied or failure.maybe_applied
+                if number == self._max_attempts:
+                    self._give_up(operation, failure, number)
+                delay = backoff_delay(
+                    number,
+                    base=self._backoff_base,
+                    cap=self._backoff_cap,
+                    hint=failure.hint,
+                    rng=self._rng,
+                )
+                # Throttling is the limiter's expected edge: INFO; anything else is a fault.
+                level = logging.INFO if failure.kind == "throttled" else logging.WARNING
+                log.log(
+                    level,
+                    "%s attempt %d/%d failed (%s); retrying in %.2fs",
+                    operation,
+                    number,
+                    self._max_attempts,
+                    failure.detail,
+                    delay,
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _give_up(self, operation: str, failure: _Retryable, attempts: int) -> NoReturn:
+        tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+        common: dict[str, Any] = {
+            "status": failure.status,
+            "code": failure.code,
+            "operation": operation,
+        }
+        if failure.kind == "throttled":
+            text = (
+                f"Custom Vision kept throttling {operation} (HTTP 429) {tries}; "
+                f"try again in a few minutes.{failure.ref}"
+            )
+            raise Throttled(self._scrub(text), **common)
+        if failure.kind == "server":
+            said = f": {failure.message}" if failure.message else ""
+            code = f", {failure.code}" if failure.code else ""
+            text = (
+                f"Custom Vision failed {operation} (HTTP {failure.status}{code}) {tries}"
+                f"{said}{failure.ref}"
+            )
+            raise ServiceError(self._scrub(text), **common)
+        if failure.kind == "truncated":
+            text = (
+                f"The response of Custom Vision to {operation} was not valid: "
+                f"the download was truncated ({failure.detail}) {tries}."
+            )
+            raise MalformedResponse(self._scrub(text), **common)
+        text = (
+            f"Could not reach Custom Vision for {operation} {tries} ({failure.detail}). "
+            "Check CUSTOM_VISION_ENDPOINT and the network."
+        )
+        raise TransportError(self._scrub(text), **common)
+
+    def _transport_failure(
+        self, operation: str, exc: requests.RequestException
+    ) -> _Retryable | TransportError:
+        name = type(exc).__name__  # never str(exc): it quotes the URL
+        if isinstance(exc, requests.exceptions.SSLError):
+            text = f"Could not reach Custom Vision for {operation}: TLS failed ({name})."
+            return TransportError(text, operation=operation)
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return _Retryable("transport", f"{name}: connect timed out", maybe_applied=False)
+        if isinstance(exc, requests.Timeout):
+            return _Retryable("transport", f"{name}: timed out", maybe_applied=True)
+        if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+            return _Retryable("transport", f"{name}: connection failed", maybe_applied=True)
+        text = f"Could not send {operation} to Custom Vision ({name})."
+        return TransportError(text, operation=operation)
+
+    def _error_for(
+        self, operation: str, status: int, content: bytes, headers: Mapping[str, str]
+    ) -> TrainingApiError | _Retryable:
+        code, message = _error_body(content)
+        said = f": {message}" if message else ""
+        ref = _request_ref(headers)
+        if status == 429:
+            hint = retry_after_hint(headers.get("Retry-After"), message)
+            return _Retryable(
+                "throttled",
+                "HTTP 429",
+                status=status,
+                code=code,
+                hint=hint,
+                ref=ref,
+                maybe_applied=False,  # the gateway refused it: the service never saw it
+            )
+        if status >= 500:
+            hint = retry_after_hint(headers.get("Retry-After"), None)
+            return _Retryable(
+                "server",
+                f"HTTP {status}",
+                status=status,
+                code=code,
+                message=message,
+                hint=hint,
+                ref=ref,
+                maybe_applied=True,
+            )
+        if status == 401:
+            text = (
+                f"Custom Vision refused the training key for {operation} (HTTP 401). "
+                f"Check CUSTOM_VISION_TRAINING_KEY and CUSTOM_VISION_ENDPOINT.{ref}"
+            )
+            return Unauthorized(text, status=status, code=code, operation=operation)
+        if 300 <= status < 400:
+            return self._malformed(operation, f"an unexpected redirect (HTTP {status})", status)
+        if code is None:
+            advice = " Check CUSTOM_VISION_ENDPOINT." if status == 404 else ""
+            return MalformedResponse(
+                f"The response of Custom Vision to {operation} was not valid: "
+                f"HTTP {status} without a Custom Vision error body.{advice}",
+                status=status,
+                operation=operation,
+            )
+        text = self._scrub(f"Custom Vision refused {operation} (HTTP {status}, {code}){said}{ref}")
+        cls = NotFound if code.startswith("NotFound") else ServiceError
+        return cls(text, status=status, code=code, operation=operation)
+
+    # -- downloads -----------------------------------------------------------------------------
+
+    def _download_once(
+        self,
+        operation: str,
+        url: str,
+        params: dict[str, str] | None,
+        dest: pathlib.Path,
+    ) -> Download:
+        keyed = operation != _BLOB
+        for _hop in range(_MAX_REDIRECTS + 1):
+            if keyed:
+                self._limiter.acquire()
+            headers = self._headers("application/octet-stream, application/json") if keyed else {}
+            try:
+                response = self._session.get(
+                    url,
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout,
+                    stream=True,
+                    allow_redirects=not keyed,
+                )
+            except requests.RequestException as exc:
+                raise self._transport_failure(operation, exc) from None
+            with response:
+                location = response.headers.get("Location")
+                if keyed and response.is_redirect and location:
+                    # GetArtifact pointing at storage: follow it, but without the key.
+                    target = urljoin(response.url, location)
+                    if urlsplit(target).scheme.lower() not in ("http", "https"):
+                        raise self._malformed(operation, "a redirect to a non-http(s) location")
+                    url, params, keyed = target, None, False
+                    continue
+                if response.status_code == 200:
+                    return self._stream_to(operation, response, dest)
+                raise self._download_error(operation, keyed, response)
+        raise self._malformed(operation, "too many redirects")
+
+    def _download_error(
+        self, operation: str, keyed: bool, response: requests.Response
+    ) -> TrainingApiError | _Retryable:
+        status = response.status_code
+        try:
+            content = response.content
+        except requests.RequestException:
+            content = b""
+        if keyed or status == 429 or status >= 500:
+            return self._error_for(operation, status, content, response.headers)
+        # Blob storage: XML errors; its code is in a header. Links expire (SAS).
+        code = response.headers.get("x-ms-error-code") or None
+        if status == 404:
+            text = f"The file to download for {operation} no longer exists (HTTP 404)."
+            return NotFound(text, status=status, code=code or "BlobNotFound", operation=operation)
+        text = (
+            f"Storage refused the download for {operation} (HTTP {status}"
+            f"{', ' + code if code else ''}); links expire: list the items again and retry."
+        )
+        return ServiceError(self._scrub(text), status=status, code=code, operation=operation)
+
+    def _stream_to(
+        self, operation: str, response: requests.Response, dest: pathlib.Path
+    ) -> Download:
+        expected: int | None = None
+        length = response.headers.get("Content-Length")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        # Content-Length counts the encoded bytes; only compare when nothing decodes them.
+        if length is not None and length.strip().isdigit() and encoding == "identity":
+            expected = int(length)
+        digest = hashlib.sha256()
+        size = 0
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed on success below
+            dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
+        )
+        temp = pathlib.Path(handle.name)
+        try:
+            with handle:
+                try:
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                except requests.RequestException as exc:
+                    if expected is not None and size < expected:
+                        raise _Retryable(
+                            "truncated", f"{size} of {expected} bytes", maybe_applied=False
+                        ) from None
+                    failure = self._transport_failure(operation, exc)
+                    raise failure from None
+            if expected is not None and size != expected:
+                raise _Retryable("truncated", f"{size} of {expected} bytes", maybe_applied=False)
+            os.replace(temp, dest)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return Download(path=dest, size=size, sha256=digest.hexdigest())
+
+
+def _is_not_found(error: TrainingApiError) -> bool:
+    return isinstance(error, NotFound)
+
+
+def _is_not_published(error: TrainingApiError) -> bool:
+    return error.code == "BadRequestIterationNotPublished"
