@@ -121,7 +121,13 @@ def _m001_initial(conn: sqlite3.Connection) -> None:
     run_script(conn, audit.SCHEMA_SQL)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
+def _m002_outbox_revision(conn: sqlite3.Connection) -> None:
+    # An item re-queued under its key while being sent must not be marked sent by that send:
+    # the payload alone cannot tell (an announcement's payload never changes).
+    conn.execute("ALTER TABLE outbox ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_outbox_revision]
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -81,6 +81,7 @@ class OutboxItem:
     payload: Mapping[str, Any]
     attempts: int
     result: Mapping[str, Any] | None
+    revision: int = 0
 
 
 def _json(value: Any) -> str:
@@ -468,9 +469,14 @@ class Store:
         return None if row is None else self._job(self.db.conn, int(row[0]))
 
     def requeue_job(self, conn: sqlite3.Connection, job_id: int) -> None:
-        """Queue a failed job again, keeping its checkpoint (retry continues where it stopped)."""
+        """Queue a failed job again, keeping its checkpoint (retry continues where it stopped).
+
+        The checkpoint's `round` goes up by one: a retry starts a new round, a restart does not.
+        """
         conn.execute(
             "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,"
+            " checkpoint = json_set(checkpoint, '$.round',"
+            "  COALESCE(json_extract(checkpoint, '$.round'), 1) + 1),"
             " updated_at = ? WHERE id = ?",
             (iso(self.clock.now()), job_id),
         )
@@ -601,8 +607,8 @@ class Store:
         self._local.enqueued = True
         if key is not None:
             cursor = conn.execute(
-                "UPDATE outbox SET payload = ?, status = 'pending', attempts = 0, not_before = ?"
-                " WHERE key = ?",
+                "UPDATE outbox SET payload = ?, status = 'pending', attempts = 0, not_before = ?,"
+                " revision = revision + 1 WHERE key = ?",
                 (_json(payload), now, key),
             )
             if cursor.rowcount:
@@ -632,10 +638,16 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    def delivery_queued(self, key: str) -> bool:
+        """Return True when a delivery with `key` was ever queued (pending, sent or failed)."""
+        row = self.db.conn.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
     def pending_outbox(self, limit: int = 20) -> list[OutboxItem]:
         """Return deliveries that are due, oldest first."""
         rows = self.db.conn.execute(
-            "SELECT id, request_id, key, kind, channel, payload, attempts, result FROM outbox"
+            "SELECT id, request_id, key, kind, channel, payload, attempts, result, revision"
+            " FROM outbox"
             " WHERE status = 'pending' AND not_before <= ? ORDER BY id LIMIT ?",
             (iso(self.clock.now()), limit),
         ).fetchall()
@@ -649,6 +661,7 @@ class Store:
                 payload=json.loads(r[5]),
                 attempts=r[6],
                 result=_loads(r[7]),
+                revision=r[8],
             )
             for r in rows
         ]
@@ -659,9 +672,10 @@ class Store:
         result: Mapping[str, Any],
         *,
         payload: Mapping[str, Any],
+        revision: int = 0,
         also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Mark a delivery sent, unless its payload changed meanwhile (then it stays pending).
+        """Mark a delivery sent, unless it was queued again meanwhile (then it stays pending).
 
         `also` runs in the same transaction (the audit event of the delivery), so a crash
         leaves either both or neither.
@@ -669,8 +683,8 @@ class Store:
         with self.write() as conn:
             conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
             conn.execute(
-                "UPDATE outbox SET status = 'sent' WHERE id = ? AND payload = ?",
-                (item_id, _json(payload)),
+                "UPDATE outbox SET status = 'sent' WHERE id = ? AND payload = ? AND revision = ?",
+                (item_id, _json(payload), revision),
             )
             if also is not None:
                 also(conn)

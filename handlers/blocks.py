@@ -149,7 +149,7 @@ def preview_blocks(preview: Mapping[str, Any]) -> list[Block]:
             flags.append(f"published as {iteration.get('publish_name')}")
         suffix = f" [{', '.join(flags)}]" if flags else ""
         lines.append(
-            f"Iteration {iteration.get('name', '')} ({iteration.get('id', '')}): "
+            f"{iteration.get('name', '')} ({iteration.get('id', '')}): "
             f"{iteration.get('images', 0)} images{suffix}"
         )
     tags = preview.get("tags") or []

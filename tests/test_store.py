@@ -1,0 +1,115 @@
+"""The SQLite store on a real file: compare-and-set, leases, the outbox's coalescing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bot import audit
+from bot.clock import FakeClock
+from bot.db import Database
+from bot.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Database(tmp_path / "bot.db")
+    try:
+        yield Store(db, FakeClock(), secrets=("s3cret-token",))
+    finally:
+        db.close()
+
+
+def new_request(store: Store, status: str = "pending") -> int:
+    with store.write() as conn:
+        return store.create_request(
+            conn,
+            kind="delete",
+            command={"verb": "delete"},
+            text="delete images",
+            requester="U0REQ",
+            channel="C0DSR",
+            status=status,
+        )
+
+
+def test_store_request_ids_start_above_a_thousand(store: Store) -> None:
+    assert store.get(new_request(store)).id == "R-1001"
+    assert store.get("r-1001").number == 1001
+
+
+def test_store_transition_is_a_compare_and_set(store: Store) -> None:
+    number = new_request(store)
+    with store.write() as conn:
+        first = store.transition(conn, number, from_status=("pending",), to_status="approved")
+        second = store.transition(conn, number, from_status=("pending",), to_status="rejected")
+    assert (first, second) == (True, False)
+    assert store.get(number).status == "approved"
+
+
+def test_store_each_approver_counts_once(store: Store) -> None:
+    number = new_request(store)
+    with store.write() as conn:
+        counts = [store.add_approval(conn, number, who) for who in ("U1", "U1", "U2")]
+    assert counts == [1, 1, 2]
+    assert store.get(number).approvals == ("U1", "U2")
+
+
+def test_store_claim_takes_queued_jobs_and_expired_leases_only(store: Store) -> None:
+    number = new_request(store, "queued")
+    with store.write() as conn:
+        store.enqueue_job(conn, number, "export")
+    job = store.claim_job("worker-a", timedelta(minutes=2))
+    assert job is not None and job.attempts == 1
+    assert store.claim_job("worker-b", timedelta(minutes=2)) is None
+    assert isinstance(store.clock, FakeClock)
+    store.clock.advance(minutes=3)
+    again = store.claim_job("worker-b", timedelta(minutes=2))
+    assert again is not None and (again.id, again.attempts) == (job.id, 2)
+    assert store.renew_lease(job.id, "worker-a", timedelta(minutes=2)) is False
+
+
+def test_store_outbox_item_requeued_while_sending_stays_pending(store: Store) -> None:
+    number = new_request(store)
+    with store.write() as conn:
+        store.enqueue(
+            conn,
+            kind="announce",
+            channel="C0DSR",
+            payload={"request": number},
+            request=number,
+            key=f"announce:{number}",
+        )
+    (item,) = store.pending_outbox()
+    with store.write() as conn:  # the state changed while the old version was being posted
+        store.enqueue(
+            conn,
+            kind="announce",
+            channel="C0DSR",
+            payload={"request": number},
+            request=number,
+            key=f"announce:{number}",
+        )
+    store.outbox_done(item.id, {"ts": "1.000100"}, payload=item.payload, revision=item.revision)
+    (again,) = store.pending_outbox()
+    assert again.id == item.id and again.result == {"ts": "1.000100"}
+    store.outbox_done(again.id, {"ts": "1.000100"}, payload=again.payload, revision=again.revision)
+    assert store.pending_outbox() == []
+
+
+def test_store_audit_event_is_written_with_the_change_and_redacted(store: Store) -> None:
+    number = new_request(store)
+    with pytest.raises(RuntimeError), store.write() as conn:
+        store.transition(conn, number, from_status=("pending",), to_status="approved")
+        store.audit(
+            conn, "U1", "request.approved", request=number, details={"note": "token s3cret-token"}
+        )
+        raise RuntimeError("crash before commit")
+    assert store.get(number).status == "pending"
+    assert list(audit.events(store.db.conn)) == []
+    store.record("U1", "x", request=number, details={"note": "token s3cret-token"})
+    (event,) = audit.events(store.db.conn)
+    assert "s3cret-token" not in str(event.details)
