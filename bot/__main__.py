@@ -15,10 +15,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bot.config import Config, load_config, read_environment
 from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+    from bot.checks import Check
 
 log = logging.getLogger("bot")
 
@@ -80,10 +84,31 @@ def _lock(database: Path) -> IO[str]:
     return handle
 
 
+CHECK_ROUNDS = 3
+CHECK_PAUSE = 2.0  # seconds, times the round number
+
+
+def _start_up_failures(config: Config, bot: Bot, stop: threading.Event) -> list[Check]:
+    """Return the start-up checks that failed in each of up to CHECK_ROUNDS rounds.
+
+    A restart during a network blip or while Custom Vision throttles must not keep the bot
+    (and the jobs it resumes) down, so a failure has to persist a few seconds to count.
+    """
+    from bot.checks import run_checks
+
+    for number in range(1, CHECK_ROUNDS + 1):
+        failures = [c for c in run_checks(config, bot=bot) if not c.ok]
+        if not failures or number == CHECK_ROUNDS or stop.wait(CHECK_PAUSE * number):
+            return failures
+        log.warning(
+            "start-up check failed (%s); checking again", ", ".join(c.name for c in failures)
+        )
+    return []
+
+
 def serve(config: Config, *, stop: threading.Event | None = None) -> int:
     """Run the bot until SIGTERM/SIGINT (or `stop`); return the exit code."""
     from bot.app import HttpServer, build_bot, socket_mode
-    from bot.checks import run_checks
 
     lock = _lock(config.database)
     stop = stop or threading.Event()
@@ -92,7 +117,7 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> int:
             signal.signal(sig, lambda *_: stop.set())
     bot = build_bot(config)
     try:
-        failures = [c for c in run_checks(config, bot=bot) if not c.ok]
+        failures = _start_up_failures(config, bot, stop)
         if failures:
             log.error("refusing to start; fix these first:")
             for check in failures:

@@ -44,7 +44,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -902,14 +902,21 @@ def write_receipt(
     outcome: str,
     started_at: str,
     note: str,
+    then: Outcome | None = None,
 ) -> tuple[Path, Path]:
-    """Write receipt.json and receipt.csv for this attempt and queue both uploads."""
+    """Write receipt.json and receipt.csv for this round and queue both uploads.
+
+    A round runs the job to an outcome: a retry after a failure starts a new one (and a new
+    receipt); a restart stays in its round. `then`, the outcome the receipt reports, is saved
+    in the checkpoint in the same transaction, so a restart returns it instead of concluding
+    (and posting a receipt) a second time.
+    """
     record = ctx.request
     items = ctx.store.deletion_items(record.number)
     rows = receipt_rows(record.id, items)
     preview = record.preview or {}
     meta = record.command.get("meta") or {}
-    attempt = ctx.job.attempts
+    attempt = ctx.round
     suffix = "" if attempt <= 1 else f"-{attempt}"
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     json_path = ctx.work_dir / f"receipt{suffix}.json"
@@ -958,6 +965,9 @@ def write_receipt(
                     **({"comment": f"{record.id} {label}: {note}"} if fmt == "json" else {}),
                 },
             )
+        if then is not None:
+            ctx.checkpoint["concluded"] = {"round": attempt, "outcome": asdict(then)}
+            ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
     return json_path, csv_path
 
 
@@ -972,6 +982,10 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
     items = ctx.store.deletion_items(number)
     if not items:
         raise BotError(f"{record.id} has no frozen deletion plan; run a new request.")
+    concluded = ctx.checkpoint.get("concluded")
+    if isinstance(concluded, dict) and concluded.get("round") == ctx.round:
+        # Restarted after this round's receipt was queued: its outcome stands.
+        return Outcome(**concluded["outcome"])
     started_at = ctx.checkpoint.get("started_at")
     if not isinstance(started_at, str):
         started_at = iso(ctx.clock.now())
@@ -993,13 +1007,14 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         left = verify(ctx, items, timeout=verify_timeout)
     except TrainingApiError as exc:
         note = f"verification could not finish: {exc.user_message}"
-        write_receipt(ctx, outcome="unverified", started_at=started_at, note=note)
-        return _outcome_failed(
+        unverified = _outcome_failed(
             ctx,
             f"Every deletion call was answered, but the {note}",
             {"error": exc.user_message},
             advice="A retry verifies again without re-sending anything; receipt attached.",
         )
+        write_receipt(ctx, outcome="unverified", started_at=started_at, note=note, then=unverified)
+        return unverified
     items = ctx.store.deletion_items(number)
     counts = counts_of(items)
     if left:
@@ -1011,25 +1026,27 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
             f"{len(alive)} of {total} targets still exist after {verify_timeout:g} s: "
             f"{listed}{more}. They are listed as survived in the receipt."
         )
-        write_receipt(ctx, outcome="survivors", started_at=started_at, note=note)
-        return _outcome_failed(
+        survived = _outcome_failed(
             ctx,
             f"Not every target was removed: {note}",
             {"survivors": len(alive), "survivor_ids": [i["target_id"] for i in alive][:100]},
             advice="A retry verifies again without re-sending confirmed calls; receipt attached.",
         )
+        write_receipt(ctx, outcome="survivors", started_at=started_at, note=note, then=survived)
+        return survived
     absent = sum(1 for i in items if i["status"] == "gone")
     summary = describe_counts(counts) + " deleted and verified gone"
     if absent:
         summary += f" ({absent} of them already absent when their turn came)"
-    write_receipt(ctx, outcome="done", started_at=started_at, note=f"{summary}.")
-    return Outcome(
+    finished = Outcome(
         request_status="done",
         result={"counts": counts, "verified": total, "already_absent": absent},
         message=f"{record.id}: {summary}; receipt attached.",
         audit_action="request.completed",
         audit_details={"counts": counts, "verified": total},
     )
+    write_receipt(ctx, outcome="done", started_at=started_at, note=f"{summary}.", then=finished)
+    return finished
 
 
 def _outcome_failed(
@@ -1054,8 +1071,7 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
         f"Removed: {describe_counts(removed)}. Not removed yet: {describe_counts(remaining)}."
     )
-    write_receipt(ctx, outcome="partial", started_at=started_at, note=note)
-    return _outcome_failed(
+    stopped = _outcome_failed(
         ctx,
         f"The deletion {note}",
         {
@@ -1067,3 +1083,5 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
         advice="A retry continues where it stopped, without re-sending what was removed; "
         "partial receipt attached.",
     )
+    write_receipt(ctx, outcome="partial", started_at=started_at, note=note, then=stopped)
+    return stopped

@@ -27,6 +27,9 @@ from bot.training import TrainingClient
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = timedelta(seconds=2)
+# The outbox key prefix under which on_finish (Service.finished) queues a request's final
+# report: `trail:<number>:<status>`.
+REPORT_KEY = "trail"
 
 
 class JobInterrupted(Exception):
@@ -71,6 +74,9 @@ class JobContext:
         self.settings = runner.settings
         self.checkpoint: dict[str, Any] = dict(job.checkpoint)
         self.resumed = job.attempts > 1 or bool(job.checkpoint)
+        # 1, plus one per retry after a failed outcome (Store.requeue_job); a restart resumes
+        # within its round. Kept in the checkpoint under "round".
+        self.round = int(job.checkpoint.get("round", 1))
         self._last_progress: Any = None
 
     def check(self) -> None:
@@ -204,13 +210,13 @@ class Runner:
 
     def start(self) -> None:
         """Resume the jobs a previous process left running, then start the workers."""
-        for job in self.store.release_jobs():
-            self.store.record(
-                "bot",
-                "job.resumed",
-                request=job.request_number,
-                details={"job": job.kind, "attempts": job.attempts, "after": "restart"},
-            )
+        self.store.release_jobs(audit_action="job.resumed", audit_details={"after": "restart"})
+        if self.on_finish is not None:
+            # A crash between a request's final commit and on_finish lost its report (the
+            # request's audit trail in its thread): make it now.
+            for record in self.store.unreported_outcomes(REPORT_KEY):
+                log.info("reporting the outcome of %s, which a restart interrupted", record.id)
+                self.on_finish(record)
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             thread.start()
@@ -229,7 +235,9 @@ class Runner:
         self.wake.set()
         for thread in self._threads:
             thread.join(timeout)
-        self.store.release_jobs(self.owner)
+        self.store.release_jobs(
+            self.owner, audit_action="job.interrupted", audit_details={"by": "shutdown timeout"}
+        )
 
     def _keep(self) -> None:
         while not self.stopping.wait(1.0):
@@ -324,11 +332,19 @@ class Runner:
 
     def _release(self, job: Job) -> None:
         with self.store.write() as conn:
-            conn.execute(
+            released = conn.execute(
                 "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
                 " WHERE id = ? AND status = 'running'",
                 (job.id,),
-            )
+            ).rowcount
+            if released:
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "job.interrupted",
+                    request=job.request_number,
+                    details={"job": job.kind, "attempts": job.attempts, "by": "shutdown"},
+                )
 
     def _finish(self, job: Job, request: RequestRecord, outcome: Outcome) -> None:
         store = self.store

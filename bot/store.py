@@ -638,10 +638,10 @@ class Store:
         )
         return cursor.rowcount == 1
 
-    def delivery_queued(self, key: str) -> bool:
-        """Return True when a delivery with `key` was ever queued (pending, sent or failed)."""
-        row = self.db.conn.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone()
-        return row is not None
+    def delivery_status(self, key: str) -> str | None:
+        """Return the status of the delivery with `key` (pending | sent | failed), or None."""
+        row = self.db.conn.execute("SELECT status FROM outbox WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def pending_outbox(self, limit: int = 20) -> list[OutboxItem]:
         """Return deliveries that are due, oldest first."""
@@ -694,14 +694,17 @@ class Store:
         with self.write() as conn:
             conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
 
-    def outbox_retry(self, item_id: int, delay: timedelta, *, give_up_after: int = 50) -> None:
-        """Push a failed delivery back; after `give_up_after` attempts, mark it failed."""
+    def outbox_retry(
+        self, item_id: int, delay: timedelta, *, give_up_after: int | None = 50
+    ) -> None:
+        """Push a failed delivery back; after `give_up_after` attempts (None: never), mark it
+        failed."""
         with self.write() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, not_before = ?,"
-                " status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE status END"
-                " WHERE id = ?",
-                (iso(self.clock.now() + delay), give_up_after, item_id),
+                " status = CASE WHEN ? IS NOT NULL AND attempts + 1 >= ? THEN 'failed'"
+                " ELSE status END WHERE id = ?",
+                (iso(self.clock.now() + delay), give_up_after, give_up_after, item_id),
             )
 
     def outbox_failed(self, item_id: int, error: str) -> None:

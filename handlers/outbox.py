@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -47,8 +48,16 @@ PERMANENT = frozenset(
 )
 
 
+# Slack's documented "try again" errors (answered with HTTP 200 or 5xx).
+TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+
+
 class Deferred(Exception):
     """The item cannot go yet (its thread's parent is not posted); try again shortly."""
+
+
+# What a delivery ends with: its result, and what to record in the same transaction.
+Delivered = tuple[Mapping[str, Any], Callable[[sqlite3.Connection], None] | None]
 
 
 class Deliverer:
@@ -114,16 +123,25 @@ class Deliverer:
                 if self.on_delivered is not None:
                     self.on_delivered(item)
             except Deferred:
-                self.store.outbox_retry(item.id, timedelta(seconds=0.2), give_up_after=10_000)
+                if self.store.delivery_status(f"announce:{item.request_number}") == "failed":
+                    # The thread's parent can never be posted, so neither can this.
+                    self.store.outbox_failed(item.id, "announcement_failed")
+                else:
+                    delay = timedelta(seconds=min(2.0, 0.2 * 2 ** min(item.attempts, 4)))
+                    self.store.outbox_retry(item.id, delay, give_up_after=None)
                 if item.request_number is not None:
                     blocked.add(item.request_number)
             except SlackApiError as exc:
                 self._slack_failure(item, exc)
                 if item.request_number is not None:
                     blocked.add(item.request_number)
+            except FileNotFoundError as exc:
+                log.error("outbox item %s (%s): %s is gone", item.id, item.kind, exc.filename)
+                self.store.outbox_failed(item.id, "file_missing")
             except (requests.RequestException, OSError) as exc:
+                # The network or Slack is down: keep trying, never drop the message.
                 log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
-                self.store.outbox_retry(item.id, _backoff(item.attempts))
+                self.store.outbox_retry(item.id, _backoff(item.attempts), give_up_after=None)
                 if item.request_number is not None:
                     blocked.add(item.request_number)
         return sent
@@ -133,26 +151,32 @@ class Deliverer:
         if exc.response.status_code == 429 or error == "ratelimited":
             retry_after = float(exc.response.headers.get("Retry-After", "1") or 1)
             log.info("Slack rate limit on %s; retrying in %ss", item.kind, retry_after)
-            self.store.outbox_retry(item.id, timedelta(seconds=retry_after), give_up_after=10_000)
+            self.store.outbox_retry(item.id, timedelta(seconds=retry_after), give_up_after=None)
         elif error in PERMANENT:
             log.error("outbox item %s (%s) cannot be delivered: %s", item.id, item.kind, error)
             self.store.outbox_failed(item.id, error)
         else:
+            # Slack being down is no reason to drop a message; an unknown error may be a bug.
+            down = exc.response.status_code >= 500 or error in TRANSIENT
             log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, error)
-            self.store.outbox_retry(item.id, _backoff(item.attempts))
+            self.store.outbox_retry(
+                item.id, _backoff(item.attempts), give_up_after=None if down else 50
+            )
 
     # -- one item --------------------------------------------------------------------------------
 
     def _deliver(self, item: OutboxItem) -> None:
-        handler: dict[str, Callable[[OutboxItem], Mapping[str, Any]]] = {
+        handler: dict[str, Callable[[OutboxItem], Delivered]] = {
             "announce": self._announce,
             "progress": self._progress,
             "post": self._post,
             "upload": self._upload,
             "mirror": self._mirror,
         }
-        result = handler[item.kind](item)
-        self.store.outbox_done(item.id, result, payload=item.payload)
+        result, also = handler[item.kind](item)
+        self.store.outbox_done(
+            item.id, result, payload=item.payload, revision=item.revision, also=also
+        )
 
     def _request(self, item: OutboxItem) -> RequestRecord:
         assert item.request_number is not None
@@ -166,11 +190,13 @@ class Deliverer:
             raise Deferred
         return record.message_ts
 
-    def _announce(self, item: OutboxItem) -> Mapping[str, Any]:
+    def _announce(self, item: OutboxItem) -> Delivered:
         record = self._request(item)
         text, body = blocks.announcement(record, self.required_approvals)
         previous = dict(item.result or {})
-        ts = previous.get("ts")
+        # The request keeps the ts from the moment it is known: a crash before this item was
+        # marked sent must update that message, not post a second announcement.
+        ts = previous.get("ts") or record.message_ts
         if ts:
             try:
                 self.client.chat_update(channel=item.channel, ts=ts, text=text, blocks=body)
@@ -184,47 +210,51 @@ class Deliverer:
             with self.store.write() as conn:
                 self.store.update_fields(conn, record.number, message_ts=ts)
         if record.status == "pending" and not previous.get("approval_posted"):
-            self.store.record(
-                "bot",
-                "approval.posted",
-                request=record.number,
-                details={"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)},
-            )
-            previous["approval_posted"] = True
-        return {**previous, "ts": ts}
+            details = {"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)}
 
-    def _progress(self, item: OutboxItem) -> Mapping[str, Any]:
+            def posted(conn: sqlite3.Connection) -> None:
+                self.store.audit(
+                    conn, "bot", "approval.posted", request=record.number, details=details
+                )
+
+            return {**previous, "ts": ts, "approval_posted": True}, posted
+        return {**previous, "ts": ts}, None
+
+    def _progress(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
         text = f"{self._request(item).id}: {blocks.progress_text(item.payload)}"
         ts = (item.result or {}).get("ts")
         if ts:
             self.client.chat_update(channel=item.channel, ts=ts, text=text)
-            return {"ts": ts}
+            return {"ts": ts}, None
         response = self.client.chat_postMessage(
             channel=item.channel, thread_ts=thread_ts, text=text
         )
-        return {"ts": str(response["ts"])}
+        return {"ts": str(response["ts"])}, None
 
-    def _post(self, item: OutboxItem) -> Mapping[str, Any]:
+    def _post(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
         response = self.client.chat_postMessage(
             channel=item.channel, thread_ts=thread_ts, text=str(item.payload["text"])
         )
-        return {"ts": str(response["ts"])}
+        return {"ts": str(response["ts"])}, None
 
-    def _mirror(self, item: OutboxItem) -> Mapping[str, Any]:
+    def _mirror(self, item: OutboxItem) -> Delivered:
         response = self.client.chat_postMessage(
             channel=item.channel, text=str(item.payload["text"])
         )
-        return {"ts": str(response["ts"])}
+        return {"ts": str(response["ts"])}, None
 
-    def _upload(self, item: OutboxItem) -> Mapping[str, Any]:
+    def _upload(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
         payload = item.payload
         path = Path(str(payload["path"]))
         state = dict(item.result or {})
         if state.get("file_id") and self._already_shared(str(state["file_id"]), item.channel):
-            return state
+            # Shared before a crash. The file.posted event commits with the item marked sent,
+            # so it is missing unless the result says the sharing was recorded.
+            done = {**state, "completed": True}
+            return done, None if state.get("completed") else self._file_posted(item, state)
         if not state.get("file_id"):
             size = path.stat().st_size
             ticket = self.client.files_getUploadURLExternal(
@@ -247,25 +277,37 @@ class Deliverer:
         if payload.get("comment"):
             arguments["initial_comment"] = str(payload["comment"])
         self.client.files_completeUploadExternal(**arguments)
-        self.store.record(
-            "bot",
-            "file.posted",
-            request=item.request_number,
-            targets=(str(state["file_id"]),),
-            details={
-                "name": payload["filename"],
-                "size": state["size"],
-                "sha256": state["sha256"],
-                "channel": item.channel,
-            },
-        )
-        return {**state, "completed": True}
+        return {**state, "completed": True}, self._file_posted(item, state)
+
+    def _file_posted(
+        self, item: OutboxItem, state: Mapping[str, Any]
+    ) -> Callable[[sqlite3.Connection], None]:
+        details = {
+            "name": item.payload["filename"],
+            "size": state["size"],
+            "sha256": state["sha256"],
+            "channel": item.channel,
+        }
+
+        def record(conn: sqlite3.Connection) -> None:
+            self.store.audit(
+                conn,
+                "bot",
+                "file.posted",
+                request=item.request_number,
+                targets=(str(state["file_id"]),),
+                details=details,
+            )
+
+        return record
 
     def _already_shared(self, file_id: str, channel: str) -> bool:
         try:
             data = self.client.files_info(file=file_id)["file"]
-        except SlackApiError:
-            return False
+        except SlackApiError as exc:
+            if exc.response.get("error") == "file_not_found":
+                return False
+            raise  # 429, 5xx: unknown; retried later rather than risking a second share
         shares = data.get("shares") or {}
         channels = set(data.get("channels") or []) | set(data.get("groups") or [])
         for scope in ("public", "private"):
