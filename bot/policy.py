@@ -9,6 +9,8 @@
 | reject     | BOT_APPROVERS (user or group), never the requester    | pending, not expired     |
 | cancel     | the requester                                         | queued/running export,   |
 |            |                                                       | previewing/pending delete|
+| (buttons)  | approve, reject and cancel clicks count only from the | always                   |
+|            | request's own channel                                 |                          |
 | retry      | the requester or an approver                          | failed                   |
 | read audit | approvers: everything; requesters: their own requests | always                   |
 
@@ -65,6 +67,7 @@ class Subject:
     requester: str
     approvals: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    channel: str = ""  # where it was requested (and its buttons were posted)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,17 @@ def may_request(rules: Rules, actor: Actor, channel: str, *, deletion: bool) -> 
     return ALLOW
 
 
+def _from_its_channel(subject: Subject, channel: str | None) -> Decision:
+    """A click counts only from the request's own message: `channel` None means no click."""
+    if channel is None or channel == subject.channel:
+        return ALLOW
+    return Decision(
+        False,
+        f"{subject.request_id} was requested in another channel; it can only be decided "
+        "from its own message there.",
+    )
+
+
 def _decidable(subject: Subject, now: datetime) -> Decision:
     if subject.kind != "delete":
         return Decision(False, f"{subject.request_id} is not a deletion: nothing to approve.")
@@ -115,8 +129,12 @@ def _decidable(subject: Subject, now: datetime) -> Decision:
     return ALLOW
 
 
-def may_approve(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
-    """Return whether `actor` may approve the deletion `subject` now."""
+def may_approve(
+    rules: Rules, actor: Actor, subject: Subject, now: datetime, *, channel: str | None = None
+) -> Decision:
+    """Return whether `actor` may approve the deletion `subject` now (clicked in `channel`)."""
+    if not (where := _from_its_channel(subject, channel)):
+        return where
     if actor.user_id == subject.requester:
         return Decision(False, "You cannot approve your own request: a second person must.")
     if not actor.listed_in(rules.approvers):
@@ -126,8 +144,12 @@ def may_approve(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> 
     return _decidable(subject, now)
 
 
-def may_reject(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> Decision:
-    """Return whether `actor` may reject the deletion `subject` now."""
+def may_reject(
+    rules: Rules, actor: Actor, subject: Subject, now: datetime, *, channel: str | None = None
+) -> Decision:
+    """Return whether `actor` may reject the deletion `subject` now (clicked in `channel`)."""
+    if not (where := _from_its_channel(subject, channel)):
+        return where
     if actor.user_id == subject.requester:
         return Decision(False, "You cannot reject your own request: use Cancel instead.")
     if not actor.listed_in(rules.approvers):
@@ -135,8 +157,10 @@ def may_reject(rules: Rules, actor: Actor, subject: Subject, now: datetime) -> D
     return _decidable(subject, now)
 
 
-def may_cancel(actor: Actor, subject: Subject) -> Decision:
-    """Return whether `actor` may cancel `subject`."""
+def may_cancel(actor: Actor, subject: Subject, *, channel: str | None = None) -> Decision:
+    """Return whether `actor` may cancel `subject` (clicked in `channel`)."""
+    if not (where := _from_its_channel(subject, channel)):
+        return where
     if actor.user_id != subject.requester:
         return Decision(False, f"Only the requester may cancel {subject.request_id}.")
     if subject.status not in CANCELLABLE.get(subject.kind, set()):

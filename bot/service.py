@@ -111,6 +111,7 @@ def subject_of(record: RequestRecord) -> Subject:
         requester=record.requester,
         approvals=record.approvals,
         expires_at=record.expires_at,
+        channel=record.channel,
     )
 
 
@@ -325,13 +326,15 @@ class Service:
         """Return the caller's open requests, or one request's state."""
         now = self.clock.now()
         if request_id is not None:
-            record = self.store.get(request_id)
+            record = self._load(request_id, user_id=user_id, action="status")
             actor = self.actor(user_id)
             if record.requester != user_id and not actor.listed_in(self.rules.approvers):
-                return Reply(
-                    f"{record.id} is not yours; only its requester and approvers can "
-                    "see its status."
+                refusal = Decision(
+                    False,
+                    f"{record.id} is not yours; only its requester and approvers can see its "
+                    "status.",
                 )
+                return self._refuse(user_id, "status", refusal, request=record.id)
             return Reply(describe_status(record, now))
         records = self.store.requests_of(user_id)
         if not records:
@@ -342,20 +345,36 @@ class Service:
 
     # -- decisions -------------------------------------------------------------------------------
 
-    def _load(self, request_id: str) -> RequestRecord:
-        if parse_request_id(request_id) is None:
-            raise RequestStateError(f"{request_id!r} is not a request id (they look like R-1042).")
-        return self.store.get(request_id)
+    def _load(self, request_id: str, *, user_id: str, action: str) -> RequestRecord:
+        """Return the stored request; an unknown or malformed id is a refusal, audited."""
+        try:
+            if parse_request_id(request_id) is None:
+                raise RequestStateError(
+                    f"{request_id[:40]!r} is not a request id (they look like R-1042)."
+                )
+            return self.store.get(request_id)
+        except RequestStateError as exc:
+            self.store.record(
+                user_id,
+                f"{action}.refused",
+                targets=(request_id[:40],),
+                outcome="refused",
+                details={"reason": exc.user_message},
+            )
+            raise
 
     @_answers_errors
-    def approve(self, user_id: str, request_id: str) -> Reply:
-        """Record an approval; start the deletion when enough distinct approvers agreed."""
-        record = self._load(request_id)
+    def approve(self, user_id: str, request_id: str, channel_id: str | None = None) -> Reply:
+        """Record an approval; start the deletion when enough distinct approvers agreed.
+
+        `channel_id` is where the Approve button was clicked (None: not a click).
+        """
+        record = self._load(request_id, user_id=user_id, action="approval")
         actor = self.actor(user_id)
         now = self.clock.now()
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)  # decide on stored state, in the tx
-            decision = may_approve(self.rules, actor, subject_of(record), now)
+            decision = may_approve(self.rules, actor, subject_of(record), now, channel=channel_id)
             if not decision:
                 self.store.audit(
                     conn,
@@ -399,25 +418,37 @@ class Service:
         return Reply(f"You approved {record.id}. {missing} more approval(s) needed.")
 
     @_answers_errors
-    def check_reject(self, user_id: str, request_id: str) -> Reply | None:
+    def check_reject(
+        self, user_id: str, request_id: str, channel_id: str | None = None
+    ) -> Reply | None:
         """Return None when the user may reject (before opening the reason dialog), else why not."""
-        record = self._load(request_id)
-        decision = may_reject(self.rules, self.actor(user_id), subject_of(record), self.clock.now())
+        record = self._load(request_id, user_id=user_id, action="rejection")
+        decision = may_reject(
+            self.rules,
+            self.actor(user_id),
+            subject_of(record),
+            self.clock.now(),
+            channel=channel_id,
+        )
         if decision:
             return None
         return self._refuse(user_id, "rejection", decision, request=record.id)
 
     @_answers_errors
-    def reject(self, user_id: str, request_id: str, reason: str) -> Reply:
+    def reject(
+        self, user_id: str, request_id: str, reason: str, channel_id: str | None = None
+    ) -> Reply:
         """Reject a pending deletion with a reason."""
-        record = self._load(request_id)
+        record = self._load(request_id, user_id=user_id, action="rejection")
         actor = self.actor(user_id)
         reason = reason.strip()
         if not reason:
             return Reply("A rejection needs a reason.")
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
-            decision = may_reject(self.rules, actor, subject_of(record), self.clock.now())
+            decision = may_reject(
+                self.rules, actor, subject_of(record), self.clock.now(), channel=channel_id
+            )
             if not decision:
                 self.store.audit(
                     conn,
@@ -452,12 +483,12 @@ class Service:
         return Reply(f"You rejected {record.id}.")
 
     @_answers_errors
-    def cancel(self, user_id: str, request_id: str) -> Reply:
+    def cancel(self, user_id: str, request_id: str, channel_id: str | None = None) -> Reply:
         """Cancel the caller's queued or running export, or pending deletion."""
-        record = self._load(request_id)
+        record = self._load(request_id, user_id=user_id, action="cancel")
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
-            decision = may_cancel(self.actor(user_id), subject_of(record))
+            decision = may_cancel(self.actor(user_id), subject_of(record), channel=channel_id)
             if not decision:
                 self.store.audit(
                     conn,
@@ -491,7 +522,7 @@ class Service:
     @_answers_errors
     def retry(self, user_id: str, request_id: str) -> Reply:
         """Resume a failed request from where it stopped (deletions need no new approval)."""
-        record = self._load(request_id)
+        record = self._load(request_id, user_id=user_id, action="retry")
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
             decision = may_retry(self.rules, self.actor(user_id), subject_of(record))

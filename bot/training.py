@@ -898,10 +898,10 @@ class TrainingClient:
             )
             raise ServiceError(self._scrub(text), **common)
         if failure.kind == "truncated":
-            text = (
-                f"The response of Custom Vision to {operation} was not valid: "
-                f"the download was truncated ({failure.detail}) {tries}."
-            )
+            what = f"the download was truncated ({failure.detail})"
+            if failure.detail == "the answer was cut short":
+                what = failure.detail
+            text = f"The response of Custom Vision to {operation} was not valid: {what} {tries}."
             raise MalformedResponse(self._scrub(text), **common)
         text = (
             f"Could not reach Custom Vision for {operation} {tries} ({failure.detail}). "
@@ -920,7 +920,10 @@ class TrainingClient:
             return _Retryable("transport", f"{name}: connect timed out", maybe_applied=False)
         if isinstance(exc, requests.Timeout):
             return _Retryable("transport", f"{name}: timed out", maybe_applied=True)
-        if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            # Status and headers came, then the body stopped short of its Content-Length.
+            return _Retryable("truncated", "the answer was cut short", maybe_applied=True)
+        if isinstance(exc, requests.ConnectionError):
             return _Retryable("transport", f"{name}: connection failed", maybe_applied=True)
         text = f"Could not send {operation} to Custom Vision ({name})."
         return TransportError(text, operation=operation)

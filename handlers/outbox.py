@@ -235,13 +235,15 @@ class Deliverer:
     def _post(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
         response = self.client.chat_postMessage(
-            channel=item.channel, thread_ts=thread_ts, text=str(item.payload["text"])
+            channel=item.channel,
+            thread_ts=thread_ts,
+            text=blocks.bot_text(str(item.payload["text"])),
         )
         return {"ts": str(response["ts"])}, None
 
     def _mirror(self, item: OutboxItem) -> Delivered:
         response = self.client.chat_postMessage(
-            channel=item.channel, text=str(item.payload["text"])
+            channel=item.channel, text=blocks.bot_text(str(item.payload["text"]))
         )
         return {"ts": str(response["ts"])}, None
 
@@ -275,7 +277,7 @@ class Deliverer:
         if thread_ts:
             arguments["thread_ts"] = thread_ts
         if payload.get("comment"):
-            arguments["initial_comment"] = str(payload["comment"])
+            arguments["initial_comment"] = blocks.bot_text(str(payload["comment"]))
         self.client.files_completeUploadExternal(**arguments)
         return {**state, "completed": True}, self._file_posted(item, state)
 

@@ -48,7 +48,7 @@ class Stack:
     cv: CustomVisionEmulator
     slack: SlackEmulator
     config: Config
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # holds the (test) secrets
     bot: Any = None  # bot.app.Bot when started in-process
     server: Any = None  # bot.app.HttpServer
     driver: SlackDriver | None = None
