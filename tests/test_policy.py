@@ -209,3 +209,22 @@ def test_policy_retry(actor: Actor, subject: Subject, allowed: bool, reason: str
 )
 def test_policy_read_audit(actor: Actor, own: bool | None, allowed: bool) -> None:
     assert may_read_audit(RULES, actor, own_request=own).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    ("decide", "actor"),
+    [
+        (lambda a, s: may_approve(RULES, a, s, NOW, channel="C0ELSEWHERE"), APPROVER),
+        (lambda a, s: may_reject(RULES, a, s, NOW, channel="C0ELSEWHERE"), APPROVER),
+        (lambda a, s: may_cancel(a, s, channel="C0ELSEWHERE"), REQUESTER),
+    ],
+)
+def test_policy_clicks_count_only_from_the_requests_channel(decide: object, actor: Actor) -> None:
+    subject = pending(channel="C0DSR")
+    decision = decide(actor, subject)  # type: ignore[operator]
+    assert (decision.allowed, decision.reason) == (
+        False,
+        "R-1001 was requested in another channel; it can only be decided from its own message "
+        "there.",
+    )
+    assert decide(actor, pending(channel="C0ELSEWHERE"))  # type: ignore[operator]
