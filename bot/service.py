@@ -376,15 +376,7 @@ class Service:
             record = self.store.get(record.number, conn)  # decide on stored state, in the tx
             decision = may_approve(self.rules, actor, subject_of(record), now, channel=channel_id)
             if not decision:
-                self.store.audit(
-                    conn,
-                    user_id,
-                    "approval.refused",
-                    request=record.number,
-                    outcome="refused",
-                    details={"reason": decision.reason},
-                )
-                return Reply(decision.reason)
+                return self._refused_in(conn, user_id, "approval", record, decision)
             count = self.store.add_approval(conn, record.number, user_id)
             self.store.audit(
                 conn,
@@ -450,15 +442,7 @@ class Service:
                 self.rules, actor, subject_of(record), self.clock.now(), channel=channel_id
             )
             if not decision:
-                self.store.audit(
-                    conn,
-                    user_id,
-                    "rejection.refused",
-                    request=record.number,
-                    outcome="refused",
-                    details={"reason": decision.reason},
-                )
-                return Reply(decision.reason)
+                return self._refused_in(conn, user_id, "rejection", record, decision)
             self.store.transition(
                 conn,
                 record.number,
@@ -490,15 +474,7 @@ class Service:
             record = self.store.get(record.number, conn)
             decision = may_cancel(self.actor(user_id), subject_of(record), channel=channel_id)
             if not decision:
-                self.store.audit(
-                    conn,
-                    user_id,
-                    "cancel.refused",
-                    request=record.number,
-                    outcome="refused",
-                    details={"reason": decision.reason},
-                )
-                return Reply(decision.reason)
+                return self._refused_in(conn, user_id, "cancel", record, decision)
             self.store.transition(
                 conn,
                 record.number,
@@ -527,15 +503,7 @@ class Service:
             record = self.store.get(record.number, conn)
             decision = may_retry(self.rules, self.actor(user_id), subject_of(record))
             if not decision:
-                self.store.audit(
-                    conn,
-                    user_id,
-                    "retry.refused",
-                    request=record.number,
-                    outcome="refused",
-                    details={"reason": decision.reason},
-                )
-                return Reply(decision.reason)
+                return self._refused_in(conn, user_id, "retry", record, decision)
             job_kind = {"export": "export", "delete": "delete"}[record.kind]
             job = self.store.job_for(record.number, job_kind)
             if job is None and record.kind == "delete":
@@ -611,6 +579,20 @@ class Service:
             expired += 1
             self.finished(self.store.get(number))
         return expired
+
+    def _refused_in(
+        self, conn: Any, user_id: str, action: str, record: RequestRecord, decision: Decision
+    ) -> Reply:
+        """Record a refusal inside the deciding transaction; return its explanation."""
+        self.store.audit(
+            conn,
+            user_id,
+            f"{action}.refused",
+            request=record.number,
+            outcome="refused",
+            details={"reason": decision.reason},
+        )
+        return Reply(decision.reason)
 
     def _post(self, conn: Any, record: RequestRecord, text: str) -> None:
         self.store.enqueue(
