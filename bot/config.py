@@ -72,7 +72,7 @@ class Config:
     max_file_mb: int = 1000
     port: int = 3000
     workers: int = 2
-    download_concurrency: int = 8
+    download_concurrency: int = 16
 
     @property
     def socket_mode(self) -> bool:
@@ -264,7 +264,7 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         port=r.parsed("PORT", 3000, _port, "expected a TCP port 0-65535 (0: any free port)"),
         workers=r.parsed("BOT_WORKERS", 2, _positive_int, "expected a whole number >= 1"),
         download_concurrency=r.parsed(
-            "BOT_DOWNLOAD_CONCURRENCY", 8, _positive_int, "expected a whole number >= 1"
+            "BOT_DOWNLOAD_CONCURRENCY", 16, _positive_int, "expected a whole number >= 1"
         ),
     )
     if r.problems:

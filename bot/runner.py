@@ -167,7 +167,7 @@ class Settings:
     """Job settings from the config that handlers need."""
 
     max_file_bytes: int = 1000 * 1024 * 1024
-    download_concurrency: int = 8
+    download_concurrency: int = 16
     endpoint_host: str = ""
     approval_ttl: timedelta = timedelta(hours=24)
 

@@ -84,6 +84,7 @@ from bot.models import (
 __all__ = [
     "API_VERSION",
     "DOWNLOAD_CHUNK",
+    "HEADROOM",
     "MAX_IMAGE_IDS",
     "MAX_PREDICTION_IDS",
     "MAX_TAG_IDS",
@@ -239,11 +240,19 @@ def _error_body(content: bytes) -> tuple[str | None, str | None]:
 # Rate limiting
 
 
+# The service counts calls in a sliding one-second window. Starts exactly 1/rate apart put
+# rate + 1 arrivals in one window whenever the network delays a call slightly more than the
+# call `rate` slots later, and each such 429 costs a whole second (Retry-After: 1). Starts
+# spaced 5% wider keep every window at `rate` unless arrivals jitter by more than 50 ms at
+# 10/s (bench: about 80 429s per 50,000-image erasure without it, none with it).
+HEADROOM = 0.05
+
+
 class RateLimiter:
-    """Starts at most one call per 1/rate seconds across all threads (a one-token bucket).
+    """Starts at most one call per (1 + HEADROOM)/rate seconds across all threads.
 
     Each acquire() reserves the next free slot under a lock and sleeps outside it, so threads
-    go in arrival order and no 1-second window holds more than rate + 1 call starts.
+    go in arrival order and no 1-second window holds more than `rate` call starts.
     """
 
     def __init__(
@@ -278,7 +287,7 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             start = max(now, self._next_slot)
-            self._next_slot = start + 1.0 / self._rate
+            self._next_slot = start + (1.0 + HEADROOM) / self._rate
         if start > now:
             self._sleep(start - now)
 

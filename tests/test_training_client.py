@@ -35,6 +35,7 @@ from bot.errors import (
     Unauthorized,
 )
 from bot.training import (
+    HEADROOM,
     MAX_IMAGE_IDS,
     MAX_PREDICTION_IDS,
     RateLimiter,
@@ -123,18 +124,20 @@ class FakeTime:
         self.now += seconds
 
 
-def test_rate_limiter_spaces_call_starts_by_one_over_rate() -> None:
+def test_rate_limiter_spaces_call_starts_by_one_over_rate_plus_headroom() -> None:
     fake = FakeTime()
     limiter = RateLimiter(4, clock=fake.clock, sleep=fake.sleep)
     for _ in range(9):
         limiter.acquire()
         fake.starts.append(fake.now)
-    assert fake.starts == [100.0 + 0.25 * i for i in range(9)]
+    step = 0.25 * (1 + HEADROOM)
+    assert fake.starts == pytest.approx([100.0 + step * i for i in range(9)])
+    assert fake.starts[4] - fake.starts[0] > 1.0  # never rate + 1 starts within one second
     fake.now += 10  # idle time does not bank a burst
     limiter.acquire()
     first = fake.now
     limiter.acquire()
-    assert fake.now - first == 0.25
+    assert fake.now - first == pytest.approx(step)
 
 
 @pytest.mark.parametrize("rate", [0, -1, float("inf"), float("nan")])

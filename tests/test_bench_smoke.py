@@ -1,0 +1,153 @@
+"""The benchmarks at tiny sizes, so they cannot rot: each runs end to end and reports sane figures.
+
+No timing is asserted (the machine is shared): only that every benchmark drives the real bot
+through its surfaces, counts what it should, and yields a well-formed row set and table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import ack, auditlog, deletion, export, memory, report
+from bench.report import Result, Row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def well_formed(result: Result, key: str) -> None:
+    assert result.key == key
+    assert result.title and result.setup
+    assert result.rows and all(row.measure and row.value for row in result.rows)
+    assert result.checks, "every benchmark checks at least one target"
+    assert all(isinstance(row.ok, bool) for row in result.checks)
+    assert all(value >= 0 for value in result.figures.values()), result.figures
+    table = report.render([result], report.machine(), smoke=True)
+    body = [line for line in table.splitlines() if line.startswith("| ")]
+    assert body[0] == "| Benchmark | Measure | Value | Target | Result |"
+    assert len(body) == 1 + len(result.rows)
+    assert all(line.count(" | ") == 4 for line in body)
+    assert f"**{result.title}**" in table
+
+
+def test_bench_export_smoke_downloads_every_image_and_runs_the_baseline() -> None:
+    result = export.run(smoke=True)
+    well_formed(result, "export")
+    f = result.figures
+    assert f["images"] == export.SMOKE.images
+    assert f["downloads"] >= f["images"]
+    assert f["baseline_downloads"] == f["images"]
+    assert f["baseline_pages"] == 2  # one short page of tagged, one of untagged images
+    assert f["api_calls"] >= f["pages"] >= 1
+    assert f["bound_s"] == max(f["api_bound_s"], f["download_bound_s"])
+    assert f["bot_s"] > 0 and f["baseline_s"] > 0
+    assert f["peak_rss_mb"] > 10
+
+
+def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:
+    result = memory.run(smoke=True)
+    well_formed(result, "memory")
+    f = result.figures
+    assert (f["small_images"], f["large_images"], f["files_images"]) == (100, 600, 60)
+    assert f["small_mb"] >= f["idle_mb"] > 10
+    assert f["growth_mb"] == f["large_mb"] - f["small_mb"]
+
+
+def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:
+    result = deletion.run(smoke=True)
+    well_formed(result, "deletion")
+    f = result.figures
+    assert f["images"] == 600  # 570 workspace images + 30 kept only by the iteration
+    assert f["batches"] == 3
+    assert f["bound_s"] == pytest.approx(0.3)
+    assert f["throttled"] >= f["throttled_while_deleting"] >= 0
+    assert f["done_s"] >= f["delete_s"] > 0
+
+
+def test_bench_ack_smoke_times_every_command_for_both_apps() -> None:
+    result = ack.run(smoke=True)
+    well_formed(result, "ack")
+    f = result.figures
+    assert f["commands"] == ack.SMOKE.commands
+    for app in ("bot", "bolt"):
+        assert 0 < f[f"{app}_p50_s"] <= f[f"{app}_p99_s"] <= f[f"{app}_max_s"]
+        assert 0 <= f[f"{app}_missed"] <= f["commands"]
+
+
+def test_bench_audit_smoke_verifies_the_whole_chain() -> None:
+    result = auditlog.run(smoke=True)
+    well_formed(result, "audit")
+    assert result.figures["events"] == auditlog.SMOKE_EVENTS
+    assert result.figures["verify_s"] > 0 and result.figures["read_s"] > 0
+
+
+def test_bench_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "audit", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| **5. Audit verification** (2,000 chained events" in done.stdout
+    assert "SMOKE RUN" in done.stdout
+    data = json.loads(out.read_text("utf-8"))
+    assert [r["key"] for r in data["results"]] == ["audit"]
+    assert data["smoke"] is True and data["failed"] == []
+
+
+def test_bench_cli_refuses_unknown_benchmarks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "export,speed"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "unknown benchmark(s) speed" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "pct", "expected"),
+    [
+        ([5.0], 50, 5.0),
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.0),
+        (list(range(1, 201)), 99, 198),
+        (list(range(1, 201)), 100, 200),
+        ([3.0, 1.0, 2.0], 0, 1.0),
+    ],
+)
+def test_bench_percentile_is_nearest_rank(values: list[float], pct: float, expected: float) -> None:
+    assert report.percentile(values, pct) == expected
+
+
+def test_bench_render_marks_checks_and_counts_targets_met() -> None:
+    result = Result(
+        key="x",
+        title="9. Example",
+        setup="tiny",
+        rows=(
+            Row("context", "1 s"),
+            Row("met", report.times(0.5), report.at_most(1), True),
+            Row("missed", "9 | 10", "0", False),
+        ),
+    )
+    facts = report.Machine("2026-11-27", 2, 3.8, "CPU", "3.11.7", "Linux")
+    table = report.render([result], facts)
+    assert table.splitlines()[0] == (
+        "Benchmarks measured 2026-11-27, 2 cores (CPU), 3.8 GiB RAM, Python 3.11.7, Linux."
+    )
+    assert "| **9. Example** (tiny) | context | 1 s |  |  |" in table
+    assert "|  | met | 0.50\u00d7 | \u2264 1\u00d7 | pass |" in table
+    assert "|  | missed | 9 \\| 10 | 0 | FAIL |" in table
+    assert "1 of 2 targets met." in table
+    assert not result.ok
