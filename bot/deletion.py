@@ -867,7 +867,8 @@ def verify(
     """
     deadline = time.monotonic() + timeout
     delay = 0.05
-    remaining = list(items)
+    # Verdicts of gone are final (stored per round); a resumed job re-reads only the rest.
+    remaining = [i for i in items if i.get("verified") != "gone"]
     total = len(items)
     while True:
         ctx.progress(total - len(remaining), total, "verifying")

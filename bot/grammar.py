@@ -625,7 +625,8 @@ def _is_space(char: str) -> bool:
     return char.isspace() or char in _INVISIBLE_SPACES
 
 
-def _unescape(text: str) -> str:
+def slack_unescape(text: str) -> str:
+    """Return text with Slack's &amp; &lt; &gt; escaping undone."""
     for entity, char in _ENTITIES[1:]:
         text = text.replace(entity, char)
     return text.replace("&amp;", "&")  # last, so "&amp;lt;" stays "&lt;"
@@ -633,8 +634,8 @@ def _unescape(text: str) -> str:
 
 def _unwrap(target: str, label: str | None) -> str:
     """Return the visible text of Slack markup `<target|label>` (entities decoded)."""
-    target = _unescape(target)
-    label = None if label is None else _unescape(label)
+    target = slack_unescape(target)
+    label = None if label is None else slack_unescape(label)
     if target[:1] in "!@#" or not _URL_SCHEME.match(target):
         # mentions (and anything that is not a link) are kept as written
         return f"<{target}>" if label is None else f"<{target}|{label}>"
@@ -683,7 +684,7 @@ class _Lexer:
             self._literal(char)
         problem = None
         if self.quote is not None:
-            after = _unescape(text[self.quote_at + 1 :]).strip()
+            after = slack_unescape(text[self.quote_at + 1 :]).strip()
             where = f"before {_show(after)}" if after else "at the end"
             problem = f"unbalanced quote: the {self.quote} {where} is never closed"
         self._end()

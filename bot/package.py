@@ -408,6 +408,13 @@ FILE_KINDS: tuple[tuple[str, str, str], ...] = (
     ),
     (r"domains\.json", "domains.json", "The domains (model types) the resource offers."),
     (
+        r"account\.json",
+        "account.json",
+        "What the Training-Key reaches about the Custom Vision resource: its endpoint and API "
+        "version, and every project with its counts of images, tags and iterations against "
+        "the service limits. Never the keys.",
+    ),
+    (
         r"iterations\.json",
         "iterations.json",
         "The trained iterations: name, status, training times and type, domain, export "

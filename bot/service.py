@@ -709,7 +709,7 @@ def _status_line(record: RequestRecord, now: datetime) -> str:
     ticket_part = f", ticket {ticket}" if ticket else ""
     return (
         f"• {record.id} — {record.status}, {age(record.created_at, now)} old{ticket_part}: "
-        f"`{record.text}`"
+        f"`{grammar.slack_unescape(record.text)}`"
     )
 
 
