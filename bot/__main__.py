@@ -144,8 +144,31 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> int:
         lock.close()
 
 
-def audit_verify(config: Config) -> int:
-    """Verify the audit chain of the database file offline; return 0 when intact."""
+def read_witness(path: Path) -> list[tuple[int, str]]:
+    """Return the (seq, hash prefix) pairs of the audit mirror lines found in `path`.
+
+    `path` is the audit channel as Slack exports it (JSON files of messages with a "text"), or
+    plain text with one mirrored line per line.
+    """
+    raw = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        texts = raw.splitlines()
+    else:
+        messages = data if isinstance(data, list) else data.get("messages", [])
+        texts = [str(m.get("text", "")) for m in messages if isinstance(m, dict)]
+    from bot import audit
+
+    return [pair for text in texts if (pair := audit.parse_mirror_line(text)) is not None]
+
+
+def audit_verify(config: Config, witness: Path | None = None) -> int:
+    """Verify the audit chain of the database file offline; return 0 when intact.
+
+    With `witness` (an export of BOT_AUDIT_CHANNEL), the chain must also match every line
+    Slack kept, which catches a rewritten or truncated database.
+    """
     from bot import audit
     from bot.db import connect
 
@@ -155,6 +178,10 @@ def audit_verify(config: Config) -> int:
     conn = connect(config.database)
     try:
         result = audit.verify(conn)
+        if result.ok and witness is not None:
+            pairs = read_witness(witness)
+            result = audit.check_against_witness(conn, pairs)
+            print(f"Checked against {len(pairs)} witnessed lines from {witness}.")
     finally:
         conn.close()
     print(result.summary())
@@ -175,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="verify configuration, Slack, Custom Vision and the database")
     audit_parser = sub.add_parser("audit", help="audit log tools")
     audit_parser.add_argument("action", choices=("verify",))
+    audit_parser.add_argument(
+        "--witness", type=Path, help="an export of the audit channel to check the chain against"
+    )
     args = parser.parse_args(argv)
 
     env = read_environment(args.env_file)
@@ -198,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.checks import print_checks
 
             return print_checks(config)
-        return audit_verify(config)
+        return audit_verify(config, args.witness)
     except ConfigError as exc:
         print(exc.user_message, file=sys.stderr)
         print("See .env.example and README.md (Configuration).", file=sys.stderr)

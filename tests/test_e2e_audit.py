@@ -1,0 +1,145 @@
+"""End to end: the audit log through Slack, its Slack witness, and the offline verifier."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot import audit
+from bot.db import connect
+from bot.emulators.customvision import Seed
+from bot.emulators.stack import (
+    APPROVER,
+    AUDIT_CHANNEL,
+    CHANNEL,
+    REQUESTER,
+    STRANGER,
+    Stack,
+    start_stack,
+)
+
+SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=200)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    running = start_stack(tmp_path, seed=SEED)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def run_deletion(stack: Stack) -> str:
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    stack.wait_status(rid, "pending")
+    stack.wait_delivered()
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done"
+    stack.wait_delivered()
+    return rid
+
+
+def tamper(database: Path, sql: str) -> None:
+    conn = connect(database)
+    try:
+        conn.execute("DROP TRIGGER audit_events_no_update")
+        conn.execute("DROP TRIGGER audit_events_no_delete")
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def offline_verify(stack: Stack, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {"BOT_DATABASE": str(stack.config.database), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "verify", *extra],
+        env=env,
+        cwd=stack.config.database.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_e2e_audit_trail_of_a_deletion_holds_every_event_in_order(stack: Stack) -> None:
+    rid = run_deletion(stack)
+    actions = [e.action for e in audit.events(stack.bot.db.conn, request_id=rid)]
+    expected = [
+        "command.received",
+        "request.queued",
+        "preview.computed",
+        "approval.posted",
+        "approval.granted",
+        "request.approved",
+        "api.call",
+        "request.completed",
+        "file.posted",  # the receipt, delivered after the outcome was committed
+    ]
+    positions = [actions.index(a) for a in expected]
+    assert positions == sorted(positions), actions
+    received = next(audit.events(stack.bot.db.conn, request_id=rid))
+    assert received.details["command"]["verb"] == "delete"  # the parsed request, not the text
+    posted = [
+        e for e in audit.events(stack.bot.db.conn, request_id=rid) if e.action == "file.posted"
+    ]
+    assert {len(e.details["sha256"]) for e in posted} == {64}
+    trail = [f for f in stack.slack.files(CHANNEL) if f.name == f"{rid}-audit-trail.jsonl"]
+    assert len(trail) == 1
+    assert trail[0].thread_ts == stack.bot.store.get(rid).message_ts
+
+
+def test_e2e_audit_export_and_verify_through_slack(stack: Stack) -> None:
+    rid = run_deletion(stack)
+    refused = stack.command(STRANGER, "audit").json()
+    assert "Only approvers may read the whole audit log" in refused["text"]
+    body = stack.command(APPROVER, f"audit --request {rid} --format csv").json()
+    assert "audit events" in body["text"]
+    stack.wait_delivered()
+    exported = [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"audit-{rid}")][-1]
+    rows = list(csv.DictReader(io.StringIO(exported.data.decode("utf-8"))))
+    assert {r["request_id"] for r in rows} == {rid}
+    assert exported.initial_comment and "Audit log intact" in exported.initial_comment
+    verdict = stack.command(APPROVER, "audit verify").json()
+    assert verdict["response_type"] == "in_channel"
+    assert verdict["text"].startswith("Audit log intact:")
+    refusals = [e for e in audit.events(stack.bot.db.conn) if e.action == "audit.refused"]
+    assert [e.actor for e in refusals] == [STRANGER.user_id]
+
+
+def test_e2e_edited_row_is_named_by_audit_verify(stack: Stack) -> None:
+    run_deletion(stack)
+    tamper(stack.config.database, "UPDATE audit_events SET actor = 'U0FORGED' WHERE seq = 5")
+    verdict = stack.command(APPROVER, "audit verify").json()
+    assert verdict["text"].startswith("Audit log BROKEN at event #5")
+    result = offline_verify(stack)
+    assert result.returncode == 1
+    assert "BROKEN at event #5" in result.stdout
+
+
+def test_e2e_slack_witness_catches_a_truncated_database(stack: Stack) -> None:
+    run_deletion(stack)
+    stack.wait_delivered()
+    mirror = stack.slack.messages(AUDIT_CHANNEL)
+    (count,) = stack.bot.db.conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+    assert len(mirror) == count  # every event witnessed in Slack
+    export = stack.config.database.parent / "audit-channel.json"
+    export.write_text(json.dumps([{"text": m.text} for m in mirror]), encoding="utf-8")
+    assert offline_verify(stack, "--witness", str(export)).returncode == 0
+
+    # Drop the tail: the chain left behind is internally valid, but Slack remembers more.
+    tamper(stack.config.database, f"DELETE FROM audit_events WHERE seq > {count - 3}")
+    assert offline_verify(stack).returncode == 0
+    caught = offline_verify(stack, "--witness", str(export))
+    assert caught.returncode == 1
+    assert f"#{count - 2}" in caught.stdout
