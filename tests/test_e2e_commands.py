@@ -119,3 +119,11 @@ def test_e2e_status_lists_open_requests_and_unknown_ids(stack: Stack) -> None:
     assert "no open requests" in stack.command(REQUESTER, "status").json()["text"]
     body = stack.command(REQUESTER, "status R-99999").json()
     assert body["text"] == "There is no request R-99999."
+
+
+def test_e2e_the_word_payload_in_a_command_is_not_misread(stack: Stack) -> None:
+    # Bolt alone parses any form body containing "payload" as an interactive payload.
+    response = stack.command(REQUESTER, "export projects --reason 'payload of the request'")
+    assert response.status_code == 200
+    rid = stack.request_id(response)
+    assert stack.bot.store.get(rid).command["meta"]["reason"] == "payload of the request"
