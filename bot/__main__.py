@@ -15,61 +15,17 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from bot.config import Config, load_config, read_environment
 from bot.errors import ConfigError
+from bot.logs import setup_logging
 
 if TYPE_CHECKING:
     from bot.app import Bot
     from bot.checks import Check
 
 log = logging.getLogger("bot")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
-
-
-class RedactingFilter(logging.Filter):
-    """Replaces any configured secret in a log line (defence in depth)."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(s in message for s in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
-        return True
-
-
-def setup_logging(fmt: str, secrets: Sequence[str] = (), stream: IO[str] | None = None) -> None:
-    """Log one line per event to stderr, human-readable or JSON, with secrets redacted."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
 def _lock(database: Path) -> IO[str]:

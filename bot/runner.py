@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.errors import BotError
+from bot.logs import request_context
 from bot.store import Job, RequestRecord, Store
 from bot.training import TrainingClient
 
@@ -268,6 +269,10 @@ class Runner:
 
     def run_one(self, job: Job) -> None:
         """Run one claimed job to its outcome (or back to the queue when interrupted)."""
+        with request_context(job.request_id):
+            self._run_one(job)
+
+    def _run_one(self, job: Job) -> None:
         if job.kind != "preview":
             with self.store.write() as conn:
                 started = self.store.transition(

@@ -9,6 +9,7 @@ was committed is the truth, what was not never happened.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,9 @@ from bot.clock import Clock, iso, parse_iso
 from bot.db import Database
 from bot.errors import RequestStateError
 from bot.ids import format_request_id, parse_request_id
+from bot.logs import request_context
+
+log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"done", "failed", "cancelled", "rejected", "expired", "answered"})
 OPEN = frozenset({"queued", "running", "previewing", "pending", "approved"})
@@ -144,6 +148,8 @@ class Store:
             details=details or {},
             secrets=self.secrets,
         )
+        with request_context(rid):
+            log.info("audit #%s %s by %s: %s", event.seq, action, actor, outcome)
         self._mirror(conn, event)
         return event
 

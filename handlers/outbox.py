@@ -25,6 +25,8 @@ import requests
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.ids import format_request_id
+from bot.logs import request_context
 from bot.store import OutboxItem, RequestRecord, Store
 from handlers import blocks
 
@@ -166,6 +168,11 @@ class Deliverer:
     # -- one item --------------------------------------------------------------------------------
 
     def _deliver(self, item: OutboxItem) -> None:
+        rid = None if item.request_number is None else format_request_id(item.request_number)
+        with request_context(rid):
+            self._deliver_item(item)
+
+    def _deliver_item(self, item: OutboxItem) -> None:
         handler: dict[str, Callable[[OutboxItem], Delivered]] = {
             "announce": self._announce,
             "progress": self._progress,
