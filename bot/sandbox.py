@@ -6,7 +6,7 @@ approves, mallory has no role) or lets the user type commands as any of the demo
 prints the channel as a person reads it and saves every file the bot posted under `output`.
 Nothing touches ./data; no credential is needed.
 
-Pure: the rendering of Slack messages as text (`slack_text`, `render_blocks`, `human_size`)
+Pure: the rendering of Slack messages as text (`slack_text`, `render_blocks`)
 and the interactive line parser (`parse_line`). Everything else drives the stack and prints.
 """
 
@@ -40,6 +40,7 @@ from bot.emulators.stack import (
     Stack,
     start_stack,
 )
+from bot.exporter import human_size
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,6 @@ def _edited_at(message: Message, updates_shown: int) -> float:
     """Return when `message` was first changed after the version with `updates_shown` edits."""
     later = message.history[updates_shown:]
     return later[0].time if later else float(message.ts)
-
-
-def human_size(size: int) -> str:
-    """Return a byte count as people write it: 512 B, 4.1 KB, 12.3 MB."""
-    if size < 1000:
-        return f"{size} B"
-    value, unit = size / 1000, "KB"
-    for bigger in ("MB", "GB"):
-        if value < 1000:
-            break
-        value, unit = value / 1000, bigger
-    return f"{value:.1f} {unit}"
 
 
 def clock(ts: str) -> str:

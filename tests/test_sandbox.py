@@ -16,7 +16,6 @@ from bot.emulators.customvision import CustomVisionEmulator
 from bot.sandbox import (
     SANDBOX_SEED,
     Line,
-    human_size,
     parse_line,
     render_blocks,
     run_sandbox,
@@ -225,11 +224,3 @@ def test_sandbox_render_blocks_shows_sections_fields_context_and_buttons() -> No
         "─" * 20,
         "[Approve] [Reject]",
     ]
-
-
-@pytest.mark.parametrize(
-    ("size", "shown"),
-    [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (459_571, "459.6 KB"), (12_300_000, "12.3 MB")],
-)
-def test_sandbox_human_size(size: int, shown: str) -> None:
-    assert human_size(size) == shown
