@@ -14,6 +14,10 @@ Routes (all on one server, 127.0.0.1, port 0 by default):
   `Retry-After` when rate limited.
 - `/upload/v1/<secret>`: the `upload_url` of files.getUploadURLExternal; raw bytes, no auth.
 - `/commands/...` and `/actions/...`: response_urls handed out by `response_url()`.
+- `/socket/<ticket>`: Socket Mode. `apps.connections.open` (app-level token `xapp-...`) hands
+  out a single-use `ws://` URL; the WebSocket (RFC 6455: text frames, ping/pong, close; client
+  frames masked) greets with `{"type": "hello"}`. Tests push envelopes with `socket_send()`
+  and read the client's acks with `socket_ack()`.
 
 Not pure: a threaded HTTP server whose in-memory state is guarded by one lock. What tests read
 (`messages()`, `calls`, ...) are frozen dataclasses holding deep copies, taken under the lock.
@@ -21,13 +25,19 @@ Not pure: a threaded HTTP server whose in-memory state is guarded by one lock. W
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import secrets
+import socket
+import struct
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -65,6 +75,8 @@ MAX_FILES_PER_COMPLETION = 14
 RESPONSE_URL_USES = 5
 RESPONSE_URL_TTL = 30 * 60.0
 TRIGGER_TTL = 3.0
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+MAX_FRAME = 16 * 1024 * 1024
 
 JsonObject = dict[str, Any]
 
@@ -446,6 +458,96 @@ def _with_block_ids(blocks: list[JsonObject], seed: str) -> list[JsonObject]:
 
 
 # ---------------------------------------------------------------------------------------------
+# WebSocket plumbing (RFC 6455, the subset Socket Mode uses)
+
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def websocket_accept(key: str) -> str:
+    """Return the Sec-WebSocket-Accept answering a Sec-WebSocket-Key."""
+    digest = hashlib.sha1((key.strip() + WEBSOCKET_GUID).encode("ascii"), usedforsecurity=False)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
+def _frame(opcode: int, data: bytes) -> bytes:
+    """Return one unmasked, final frame (a server never masks)."""
+    size = len(data)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return head + data
+
+
+def _read_exact(stream: io.BufferedIOBase, size: int) -> bytes | None:
+    data = stream.read(size) if size else b""
+    return data if len(data) == size else None
+
+
+def _read_frame(stream: io.BufferedIOBase) -> tuple[bool, int, bytes] | None:
+    """Return (fin, opcode, unmasked data) of a client frame; None at EOF.
+
+    Raises ValueError for a frame a client must not send (unmasked, or absurdly large).
+    """
+    head = _read_exact(stream, 2)
+    if head is None:
+        return None
+    fin, opcode = bool(head[0] & 0x80), head[0] & 0x0F
+    masked, size = bool(head[1] & 0x80), head[1] & 0x7F
+    if size == 126:
+        extended = _read_exact(stream, 2)
+        if extended is None:
+            return None
+        size = struct.unpack("!H", extended)[0]
+    elif size == 127:
+        extended = _read_exact(stream, 8)
+        if extended is None:
+            return None
+        size = struct.unpack("!Q", extended)[0]
+    if not masked:
+        raise ValueError("unmasked client frame")  # RFC 6455, 5.1
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    mask = _read_exact(stream, 4)
+    data = _read_exact(stream, size)
+    if mask is None or data is None:
+        return None
+    return fin, opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+class _SocketLink:
+    """One connected Socket Mode client: writes are serialized, close is idempotent."""
+
+    def __init__(self, ticket: str, conn: socket.socket) -> None:
+        self.ticket = ticket
+        self.conn = conn
+        self.closed = False
+        self._send_lock = threading.Lock()
+
+    def send(self, opcode: int, data: bytes) -> None:
+        with self._send_lock:
+            if self.closed:
+                raise ConnectionError("the Socket Mode connection is closed")
+            self.conn.sendall(_frame(opcode, data))
+
+    def send_json(self, data: Mapping[str, Any]) -> None:
+        self.send(_OP_TEXT, json.dumps(data).encode("utf-8"))
+
+    def close(self, code: int = 1000) -> None:
+        """Send a close frame (best effort) and shut the socket down; the reader then ends."""
+        with self._send_lock:
+            if self.closed:
+                return
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.conn.sendall(_frame(_OP_CLOSE, struct.pack("!H", code)))
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RDWR)
+
+
+# ---------------------------------------------------------------------------------------------
 # HTTP plumbing
 
 
@@ -462,7 +564,34 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
-        self._serve("GET")
+        if self.path.startswith("/socket/"):
+            self._websocket()
+        else:
+            self._serve("GET")
+
+    def _websocket(self) -> None:
+        emulator = self.server.emulator
+        key = self.headers.get("Sec-WebSocket-Key", "").strip()
+        upgrade = self.headers.get("Upgrade", "").strip().lower() == "websocket"
+        ticket = urlsplit(self.path).path[len("/socket/") :]
+        problem = None
+        if not upgrade or not key or self.headers.get("Sec-WebSocket-Version") != "13":
+            problem = (400, b"not a WebSocket handshake")
+        elif not emulator._claim_socket_ticket(ticket):
+            problem = (404, b"unknown or used Socket Mode URL")
+        if problem is not None:
+            self.send_response(problem[0])
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(problem[1])))
+            self.end_headers()
+            self.wfile.write(problem[1])
+            return
+        self.close_connection = True
+        self.wfile.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n".encode("ascii")
+        )
+        emulator._serve_socket(_SocketLink(ticket, self.connection), self.rfile)
 
     def do_POST(self) -> None:
         self._serve("POST")
@@ -554,8 +683,10 @@ class SlackEmulator:
         team_domain: str = "emulator",
         app_id: str = "A0EMULATOR",
         clock: Callable[[], float] = time.time,
+        app_token: str | None = None,
     ) -> None:
         self.bot_token = bot_token
+        self.app_token = app_token  # app-level token (xapp-...) for apps.connections.open
         self.team_id = team_id
         self.team_domain = team_domain
         self.app_id = app_id
@@ -586,6 +717,13 @@ class SlackEmulator:
         self._faults: dict[str, deque[_Fault]] = {}
         self._calls: list[ApiCall] = []
         self.internal_errors: list[str] = []  # tracebacks of emulator bugs (should stay empty)
+        self._socket_changed = threading.Condition(self._lock)
+        self._socket_tickets: set[str] = set()  # issued by apps.connections.open, unused
+        self._socket: _SocketLink | None = None  # the connected client (newest wins)
+        self._socket_links: list[_SocketLink] = []
+        self._socket_connections = 0
+        self._socket_received: list[JsonObject] = []  # every JSON message a client sent
+        self._socket_acks: dict[str, JsonObject] = {}  # envelope_id -> ack
         self._methods: dict[str, Callable[[JsonObject], JsonObject]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -599,6 +737,7 @@ class SlackEmulator:
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
             "views.open": self._views_open,
+            "apps.connections.open": self._apps_connections_open,
         }
         self._users[self.bot_user_id] = User(
             self.bot_user_id, self.bot_name, real_name="CV DSR Bot", is_bot=True
@@ -621,7 +760,11 @@ class SlackEmulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Close Socket Mode connections, stop serving and close the listening socket."""
+        with self._lock:
+            links = list(self._socket_links)
+        for link in links:
+            link.close(1001)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -1127,7 +1270,10 @@ class SlackEmulator:
                 return answer(200, {"ok": False, "error": problem})
             if token is None:
                 return answer(200, {"ok": False, "error": "not_authed"})
-            if token != self.bot_token:
+            app_level = method == "apps.connections.open"
+            if token in (self.app_token, self.bot_token) and (token == self.app_token) != app_level:
+                return answer(200, {"ok": False, "error": "not_allowed_token_type"})
+            if token != (self.app_token if app_level else self.bot_token):
                 return answer(200, {"ok": False, "error": "invalid_auth"})
             fault = self._take_fault(method)
             if fault is not None and fault.kind == "ratelimit":
@@ -1494,6 +1640,124 @@ class SlackEmulator:
         }
         self._views.append(OpenedView(view_id, trigger_id, trigger.user, stored, self._clock()))
         return {"view": copy.deepcopy(stored)}
+
+    def _apps_connections_open(self, params: JsonObject) -> JsonObject:
+        ticket = secrets.token_urlsafe(12)
+        self._socket_tickets.add(ticket)
+        return {"url": "ws" + self.base_url[len("http") :] + f"/socket/{ticket}"}
+
+    # -- Socket Mode -----------------------------------------------------------------------
+
+    def _claim_socket_ticket(self, ticket: str) -> bool:
+        with self._lock:
+            if ticket not in self._socket_tickets:
+                return False
+            self._socket_tickets.discard(ticket)
+            return True
+
+    def _serve_socket(self, link: _SocketLink, stream: io.BufferedIOBase) -> None:
+        """Run one WebSocket connection until the client or stop() closes it."""
+        with self._lock:
+            self._socket_connections += 1
+            self._socket_links.append(link)
+            self._socket = link
+            self._socket_changed.notify_all()
+        try:
+            link.send_json(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {
+                        "host": "emulator",
+                        "build_number": 1,
+                        "approximate_connection_time": 18060,
+                    },
+                    "connection_info": {"app_id": self.app_id},
+                }
+            )
+            message = bytearray()
+            while True:
+                try:
+                    frame = _read_frame(stream)
+                except ValueError:
+                    link.close(1002)  # protocol error
+                    break
+                if frame is None:
+                    break
+                fin, opcode, data = frame
+                if opcode == _OP_PING:
+                    link.send(_OP_PONG, data)
+                elif opcode == _OP_CLOSE:
+                    link.close(1000)
+                    break
+                elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
+                    message += data
+                    if fin:
+                        self._socket_message(bytes(message))
+                        message.clear()
+        except OSError:
+            pass  # the peer went away mid-frame
+        finally:
+            link.close()
+            with self._lock:
+                self._socket_links.remove(link)
+                if self._socket is link:  # fall back to the newest remaining connection
+                    self._socket = self._socket_links[-1] if self._socket_links else None
+                self._socket_changed.notify_all()
+
+    def _socket_message(self, data: bytes) -> None:
+        try:
+            message = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            message = {"raw": data.decode("latin-1")}
+        if not isinstance(message, dict):
+            message = {"raw": message}
+        with self._lock:
+            self._socket_received.append(message)
+            envelope_id = message.get("envelope_id")
+            if isinstance(envelope_id, str):
+                self._socket_acks[envelope_id] = message
+            self._socket_changed.notify_all()
+
+    def socket_connected(self, timeout: float = 5.0) -> bool:
+        """Wait until a Socket Mode client is connected; return whether one is."""
+        with self._lock:
+            return self._socket_changed.wait_for(lambda: self._socket is not None, timeout)
+
+    def socket_send(self, envelope: Mapping[str, Any], *, timeout: float = 5.0) -> str:
+        """Push an envelope to the connected client (waiting for one); return its envelope_id.
+
+        Missing `envelope_id` / `accepts_response_payload` are filled in. Raises
+        ConnectionError when no client connects within `timeout`.
+        """
+        data = copy.deepcopy(dict(envelope))
+        data.setdefault("envelope_id", str(uuid.uuid4()))
+        data.setdefault("accepts_response_payload", data.get("type") == "slash_commands")
+        with self._lock:
+            if not self._socket_changed.wait_for(lambda: self._socket is not None, timeout):
+                raise ConnectionError("no Socket Mode client is connected")
+            link = self._socket
+        assert link is not None
+        link.send_json(data)
+        return str(data["envelope_id"])
+
+    def socket_ack(self, envelope_id: str, timeout: float = 5.0) -> JsonObject | None:
+        """Wait for the client's ack of an envelope: {"envelope_id", "payload"?}; None if none."""
+        with self._lock:
+            if not self._socket_changed.wait_for(lambda: envelope_id in self._socket_acks, timeout):
+                return None
+            return copy.deepcopy(self._socket_acks[envelope_id])
+
+    def socket_received(self) -> list[JsonObject]:
+        """Return every JSON message Socket Mode clients sent (acks included), in order."""
+        with self._lock:
+            return copy.deepcopy(self._socket_received)
+
+    @property
+    def socket_connections(self) -> int:
+        """How many WebSocket connections were accepted so far."""
+        with self._lock:
+            return self._socket_connections
 
     # -- upload and response_url routes ----------------------------------------------------
 

@@ -4,6 +4,10 @@ Bodies are built field for field like the recorded Slack payloads in specs/slack
 in Slack's order; interactive payloads as `payload=<url-encoded compact JSON>`), with ids,
 names and messages taken from the `SlackEmulator`, which also issues the trigger_ids and
 response_urls the bot then uses. `signature()` is pure; the driver does HTTP with requests.
+
+In Socket Mode the same payloads travel as envelopes over the emulator's WebSocket
+(`socket_command`, `socket_click`, `socket_submit_view`); bot_url and the signing secret are
+then unused.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -238,6 +243,64 @@ class SlackDriver:
             "is_enterprise_install": False,
             "enterprise": None,
         }
+
+    # -- Socket Mode -----------------------------------------------------------------------
+
+    def command_envelope(self, user_id: str, channel_id: str, text: str) -> JsonObject:
+        """Return the Socket Mode envelope of a slash command (accepts a response payload)."""
+        return {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": self.command_form(user_id, channel_id, text),
+            "type": "slash_commands",
+            "accepts_response_payload": True,
+        }
+
+    @staticmethod
+    def interactive_envelope(payload: Mapping[str, Any]) -> JsonObject:
+        """Return the Socket Mode envelope of an interactive payload (click, submission)."""
+        return {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": dict(payload),
+            "type": "interactive",
+            "accepts_response_payload": payload.get("type") == "view_submission",
+        }
+
+    def socket_envelope(self, envelope: Mapping[str, Any]) -> JsonObject:
+        """Push an envelope over Socket Mode; return the ack's payload ({} when it has none).
+
+        Raises TimeoutError when the bot does not ack within the driver's timeout.
+        """
+        envelope_id = self.emulator.socket_send(envelope, timeout=self.timeout)
+        ack = self.emulator.socket_ack(envelope_id, timeout=self.timeout)
+        if ack is None:
+            raise TimeoutError(f"no ack for envelope {envelope_id}")
+        payload = ack.get("payload")
+        return dict(payload) if isinstance(payload, dict) else {}
+
+    def socket_command(self, user_id: str, channel_id: str, text: str) -> JsonObject:
+        """Send a slash command over Socket Mode; return the ack payload (the bot's reply).
+
+        What it shows the user is recorded in the emulator, as for `command()`.
+        """
+        payload = self.socket_envelope(self.command_envelope(user_id, channel_id, text))
+        if payload:
+            body = json.dumps(payload).encode("utf-8")
+            self.emulator.record_command_ack(channel_id, user_id, body)
+        return payload
+
+    def socket_click(
+        self, user_id: str, channel_id: str, message_ts: str, action_id: str, value: str
+    ) -> JsonObject:
+        """Send a button click over Socket Mode; return the ack payload ({} for a plain ack)."""
+        payload = self.block_actions_payload(user_id, channel_id, message_ts, action_id, value)
+        return self.socket_envelope(self.interactive_envelope(payload))
+
+    def socket_submit_view(
+        self, user_id: str, callback_id: str, private_metadata: str, values: Mapping[str, Any]
+    ) -> JsonObject:
+        """Send a modal submission over Socket Mode; return the ack payload (response_action)."""
+        payload = self.view_submission_payload(user_id, callback_id, private_metadata, values)
+        return self.socket_envelope(self.interactive_envelope(payload))
 
     # -- sending ---------------------------------------------------------------------------
 
