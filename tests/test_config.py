@@ -126,3 +126,16 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     for name in declared:  # a one-line comment right above each variable
         before = example.split(f"\n{name}=")[0].rstrip().splitlines()[-1]
         assert before.startswith("# "), name
+
+
+def test_readme_configuration_table_matches_env_example() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE)
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    declared = re.findall(r"^([A-Z_]+)=", example, re.MULTILINE)
+    assert documented == declared
+    defaults = dict(re.findall(r"^([A-Z_]+)=(.+)$", example, re.MULTILINE))
+    for name, value in defaults.items():  # a default in .env.example is the README's default
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"`{value}`" in row, name
