@@ -28,9 +28,9 @@ import pytest
 
 from bot import audit
 from bot.emulators.customvision import Seed
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack, start_stack
+from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from bot.package import check_arcname
-from tests.test_malformed_api import RewritingProxy, edited, fixed
+from tests.test_malformed_api import RewritingProxy, edited, fixed, proxied_stack
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=10, predictions=2, image_bytes=128)
 
@@ -75,34 +75,21 @@ def typed(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def proxy() -> Iterator[RewritingProxy]:
-    running = RewritingProxy().start()
-    try:
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RewritingProxy]:
+    with proxied_stack(tmp_path_factory.mktemp("output"), SEED, verify_timeout=2.0) as running:
+
+        def rename(iteration: dict[str, Any]) -> dict[str, Any]:
+            return {**iteration, "name": ITERATION_NAME}
+
+        running.rules["GetIterations"] = edited(lambda found: [rename(i) for i in found])
+        running.rules["GetIteration"] = edited(rename)
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, proxy: RewritingProxy) -> Iterator[Stack]:
-    running = start_stack(
-        tmp_path_factory.mktemp("output"),
-        seed=SEED,
-        env={"CUSTOM_VISION_ENDPOINT": proxy.url},
-        verify_timeout=2.0,
-    )
-    proxy.upstream = running.cv.endpoint
-    running.bot.client._sleep = lambda _seconds: None  # retries without their waits
-
-    def rename(iteration: dict[str, Any]) -> dict[str, Any]:
-        return {**iteration, "name": ITERATION_NAME}
-
-    proxy.rules["GetIterations"] = edited(lambda found: [rename(i) for i in found])
-    proxy.rules["GetIteration"] = edited(rename)
-    try:
-        yield running
-    finally:
-        running.close()
+def stack(proxy: RewritingProxy) -> Stack:
+    assert proxy.stack is not None
+    return proxy.stack
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,10 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,6 +88,7 @@ class RewritingProxy:
     rules: dict[str, Rule] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
     url: str = ""
+    stack: Stack | None = None  # the stack behind it, when started by proxied_stack
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -204,30 +207,39 @@ HTML_PAGE = (
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[RewritingProxy]:
-    running = RewritingProxy().start()
+@contextmanager
+def proxied_stack(folder: Path, seed: Seed, *, verify_timeout: float) -> Iterator[RewritingProxy]:
+    """A running stack whose Training API calls pass through a RewritingProxy (`.stack`)."""
+    proxy = RewritingProxy().start()
     try:
-        yield running
+        running = start_stack(
+            folder,
+            seed=seed,
+            env={"CUSTOM_VISION_ENDPOINT": proxy.url},
+            verify_timeout=verify_timeout,
+        )
+        proxy.upstream = running.cv.endpoint
+        # The client's injected sleep: every retry still happens, without its back-off wait.
+        running.bot.client._sleep = lambda _seconds: None
+        proxy.stack = running
+        try:
+            yield proxy
+        finally:
+            running.close()
     finally:
-        running.stop()
+        proxy.stop()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, proxy: RewritingProxy) -> Iterator[Stack]:
-    running = start_stack(
-        tmp_path_factory.mktemp("malformed"),
-        seed=SEED,
-        env={"CUSTOM_VISION_ENDPOINT": proxy.url},
-        verify_timeout=1.0,
-    )
-    proxy.upstream = running.cv.endpoint
-    # The client's injected sleep: every retry still happens, without its back-off wait.
-    running.bot.client._sleep = lambda _seconds: None
-    try:
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RewritingProxy]:
+    with proxied_stack(tmp_path_factory.mktemp("malformed"), SEED, verify_timeout=1.0) as running:
         yield running
-    finally:
-        running.close()
+
+
+@pytest.fixture(scope="module")
+def stack(proxy: RewritingProxy) -> Stack:
+    assert proxy.stack is not None
+    return proxy.stack
 
 
 @pytest.fixture
