@@ -163,6 +163,21 @@ def build_bot(
     return Bot(config, db, store, client, service, runner, deliverer, app, web)
 
 
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("slack_bolt")
+    if not any(isinstance(f, _EnvTokenNotice) for f in logger.filters):
+        logger.addFilter(_EnvTokenNotice())
+    return logger
+
+
+class _EnvTokenNotice(logging.Filter):
+    """Drops Bolt's warning that SLACK_BOT_TOKEN from the environment goes unused: the bot
+    passes its token explicitly (through `authorize`), so the warning would only confuse."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be unused" not in record.getMessage()
+
+
 def bolt_app(config: Config, web: WebClient, service: Service) -> App:
     """Return the Bolt app with the listeners registered; no token check at start-up."""
     identity: dict[str, str] = {}
@@ -196,7 +211,7 @@ def bolt_app(config: Config, web: WebClient, service: Service) -> App:
         # Listeners only ack and touch SQLite; a bigger pool keeps bursts under 3 s.
         listener_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt"),
         request_verification_enabled=not config.socket_mode,
-        logger=logging.getLogger("slack_bolt"),
+        logger=_bolt_logger(),
     )
     if app.oauth_flow is not None:
         raise ConfigError(
