@@ -20,9 +20,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot import audit, grammar
-from bot.clock import FakeClock
-from bot.db import Database
 from bot.deletion import (
     Facts,
     IterationFacts,
@@ -33,15 +30,13 @@ from bot.deletion import (
     run_delete,
     run_preview,
 )
-from bot.emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
-from bot.runner import JobContext, Outcome, Runner, Settings
-from bot.store import RequestRecord, Store
-from bot.training import TrainingClient
+from bot.emulators.customvision import Exchange, Faults, Seed
+from bot.runner import JobContext, Outcome
+from bot.store import RequestRecord
+from tests.harness import REQUESTER, JobHarness, job_parts
 
 KEY = "deletion-test-key-4Rt9"
-REQUESTER = "U0ALICE"
 APPROVER = "U0BOB"
-CHANNEL = "C0DSR"
 
 
 # -- pure: plan and preview ----------------------------------------------------------------
@@ -150,21 +145,10 @@ def test_describe_counts_reads_as_words(counts: dict[str, int], text: str) -> No
 
 
 @dataclass
-class Harness:
+class Harness(JobHarness):
     """A bot without Slack: store, runner (not started) and client against the emulator."""
 
-    cv: CustomVisionEmulator
-    store: Store
-    runner: Runner
-    client: TrainingClient
-    clock: FakeClock
-    work_dir: Path
-    projects: tuple[str, ...] = ()
     verify_timeout: float = 5.0
-
-    @property
-    def p(self) -> str:
-        return self.projects[0]
 
     @property
     def other(self) -> str:
@@ -172,19 +156,7 @@ class Harness:
 
     def submit(self, text: str) -> RequestRecord:
         """Store a deletion request as the service does, and run its preview job."""
-        command = grammar.parse(text)
-        assert isinstance(command, grammar.Delete)
-        with self.store.write() as conn:
-            number = self.store.create_request(
-                conn,
-                kind="delete",
-                command=command.to_dict(),
-                text=text,
-                requester=REQUESTER,
-                channel=CHANNEL,
-                status="previewing",
-            )
-            self.store.enqueue_job(conn, number, "preview")
+        number = self.store_request(text, kind="delete", status="previewing", job="preview")
         self.run_jobs()
         return self.store.get(number)
 
@@ -210,18 +182,8 @@ class Harness:
         self.run_jobs()
         return self.store.get(number)
 
-    def run_jobs(self) -> None:
-        while (job := self.store.claim_job("test-worker", timedelta(minutes=5))) is not None:
-            self.runner.run_one(job)
-
     def items(self, number: int) -> list[dict[str, Any]]:
         return self.store.deletion_items(number)
-
-    def uploads(self, number: int) -> dict[str, dict[str, Any]]:
-        rows = self.store.db.conn.execute(
-            "SELECT key, payload FROM outbox WHERE kind = 'upload' AND request_id = ?", (number,)
-        ).fetchall()
-        return {key: json.loads(payload) for key, payload in rows}
 
     def posts(self, number: int) -> list[str]:
         rows = self.store.db.conn.execute(
@@ -229,10 +191,6 @@ class Harness:
             (number,),
         ).fetchall()
         return [json.loads(payload)["text"] for (payload,) in rows]
-
-    def events(self, number: int, action: str) -> list[audit.Event]:
-        rid = f"R-{number}"
-        return [e for e in audit.events(self.store.db.conn, request_id=rid) if e.action == action]
 
     def receipt(self, number: int, suffix: str = "") -> tuple[dict[str, Any], list[dict[str, str]]]:
         folder = self.work_dir / f"R-{number}"
@@ -253,36 +211,17 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     seed = Seed(projects=2, iterations=2, tags=3, images=560, predictions=70, image_bytes=64)
-    with CustomVisionEmulator(KEY, seed=seed, faults=Faults(async_delete_delay=0.05)) as cv:
-        db = Database(tmp_path / "bot.db")
-        clock = FakeClock()
-        store = Store(db, clock)
-        client = TrainingClient(
-            cv.endpoint, KEY, tps=1000.0, max_attempts=3, backoff_base=0.0, sleep=lambda s: None
-        )
-        made: list[Harness] = []
+    made: list[Harness] = []
 
-        def delete(ctx: JobContext) -> Outcome:
-            return run_delete(ctx, verify_timeout=made[0].verify_timeout)
+    def delete(ctx: JobContext) -> Outcome:
+        return run_delete(ctx, verify_timeout=made[0].verify_timeout)
 
-        runner = Runner(
-            store,
-            client,
-            {"preview": run_preview, "delete": delete},
-            clock=clock,
-            work_dir=tmp_path / "work",
-            settings=Settings(endpoint_host=urlsplit(cv.endpoint).netloc),
-        )
-        made.append(
-            Harness(
-                cv, store, runner, client, clock, tmp_path / "work", tuple(cv.data.project_ids())
-            )
-        )
-        try:
-            yield made[0]
-        finally:
-            client.close()
-            db.close()
+    handlers = {"preview": run_preview, "delete": delete}
+    faults = Faults(async_delete_delay=0.05)
+    with job_parts(tmp_path, KEY, seed, faults, handlers) as (cv, store, runner, client, clock):
+        work = tmp_path / "work"
+        made.append(Harness(cv, store, runner, client, clock, work, tuple(cv.data.project_ids())))
+        yield made[0]
 
 
 def union(sets: dict[str | None, list[str]], keep: Any = None) -> list[str]:

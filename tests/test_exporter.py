@@ -24,10 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot import audit, grammar
-from bot.clock import FakeClock
-from bot.db import Database
-from bot.emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
+from bot.emulators.customvision import Exchange, Faults, Seed
 from bot.exporter import (
     CACHE_DIR,
     describe_counts,
@@ -37,13 +34,11 @@ from bot.exporter import (
     run_export,
     summary,
 )
-from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
-from bot.store import RequestRecord, Store
-from bot.training import TrainingClient
+from bot.runner import JobContext, JobInterrupted, Outcome, Settings
+from bot.store import RequestRecord
+from tests.harness import REQUESTER, JobHarness, job_parts
 
 KEY = "exporter-test-key-9Qx2"
-REQUESTER = "U0ALICE"
-CHANNEL = "C0DSR"
 SEED = Seed(projects=3, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
 UNKNOWN = "00000000-0000-4000-8000-0000000000aa"
 
@@ -120,19 +115,8 @@ class Package:
 
 
 @dataclass
-class Harness:
-    cv: CustomVisionEmulator
-    store: Store
-    runner: Runner
-    client: TrainingClient
-    clock: FakeClock
-    work_dir: Path
-    projects: tuple[str, ...] = ()
+class Harness(JobHarness):
     handler: list[Callable[[JobContext], Outcome]] = field(default_factory=list)
-
-    @property
-    def p(self) -> str:
-        return self.projects[0]
 
     def settings(self, **changes: Any) -> None:
         current = self.runner.settings
@@ -144,26 +128,10 @@ class Harness:
 
     def submit(self, text: str, *, run: bool = True) -> RequestRecord:
         """Store an export request as the service does, and run its job."""
-        command = grammar.parse(text)
-        assert isinstance(command, grammar.Export)
-        with self.store.write() as conn:
-            number = self.store.create_request(
-                conn,
-                kind="export",
-                command=command.to_dict(),
-                text=text,
-                requester=REQUESTER,
-                channel=CHANNEL,
-                status="queued",
-            )
-            self.store.enqueue_job(conn, number, "export")
+        number = self.store_request(text, kind="export", status="queued", job="export")
         if run:
             self.run_jobs()
         return self.store.get(number)
-
-    def run_jobs(self) -> None:
-        while (job := self.store.claim_job("test-worker", timedelta(minutes=5))) is not None:
-            self.runner.run_one(job)
 
     def done(self, text: str) -> tuple[RequestRecord, Package]:
         record = self.submit(text)
@@ -201,16 +169,6 @@ class Harness:
         assert entries == {}, f"not in the manifest: {sorted(entries)}"
         return Package(manifest, files, parts)
 
-    def uploads(self, number: int) -> dict[str, dict[str, Any]]:
-        rows = self.store.db.conn.execute(
-            "SELECT key, payload FROM outbox WHERE kind = 'upload' AND request_id = ?", (number,)
-        ).fetchall()
-        return {key: json.loads(payload) for key, payload in rows}
-
-    def events(self, number: int, action: str) -> list[audit.Event]:
-        rid = f"R-{number}"
-        return [e for e in audit.events(self.store.db.conn, request_id=rid) if e.action == action]
-
     def blob_paths(self) -> Counter[str]:
         return Counter(c.path for c in self.cv.calls_to("Blob"))
 
@@ -222,37 +180,12 @@ class Harness:
 def make_harness(
     tmp_path: Path, faults: Faults | None = None, seed: Seed = SEED
 ) -> Iterator[Harness]:
-    with CustomVisionEmulator(KEY, seed=seed, faults=faults) as cv:
-        db = Database(tmp_path / "bot.db")
-        clock = FakeClock()
-        store = Store(db, clock, secrets=[KEY])
-        client = TrainingClient(
-            cv.endpoint, KEY, tps=1000.0, max_attempts=3, backoff_base=0.0, sleep=lambda s: None
-        )
-        handler: list[Callable[[JobContext], Outcome]] = [run_export]
-        runner = Runner(
-            store,
-            client,
-            {"export": lambda ctx: handler[0](ctx)},
-            clock=clock,
-            work_dir=tmp_path / "work",
-            settings=Settings(download_concurrency=4, endpoint_host=urlsplit(cv.endpoint).netloc),
-        )
-        h = Harness(
-            cv,
-            store,
-            runner,
-            client,
-            clock,
-            tmp_path / "work",
-            tuple(cv.data.project_ids()),
-            handler,
-        )
-        try:
-            yield h
-        finally:
-            client.close()
-            db.close()
+    handler: list[Callable[[JobContext], Outcome]] = [run_export]
+    handlers = {"export": lambda ctx: handler[0](ctx)}
+    parts = job_parts(tmp_path, KEY, seed, faults, handlers, {"download_concurrency": 4})
+    with parts as (cv, store, runner, client, clock):
+        work = tmp_path / "work"
+        yield Harness(cv, store, runner, client, clock, work, tuple(cv.data.project_ids()), handler)
 
 
 @pytest.fixture

@@ -1,0 +1,104 @@
+"""A bot without Slack for job tests: the emulator, a real store, a runner and the client.
+
+Jobs run synchronously in the test's thread (`run_jobs`), so each test reads like a script.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bot import audit, grammar
+from bot.clock import FakeClock
+from bot.db import Database
+from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed
+from bot.runner import JobHandler, Runner, Settings
+from bot.store import Store
+from bot.training import TrainingClient
+
+REQUESTER = "U0ALICE"
+CHANNEL = "C0DSR"
+
+
+@dataclass
+class JobHarness:
+    cv: CustomVisionEmulator
+    store: Store
+    runner: Runner
+    client: TrainingClient
+    clock: FakeClock
+    work_dir: Path
+    projects: tuple[str, ...] = ()
+
+    @property
+    def p(self) -> str:
+        return self.projects[0]
+
+    def store_request(self, text: str, *, kind: str, status: str, job: str) -> int:
+        """Store a parsed request and queue its job, as the service does."""
+        command = grammar.parse(text)
+        assert isinstance(command, grammar.Export | grammar.Delete)
+        with self.store.write() as conn:
+            number = self.store.create_request(
+                conn,
+                kind=kind,
+                command=command.to_dict(),
+                text=text,
+                requester=REQUESTER,
+                channel=CHANNEL,
+                status=status,
+            )
+            self.store.enqueue_job(conn, number, job)
+        return number
+
+    def run_jobs(self) -> None:
+        while (job := self.store.claim_job("test-worker", timedelta(minutes=5))) is not None:
+            self.runner.run_one(job)
+
+    def uploads(self, number: int) -> dict[str, dict[str, Any]]:
+        rows = self.store.db.conn.execute(
+            "SELECT key, payload FROM outbox WHERE kind = 'upload' AND request_id = ?", (number,)
+        ).fetchall()
+        return {key: json.loads(payload) for key, payload in rows}
+
+    def events(self, number: int, action: str) -> list[audit.Event]:
+        rid = f"R-{number}"
+        return [e for e in audit.events(self.store.db.conn, request_id=rid) if e.action == action]
+
+
+@contextmanager
+def job_parts(
+    tmp_path: Path,
+    key: str,
+    seed: Seed,
+    faults: Faults | None,
+    handlers: Mapping[str, JobHandler],
+    settings: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[CustomVisionEmulator, Store, Runner, TrainingClient, FakeClock]]:
+    """Start the emulator and wire a store, a client (no waits between retries) and a runner."""
+    with CustomVisionEmulator(key, seed=seed, faults=faults) as cv:
+        db = Database(tmp_path / "bot.db")
+        clock = FakeClock()
+        store = Store(db, clock, secrets=[key])
+        client = TrainingClient(
+            cv.endpoint, key, tps=1000.0, max_attempts=3, backoff_base=0.0, sleep=lambda s: None
+        )
+        runner = Runner(
+            store,
+            client,
+            handlers,
+            clock=clock,
+            work_dir=tmp_path / "work",
+            settings=Settings(endpoint_host=urlsplit(cv.endpoint).netloc, **(settings or {})),
+        )
+        try:
+            yield cv, store, runner, client, clock
+        finally:
+            client.close()
+            db.close()
