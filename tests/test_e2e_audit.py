@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,15 @@ from bot.emulators.stack import (
     REQUESTER,
     STRANGER,
     Stack,
-    start_stack,
 )
+from tests.conftest import StartStack
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=200)
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path, seed=SEED)
-    try:
-        yield running
-    finally:
-        running.close()
+def stack(stacks: StartStack) -> Stack:
+    return stacks(seed=SEED)
 
 
 def run_deletion(stack: Stack) -> str:

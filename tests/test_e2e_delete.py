@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,23 +22,25 @@ from bot.emulators.stack import (
     REQUESTER,
     STRANGER,
     Stack,
-    start_stack,
 )
+from tests.conftest import StartStack
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=60, predictions=6, image_bytes=256)
 
 
-def make_stack(tmp_path: Path, **env: str) -> Stack:
-    return start_stack(tmp_path, seed=SEED, env=env, verify_timeout=10.0)
+@pytest.fixture
+def stacks(stacks: StartStack) -> StartStack:
+    """Stacks with this module's data; keyword arguments are environment variables."""
+
+    def start(**env: str) -> Stack:
+        return stacks(seed=SEED, env=env, verify_timeout=10.0)
+
+    return start
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = make_stack(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
+def stack(stacks: StartStack) -> Stack:
+    return stacks()
 
 
 def request_pending(stack: Stack, text: str) -> str:
@@ -138,23 +138,20 @@ def test_e2e_delete_tag_images_preview_approve_receipt(stack: Stack) -> None:
     assert audit.verify(stack.bot.db.conn).ok
 
 
-def test_e2e_group_approver_and_two_required_approvals(tmp_path: Path) -> None:
-    stack = make_stack(tmp_path, BOT_REQUIRED_APPROVALS="2")
-    try:
-        project = stack.cv.data.project_ids()[0]
-        image = stack.cv.data.image_ids(project)[0]
-        rid = request_pending(stack, f"delete images {project} --ids {image}")
-        stack.click(GROUP_APPROVER, rid, "approve")
-        assert "1 more approval(s) needed" in last_ephemeral(stack, GROUP_APPROVER.user_id)
-        stack.click(GROUP_APPROVER, rid, "approve")  # the same person twice counts once
-        assert "already approved" in last_ephemeral(stack, GROUP_APPROVER.user_id)
-        assert stack.status(rid) == "pending"
-        stack.click(APPROVER, rid, "approve")
-        assert stack.wait_status(rid, "done", "failed") == "done"
-        assert stack.cv.deleted_image_counts() == {image: 1}
-        assert stack.bot.store.get(rid).approvals == (GROUP_APPROVER.user_id, APPROVER.user_id)
-    finally:
-        stack.close()
+def test_e2e_group_approver_and_two_required_approvals(stacks: StartStack) -> None:
+    stack = stacks(BOT_REQUIRED_APPROVALS="2")
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    rid = request_pending(stack, f"delete images {project} --ids {image}")
+    stack.click(GROUP_APPROVER, rid, "approve")
+    assert "1 more approval(s) needed" in last_ephemeral(stack, GROUP_APPROVER.user_id)
+    stack.click(GROUP_APPROVER, rid, "approve")  # the same person twice counts once
+    assert "already approved" in last_ephemeral(stack, GROUP_APPROVER.user_id)
+    assert stack.status(rid) == "pending"
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done"
+    assert stack.cv.deleted_image_counts() == {image: 1}
+    assert stack.bot.store.get(rid).approvals == (GROUP_APPROVER.user_id, APPROVER.user_id)
 
 
 def test_e2e_simultaneous_approvals_execute_once(stack: Stack) -> None:
@@ -225,21 +222,16 @@ def test_e2e_reject_with_reason_and_cancel(stack: Stack) -> None:
     assert stack.cv.deleted_image_counts() == {}
 
 
-def test_e2e_expired_request_cannot_be_approved(tmp_path: Path) -> None:
-    stack = make_stack(tmp_path, BOT_APPROVAL_TTL_HOURS="0.0003")  # about one second
-    try:
-        project = stack.cv.data.project_ids()[0]
-        image = stack.cv.data.image_ids(project)[0]
-        rid = request_pending(stack, f"delete images {project} --ids {image}")
-        assert stack.wait_status(rid, "expired", timeout=10) == "expired"
-        stack.click(APPROVER, rid, "approve")
-        assert "can no longer be decided" in last_ephemeral(stack, APPROVER.user_id)
-        assert stack.cv.deleted_image_counts() == {}
-        assert "request.expired" in [
-            e.action for e in audit.events(stack.bot.db.conn, request_id=rid)
-        ]
-    finally:
-        stack.close()
+def test_e2e_expired_request_cannot_be_approved(stacks: StartStack) -> None:
+    stack = stacks(BOT_APPROVAL_TTL_HOURS="0.0003")  # about one second
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    rid = request_pending(stack, f"delete images {project} --ids {image}")
+    assert stack.wait_status(rid, "expired", timeout=10) == "expired"
+    stack.click(APPROVER, rid, "approve")
+    assert "can no longer be decided" in last_ephemeral(stack, APPROVER.user_id)
+    assert stack.cv.deleted_image_counts() == {}
+    assert "request.expired" in [e.action for e in audit.events(stack.bot.db.conn, request_id=rid)]
 
 
 def test_e2e_delete_iteration_unpublishes_first(stack: Stack) -> None:

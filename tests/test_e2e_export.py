@@ -8,25 +8,20 @@ import json
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.emulators.customvision import Seed
-from bot.emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
+from bot.emulators.stack import CHANNEL, REQUESTER, Stack
+from tests.conftest import StartStack
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=30, predictions=5, image_bytes=300)
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path, seed=SEED)
-    try:
-        yield running
-    finally:
-        running.close()
+def stack(stacks: StartStack) -> Stack:
+    return stacks(seed=SEED)
 
 
 def export(stack: Stack, text: str) -> tuple[str, dict[str, bytes]]:
@@ -159,88 +154,74 @@ def test_e2e_unknown_project_fails_with_a_clear_message(stack: Stack) -> None:
     assert any("not found" in m.text.lower() for m in thread)
 
 
-def test_e2e_big_package_is_split_into_parts(tmp_path: Path) -> None:
+def test_e2e_big_package_is_split_into_parts(stacks: StartStack) -> None:
     seed = Seed(projects=1, iterations=1, tags=2, images=60, predictions=2, image_bytes=40_000)
-    stack = start_stack(tmp_path, seed=seed, env={"BOT_MAX_FILE_MB": "1"})
-    try:
-        project = stack.cv.data.project_ids()[0]
-        rid, content = export(stack, f"export project {project}")
-        manifest = manifest_checks(content)
-        parts = [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
-        assert len(parts) >= 2
-        assert all(len(p.data) <= 1024 * 1024 for p in parts)
-        assert len(manifest["parts"]) == len(parts)
-        summary = [
-            m.text
-            for m in stack.slack.messages(CHANNEL, thread_ts=stack.bot.store.get(rid).message_ts)
-        ]
-        for part in parts:
-            digest = hashlib.sha256(part.data).hexdigest()
-            assert any(digest in text for text in summary), part.name
-    finally:
-        stack.close()
+    stack = stacks(seed=seed, env={"BOT_MAX_FILE_MB": "1"})
+    project = stack.cv.data.project_ids()[0]
+    rid, content = export(stack, f"export project {project}")
+    manifest = manifest_checks(content)
+    parts = [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
+    assert len(parts) >= 2
+    assert all(len(p.data) <= 1024 * 1024 for p in parts)
+    assert len(manifest["parts"]) == len(parts)
+    summary = [
+        m.text for m in stack.slack.messages(CHANNEL, thread_ts=stack.bot.store.get(rid).message_ts)
+    ]
+    for part in parts:
+        digest = hashlib.sha256(part.data).hexdigest()
+        assert any(digest in text for text in summary), part.name
 
 
-def test_e2e_progress_is_one_message_updated_in_place(tmp_path: Path) -> None:
+def test_e2e_progress_is_one_message_updated_in_place(stacks: StartStack) -> None:
     seed = Seed(projects=1, iterations=1, tags=2, images=400, predictions=2, image_bytes=200)
-    stack = start_stack(tmp_path, seed=seed)
-    try:
-        stack.cv.faults.blob_latency = 0.01
-        project = stack.cv.data.project_ids()[0]
-        rid, _ = export(stack, f"export project {project}")
-        thread = stack.slack.messages(CHANNEL, thread_ts=stack.bot.store.get(rid).message_ts)
-        progress = [m for m in thread if "▓" in m.text or "░" in m.text]
-        assert len(progress) == 1
-        assert progress[0].updates >= 1
-    finally:
-        stack.close()
+    stack = stacks(seed=seed)
+    stack.cv.faults.blob_latency = 0.01
+    project = stack.cv.data.project_ids()[0]
+    rid, _ = export(stack, f"export project {project}")
+    thread = stack.slack.messages(CHANNEL, thread_ts=stack.bot.store.get(rid).message_ts)
+    progress = [m for m in thread if "▓" in m.text or "░" in m.text]
+    assert len(progress) == 1
+    assert progress[0].updates >= 1
 
 
-def test_e2e_cancel_stops_a_running_export(tmp_path: Path) -> None:
+def test_e2e_cancel_stops_a_running_export(stacks: StartStack) -> None:
     seed = Seed(projects=1, iterations=1, tags=2, images=300, predictions=2, image_bytes=200)
-    stack = start_stack(tmp_path, seed=seed)
-    try:
-        stack.cv.faults.blob_latency = 0.05
-        project = stack.cv.data.project_ids()[0]
-        rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
-        stack.wait_status(rid, "running")
-        body = stack.command(REQUESTER, f"cancel {rid}").json()
-        assert body["text"] == f"{rid} is cancelled."
-        assert stack.wait_status(rid, "cancelled") == "cancelled"
-        time.sleep(0.5)
-        stack.wait_delivered()
-        assert not [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
-    finally:
-        stack.close()
+    stack = stacks(seed=seed)
+    stack.cv.faults.blob_latency = 0.05
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
+    stack.wait_status(rid, "running")
+    body = stack.command(REQUESTER, f"cancel {rid}").json()
+    assert body["text"] == f"{rid} is cancelled."
+    assert stack.wait_status(rid, "cancelled") == "cancelled"
+    time.sleep(0.5)
+    stack.wait_delivered()
+    assert not [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
 
 
-def test_e2e_acks_stay_fast_while_eight_exports_run(tmp_path: Path) -> None:
+def test_e2e_acks_stay_fast_while_eight_exports_run(stacks: StartStack) -> None:
     seed = Seed(projects=1, iterations=1, tags=2, images=200, predictions=2, image_bytes=200)
-    stack = start_stack(tmp_path, seed=seed)
-    try:
-        stack.cv.faults.blob_latency = 0.02
-        project = stack.cv.data.project_ids()[0]
-        rids = [
-            stack.request_id(stack.command(REQUESTER, f"export project {project}"))
-            for _ in range(8)
-        ]
-        answers: list[int] = []
+    stack = stacks(seed=seed)
+    stack.cv.faults.blob_latency = 0.02
+    project = stack.cv.data.project_ids()[0]
+    rids = [
+        stack.request_id(stack.command(REQUESTER, f"export project {project}")) for _ in range(8)
+    ]
+    answers: list[int] = []
 
-        def status() -> None:
-            response = stack.command(REQUESTER, "status")
-            answers.append(response.status_code)
+    def status() -> None:
+        response = stack.command(REQUESTER, "status")
+        answers.append(response.status_code)
 
-        threads = [threading.Thread(target=status) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        # Bolt answers 404 when no ack came within 3 s; every command must have been acked.
-        assert answers == [200] * 20
-        for rid in rids:
-            stack.wait_status(rid, "done", "failed", timeout=120)
-    finally:
-        stack.close()
+    threads = [threading.Thread(target=status) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Bolt answers 404 when no ack came within 3 s; every command must have been acked.
+    assert answers == [200] * 20
+    for rid in rids:
+        stack.wait_status(rid, "done", "failed", timeout=120)
 
 
 def test_e2e_work_files_are_removed_once_posted(stack: Stack) -> None:
