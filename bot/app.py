@@ -26,6 +26,7 @@ from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.internals import build_context
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
@@ -34,6 +35,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from waitress.server import create_server
 
 from bot import deletion, exporter
+from bot.checks import SlackAnswer, SlackUnreachable
 from bot.clock import Clock, SystemClock
 from bot.config import Config
 from bot.db import Database
@@ -51,6 +53,35 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller; anything bigger is refused
 SIGNATURE_MAX_AGE = 300  # seconds either way, as Slack and Bolt require
+
+
+class SlackCalls:
+    """The bot's own slack-sdk client as the self-checks call it: Slack's errors come back as
+    answers, a missing answer as SlackUnreachable (naming only the error type)."""
+
+    def __init__(self, web: WebClient) -> None:
+        self.web = web
+
+    @classmethod
+    def for_config(cls, config: Config) -> SlackCalls:
+        """Return the calls with the bot's client, retrying one 429 as the checks run once."""
+        web = web_client(config)
+        web.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
+        return cls(web)
+
+    def call(self, method: str, **params: str) -> SlackAnswer:
+        """Return Slack's answer to `method`; raise SlackUnreachable when there is none."""
+        try:
+            response = self.web.api_call(method, data=params)
+        except SlackApiError as exc:
+            response = exc.response
+        except OSError as exc:  # urllib's URLError and socket errors; never str(exc)
+            raise SlackUnreachable(type(exc).__name__) from None
+        data = response.data if isinstance(response.data, dict) else None
+        if data is None:
+            data = {"ok": False, "error": f"HTTP {response.status_code}, not a Slack answer"}
+        headers = {str(k).lower(): str(v) for k, v in (response.headers or {}).items()}
+        return SlackAnswer(data, headers)
 
 
 def web_client(config: Config) -> WebClient:

@@ -6,9 +6,10 @@ into a `Check` whose `fix` says what to do; nothing here changes anything (the d
 is rolled back, the probe file removed). No check ever shows a secret: every text is also
 scrubbed of the configured secrets before it leaves this module.
 
-Slack is called with plain `requests` (this module may not import slack_sdk) against the same
-`SLACK_API_URL` and token the bot uses; Custom Vision through the real `TrainingClient`, with
-short timeouts and one retry so a wrong endpoint fails in seconds, not minutes.
+Slack is called through the bot's own slack-sdk client (`bot.app.SlackCalls`, since only the
+app wiring imports slack_sdk), with the same `SLACK_API_URL` and token the bot uses; Custom
+Vision through the real `TrainingClient`, with short timeouts and one retry so a wrong endpoint
+fails in seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
-
-import requests
 
 from bot import audit
 from bot.config import Config
@@ -91,59 +89,12 @@ class SlackAnswer:
         return str(self.data.get("error") or "unknown_error")
 
 
-class SlackApi:
-    """The few read-only Web API calls the checks make, as plain form POSTs."""
-
-    def __init__(self, api_url: str, token: str, *, timeout: float = SLACK_TIMEOUT) -> None:
-        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
-        self._token = token
-        self.timeout = timeout
-        self._session = requests.Session()
-
-    def __repr__(self) -> str:
-        return f"SlackApi({self.api_url!r})"
-
-    def close(self) -> None:
-        """Close the HTTP session."""
-        self._session.close()
+class SlackApi(Protocol):
+    """The Slack Web API as the checks use it (`bot.app.SlackCalls`, the bot's own client)."""
 
     def call(self, method: str, **params: str) -> SlackAnswer:
         """Return Slack's answer to `method`; raise SlackUnreachable when there is none."""
-        for attempt in range(2):
-            try:
-                response = self._session.post(
-                    self.api_url + method,
-                    data=params,
-                    headers={"Authorization": f"Bearer {self._token}"},
-                    timeout=self.timeout,
-                )
-            except requests.RequestException as exc:
-                # Never str(exc): keep the message free of URLs and headers.
-                raise SlackUnreachable(type(exc).__name__) from None
-            with response:
-                if response.status_code == 429 and attempt == 0:
-                    time.sleep(_retry_after(response.headers.get("Retry-After")))
-                    continue
-                try:
-                    data = response.json()
-                except ValueError:
-                    data = None
-                if not isinstance(data, dict):
-                    data = {
-                        "ok": False,
-                        "error": f"HTTP {response.status_code}, not a Slack answer",
-                    }
-                if response.status_code == 429:
-                    data = {"ok": False, "error": "ratelimited"}
-                return SlackAnswer(data, {k.lower(): v for k, v in response.headers.items()})
-        raise AssertionError("unreachable: the second attempt returns")
-
-
-def _retry_after(header: str | None) -> float:
-    try:
-        return min(5.0, max(0.0, float(header or 1)))
-    except ValueError:
-        return 1.0
+        ...
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -197,7 +148,7 @@ def _slack_failure(name: str, error: str, fix: str) -> Check:
 def check_slack_auth(slack: SlackApi, config: Config) -> tuple[Check, SlackAnswer | None]:
     """Return the auth.test check and, when it passed, Slack's answer (team, bot user, scopes)."""
     name = "Slack auth.test"
-    host = urlsplit(slack.api_url).netloc
+    host = urlsplit(config.slack_api_url).netloc
     try:
         answer = slack.call("auth.test")
     except SlackUnreachable as exc:
@@ -454,28 +405,27 @@ def check_work_dir(config: Config) -> Check:
 
 
 def _slack_checks(config: Config) -> list[Check]:
-    slack = SlackApi(config.slack_api_url, config.slack_bot_token.reveal())
-    try:
-        auth, answer = check_slack_auth(slack, config)
-        if answer is None:
-            return [auth]  # every other Slack check would fail the same way
-        checks = [auth, check_slack_scopes(answer)]
-        bot_name = str(answer.data.get("user") or "cv-dsr-bot")
-        for channel in config.allowed_channels:
-            checks.append(check_slack_channel(slack, channel, "request", bot_name))
-        if config.audit_channel:
-            checks.append(check_slack_channel(slack, config.audit_channel, "audit", bot_name))
-        for setting, ids in (
-            ("BOT_APPROVERS", config.approvers),
-            ("BOT_REQUESTERS", config.requesters),
-        ):
-            users = tuple(i for i in ids if i[0] in "UW")
-            if users:
-                checks.append(check_slack_users(slack, users, setting))
-            checks += [check_slack_usergroup(slack, g, setting) for g in ids if g[0] == "S"]
-        return checks
-    finally:
-        slack.close()
+    from bot.app import SlackCalls
+
+    slack = SlackCalls.for_config(config)
+    auth, answer = check_slack_auth(slack, config)
+    if answer is None:
+        return [auth]  # every other Slack check would fail the same way
+    checks = [auth, check_slack_scopes(answer)]
+    bot_name = str(answer.data.get("user") or "cv-dsr-bot")
+    for channel in config.allowed_channels:
+        checks.append(check_slack_channel(slack, channel, "request", bot_name))
+    if config.audit_channel:
+        checks.append(check_slack_channel(slack, config.audit_channel, "audit", bot_name))
+    for setting, ids in (
+        ("BOT_APPROVERS", config.approvers),
+        ("BOT_REQUESTERS", config.requesters),
+    ):
+        users = tuple(i for i in ids if i[0] in "UW")
+        if users:
+            checks.append(check_slack_users(slack, users, setting))
+        checks += [check_slack_usergroup(slack, g, setting) for g in ids if g[0] == "S"]
+    return checks
 
 
 def run_checks(config: Config, *, bot: Bot | None = None) -> list[Check]:

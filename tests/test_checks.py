@@ -200,9 +200,7 @@ def test_checks_unreachable_slack_says_check_the_api_url(
         port = probe.getsockname()[1]
     config = config_for(emulators, tmp_path, SLACK_API_URL=f"http://127.0.0.1:{port}/api/")
     check = by_name(run_checks(config))["Slack auth.test"]
-    assert (
-        check.detail == f"could not reach the Slack Web API at 127.0.0.1:{port} (ConnectionError)"
-    )
+    assert check.detail == f"could not reach the Slack Web API at 127.0.0.1:{port} (URLError)"
     assert "SLACK_API_URL" in check.fix
 
 
