@@ -84,10 +84,7 @@ class JobContext:
         """Raise JobInterrupted when stopping, JobCancelled when the request was cancelled."""
         if self.runner.stopping.is_set():
             raise JobInterrupted
-        status = self.store.db.conn.execute(
-            "SELECT status FROM requests WHERE id = ?", (self.request.number,)
-        ).fetchone()[0]
-        if status == "cancelled":
+        if self.store.status_of(self.request.number) == "cancelled":
             raise JobCancelled
 
     def save(self, **updates: Any) -> None:
@@ -122,24 +119,7 @@ class JobContext:
     def post(self, text: str, *, key: str | None = None) -> None:
         """Queue a message for the request's thread (once per `key` when given)."""
         with self.store.write() as conn:
-            payload = {"text": text}
-            if key is None:
-                self.store.enqueue(
-                    conn,
-                    kind="post",
-                    channel=self.request.channel,
-                    payload=payload,
-                    request=self.request.number,
-                )
-            else:
-                self.store.enqueue_once(
-                    conn,
-                    kind="post",
-                    channel=self.request.channel,
-                    payload=payload,
-                    request=self.request.number,
-                    key=key,
-                )
+            self.store.post(conn, self.request.number, self.request.channel, text, key=key)
 
     def audit(
         self,
@@ -283,14 +263,7 @@ class Runner:
                 )
                 if started:
                     record = self.store.get(job.request_number, conn)
-                    self.store.enqueue(
-                        conn,
-                        kind="announce",
-                        channel=record.channel,
-                        payload={"request": record.number},
-                        request=record.number,
-                        key=f"announce:{record.number}",
-                    )
+                    self.store.announce(conn, record.number, record.channel)
         request = self.store.get(job.request_number)
         handler = self.handlers[job.kind]
         ctx = JobContext(self, job, request)
@@ -337,12 +310,7 @@ class Runner:
 
     def _release(self, job: Job) -> None:
         with self.store.write() as conn:
-            released = conn.execute(
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
-                " WHERE id = ? AND status = 'running'",
-                (job.id,),
-            ).rowcount
-            if released:
+            if self.store.requeue_running_job(conn, job.id):
                 self.store.audit(
                     conn,
                     "bot",
@@ -383,20 +351,7 @@ class Runner:
                 text = outcome.message
                 if outcome.mention_requester:
                     text = f"<@{request.requester}> {text}"
-                store.enqueue(
-                    conn,
-                    kind="post",
-                    channel=request.channel,
-                    payload={"text": text},
-                    request=request.number,
-                )
-            store.enqueue(
-                conn,
-                kind="announce",
-                channel=request.channel,
-                payload={"request": request.number},
-                request=request.number,
-                key=f"announce:{request.number}",
-            )
+                store.post(conn, request.number, request.channel, text)
+            store.announce(conn, request.number, request.channel)
         if self.on_finish is not None:
             self.on_finish(store.get(request.number))

@@ -292,7 +292,7 @@ class Service:
                     request=number,
                     details={"job": "preview" if deletion else "export"},
                 )
-            self._announce(conn, number, channel_id)
+            self.store.announce(conn, number, channel_id)
             rid = f"R-{number}"
         self.wake()
         if manual:
@@ -311,17 +311,6 @@ class Service:
             "the request's thread."
         )
 
-    def _announce(self, conn: Any, number: int, channel: str) -> None:
-        self.store.enqueue(
-            conn,
-            kind="announce",
-            channel=channel,
-            payload={"request": number},
-            request=number,
-            key=f"announce:{number}",
-        )
-
-    @_answers_errors
     def status(self, user_id: str, request_id: str | None) -> Reply:
         """Return the caller's open requests, or one request's state."""
         now = self.clock.now()
@@ -399,7 +388,7 @@ class Service:
                         request=record.number,
                         details={"approvers": [*record.approvals, user_id]},
                     )
-            self._announce(conn, record.number, record.channel)
+            self.store.announce(conn, record.number, record.channel)
         if started:
             self.wake()
             return Reply(
@@ -459,9 +448,12 @@ class Service:
                 outcome="rejected",
                 details={"reason": reason[:1000]},
             )
-            self._announce(conn, record.number, record.channel)
-            self._post(
-                conn, record, f"<@{record.requester}> {record.id} was rejected by <@{user_id}>."
+            self.store.announce(conn, record.number, record.channel)
+            self.store.post(
+                conn,
+                record.number,
+                record.channel,
+                f"<@{record.requester}> {record.id} was rejected by <@{user_id}>.",
             )
         self.finished(self.store.get(record.number))
         return Reply(f"You rejected {record.id}.")
@@ -490,7 +482,7 @@ class Service:
                 outcome="cancelled",
                 details={"was": record.status},
             )
-            self._announce(conn, record.number, record.channel)
+            self.store.announce(conn, record.number, record.channel)
         if record.status in {"pending", "queued"}:
             self.finished(self.store.get(record.number))
         return Reply(f"{record.id} is cancelled.")
@@ -524,8 +516,13 @@ class Service:
                 request=record.number,
                 details={"job": job.kind, "checkpoint": bool(job.checkpoint)},
             )
-            self._announce(conn, record.number, record.channel)
-            self._post(conn, record, f"<@{user_id}> resumed {record.id} from where it stopped.")
+            self.store.announce(conn, record.number, record.channel)
+            self.store.post(
+                conn,
+                record.number,
+                record.channel,
+                f"<@{user_id}> resumed {record.id} from where it stopped.",
+            )
         self.wake()
         return Reply(f"{record.id} resumes from where it stopped.")
 
@@ -569,10 +566,11 @@ class Service:
                     continue
                 record = self.store.get(number, conn)
                 self.store.audit(conn, "bot", "request.expired", request=number, outcome="expired")
-                self._announce(conn, number, record.channel)
-                self._post(
+                self.store.announce(conn, number, record.channel)
+                self.store.post(
                     conn,
-                    record,
+                    record.number,
+                    record.channel,
                     f"<@{record.requester}> {record.id} expired without "
                     "enough approvals; nothing was deleted.",
                 )
@@ -593,11 +591,6 @@ class Service:
             details={"reason": decision.reason},
         )
         return Reply(decision.reason)
-
-    def _post(self, conn: Any, record: RequestRecord, text: str) -> None:
-        self.store.enqueue(
-            conn, kind="post", channel=record.channel, payload={"text": text}, request=record.number
-        )
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -88,6 +88,11 @@ class OutboxItem:
     revision: int = 0
 
 
+def announcement_key(number: int) -> str:
+    """Return the outbox key of a request's announcement (one message, updated in place)."""
+    return f"announce:{number}"
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -417,6 +422,22 @@ class Store:
             (_json(checkpoint), iso(self.clock.now()), job_id),
         )
 
+    def requeue_running_job(self, conn: sqlite3.Connection, job_id: int) -> bool:
+        """Put one running job back in the queue; return False when it was not running."""
+        cursor = conn.execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
+            " WHERE id = ? AND status = 'running'",
+            (job_id,),
+        )
+        return cursor.rowcount == 1
+
+    def status_of(self, number: int) -> str:
+        """Return a request's stored status (cheaper than `get`, for checks inside jobs)."""
+        row = self.db.conn.execute("SELECT status FROM requests WHERE id = ?", (number,)).fetchone()
+        if row is None:
+            raise RequestStateError(f"There is no request {format_request_id(number)}.")
+        return str(row[0])
+
     def finish_job(self, conn: sqlite3.Connection, job_id: int, status: str) -> None:
         """Mark a job done, failed or cancelled inside the caller's transaction."""
         conn.execute(
@@ -445,11 +466,7 @@ class Store:
                 args = (owner,)
             ids = [int(r[0]) for r in conn.execute(sql, args)]
             for job_id in ids:
-                conn.execute(
-                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
-                    " WHERE id = ?",
-                    (job_id,),
-                )
+                self.requeue_running_job(conn, job_id)
             jobs = [self._job(conn, job_id) for job_id in ids]
             if audit_action is not None:
                 for job in jobs:
@@ -648,6 +665,34 @@ class Store:
         """Return the status of the delivery with `key` (pending | sent | failed), or None."""
         row = self.db.conn.execute("SELECT status FROM outbox WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def announce(self, conn: sqlite3.Connection, number: int, channel: str) -> None:
+        """Queue the request's announcement: posted once, then updated in place from its state."""
+        self.enqueue(
+            conn,
+            kind="announce",
+            channel=channel,
+            payload={"request": number},
+            request=number,
+            key=announcement_key(number),
+        )
+
+    def post(
+        self,
+        conn: sqlite3.Connection,
+        number: int,
+        channel: str,
+        text: str,
+        *,
+        key: str | None = None,
+    ) -> None:
+        """Queue a message for the request's thread (once per `key` when one is given)."""
+        if key is None:
+            self.enqueue(conn, kind="post", channel=channel, payload={"text": text}, request=number)
+        else:
+            self.enqueue_once(
+                conn, kind="post", channel=channel, payload={"text": text}, request=number, key=key
+            )
 
     def pending_outbox(self, limit: int = 20) -> list[OutboxItem]:
         """Return deliveries that are due, oldest first."""

@@ -27,7 +27,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.ids import format_request_id
 from bot.logs import request_context
-from bot.store import OutboxItem, RequestRecord, Store
+from bot.store import OutboxItem, RequestRecord, Store, announcement_key
 from handlers import blocks
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class Deliverer:
                 if self.on_delivered is not None:
                     self.on_delivered(item)
             except Deferred:
-                if self.store.delivery_status(f"announce:{item.request_number}") == "failed":
+                assert item.request_number is not None  # only thread items wait for a parent
+                if self.store.delivery_status(announcement_key(item.request_number)) == "failed":
                     # The thread's parent can never be posted, so neither can this.
                     self.store.outbox_failed(item.id, "announcement_failed")
                 else:
