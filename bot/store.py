@@ -88,6 +88,21 @@ class OutboxItem:
     revision: int = 0
 
 
+# The columns of `requests` that change after creation (names are interpolated into SQL).
+_UPDATABLE = frozenset(
+    {
+        "expires_at",
+        "message_ts",
+        "preview",
+        "progress",
+        "result",
+        "error",
+        "decided_by",
+        "decision_reason",
+    }
+)
+
+
 def announcement_key(number: int) -> str:
     """Return the outbox key of a request's announcement (one message, updated in place)."""
     return f"announce:{number}"
@@ -306,6 +321,15 @@ class Store:
         ).fetchone()
         return row is not None
 
+    def _assignments(self, fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not an updatable request column: {sorted(unknown)}")
+        sets = ["updated_at = ?", *(f"{name} = ?" for name in fields)]
+        values: list[Any] = [iso(self.clock.now())]
+        values += [_json(v) if isinstance(v, dict | list) else v for v in fields.values()]
+        return ", ".join(sets), values
+
     def transition(
         self,
         conn: sqlite3.Connection,
@@ -316,29 +340,18 @@ class Store:
         **fields: Any,
     ) -> bool:
         """Compare-and-set the request's status; return False when it was not in `from_status`."""
-        sets = ["status = ?", "updated_at = ?"]
-        values: list[Any] = [to_status, iso(self.clock.now())]
-        for name, value in fields.items():
-            sets.append(f"{name} = ?")
-            values.append(_json(value) if isinstance(value, dict | list) else value)
+        sets, values = self._assignments(fields)
         marks = ",".join("?" * len(from_status))
         cursor = conn.execute(
-            f"UPDATE requests SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",  # noqa: S608
-            (*values, number, *from_status),
+            f"UPDATE requests SET status = ?, {sets} WHERE id = ? AND status IN ({marks})",  # noqa: S608
+            (to_status, *values, number, *from_status),
         )
         return cursor.rowcount == 1
 
     def update_fields(self, conn: sqlite3.Connection, number: int, **fields: Any) -> None:
         """Set columns of a request without changing its status."""
-        sets = ["updated_at = ?"]
-        values: list[Any] = [iso(self.clock.now())]
-        for name, value in fields.items():
-            sets.append(f"{name} = ?")
-            values.append(_json(value) if isinstance(value, dict | list) else value)
-        conn.execute(
-            f"UPDATE requests SET {', '.join(sets)} WHERE id = ?",  # noqa: S608
-            (*values, number),
-        )
+        sets, values = self._assignments(fields)
+        conn.execute(f"UPDATE requests SET {sets} WHERE id = ?", (*values, number))  # noqa: S608
 
     def add_approval(self, conn: sqlite3.Connection, number: int, approver: str) -> int:
         """Record one approval (once per approver); return the number of approvals."""
