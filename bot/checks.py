@@ -145,6 +145,10 @@ def _slack_failure(name: str, error: str, fix: str) -> Check:
     return Check(name, False, f"Slack answered {error}", fix)
 
 
+def _unreachable(name: str, exc: SlackUnreachable) -> Check:
+    return Check(name, False, f"could not reach Slack ({exc})", "check the network")
+
+
 def check_slack_auth(slack: SlackApi, config: Config) -> tuple[Check, SlackAnswer | None]:
     """Return the auth.test check and, when it passed, Slack's answer (team, bot user, scopes)."""
     name = "Slack auth.test"
@@ -194,7 +198,7 @@ def check_slack_channel(slack: SlackApi, channel_id: str, role: str, bot_name: s
     try:
         answer = slack.call("conversations.info", channel=channel_id)
     except SlackUnreachable as exc:
-        return Check(name, False, f"could not reach Slack ({exc})", "check the network")
+        return _unreachable(name, exc)
     if not answer.ok:
         if answer.error == "channel_not_found":
             return Check(
@@ -228,7 +232,7 @@ def check_slack_usergroup(slack: SlackApi, group_id: str, setting: str) -> Check
     try:
         answer = slack.call("usergroups.users.list", usergroup=group_id)
     except SlackUnreachable as exc:
-        return Check(name, False, f"could not reach Slack ({exc})", "check the network")
+        return _unreachable(name, exc)
     if not answer.ok:
         if answer.error == "plan_upgrade_required":
             return Check(
@@ -261,7 +265,7 @@ def check_slack_users(slack: SlackApi, user_ids: tuple[str, ...], setting: str) 
         try:
             answer = slack.call("users.info", user=user_id)
         except SlackUnreachable as exc:
-            return Check(name, False, f"could not reach Slack ({exc})", "check the network")
+            return _unreachable(name, exc)
         if not answer.ok:
             if answer.error == "user_not_found":
                 problems.append(f"{user_id} is not a member of this workspace")

@@ -236,6 +236,18 @@ def _error_body(content: bytes) -> tuple[str | None, str | None]:
     return code_text, message_text
 
 
+def _check_page_size(name: str, value: int) -> None:
+    """Raise ValueError unless `value` is a page size the service accepts (1 to 256)."""
+    if isinstance(value, bool) or not (1 <= value <= MAX_TAKE):
+        raise ValueError(f"{name} must be between 1 and {MAX_TAKE}, got {value!r}")
+
+
+def _check_skip(skip: int) -> None:
+    """Raise ValueError unless `skip` is a valid offset."""
+    if isinstance(skip, bool) or skip < 0:
+        raise ValueError(f"skip must not be negative, got {skip!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Rate limiting
 
@@ -511,10 +523,8 @@ class TrainingClient:
     ) -> list[Image]:
         """Return one page of images (GetImages / GetTaggedImages / GetUntaggedImages)."""
         operation, path, params = self._image_query(project_id, kind, iteration_id, tag_ids)
-        if isinstance(take, bool) or not (1 <= take <= MAX_TAKE):
-            raise ValueError(f"take must be between 1 and {MAX_TAKE}, got {take!r}")
-        if isinstance(skip, bool) or skip < 0:
-            raise ValueError(f"skip must not be negative, got {skip!r}")
+        _check_page_size("take", take)
+        _check_skip(skip)
         if order_by not in _ORDERS:
             raise ValueError(f"order_by must be one of {_ORDERS}, got {order_by!r}")
         params.update({"orderBy": order_by, "take": str(take), "skip": str(skip)})
@@ -532,10 +542,8 @@ class TrainingClient:
     ) -> Iterator[Image]:
         """Return an iterator over every image, oldest first, page by page until a short page."""
         self._image_query(project_id, kind, iteration_id, tag_ids)  # validate now, not lazily
-        if isinstance(page_size, bool) or not (1 <= page_size <= MAX_TAKE):
-            raise ValueError(f"page_size must be between 1 and {MAX_TAKE}, got {page_size!r}")
-        if isinstance(skip, bool) or skip < 0:
-            raise ValueError(f"skip must not be negative, got {skip!r}")
+        _check_page_size("page_size", page_size)
+        _check_skip(skip)
         tags = list(tag_ids)
 
         def pages() -> Iterator[Image]:
@@ -594,8 +602,7 @@ class TrainingClient:
     ) -> PredictionQueryResult:
         """Return one page of stored predictions; pass the previous page's token to go on."""
         p = _require_guid("project_id", project_id)
-        if isinstance(max_count, bool) or not (1 <= max_count <= MAX_TAKE):
-            raise ValueError(f"max_count must be between 1 and {MAX_TAKE}, got {max_count!r}")
+        _check_page_size("max_count", max_count)
         if token is not None and not isinstance(token, Mapping):
             raise ValueError("token must be the token object of a previous page")
         body: dict[str, Any] = dict(token) if token is not None else {}
@@ -614,8 +621,7 @@ class TrainingClient:
     ) -> Iterator[StoredImagePrediction]:
         """Return an iterator over every stored prediction, following the continuation token."""
         _require_guid("project_id", project_id)
-        if isinstance(max_count, bool) or not (1 <= max_count <= MAX_TAKE):
-            raise ValueError(f"max_count must be between 1 and {MAX_TAKE}, got {max_count!r}")
+        _check_page_size("max_count", max_count)
 
         def pages() -> Iterator[StoredImagePrediction]:
             token: dict[str, Any] | None = None
