@@ -1,0 +1,180 @@
+"""End to end: every reply the bot sends fits Slack's limits (issue 13, item 3).
+
+Long lists page ("showing 20 of 55") and `/cv status --all` posts the rest as a file; a
+deletion preview that does not fit keeps its totals and warnings in the message and attaches
+the full preview to the thread before the Approve button appears.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bot.emulators.customvision import Seed
+from bot.emulators.slack import ApiCall
+from bot.emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
+from handlers.limits import (
+    MAX_BLOCKS_TEXT,
+    MAX_REPLY_TEXT,
+    MAX_SECTION_TEXT,
+    blocks_text_units,
+    units,
+)
+from tests.conftest import StartStack
+
+LONG_REASON = "Erasure request received by post; the customer asked for every trace " * 13
+
+
+def _ack_text(response: Any) -> str:
+    assert response.status_code == 200, response.text
+    return str(response.json()["text"])
+
+
+def _long_delete(stack: Stack, project: str, n: int) -> str:
+    ids = stack.cv.data.image_ids(project)[n % 5 :][:40]
+    return (
+        f"delete images {project} --ids {','.join(ids)} --ticket DSR-{9000 + n}-ÄÖÜ-🙂 "
+        f'--reason "{LONG_REASON[:990]}"'
+    )
+
+
+@pytest.fixture
+def busy_stack(stacks: StartStack) -> Stack:
+    """A stack where the requester has 55 open deletions with very long commands."""
+    stack = stacks(seed=Seed(projects=1, iterations=2, tags=3, images=120, predictions=4))
+    project = stack.cv.data.project_ids()[0]
+    ids = [stack.request_id(stack.command(REQUESTER, _long_delete(stack, project, n)))
+           for n in range(55)]
+    for rid in ids:
+        stack.wait_status(rid, "pending")
+    stack.wait_delivered()
+    return stack
+
+
+def test_e2e_status_of_55_open_requests_fits_and_counts_all(busy_stack: Stack) -> None:
+    text = _ack_text(busy_stack.command(REQUESTER, "status"))
+    assert units(text) <= MAX_REPLY_TEXT, units(text)
+    assert "Your open requests (55)" in text
+    assert "showing 20 of 55" in text
+    assert "/cv status --all" in text
+    assert text.count("• R-") == 20
+    # the newest first, every line names its request
+    assert "• R-1055 " in text and "• R-1036 " in text and "• R-1035 " not in text
+
+
+def test_e2e_status_all_posts_every_open_request_as_a_file(busy_stack: Stack) -> None:
+    text = _ack_text(busy_stack.command(REQUESTER, "status --all"))
+    assert "55 open requests" in text, text
+    busy_stack.wait_delivered()
+    files = [f for f in busy_stack.slack.files(CHANNEL) if f.name.startswith("status-")]
+    assert len(files) == 1, [f.name for f in busy_stack.slack.files(CHANNEL)]
+    body = files[0].data.decode("utf-8")
+    for number in range(1001, 1056):
+        assert f"R-{number} " in body
+    assert LONG_REASON[:990] in body  # the file holds what the message could not
+    assert "DSR-9054-ÄÖÜ-🙂" in body
+
+
+def test_e2e_status_all_refused_in_a_public_channel(busy_stack: Stack) -> None:
+    before = len(busy_stack.slack.files())
+    text = _ack_text(busy_stack.command(REQUESTER, "status --all", channel=PUBLIC_CHANNEL))
+    assert "public channel" in text and "private channel" in text, text
+    busy_stack.wait_delivered()
+    assert len(busy_stack.slack.files()) == before
+
+
+# -- the deletion preview ----------------------------------------------------------------------
+
+BIG = Seed(projects=1, iterations=20, tags=500, images=200, predictions=7, image_bytes=128)
+
+
+def _has_approve(blocks: list[dict[str, Any]]) -> bool:
+    return any(
+        element.get("action_id") == "request.approve"
+        for block in blocks
+        if block.get("type") == "actions"
+        for element in block.get("elements", [])
+    )
+
+
+def _blocks_of(call: ApiCall) -> list[dict[str, Any]]:
+    raw = call.params.get("blocks")
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return list(raw or [])
+
+
+def test_e2e_preview_of_20_iterations_and_500_tags_keeps_every_warning(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=BIG)
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete project {project}"))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+    stack.wait_delivered()
+    message = stack.announcement(rid)
+    shown = "\n".join(
+        str(block.get("text", {}).get("text", "")) for block in message.blocks
+    )
+    assert blocks_text_units(message.blocks) <= MAX_BLOCKS_TEXT
+    for block in message.blocks:
+        text = block.get("text")
+        if isinstance(text, dict):
+            assert units(str(text["text"])) <= MAX_SECTION_TEXT
+    # totals and every warning stay in the message
+    assert "Stored predictions: 7" in shown, shown
+    assert "prod-1" in shown  # the published endpoint that stops working
+    assert "20 iterations" in shown and "500 tags" in shown
+    assert f"{rid}-preview.txt" in shown, shown
+    # the full preview is a file in the thread, posted before any Approve button
+    files = [f for f in stack.slack.files(CHANNEL) if f.name == f"{rid}-preview.txt"]
+    assert len(files) == 1
+    full = files[0].data.decode("utf-8")
+    assert full.count("Iteration ") >= 20
+    for tag in stack.cv.data.tag_ids(project)[:3]:
+        assert tag in full
+    assert "Stored predictions: 7" in full
+    assert files[0].thread_ts == message.ts
+    calls = stack.slack.calls
+    shared = next(
+        n
+        for n, call in enumerate(calls)
+        if call.method == "files.completeUploadExternal" and call.ok and rid in str(call.params)
+    )
+    with_button = [
+        n
+        for n, call in enumerate(calls)
+        if call.method in ("chat.postMessage", "chat.update") and _has_approve(_blocks_of(call))
+    ]
+    assert with_button, "the Approve button never appeared"
+    assert min(with_button) > shared
+    assert _has_approve(message.blocks)
+    # and the approval works as before
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+
+
+def test_e2e_preview_file_refused_keeps_the_approve_button_away(stacks: StartStack) -> None:
+    stack = stacks(seed=BIG)
+    project = stack.cv.data.project_ids()[0]
+    stack.slack.inject_error("files.completeUploadExternal", "restricted_action", times=1000)
+    rid = stack.request_id(stack.command(REQUESTER, f"delete project {project}"))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+    stack.slack.wait_for(
+        lambda: any(
+            c.method == "files.completeUploadExternal" and not c.ok for c in stack.slack.calls
+        )
+    )
+    stack.wait_delivered()
+    message = stack.announcement(rid)
+    assert not _has_approve(message.blocks)
+    assert not any(_has_approve(v.blocks) for v in message.history)
+    shown = json.dumps(message.blocks)
+    assert "could not be attached" in shown, shown
+    # a click that reaches the bot anyway (an old client, a forged payload) approves nothing
+    stack.click(APPROVER, rid, "approve")
+    stack.wait_delivered()
+    assert stack.status(rid) == "pending"
+    assert stack.bot.store.get(rid).approvals == ()
