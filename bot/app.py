@@ -188,7 +188,9 @@ def build_bot(
         housekeeping=service.housekeeping,
     )
     service.wake = runner.notify
-    deliverer = Deliverer(store, web, required_approvals=config.required_approvals)
+    deliverer = Deliverer(
+        store, web, required_approvals=config.required_approvals, work_dir=config.work_dir
+    )
     store.on_enqueue = deliverer.wake.set
     app = bolt_app(config, web, service)
     return Bot(config, db, store, client, service, runner, deliverer, app, web)

@@ -106,7 +106,8 @@ class Help:
 
 @dataclass(frozen=True)
 class Status:
-    request_id: str | None = None  # "R-1042"; None: the caller's recent requests
+    request_id: str | None = None  # "R-1042"; None: the caller's open requests
+    all: bool = False  # every open request, posted as a file
 
 
 @dataclass(frozen=True)
@@ -510,9 +511,12 @@ _FORM_LIST: tuple[_Form, ...] = (
     _Form(
         "status",
         ("request-id",),
-        "status [<request-id>]",
-        "The state of a request, or of your recent requests.",
-        examples=("status", "status R-1042"),
+        "status [<request-id>] [--all]",
+        "The state of a request, or of your open requests (the newest 20).",
+        flags=("--all",),
+        options=(("--all", "every open request, posted as a file in this channel"),),
+        notes=("--all posts its file only in a private channel or a direct message with me.",),
+        examples=("status", "status R-1042", "status --all"),
         optional_args=1,
     ),
     _Form(
@@ -978,7 +982,9 @@ class _Parser:
             return self._audit()
         request_id = args.get("request-id")
         if form.path == "status":
-            return Status(request_id)
+            if request_id is not None and self._has("--all"):
+                raise self.fail("status takes either <request-id> or --all, not both")
+            return Status(request_id, all=self._has("--all"))
         assert request_id is not None  # a required argument
         return Cancel(request_id) if form.path == "cancel" else Retry(request_id)
 

@@ -60,6 +60,12 @@ MANUAL_STEPS = {
 }
 
 
+# `status` lists the newest open requests, each command clipped, so the reply fits Slack's
+# 4,000 characters with room to spare (`status --all` posts the full list as a file).
+STATUS_SHOWN = 20
+STATUS_COMMAND_CHARS = 100
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the user who acted is told (ephemeral unless `public`)."""
@@ -187,6 +193,8 @@ class Service:
     def _dispatch(self, user_id: str, channel_id: str, text: str, command: Any) -> Reply:
         if isinstance(command, grammar.Help):
             return Reply(grammar.help_text(command.topic, command=self.command))
+        if isinstance(command, grammar.Status) and command.all:
+            return self.status_file(user_id, channel_id)
         if isinstance(command, grammar.Status):
             return self.status(user_id, command.request_id)
         if isinstance(command, grammar.Cancel):
@@ -325,12 +333,73 @@ class Service:
                 )
                 return self._refuse(user_id, "status", refusal, request=record.id)
             return Reply(describe_status(record, now))
-        records = self.store.requests_of(user_id)
+        total = self.store.count_requests_of(user_id)
+        if not total:
+            return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
+        records = self.store.requests_of(user_id, limit=STATUS_SHOWN)
+        lines = [f"Your open requests ({total}):"]
+        lines += [_status_line(r, now, short=True) for r in records]
+        if total > len(records):
+            lines.append(
+                f"(showing {len(records)} of {total}, newest first; `{self.command} status "
+                "--all` posts every one as a file, `"
+                f"{self.command} status <request-id>` shows one)"
+            )
+        return Reply("\n".join(lines))
+
+    def status_file(self, user_id: str, channel_id: str) -> Reply:
+        """Post every open request of the caller as a file here (personal data: not public)."""
+        records = self.store.requests_of(user_id, limit=None)
         if not records:
             return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
-        lines = [f"Your open requests ({len(records)}):"]
-        lines += [_status_line(r, now) for r in records]
-        return Reply("\n".join(lines))
+        channel = self.directory.channel(channel_id)
+        if not channel.exists or not channel.is_member:
+            return Reply(
+                "I am not in this channel, so I cannot post the file here. Run `"
+                f"{self.command} status --all` in a private channel I am in, or `{self.command} "
+                "status` for the newest 20."
+            )
+        if not (channel.is_private or channel.is_im):
+            return Reply(
+                "Your requests' tickets, reasons and commands are personal data, so I do not "
+                f"post them as a file in a public channel. Run `{self.command} status --all` in a "
+                f"private channel I am in, or `{self.command} status` for the newest 20 (only "
+                "you see that answer)."
+            )
+        now = self.clock.now()
+        stamp = iso(now).replace(":", "").replace(".", "")[:15]
+        name = f"status-{user_id}-{stamp}.txt"
+        path = self.work_dir / "status" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = [
+            f"Open requests of {user_id} at {iso(now)[:16].replace('T', ' ')} UTC: {len(records)}"
+        ]
+        for record in records:
+            body += ["", describe_status(record, now)]
+            _, reason = _meta_of(record)
+            if reason:
+                body.append(f"Reason: {reason}")
+        path.write_text("\n".join(body) + "\n", encoding="utf-8")
+        with self.store.write() as conn:
+            self.store.audit(
+                conn,
+                user_id,
+                "status.exported",
+                details={"requests": len(records), "file": name, "channel": channel_id},
+            )
+            self.store.enqueue(
+                conn,
+                kind="upload",
+                channel=channel_id,
+                payload={
+                    "path": str(path),
+                    "filename": name,
+                    "title": f"Open requests of <@{user_id}> ({len(records)})",
+                    "comment": f"<@{user_id}> your {len(records)} open requests.",
+                },
+                request=None,
+            )
+        return Reply(f"Posting your {len(records)} open requests here as `{name}`.")
 
     # -- decisions -------------------------------------------------------------------------------
 
@@ -364,6 +433,14 @@ class Service:
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)  # decide on stored state, in the tx
             decision = may_approve(self.rules, actor, subject_of(record), now, channel=channel_id)
+            if decision and self.store.preview_file_status(record.number) not in (None, "sent"):
+                # The preview was too long for its message and its file is not in the thread:
+                # nobody has seen what this deletion removes (the button is not even shown).
+                decision = Decision(
+                    False,
+                    f"The full preview of {record.id} is not in its thread yet, so it cannot "
+                    "be approved. The Approve button appears once the file is posted.",
+                )
             if not decision:
                 return self._refused_in(conn, user_id, "approval", record, decision)
             count = self.store.add_approval(conn, record.number, user_id)
@@ -700,12 +777,25 @@ def _targets(parsed: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _status_line(record: RequestRecord, now: datetime) -> str:
-    ticket = record.command.get("meta", {}).get("ticket") if record.command else None
-    ticket_part = f", ticket {ticket}" if ticket else ""
+def _meta_of(record: RequestRecord) -> tuple[str | None, str | None]:
+    meta = (record.command or {}).get("meta") or {}
+    return meta.get("ticket"), meta.get("reason")
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def _status_line(record: RequestRecord, now: datetime, *, short: bool = False) -> str:
+    """Return one request's line; `short` clips the quoted command (a list shows 20 of them)."""
+    ticket, _ = _meta_of(record)
+    ticket_part = f", ticket {_clip(ticket, 40) if short else ticket}" if ticket else ""
+    command = grammar.slack_unescape(record.text)
+    if short:
+        command = _clip(command.replace("`", "'"), STATUS_COMMAND_CHARS)
     return (
         f"• {record.id} — {record.status}, {age(record.created_at, now)} old{ticket_part}: "
-        f"`{grammar.slack_unescape(record.text)}`"
+        f"`{command}`"
     )
 
 

@@ -108,6 +108,11 @@ def announcement_key(number: int) -> str:
     return f"announce:{number}"
 
 
+def preview_file_key(number: int, digest: str) -> str:
+    """Return the outbox key of a deletion preview's thread file (one per preview content)."""
+    return f"preview:{number}:{digest}"
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -303,16 +308,33 @@ class Store:
             approvals=approvals,
         )
 
-    def requests_of(self, user: str, *, open_only: bool = True) -> list[RequestRecord]:
-        """Return the user's latest 50 requests, newest first (only open ones by default)."""
+    def requests_of(
+        self, user: str, *, open_only: bool = True, limit: int | None = 50
+    ) -> list[RequestRecord]:
+        """Return the user's latest `limit` requests (None: all), newest first (open only)."""
         conn = self.db.conn
-        sql = "SELECT * FROM requests WHERE requester = ?"
+        sql, args = self._requests_of(user, open_only)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = conn.execute("SELECT *" + sql, args).fetchall()
+        return [self._record(conn, row) for row in rows]
+
+    def count_requests_of(self, user: str, *, open_only: bool = True) -> int:
+        """Return how many requests the user has (only open ones by default)."""
+        sql, args = self._requests_of(user, open_only)
+        (count,) = self.db.conn.execute("SELECT COUNT(*)" + sql, args).fetchone()
+        return int(count)
+
+    @staticmethod
+    def _requests_of(user: str, open_only: bool) -> tuple[str, list[Any]]:
+        sql = " FROM requests WHERE requester = ?"
         args: list[Any] = [user]
         if open_only:
             sql += f" AND status IN ({','.join('?' * len(OPEN))})"
             args.extend(sorted(OPEN))
-        rows = conn.execute(sql + " ORDER BY id DESC LIMIT 50", args).fetchall()
-        return [self._record(conn, row) for row in rows]
+        return sql, args
 
     def has_requests(self, user: str) -> bool:
         """Return True when `user` has ever made a request."""
@@ -677,6 +699,15 @@ class Store:
     def delivery_status(self, key: str) -> str | None:
         """Return the status of the delivery with `key` (pending | sent | failed), or None."""
         row = self.db.conn.execute("SELECT status FROM outbox WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def preview_file_status(self, number: int) -> str | None:
+        """Return the delivery status of the request's latest preview file (None: no file)."""
+        row = self.db.conn.execute(
+            "SELECT status FROM outbox WHERE request_id = ? AND key LIKE ? ORDER BY id DESC"
+            " LIMIT 1",
+            (number, preview_file_key(number, "%")),
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def announce(self, conn: sqlite3.Connection, number: int, channel: str) -> None:

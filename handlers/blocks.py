@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot import grammar
 from bot.store import RequestRecord
+from handlers import limits
 
 Block = dict[str, Any]
 
@@ -64,16 +66,14 @@ def bot_text(text: str) -> str:
     return "".join(out)
 
 
-def plain(text: str, limit: int = 2900) -> dict[str, Any]:
-    """Return a plain_text object (never parsed for mentions or links), truncated to fit."""
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return {"type": "plain_text", "text": text or " ", "emoji": False}
+def plain(text: str, limit: int = limits.MAX_SECTION_TEXT) -> dict[str, Any]:
+    """Return a plain_text object (never parsed for mentions or links), cut to `limit` units."""
+    return {"type": "plain_text", "text": limits.cut(text, limit) or " ", "emoji": False}
 
 
-def mrkdwn(text: str) -> dict[str, Any]:
-    """Return a mrkdwn text object; callers escape any untrusted part."""
-    return {"type": "mrkdwn", "text": text[:2990]}
+def mrkdwn(text: str, limit: int = limits.MAX_SECTION_TEXT) -> dict[str, Any]:
+    """Return a mrkdwn text object cut to `limit` units; callers escape any untrusted part."""
+    return {"type": "mrkdwn", "text": limits.cut(text, limit) or " "}
 
 
 def _utc(moment: datetime) -> str:
@@ -96,15 +96,36 @@ def _meta(record: RequestRecord) -> tuple[str | None, str | None]:
     return meta.get("ticket"), meta.get("reason")
 
 
-def announcement(record: RequestRecord, required_approvals: int) -> tuple[str, list[Block]]:
-    """Return the fallback text and blocks of a request's announcement, for its current state."""
+@dataclass(frozen=True)
+class PreviewFile:
+    """The full preview of a deletion that does not fit its message, posted as a thread file.
+
+    `status` is its delivery's: None (not queued yet), "pending", "sent", or anything else
+    (Slack refused it; the delivery is failed or held). Only "sent" lets Approve appear.
+    """
+
+    name: str
+    status: str | None
+
+
+def announcement(
+    record: RequestRecord, required_approvals: int, preview_file: PreviewFile | None = None
+) -> tuple[str, list[Block]]:
+    """Return the fallback text and blocks of a request's announcement, for its current state.
+
+    `preview_file` is given when the deletion preview does not fit the message; the Approve
+    button stays away until that file is in the thread.
+    """
     label = STATUS_LABEL.get(record.status, record.status)
     if record.kind == "delete" and record.status == "running":
         label = "Deleting"
     emoji = STATUS_EMOJI.get(record.status, ":hourglass_flowing_sand:")
     what = describe_command(record)
     verb = {"export": "Export", "delete": "Deletion", "manual": "Deletion (manual)"}[record.kind]
-    text = f"{record.id} {verb} requested by <@{record.requester}>: {escape(what)} ({label})"
+    text = limits.cut(
+        f"{record.id} {verb} requested by <@{record.requester}>: {escape(what)} ({label})",
+        limits.MAX_REPLY_TEXT,
+    )
     blocks: list[Block] = [
         {
             "type": "section",
@@ -116,22 +137,39 @@ def announcement(record: RequestRecord, required_approvals: int) -> tuple[str, l
         {"type": "section", "block_id": "what", "text": plain(what)},
     ]
     ticket, reason = _meta(record)
-    fields = [plain(f"Ticket: {ticket or '—'}"), plain(f"Reason: {reason or '—'}")]
+    fields = [
+        plain(f"Ticket: {ticket or '—'}", limits.MAX_FIELD_TEXT),
+        plain(f"Reason: {reason or '—'}", limits.MAX_FIELD_TEXT),
+    ]
     blocks.append({"type": "section", "block_id": "meta", "fields": fields})
     if record.preview:
-        blocks.extend(preview_blocks(record.preview))
+        blocks.extend(preview_blocks(record.preview, preview_file))
     if record.kind == "delete":
-        blocks.extend(_decision_blocks(record, required_approvals))
+        approvable = preview_file is None or preview_file.status == "sent"
+        blocks.extend(_decision_blocks(record, required_approvals, approvable=approvable))
     if record.progress and record.status in {"running", "approved", "queued"}:
-        blocks.append({"type": "context", "elements": [plain(progress_text(record.progress))]})
+        progress = plain(progress_text(record.progress), limits.MAX_CONTEXT_TEXT)
+        blocks.append({"type": "context", "elements": [progress]})
     if record.error and record.status == "failed":
         blocks.append({"type": "section", "block_id": "error", "text": plain(record.error)})
-    return text, blocks
+    return text, limits.within_budget(blocks, limits.MAX_BLOCKS_TEXT)
 
 
-def preview_blocks(preview: Mapping[str, Any]) -> list[Block]:
-    """Return the blocks showing what a deletion will remove."""
-    lines = [str(preview.get("summary", ""))]
+def _iteration_line(iteration: Mapping[str, Any]) -> str:
+    flags = []
+    if iteration.get("removed"):
+        flags.append("deleted")
+    if iteration.get("published"):
+        flags.append(f"published as {iteration.get('publish_name')}")
+    suffix = f" [{', '.join(flags)}]" if flags else ""
+    return (
+        f"{iteration.get('name', '')} ({iteration.get('id', '')}): "
+        f"{iteration.get('images', 0)} images{suffix}"
+    )
+
+
+def _preview_head(preview: Mapping[str, Any]) -> list[str]:
+    lines = []
     project = preview.get("project") or {}
     if project:
         lines.append(f"Project: {project.get('name', '')} ({project.get('id', '')})")
@@ -141,47 +179,127 @@ def preview_blocks(preview: Mapping[str, Any]) -> list[Block]:
         lines.append(
             f"Images to delete (workspace and every iteration): {preview['images_targeted']}"
         )
-    for iteration in preview.get("iterations") or []:
-        flags = []
-        if iteration.get("removed"):
-            flags.append("deleted")
-        if iteration.get("published"):
-            flags.append(f"published as {iteration.get('publish_name')}")
-        suffix = f" [{', '.join(flags)}]" if flags else ""
-        lines.append(
-            f"{iteration.get('name', '')} ({iteration.get('id', '')}): "
-            f"{iteration.get('images', 0)} images{suffix}"
-        )
-    tags = preview.get("tags") or []
-    if tags:
-        lines.append(
-            "Tags: " + ", ".join(f"{t.get('name', '')} ({t.get('images', 0)})" for t in tags)
-        )
+    return lines
+
+
+def _preview_warnings(preview: Mapping[str, Any]) -> list[str]:
+    """Return the lines an approver must never miss: predictions and ids not found."""
+    lines = []
     if preview.get("predictions"):
         lines.append(f"Stored predictions: {preview['predictions']}")
     missing = preview.get("images_not_found") or []
     if missing:
         lines.append(f"Not found (not targeted): {len(missing)} id(s)")
-    blocks: list[Block] = [
-        {"type": "section", "block_id": "preview", "text": plain("\n".join(lines))}
-    ]
-    unpublish = preview.get("unpublish") or []
-    if unpublish:
-        names = ", ".join(str(u.get("publish_name")) for u in unpublish)
-        blocks.append(
-            {
-                "type": "section",
-                "block_id": "unpublish",
-                "text": plain(
-                    f"Warning: these prediction endpoints will stop working, because their "
-                    f"iterations must be unpublished first: {names}"
-                ),
-            }
+    missing_predictions = preview.get("predictions_not_found") or []
+    if missing_predictions:
+        lines.append(f"Prediction ids not found (not targeted): {len(missing_predictions)}")
+    return lines
+
+
+def preview_lines(preview: Mapping[str, Any]) -> list[str]:
+    """Return every line of a deletion preview: each iteration, each tag, every warning."""
+    lines = [str(preview.get("summary", "")), *_preview_head(preview)]
+    lines += [_iteration_line(iteration) for iteration in preview.get("iterations") or []]
+    tags = preview.get("tags") or []
+    if tags:
+        lines.append(
+            "Tags: " + ", ".join(f"{t.get('name', '')} ({t.get('images', 0)})" for t in tags)
         )
+    return lines + _preview_warnings(preview)
+
+
+def _unpublish_warning(preview: Mapping[str, Any]) -> str | None:
+    unpublish = preview.get("unpublish") or []
+    if not unpublish:
+        return None
+    names = ", ".join(str(u.get("publish_name")) for u in unpublish)
+    return (
+        "Warning: these prediction endpoints will stop working, because their iterations must "
+        f"be unpublished first: {names}"
+    )
+
+
+def preview_fits(preview: Mapping[str, Any]) -> bool:
+    """Return True when the whole preview fits its message (else it goes to a thread file)."""
+    warning = _unpublish_warning(preview) or ""
+    return (
+        limits.units("\n".join(preview_lines(preview))) <= limits.MAX_SECTION_TEXT
+        and limits.units(warning) <= limits.MAX_SECTION_TEXT
+    )
+
+
+def preview_file_name(record: RequestRecord) -> str:
+    """Return the name of the thread file holding a request's full preview."""
+    return f"{record.id}-preview.txt"
+
+
+def preview_file_text(record: RequestRecord) -> str:
+    """Return the full preview of a deletion, as the plain text file posted to its thread."""
+    preview = record.preview or {}
+    lines = [f"{record.id}: {describe_command(record)}", "", *preview_lines(preview)]
+    warning = _unpublish_warning(preview)
+    if warning:
+        lines += ["", warning]
+    lines += ["", "Iterations:"] + [
+        f"  {_iteration_line(i)}" for i in preview.get("iterations") or []
+    ]
+    lines += ["", "Tags (images in the workspace):"] + [
+        f"  {t.get('name', '')} ({t.get('id', '')}): {t.get('images', 0)}"
+        for t in preview.get("tags") or []
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _file_note(preview_file: PreviewFile) -> str:
+    name = preview_file.name
+    if preview_file.status == "sent":
+        return f"The full preview (every iteration and tag) is attached to this thread: {name}"
+    if preview_file.status in (None, "pending"):
+        return (
+            f"The full preview is too long for this message; it is being attached to this "
+            f"thread as {name}. The Approve button appears once it is there."
+        )
+    return (
+        f"The full preview is too long for this message and could not be attached to this "
+        f"thread ({name}), so this deletion cannot be approved yet. The bot's log names the "
+        "cause; once it is fixed and the file is posted, the Approve button appears."
+    )
+
+
+def preview_blocks(
+    preview: Mapping[str, Any], preview_file: PreviewFile | None = None
+) -> list[Block]:
+    """Return the blocks showing what a deletion will remove.
+
+    When the whole preview does not fit (`preview_file` given), the message keeps the summary,
+    the totals and every warning, and says where the full list is.
+    """
+    if preview_file is None and preview_fits(preview):
+        lines = preview_lines(preview)
+    else:
+        iterations = preview.get("iterations") or []
+        published = [str(i.get("publish_name")) for i in iterations if i.get("published")]
+        shown = ", ".join(published)
+        lines = [
+            limits.cut(str(preview.get("summary", "")), 1500),
+            *_preview_head(preview),
+            f"Iterations: {len(iterations)}"
+            + (f" ({len(published)} published: {limits.cut(shown, 300)})" if published else ""),
+            f"Tags: {len(preview.get('tags') or [])}",
+            *_preview_warnings(preview),
+        ]
+        if preview_file is not None:
+            lines.append(_file_note(preview_file))
+    text = limits.fit_lines(lines, limits.MAX_SECTION_TEXT, "… {n} more line(s) in the file")
+    blocks: list[Block] = [{"type": "section", "block_id": "preview", "text": plain(text)}]
+    warning = _unpublish_warning(preview)
+    if warning:
+        warning = limits.cut(warning, limits.MAX_SECTION_TEXT - 60, "… (every name is in the file)")
+        blocks.append({"type": "section", "block_id": "unpublish", "text": plain(warning)})
     return blocks
 
 
-def _decision_blocks(record: RequestRecord, required: int) -> list[Block]:
+def _decision_blocks(record: RequestRecord, required: int, *, approvable: bool) -> list[Block]:
     blocks: list[Block] = []
     approvals = ", ".join(f"<@{a}>" for a in record.approvals) or "none yet"
     context = [mrkdwn(f"Approvals: {approvals} ({len(record.approvals)} of {required} needed)")]
@@ -201,46 +319,52 @@ def _decision_blocks(record: RequestRecord, required: int) -> list[Block]:
             }
         )
     if record.status == "pending":
-        blocks.append(approval_buttons(record.id))
+        blocks.append(approval_buttons(record.id, approve=approvable))
     return blocks
 
 
-def approval_buttons(request_id: str) -> Block:
-    """Return the Approve / Reject / Cancel actions; each button carries only the request id."""
+def approval_buttons(request_id: str, *, approve: bool = True) -> Block:
+    """Return the Approve / Reject / Cancel actions; each button carries only the request id.
+
+    Without `approve`, only Reject and Cancel: the approver has not got all it needs to decide.
+    """
+    value = limits.cut(request_id, limits.MAX_BUTTON_VALUE)
+    approve_button = {
+        "type": "button",
+        "action_id": "request.approve",
+        "text": plain("Approve", limits.MAX_BUTTON_TEXT),
+        "style": "primary",
+        "value": value,
+        "confirm": {
+            "title": plain("Approve this deletion?", limits.MAX_CONFIRM_TITLE),
+            "text": plain(
+                f"{request_id} will be deleted from Custom Vision. This cannot be undone.",
+                limits.MAX_CONFIRM_TEXT,
+            ),
+            "confirm": plain("Approve", limits.MAX_CONFIRM_BUTTON),
+            "deny": plain("Back", limits.MAX_CONFIRM_BUTTON),
+            "style": "danger",
+        },
+    }
+    others = [
+        {
+            "type": "button",
+            "action_id": "request.reject",
+            "text": plain("Reject", limits.MAX_BUTTON_TEXT),
+            "style": "danger",
+            "value": value,
+        },
+        {
+            "type": "button",
+            "action_id": "request.cancel",
+            "text": plain("Cancel (requester)", limits.MAX_BUTTON_TEXT),
+            "value": value,
+        },
+    ]
     return {
         "type": "actions",
         "block_id": "decision",
-        "elements": [
-            {
-                "type": "button",
-                "action_id": "request.approve",
-                "text": plain("Approve"),
-                "style": "primary",
-                "value": request_id,
-                "confirm": {
-                    "title": plain("Approve this deletion?"),
-                    "text": plain(
-                        f"{request_id} will be deleted from Custom Vision. This cannot be undone."
-                    ),
-                    "confirm": plain("Approve"),
-                    "deny": plain("Back"),
-                    "style": "danger",
-                },
-            },
-            {
-                "type": "button",
-                "action_id": "request.reject",
-                "text": plain("Reject"),
-                "style": "danger",
-                "value": request_id,
-            },
-            {
-                "type": "button",
-                "action_id": "request.cancel",
-                "text": plain("Cancel (requester)"),
-                "value": request_id,
-            },
-        ],
+        "elements": [approve_button, *others] if approve else others,
     }
 
 
@@ -262,15 +386,15 @@ def reject_modal(request_id: str, channel_id: str) -> dict[str, Any]:
     return {
         "type": "modal",
         "callback_id": "request.reject_reason",
-        "private_metadata": f"{request_id}|{channel_id}",
-        "title": plain("Reject request"),
-        "submit": plain("Reject"),
-        "close": plain("Back"),
+        "private_metadata": f"{request_id}|{channel_id}",  # a listener caps the id at 40
+        "title": plain("Reject request", limits.MAX_MODAL_TITLE),
+        "submit": plain("Reject", limits.MAX_MODAL_TITLE),
+        "close": plain("Back", limits.MAX_MODAL_TITLE),
         "blocks": [
             {
                 "type": "input",
                 "block_id": "reason",
-                "label": plain(f"Why is {request_id} rejected?"),
+                "label": plain(f"Why is {request_id} rejected?", limits.MAX_INPUT_LABEL),
                 "element": {
                     "type": "plain_text_input",
                     "action_id": "value",

@@ -90,3 +90,31 @@ def _texts(value: Any) -> Iterable[str]:
 def blocks_text_units(blocks: Sequence[Mapping[str, Any]]) -> int:
     """Return the total text of `blocks` in UTF-16 units (what `msg_blocks_too_long` measures)."""
     return sum(units(text) for text in _texts(list(blocks)))
+
+
+def _text_objects(value: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(value, dict):
+        if value.get("type") in ("plain_text", "mrkdwn") and isinstance(value.get("text"), str):
+            yield value
+        for item in value.values():
+            yield from _text_objects(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _text_objects(item)
+
+
+def within_budget(blocks: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """Return `blocks` with their longest texts cut until all text fits `budget` units.
+
+    The last guard against `msg_blocks_too_long`: builders already keep each text short, so
+    this only acts on combinations nobody planned for (a long command, error and reason at once).
+    """
+    excess = blocks_text_units(blocks) - budget
+    while excess > 0:
+        longest = max(_text_objects(blocks), key=lambda obj: units(obj["text"]), default=None)
+        if longest is None or units(longest["text"]) <= 200:
+            break
+        size = units(longest["text"])
+        longest["text"] = cut(longest["text"], max(200, size - excess))
+        excess = blocks_text_units(blocks) - budget
+    return blocks

@@ -27,7 +27,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.ids import format_request_id
 from bot.logs import request_context
-from bot.store import OutboxItem, RequestRecord, Store, announcement_key
+from bot.store import OutboxItem, RequestRecord, Store, announcement_key, preview_file_key
 from handlers import blocks
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Deliverer:
         poll_interval: float = 0.1,
         upload_timeout: float = 300.0,
         on_delivered: Callable[[OutboxItem], None] | None = None,
+        work_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -81,6 +82,7 @@ class Deliverer:
         self.poll_interval = poll_interval
         self.upload_timeout = upload_timeout
         self.on_delivered = on_delivered
+        self.work_dir = work_dir
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,6 +143,7 @@ class Deliverer:
             except FileNotFoundError as exc:
                 log.error("outbox item %s (%s): %s is gone", item.id, item.kind, exc.filename)
                 self.store.outbox_failed(item.id, "file_missing")
+                self._show_refused_preview(item)
             except (requests.RequestException, OSError) as exc:
                 # The network or Slack is down: keep trying, never drop the message.
                 log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
@@ -158,6 +161,7 @@ class Deliverer:
         elif error in PERMANENT:
             log.error("outbox item %s (%s) cannot be delivered: %s", item.id, item.kind, error)
             self.store.outbox_failed(item.id, error)
+            self._show_refused_preview(item)
         else:
             # Slack being down is no reason to drop a message; an unknown error may be a bug.
             down = exc.response.status_code >= 500 or error in TRANSIENT
@@ -200,7 +204,8 @@ class Deliverer:
 
     def _announce(self, item: OutboxItem) -> Delivered:
         record = self._request(item)
-        text, body = blocks.announcement(record, self.required_approvals)
+        preview_file, queue_file = self._preview_file(record)
+        text, body = blocks.announcement(record, self.required_approvals, preview_file)
         previous = dict(item.result or {})
         # The request keeps the ts from the moment it is known: a crash before this item was
         # marked sent must update that message, not post a second announcement.
@@ -217,7 +222,8 @@ class Deliverer:
             ts = str(response["ts"])
             with self.store.write() as conn:
                 self.store.update_fields(conn, record.number, message_ts=ts)
-        if record.status == "pending" and not previous.get("approval_posted"):
+        shown = preview_file is None or preview_file.status == "sent"
+        if record.status == "pending" and shown and not previous.get("approval_posted"):
             details = {"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)}
 
             def posted(conn: sqlite3.Connection) -> None:
@@ -226,7 +232,55 @@ class Deliverer:
                 )
 
             return {**previous, "ts": ts, "approval_posted": True}, posted
-        return {**previous, "ts": ts}, None
+        return {**previous, "ts": ts}, queue_file
+
+    def _show_refused_preview(self, item: OutboxItem) -> None:
+        """Re-render the announcement of a preview file Slack refused: it says why no Approve."""
+        if item.payload.get("announce") and item.request_number is not None:
+            with self.store.write() as conn:
+                self.store.announce(conn, item.request_number, item.channel)
+
+    # -- a deletion preview too long for its message -----------------------------------------------
+
+    def _preview_file(
+        self, record: RequestRecord
+    ) -> tuple[blocks.PreviewFile | None, Callable[[sqlite3.Connection], None] | None]:
+        """Return the state of the request's preview file, and how to queue it when it is due.
+
+        The file is queued behind the announcement (its thread's parent) only once that is
+        posted; its upload re-renders the announcement, which shows Approve only then.
+        """
+        if record.kind != "delete" or not record.preview or blocks.preview_fits(record.preview):
+            return None, None
+        content = blocks.preview_file_text(record)
+        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+        key = preview_file_key(record.number, digest)
+        name = blocks.preview_file_name(record)
+        state = blocks.PreviewFile(name, self.store.delivery_status(key))
+        if state.status is not None or record.status != "pending" or self.work_dir is None:
+            return state, None
+        path = self.work_dir / record.id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        payload = {
+            "path": str(path),
+            "filename": name,
+            "title": f"{record.id} deletion preview (full)",
+            "comment": f"Full preview of {record.id}: every iteration and tag it deletes.",
+            "announce": True,
+        }
+
+        def queue(conn: sqlite3.Connection) -> None:
+            self.store.enqueue_once(
+                conn,
+                kind="upload",
+                channel=record.channel,
+                payload=payload,
+                request=record.number,
+                key=key,
+            )
+
+        return state, queue
 
     def _progress(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
@@ -300,6 +354,9 @@ class Deliverer:
         }
 
         def record(conn: sqlite3.Connection) -> None:
+            if item.payload.get("announce") and item.request_number is not None:
+                # A preview file: the announcement may show Approve now that the file is there.
+                self.store.announce(conn, item.request_number, item.channel)
             self.store.audit(
                 conn,
                 "bot",

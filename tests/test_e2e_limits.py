@@ -45,8 +45,10 @@ def busy_stack(stacks: StartStack) -> Stack:
     """A stack where the requester has 55 open deletions with very long commands."""
     stack = stacks(seed=Seed(projects=1, iterations=2, tags=3, images=120, predictions=4))
     project = stack.cv.data.project_ids()[0]
-    ids = [stack.request_id(stack.command(REQUESTER, _long_delete(stack, project, n)))
-           for n in range(55)]
+    ids = [
+        stack.request_id(stack.command(REQUESTER, _long_delete(stack, project, n)))
+        for n in range(55)
+    ]
     for rid in ids:
         stack.wait_status(rid, "pending")
     stack.wait_delivered()
@@ -115,9 +117,7 @@ def test_e2e_preview_of_20_iterations_and_500_tags_keeps_every_warning(
     assert stack.wait_status(rid, "pending", "failed") == "pending"
     stack.wait_delivered()
     message = stack.announcement(rid)
-    shown = "\n".join(
-        str(block.get("text", {}).get("text", "")) for block in message.blocks
-    )
+    shown = "\n".join(str(block.get("text", {}).get("text", "")) for block in message.blocks)
     assert blocks_text_units(message.blocks) <= MAX_BLOCKS_TEXT
     for block in message.blocks:
         text = block.get("text")

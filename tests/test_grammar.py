@@ -89,7 +89,7 @@ U_ALL = "\n".join(
         " tags, tag, images, exports, predictions)",
         "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"
         " account, exports)",
-        "status [<request-id>]",
+        "status [<request-id>] [--all]",
         "cancel <request-id>",
         "retry <request-id>",
         U_AUDIT,
@@ -187,6 +187,7 @@ FORMS: list[tuple[str, Command]] = [
     ("status", Status()),
     ("status R-1042", Status("R-1042")),
     ("status r-007", Status("R-7")),
+    ("status --all", Status(all=True)),
     ("cancel R-12", Cancel("R-12")),
     ("retry r-3", Retry("R-3")),
     ("audit", AuditExport()),
@@ -345,7 +346,7 @@ ERRORS: list[tuple[str, str, str]] = [
     ("exprot", "unknown command 'exprot'; did you mean 'export'?", U_EXPORT_ALL),
     (f"erase project {P}", "unknown command 'erase'; did you mean 'delete'?", U_DELETE_PROJECT),
     ("frobnicate", "unknown command 'frobnicate'", U_ALL),
-    ("statsu", "unknown command 'statsu'; did you mean 'status'?", "status [<request-id>]"),
+    ("statsu", "unknown command 'statsu'; did you mean 'status'?", "status [<request-id>] [--all]"),
     ("verify", "unknown command 'verify'; did you mean 'audit verify'?", "audit verify"),
     # kinds
     ("export", f"export needs a kind: {KINDS_EXPORT}", U_EXPORT_ALL),
@@ -431,7 +432,12 @@ ERRORS: list[tuple[str, str, str]] = [
     (
         "status 1042",
         "'1042' is not a request id: expected R-<number>, like R-1042",
-        "status [<request-id>]",
+        "status [<request-id>] [--all]",
+    ),
+    (
+        "status R-1042 --all",
+        "status takes either <request-id> or --all, not both",
+        "status [<request-id>] [--all]",
     ),
     (
         "audit --request x",
@@ -558,7 +564,7 @@ ERRORS: list[tuple[str, str, str]] = [
     (
         "status R-1 R-2",
         "unexpected argument 'R-2' (status takes <request-id>)",
-        "status [<request-id>]",
+        "status [<request-id>] [--all]",
     ),
     # numbers
     (
@@ -972,4 +978,4 @@ def test_grammar_usage_lists_forms() -> None:
     assert usage("export") == U_EXPORT_ALL
     assert usage("") == U_ALL
     assert usage("Export  Images") == U_EXPORT_IMAGES
-    assert usage("status") == "status [<request-id>]"
+    assert usage("status") == "status [<request-id>] [--all]"

@@ -69,6 +69,7 @@ DEFAULT_SCOPES = (
     "groups:read",
 )
 MAX_TEXT = 40_000
+MAX_BLOCKS_TEXT = 12_000  # msg_blocks_too_long, "about 12,000" (see "Lengths as Slack counts")
 MAX_MESSAGE_BLOCKS = 50
 MAX_MODAL_BLOCKS = 100
 MAX_FILES_PER_COMPLETION = 14
@@ -325,7 +326,7 @@ def _check_text_object(
     text = obj.get("text")
     if not isinstance(text, str) or not text:
         problems.append(f"[ERROR] must be more than 0 characters [json-pointer:{where}/text]")
-    elif len(text) > limit:
+    elif _units(text) > limit:
         problems.append(
             f"[ERROR] must be less than {limit + 1} characters [json-pointer:{where}/text]"
         )
@@ -343,13 +344,14 @@ def _check_element(obj: Any, where: str, problems: list[str]) -> None:
     if obj["type"] == "button":
         _check_text_object(obj.get("text"), f"{where}/text", problems, limit=75, plain_only=True)
         value = obj.get("value")
-        if value is not None and (not isinstance(value, str) or len(value) > 2000):
+        if value is not None and (not isinstance(value, str) or _units(value) > 2000):
             problems.append(
                 f"[ERROR] must be less than 2001 characters [json-pointer:{where}/value]"
             )
         style = obj.get("style")
         if style is not None and style not in ("primary", "danger"):
             problems.append(f"[ERROR] must be one of primary, danger [json-pointer:{where}/style]")
+    _check_limits_of_element(obj, where, problems)
 
 
 def _block_problems(blocks: Any, *, limit: int) -> list[str]:
@@ -427,11 +429,81 @@ def _block_problems(blocks: Any, *, limit: int) -> list[str]:
             _check_text_object(
                 block.get("label"), f"{where}/label", problems, limit=2000, plain_only=True
             )
+            if block.get("hint") is not None:
+                _check_text_object(
+                    block["hint"], f"{where}/hint", problems, limit=2000, plain_only=True
+                )
             if block.get("element") is None:
                 problems.append(f"[ERROR] missing required field: element [json-pointer:{where}]")
             else:
                 _check_element(block["element"], f"{where}/element", problems)
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Lengths as Slack counts them (issue 13, item 3)
+#
+# Slack counts every length in UTF-16 code units: an emoji outside the Basic Multilingual Plane
+# counts twice (inferred from JavaScript string lengths, which Slack's clients and Block Kit
+# Builder use, and consistent with NOTES-slack.md). Limits, from Slack's Block Kit reference:
+# confirmation dialog title 100, text 300, confirm/deny 30 (plain_text, except text); a
+# plain_text_input's placeholder 150, initial_value and max_length at most 3,000; an input's
+# hint 2,000. The total text of a message's blocks is refused as `msg_blocks_too_long` above
+# about 12,000 characters (undocumented; bolt-js issues 2509 and 2867 saw it from 11,341 to
+# 13,297 measured characters, so MAX_BLOCKS_TEXT is a setting).
+
+
+def _units(text: str) -> int:
+    """Return the length of `text` in UTF-16 code units, as Slack counts it."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _blocks_text_units(value: Any) -> int:
+    """Return the total of every `text` string in blocks (what msg_blocks_too_long measures)."""
+    if isinstance(value, dict):
+        return sum(
+            _units(item) if key == "text" and isinstance(item, str) else _blocks_text_units(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return sum(_blocks_text_units(item) for item in value)
+    return 0
+
+
+def _check_limits_of_element(obj: JsonObject, where: str, problems: list[str]) -> None:
+    """Add the confirmation dialog's and the text input's length problems of an element."""
+    confirm = obj.get("confirm")
+    if confirm is not None:
+        spot = f"{where}/confirm"
+        if not isinstance(confirm, dict):
+            problems.append(f"[ERROR] must be an object [json-pointer:{spot}]")
+        else:
+            for key, limit in (("title", 100), ("confirm", 30), ("deny", 30)):
+                _check_text_object(
+                    confirm.get(key), f"{spot}/{key}", problems, limit=limit, plain_only=True
+                )
+            _check_text_object(confirm.get("text"), f"{spot}/text", problems, limit=300)
+            style = confirm.get("style")
+            if style is not None and style not in ("primary", "danger"):
+                problems.append(
+                    f"[ERROR] must be one of primary, danger [json-pointer:{spot}/style]"
+                )
+    if obj.get("type") == "plain_text_input":
+        if obj.get("placeholder") is not None:
+            _check_text_object(
+                obj["placeholder"], f"{where}/placeholder", problems, limit=150, plain_only=True
+            )
+        initial = obj.get("initial_value")
+        if initial is not None and (not isinstance(initial, str) or _units(initial) > 3000):
+            problems.append(
+                f"[ERROR] must be less than 3001 characters [json-pointer:{where}/initial_value]"
+            )
+        for key, low in (("max_length", 1), ("min_length", 0)):
+            bound = obj.get(key)
+            if bound is not None and (not isinstance(bound, int) or not low <= bound <= 3000):
+                problems.append(
+                    f"[ERROR] must be between {low} and 3000 [json-pointer:{where}/{key}]"
+                )
 
 
 def _parse_blocks(value: Any, *, limit: int = MAX_MESSAGE_BLOCKS) -> list[JsonObject] | None:
@@ -695,6 +767,13 @@ class SlackEmulator:
         self.bot_name = "cv-dsr-bot"
         self.scopes = frozenset(scopes)
         self.free_plan = False  # True: usergroups.users.list answers plan_upgrade_required
+        # Lengths (UTF-16 units). Real Slack cuts text at 40,000 and asks for under 4,000; a
+        # stack may set max_text to 4,000 so that any longer reply fails its test.
+        self.max_text = MAX_TEXT
+        self.max_blocks_text = MAX_BLOCKS_TEXT
+        # bolt-js issue 2867: respond() accepted blocks that chat.postMessage refused as
+        # msg_blocks_too_long. Both variants are plausible; True is the stricter one.
+        self.response_url_blocks_total = True
         self._clock = clock
         self._host = host
         self._port = port
@@ -903,6 +982,14 @@ class SlackEmulator:
         if not isinstance(data, dict):
             data = {"text": body.decode("utf-8", "replace")}
         with self._lock:
+            try:
+                # Held to the same rules as response_url posts (inferred: Slack documents an
+                # acknowledgement body as "the same as a response_url message"); what Slack
+                # refuses is not shown, and the refusal is recorded as a "command_ack" call.
+                self._content(data, required=False, blocks_total=self.response_url_blocks_total)
+            except _ApiError as exc:
+                self._record("command_ack", data, 200, error=exc.error)
+                return
             blocks = data.get("blocks") or []
             text = _text(data.get("text"))
             ts = self._next_ts()
@@ -1177,9 +1264,13 @@ class SlackEmulator:
         self._messages[(message.channel, message.ts)] = updated
         return updated
 
-    @staticmethod
-    def _content(params: JsonObject, *, required: bool = True) -> tuple[str | None, Any, Any]:
-        """Return (text, blocks, attachments) arguments, checked as chat.* methods check them."""
+    def _content(
+        self, params: JsonObject, *, required: bool = True, blocks_total: bool = True
+    ) -> tuple[str | None, Any, Any]:
+        """Return (text, blocks, attachments) arguments, checked as chat.* methods check them.
+
+        `blocks_total`: refuse blocks whose text adds up to more than `max_blocks_text`.
+        """
         text = None if params.get("text") is None else _text(params.get("text"))
         blocks = _parse_blocks(params.get("blocks"))
         attachments = params.get("attachments")
@@ -1191,8 +1282,10 @@ class SlackEmulator:
             attachments = None
         if required and not text and not blocks and not attachments:
             raise _ApiError("no_text")
-        if text is not None and len(text) > MAX_TEXT:
+        if text is not None and _units(text) > self.max_text:
             raise _ApiError("msg_too_long")
+        if blocks_total and blocks and _blocks_text_units(blocks) > self.max_blocks_text:
+            raise _ApiError("msg_blocks_too_long")
         return text, blocks, attachments
 
     # -- dispatch --------------------------------------------------------------------------
@@ -1826,6 +1919,14 @@ class SlackEmulator:
             try:
                 self._apply_response(url, data)
             except _ApiError as exc:
+                if exc.error in _WEBHOOK_TEXT_ERRORS:
+                    # A response_url answers these as incoming webhooks do: HTTP 400 and the
+                    # bare code as plain text (sourcegraph issue 49979: '400 Bad Request with
+                    # body "invalid_blocks"'; java-slack-sdk issue 1017).
+                    self._record(
+                        "response_url", params, 400, error=exc.error, content_type=content_type
+                    )
+                    return _Reply(400, exc.error.encode(), content_type="text/plain")
                 return fail(400 if exc.error != "message_not_found" else 404, exc.error)
             url.uses += 1
             self._record("response_url", params, 200, content_type=content_type)
@@ -1847,7 +1948,7 @@ class SlackEmulator:
                     raise _ApiError("message_not_found")
                 self._ephemerals[ts] = replace(ephemeral, deleted=True)
             return
-        text, blocks, attachments = self._content(data)
+        text, blocks, attachments = self._content(data, blocks_total=self.response_url_blocks_total)
         thread_ts = _text(data.get("thread_ts")) or None
         if _flag(data.get("replace_original")) and url.original is not None:
             kind, ts = url.original
@@ -1892,6 +1993,11 @@ class SlackEmulator:
             url.original = ("ephemeral", ts)
 
 
+_WEBHOOK_TEXT_ERRORS = frozenset(
+    {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long"}
+)
+
+
 def _view_problems(view: JsonObject) -> list[str]:
     """Return Slack-style messages for what views.open refuses in a modal (empty: valid)."""
     problems: list[str] = []
@@ -1913,7 +2019,7 @@ def _view_problems(view: JsonObject) -> list[str]:
         has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in blocks)
         if has_input and view.get("submit") is None:
             problems.append("[ERROR] submit is required with input blocks [json-pointer:/view]")
-    if len(_text(view.get("private_metadata"))) > 3000:
+    if _units(_text(view.get("private_metadata"))) > 3000:
         problems.append(
             "[ERROR] must be less than 3001 characters [json-pointer:/view/private_metadata]"
         )
