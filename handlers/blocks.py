@@ -66,6 +66,18 @@ def bot_text(text: str) -> str:
     return "".join(out)
 
 
+def message_text(text: str) -> str:
+    """Return text the bot composed as a message Slack takes whole: safe mrkdwn, ≤ 4,000 units.
+
+    Whole lines are kept; what does not fit is named, never dropped silently.
+    """
+    return limits.fit_lines(
+        bot_text(text).split("\n"),
+        limits.MAX_REPLY_TEXT,
+        "… ({n} more line(s) did not fit in one Slack message)",
+    )
+
+
 def plain(text: str, limit: int = limits.MAX_SECTION_TEXT) -> dict[str, Any]:
     """Return a plain_text object (never parsed for mentions or links), cut to `limit` units."""
     return {"type": "plain_text", "text": limits.cut(text, limit) or " ", "emoji": False}

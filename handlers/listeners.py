@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def reply_text(text: str) -> str:
-    """Return service text safe for mrkdwn, keeping only the bot's own user mentions."""
-    return blocks.bot_text(text)
+    """Return service text safe for mrkdwn (only the bot's own mentions), fitting one message."""
+    return blocks.message_text(text)
 
 
 def _answer(reply: Reply) -> dict[str, Any]:

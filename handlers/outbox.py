@@ -28,7 +28,7 @@ from slack_sdk.errors import SlackApiError
 from bot.ids import format_request_id
 from bot.logs import request_context
 from bot.store import OutboxItem, RequestRecord, Store, announcement_key, preview_file_key
-from handlers import blocks
+from handlers import blocks, limits
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,10 @@ class Deliverer:
 
     def _progress(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
-        text = f"{self._request(item).id}: {blocks.progress_text(item.payload)}"
+        text = limits.cut(
+            f"{self._request(item).id}: {blocks.progress_text(item.payload)}",
+            limits.MAX_REPLY_TEXT,
+        )
         ts = (item.result or {}).get("ts")
         if ts:
             self.client.chat_update(channel=item.channel, ts=ts, text=text)
@@ -299,13 +302,13 @@ class Deliverer:
         response = self.client.chat_postMessage(
             channel=item.channel,
             thread_ts=thread_ts,
-            text=blocks.bot_text(str(item.payload["text"])),
+            text=blocks.message_text(str(item.payload["text"])),
         )
         return {"ts": str(response["ts"])}, None
 
     def _mirror(self, item: OutboxItem) -> Delivered:
         response = self.client.chat_postMessage(
-            channel=item.channel, text=blocks.bot_text(str(item.payload["text"]))
+            channel=item.channel, text=blocks.message_text(str(item.payload["text"]))
         )
         return {"ts": str(response["ts"])}, None
 
@@ -339,7 +342,7 @@ class Deliverer:
         if thread_ts:
             arguments["thread_ts"] = thread_ts
         if payload.get("comment"):
-            arguments["initial_comment"] = blocks.bot_text(str(payload["comment"]))
+            arguments["initial_comment"] = blocks.message_text(str(payload["comment"]))
         self.client.files_completeUploadExternal(**arguments)
         return {**state, "completed": True}, self._file_posted(item, state)
 
