@@ -178,3 +178,44 @@ def test_e2e_preview_file_refused_keeps_the_approve_button_away(stacks: StartSta
     stack.wait_delivered()
     assert stack.status(rid) == "pending"
     assert stack.bot.store.get(rid).approvals == ()
+
+
+# -- neighbours: other messages that could outgrow Slack ----------------------------------------
+
+
+def test_e2e_announcement_with_a_reason_of_emoji_fits(stack: Stack) -> None:
+    # 1,000 emoji is a valid --reason (1,000 characters) but 2,008 UTF-16 units with its label:
+    # more than a section field's 2,000. The old builder counted code points and Slack refused.
+    project = stack.cv.data.project_ids()[0]
+    reason = "🙂" * 1000
+    rid = stack.request_id(
+        stack.command(REQUESTER, f'export project {project} --no-images --reason "{reason}"')
+    )
+    stack.wait_status(rid, "done", "failed")
+    stack.wait_delivered()
+    refused = [c for c in stack.slack.calls if c.error in ("invalid_blocks", "msg_blocks_too_long")]
+    assert refused == []
+    fields = next(b for b in stack.announcement(rid).blocks if b.get("block_id") == "meta")
+    shown = fields["fields"][1]["text"]
+    assert units(shown) <= 2000 and shown.startswith("Reason: 🙂🙂")
+
+
+def test_e2e_thread_post_longer_than_a_message_says_what_it_left_out(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project} --no-images"))
+    stack.wait_status(rid, "done", "failed")
+    stack.wait_delivered()
+    record = stack.bot.store.get(rid)
+    lines = [f"• part-{n:03d}.zip: 1.0 MB, SHA-256 {'ab' * 32}" for n in range(120)]
+    with stack.bot.store.write() as conn:
+        stack.bot.store.post(conn, record.number, record.channel, "\n".join(lines))
+    stack.wait_delivered()
+    thread = stack.slack.messages(CHANNEL, record.message_ts)
+    found = [m for m in thread if "part-000" in m.text]
+    assert len(found) == 1, [(c.method, c.error) for c in stack.slack.calls][-5:]
+    posted = found[0]
+    assert posted.thread_ts == record.message_ts
+    assert units(posted.text) <= MAX_REPLY_TEXT
+    kept = posted.text.count("• part-")
+    assert 0 < kept < 120
+    assert f"… ({120 - kept} more line(s) did not fit in one Slack message)" in posted.text
