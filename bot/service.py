@@ -380,25 +380,15 @@ class Service:
             if reason:
                 body.append(f"Reason: {reason}")
         path.write_text("\n".join(body) + "\n", encoding="utf-8")
-        with self.store.write() as conn:
-            self.store.audit(
-                conn,
-                user_id,
-                "status.exported",
-                details={"requests": len(records), "file": name, "channel": channel_id},
-            )
-            self.store.enqueue(
-                conn,
-                kind="upload",
-                channel=channel_id,
-                payload={
-                    "path": str(path),
-                    "filename": name,
-                    "title": f"Open requests of <@{user_id}> ({len(records)})",
-                    "comment": f"<@{user_id}> your {len(records)} open requests.",
-                },
-                request=None,
-            )
+        self._share_file(
+            user_id,
+            channel_id,
+            path,
+            action="status.exported",
+            details={"requests": len(records), "file": name, "channel": channel_id},
+            title=f"Open requests of <@{user_id}> ({len(records)})",
+            comment=f"<@{user_id}> your {len(records)} open requests.",
+        )
         return Reply(f"Posting your {len(records)} open requests here as `{name}`.")
 
     # -- decisions -------------------------------------------------------------------------------
@@ -741,32 +731,50 @@ class Service:
             write = audit.write_csv if command.format == "csv" else audit.write_jsonl
             count = write(selected, fp)
         verification = audit.verify(self.store.db.conn)
+        self._share_file(
+            user_id,
+            channel_id,
+            path,
+            action="audit.exported",
+            request=command.request_id,
+            details={
+                "events": count,
+                "format": command.format,
+                "since": str(command.since) if command.since else None,
+                "file": name,
+            },
+            title=f"Audit log ({count} events)",
+            comment=f"<@{user_id}> audit log: {count} events. {verification.summary()}",
+        )
+        return Reply(f"Posting {count} audit events as `{name}`.")
+
+    def _share_file(
+        self,
+        user_id: str,
+        channel_id: str,
+        path: Path,
+        *,
+        action: str,
+        details: Mapping[str, Any],
+        title: str,
+        comment: str,
+        request: str | None = None,
+    ) -> None:
+        """Record `action` and queue the upload of `path` to the channel, in one transaction."""
         with self.store.write() as conn:
-            self.store.audit(
-                conn,
-                user_id,
-                "audit.exported",
-                request=command.request_id,
-                details={
-                    "events": count,
-                    "format": command.format,
-                    "since": str(command.since) if command.since else None,
-                    "file": name,
-                },
-            )
+            self.store.audit(conn, user_id, action, request=request, details=dict(details))
             self.store.enqueue(
                 conn,
                 kind="upload",
                 channel=channel_id,
                 payload={
                     "path": str(path),
-                    "filename": name,
-                    "title": f"Audit log ({count} events)",
-                    "comment": f"<@{user_id}> audit log: {count} events. {verification.summary()}",
+                    "filename": path.name,
+                    "title": title,
+                    "comment": comment,
                 },
                 request=None,
             )
-        return Reply(f"Posting {count} audit events as `{name}`.")
 
 
 def _targets(parsed: Mapping[str, Any]) -> list[str]:

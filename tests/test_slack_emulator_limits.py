@@ -17,7 +17,7 @@ from slack_sdk.webhook import WebhookClient
 
 from bot.emulators.slack import MAX_BLOCKS_TEXT, SlackEmulator
 
-TOKEN = "xoxb-emulator-bot-token"  # noqa: S105 - the emulator's default fake token
+TOKEN = "xoxb-emulator-bot-token"
 EMOJI = "🙂"  # one character, two UTF-16 units
 
 
