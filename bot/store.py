@@ -802,13 +802,24 @@ class Store:
                 (iso(self.clock.now() + delay), give_up_after, give_up_after, item_id),
             )
 
-    def outbox_failed(self, item_id: int, error: str) -> None:
-        """Mark a delivery that can never succeed (e.g. channel_not_found) as failed."""
+    def outbox_failed(
+        self,
+        item_id: int,
+        error: str,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Mark a delivery that can never succeed (e.g. channel_not_found) as failed.
+
+        `also` runs in the same transaction (what the failure changes elsewhere).
+        """
         with self.write() as conn:
             conn.execute(
                 "UPDATE outbox SET status = 'failed', result = ? WHERE id = ?",
                 (_json({"error": error}), item_id),
             )
+            if also is not None:
+                also(conn)
 
     def is_settled(self, number: int) -> bool:
         """Return True when a request has no job running or queued and nothing left to post."""

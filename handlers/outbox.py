@@ -142,8 +142,7 @@ class Deliverer:
                     blocked.add(item.request_number)
             except FileNotFoundError as exc:
                 log.error("outbox item %s (%s): %s is gone", item.id, item.kind, exc.filename)
-                self.store.outbox_failed(item.id, "file_missing")
-                self._show_refused_preview(item)
+                self.store.outbox_failed(item.id, "file_missing", also=self._refused(item))
             except (requests.RequestException, OSError) as exc:
                 # The network or Slack is down: keep trying, never drop the message.
                 log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
@@ -160,8 +159,7 @@ class Deliverer:
             self.store.outbox_retry(item.id, timedelta(seconds=retry_after), give_up_after=None)
         elif error in PERMANENT:
             log.error("outbox item %s (%s) cannot be delivered: %s", item.id, item.kind, error)
-            self.store.outbox_failed(item.id, error)
-            self._show_refused_preview(item)
+            self.store.outbox_failed(item.id, error, also=self._refused(item))
         else:
             # Slack being down is no reason to drop a message; an unknown error may be a bug.
             down = exc.response.status_code >= 500 or error in TRANSIENT
@@ -234,11 +232,16 @@ class Deliverer:
             return {**previous, "ts": ts, "approval_posted": True}, posted
         return {**previous, "ts": ts}, queue_file
 
-    def _show_refused_preview(self, item: OutboxItem) -> None:
-        """Re-render the announcement of a preview file Slack refused: it says why no Approve."""
-        if item.payload.get("announce") and item.request_number is not None:
-            with self.store.write() as conn:
-                self.store.announce(conn, item.request_number, item.channel)
+    def _refused(self, item: OutboxItem) -> Callable[[sqlite3.Connection], None] | None:
+        """Return what a refused delivery changes: a preview file re-renders its announcement.
+
+        In the failure's transaction, so the announcement never waits on a stale "being
+        attached" while nothing is pending.
+        """
+        number = item.request_number
+        if not item.payload.get("announce") or number is None:
+            return None
+        return lambda conn: self.store.announce(conn, number, item.channel)
 
     # -- a deletion preview too long for its message -----------------------------------------------
 
