@@ -63,7 +63,8 @@ MANUAL_STEPS = {
 # `status` lists the newest open requests, each command clipped, so the reply fits Slack's
 # 4,000 characters with room to spare (`status --all` posts the full list as a file).
 STATUS_SHOWN = 20
-STATUS_COMMAND_CHARS = 100
+STATUS_COMMAND_CHARS = 70
+STATUS_TICKET_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -337,14 +338,15 @@ class Service:
         if not total:
             return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
         records = self.store.requests_of(user_id, limit=STATUS_SHOWN)
-        lines = [f"Your open requests ({total}):"]
-        lines += [_status_line(r, now, short=True) for r in records]
+        header = f"Your open requests ({total}):"
         if total > len(records):
-            lines.append(
-                f"(showing {len(records)} of {total}, newest first; `{self.command} status "
-                "--all` posts every one as a file, `"
-                f"{self.command} status <request-id>` shows one)"
+            # First, not last: if Slack's length limit cuts the list, this line stays.
+            header = (
+                f"Your open requests ({total}), newest first; showing {len(records)} of {total}. "
+                f"`{self.command} status --all` posts every one as a file, `{self.command} "
+                "status <request-id>` shows one:"
             )
+        lines = [header, *(_status_line(r, now, short=True) for r in records)]
         return Reply("\n".join(lines))
 
     def status_file(self, user_id: str, channel_id: str) -> Reply:
@@ -797,7 +799,9 @@ def _clip(text: str, most: int) -> str:
 def _status_line(record: RequestRecord, now: datetime, *, short: bool = False) -> str:
     """Return one request's line; `short` clips the quoted command (a list shows 20 of them)."""
     ticket, _ = _meta_of(record)
-    ticket_part = f", ticket {_clip(ticket, 40) if short else ticket}" if ticket else ""
+    ticket_part = (
+        f", ticket {_clip(ticket, STATUS_TICKET_CHARS) if short else ticket}" if ticket else ""
+    )
     command = grammar.slack_unescape(record.text)
     if short:
         command = _clip(command.replace("`", "'"), STATUS_COMMAND_CHARS)

@@ -219,3 +219,21 @@ def test_e2e_thread_post_longer_than_a_message_says_what_it_left_out(stack: Stac
     kept = posted.text.count("• part-")
     assert 0 < kept < 120
     assert f"… ({120 - kept} more line(s) did not fit in one Slack message)" in posted.text
+
+
+def test_e2e_status_with_emoji_tickets_still_shows_20_whole_lines(stacks: StartStack) -> None:
+    # A ticket of 100 emoji is 200 UTF-16 units, and it is also quoted in the command.
+    stack = stacks(seed=Seed(projects=1, iterations=1, tags=2, images=20, predictions=3))
+    project = stack.cv.data.project_ids()[0]
+    rids = [
+        stack.request_id(
+            stack.command(REQUESTER, f"delete predictions {project} --ticket {'🙂' * 100}")
+        )
+        for _ in range(21)
+    ]
+    for rid in rids:
+        stack.wait_status(rid, "pending")
+    text = _ack_text(stack.command(REQUESTER, "status"))
+    assert units(text) <= MAX_REPLY_TEXT, units(text)
+    assert text.count("• R-") == 20 and "showing 20 of 21" in text
+    assert "did not fit" not in text
