@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
@@ -45,6 +45,7 @@ from bot.runner import Runner, Settings
 from bot.service import Service
 from bot.store import TERMINAL, Store
 from bot.training import TrainingClient
+from handlers.decider import Decider
 from handlers.directory import SlackDirectory
 from handlers.listeners import register
 from handlers.outbox import Deliverer
@@ -110,7 +111,8 @@ class Bot:
     deliverer: Deliverer
     app: App
     web: WebClient
-    _identity: dict[str, str] = field(default_factory=dict)
+    directory: SlackDirectory
+    decider: Decider
 
     def start(self) -> None:
         """Start the job workers and the Slack outbox."""
@@ -119,6 +121,8 @@ class Bot:
 
     def stop(self) -> None:
         """Stop taking jobs, let running ones reach a checkpoint, flush the outbox, close."""
+        self.decider.close()
+        self.directory.close()
         self.runner.stop()
         self.deliverer.stop()
         self.client.close()
@@ -192,8 +196,9 @@ def build_bot(
         store, web, required_approvals=config.required_approvals, work_dir=config.work_dir
     )
     store.on_enqueue = deliverer.wake.set
-    app = bolt_app(config, web, service)
-    return Bot(config, db, store, client, service, runner, deliverer, app, web)
+    decider = Decider(command=config.bot_command)
+    app = bolt_app(config, web, service, decider)
+    return Bot(config, db, store, client, service, runner, deliverer, app, web, directory, decider)
 
 
 def _bolt_logger() -> logging.Logger:
@@ -211,22 +216,54 @@ class _EnvTokenNotice(logging.Filter):
         return "will be unused" not in record.getMessage()
 
 
-def bolt_app(config: Config, web: WebClient, service: Service) -> App:
+class _Identity:
+    """The bot's own user and bot ids (auth.test), fetched in the background.
+
+    Bolt's `authorize` runs before every listener, inside Slack's 3 seconds: it must never
+    wait for Slack. Nothing the listeners do needs these ids (Bolt uses them to ignore the
+    bot's own events, which this app does not subscribe to).
+    """
+
+    def __init__(self, web: WebClient) -> None:
+        self.web = web
+        self._ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._fetching = False
+
+    def get(self) -> dict[str, str]:
+        """Return the ids known so far ({} at first); start fetching them if needed."""
+        with self._lock:
+            if self._ids or self._fetching:
+                return dict(self._ids)
+            self._fetching = True
+        threading.Thread(target=self._fetch, name="auth-test", daemon=True).start()
+        return {}
+
+    def _fetch(self) -> None:
+        try:
+            me = self.web.auth_test()
+            ids = {"user_id": str(me["user_id"]), "bot_id": str(me.get("bot_id") or "")}
+        except (SlackApiError, OSError, KeyError) as exc:
+            log.warning("auth.test failed (%s); retried on the next request", type(exc).__name__)
+            ids = {}
+        with self._lock:
+            self._ids.update(ids)
+            self._fetching = False
+
+
+def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider) -> App:
     """Return the Bolt app with the listeners registered; no token check at start-up."""
-    identity: dict[str, str] = {}
-    lock = threading.Lock()
+    identity = _Identity(web)
+    identity.get()
 
     def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:
-        with lock:
-            if not identity:
-                me = web.auth_test()
-                identity.update(user_id=str(me["user_id"]), bot_id=str(me.get("bot_id") or ""))
+        me = identity.get()
         return AuthorizeResult(
             enterprise_id=enterprise_id,
             team_id=team_id,
             bot_token=config.slack_bot_token.reveal(),
-            bot_user_id=identity["user_id"],
-            bot_id=identity["bot_id"],
+            bot_user_id=me.get("user_id"),
+            bot_id=me.get("bot_id"),
         )
 
     app = App(
@@ -250,7 +287,7 @@ def bolt_app(config: Config, web: WebClient, service: Service) -> App:
         raise ConfigError(
             ["SLACK_CLIENT_ID/SLACK_CLIENT_SECRET are set: this single-workspace bot needs neither"]
         )
-    register(app, service, command=config.bot_command)
+    register(app, service, command=config.bot_command, decider=decider)
     return app
 
 
@@ -389,6 +426,7 @@ class FormSafeRequestHandler(SlackRequestHandler):
         return BoltResponse(status=400, body={"error": f"malformed request: {problem}"})
 
     def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
+        received = time.monotonic()
         environ = request.environ
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw: bytes = environ["wsgi.input"].read(length) if length > 0 else b""
@@ -403,6 +441,9 @@ class FormSafeRequestHandler(SlackRequestHandler):
             )
             bolt_request.body = body
             bolt_request.context = build_context(BoltContext({}), body)
+            # Slack's 3 seconds run from here, not from when a listener starts.
+            bolt_request.context["received_at"] = received
+
         except MalformedRequest as exc:
             return self._refuse(raw, headers, str(exc))
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):

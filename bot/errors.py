@@ -5,6 +5,7 @@
     ├── ParseError                a command the grammar rejects (carries the right usage)
     ├── NotAllowed                an actor may not do this (who may do what: bot.policy)
     ├── RequestStateError         the request is not in a state that allows this
+    ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
     └── TrainingApiError          the Training API failed (bot.training)
         ├── ServiceError          the service answered an error body ({code, message})
         │   └── NotFound          NotFound* codes
@@ -51,6 +52,13 @@ class NotAllowed(BotError):
 
 class RequestStateError(BotError):
     """The request's stored state does not allow this action."""
+
+
+class SlackLookupError(BotError):
+    """A Slack lookup the rules need (user groups, a channel) failed or missed its time budget.
+
+    Raised before any write, so the message can say that nothing was recorded.
+    """
 
 
 class TrainingApiError(BotError):

@@ -5,7 +5,8 @@
 | request    | BOT_REQUESTERS (user or group), anyone when empty;    | channel allowed by       |
 |            | deletions also need BOT_APPROVERS to be configured    | BOT_ALLOWED_CHANNELS     |
 | approve    | BOT_APPROVERS (user or group), never the requester,   | pending, not expired     |
-|            | each approver once                                    |                          |
+|            | each approver once; an approval counts only while its | (re-checked whenever an  |
+|            | approver still is one (`approval_counts`)             | approval is added)       |
 | reject     | BOT_APPROVERS (user or group), never the requester    | pending, not expired     |
 | cancel     | the requester                                         | queued/running export,   |
 |            |                                                       | previewing/pending delete|
@@ -142,6 +143,28 @@ def may_approve(
     if actor.user_id in subject.approvals:
         return Decision(False, f"You have already approved {subject.request_id}.")
     return _decidable(subject, now)
+
+
+def approval_counts(rules: Rules, approver: Actor, subject: Subject) -> Decision:
+    """Return whether a recorded approval by `approver` still counts under the current rules.
+
+    The one test of "is this recorded approval still authorised": an approver removed from
+    BOT_APPROVERS or from an approver group since (a restart with new config, a group edited in
+    Slack) no longer counts, nor does an approval by the requester. `approver.groups` must be
+    read fresh from Slack. Used when an approval is added and before a retry.
+    """
+    who = f"<@{approver.user_id}>"
+    if approver.user_id == subject.requester:
+        return Decision(
+            False, f"{who} requested {subject.request_id}, so their approval cannot count."
+        )
+    if not approver.listed_in(rules.approvers):
+        return Decision(
+            False,
+            f"{who} is no longer an approver (BOT_APPROVERS and its user groups), so their "
+            f"approval of {subject.request_id} no longer counts.",
+        )
+    return ALLOW
 
 
 def may_reject(

@@ -25,6 +25,7 @@ from bot.policy import (
     Decision,
     Rules,
     Subject,
+    approval_counts,
     may_approve,
     may_cancel,
     may_read_audit,
@@ -35,6 +36,9 @@ from bot.policy import (
 from bot.store import OPEN, TERMINAL, RequestRecord, Store
 
 log = logging.getLogger(__name__)
+# An approval decision reads group membership fresh: a cached "yes" older than this is asked
+# again (someone removed from an approver group must not approve on a five-minute cache).
+FRESH_FOR_APPROVALS = 3.0
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -87,8 +91,14 @@ class ChannelInfo:
 class Directory(Protocol):
     """Slack lookups the rules need (implemented in handlers/ with a cache)."""
 
-    def groups_of(self, user_id: str, groups: frozenset[str]) -> frozenset[str]:
-        """Return which of `groups` (user-group ids) contain `user_id`."""
+    def groups_of(
+        self, user_id: str, groups: frozenset[str], *, max_age: float | None = None
+    ) -> frozenset[str]:
+        """Return which of `groups` (user-group ids) contain `user_id`.
+
+        `max_age`: how old a cached "yes" may be (None: the directory's own TTL). Raises
+        SlackLookupError when Slack does not answer in time.
+        """
         ...
 
     def channel(self, channel_id: str) -> ChannelInfo:
@@ -159,10 +169,16 @@ class Service:
 
     # -- who is acting ---------------------------------------------------------------------------
 
-    def actor(self, user_id: str) -> Actor:
-        """Return the actor with the configured user groups they belong to."""
+    def actor(self, user_id: str, *, max_age: float | None = None) -> Actor:
+        """Return the actor with the configured user groups they belong to.
+
+        `max_age`: how old a cached group membership may be (FRESH_FOR_APPROVALS for approval
+        decisions). Raises SlackLookupError when Slack does not answer in time.
+        """
         groups = frozenset(g for g in self.rules.approvers | self.rules.requesters if g[0] == "S")
-        return Actor(user_id, self.directory.groups_of(user_id, groups) if groups else frozenset())
+        if not groups:
+            return Actor(user_id)
+        return Actor(user_id, self.directory.groups_of(user_id, groups, max_age=max_age))
 
     def _refuse(
         self, actor: str, action: str, decision: Decision, *, request: str | None = None
@@ -420,11 +436,15 @@ class Service:
         `channel_id` is where the Approve button was clicked (None: not a click).
         """
         record = self._load(request_id, user_id=user_id, action="approval")
-        actor = self.actor(user_id)
+        actor = self.actor(user_id, max_age=FRESH_FOR_APPROVALS)
+        # Every recorded approval is re-checked against the current rules (approval_counts);
+        # their group memberships are read now, outside the write lock.
+        earlier = {a: self.actor(a, max_age=FRESH_FOR_APPROVALS) for a in record.approvals}
         now = self.clock.now()
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)  # decide on stored state, in the tx
-            decision = may_approve(self.rules, actor, subject_of(record), now, channel=channel_id)
+            subject = subject_of(record)
+            decision = may_approve(self.rules, actor, subject, now, channel=channel_id)
             if decision and self.store.preview_file_status(record.number) not in (None, "sent"):
                 # The preview was too long for its message and its file is not in the thread:
                 # nobody has seen what this deletion removes (the button is not even shown).
@@ -443,6 +463,26 @@ class Service:
                 request=record.number,
                 details={"approvals": count, "required": self.rules.required_approvals},
             )
+            kept, dropped = [], []
+            for approver in record.approvals:
+                # One recorded since the lookups above was checked fresh by its own decision.
+                who = earlier.get(approver) or self.actor(approver, max_age=FRESH_FOR_APPROVALS)
+                counts = approval_counts(self.rules, who, subject)
+                if counts:
+                    kept.append(approver)
+                    continue
+                self.store.remove_approval(conn, record.number, approver)
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "approval.dropped",
+                    request=record.number,
+                    outcome="refused",
+                    details={"approver": approver, "reason": counts.reason},
+                )
+                dropped.append(counts.reason)
+            count -= len(dropped)
+            approvers = [*kept, user_id]
             started = False
             if count >= self.rules.required_approvals:
                 started = self.store.transition(
@@ -455,17 +495,26 @@ class Service:
                         "bot",
                         "request.approved",
                         request=record.number,
-                        details={"approvers": [*record.approvals, user_id]},
+                        details={"approvers": approvers},
                     )
+            missing = self.rules.required_approvals - count
+            if dropped:
+                self.store.post(
+                    conn,
+                    record.number,
+                    record.channel,
+                    " ".join(dropped)
+                    + ("" if started else f" {record.id} needs {missing} more approval(s)."),
+                )
             self.store.announce(conn, record.number, record.channel)
+        stale = (" " + " ".join(dropped)) if dropped else ""
         if started:
             self.wake()
             return Reply(
-                f"You approved {record.id}. The deletion starts now; the receipt will "
+                f"You approved {record.id}.{stale} The deletion starts now; the receipt will "
                 "be posted in its thread."
             )
-        missing = self.rules.required_approvals - count
-        return Reply(f"You approved {record.id}. {missing} more approval(s) needed.")
+        return Reply(f"You approved {record.id}.{stale} {missing} more approval(s) needed.")
 
     @_answers_errors
     def check_reject(
@@ -475,7 +524,7 @@ class Service:
         record = self._load(request_id, user_id=user_id, action="rejection")
         decision = may_reject(
             self.rules,
-            self.actor(user_id),
+            self.actor(user_id, max_age=FRESH_FOR_APPROVALS),
             subject_of(record),
             self.clock.now(),
             channel=channel_id,
@@ -490,7 +539,7 @@ class Service:
     ) -> Reply:
         """Reject a pending deletion with a reason."""
         record = self._load(request_id, user_id=user_id, action="rejection")
-        actor = self.actor(user_id)
+        actor = self.actor(user_id, max_age=FRESH_FOR_APPROVALS)
         reason = reason.strip()
         if not reason:
             return Reply("A rejection needs a reason.")
@@ -531,9 +580,10 @@ class Service:
     def cancel(self, user_id: str, request_id: str, channel_id: str | None = None) -> Reply:
         """Cancel the caller's queued or running export, or pending deletion."""
         record = self._load(request_id, user_id=user_id, action="cancel")
+        actor = self.actor(user_id)  # Slack lookups stay outside the write lock
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
-            decision = may_cancel(self.actor(user_id), subject_of(record), channel=channel_id)
+            decision = may_cancel(actor, subject_of(record), channel=channel_id)
             if not decision:
                 return self._refused_in(conn, user_id, "cancel", record, decision)
             self.store.transition(
@@ -560,9 +610,10 @@ class Service:
     def retry(self, user_id: str, request_id: str) -> Reply:
         """Resume a failed request from where it stopped (deletions need no new approval)."""
         record = self._load(request_id, user_id=user_id, action="retry")
+        actor = self.actor(user_id)  # Slack lookups stay outside the write lock
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
-            decision = may_retry(self.rules, self.actor(user_id), subject_of(record))
+            decision = may_retry(self.rules, actor, subject_of(record))
             if not decision:
                 return self._refused_in(conn, user_id, "retry", record, decision)
             job_kind = {"export": "export", "delete": "delete"}[record.kind]

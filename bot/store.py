@@ -386,6 +386,12 @@ class Store:
         ).fetchone()
         return int(count)
 
+    def remove_approval(self, conn: sqlite3.Connection, number: int, approver: str) -> None:
+        """Drop one recorded approval (its approver is no longer authorised)."""
+        conn.execute(
+            "DELETE FROM approvals WHERE request_id = ? AND approver = ?", (number, approver)
+        )
+
     def due_for_expiry(self, now: datetime) -> list[int]:
         """Return the numbers of pending deletions whose approval window has passed."""
         rows = self.db.conn.execute(

@@ -1,18 +1,42 @@
-"""Slack lookups behind the service's `Directory`: user groups and channels, cached briefly."""
+"""Slack lookups behind the service's `Directory`: user groups and channels, cached briefly.
+
+A decision waits for these lookups only until its deadline (`LOOKUP_DEADLINE`, set by the
+listener from the moment Slack's request arrived; `budget` seconds from the call otherwise).
+The calls themselves run on the directory's own small pool with slack-sdk's usual timeout and
+retries: a lookup that misses the deadline keeps running and fills the cache for the next try,
+while the decision refuses at once with `SlackLookupError` ("Slack is slow; try again") before
+it has written anything. One call per group or channel is in flight at a time (usergroups.users.list
+is Tier 2), however many decisions wait for it.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.errors import SlackLookupError
 from bot.service import ChannelInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOOKUP_BUDGET = 1.5  # seconds; Slack wants the acknowledgement within 3
+# The monotonic time by which the current decision's lookups must have answered (None: none
+# set, `budget` from each call). Set by handlers.listeners around each decision.
+LOOKUP_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "LOOKUP_DEADLINE", default=None
+)
+# Answers that say something about the group itself: it has no members this bot can see.
+_GROUP_ANSWERS = frozenset({"no_such_subteam", "plan_upgrade_required", "missing_scope"})
 
 
 class SlackDirectory:
@@ -25,54 +49,135 @@ class SlackDirectory:
         ttl: float = 300.0,
         miss_refresh_after: float = 10.0,
         channel_ttl: float = 30.0,
+        budget: float = LOOKUP_BUDGET,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.ttl = ttl
         self.miss_refresh_after = miss_refresh_after
         self.channel_ttl = channel_ttl
+        self.budget = budget
         self.monotonic = monotonic
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._channels: dict[str, tuple[float, ChannelInfo]] = {}
+        self._inflight: dict[tuple[str, str], Future[Any]] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slack-lookup")
 
-    def _members(self, group_id: str, *, fresh_after: float) -> frozenset[str]:
-        now = self.monotonic()
+    def close(self) -> None:
+        """Stop taking lookups (those in flight finish in the background)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- lookups with a deadline -------------------------------------------------------------
+
+    def _fetch(self, method: str, key: str, call: Callable[[], T]) -> Future[T]:
+        """Return the future of `call`, shared with any identical lookup already in flight."""
         with self._lock:
-            cached = self._groups.get(group_id)
-        if cached is not None and now - cached[0] < fresh_after:
-            return cached[1]
+            running = self._inflight.get((method, key))
+            if running is not None:
+                return running
+
+            def run() -> T:
+                try:
+                    return call()
+                finally:
+                    with self._lock:
+                        self._inflight.pop((method, key), None)
+
+            future = self._pool.submit(run)
+            self._inflight[(method, key)] = future
+            return future
+
+    def _await(self, method: str, futures: dict[str, Future[T]]) -> dict[str, T]:
+        """Return each lookup's result by the deadline; raise SlackLookupError otherwise."""
+        deadline = LOOKUP_DEADLINE.get()
+        now = self.monotonic()
+        if deadline is None:
+            deadline = now + self.budget
+        _, late = wait(list(futures.values()), timeout=max(0.0, deadline - now))
+        if late:
+            log.warning("%s did not answer within the decision's time budget", method)
+            raise SlackLookupError(
+                f"Slack is slow to answer right now ({method} did not answer in time), so I "
+                "could not check this and nothing was recorded. Please try again in a moment."
+            )
+        results: dict[str, T] = {}
+        for key, future in futures.items():
+            try:
+                results[key] = future.result()
+            except SlackApiError as exc:
+                error = str(exc.response.get("error") or f"HTTP {exc.response.status_code}")
+                raise SlackLookupError(
+                    f"Slack did not answer {method} ({error}), so I could not check this and "
+                    "nothing was recorded. Please try again in a moment."
+                ) from None
+            except OSError as exc:  # urllib's URLError, timeouts, refused connections
+                raise SlackLookupError(
+                    f"Slack could not be reached for {method} ({type(exc).__name__}), so I "
+                    "could not check this and nothing was recorded. Please try again in a moment."
+                ) from None
+        return results
+
+    # -- user groups -------------------------------------------------------------------------
+
+    def _group_members(self, group_id: str) -> tuple[float, frozenset[str]]:
+        started = self.monotonic()
         try:
             response = self.client.usergroups_users_list(usergroup=group_id)
             members = frozenset(response.get("users") or ())
         except SlackApiError as exc:
-            log.warning("usergroups.users.list %s failed: %s", group_id, exc.response.get("error"))
-            return cached[1] if cached else frozenset()
+            error = exc.response.get("error")
+            if error not in _GROUP_ANSWERS:
+                raise
+            log.warning("usergroups.users.list %s: %s (counted as no members)", group_id, error)
+            members = frozenset()
         with self._lock:
-            self._groups[group_id] = (now, members)
-        return members
+            self._groups[group_id] = (started, members)
+        return started, members
 
-    def groups_of(self, user_id: str, groups: frozenset[str]) -> frozenset[str]:
-        """Return the groups among `groups` that contain `user_id` (re-read once on a miss)."""
-        found = set()
+    def groups_of(
+        self, user_id: str, groups: frozenset[str], *, max_age: float | None = None
+    ) -> frozenset[str]:
+        """Return the groups among `groups` that contain `user_id`.
+
+        A cached member list answers "yes" while younger than `max_age` (default: the TTL) and
+        "no" while younger than the miss refresh; otherwise Slack is asked, within the deadline.
+        Raises SlackLookupError when Slack does not answer in time.
+        """
+        yes_age = self.ttl if max_age is None else max_age
+        no_age = min(self.miss_refresh_after, yes_age)
+        now = self.monotonic()
+        found: set[str] = set()
+        pending: dict[str, Future[tuple[float, frozenset[str]]]] = {}
         for group in sorted(groups):
-            if user_id in self._members(group, fresh_after=self.ttl) or user_id in self._members(
-                group, fresh_after=self.miss_refresh_after
-            ):
+            with self._lock:
+                cached = self._groups.get(group)
+            if cached is not None:
+                age, members = now - cached[0], cached[1]
+                if user_id in members and age < yes_age:
+                    found.add(group)
+                    continue
+                if user_id not in members and age < no_age:
+                    continue
+            pending[group] = self._fetch(
+                "usergroups.users.list", group, functools.partial(self._group_members, group)
+            )
+        for group, (_, members) in self._await("usergroups.users.list", pending).items():
+            if user_id in members:
                 found.add(group)
         return frozenset(found)
 
-    def channel(self, channel_id: str) -> ChannelInfo:
-        """Return what conversations.info says of a channel (not found: exists=False)."""
-        now = self.monotonic()
-        with self._lock:
-            cached = self._channels.get(channel_id)
-        if cached is not None and now - cached[0] < self.channel_ttl:
-            return cached[1]
+    # -- channels ----------------------------------------------------------------------------
+
+    def _channel_info(self, channel_id: str) -> ChannelInfo:
+        started = self.monotonic()
         try:
             data = self.client.conversations_info(channel=channel_id)["channel"]
         except SlackApiError as exc:
-            log.info("conversations.info %s: %s", channel_id, exc.response.get("error"))
+            error = exc.response.get("error")
+            if error != "channel_not_found":
+                raise
+            log.info("conversations.info %s: %s", channel_id, error)
             return ChannelInfo(exists=False)
         info = ChannelInfo(
             exists=True,
@@ -82,5 +187,20 @@ class SlackDirectory:
             name=str(data.get("name") or ""),
         )
         with self._lock:
-            self._channels[channel_id] = (now, info)
+            self._channels[channel_id] = (started, info)
         return info
+
+    def channel(self, channel_id: str) -> ChannelInfo:
+        """Return what conversations.info says of a channel (not found: exists=False).
+
+        Raises SlackLookupError when Slack does not answer in time or answers an error.
+        """
+        now = self.monotonic()
+        with self._lock:
+            cached = self._channels.get(channel_id)
+        if cached is not None and now - cached[0] < self.channel_ttl:
+            return cached[1]
+        future = self._fetch(
+            "conversations.info", channel_id, functools.partial(self._channel_info, channel_id)
+        )
+        return self._await("conversations.info", {channel_id: future})[channel_id]

@@ -1,14 +1,17 @@
 """Bolt listeners: ack, pull plain values out of the payload, call one Service method, reply.
 
 No rule lives here: who may do what is bot.policy, what happens is bot.service. Every
-listener acknowledges within Slack's 3 seconds because the service only touches SQLite and
-cached Slack lookups; long work is queued for the bot's own workers.
+listener acknowledges within Slack's 3 seconds: decisions run through handlers.decider, which
+acks with the decision's answer when it is quick and otherwise with a holding answer, the
+decision's own answer following through response_url. Long work is queued for the workers.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App, BoltResponse, Respond
@@ -17,6 +20,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.service import Reply, Service
 from handlers import blocks
+from handlers.decider import Decider
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +52,58 @@ UNKNOWN_ACTION = (
     "That button is not one this bot knows (it may come from an older version of the bot). "
     "Nothing was done. `{command} status` shows your requests."
 )
+KNOWN_ACTIONS = ("request.approve", "request.reject", "request.cancel")
+HOLDING_COMMAND = (
+    "Working on it: the database or Slack is slow right now. My answer follows here in a "
+    "moment; until then this is neither recorded nor refused, so please do not type it again."
+)
+HOLDING_CLICK = (
+    "Working on your click on {request_id}: the database or Slack is slow right now. My "
+    "answer follows here in a moment; please do not click again."
+)
 
 
-def register(app: App, service: Service, *, command: str) -> None:
+def received_at(context: dict[str, Any]) -> float:
+    """Return when the request reached the bot (monotonic), as stamped on arrival."""
+    stamped = context.get("received_at")
+    return float(stamped) if isinstance(stamped, float) else time.monotonic()
+
+
+def catch_all(known: tuple[str, ...]) -> re.Pattern[str]:
+    """Return a pattern matching every id except `known`.
+
+    Bolt runs the next matching listener when one did not ack within 3 s: the catch-alls must
+    not match the bot's own commands and buttons, or they would answer "nothing was done" for
+    something that may well be stored.
+    """
+    return re.compile("^(?!(?:" + "|".join(re.escape(k) for k in known) + ")$)")
+
+
+def register(app: App, service: Service, *, command: str, decider: Decider) -> None:
     """Attach the slash command, the buttons and the rejection dialog to `app`."""
 
+    @app.middleware
+    def stamp_arrival(context: dict[str, Any], next_: Callable[[], Any]) -> Any:
+        # The HTTP adapter stamps arrival before Bolt's own middleware; this covers Socket Mode.
+        context.setdefault("received_at", time.monotonic())
+        return next_()
+
     @app.command(command)
-    def on_command(ack: Ack, body: dict[str, Any]) -> None:
-        reply = service.handle_command(
-            str(body.get("user_id", "")), str(body.get("channel_id", "")), str(body.get("text", ""))
+    def on_command(
+        ack: Ack, body: dict[str, Any], context: dict[str, Any], respond: Respond
+    ) -> None:
+        user, channel = str(body.get("user_id", "")), str(body.get("channel_id", ""))
+        text = str(body.get("text", ""))
+
+        def answer(reply: Reply | None) -> None:
+            ack(**_answer(reply or Reply(HOLDING_COMMAND)))
+
+        decider.run(
+            received_at(context),
+            lambda: service.handle_command(user, channel, text),
+            answer=answer,
+            late=lambda reply: _follow_up(respond, reply),
         )
-        ack(**_answer(reply))
 
     def _decide(body: dict[str, Any]) -> tuple[str, str, str]:
         action = _obj((body.get("actions") or [{}])[0])
@@ -67,20 +112,39 @@ def register(app: App, service: Service, *, command: str) -> None:
         value = str(action.get("value") or "")[:MAX_VALUE_CHARS]
         return _id(body.get("user")), _id(body.get("channel")), value
 
-    @app.action("request.approve")
-    def on_approve(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        # Decide (a SQLite transaction) before acking: an acknowledged click is a stored click.
+    def _click(
+        ack: Ack,
+        body: dict[str, Any],
+        context: dict[str, Any],
+        respond: Respond,
+        decide: Callable[[str, str, str], Reply],
+    ) -> None:
+        # The decision (a SQLite transaction) is what the click's answer reports; the ack
+        # itself shows nothing, so it never claims anything.
         user, channel, request_id = _decide(body)
-        reply = service.approve(user, request_id, channel)
-        ack()
-        _respond(body, respond, reply)
+
+        def answer(reply: Reply | None) -> None:
+            ack()
+            _respond(body, respond, reply or Reply(HOLDING_CLICK.format(request_id=request_id)))
+
+        decider.run(
+            received_at(context),
+            lambda: decide(user, request_id, channel),
+            answer=answer,
+            late=lambda reply: _respond(body, respond, reply),
+        )
+
+    @app.action("request.approve")
+    def on_approve(
+        ack: Ack, body: dict[str, Any], context: dict[str, Any], respond: Respond
+    ) -> None:
+        _click(ack, body, context, respond, service.approve)
 
     @app.action("request.cancel")
-    def on_cancel(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
-        user, channel, request_id = _decide(body)
-        reply = service.cancel(user, request_id, channel)
-        ack()
-        _respond(body, respond, reply)
+    def on_cancel(
+        ack: Ack, body: dict[str, Any], context: dict[str, Any], respond: Respond
+    ) -> None:
+        _click(ack, body, context, respond, service.cancel)
 
     @app.action("request.reject")
     def on_reject(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
@@ -106,7 +170,9 @@ def register(app: App, service: Service, *, command: str) -> None:
             )
 
     @app.view("request.reject_reason")
-    def on_reject_reason(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def on_reject_reason(
+        ack: Ack, body: dict[str, Any], context: dict[str, Any], client: WebClient
+    ) -> None:
         view = _obj(body.get("view"))
         values = _obj(_obj(view.get("state")).get("values"))
         reason = str(_obj(_obj(values.get("reason")).get("value")).get("value") or "").strip()
@@ -115,14 +181,26 @@ def register(app: App, service: Service, *, command: str) -> None:
             return
         request_id, _, channel = str(view.get("private_metadata") or "").partition("|")
         user = _id(body.get("user"))
-        reply = service.reject(user, request_id, reason, channel or None)
-        ack()
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=reply_text(reply.text))
+
+        def tell(reply: Reply) -> None:
+            if channel:
+                client.chat_postEphemeral(channel=channel, user=user, text=reply_text(reply.text))
+
+        def answer(reply: Reply | None) -> None:
+            ack()  # closes the dialog; what happened is told in the channel
+            if reply is not None:
+                tell(reply)
+
+        decider.run(
+            received_at(context),
+            lambda: service.reject(user, request_id, reason, channel or None),
+            answer=answer,
+            late=tell,
+        )
 
     # Registered last: Bolt runs the first listener that matches, so these only see what the
     # ones above do not handle, and answer it instead of Bolt's bare 404.
-    @app.action(re.compile(".*"))
+    @app.action(catch_all(KNOWN_ACTIONS))
     def on_unknown_action(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         action = _obj((body.get("actions") or [{}])[0])
@@ -133,7 +211,7 @@ def register(app: App, service: Service, *, command: str) -> None:
         )
         _respond(body, respond, Reply(UNKNOWN_ACTION.format(command=command)))
 
-    @app.command(re.compile(".*"))
+    @app.command(catch_all((command,)))
     def on_unknown_command(ack: Ack, body: dict[str, Any]) -> None:
         typed = str(body.get("command") or "")[:40]
         log.warning("slash command %r reached the bot, which is configured for %s", typed, command)
@@ -149,6 +227,11 @@ def register(app: App, service: Service, *, command: str) -> None:
     def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
         log.error("unhandled error in a listener", exc_info=error)
         return BoltResponse(status=500, body="")
+
+
+def _follow_up(respond: Respond, reply: Reply) -> None:
+    """Answer a command through its response_url (its ack went out with a holding answer)."""
+    respond(**_answer(reply))
 
 
 def _respond(body: dict[str, Any], respond: Respond, reply: Reply) -> None:

@@ -1027,3 +1027,87 @@ def test_emulator_stop_closes_the_port() -> None:
     emulator.stop()
     with pytest.raises(requests.ConnectionError):
         requests.post(url + "auth.test", timeout=2)
+
+
+# -- slow and failing Slack, channel kinds, Enterprise Grid (issue 13) -----------------------
+
+
+def test_emulator_latency_applies_per_call_count(emulator: SlackEmulator) -> None:
+    impatient = WebClient(token=TOKEN, base_url=emulator.api_url, timeout=0.3, retry_handlers=[])
+    emulator.inject_latency("usergroups.users.list", 1.5, times=1, skip=1)
+    assert impatient.usergroups_users_list(usergroup="S1")["ok"] is True  # let through
+    with pytest.raises(OSError):  # urllib's timeout: the answer came too late
+        impatient.usergroups_users_list(usergroup="S1")
+    assert impatient.usergroups_users_list(usergroup="S1")["ok"] is True  # times=1: over
+    assert impatient.users_info(user="U1")["ok"] is True  # other methods are not slowed
+
+
+def test_emulator_server_errors_are_retried_by_slack_sdk(emulator: SlackEmulator) -> None:
+    from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
+    from slack_sdk.http_retry.builtin_interval_calculators import (
+        FixedValueRetryIntervalCalculator,
+    )
+
+    client = WebClient(
+        token=TOKEN,
+        base_url=emulator.api_url,
+        retry_handlers=[
+            ServerErrorRetryHandler(2, interval_calculator=FixedValueRetryIntervalCalculator(0))
+        ],
+    )
+    emulator.inject_server_error("usergroups.users.list", 503, times=2)
+    assert client.usergroups_users_list(usergroup="S1")["users"] == ["U1", "U2"]
+    assert [c.status for c in emulator.calls_to("usergroups.users.list")] == [503, 503, 200]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (
+            {"is_ext_shared": True},
+            {"is_ext_shared": True, "is_shared": True, "is_org_shared": False},
+        ),
+        ({"is_org_shared": True}, {"is_org_shared": True, "is_shared": True}),
+        ({"is_pending_ext_shared": True}, {"is_pending_ext_shared": True, "is_shared": False}),
+        ({}, {"is_ext_shared": False, "is_shared": False, "is_org_shared": False}),
+    ],
+)
+def test_emulator_conversations_info_tells_shared_channels(
+    emulator: SlackEmulator, client: WebClient, kind: dict[str, bool], expected: dict[str, Any]
+) -> None:
+    emulator.add_channel("C9", "partners", **kind)
+    info = client.conversations_info(channel="C9")["channel"]
+    assert {k: info[k] for k in expected} == expected
+
+
+def test_emulator_group_dm_needs_mpim_read() -> None:
+    with SlackEmulator(scopes=[*DEFAULT_SCOPES, "mpim:read"]) as emulator:
+        emulator.add_channel("G9", "mpdm-alice--bob--carol-1", is_mpim=True)
+        info = WebClient(token=TOKEN, base_url=emulator.api_url).conversations_info(channel="G9")
+        assert (info["channel"]["is_mpim"], info["channel"]["is_private"]) == (True, True)
+    with SlackEmulator(scopes=[s for s in DEFAULT_SCOPES if s != "mpim:read"]) as emulator:
+        emulator.add_channel("G9", "mpdm-alice--bob--carol-1", is_mpim=True)
+        client = WebClient(token=TOKEN, base_url=emulator.api_url)
+        with pytest.raises(SlackApiError) as caught:
+            client.conversations_info(channel="G9")
+        assert caught.value.response["needed"] == "mpim:read"
+
+
+def test_emulator_enterprise_grid_payloads(emulator: SlackEmulator) -> None:
+    from bot.emulators.slack_driver import SlackDriver
+
+    emulator.enterprise_id = "E0GRID"
+    emulator.add_user("W0DAVE", "dave")
+    driver = SlackDriver("http://127.0.0.1:9/unused", "secret", emulator)
+    form = driver.command_form("W0DAVE", "C1", "help")
+    assert (form["user_id"], form["enterprise_id"], form["team_id"]) == (
+        "W0DAVE",
+        "E0GRID",
+        emulator.team_id,
+    )
+    client = WebClient(token=TOKEN, base_url=emulator.api_url)
+    ts = client.chat_postMessage(channel="C1", text="x")["ts"]
+    payload = driver.block_actions_payload("W0DAVE", "C1", ts, "a", "v")
+    assert payload["enterprise"] == {"id": "E0GRID", "name": emulator.enterprise_name}
+    assert payload["team"]["enterprise_id"] == "E0GRID"
+    assert client.auth_test()["enterprise_id"] == "E0GRID"

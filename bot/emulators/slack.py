@@ -194,6 +194,11 @@ class Channel:
     bot_member: bool = True
     user: str | None = None  # the other party of an IM
     members: frozenset[str] | None = None  # None: every user is a member
+    # Slack Connect (another organisation reads it), shared across an Enterprise Grid org, or
+    # invited to Slack Connect and not yet accepted (api.slack.com/types/conversation).
+    is_ext_shared: bool = False
+    is_org_shared: bool = False
+    is_pending_ext_shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,16 @@ class _Fault:
     times: int
     retry_after: int = 1
     error: str = ""
+
+
+@dataclass
+class _Slowness:
+    """Pending latency or server errors for one method (see "Slow and failing Slack")."""
+
+    seconds: float
+    times: int | None  # None: every call until cleared
+    skip: int = 0  # calls let through untouched first
+    status: int = 200  # 200: only late; 500/503: late, then a server error
 
 
 @dataclass
@@ -774,6 +789,9 @@ class SlackEmulator:
         # bolt-js issue 2867: respond() accepted blocks that chat.postMessage refused as
         # msg_blocks_too_long. Both variants are plausible; True is the stricter one.
         self.response_url_blocks_total = True
+        # Enterprise Grid: payloads then carry `enterprise` / `enterprise_id` (see the driver)
+        self.enterprise_id: str | None = None
+        self.enterprise_name = "Emulator Org"
         self._clock = clock
         self._host = host
         self._port = port
@@ -794,6 +812,7 @@ class SlackEmulator:
         self._triggers: dict[str, _Trigger] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._faults: dict[str, deque[_Fault]] = {}
+        self._slowness: dict[str, deque[_Slowness]] = {}  # see "Slow and failing Slack"
         self._calls: list[ApiCall] = []
         self.internal_errors: list[str] = []  # tracebacks of emulator bugs (should stay empty)
         self._socket_changed = threading.Condition(self._lock)
@@ -908,6 +927,9 @@ class SlackEmulator:
         is_archived: bool = False,
         user: str | None = None,
         members: Iterable[str] | None = None,
+        is_ext_shared: bool = False,
+        is_org_shared: bool = False,
+        is_pending_ext_shared: bool = False,
     ) -> None:
         """Add (or replace) a conversation; `members=None` makes every user a member."""
         channel = Channel(
@@ -920,6 +942,9 @@ class SlackEmulator:
             bot_member=bot_member,
             user=user,
             members=frozenset(members) if members is not None else None,
+            is_ext_shared=is_ext_shared,
+            is_org_shared=is_org_shared,
+            is_pending_ext_shared=is_pending_ext_shared,
         )
         with self._lock:
             self._channels[channel_id] = channel
@@ -1030,6 +1055,75 @@ class SlackEmulator:
                     queue.popleft()
                 return fault
         return None
+
+    # -- slow and failing Slack ------------------------------------------------------------
+    # Real Slack answers in 100 ms to several seconds, and now and then with a 5xx; slack-sdk's
+    # ServerErrorRetryHandler then retries 500/503 with backoff (0.5 s, 1 s, ...), so one lookup
+    # can take longer than Slack's 3 s for an acknowledgement (NOTES-slack.md, "the 3-second
+    # trap"). Both are switches here, per method and per call count.
+
+    def inject_latency(
+        self, method: str, seconds: float, *, times: int | None = 1, skip: int = 0
+    ) -> None:
+        """Answer `method` `seconds` late: the next `times` calls (None: every call until
+        `clear_latency`), after letting `skip` calls through on time.
+
+        `method` is a Web API method, "upload", "response_url", or "*" for any of them. The
+        delay is spent outside the emulator's lock, so other calls are answered meanwhile.
+        """
+        with self._lock:
+            self._slowness.setdefault(method, deque()).append(_Slowness(seconds, times, skip))
+
+    def inject_server_error(
+        self, method: str, status: int = 503, *, times: int = 1, seconds: float = 0.0
+    ) -> None:
+        """Answer the next `times` calls of `method` with HTTP `status` (after `seconds`).
+
+        Evidence: Slack answers 5xx during incidents (status.slack.com); slack-sdk retries
+        500 and 503 (http_retry/builtin_handlers.py, ServerErrorRetryHandler).
+        """
+        with self._lock:
+            self._slowness.setdefault(method, deque()).append(
+                _Slowness(seconds, times, status=status)
+            )
+
+    def clear_latency(self, method: str | None = None) -> None:
+        """Drop pending latency and server errors (of one method, or all)."""
+        with self._lock:
+            if method is None:
+                self._slowness.clear()
+            else:
+                self._slowness.pop(method, None)
+
+    def _take_slowness(self, method: str) -> _Slowness | None:
+        for key in (method, "*"):
+            queue = self._slowness.get(key)
+            if not queue:
+                continue
+            found = queue[0]
+            if found.skip > 0:
+                found.skip -= 1
+                return None
+            if found.times is not None:
+                found.times -= 1
+                if found.times <= 0:
+                    queue.popleft()
+            return found
+        return None
+
+    def _slow_answer(self, method: str) -> _Reply | None:
+        """Sleep as injected for `method`; return the server error to answer, if one is due."""
+        with self._lock:
+            found = self._take_slowness(method)
+        if found is None:
+            return None
+        if found.seconds > 0:
+            time.sleep(found.seconds)
+        if found.status == 200:
+            return None
+        with self._lock:
+            self._record(method, {}, found.status, error=f"http_{found.status}")
+        return _Reply(found.status, b"Service Unavailable", content_type="text/html")
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -1294,6 +1388,9 @@ class SlackEmulator:
         url = urlsplit(target)
         path = url.path
         content_type = headers.get("content-type") or ""
+        slow = self._slow_answer(_route_method(path))
+        if slow is not None:
+            return slow
         if path.startswith("/api/"):
             return self._web_api(path[len("/api/") :], verb, headers, url.query, body)
         if verb != "POST":
@@ -1397,6 +1494,7 @@ class SlackEmulator:
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
+            **({"enterprise_id": self.enterprise_id} if self.enterprise_id else {}),
         }
 
     def _chat_post_message(self, params: JsonObject) -> JsonObject:
@@ -1672,16 +1770,18 @@ class SlackEmulator:
                 "is_general": channel.name == "general",
                 "unlinked": 0,
                 "name_normalized": channel.name,
-                "is_shared": False,
-                "is_org_shared": False,
-                "is_pending_ext_shared": False,
+                "is_shared": channel.is_ext_shared or channel.is_org_shared,
+                "is_org_shared": channel.is_org_shared,
+                "is_pending_ext_shared": channel.is_pending_ext_shared,
                 "pending_shared": [],
                 "context_team_id": self.team_id,
                 "updated": 1700000000000,
                 "parent_conversation": None,
                 "creator": "U0CREATOR",
-                "is_ext_shared": False,
-                "shared_team_ids": [self.team_id],
+                "is_ext_shared": channel.is_ext_shared,
+                "shared_team_ids": (
+                    [self.team_id, "T0PARTNER"] if channel.is_ext_shared else [self.team_id]
+                ),
                 "pending_connected_team_ids": [],
                 "is_member": channel.bot_member,
                 "topic": {"value": "", "creator": "", "last_set": 0},
@@ -2026,6 +2126,17 @@ def _view_problems(view: JsonObject) -> list[str]:
     if len(_text(view.get("callback_id"))) > 255:
         problems.append("[ERROR] must be less than 256 characters [json-pointer:/view/callback_id]")
     return problems
+
+
+def _route_method(path: str) -> str:
+    """Return the method name faults are keyed by: a Web API method, "upload", "response_url"."""
+    if path.startswith("/api/"):
+        return path[len("/api/") :]
+    if path.startswith("/upload/v1/"):
+        return "upload"
+    if path.startswith(("/commands/", "/actions/")):
+        return "response_url"
+    return path
 
 
 def _ts_key(ts: str) -> tuple[int, int]:

@@ -103,13 +103,24 @@ class SlackDriver:
         return {"id": user_id, "username": name, "name": name, "team_id": self.emulator.team_id}
 
     def _team(self) -> JsonObject:
-        return {"id": self.emulator.team_id, "domain": self.emulator.team_domain}
+        team: JsonObject = {"id": self.emulator.team_id, "domain": self.emulator.team_domain}
+        if self.emulator.enterprise_id:
+            # Enterprise Grid (specs/slack/03 and 05): the team names its organisation.
+            team["enterprise_id"] = self.emulator.enterprise_id
+            team["enterprise_name"] = self.emulator.enterprise_name
+        return team
+
+    def _enterprise(self) -> JsonObject | None:
+        """Return the payload's `enterprise` object: None outside Enterprise Grid."""
+        if not self.emulator.enterprise_id:
+            return None
+        return {"id": self.emulator.enterprise_id, "name": self.emulator.enterprise_name}
 
     def command_form(self, user_id: str, channel_id: str, text: str) -> dict[str, str]:
         """Return the form fields of a slash command, in Slack's order (fresh trigger, URL)."""
         user = self._user(user_id)
         channel = self.emulator.channel(channel_id)
-        return {
+        form = {
             "token": self.verification_token,
             "team_id": self.emulator.team_id,
             "team_domain": self.emulator.team_domain,
@@ -119,11 +130,20 @@ class SlackDriver:
             "user_name": str(user["name"]),
             "command": self.slash_command,
             "text": text,
-            "api_app_id": self.emulator.app_id,
-            "is_enterprise_install": "false",
-            "response_url": self.emulator.response_url(channel_id, user_id),
-            "trigger_id": self.emulator.new_trigger_id(user_id),
         }
+        if self.emulator.enterprise_id:
+            # Enterprise Grid (specs/slack/02: user W111, enterprise_id after text).
+            form["enterprise_id"] = self.emulator.enterprise_id
+            form["enterprise_name"] = self.emulator.enterprise_name
+        form.update(
+            {
+                "api_app_id": self.emulator.app_id,
+                "is_enterprise_install": "false",
+                "response_url": self.emulator.response_url(channel_id, user_id),
+                "trigger_id": self.emulator.new_trigger_id(user_id),
+            }
+        )
+        return form
 
     def block_actions_payload(
         self, user_id: str, channel_id: str, message_ts: str, action_id: str, value: str
@@ -161,7 +181,7 @@ class SlackDriver:
             "container": container,
             "trigger_id": self.emulator.new_trigger_id(user_id),
             "team": self._team(),
-            "enterprise": None,
+            "enterprise": self._enterprise(),
             "is_enterprise_install": False,
             "channel": {
                 "id": channel_id,
@@ -241,7 +261,7 @@ class SlackDriver:
             "view": view,
             "response_urls": [],
             "is_enterprise_install": False,
-            "enterprise": None,
+            "enterprise": self._enterprise(),
         }
 
     # -- Socket Mode -----------------------------------------------------------------------

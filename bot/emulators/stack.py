@@ -114,6 +114,24 @@ class Stack:
         assert ts is not None, "the announcement was not posted yet"
         return self.driver.click(person.user_id, channel, ts, f"request.{action}", request_id)
 
+    def restart_bot(self, **env: str) -> None:
+        """Stop the bot and start it again on the same database and emulators, with `env`
+        overriding the environment (as an admin restarting it with new config does)."""
+        from bot.app import HttpServer, build_bot
+
+        assert self.bot is not None and self.server is not None
+        for closer in (self.server.close, self.bot.stop):
+            closer()
+            self._closers.remove(closer)
+        self.env = {**self.env, **env}
+        self.config = load_config(self.env)
+        self.bot = build_bot(self.config, verify_timeout=10.0)
+        self.bot.start()
+        self._closers.append(self.bot.stop)
+        self.server = HttpServer(self.bot, host="127.0.0.1", port=0).start()
+        self._closers.append(self.server.close)
+        self.driver = SlackDriver(self.bot_url, SIGNING_SECRET, self.slack, command="/cv")
+
     def close(self) -> None:
         """Stop the bot, the server and both emulators."""
         for closer in reversed(self._closers):

@@ -1,0 +1,134 @@
+"""Acknowledging within Slack's 3 seconds whatever a decision takes.
+
+Bolt gives a listener 3 s to call ack(); after that it runs the next matching listener and
+answers with that one (NOTES-slack.md, "the 3-second trap"), while the first listener may
+still store the request. So a decision (a SQLite transaction, after Slack lookups) runs on the
+bot's own pool, never between a payload and its ack:
+
+- its Slack lookups must answer by `LOOKUPS_BY` after the request arrived, or the decision
+  refuses before writing anything ("Slack is slow; try again": handlers.directory);
+- the listener waits for the decision until `ACK_BY` after the request arrived and acks with
+  its answer (the usual case, a few milliseconds);
+- when the decision is still running then (SQLite's write lock held elsewhere, a busy
+  timeout), the listener acks with a holding answer that claims nothing, and the decision's
+  own answer follows through the request's response_url as soon as it is known.
+
+A mature Slack app does the same: answer inline when the work is quick, otherwise acknowledge
+and follow up through response_url (Slack's "responding to interactions" guide). Only the
+decision says whether something was stored; the holding answer never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from bot.service import Reply
+from handlers.directory import LOOKUP_DEADLINE
+
+log = logging.getLogger(__name__)
+
+ACK_BY = 2.0  # seconds after the request arrived: Slack and Bolt give up at 3
+LOOKUPS_BY = 1.5  # Slack lookups must have answered by then, so "try again" is acked inline
+INTERNAL_ERROR = (
+    "Something went wrong on my side while handling this (it is logged), so I cannot tell "
+    "whether it was recorded. `{command} status` shows your requests."
+)
+
+
+class _Handoff:
+    """Who delivers the decision's reply: the waiting listener, or (once it gave up) `late`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._held = threading.Event()  # the holding answer went out: `late` may follow it
+        self._reply: Reply | None = None
+        self._deferred = False
+
+    def settle(self, reply: Reply) -> bool:
+        """Hand the reply over; False when the listener already gave up waiting."""
+        with self._lock:
+            if self._deferred:
+                return False
+            self._reply = reply
+            self._done.set()
+            return True
+
+    def hold_sent(self) -> None:
+        """Mark the listener's answer (holding or not) as sent."""
+        self._held.set()
+
+    def wait_held(self, timeout: float = 10.0) -> None:
+        """Wait until the holding answer was sent, so the late answer shows after it."""
+        self._held.wait(timeout)
+
+    def wait(self, timeout: float) -> Reply | None:
+        """Return the reply if it came within `timeout`; else None (the decision goes late)."""
+        self._done.wait(max(0.0, timeout))
+        with self._lock:
+            if self._reply is None:
+                self._deferred = True
+            return self._reply
+
+
+class Decider:
+    """Runs decisions on the bot's own threads and answers each within Slack's 3 seconds."""
+
+    def __init__(
+        self,
+        *,
+        command: str = "/cv",
+        workers: int = 8,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.command = command
+        self.monotonic = monotonic
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decide")
+
+    def close(self) -> None:
+        """Finish the decisions already taken; take no more."""
+        self._pool.shutdown(wait=True)
+
+    def run(
+        self,
+        received_at: float,
+        decide: Callable[[], Reply],
+        *,
+        answer: Callable[[Reply | None], None],
+        late: Callable[[Reply], None],
+    ) -> None:
+        """Run `decide`; call `answer(reply)` in this thread by ACK_BY after `received_at`.
+
+        `answer(None)` means the decision is not done yet: ack with a holding answer. Then
+        `late(reply)` is called from the decision's thread once it is done (after `answer`
+        returned, so the holding answer is shown first).
+        """
+        handoff = _Handoff()
+
+        def work() -> None:
+            token = LOOKUP_DEADLINE.set(received_at + LOOKUPS_BY)
+            try:
+                reply = decide()
+            except Exception:
+                log.exception("a decision failed")
+                reply = Reply(INTERNAL_ERROR.format(command=self.command))
+            finally:
+                LOOKUP_DEADLINE.reset(token)
+            if handoff.settle(reply):
+                return
+            handoff.wait_held()
+            try:
+                late(reply)
+            except Exception:
+                log.exception("could not deliver a late answer: %s", reply.text[:200])
+
+        self._pool.submit(work)
+        reply = handoff.wait(received_at + ACK_BY - self.monotonic())
+        try:
+            answer(reply)
+        finally:
+            handoff.hold_sent()
