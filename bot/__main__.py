@@ -104,7 +104,7 @@ def read_witness(path: Path) -> list[tuple[int, str]]:
     """Return the (seq, hash prefix) pairs of the audit mirror lines found in `path`.
 
     `path` is the audit channel as Slack exports it (JSON files of messages with a "text"), or
-    plain text with one mirrored line per line.
+    plain text; a message or text may hold many mirrored lines, one per line.
     """
     raw = path.read_text(encoding="utf-8")
     try:
@@ -116,7 +116,7 @@ def read_witness(path: Path) -> list[tuple[int, str]]:
         texts = [str(m.get("text", "")) for m in messages if isinstance(m, dict)]
     from bot import audit
 
-    return [pair for text in texts if (pair := audit.parse_mirror_line(text)) is not None]
+    return [pair for text in texts for pair in audit.parse_mirror_lines(text)]
 
 
 def audit_verify(config: Config, witness: Path | None = None) -> int:

@@ -193,7 +193,11 @@ def build_bot(
     )
     service.wake = runner.notify
     deliverer = Deliverer(
-        store, web, required_approvals=config.required_approvals, work_dir=config.work_dir
+        store,
+        web,
+        required_approvals=config.required_approvals,
+        work_dir=config.work_dir,
+        command=config.bot_command,
     )
     store.on_enqueue = deliverer.wake.set
     decider = Decider(command=config.bot_command)

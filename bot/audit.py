@@ -527,3 +527,9 @@ def parse_mirror_line(text: str) -> tuple[int, str] | None:
     """Return (seq, hash prefix) from a mirror line, or None when `text` is not one."""
     match = _MIRROR.search(text)
     return (int(match.group(1)), match.group(2)) if match else None
+
+
+def parse_mirror_lines(text: str) -> list[tuple[int, str]]:
+    """Return the (seq, hash prefix) of every mirror line in one message (the outbox posts
+    many lines per message; each line stands alone)."""
+    return [pair for line in text.splitlines() if (pair := parse_mirror_line(line)) is not None]

@@ -109,7 +109,7 @@ def _m001_initial(conn: sqlite3.Connection) -> None:
             kind TEXT NOT NULL,               -- announce | post | progress | upload | mirror
             channel TEXT NOT NULL,
             payload TEXT NOT NULL,            -- JSON
-            status TEXT NOT NULL,             -- pending | sent | failed
+            status TEXT NOT NULL,             -- pending | sent | held | failed
             attempts INTEGER NOT NULL DEFAULT 0,
             not_before TEXT NOT NULL,
             result TEXT,
@@ -127,7 +127,19 @@ def _m002_outbox_revision(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE outbox ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_outbox_revision]
+def _m003_outbox_held(conn: sqlite3.Connection) -> None:
+    # A delivery Slack refused for good is held (status 'held', the error kept here) until
+    # `resend`; its work files stay. The lane index lets the outbox read the audit mirror and
+    # the request deliveries separately, so a long mirror backlog cannot hide a thread post.
+    conn.execute("ALTER TABLE outbox ADD COLUMN held_error TEXT")
+    conn.execute("CREATE INDEX outbox_lane ON outbox (status, kind, id)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_initial,
+    _m002_outbox_revision,
+    _m003_outbox_held,
+]
 
 
 def connect(path: Path) -> sqlite3.Connection:

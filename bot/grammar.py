@@ -18,9 +18,10 @@ Rules, in the order they apply:
   (also U+2018..U+201B) opens only at the start of a token or after `=`, and closes only before
   whitespace or the end, so apostrophes (`it's`, typographic ones too) are literal. A quote
   never closed is a ParseError naming it.
-- `help`, `export`, `delete`, `status`, `cancel`, `retry`, `audit` are the verbs; export and
-  delete take a kind. Verbs, kinds, flag names and enumerated values are case-insensitive.
-  A leading `/cv`-like word (pasted from the help) is skipped; empty text means `help`.
+- `help`, `export`, `delete`, `status`, `cancel`, `retry`, `resend`, `audit` are the verbs;
+  export and delete take a kind. Verbs, kinds, flag names and enumerated values are
+  case-insensitive. A leading `/cv`-like word (pasted from the help) is skipped; empty text
+  means `help`.
 - Options may appear anywhere after the verb, as `--name value` or `--name=value`. Smart
   punctuation turns `--` into a dash: a leading U+2014 or U+2013 counts as `--`, and `_` in a
   flag name counts as `-`. A token is an option only when its name part was not quoted, so
@@ -117,6 +118,11 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Retry:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Resend:
     request_id: str
 
 
@@ -252,7 +258,9 @@ class Delete:
         return _check_canonical(delete)
 
 
-Command: TypeAlias = Help | Status | Cancel | Retry | AuditExport | AuditVerify | Export | Delete
+Command: TypeAlias = (
+    Help | Status | Cancel | Retry | Resend | AuditExport | AuditVerify | Export | Delete
+)
 
 
 def request_from_dict(data: Mapping[str, Any]) -> Export | Delete:
@@ -534,6 +542,18 @@ _FORM_LIST: tuple[_Form, ...] = (
         examples=("retry R-1042",),
     ),
     _Form(
+        "resend",
+        ("request-id",),
+        "resend <request-id>",
+        "Post a request's held files and messages again, once their cause is fixed.",
+        notes=(
+            "Slack can refuse a delivery for good (the bot was removed from the channel, the"
+            " channel was archived, uploads are disabled). The bot then holds it, keeps the"
+            " files and tells you; fix the cause, then resend.",
+        ),
+        examples=("resend R-1042",),
+    ),
+    _Form(
         "audit",
         (),
         "audit [--request <request-id>] [--since YYYY-MM-DD] [--format csv|jsonl]",
@@ -557,7 +577,7 @@ _FORM_LIST: tuple[_Form, ...] = (
 )
 
 _FORMS: dict[str, _Form] = {form.path: form for form in _FORM_LIST}
-_VERBS = ("help", "export", "delete", "status", "cancel", "retry", "audit")
+_VERBS = ("help", "export", "delete", "status", "cancel", "retry", "resend", "audit")
 _KINDS: dict[str, tuple[str, ...]] = {
     "export": tuple(kind.value for kind in ExportKind),
     "delete": tuple(kind.value for kind in DeleteKind),
@@ -986,6 +1006,8 @@ class _Parser:
                 raise self.fail("status takes either <request-id> or --all, not both")
             return Status(request_id, all=self._has("--all"))
         assert request_id is not None  # a required argument
+        if form.path == "resend":
+            return Resend(request_id)
         return Cancel(request_id) if form.path == "cancel" else Retry(request_id)
 
     # arguments
@@ -1453,7 +1475,10 @@ def usage(verb_path: str) -> str:
                 _FORMS["help"].usage_line,
                 f"export <kind> ... (kinds: {', '.join(_KINDS['export'])})",
                 f"delete <kind> ... (kinds: {', '.join(_KINDS['delete'])})",
-                *(_FORMS[verb].usage_line for verb in ("status", "cancel", "retry", "audit")),
+                *(
+                    _FORMS[verb].usage_line
+                    for verb in ("status", "cancel", "retry", "resend", "audit")
+                ),
                 _FORMS["audit verify"].usage_line,
             ]
         )
@@ -1482,7 +1507,7 @@ def help_text(topic: str | None = None, *, command: str = "/cv") -> str:
         for title, verbs in (
             ("Export (a zip package posted here):", ("export",)),
             ("Delete:", ("delete",)),
-            ("Requests:", ("status", "cancel", "retry")),
+            ("Requests:", ("status", "cancel", "retry", "resend")),
             ("Audit log:", ("audit", "audit verify")),
         ):
             lines.append(title)

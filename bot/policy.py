@@ -13,6 +13,7 @@
 | (buttons)  | approve, reject and cancel clicks count only from the | always                   |
 |            | request's own channel                                 |                          |
 | retry      | the requester or an approver                          | failed                   |
+| resend     | the requester or an approver                          | a delivery is held       |
 | read audit | approvers: everything; requesters: their own requests | always                   |
 
 Every refusal carries a message fit for the user; callers record it in the audit log.
@@ -32,6 +33,7 @@ class Action(StrEnum):
     REJECT = "reject"
     CANCEL = "cancel"
     RETRY = "retry"
+    RESEND = "resend"
     READ_AUDIT = "read_audit"
 
 
@@ -198,6 +200,15 @@ def may_retry(rules: Rules, actor: Actor, subject: Subject) -> Decision:
     if subject.status != "failed":
         return Decision(
             False, f"{subject.request_id} is {subject.status}: only failed requests can be retried."
+        )
+    return ALLOW
+
+
+def may_resend(rules: Rules, actor: Actor, subject: Subject) -> Decision:
+    """Return whether `actor` may post the held deliveries of `subject` again (any status)."""
+    if actor.user_id != subject.requester and not actor.listed_in(rules.approvers):
+        return Decision(
+            False, f"Only the requester or an approver may resend {subject.request_id}."
         )
     return ALLOW
 

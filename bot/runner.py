@@ -351,7 +351,9 @@ class Runner:
                 text = outcome.message
                 if outcome.mention_requester:
                     text = f"<@{request.requester}> {text}"
-                store.post(conn, request.number, request.channel, text)
+                # "Ready" or "receipt attached" is said only once Slack has the files.
+                after = store.unsent_uploads(conn, request.number, excluding=REPORT_KEY)
+                store.post(conn, request.number, request.channel, text, after=after)
             store.announce(conn, request.number, request.channel)
         if self.on_finish is not None:
             self.on_finish(store.get(request.number))

@@ -31,9 +31,10 @@ from bot.policy import (
     may_read_audit,
     may_reject,
     may_request,
+    may_resend,
     may_retry,
 )
-from bot.store import OPEN, TERMINAL, RequestRecord, Store
+from bot.store import OPEN, TERMINAL, HeldDelivery, RequestRecord, Store
 
 log = logging.getLogger(__name__)
 # An approval decision reads group membership fresh: a cached "yes" older than this is asked
@@ -218,6 +219,8 @@ class Service:
             return self.cancel(user_id, command.request_id)
         if isinstance(command, grammar.Retry):
             return self.retry(user_id, command.request_id)
+        if isinstance(command, grammar.Resend):
+            return self.resend(user_id, command.request_id)
         if isinstance(command, grammar.AuditVerify):
             return self.audit_verify(user_id, channel_id)
         if isinstance(command, grammar.AuditExport):
@@ -349,7 +352,8 @@ class Service:
                     "status.",
                 )
                 return self._refuse(user_id, "status", refusal, request=record.id)
-            return Reply(describe_status(record, now))
+            held = self.store.held_deliveries(record.number)
+            return Reply(describe_status(record, now, held=held, command=self.command))
         total = self.store.count_requests_of(user_id)
         if not total:
             return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
@@ -362,8 +366,15 @@ class Service:
                 f"`{self.command} status --all` posts every one as a file, `{self.command} "
                 "status <request-id>` shows one:"
             )
-        lines = [header, *(_status_line(r, now, short=True) for r in records)]
+        lines = [header, *(self._status_line(r, now) for r in records)]
         return Reply("\n".join(lines))
+
+    def _status_line(self, record: RequestRecord, now: datetime) -> str:
+        """Return a request's line in the `status` list, saying when a delivery is held."""
+        line = _status_line(record, now, short=True)
+        if self.store.held_deliveries(record.number):
+            line += f" · held: `{self.command} resend {record.id}`"
+        return line
 
     def status_file(self, user_id: str, channel_id: str) -> Reply:
         """Post every open request of the caller as a file here (personal data: not public)."""
@@ -393,7 +404,8 @@ class Service:
             f"Open requests of {user_id} at {iso(now)[:16].replace('T', ' ')} UTC: {len(records)}"
         ]
         for record in records:
-            body += ["", describe_status(record, now)]
+            held = self.store.held_deliveries(record.number)
+            body += ["", describe_status(record, now, held=held, command=self.command)]
             _, reason = _meta_of(record)
             if reason:
                 body.append(f"Reason: {reason}")
@@ -646,6 +658,36 @@ class Service:
         self.wake()
         return Reply(f"{record.id} resumes from where it stopped.")
 
+    @_answers_errors
+    def resend(self, user_id: str, request_id: str) -> Reply:
+        """Queue a request's held deliveries again (after the cause was fixed)."""
+        record = self._load(request_id, user_id=user_id, action="resend")
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)
+            decision = may_resend(self.rules, self.actor(user_id), subject_of(record))
+            if not decision:
+                return self._refused_in(conn, user_id, "resend", record, decision)
+            held = self.store.held_deliveries(record.number, conn)
+            if not held:
+                return Reply(
+                    f"{record.id} has nothing held: everything it has to post was posted or is "
+                    f"on its way (`{self.command} status {record.id}`)."
+                )
+            self.store.resend(conn, record.number)
+            self.store.audit(
+                conn,
+                user_id,
+                "delivery.resent",
+                request=record.number,
+                targets=tuple(h.key or h.kind for h in held),
+                details={"count": len(held), "errors": sorted({h.error for h in held})},
+            )
+        names = ", ".join(h.name for h in held[:5]) + (", ..." if len(held) > 5 else "")
+        return Reply(
+            f"Posting {len(held)} held delivery(ies) of {record.id} again: {names}. If Slack "
+            "refuses again, you will be told why."
+        )
+
     def housekeeping(self) -> None:
         """Expire overdue approvals, then remove the work files of finished requests."""
         self.expire_due()
@@ -655,8 +697,8 @@ class Service:
         """Delete the work folders (packages, caches, receipts) of requests that are over.
 
         They hold personal data (image files). A folder goes once its request has ended and
-        every file of it was posted; a failed request keeps its folder so `retry` can reuse
-        what was downloaded.
+        Slack confirmed every file of it; a held delivery keeps it for `resend`, a failed
+        request keeps it so `retry` can reuse what was downloaded.
         """
         removed = []
         for folder in sorted(self.work_dir.glob("R-*")):
@@ -862,8 +904,14 @@ def _status_line(record: RequestRecord, now: datetime, *, short: bool = False) -
     )
 
 
-def describe_status(record: RequestRecord, now: datetime) -> str:
-    """Return a plain description of one request's state."""
+def describe_status(
+    record: RequestRecord,
+    now: datetime,
+    *,
+    held: tuple[HeldDelivery, ...] | list[HeldDelivery] = (),
+    command: str = "/cv",
+) -> str:
+    """Return a plain description of one request's state (and of its held deliveries)."""
     lines = [_status_line(record, now)]
     if record.progress and record.status in OPEN:
         p = record.progress
@@ -875,4 +923,10 @@ def describe_status(record: RequestRecord, now: datetime) -> str:
         lines.append(f"Expires {iso(record.expires_at)[:16].replace('T', ' ')} UTC")
     if record.error:
         lines.append(f"Error: {record.error}")
+    if held:
+        lines.append(f"Held ({len(held)}): Slack refused these; the bot keeps them:")
+        lines += [f"• {h.name}: `{h.error}`" for h in held[:10]]
+        if len(held) > 10:
+            lines.append(f"• and {len(held) - 10} more")
+        lines.append(f"Once the cause is fixed: `{command} resend {record.id}`.")
     return "\n".join(lines)

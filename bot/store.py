@@ -88,6 +88,16 @@ class OutboxItem:
     revision: int = 0
 
 
+@dataclass(frozen=True)
+class HeldDelivery:
+    """A delivery Slack refused for good, kept (with its files) until `resend`."""
+
+    key: str | None
+    kind: str
+    error: str
+    name: str  # the file's name, or what the message was ("thread message", "announcement")
+
+
 # The columns of `requests` that change after creation (names are interpolated into SQL).
 _UPDATABLE = frozenset(
     {
@@ -101,6 +111,18 @@ _UPDATABLE = frozenset(
         "decision_reason",
     }
 )
+
+
+def what_of(kind: str, payload: Mapping[str, Any]) -> str:
+    """Return what a delivery is, as people call it: the file's name, or the message."""
+    if payload.get("filename"):
+        return str(payload["filename"])
+    return {
+        "announce": "the request's message",
+        "progress": "a progress message",
+        "mirror": "an audit mirror line",
+        "notice": "a notice",
+    }.get(kind, "a thread message")
 
 
 def announcement_key(number: int) -> str:
@@ -311,7 +333,8 @@ class Store:
     def requests_of(
         self, user: str, *, open_only: bool = True, limit: int | None = 50
     ) -> list[RequestRecord]:
-        """Return the user's latest `limit` requests (None: all), newest first (open only)."""
+        """Return the user's latest `limit` requests (None: all), newest first (by default only
+        open ones and those with a held delivery)."""
         conn = self.db.conn
         sql, args = self._requests_of(user, open_only)
         sql += " ORDER BY id DESC"
@@ -332,7 +355,10 @@ class Store:
         sql = " FROM requests WHERE requester = ?"
         args: list[Any] = [user]
         if open_only:
-            sql += f" AND status IN ({','.join('?' * len(OPEN))})"
+            sql += (
+                f" AND (status IN ({','.join('?' * len(OPEN))}) OR EXISTS (SELECT 1 FROM outbox"  # noqa: S608
+                " WHERE outbox.request_id = requests.id AND outbox.status = 'held'))"
+            )
             args.extend(sorted(OPEN))
         return sql, args
 
@@ -665,13 +691,15 @@ class Store:
 
         With a `key`, an existing item is reused: its payload is replaced and it goes back to
         pending, keeping its result (so a progress message or an announcement is updated in
-        place rather than posted again).
+        place rather than posted again). A held item stays held, with the newest payload, until
+        `resend`.
         """
         now = iso(self.clock.now())
         self._local.enqueued = True
         if key is not None:
             cursor = conn.execute(
-                "UPDATE outbox SET payload = ?, status = 'pending', attempts = 0, not_before = ?,"
+                "UPDATE outbox SET payload = ?, attempts = 0, not_before = ?,"
+                " status = CASE status WHEN 'held' THEN 'held' ELSE 'pending' END,"
                 " revision = revision + 1 WHERE key = ?",
                 (_json(payload), now, key),
             )
@@ -735,22 +763,42 @@ class Store:
         text: str,
         *,
         key: str | None = None,
+        after: Sequence[str] = (),
     ) -> None:
-        """Queue a message for the request's thread (once per `key` when one is given)."""
+        """Queue a message for the request's thread (once per `key` when one is given).
+
+        With `after` (outbox keys of uploads), the message waits until Slack confirmed each of
+        them, and is held with them: a message saying "attached" or "ready" is never posted
+        without its files.
+        """
+        payload: dict[str, Any] = {"text": text}
+        if after:
+            payload["after"] = list(after)
         if key is None:
-            self.enqueue(conn, kind="post", channel=channel, payload={"text": text}, request=number)
+            self.enqueue(conn, kind="post", channel=channel, payload=payload, request=number)
         else:
             self.enqueue_once(
-                conn, kind="post", channel=channel, payload={"text": text}, request=number, key=key
+                conn, kind="post", channel=channel, payload=payload, request=number, key=key
             )
 
-    def pending_outbox(self, limit: int = 20) -> list[OutboxItem]:
-        """Return deliveries that are due, oldest first."""
+    def unsent_uploads(self, conn: sqlite3.Connection, number: int, *, excluding: str) -> list[str]:
+        """Return the keys of the request's uploads Slack has not confirmed yet (except those
+        keyed `<excluding>:...`)."""
+        rows = conn.execute(
+            "SELECT key FROM outbox WHERE request_id = ? AND kind = 'upload' AND key IS NOT NULL"
+            " AND status != 'sent' AND key NOT LIKE ? ORDER BY id",
+            (number, f"{excluding}:%"),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def pending_outbox(self, limit: int = 20, *, mirror: bool = False) -> list[OutboxItem]:
+        """Return deliveries that are due, oldest first: the audit mirror's lines with
+        `mirror`, everything else without (two lanes, so neither hides the other)."""
         rows = self.db.conn.execute(
             "SELECT id, request_id, key, kind, channel, payload, attempts, result, revision"
-            " FROM outbox"
-            " WHERE status = 'pending' AND not_before <= ? ORDER BY id LIMIT ?",
-            (iso(self.clock.now()), limit),
+            " FROM outbox WHERE status = 'pending' AND (kind = 'mirror') = ? AND not_before <= ?"
+            " ORDER BY id LIMIT ?",
+            (mirror, iso(self.clock.now()), limit),
         ).fetchall()
         return [
             OutboxItem(
@@ -795,17 +843,20 @@ class Store:
         with self.write() as conn:
             conn.execute("UPDATE outbox SET result = ? WHERE id = ?", (_json(result), item_id))
 
-    def outbox_retry(
-        self, item_id: int, delay: timedelta, *, give_up_after: int | None = 50
-    ) -> None:
-        """Push a failed delivery back; after `give_up_after` attempts (None: never), mark it
-        failed."""
+    def outbox_sent(self, item_ids: Sequence[int]) -> None:
+        """Mark deliveries sent together (the audit mirror lines of one Slack message)."""
         with self.write() as conn:
-            conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, not_before = ?,"
-                " status = CASE WHEN ? IS NOT NULL AND attempts + 1 >= ? THEN 'failed'"
-                " ELSE status END WHERE id = ?",
-                (iso(self.clock.now() + delay), give_up_after, give_up_after, item_id),
+            conn.executemany(
+                "UPDATE outbox SET status = 'sent' WHERE id = ?", [(i,) for i in item_ids]
+            )
+
+    def outbox_retry(self, item_ids: int | Sequence[int], delay: timedelta) -> None:
+        """Push deliveries back by `delay` (they stay pending)."""
+        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
+        with self.write() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, not_before = ? WHERE id = ?",
+                [(iso(self.clock.now() + delay), i) for i in ids],
             )
 
     def outbox_failed(
@@ -815,7 +866,7 @@ class Store:
         *,
         also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Mark a delivery that can never succeed (e.g. channel_not_found) as failed.
+        """Mark a delivery that can never be made nor resent (its file is gone) as failed.
 
         `also` runs in the same transaction (what the failure changes elsewhere).
         """
@@ -827,15 +878,76 @@ class Store:
             if also is not None:
                 also(conn)
 
+    def hold(self, conn: sqlite3.Connection, item_id: int, error: str) -> bool:
+        """Hold a pending delivery Slack refused for good; return False if it was not pending.
+
+        Its result (an announcement's ts) is kept for the resend; its files stay on disk.
+        """
+        cursor = conn.execute(
+            "UPDATE outbox SET status = 'held', held_error = ? WHERE id = ? AND status = 'pending'",
+            (error, item_id),
+        )
+        return cursor.rowcount == 1
+
+    def has_held(self, conn: sqlite3.Connection, number: int | None, *, besides: int) -> bool:
+        """Return True when the request (None: the audit mirror) has a held delivery other
+        than item `besides`."""
+        row = conn.execute(
+            "SELECT 1 FROM outbox WHERE request_id IS ? AND status = 'held' AND id != ?"
+            " AND (? IS NOT NULL OR kind = 'mirror') LIMIT 1",
+            (number, besides, number),
+        ).fetchone()
+        return row is not None
+
+    def held_deliveries(
+        self, number: int, conn: sqlite3.Connection | None = None
+    ) -> list[HeldDelivery]:
+        """Return the request's held deliveries, oldest first."""
+        rows = (
+            (conn or self.db.conn)
+            .execute(
+                "SELECT key, kind, held_error, payload FROM outbox WHERE request_id = ?"
+                " AND status = 'held' ORDER BY id",
+                (number,),
+            )
+            .fetchall()
+        )
+        return [
+            HeldDelivery(
+                key=key,
+                kind=kind,
+                error=str(error or "unknown"),
+                name=what_of(kind, json.loads(payload)),
+            )
+            for key, kind, error, payload in rows
+        ]
+
+    def resend(self, conn: sqlite3.Connection, number: int) -> int:
+        """Put the request's held deliveries back in the queue, in their order; return how many.
+
+        A held upload starts again from its bytes: Slack refused to share the file it had.
+        """
+        cursor = conn.execute(
+            "UPDATE outbox SET status = 'pending', held_error = NULL, attempts = 0,"
+            " not_before = ?, result = CASE WHEN kind = 'upload' THEN NULL ELSE result END"
+            " WHERE request_id = ? AND status = 'held'",
+            (iso(self.clock.now()), number),
+        )
+        if cursor.rowcount:
+            self._local.enqueued = True
+        return cursor.rowcount
+
     def is_settled(self, number: int) -> bool:
-        """Return True when a request has no job running or queued and nothing left to post."""
+        """Return True when a request has no job running or queued and nothing left to post
+        (a held delivery is not settled: its files wait for `resend`)."""
         conn = self.db.conn
         job = conn.execute(
             "SELECT 1 FROM jobs WHERE request_id = ? AND status IN ('queued', 'running') LIMIT 1",
             (number,),
         ).fetchone()
         delivery = conn.execute(
-            "SELECT 1 FROM outbox WHERE request_id = ? AND status = 'pending' LIMIT 1", (number,)
+            "SELECT 1 FROM outbox WHERE request_id = ? AND status IN ('pending', 'held') LIMIT 1",
+            (number,),
         ).fetchone()
         return job is None and delivery is None
 

@@ -1,10 +1,21 @@
 """Delivers the outbox to Slack: announcements, thread posts, progress, files, audit mirror.
 
 Jobs and decisions never call Slack themselves: they queue deliveries in SQLite in the same
-transaction as the change they report. This thread sends them in order, re-rendering each
-announcement from the request's current state, and retries what Slack refuses for a while
-(429 with Retry-After, 5xx, connection errors) without ever blocking a job. A delivery that can
-never succeed (the bot was removed from the channel) is marked failed and logged.
+transaction as the change they report. This thread sends them in order per request,
+re-rendering each announcement from the request's current state, and retries what Slack
+refuses for a while (429 with Retry-After, 5xx, connection errors) without ever blocking a job.
+
+Slack's rate tiers are budgets of the whole app (NOTES-slack.md): posts about 1 a second per
+channel, `chat.update` about 50 a minute. `Pacer` spends each budget evenly, a 429 pauses the
+budget it hit, and an item whose budget is spent waits without holding up others. Progress
+edits coalesce (an item per request whose payload is replaced: only the latest state goes)
+and the audit mirror sends many lines per message from its own lane, so a backlog of mirror
+lines never delays a request's thread.
+
+A delivery Slack refuses for good (the bot was removed from the channel, the channel was
+archived, uploads are disabled, ...) is held at once: it keeps its files, the request's later
+messages go on, the requester is told where the bot still can post (the request's thread,
+else a DM) and `resend` puts it back in the queue once the cause is fixed.
 
 Uploads use the three steps of files_upload_v2 by hand, recording the file id after the bytes
 are sent, so a restart between the steps completes the same file instead of posting it twice.
@@ -16,7 +27,9 @@ import hashlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,21 +40,34 @@ from slack_sdk.errors import SlackApiError
 
 from bot.ids import format_request_id
 from bot.logs import request_context
-from bot.store import OutboxItem, RequestRecord, Store, announcement_key, preview_file_key
+from bot.store import (
+    OutboxItem,
+    RequestRecord,
+    Store,
+    announcement_key,
+    preview_file_key,
+    what_of,
+)
 from handlers import blocks, limits
 
 log = logging.getLogger(__name__)
 
+# Errors that retrying will not cure (NOTES-slack.md): the delivery is held until `resend`.
 PERMANENT = frozenset(
     {
         "channel_not_found",
         "not_in_channel",
         "is_archived",
+        "missing_scope",
         "invalid_auth",
         "not_authed",
         "account_inactive",
         "token_revoked",
+        "file_uploads_disabled",
+        "file_upload_size_restricted",
+        "invalid_arguments",
         "msg_too_long",
+        "msg_blocks_too_long",
         "invalid_blocks",
         "no_text",
         "restricted_action",
@@ -49,17 +75,124 @@ PERMANENT = frozenset(
     }
 )
 
-
 # Slack's documented "try again" errors (answered with HTTP 200 or 5xx).
 TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 
+# An unknown error is retried this many times before the delivery is held (it may be a bug).
+GIVE_UP_AFTER = 50
+
+# What each error asks of the people who can fix it (the requester is told this).
+_CURES = {
+    "not_in_channel": "the bot is no longer in <#{channel}>: invite it back (`/invite @{bot}`)",
+    "channel_not_found": "the bot cannot see <#{channel}> any more: invite it back or"
+    " unarchive the channel",
+    "is_archived": "<#{channel}> is archived: unarchive it",
+    "missing_scope": "the Slack app lacks a permission: an admin must reinstall it with the"
+    " scopes of its manifest",
+    "file_uploads_disabled": "file uploads are disabled in this workspace: an admin must allow"
+    " them",
+    "file_upload_size_restricted": "the file is over this workspace's upload size limit: an"
+    " admin must raise it",
+}
+
+
+def is_permanent(error: str) -> bool:
+    """Return True for Slack errors that retrying will not cure (`restricted_action*` too)."""
+    return error in PERMANENT or error.startswith("restricted_action")
+
 
 class Deferred(Exception):
-    """The item cannot go yet (its thread's parent is not posted); try again shortly."""
+    """The item cannot go yet (its thread's parent or its files are not posted)."""
+
+
+class Held(Exception):
+    """The item cannot go until something else held is resent (no new notice)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 # What a delivery ends with: its result, and what to record in the same transaction.
 Delivered = tuple[Mapping[str, Any], Callable[[sqlite3.Connection], None] | None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One of Slack's rate limits: `per_minute` calls, at most `burst` at once."""
+
+    per_minute: float
+    burst: int
+
+
+# Slack's tiers (NOTES-slack.md; api.slack.com/docs/rate-limits), spent under the limit with
+# smaller bursts than Slack allows: Slack counts a call when it arrives, and calls spent a
+# moment apart can arrive closer together. Posts (chat.postMessage and the message
+# files.completeUploadExternal posts, inferred) share one budget per channel.
+POST_BUDGET = Budget(per_minute=50, burst=2)  # "about 1 a second per channel"
+UPDATE_BUDGET = Budget(per_minute=45, burst=3)  # chat.update, Tier 3 (50+ a minute)
+TIER4_BUDGET = Budget(per_minute=90, burst=5)  # files.*, chat.postEphemeral (100+ a minute)
+# The audit mirror sends up to this many lines per message, well under Slack's 4,000
+# characters (a line is about 80).
+MIRROR_LINES = 40
+MIRROR_CHARS = 3_500
+
+
+class Pacer:
+    """Token buckets, one per budget name (`post:C123`, `update`, ...); pure but for `now`."""
+
+    def __init__(
+        self,
+        budgets: Callable[[str], Budget],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budgets = budgets
+        self.monotonic = monotonic
+        self._tokens: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+        self._paused: dict[str, float] = {}  # name -> until
+
+    def _level(self, name: str, now: float) -> float:
+        budget = self.budgets(name)
+        tokens, at = self._tokens.get(name, (float(budget.burst), now))
+        return min(float(budget.burst), tokens + (now - at) * budget.per_minute / 60.0)
+
+    def wait(self, name: str) -> float:
+        """Return how long until a call may be spent on `name` (0: now)."""
+        now = self.monotonic()
+        paused = self._paused.get(name, 0.0) - now
+        level = self._level(name, now)
+        ready = 0.0 if level >= 1.0 else (1.0 - level) * 60.0 / self.budgets(name).per_minute
+        return max(paused, ready, 0.0)
+
+    def spend(self, name: str) -> None:
+        """Record one call on `name`."""
+        now = self.monotonic()
+        self._tokens[name] = (self._level(name, now) - 1.0, now)
+
+    def pause(self, name: str, seconds: float) -> None:
+        """Spend nothing on `name` for `seconds` (Slack answered 429 with Retry-After)."""
+        now = self.monotonic()
+        self._paused[name] = max(self._paused.get(name, 0.0), now + seconds)
+        self._tokens[name] = (0.0, now + seconds)
+
+
+def slack_budget(name: str) -> Budget:
+    """Return the budget a name is spent from (see `budgets_of`)."""
+    kind = name.split(":", 1)[0]
+    return {"post": POST_BUDGET, "update": UPDATE_BUDGET}.get(kind, TIER4_BUDGET)
+
+
+def budgets_of(item: OutboxItem) -> tuple[str, ...]:
+    """Return the budgets one delivery of `item` spends (a little more than it may)."""
+    post = f"post:{item.channel}"
+    if item.kind == "upload":
+        return ("tier4:files", post)
+    if item.kind in {"announce", "progress"} and (item.result or {}).get("ts"):
+        return ("update",)
+    if item.kind == "notice":
+        return (post, "post:dm")
+    return (post,)
 
 
 class Deliverer:
@@ -75,6 +208,8 @@ class Deliverer:
         upload_timeout: float = 300.0,
         on_delivered: Callable[[OutboxItem], None] | None = None,
         work_dir: Path | None = None,
+        command: str = "/cv",
+        pacer: Pacer | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -83,6 +218,8 @@ class Deliverer:
         self.upload_timeout = upload_timeout
         self.on_delivered = on_delivered
         self.work_dir = work_dir
+        self.command = command
+        self.pacer = pacer or Pacer(slack_budget)
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,7 +250,8 @@ class Deliverer:
                 self.wake.clear()
 
     def deliver_pending(self) -> int:
-        """Send one round of due items in order; return how many were sent."""
+        """Send one round of due items (each request's in order, within Slack's budgets) and
+        one batch of audit mirror lines; return how many Slack calls were made."""
         sent = 0
         blocked: set[int] = set()
         for item in self.store.pending_outbox(limit=50):
@@ -121,52 +259,180 @@ class Deliverer:
                 break
             if item.request_number is not None and item.request_number in blocked:
                 continue  # keep each request's messages in order
-            try:
-                self._deliver(item)
+            if any(self.pacer.wait(name) > 0 for name in budgets_of(item)):
+                if item.kind != "progress":  # a progress edit may go after later messages
+                    self._block(blocked, item)
+                continue
+            outcome = self._attempt(item)
+            if outcome == "sent":
                 sent += 1
-                if self.on_delivered is not None:
-                    self.on_delivered(item)
-            except Deferred:
-                assert item.request_number is not None  # only thread items wait for a parent
-                if self.store.delivery_status(announcement_key(item.request_number)) == "failed":
-                    # The thread's parent can never be posted, so neither can this.
-                    self.store.outbox_failed(item.id, "announcement_failed")
-                else:
-                    delay = timedelta(seconds=min(2.0, 0.2 * 2 ** min(item.attempts, 4)))
-                    self.store.outbox_retry(item.id, delay, give_up_after=None)
-                if item.request_number is not None:
-                    blocked.add(item.request_number)
-            except SlackApiError as exc:
-                self._slack_failure(item, exc)
-                if item.request_number is not None:
-                    blocked.add(item.request_number)
-            except FileNotFoundError as exc:
-                log.error("outbox item %s (%s): %s is gone", item.id, item.kind, exc.filename)
-                self.store.outbox_failed(item.id, "file_missing", also=self._refused(item))
-            except (requests.RequestException, OSError) as exc:
-                # The network or Slack is down: keep trying, never drop the message.
-                log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
-                self.store.outbox_retry(item.id, _backoff(item.attempts), give_up_after=None)
-                if item.request_number is not None:
-                    blocked.add(item.request_number)
+            elif outcome == "waiting":
+                self._block(blocked, item)
+        if not self.stopping.is_set():
+            sent += self._mirror_batch()
         return sent
 
-    def _slack_failure(self, item: OutboxItem, exc: SlackApiError) -> None:
-        error = str(exc.response.get("error") or "")
-        if exc.response.status_code == 429 or error == "ratelimited":
-            retry_after = float(exc.response.headers.get("Retry-After", "1") or 1)
+    @staticmethod
+    def _block(blocked: set[int], item: OutboxItem) -> None:
+        if item.request_number is not None:
+            blocked.add(item.request_number)
+
+    def _attempt(self, item: OutboxItem) -> str:
+        """Try to deliver one item; return sent, waiting (still pending) or held/failed."""
+        try:
+            self._deliver(item)
+        except Deferred:
+            announcement = self._announcement_held(item)
+            if announcement is not None:
+                self._hold(item, announcement, notice=False)
+                return "held"
+            delay = timedelta(seconds=min(2.0, 0.2 * 2 ** min(item.attempts, 4)))
+            self.store.outbox_retry(item.id, delay)
+            return "waiting"
+        except Held as exc:
+            self._hold(item, exc.error, notice=False)
+            return "held"
+        except SlackApiError as exc:
+            return self._slack_failure(item, exc)
+        except FileNotFoundError as exc:
+            log.error("outbox item %s (%s): %s is gone", item.id, item.kind, exc.filename)
+            self.store.outbox_failed(item.id, "file_missing", also=self._refused(item))
+            return "failed"
+        except (requests.RequestException, OSError) as exc:
+            # The network or Slack is down: keep trying, never drop the message.
+            log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, exc)
+            self.store.outbox_retry(item.id, _backoff(item.attempts))
+            return "waiting"
+        if self.on_delivered is not None:
+            self.on_delivered(item)
+        return "sent"
+
+    def _announcement_held(self, item: OutboxItem) -> str | None:
+        assert item.request_number is not None  # only thread items wait for a parent
+        key = announcement_key(item.request_number)
+        if self.store.delivery_status(key) == "held":
+            return "announcement_held"
+        return None
+
+    def _slack_failure(self, item: OutboxItem, exc: SlackApiError) -> str:
+        error = _error_of(exc)
+        if _rate_limited(exc):
+            retry_after = _retry_after(exc)
             log.info("Slack rate limit on %s; retrying in %ss", item.kind, retry_after)
-            self.store.outbox_retry(item.id, timedelta(seconds=retry_after), give_up_after=None)
-        elif error in PERMANENT:
-            log.error("outbox item %s (%s) cannot be delivered: %s", item.id, item.kind, error)
-            self.store.outbox_failed(item.id, error, also=self._refused(item))
-        else:
-            # Slack being down is no reason to drop a message; an unknown error may be a bug.
-            down = exc.response.status_code >= 500 or error in TRANSIENT
-            log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, error)
-            self.store.outbox_retry(
-                item.id, _backoff(item.attempts), give_up_after=None if down else 50
+            for name in budgets_of(item):
+                self.pacer.pause(name, retry_after)
+            self.store.outbox_retry(item.id, timedelta(seconds=retry_after))
+            return "waiting"
+        # Slack being down is no reason to drop a message; an unknown error may be a bug,
+        # retried a while before it is held.
+        down = exc.response.status_code >= 500 or error in TRANSIENT
+        if is_permanent(error) or (not down and item.attempts + 1 >= GIVE_UP_AFTER):
+            self._hold(item, error or "unknown", notice=True)
+            return "held"
+        log.warning("outbox item %s (%s): %s; will retry", item.id, item.kind, error)
+        self.store.outbox_retry(item.id, _backoff(item.attempts))
+        return "waiting"
+
+    def _hold(self, item: OutboxItem, error: str, *, notice: bool) -> None:
+        """Hold the item (its files stay), audit it, and tell the requester once per episode."""
+        log.error("outbox item %s (%s) held: Slack answered %s", item.id, item.kind, error)
+        name = what_of(item.kind, item.payload)
+        number = item.request_number
+        with self.store.write() as conn:
+            first = not self.store.has_held(conn, number, besides=item.id)
+            if not self.store.hold(conn, item.id, error):
+                return
+            self.store.audit(
+                conn,
+                "bot",
+                "delivery.held",
+                request=number,
+                targets=(item.key or item.kind,),
+                outcome="held",
+                details={"kind": item.kind, "error": error, "channel": item.channel, "name": name},
             )
+            refused = self._refused(item)
+            if refused is not None:
+                refused(conn)
+            if number is None or not notice or item.kind == "notice" or not first:
+                return
+            record = self.store.get(number, conn)
+            self.store.enqueue(
+                conn,
+                kind="notice",
+                channel=item.channel,
+                payload={"user": record.requester, "text": self._notice(record, name, error)},
+                request=number,
+            )
+
+    def _hold_mirror(self, batch: list[OutboxItem], error: str) -> None:
+        """Hold mirror lines; audit only the first of an episode (its own line is held too)."""
+        log.error("audit mirror held: Slack answered %s", error)
+        with self.store.write() as conn:
+            first = not self.store.has_held(conn, None, besides=batch[0].id)
+            for item in batch:
+                self.store.hold(conn, item.id, error)
+            if first:
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "delivery.held",
+                    targets=("mirror",),
+                    outcome="held",
+                    details={"kind": "mirror", "error": error, "channel": batch[0].channel},
+                )
+
+    def _notice(self, record: RequestRecord, name: str, error: str) -> str:
+        cure = _CURES.get(error, f"Slack answered `{error}`").format(
+            channel=record.channel, bot="cv-dsr-bot"
+        )
+        return (
+            f"<@{record.requester}> {record.id}: Slack refused to post {name} ({cure}). Nothing "
+            f"is lost: the bot keeps it, and `{self.command} status {record.id}` lists what is "
+            f"held. Once that is fixed, run `{self.command} resend {record.id}`."
+        )
+
+    # -- the audit mirror --------------------------------------------------------------------
+
+    def _mirror_batch(self) -> int:
+        """Send the oldest mirror lines that fit one message; return 1 when a call was made."""
+        items = self.store.pending_outbox(limit=MIRROR_LINES, mirror=True)
+        if not items:
+            return 0
+        channel = items[0].channel
+        name = f"post:{channel}"
+        if self.pacer.wait(name) > 0:
+            return 0
+        batch: list[OutboxItem] = []
+        size = 0
+        for item in items:
+            text = blocks.bot_text(str(item.payload["text"]))
+            if item.channel != channel or (batch and size + len(text) + 1 > MIRROR_CHARS):
+                break
+            batch.append(item)
+            size += len(text) + 1
+        ids = [item.id for item in batch]
+        text = "\n".join(blocks.bot_text(str(item.payload["text"])) for item in batch)
+        self.pacer.spend(name)
+        try:
+            self.client.chat_postMessage(channel=channel, text=text)
+        except SlackApiError as exc:
+            error = _error_of(exc)
+            if _rate_limited(exc):
+                self.pacer.pause(name, _retry_after(exc))
+                self.store.outbox_retry(ids, timedelta(seconds=_retry_after(exc)))
+            elif is_permanent(error):
+                self._hold_mirror(batch, error)
+            else:
+                log.warning("audit mirror: %s; will retry", error)
+                self.store.outbox_retry(ids, _backoff(batch[0].attempts))
+            return 1
+        except (requests.RequestException, OSError) as exc:
+            log.warning("audit mirror: %s; will retry", exc)
+            self.store.outbox_retry(ids, _backoff(batch[0].attempts))
+            return 1
+        self.store.outbox_sent(ids)
+        return 1
 
     # -- one item --------------------------------------------------------------------------------
 
@@ -182,7 +448,10 @@ class Deliverer:
             "post": self._post,
             "upload": self._upload,
             "mirror": self._mirror,
+            "notice": self._notify,
         }
+        for name in budgets_of(item):
+            self.pacer.spend(name)
         result, also = handler[item.kind](item)
         self.store.outbox_done(
             item.id, result, payload=item.payload, revision=item.revision, also=also
@@ -302,6 +571,11 @@ class Deliverer:
 
     def _post(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
+        waits_for = [self.store.delivery_status(key) for key in item.payload.get("after") or ()]
+        if "held" in waits_for:
+            raise Held("waits_for_held_file")
+        if any(status not in {"sent", "failed", None} for status in waits_for):
+            raise Deferred
         response = self.client.chat_postMessage(
             channel=item.channel,
             thread_ts=thread_ts,
@@ -314,6 +588,22 @@ class Deliverer:
             channel=item.channel, text=blocks.message_text(str(item.payload["text"]))
         )
         return {"ts": str(response["ts"])}, None
+
+    def _notify(self, item: OutboxItem) -> Delivered:
+        """Tell the requester in the request's thread, else in a DM (chat:write opens it)."""
+        text = blocks.bot_text(str(item.payload["text"]))
+        record = self._request(item)
+        if record.message_ts and self._announcement_held(item) is None:
+            try:
+                response = self.client.chat_postMessage(
+                    channel=item.channel, thread_ts=record.message_ts, text=text
+                )
+                return {"ts": str(response["ts"]), "where": "thread"}, None
+            except SlackApiError as exc:
+                if not is_permanent(_error_of(exc)):
+                    raise
+        response = self.client.chat_postMessage(channel=str(item.payload["user"]), text=text)
+        return {"ts": str(response["ts"]), "where": "dm"}, None
 
     def _upload(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
@@ -394,6 +684,21 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fp.read(1 << 16), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _error_of(exc: SlackApiError) -> str:
+    return str(exc.response.get("error") or "")
+
+
+def _rate_limited(exc: SlackApiError) -> bool:
+    return exc.response.status_code == 429 or _error_of(exc) == "ratelimited"
+
+
+def _retry_after(exc: SlackApiError) -> float:
+    try:
+        return max(1.0, float(exc.response.headers.get("Retry-After", "1") or 1))
+    except ValueError:
+        return 1.0
 
 
 def _backoff(attempts: int) -> timedelta:

@@ -21,6 +21,7 @@ from bot.grammar import (
     ExportKind,
     Help,
     Meta,
+    Resend,
     Retry,
     Status,
     help_text,
@@ -92,6 +93,7 @@ U_ALL = "\n".join(
         "status [<request-id>] [--all]",
         "cancel <request-id>",
         "retry <request-id>",
+        "resend <request-id>",
         U_AUDIT,
         "audit verify",
     ]
@@ -190,6 +192,8 @@ FORMS: list[tuple[str, Command]] = [
     ("status --all", Status(all=True)),
     ("cancel R-12", Cancel("R-12")),
     ("retry r-3", Retry("R-3")),
+    ("resend r-3", Resend("R-3")),
+    ("RESEND R-1042", Resend("R-1042")),
     ("audit", AuditExport()),
     (
         "audit --request r-5 --since 2026-01-02 --format JSONL",
@@ -371,7 +375,7 @@ ERRORS: list[tuple[str, str, str]] = [
     ("help exprot", "no help on 'exprot'; did you mean 'export'?", U_HELP),
     (
         "help xyzzy",
-        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, audit",
+        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, resend, audit",
         U_HELP,
     ),
     ("help export imgs", "unknown kind 'imgs' for export; did you mean 'images'?", U_HELP),
@@ -388,6 +392,12 @@ ERRORS: list[tuple[str, str, str]] = [
     ("delete project", "delete project needs <project-id>", U_DELETE_PROJECT),
     ("cancel", "cancel needs <request-id>", "cancel <request-id>"),
     ("retry", "retry needs <request-id>", "retry <request-id>"),
+    ("resend", "resend needs <request-id>", "resend <request-id>"),
+    (
+        "resend R-x",
+        "'R-x' is not a request id: expected R-<number>, like R-1042",
+        "resend <request-id>",
+    ),
     # malformed ids
     (
         f"export project {P[:-1]}",

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import secrets
 import socket
 import struct
@@ -53,6 +54,7 @@ __all__ = [
     "Message",
     "MessageVersion",
     "OpenedView",
+    "RateTier",
     "SlackEmulator",
     "UploadedFile",
     "User",
@@ -80,6 +82,50 @@ WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 MAX_FRAME = 16 * 1024 * 1024
 
 JsonObject = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate tiers (w13-delivery)
+#
+# Slack limits each Web API method per app per workspace in tiers (api.slack.com/docs/
+# rate-limits: Tier 2 "20+ per minute", Tier 3 "50+ per minute", Tier 4 "100+ per minute";
+# NOTES-slack.md) and chat.postMessage to about 1 message a second per channel ("short bursts
+# are allowed"). Over a limit Slack answers HTTP 429, `{"ok": false, "error": "ratelimited"}`
+# and `Retry-After` in seconds. The tier of each method is from its documentation page; the
+# burst sizes are not published (inferred: a small bucket that refills at the tier's rate).
+# Off unless `enable_rate_tiers()`: most tests would only get slower, while the tests of the
+# bot's pacing switch it on.
+
+
+@dataclass(frozen=True)
+class RateTier:
+    """`per_minute` calls, at most `burst` at once; `per_channel`: one bucket per channel."""
+
+    per_minute: float
+    burst: int
+    per_channel: bool = False
+
+
+TIER2 = RateTier(20, 3)
+TIER3 = RateTier(50, 5)
+TIER4 = RateTier(100, 10)
+POSTS_PER_CHANNEL = RateTier(60, 3, per_channel=True)  # "1 per second per channel"
+RATE_TIERS: dict[str, RateTier] = {
+    "chat.postMessage": POSTS_PER_CHANNEL,
+    "chat.update": TIER3,
+    "chat.postEphemeral": TIER4,
+    "chat.getPermalink": TIER4,
+    "files.getUploadURLExternal": TIER4,
+    "files.completeUploadExternal": TIER4,
+    "files.info": TIER4,
+    "users.info": TIER4,
+    "usergroups.users.list": TIER2,
+    "conversations.info": TIER3,
+    "views.open": TIER4,
+}
+# files.completeUploadExternal posts a message in the channel: inferred to spend the channel's
+# posting budget too.
+POSTS_IN_CHANNEL = frozenset({"chat.postMessage", "files.completeUploadExternal"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,6 +859,8 @@ class SlackEmulator:
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._slowness: dict[str, deque[_Slowness]] = {}  # see "Slow and failing Slack"
+        self.rate_tiers: dict[str, RateTier] = {}  # empty: no rate limits (enable_rate_tiers)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, at)
         self._calls: list[ApiCall] = []
         self.internal_errors: list[str] = []  # tracebacks of emulator bugs (should stay empty)
         self._socket_changed = threading.Condition(self._lock)
@@ -1124,6 +1172,51 @@ class SlackEmulator:
         with self._lock:
             self._record(method, {}, found.status, error=f"http_{found.status}")
         return _Reply(found.status, b"Service Unavailable", content_type="text/html")
+
+    # -- rate tiers (w13-delivery) ------------------------------------------------------------
+
+    def enable_rate_tiers(self, tiers: Mapping[str, RateTier] | None = None) -> None:
+        """Limit each method as Slack does (RATE_TIERS, or `tiers` for some methods)."""
+        with self._lock:
+            self.rate_tiers = {**RATE_TIERS, **dict(tiers or {})}
+            self._buckets.clear()
+
+    def _spend(self, bucket: tuple[str, str], tier: RateTier, now: float) -> float:
+        """Take a token from `bucket`; return 0, or the seconds until one is there."""
+        tokens, at = self._buckets.get(bucket, (float(tier.burst), now))
+        tokens = min(float(tier.burst), tokens + (now - at) * tier.per_minute / 60.0)
+        if tokens < 1.0:
+            self._buckets[bucket] = (tokens, now)
+            return (1.0 - tokens) * 60.0 / tier.per_minute
+        self._buckets[bucket] = (tokens - 1.0, now)
+        return 0.0
+
+    def _rate_limit(self, method: str, params: JsonObject) -> int | None:
+        """Return the Retry-After (whole seconds, at least 1) when `method` is over its tier."""
+        tier = self.rate_tiers.get(method)
+        if tier is None:
+            return None
+        now = self._clock()
+        channel = _text(params.get("channel") or params.get("channel_id"))
+        wait = self._spend((method, channel if tier.per_channel else ""), tier, now)
+        if not wait and method in POSTS_IN_CHANNEL and channel:
+            posts = self.rate_tiers.get("chat.postMessage", POSTS_PER_CHANNEL)
+            if method != "chat.postMessage":
+                wait = self._spend(("chat.postMessage", channel), posts, now)
+        return None if not wait else max(1, math.ceil(wait))
+
+    def set_archived(self, channel_id: str, archived: bool) -> None:
+        """Archive or unarchive a channel (posting then answers is_archived)."""
+        with self._lock:
+            self._channels[channel_id] = replace(self._channels[channel_id], is_archived=archived)
+
+    def rate_limited(self, method: str | None = None) -> int:
+        """Return how many calls (of `method`) were answered `ratelimited`."""
+        return sum(
+            1
+            for call in self.calls
+            if call.error == "ratelimited" and (method is None or call.method == method)
+        )
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -1465,6 +1558,11 @@ class SlackEmulator:
                 return answer(200, {"ok": False, "error": "not_allowed_token_type"})
             if token != (self.app_token if app_level else self.bot_token):
                 return answer(200, {"ok": False, "error": "invalid_auth"})
+            limited = self._rate_limit(method, params)
+            if limited is not None:
+                return answer(
+                    429, {"ok": False, "error": "ratelimited"}, ("Retry-After", str(limited))
+                )
             fault = self._take_fault(method)
             if fault is not None and fault.kind == "ratelimit":
                 return answer(
