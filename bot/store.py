@@ -922,16 +922,17 @@ class Store:
             for key, kind, error, payload in rows
         ]
 
-    def resend(self, conn: sqlite3.Connection, number: int) -> int:
-        """Put the request's held deliveries back in the queue, in their order; return how many.
+    def resend(self, conn: sqlite3.Connection, number: int | None) -> int:
+        """Put the request's (None: the audit mirror's) held deliveries back in the queue, in
+        their order; return how many.
 
         A held upload starts again from its bytes: Slack refused to share the file it had.
         """
         cursor = conn.execute(
             "UPDATE outbox SET status = 'pending', held_error = NULL, attempts = 0,"
             " not_before = ?, result = CASE WHEN kind = 'upload' THEN NULL ELSE result END"
-            " WHERE request_id = ? AND status = 'held'",
-            (iso(self.clock.now()), number),
+            " WHERE request_id IS ? AND status = 'held' AND (? IS NOT NULL OR kind = 'mirror')",
+            (iso(self.clock.now()), number, number),
         )
         if cursor.rowcount:
             self._local.enqueued = True

@@ -136,6 +136,9 @@ TIER4_BUDGET = Budget(per_minute=90, burst=5)  # files.*, chat.postEphemeral (10
 # characters (a line is about 80).
 MIRROR_LINES = 40
 MIRROR_CHARS = 3_500
+# Held mirror lines have no request and no requester to resend them: they are tried again
+# this often (one call), so re-inviting the bot to the audit channel is all it takes.
+MIRROR_PROBE_INTERVAL = 600.0
 
 
 class Pacer:
@@ -155,7 +158,7 @@ class Pacer:
     def _level(self, name: str, now: float) -> float:
         budget = self.budgets(name)
         tokens, at = self._tokens.get(name, (float(budget.burst), now))
-        return min(float(budget.burst), tokens + (now - at) * budget.per_minute / 60.0)
+        return min(float(budget.burst), tokens + max(0.0, now - at) * budget.per_minute / 60.0)
 
     def wait(self, name: str) -> float:
         """Return how long until a call may be spent on `name` (0: now)."""
@@ -173,8 +176,9 @@ class Pacer:
     def pause(self, name: str, seconds: float) -> None:
         """Spend nothing on `name` for `seconds` (Slack answered 429 with Retry-After)."""
         now = self.monotonic()
-        self._paused[name] = max(self._paused.get(name, 0.0), now + seconds)
-        self._tokens[name] = (0.0, now + seconds)
+        until = max(self._paused.get(name, 0.0), now + seconds)
+        self._paused[name] = until
+        self._tokens[name] = (1.0, until)  # one call when the pause ends, then the rate
 
 
 def slack_budget(name: str) -> Budget:
@@ -220,6 +224,8 @@ class Deliverer:
         self.work_dir = work_dir
         self.command = command
         self.pacer = pacer or Pacer(slack_budget)
+        self.mirror_held_at: float | None = None  # monotonic time the mirror was last held
+        self.mirror_probe_interval = MIRROR_PROBE_INTERVAL
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -368,6 +374,7 @@ class Deliverer:
     def _hold_mirror(self, batch: list[OutboxItem], error: str) -> None:
         """Hold mirror lines; audit only the first of an episode (its own line is held too)."""
         log.error("audit mirror held: Slack answered %s", error)
+        self.mirror_held_at = self.pacer.monotonic()
         with self.store.write() as conn:
             first = not self.store.has_held(conn, None, besides=batch[0].id)
             for item in batch:
@@ -398,6 +405,12 @@ class Deliverer:
         """Send the oldest mirror lines that fit one message; return 1 when a call was made."""
         items = self.store.pending_outbox(limit=MIRROR_LINES, mirror=True)
         if not items:
+            held_at = self.mirror_held_at
+            probe = self.mirror_probe_interval
+            if held_at is not None and self.pacer.monotonic() - held_at >= probe:
+                self.mirror_held_at = None
+                with self.store.write() as conn:
+                    self.store.resend(conn, None)
             return 0
         channel = items[0].channel
         name = f"post:{channel}"
@@ -571,10 +584,10 @@ class Deliverer:
 
     def _post(self, item: OutboxItem) -> Delivered:
         thread_ts = self._thread_ts(item)
-        waits_for = [self.store.delivery_status(key) for key in item.payload.get("after") or ()]
-        if "held" in waits_for:
-            raise Held("waits_for_held_file")
-        if any(status not in {"sent", "failed", None} for status in waits_for):
+        waits_for = {self.store.delivery_status(key) for key in item.payload.get("after") or ()}
+        if waits_for & {"held", "failed"}:
+            raise Held("waits_for_held_file")  # it would announce a file Slack does not have
+        if waits_for - {"sent", None}:
             raise Deferred
         response = self.client.chat_postMessage(
             channel=item.channel,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ack, auditlog, deletion, export, memory, report
+from bench import ack, auditlog, burst, deletion, export, memory, report
 from bench.report import Result, Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,20 @@ def test_bench_ack_smoke_times_every_command_for_both_apps() -> None:
     for app in ("bot", "bolt"):
         assert 0 < f[f"{app}_p50_s"] <= f[f"{app}_p99_s"] <= f[f"{app}_max_s"]
         assert 0 <= f[f"{app}_missed"] <= f["commands"]
+
+
+def test_bench_burst_smoke_mirrors_every_event_at_slacks_pace() -> None:
+    result = burst.run(smoke=True)
+    well_formed(result, "burst")
+    f = result.figures
+    assert f["commands"] == burst.SMOKE.commands
+    assert 0 < f["p50_s"] <= f["p99_s"] <= f["max_s"]
+    assert 0 <= f["missed"] <= f["commands"]
+    assert f["rate_limited"] == 0
+    # Two thirds of the commands are refusals, each one audit event; all are in the mirror,
+    # several to a message.
+    assert f["events"] >= burst.SMOKE.commands * 2 / 3
+    assert f["mirror_messages"] < f["events"]
 
 
 def test_bench_audit_smoke_verifies_the_whole_chain() -> None:

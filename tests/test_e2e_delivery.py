@@ -75,13 +75,12 @@ def test_e2e_refused_upload_is_held_never_called_ready_kept_and_resent(stack: St
     project = stack.cv.data.project_ids()[0]
     rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
-    wait(lambda: any("resend" in m.text for m in thread(stack, rid)), "the requester's notice")
     stack.wait_delivered()
 
-    # Held at once (one attempt, no retries), never called ready, its files kept.
-    assert len(stack.slack.calls_to("files.completeUploadExternal")) == 2  # package, trail
+    # Never called ready without its file; held at once (one attempt, no retries); kept.
     assert package_files(stack, rid) == []
     assert said_ready(stack, rid) == []
+    assert len(stack.slack.calls_to("files.completeUploadExternal")) == 2  # package, trail
     (notice,) = [m for m in thread(stack, rid) if "resend" in m.text]
     assert f"<@{REQUESTER.user_id}>" in notice.text and "not_in_channel" not in notice.text
     assert f"/cv resend {rid}" in notice.text and "invite it back" in notice.text
@@ -191,6 +190,42 @@ def test_e2e_archived_channel_holds_the_deletion_receipt_until_resent(stack: Sta
     }
     assert any("receipt attached" in m.text for m in thread(stack, rid))
     assert stack.bot.store.held_deliveries(number) == []
+
+
+def test_e2e_audit_mirror_held_while_the_bot_is_out_of_the_audit_channel_then_catches_up(
+    stack: Stack,
+) -> None:
+    stack.bot.deliverer.mirror_probe_interval = 0.5
+    stack.slack.set_bot_member(AUDIT_CHANNEL, False)
+    for _ in range(3):
+        stack.command(STRANGER, "status R-1001")
+    stack.wait_delivered()
+    held = stack.bot.db.conn.execute(
+        "SELECT COUNT(*) FROM outbox WHERE kind = 'mirror' AND status = 'held'"
+    ).fetchone()[0]
+    assert held >= 3
+    (count,) = stack.bot.db.conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+    held_events = [e for e in audit.events(stack.bot.db.conn) if e.action == "delivery.held"]
+    assert len(held_events) == 1  # audited once, not once per line (its own line is held too)
+
+    stack.slack.set_bot_member(AUDIT_CHANNEL, True)  # an admin invites the bot back
+    wait(
+        lambda: (
+            len(
+                [
+                    p
+                    for m in stack.slack.messages(AUDIT_CHANNEL)
+                    for p in audit.parse_mirror_lines(m.text)
+                ]
+            )
+            == count
+        ),
+        "the mirror to catch up",
+    )
+    witnessed = [
+        p for m in stack.slack.messages(AUDIT_CHANNEL) for p in audit.parse_mirror_lines(m.text)
+    ]
+    assert [seq for seq, _ in witnessed] == list(range(1, count + 1))
 
 
 # --- Slack's rate tiers ------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""Benchmark 6: a burst of commands at Slack's pace, with the audit channel mirroring it all.
+
+I/O module. The Slack emulator enforces Slack's rate tiers (bot.emulators.slack.RATE_TIERS:
+about 1 post a second per channel, chat.update about 50 a minute, ...). Eight `export project`
+requests run while 10,000 signed slash commands arrive, 50 at a time: a third are `status`,
+two thirds are refused (`status R-1001` and `resend R-1001` by someone who may not), so most
+of them are an audit event that the audit channel mirrors. Measured: each acknowledgement's
+latency, how many calls Slack answered `ratelimited`, how long after each export finished its
+"ready" message reached its thread (request threads must not wait behind the mirror), and how
+long the mirror took to catch up after the burst.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from bench import report
+from bench.harness import (
+    Answer,
+    BenchError,
+    BotProcess,
+    Emulators,
+    request_id,
+    scratch,
+    send_load,
+    wait_until,
+)
+from bench.report import Result, Row
+from bot import audit
+from bot.emulators.customvision import Faults, Seed
+from bot.emulators.slack_driver import SlackDriver
+from bot.emulators.stack import AUDIT_CHANNEL, CHANNEL, REQUESTER, STRANGER
+
+ACK_LIMIT = 3.0  # Slack's deadline
+P99_TARGET = 0.250
+
+
+@dataclass(frozen=True)
+class Size:
+    exports: int
+    images: int  # per exported project
+    commands: int
+    concurrency: int
+    catch_up_timeout: float
+
+
+FULL = Size(exports=8, images=100, commands=10_000, concurrency=50, catch_up_timeout=900.0)
+SMOKE = Size(exports=2, images=10, commands=120, concurrency=10, catch_up_timeout=120.0)
+
+
+def _bodies(driver: SlackDriver, size: Size) -> list[bytes]:
+    cycle = (
+        (REQUESTER.user_id, "status"),
+        (STRANGER.user_id, "status R-1001"),
+        (STRANGER.user_id, "resend R-1001"),
+    )
+    return [
+        urlencode(driver.command_form(user, CHANNEL, text)).encode("ascii")
+        for user, text in (cycle[i % len(cycle)] for i in range(size.commands))
+    ]
+
+
+def _audit_events(process: BotProcess) -> int:
+    with sqlite3.connect(f"file:{process.database}?mode=ro", uri=True, timeout=10) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+    return int(count)
+
+
+def _witnessed(emulators: Emulators) -> set[int]:
+    return {
+        seq
+        for message in emulators.slack.messages(AUDIT_CHANNEL)
+        for seq, _ in audit.parse_mirror_lines(message.text)
+    }
+
+
+def _said_ready(emulators: Emulators, thread_ts: str) -> bool:
+    return any("export is ready" in m.text for m in emulators.slack.messages(CHANNEL, thread_ts))
+
+
+@dataclass(frozen=True)
+class BurstRun:
+    answers: tuple[Answer, ...]
+    load_s: float
+    events: int
+    backlog: int  # events not yet in the audit channel when the burst ended
+    catch_up_s: float
+    mirror_messages: int
+    thread_lags: tuple[float, ...]  # export done -> its "ready" message, seconds
+    rate_limited: int
+
+
+def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
+    driver = process.driver(timeout=ACK_LIMIT)
+    projects = emulators.cv.data.project_ids()[: size.exports]
+    rids = [
+        request_id(driver.command(REQUESTER.user_id, CHANNEL, f"export project {project}"))
+        for project in projects
+    ]
+    started = time.perf_counter()
+    answers = send_load(
+        driver, _bodies(driver, size), concurrency=size.concurrency, timeout=ACK_LIMIT
+    )
+    load_s = time.perf_counter() - started
+    ended = time.monotonic()
+    events = _audit_events(process)
+    backlog = events - len(_witnessed(emulators))
+
+    lags: list[float] = []
+    for rid in rids:
+        process.wait_status(rid, "done", timeout=size.catch_up_timeout)
+        done_at = time.monotonic()
+        ts = process.message_ts(rid)
+        wait_until(
+            functools.partial(_said_ready, emulators, ts),
+            timeout=size.catch_up_timeout,
+            what=f"the ready message of {rid}",
+            interval=0.1,
+        )
+        lags.append(time.monotonic() - done_at)
+    total = _audit_events(process)
+    wait_until(
+        lambda: len(_witnessed(emulators)) >= total,
+        timeout=size.catch_up_timeout,
+        what="the audit mirror to catch up",
+        interval=0.2,
+    )
+    catch_up = time.monotonic() - ended
+    if _witnessed(emulators) != set(range(1, total + 1)):
+        raise BenchError("the audit channel does not hold every event exactly")
+    return BurstRun(
+        answers=tuple(answers),
+        load_s=load_s,
+        events=total,
+        backlog=backlog,
+        catch_up_s=catch_up,
+        mirror_messages=len(emulators.slack.messages(AUDIT_CHANNEL)),
+        thread_lags=tuple(lags),
+        rate_limited=emulators.slack.rate_limited(),
+    )
+
+
+def run(*, smoke: bool = False) -> Result:
+    """Send the burst to the bot with Slack's rate tiers on; return the figures."""
+    size = SMOKE if smoke else FULL
+    seed = Seed(projects=size.exports, iterations=1, tags=3, images=size.images, predictions=0)
+    emulators = Emulators.start(seed, Faults(blob_latency=0.005))
+    emulators.slack.enable_rate_tiers()
+    try:
+        with scratch("burst") as folder, BotProcess(emulators, folder / "bot") as process:
+            measured = _measure(process, emulators, size)
+    finally:
+        emulators.close()
+    return _result(size, measured)
+
+
+def _spread(values: Sequence[float]) -> str:
+    return " / ".join(
+        report.millis(v)
+        for v in (report.percentile(values, 50), report.percentile(values, 99), max(values))
+    )
+
+
+def _result(size: Size, run: BurstRun) -> Result:
+    latencies = [a.latency for a in run.answers]
+    p99 = report.percentile(latencies, 99)
+    missed = sum(1 for a in run.answers if a.missed(ACK_LIMIT))
+    n = len(run.answers)
+    per_message = run.events / max(1, run.mirror_messages)
+    return Result(
+        key="burst",
+        title="6. A burst of commands at Slack's pace",
+        setup=(
+            f"{n:,} slash commands, {size.concurrency} at a time, while {size.exports} exports "
+            f"run; Slack's rate tiers on; the audit channel mirrors every event"
+        ),
+        rows=(
+            Row("acknowledgements p50 / p99 / max", _spread(latencies)),
+            Row(
+                "acknowledgement p99",
+                report.millis(p99),
+                f"< {P99_TARGET * 1000:g} ms",
+                p99 < P99_TARGET,
+            ),
+            Row("acknowledgements over 3 s (or not 200)", f"{missed} of {n}", "0", missed == 0),
+            Row(
+                "calls Slack answered `ratelimited`",
+                report.count(run.rate_limited),
+                "0",
+                run.rate_limited == 0,
+            ),
+            Row(
+                "audit events / mirror messages",
+                f"{run.events:,} / {run.mirror_messages:,} ({per_message:.1f} per message)",
+            ),
+            Row("mirror backlog when the burst ended", f"{run.backlog:,} events"),
+            Row("audit mirror caught up after the burst", report.seconds(run.catch_up_s)),
+            Row(
+                "export done -> its thread says ready (max)",
+                report.seconds(max(run.thread_lags)),
+                "< mirror catch-up",
+                max(run.thread_lags) <= max(run.catch_up_s, 5.0),
+            ),
+        ),
+        figures={
+            "commands": n,
+            "load_s": run.load_s,
+            "p50_s": report.percentile(latencies, 50),
+            "p99_s": p99,
+            "max_s": max(latencies),
+            "missed": missed,
+            "rate_limited": run.rate_limited,
+            "events": run.events,
+            "mirror_messages": run.mirror_messages,
+            "backlog": run.backlog,
+            "catch_up_s": run.catch_up_s,
+            "thread_lag_max_s": max(run.thread_lags),
+        },
+    )
