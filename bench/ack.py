@@ -116,14 +116,6 @@ def run(*, smoke: bool = False) -> Result:
     return _result(size, ours, theirs)
 
 
-def _spread(run: LoadRun) -> str:
-    values = run.latencies()
-    return " / ".join(
-        report.millis(v)
-        for v in (report.percentile(values, 50), report.percentile(values, 99), max(values))
-    )
-
-
 def _result(size: Size, ours: LoadRun, theirs: LoadRun) -> Result:
     our_p50 = report.percentile(ours.latencies(), 50)
     our_p99 = report.percentile(ours.latencies(), 99)
@@ -143,7 +135,7 @@ def _result(size: Size, ours: LoadRun, theirs: LoadRun) -> Result:
             f"({size.blob_latency * 1000:g} ms per blob, cap {TPS:g} calls/s)"
         ),
         rows=(
-            Row("cv-dsr-bot: p50 / p99 / max", _spread(ours)),
+            Row("cv-dsr-bot: p50 / p99 / max", report.spread(ours.latencies())),
             Row(
                 "cv-dsr-bot p99",
                 report.millis(our_p99),
@@ -157,7 +149,8 @@ def _result(size: Size, ours: LoadRun, theirs: LoadRun) -> Result:
                 ours.missed() == 0,
             ),
             Row(
-                "default Bolt app (lazy listener on Bolt's pool): p50 / p99 / max", _spread(theirs)
+                "default Bolt app (lazy listener on Bolt's pool): p50 / p99 / max",
+                report.spread(theirs.latencies()),
             ),
             Row(
                 "default Bolt app missed acknowledgements",

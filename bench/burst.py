@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from bench import report
+from bench.ack import ACK_LIMIT
 from bench.harness import (
     Answer,
     BenchError,
@@ -36,7 +36,6 @@ from bot.emulators.customvision import Faults, Seed
 from bot.emulators.slack_driver import SlackDriver
 from bot.emulators.stack import AUDIT_CHANNEL, CHANNEL, REQUESTER, STRANGER
 
-ACK_LIMIT = 3.0  # Slack's deadline
 P99_TARGET = 0.250
 
 
@@ -159,13 +158,6 @@ def run(*, smoke: bool = False) -> Result:
     return _result(size, measured)
 
 
-def _spread(values: Sequence[float]) -> str:
-    return " / ".join(
-        report.millis(v)
-        for v in (report.percentile(values, 50), report.percentile(values, 99), max(values))
-    )
-
-
 def _result(size: Size, run: BurstRun) -> Result:
     latencies = [a.latency for a in run.answers]
     p99 = report.percentile(latencies, 99)
@@ -180,7 +172,7 @@ def _result(size: Size, run: BurstRun) -> Result:
             f"run; Slack's rate tiers on; the audit channel mirrors every event"
         ),
         rows=(
-            Row("acknowledgements p50 / p99 / max", _spread(latencies)),
+            Row("acknowledgements p50 / p99 / max", report.spread(latencies)),
             Row(
                 "acknowledgement p99",
                 report.millis(p99),

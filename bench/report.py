@@ -153,6 +153,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def spread(values: Sequence[float]) -> str:
+    """Return "p50 / p99 / max" of latencies in milliseconds."""
+    return " / ".join(
+        millis(v) for v in (percentile(values, 50), percentile(values, 99), max(values))
+    )
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """Return numerator / denominator, infinity when the denominator is zero."""
     return numerator / denominator if denominator > 0 else math.inf

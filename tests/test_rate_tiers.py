@@ -11,16 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.emulators.slack import RATE_TIERS, RateTier, SlackEmulator
 from handlers.outbox import POST_BUDGET, UPDATE_BUDGET, Budget, Pacer, slack_budget
-
-TOKEN = "xoxb-emulator-bot-token"
-
-
-class FakeTime:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.test_slack_emulator import TOKEN, FakeTime
 
 
 @pytest.fixture
