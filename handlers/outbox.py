@@ -155,6 +155,12 @@ class Pacer:
         self._tokens: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
         self._paused: dict[str, float] = {}  # name -> until
 
+    @classmethod
+    def unlimited(cls) -> Pacer:
+        """Return a pacer that never waits (for a Slack without rate limits: the emulator's
+        default)."""
+        return cls(lambda name: Budget(per_minute=1e12, burst=1_000_000))
+
     def _level(self, name: str, now: float) -> float:
         budget = self.budgets(name)
         tokens, at = self._tokens.get(name, (float(budget.burst), now))

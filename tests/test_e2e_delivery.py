@@ -234,8 +234,7 @@ def test_e2e_audit_mirror_held_while_the_bot_is_out_of_the_audit_channel_then_ca
 def test_e2e_outbox_stays_within_slack_rate_tiers_and_batches_the_mirror(
     stacks: StartStack,
 ) -> None:
-    stack = stacks(seed=SEED)
-    stack.slack.enable_rate_tiers()
+    stack = stacks(seed=SEED, rate_tiers=True)
     projects = stack.cv.data.project_ids()
     rids = [stack.request_id(stack.command(REQUESTER, f"export project {p}")) for p in projects]
     # Refused commands: each one an audit event, so a burst of mirror lines.
@@ -265,8 +264,7 @@ def test_e2e_outbox_stays_within_slack_rate_tiers_and_batches_the_mirror(
 
 
 def test_e2e_request_thread_is_not_starved_behind_the_audit_mirror(stacks: StartStack) -> None:
-    stack = stacks(seed=SEED)
-    stack.slack.enable_rate_tiers()
+    stack = stacks(seed=SEED, rate_tiers=True)
     project = stack.cv.data.project_ids()[0]
     # A backlog of mirror lines far longer than one outbox round.
     with stack.bot.store.write() as conn:

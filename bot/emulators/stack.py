@@ -192,16 +192,27 @@ def start_stack(
     env: Mapping[str, str] | None = None,
     verify_timeout: float = 10.0,
     start_bot: bool = True,
+    rate_tiers: bool = False,
 ) -> Stack:
-    """Start the emulators and, unless `start_bot` is False, the bot in-process over HTTP."""
+    """Start the emulators and, unless `start_bot` is False, the bot in-process over HTTP.
+
+    With `rate_tiers`, Slack's rate limits are on and the bot spends Slack's budgets as in
+    production. Without, neither limits (the tests of everything else stay fast): the same
+    pairing of a kinder Slack with a bot that need not pace itself.
+    """
     from bot.app import HttpServer, build_bot
+    from handlers.outbox import Pacer
 
     cv, slack = start_emulators(seed, faults)
+    if rate_tiers:
+        slack.enable_rate_tiers()
     full_env = bot_env(cv, slack, data_dir, **dict(env or {}))
     stack = Stack(cv=cv, slack=slack, config=load_config(full_env), env=full_env)
     stack._closers.extend([cv.stop, slack.stop])
     if start_bot:
         stack.bot = build_bot(stack.config, verify_timeout=verify_timeout)
+        if not rate_tiers:
+            stack.bot.deliverer.pacer = Pacer.unlimited()
         stack.bot.start()
         stack._closers.append(stack.bot.stop)
         stack.server = HttpServer(stack.bot, host="127.0.0.1", port=0).start()
