@@ -266,7 +266,8 @@ class Deliverer:
         one batch of audit mirror lines; return how many Slack calls were made."""
         sent = 0
         blocked: set[int] = set()
-        for item in self.store.pending_outbox(limit=50):
+        # Enough items that a channel waiting for its budget does not hide the others.
+        for item in self.store.pending_outbox(limit=200):
             if self.stopping.is_set():
                 break
             if item.request_number is not None and item.request_number in blocked:
