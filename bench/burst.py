@@ -12,6 +12,7 @@ long the mirror took to catch up after the burst.
 
 from __future__ import annotations
 
+import collections
 import functools
 import sqlite3
 import time
@@ -96,6 +97,7 @@ class BurstRun:
     mirror_messages: int
     thread_lags: tuple[float, ...]  # export done -> its "ready" message, seconds
     rate_limited: int
+    limited_methods: tuple[str, ...]  # the methods Slack answered `ratelimited`, with counts
 
 
 def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
@@ -149,6 +151,12 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
         mirror_messages=len(emulators.slack.messages(AUDIT_CHANNEL)),
         thread_lags=tuple(lags),
         rate_limited=emulators.slack.rate_limited(),
+        limited_methods=tuple(
+            f"{method}: {n}"
+            for method, n in collections.Counter(
+                c.method for c in emulators.slack.calls if c.error == "ratelimited"
+            ).items()
+        ),
     )
 
 
@@ -221,4 +229,7 @@ def _result(size: Size, run: BurstRun) -> Result:
             "catch_up_s": run.catch_up_s,
             "thread_lag_max_s": max(run.thread_lags),
         },
+        notes=(f"answered `ratelimited`: {', '.join(run.limited_methods)}",)
+        if run.limited_methods
+        else (),
     )
