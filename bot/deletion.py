@@ -95,8 +95,22 @@ RECEIPT_COLUMNS = (
     "http_status",
     "at",
     "verified",
+    "result",
 )
 SURVIVORS_SHOWN = 20
+CONTAINERS = frozenset({"project", "iteration", "tag"})  # their call removes what they hold
+# What a receipt row says this request did, by item status.
+RESULTS = {
+    "deleted": "removed by this request",
+    "gone": "already absent (not removed by this request)",
+    "failed": "not removed",
+    "pending": "not attempted",
+    "sending": "outcome unknown (a retry re-reads it first)",
+}
+UNPUBLISH_RESULTS = {
+    "deleted": "unpublished by this request",
+    "gone": "already unpublished (not by this request)",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +332,44 @@ def preview_of(facts: Facts) -> dict[str, Any]:
     }
 
 
+def changes_since(
+    frozen: Sequence[Mapping[str, Any]], preview: Mapping[str, Any], facts: Facts
+) -> dict[str, int]:
+    """Return what the live `facts` would remove beyond the frozen plan, by kind (none: {}).
+
+    Every object the plan would now remove and the frozen plan does not hold counts (images,
+    tags, iterations, stored predictions, publications to stop). Objects gone meanwhile do not:
+    they are simply absent when their turn comes. DeleteTag also takes the tag off every image
+    carrying it, so for `delete tag` more tagged images than the preview showed count too.
+    """
+    known = {(i["kind"], str(i["target_id"]).lower()) for i in frozen}
+    new: dict[str, int] = {}
+    for item in plan_items(facts):
+        if (item["kind"], str(item["target_id"]).lower()) not in known:
+            new[item["kind"]] = new.get(item["kind"], 0) + 1
+    if facts.kind == grammar.DeleteKind.TAG:
+        shown = {str(t["id"]).lower(): int(t["images"]) for t in preview.get("tags") or ()}
+        more = sum(max(0, t.images - shown.get(t.id.lower(), 0)) for t in facts.tags)
+        if more:
+            new["tagged"] = more
+    return new
+
+
+def describe_changes(changes: Mapping[str, int]) -> str:
+    """Return changes as words: `7 new images and 1 new tag`."""
+    words = {
+        "image": ("new image", "new images"),
+        "prediction": ("new stored prediction", "new stored predictions"),
+        "tag": ("new tag", "new tags"),
+        "iteration": ("new iteration", "new iterations"),
+        "unpublish": ("newly published iteration", "newly published iterations"),
+        "project": ("project", "projects"),
+        "tagged": ("more image carries the tag", "more images carry the tag"),
+    }
+    parts = [f"{n} {words[k][0] if n == 1 else words[k][1]}" for k, n in changes.items() if n]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def counts_of(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Return how many items of each kind a plan holds (keys in COUNT_ORDER, zero omitted)."""
     counts = dict.fromkeys(COUNT_ORDER, 0)
@@ -342,6 +394,13 @@ def batches_of(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any
     return [grouped[b] for b in sorted(grouped)]
 
 
+def result_of(kind: str, status: str) -> str:
+    """Return what a receipt says this request did to one item."""
+    if kind == "unpublish" and status in UNPUBLISH_RESULTS:
+        return UNPUBLISH_RESULTS[status]
+    return RESULTS.get(status, status)
+
+
 def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Return one receipt row per item (RECEIPT_COLUMNS), in execution order."""
     return [
@@ -357,6 +416,7 @@ def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[di
             "http_status": item["http_status"],
             "at": item["at"],
             "verified": item["verified"],
+            "result": result_of(item["kind"], item["status"]),
         }
         for item in sorted(items, key=lambda i: int(i["seq"]))
     ]
@@ -595,10 +655,7 @@ def run_preview(ctx: JobContext) -> Outcome:
     preview = preview_of(facts)
     counts = counts_of(items)
     ttl = ctx.settings.approval_ttl
-    with ctx.store.write() as conn:
-        # A preview job that ran before (restart, retry) left a plan nobody approved: replace it.
-        ctx.store.clear_deletion_items(conn, ctx.request.number)
-        ctx.store.add_deletion_items(conn, ctx.request.number, items)
+    # The plan replaces any earlier one (a preview run again after a restart or a retry).
     return Outcome(
         request_status="pending",
         request_fields={"preview": preview, "expires_at": iso(ctx.clock.now() + ttl)},
@@ -606,6 +663,7 @@ def run_preview(ctx: JobContext) -> Outcome:
         audit_details={"counts": counts, "summary": preview["summary"]},
         message=None,
         mention_requester=False,
+        new_plan=items,
     )
 
 
@@ -726,7 +784,9 @@ def _mark(
         )
 
 
-def _run_batch(ctx: JobContext, batch: Sequence[Mapping[str, Any]]) -> None:
+def _run_batch(
+    ctx: JobContext, batch: Sequence[Mapping[str, Any]], *, resolve_timeout: float
+) -> None:
     """Send one batch unless the service already confirmed it; raise _BatchFailed."""
     first = batch[0]
     kind = first["kind"]
@@ -737,22 +797,17 @@ def _run_batch(ctx: JobContext, batch: Sequence[Mapping[str, Any]]) -> None:
     targets = [i["target_id"] for i in open_items] if kind in MULTI else [first["target_id"]]
     step = "api.probe"
     try:
-        # After an interrupted or failed call its effect is unknown: probe, and send only what
-        # still exists. An unpublish is always probed (someone may have unpublished meanwhile).
-        if kind == "unpublish" or any(i["status"] in ("sending", "failed") for i in open_items):
+        # Re-read before sending. Ids already absent were not removed by this request; those
+        # left `sending` by a call whose outcome never came (present when it was sent) were.
+        # Image and prediction batches are always re-read, so the receipt never claims a
+        # removal someone else made; an unpublish too (someone may have unpublished).
+        if (
+            kind in MULTI
+            or kind == "unpublish"
+            or any(i["status"] != "pending" for i in open_items)
+        ):
             present = _present(ctx.client, p, kind, first, targets)
-            absent = [t for t in targets if t not in present]
-            if absent:
-                _mark(
-                    ctx,
-                    batch,
-                    absent,
-                    status="gone",
-                    http_status=None,
-                    action=step,
-                    outcome="gone",
-                    details={"probed": len(targets), "absent": len(absent)},
-                )
+            _settle_absent(ctx, batch, open_items, [t for t in targets if t not in present])
             targets = present
             if not targets:
                 return
@@ -792,17 +847,124 @@ def _run_batch(ctx: JobContext, batch: Sequence[Mapping[str, Any]]) -> None:
             details={},
         )
     except TrainingApiError as exc:
+        if step == "api.call" and exc.maybe_applied:
+            if _resolve(ctx, batch, targets, exc, timeout=resolve_timeout):
+                return
+        else:
+            _mark(
+                ctx,
+                batch,
+                targets,
+                status="failed",
+                http_status=exc.status,
+                action=step,
+                outcome="failed",
+                details={"code": exc.code, "error": exc.user_message},
+            )
+        raise _BatchFailed(exc, int(first["batch"])) from exc
+
+
+def _settle_absent(
+    ctx: JobContext,
+    batch: Sequence[Mapping[str, Any]],
+    open_items: Sequence[Mapping[str, Any]],
+    absent: Sequence[str],
+) -> None:
+    """Record targets found absent before a call: removed by an earlier send, or by others."""
+    if not absent:
+        return
+    kind = batch[0]["kind"]
+    if kind in MULTI:
+        sent = {i["target_id"] for i in open_items if i["status"] == "sending"}
+    else:
+        sent = set(absent) if batch[0]["status"] == "sending" else set()
+    ours = [t for t in absent if t in sent]
+    others = [t for t in absent if t not in sent]
+    if ours:
         _mark(
             ctx,
             batch,
-            targets,
-            status="failed",
-            http_status=exc.status,
-            action=step,
-            outcome="failed",
-            details={"code": exc.code, "error": exc.user_message},
+            ours,
+            status="deleted",
+            http_status=None,
+            action="api.probe",
+            outcome="ok",
+            details={"resolved_by": "re-read", "absent": len(ours)},
         )
-        raise _BatchFailed(exc, int(first["batch"])) from exc
+    if others:
+        _mark(
+            ctx,
+            batch,
+            others,
+            status="gone",
+            http_status=None,
+            action="api.probe",
+            outcome="gone",
+            details={"probed": len(open_items), "absent": len(others)},
+        )
+
+
+def _resolve(
+    ctx: JobContext,
+    batch: Sequence[Mapping[str, Any]],
+    targets: Sequence[str],
+    error: TrainingApiError,
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Settle a call whose outcome is unknown by re-reading; return True when it was applied.
+
+    Every target was present just before the call, so one absent now was removed by it.
+    Re-reads with backoff for up to `timeout` seconds (DeleteImages with allIterations answers
+    202 and empties the snapshots later). When the re-read itself fails, the items stay
+    `sending`: still unknown, and a retry re-reads them before anything else.
+    """
+    first = batch[0]
+    kind = first["kind"]
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    present: list[str] = list(targets)
+    try:
+        while True:
+            present = _present(ctx.client, first["project_id"], kind, first, targets)
+            if not present or time.monotonic() >= deadline:
+                break
+            sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+    except TrainingApiError as exc:
+        ctx.audit(
+            "api.call",
+            targets=list(targets),
+            outcome="unknown",
+            details={"error": error.user_message, "re_read_error": exc.user_message},
+        )
+        return False
+    removed = [t for t in targets if t not in present]
+    details = {"resolved_by": "re-read", "error": error.user_message}
+    if removed:
+        _mark(
+            ctx,
+            batch,
+            removed,
+            status="deleted",
+            http_status=None,
+            action="api.call",
+            outcome="ok",
+            details=details,
+        )
+    if present:
+        _mark(
+            ctx,
+            batch,
+            present,
+            status="failed",
+            http_status=error.status,
+            action="api.call",
+            outcome="failed",
+            details={**details, "code": error.code},
+        )
+    return not present
 
 
 # ---------------------------------------------------------------------------------------------
@@ -976,6 +1138,72 @@ def write_receipt(
 # The delete job
 
 
+def _is_open(batch: Sequence[Mapping[str, Any]]) -> bool:
+    return any(i["status"] not in CONFIRMED for i in batch)
+
+
+def _compare_with_plan(
+    ctx: JobContext, batch: Sequence[Mapping[str, Any]], started_at: str
+) -> Outcome | None:
+    """Read the live contents; return the new-plan outcome when they outgrew the frozen plan."""
+    try:
+        facts = collect_facts(ctx, grammar.Delete.from_dict(ctx.request.command))
+    except TrainingApiError as exc:
+        if not isinstance(exc, NotFound):
+            raise _BatchFailed(exc, int(batch[0]["batch"])) from exc
+        return None  # the target is gone: nothing new can go with it
+    except BotError:
+        return None  # e.g. no iterations left: nothing new either
+    record = ctx.request
+    changes = changes_since(ctx.store.deletion_items(record.number), record.preview or {}, facts)
+    if not changes:
+        return None
+    return _replanned(ctx, facts, changes, OPERATIONS[batch[0]["kind"]], started_at)
+
+
+def _replanned(
+    ctx: JobContext, facts: Facts, changes: Mapping[str, int], before: str, started_at: str
+) -> Outcome:
+    """Stop before `before`: freeze a new plan from `facts`; its preview needs new approvals."""
+    record = ctx.request
+    items = plan_items(facts)
+    preview = preview_of(facts)
+    done = [i for i in ctx.store.deletion_items(record.number) if i["status"] == "deleted"]
+    what = describe_changes(changes)
+    so_far = (
+        f"Removed so far: {describe_counts(counts_of(done))} (receipt attached)."
+        if done
+        else "Nothing was deleted."
+    )
+    text = (
+        f"{record.id} stopped before {before}: the contents changed since the preview "
+        f"({what}). {so_far} A fresh preview replaces the approved one and needs new "
+        "approval; earlier approvals do not carry over."
+    )
+    outcome = Outcome(
+        request_status="pending",
+        request_fields={
+            "preview": preview,
+            "expires_at": iso(ctx.clock.now() + ctx.settings.approval_ttl),
+            "progress": None,
+        },
+        message=text,
+        audit_action="plan.changed",
+        audit_details={
+            "changes": dict(changes),
+            "before": before,
+            "withdrawn_approvals": list(record.approvals),
+            "counts": counts_of(items),
+            "summary": preview["summary"],
+        },
+        new_plan=items,
+    )
+    if done:
+        note = f"stopped before {before}: the contents changed since the preview ({what})."
+        write_receipt(ctx, outcome="stopped", started_at=started_at, note=note, then=outcome)
+    return outcome
+
+
 def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT) -> Outcome:
     """Execute the frozen plan, verify, post the receipt; return the request's outcome."""
     record = ctx.request
@@ -994,10 +1222,20 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
     batches = batches_of(items)
     total = len(items)
     done = sum(1 for i in items if i["status"] in CONFIRMED)
+    # Before the first call and before every container call, the live contents are compared
+    # with the frozen plan (a container's call removes whatever it holds at that moment).
+    containers = any(b[0]["kind"] in CONTAINERS for b in batches if _is_open(b))
+    compared = False
     try:
         for batch in batches:
+            if _is_open(batch):
+                if (containers and not compared) or batch[0]["kind"] in CONTAINERS:
+                    replanned = _compare_with_plan(ctx, batch, started_at)
+                    if replanned is not None:
+                        return replanned
+                compared = True
             ctx.progress(done, total, PHASES[batch[0]["kind"]])
-            _run_batch(ctx, batch)
+            _run_batch(ctx, batch, resolve_timeout=verify_timeout)
             done += len(batch)
             ctx.save(batch=int(batch[0]["batch"]))
     except _BatchFailed as failure:
@@ -1035,10 +1273,14 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         )
         write_receipt(ctx, outcome="survivors", started_at=started_at, note=note, then=survived)
         return survived
+    removed = counts_of(i for i in items if i["status"] == "deleted")
     absent = sum(1 for i in items if i["status"] == "gone")
-    summary = describe_counts(counts) + " deleted and verified gone"
+    summary = describe_counts(removed) + " deleted by this request and verified gone"
     if absent:
-        summary += f" ({absent} of them already absent when their turn came)"
+        summary += (
+            f"; {describe_counts(counts_of(i for i in items if i['status'] == 'gone'))} "
+            "already absent (not removed by this request)"
+        )
     finished = Outcome(
         request_status="done",
         result={"counts": counts, "verified": total, "already_absent": absent},
@@ -1065,13 +1307,20 @@ def _outcome_failed(
 
 def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> Outcome:
     items = ctx.store.deletion_items(ctx.request.number)
-    removed = counts_of(i for i in items if i["status"] in CONFIRMED)
-    remaining = counts_of(i for i in items if i["status"] not in CONFIRMED)
+    removed = counts_of(i for i in items if i["status"] == "deleted")
+    absent = counts_of(i for i in items if i["status"] == "gone")
+    unknown = counts_of(i for i in items if i["status"] == "sending")
+    remaining = counts_of(i for i in items if i["status"] in ("pending", "failed"))
     batches = len({int(i["batch"]) for i in items})
     note = (
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
-        f"Removed: {describe_counts(removed)}. Not removed yet: {describe_counts(remaining)}."
+        f"Removed by this request: {describe_counts(removed)}."
     )
+    if absent:
+        note += f" Already absent (not removed by this request): {describe_counts(absent)}."
+    if unknown:
+        note += f" Outcome unknown (the service could not be re-read): {describe_counts(unknown)}."
+    note += f" Not removed yet: {describe_counts(remaining)}."
     stopped = _outcome_failed(
         ctx,
         f"The deletion {note}",
@@ -1080,6 +1329,8 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
             "batch": failure.batch,
             "removed": removed,
             "remaining": remaining,
+            "already_absent": absent,
+            "unknown": unknown,
         },
         advice="A retry continues where it stopped, without re-sending what was removed; "
         "partial receipt attached.",

@@ -71,11 +71,15 @@ class TrainingApiError(BotError):
         status: int | None = None,
         code: str | None = None,
         operation: str | None = None,
+        maybe_applied: bool = False,
     ) -> None:
         super().__init__(user_message)
         self.status = status
         self.code = code
         self.operation = operation
+        # A change call whose outcome is unknown: some attempt may have reached the service
+        # (timeout, dropped connection, 5xx) before the client gave up. Re-read before saying.
+        self.maybe_applied = maybe_applied
 
 
 class ServiceError(TrainingApiError):

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, Self, TypeVar
 
 from bot.errors import MalformedResponse
-from bot.ids import is_guid
+from bot.ids import is_guid, normalize_guid
 
 __all__ = [
     "BoundingBox",
@@ -118,15 +118,19 @@ class _Reader:
 
     def opt_guid(self, key: str) -> str | None:
         value = self.opt_text(key)
-        if value is not None and not is_guid(value):
+        if value is None:
+            return None
+        if not is_guid(value):
             raise _malformed(f"{self.path}.{key}", "expected a GUID")
-        return value
+        return normalize_guid(value)
 
     def guid(self, key: str) -> str:
+        # GUIDs are case-insensitive and the service may answer in upper case: every id enters
+        # the bot in lower case (as the grammar stores typed ids), so ids compare with ==.
         value = self.text(key)
         if not is_guid(value):
             raise _malformed(f"{self.path}.{key}", "expected a GUID")
-        return value
+        return normalize_guid(value)
 
     def opt_bool(self, key: str) -> bool | None:
         value = self._value(key, required=False)

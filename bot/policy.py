@@ -12,18 +12,25 @@
 |            |                                                       | previewing/pending delete|
 | (buttons)  | approve, reject and cancel clicks count only from the | always                   |
 |            | request's own channel                                 |                          |
-| retry      | the requester or an approver                          | failed                   |
+| retry      | the requester or an approver                          | failed; a deletion's     |
+|            |                                                       | approvals still in force |
+|            |                                                       | (else: new preview and   |
+|            |                                                       | new approvals)           |
 | resend     | the requester or an approver                          | a delivery is held       |
 | read audit | approvers: everything; requesters: their own requests | always                   |
+
+A deletion's recorded approvals are in force (`approvals_in_force`, asked by a retry) while
+enough of them still count (`approval_counts`) and the last one is younger than
+BOT_APPROVAL_TTL_HOURS.
 
 Every refusal carries a message fit for the user; callers record it in the audit log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -71,6 +78,7 @@ class Subject:
     approvals: tuple[str, ...] = ()
     expires_at: datetime | None = None
     channel: str = ""  # where it was requested (and its buttons were posted)
+    approved_at: datetime | None = None  # the last recorded approval
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,37 @@ def may_cancel(actor: Actor, subject: Subject, *, channel: str | None = None) ->
         return Decision(False, f"Only the requester may cancel {subject.request_id}.")
     if subject.status not in CANCELLABLE.get(subject.kind, set()):
         return Decision(False, f"{subject.request_id} is {subject.status}: it cannot be cancelled.")
+    return ALLOW
+
+
+def approvals_in_force(
+    rules: Rules,
+    subject: Subject,
+    approvers: Sequence[Actor],
+    now: datetime,
+    ttl: timedelta,
+) -> Decision:
+    """Return whether the recorded `approvers` of `subject` still authorise carrying it out.
+
+    They do while the last approval is younger than `ttl` and at least
+    `rules.required_approvals` of them still count (`approval_counts`). A retry of a deletion asks
+    this; when it says no, the deletion needs a new preview and new approvals.
+    """
+    if subject.approved_at is None or now >= subject.approved_at + ttl:
+        hours = f"{ttl.total_seconds() / 3600:g}"
+        return Decision(
+            False,
+            f"The approval of {subject.request_id} is older than {hours} h "
+            "(BOT_APPROVAL_TTL_HOURS).",
+        )
+    stale = [d.reason for a in approvers if not (d := approval_counts(rules, a, subject))]
+    standing = len(approvers) - len(stale)
+    if standing < rules.required_approvals:
+        return Decision(
+            False,
+            " ".join(stale)
+            + f" {standing} of the {rules.required_approvals} required approval(s) stand.",
+        )
     return ALLOW
 
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -54,6 +54,11 @@ class Outcome:
     audit_details: Mapping[str, Any] = field(default_factory=dict)
     mention_requester: bool = True
     request_fields: Mapping[str, Any] = field(default_factory=dict)  # e.g. preview, expires_at
+    # A deletion plan to freeze (a preview; or a new one when the live contents outgrew the
+    # approved plan): it replaces the request's plan and withdraws every recorded approval,
+    # in the same transaction as the status change, so no approval ever covers a plan its
+    # approver did not see.
+    new_plan: Sequence[Mapping[str, Any]] | None = None
 
 
 class JobContext:
@@ -74,7 +79,7 @@ class JobContext:
         self.work_dir = runner.work_dir / request.id
         self.settings = runner.settings
         self.checkpoint: dict[str, Any] = dict(job.checkpoint)
-        self.resumed = job.attempts > 1 or bool(job.checkpoint)
+        self.resumed = job.attempts > 1 or bool(set(job.checkpoint) - {"round"})
         # 1, plus one per retry after a failed outcome (Store.requeue_job); a restart resumes
         # within its round. Kept in the checkpoint under "round".
         self.round = int(job.checkpoint.get("round", 1))
@@ -339,6 +344,10 @@ class Runner:
             )
             if not changed:
                 return
+            if outcome.new_plan is not None:
+                store.clear_deletion_items(conn, request.number)
+                store.add_deletion_items(conn, request.number, outcome.new_plan)
+                store.clear_approvals(conn, request.number)
             store.audit(
                 conn,
                 "bot",

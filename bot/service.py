@@ -26,6 +26,7 @@ from bot.policy import (
     Rules,
     Subject,
     approval_counts,
+    approvals_in_force,
     may_approve,
     may_cancel,
     may_read_audit,
@@ -34,7 +35,7 @@ from bot.policy import (
     may_resend,
     may_retry,
 )
-from bot.store import OPEN, TERMINAL, HeldDelivery, RequestRecord, Store
+from bot.store import OPEN, TERMINAL, HeldDelivery, Job, RequestRecord, Store
 
 log = logging.getLogger(__name__)
 # An approval decision reads group membership fresh: a cached "yes" older than this is asked
@@ -130,6 +131,7 @@ def subject_of(record: RequestRecord) -> Subject:
         approvals=record.approvals,
         expires_at=record.expires_at,
         channel=record.channel,
+        approved_at=record.approved_at,
     )
 
 
@@ -620,43 +622,93 @@ class Service:
 
     @_answers_errors
     def retry(self, user_id: str, request_id: str) -> Reply:
-        """Resume a failed request from where it stopped (deletions need no new approval)."""
+        """Resume a failed request from where it stopped.
+
+        A deletion resumes on its approvals only while they are in force (policy
+        `approvals_in_force`); otherwise it goes back to a fresh preview that needs new ones.
+        """
         record = self._load(request_id, user_id=user_id, action="retry")
         actor = self.actor(user_id)  # Slack lookups stay outside the write lock
+        # The recorded approvers' groups, read fresh: is each approval still authorised?
+        approvers = [self.actor(a, max_age=FRESH_FOR_APPROVALS) for a in record.approvals]
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)
             decision = may_retry(self.rules, actor, subject_of(record))
             if not decision:
                 return self._refused_in(conn, user_id, "retry", record, decision)
-            job_kind = {"export": "export", "delete": "delete"}[record.kind]
-            job = self.store.job_for(record.number, job_kind)
-            if job is None and record.kind == "delete":
-                job = self.store.job_for(record.number, "preview")
+            job = self._last_job(record)
             if job is None:
                 return Reply(f"{record.id} has no work to resume.")
-            to_status = {"export": "queued", "delete": "approved", "preview": "previewing"}[
-                job.kind
-            ]
-            self.store.transition(
-                conn, record.number, from_status=("failed",), to_status=to_status, error=None
+            in_force = (
+                approvals_in_force(
+                    self.rules,
+                    subject_of(record),
+                    [a for a in approvers if a.user_id in record.approvals],
+                    self.clock.now(),
+                    self.approval_ttl,
+                )
+                if job.kind == "delete"
+                else Decision(True)
             )
-            self.store.requeue_job(conn, job.id)
-            self.store.audit(
-                conn,
-                user_id,
-                "request.retried",
-                request=record.number,
-                details={"job": job.kind, "checkpoint": bool(job.checkpoint)},
-            )
-            self.store.announce(conn, record.number, record.channel)
-            self.store.post(
-                conn,
-                record.number,
-                record.channel,
-                f"<@{user_id}> resumed {record.id} from where it stopped.",
-            )
+            if in_force:
+                reply = self._resume(conn, user_id, record, job)
+            else:
+                reply = self._preview_again(conn, user_id, record, in_force.reason)
         self.wake()
+        return reply
+
+    def _resume(self, conn: Any, user_id: str, record: RequestRecord, job: Job) -> Reply:
+        """Queue a failed request's job again; it continues from its checkpoint."""
+        to_status = {"export": "queued", "delete": "approved", "preview": "previewing"}[job.kind]
+        self.store.transition(
+            conn, record.number, from_status=("failed",), to_status=to_status, error=None
+        )
+        self.store.requeue_job(conn, job.id)
+        self.store.audit(
+            conn,
+            user_id,
+            "request.retried",
+            request=record.number,
+            details={"job": job.kind, "checkpoint": bool(job.checkpoint)},
+        )
+        self.store.announce(conn, record.number, record.channel)
+        self.store.post(
+            conn,
+            record.number,
+            record.channel,
+            f"<@{user_id}> resumed {record.id} from where it stopped.",
+        )
         return Reply(f"{record.id} resumes from where it stopped.")
+
+    def _last_job(self, record: RequestRecord) -> Job | None:
+        """Return the job a retry resumes: the request's latest (a deletion: preview or delete)."""
+        kinds = ("preview", "delete") if record.kind == "delete" else (record.kind,)
+        jobs = [j for k in kinds if (j := self.store.job_for(record.number, k)) is not None]
+        return max(jobs, key=lambda j: j.id, default=None)
+
+    def _preview_again(self, conn: Any, user_id: str, record: RequestRecord, reason: str) -> Reply:
+        """Send a failed deletion back to a fresh preview; its approvals are withdrawn."""
+        self.store.transition(
+            conn, record.number, from_status=("failed",), to_status="previewing", error=None
+        )
+        self.store.clear_approvals(conn, record.number)
+        self.store.enqueue_job(conn, record.number, "preview")
+        self.store.audit(
+            conn,
+            user_id,
+            "request.reapproval",
+            request=record.number,
+            details={"reason": reason, "withdrawn_approvals": list(record.approvals)},
+        )
+        self.store.announce(conn, record.number, record.channel)
+        text = (
+            f"{record.id} cannot resume on its approvals: {reason} A fresh preview of what "
+            "is left follows; nothing more is deleted until it gets new approval."
+        )
+        self.store.post(
+            conn, record.number, record.channel, f"<@{user_id}> asked to resume. {text}"
+        )
+        return Reply(text)
 
     @_answers_errors
     def resend(self, user_id: str, request_id: str) -> Reply:

@@ -53,6 +53,7 @@ class RequestRecord:
     decided_by: str | None
     decision_reason: str | None
     approvals: tuple[str, ...]
+    approved_at: datetime | None = None  # when the last recorded approval was given
 
     @property
     def id(self) -> str:
@@ -302,13 +303,11 @@ class Store:
             "decision_reason",
         ]
         r = dict(zip(cols, row, strict=True))
-        approvals = tuple(
-            a
-            for (a,) in conn.execute(
-                "SELECT approver FROM approvals WHERE request_id = ? ORDER BY at, approver",
-                (r["id"],),
-            )
-        )
+        rows = conn.execute(
+            "SELECT approver, at FROM approvals WHERE request_id = ? ORDER BY at, approver",
+            (r["id"],),
+        ).fetchall()
+        approvals = tuple(a for a, _ in rows)
         return RequestRecord(
             number=r["id"],
             kind=r["kind"],
@@ -328,6 +327,7 @@ class Store:
             decided_by=r["decided_by"],
             decision_reason=r["decision_reason"],
             approvals=approvals,
+            approved_at=parse_iso(rows[-1][1]) if rows else None,
         )
 
     def requests_of(
@@ -418,6 +418,10 @@ class Store:
             "DELETE FROM approvals WHERE request_id = ? AND approver = ?", (number, approver)
         )
 
+    def clear_approvals(self, conn: sqlite3.Connection, number: int) -> None:
+        """Withdraw every recorded approval (a new plan needs new ones; the audit keeps them)."""
+        conn.execute("DELETE FROM approvals WHERE request_id = ?", (number,))
+
     def due_for_expiry(self, now: datetime) -> list[int]:
         """Return the numbers of pending deletions whose approval window has passed."""
         rows = self.db.conn.execute(
@@ -428,12 +432,22 @@ class Store:
     # -- jobs ------------------------------------------------------------------------------------
 
     def enqueue_job(self, conn: sqlite3.Connection, number: int, kind: str) -> int:
-        """Queue a job for a request inside the caller's transaction; return its id."""
+        """Queue a job for a request inside the caller's transaction; return its id.
+
+        A request's second job of the same kind (a deletion approved again on a new plan)
+        continues the rounds of the first, so its receipt does not replace the earlier one.
+        """
         now = iso(self.clock.now())
+        (rounds,) = conn.execute(
+            "SELECT MAX(COALESCE(json_extract(checkpoint, '$.round'), 1)) FROM jobs"
+            " WHERE request_id = ? AND kind = ?",
+            (number, kind),
+        ).fetchone()
+        checkpoint = {} if rounds is None else {"round": int(rounds) + 1}
         cursor = conn.execute(
-            "INSERT INTO jobs (request_id, kind, status, created_at, updated_at)"
-            " VALUES (?, ?, 'queued', ?, ?)",
-            (number, kind, now, now),
+            "INSERT INTO jobs (request_id, kind, status, created_at, updated_at, checkpoint)"
+            " VALUES (?, ?, 'queued', ?, ?, ?)",
+            (number, kind, now, now, _json(checkpoint)),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid

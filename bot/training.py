@@ -856,6 +856,8 @@ class TrainingClient:
                     state.number,
                 )
                 return _Answer(204, b"", "")
+            if not isinstance(error, _Retryable):
+                error.maybe_applied = state.maybe_applied
             raise error
 
         return self._retrying(operation, attempt)
@@ -869,7 +871,7 @@ class TrainingClient:
             except _Retryable as failure:
                 state.maybe_applied = state.maybe_applied or failure.maybe_applied
                 if number == self._max_attempts:
-                    self._give_up(operation, failure, number)
+                    self._give_up(operation, failure, number, state.maybe_applied)
                 delay = backoff_delay(
                     number,
                     base=self._backoff_base,
@@ -891,12 +893,15 @@ class TrainingClient:
                 self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _give_up(self, operation: str, failure: _Retryable, attempts: int) -> NoReturn:
+    def _give_up(
+        self, operation: str, failure: _Retryable, attempts: int, maybe_applied: bool
+    ) -> NoReturn:
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         common: dict[str, Any] = {
             "status": failure.status,
             "code": failure.code,
             "operation": operation,
+            "maybe_applied": maybe_applied,
         }
         if failure.kind == "throttled":
             text = (

@@ -106,6 +106,17 @@ class Faults:
     throttle_wording: Literal["customvision", "apim"] = "customvision"
     # Fraction of blob downloads cut off halfway (full Content-Length announced).
     blob_truncate_rate: float = 0.0
+    # operationId -> how a change that WAS applied is answered: "drop" (the connection closes
+    # unanswered, as on a client timeout), "500" (service error body), "503"/"504" (gateway
+    # body). Every call of the operation while set. Inferred, not recorded: a gateway gives up
+    # on a slow backend (504) or a connection breaks after the request was handed on, while
+    # the service completes the change; the caller cannot tell it from a call that never ran.
+    fail_after_apply: dict[str, Literal["drop", "500", "503", "504"]] = field(default_factory=dict)
+    # Answer every GUID in service bodies in upper case. Inferred: the v3.3 examples and the
+    # live service use lower case, but GUIDs are case-insensitive and other Azure services
+    # (and proxies re-serialising .NET Guids with "D" upper format) do answer in upper case;
+    # the client must not depend on the case.
+    upper_case_ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -589,6 +600,11 @@ class CustomVisionEmulator:
         if answer.status < 400:
             with self._lock:
                 self._successes[route.operation_id] += 1
+            mode = faults.fail_after_apply.get(route.operation_id)
+            if mode is not None:
+                return _after_apply(mode)
+        if faults.upper_case_ids and answer.origin == "service" and answer.status < 400:
+            answer.body = _upper_guids(answer.body)
         return answer
 
     def _throttle(self, operation_id: str, faults: Faults) -> _Answer | None:
@@ -647,6 +663,26 @@ class CustomVisionEmulator:
             content_type=content_type,
             truncate=truncate,
         )
+
+
+def _after_apply(mode: str) -> _Answer:
+    """Return the answer of a change that was applied but whose success never reached the caller."""
+    if mode == "drop":
+        return _Answer(0, drop=True)
+    if mode == "500":
+        return _Answer(500, {"code": "ErrorUnknown", "message": "An error occurred."})
+    return _gateway(int(mode), "The service did not answer in time.")
+
+
+def _upper_guids(body: Any) -> Any:
+    """Return `body` with every GUID string in upper case (Faults.upper_case_ids)."""
+    if isinstance(body, str):
+        return body.upper() if _GUID.match(body) else body
+    if isinstance(body, list):
+        return [_upper_guids(item) for item in body]
+    if isinstance(body, dict):
+        return {key: _upper_guids(value) for key, value in body.items()}
+    return body
 
 
 def _storage_error(status: int, code: str, message: str) -> _Answer:

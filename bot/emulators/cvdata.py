@@ -752,6 +752,20 @@ class EmulatorData:
             project.workspace.touch()
             return [project.image_guid(i) for i in range(start, start + n)]
 
+    def tag_images(self, project_id: str, image_ids: Sequence[str], tag_id: str) -> None:
+        """Add a workspace tag to workspace images (someone tagging in the portal meanwhile)."""
+        with self.lock:
+            project = self._project(project_id)
+            workspace = project.workspace
+            bit = 1 << self._tag_slot(project, tag_id, workspace)
+            for image_id in image_ids:
+                index = project.image_index(image_id)
+                mask = None if index is None else workspace.mask(index)
+                if index is None or mask is None:
+                    raise KeyError(f"no workspace image {image_id}")
+                workspace.masks[index] = mask | bit
+            workspace.touch()
+
     def add_iteration(self, project_id: str, *, publish_name: str | None = None) -> str:
         """Train an iteration: snapshot the workspace's images and tags; return its id."""
         with self.lock:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.clock import Clock
 from bot.config import Config, load_config
 from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed
 from bot.emulators.slack import DEFAULT_SCOPES, SlackEmulator
@@ -53,6 +54,9 @@ class Stack:
     server: Any = None  # bot.app.HttpServer
     driver: SlackDriver | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    _verify_timeout: float = 10.0
+    _clock: Clock | None = None
+    _rate_tiers: bool = False
 
     @property
     def bot_url(self) -> str:
@@ -115,22 +119,15 @@ class Stack:
         return self.driver.click(person.user_id, channel, ts, f"request.{action}", request_id)
 
     def restart_bot(self, **env: str) -> None:
-        """Stop the bot and start it again on the same database and emulators, with `env`
-        overriding the environment (as an admin restarting it with new config does)."""
-        from bot.app import HttpServer, build_bot
-
+        """Stop the bot and start it again on the same database, emulators and clock, with
+        `env` overriding the environment (as an admin restarting it with new config does)."""
         assert self.bot is not None and self.server is not None
         for closer in (self.server.close, self.bot.stop):
             closer()
             self._closers.remove(closer)
         self.env = {**self.env, **env}
         self.config = load_config(self.env)
-        self.bot = build_bot(self.config, verify_timeout=10.0)
-        self.bot.start()
-        self._closers.append(self.bot.stop)
-        self.server = HttpServer(self.bot, host="127.0.0.1", port=0).start()
-        self._closers.append(self.server.close)
-        self.driver = SlackDriver(self.bot_url, SIGNING_SECRET, self.slack, command="/cv")
+        _start_bot(self, self._verify_timeout, self._clock, self._rate_tiers)
 
     def close(self) -> None:
         """Stop the bot, the server and both emulators."""
@@ -193,16 +190,16 @@ def start_stack(
     verify_timeout: float = 10.0,
     start_bot: bool = True,
     rate_tiers: bool = False,
+    clock: Clock | None = None,
 ) -> Stack:
     """Start the emulators and, unless `start_bot` is False, the bot in-process over HTTP.
 
     With `rate_tiers`, Slack's rate limits are on and the bot spends Slack's budgets as in
     production. Without, neither limits (the tests of everything else stay fast): the same
     pairing of a kinder Slack with a bot that need not pace itself.
-    """
-    from bot.app import HttpServer, build_bot
-    from handlers.outbox import Pacer
 
+    `clock` (a FakeClock in tests) is the bot's time: approval windows, expiry, leases.
+    """
     cv, slack = start_emulators(seed, faults)
     if rate_tiers:
         slack.enable_rate_tiers()
@@ -210,12 +207,20 @@ def start_stack(
     stack = Stack(cv=cv, slack=slack, config=load_config(full_env), env=full_env)
     stack._closers.extend([cv.stop, slack.stop])
     if start_bot:
-        stack.bot = build_bot(stack.config, verify_timeout=verify_timeout)
-        if not rate_tiers:
-            stack.bot.deliverer.pacer = Pacer.unlimited()
-        stack.bot.start()
-        stack._closers.append(stack.bot.stop)
-        stack.server = HttpServer(stack.bot, host="127.0.0.1", port=0).start()
-        stack._closers.append(stack.server.close)
-        stack.driver = SlackDriver(stack.bot_url, SIGNING_SECRET, slack, command="/cv")
+        _start_bot(stack, verify_timeout, clock, rate_tiers)
     return stack
+
+
+def _start_bot(stack: Stack, verify_timeout: float, clock: Clock | None, rate_tiers: bool) -> None:
+    from bot.app import HttpServer, build_bot
+    from handlers.outbox import Pacer
+
+    stack._verify_timeout, stack._clock, stack._rate_tiers = verify_timeout, clock, rate_tiers
+    stack.bot = build_bot(stack.config, verify_timeout=verify_timeout, clock=clock)
+    if not rate_tiers:
+        stack.bot.deliverer.pacer = Pacer.unlimited()
+    stack.bot.start()
+    stack._closers.append(stack.bot.stop)
+    stack.server = HttpServer(stack.bot, host="127.0.0.1", port=0).start()
+    stack._closers.append(stack.server.close)
+    stack.driver = SlackDriver(stack.bot_url, SIGNING_SECRET, stack.slack, command="/cv")
