@@ -1275,7 +1275,7 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         return survived
     removed = counts_of(i for i in items if i["status"] == "deleted")
     absent = sum(1 for i in items if i["status"] == "gone")
-    summary = describe_counts(removed) + " deleted by this request and verified gone"
+    summary = describe_counts(removed) + " deleted and verified gone"
     if absent:
         summary += (
             f"; {describe_counts(counts_of(i for i in items if i['status'] == 'gone'))} "
@@ -1314,7 +1314,7 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
     batches = len({int(i["batch"]) for i in items})
     note = (
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
-        f"Removed by this request: {describe_counts(removed)}."
+        f"Removed: {describe_counts(removed)}."
     )
     if absent:
         note += f" Already absent (not removed by this request): {describe_counts(absent)}."

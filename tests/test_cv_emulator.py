@@ -935,3 +935,39 @@ def test_emulator_cli_serves_until_interrupted() -> None:
         rest = proc.stdout.read()
         assert proc.wait(timeout=10) == 0
     assert KEY not in first + rest
+
+
+# --- faults: a change applied but never answered; GUIDs in upper case ------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"), [("drop", 0), ("500", 500), ("503", 503), ("504", 504)]
+)
+def test_fail_after_apply_applies_the_change_then_fails_the_answer(
+    make_rig: MakeRig, mode: str, status: int
+) -> None:
+    rig = make_rig(faults=Faults(fail_after_apply={"DeleteImages": mode}))  # type: ignore[dict-item]
+    p = rig.project()
+    image = rig.emu.data.image_ids(p)[0]
+    try:
+        answer = rig.delete(f"/projects/{p}/images", imageIds=image, allIterations="true")
+        assert answer.status_code == status
+    except requests.ConnectionError:
+        assert mode == "drop"
+    assert not rig.emu.data.has_image(p, image)  # applied all the same
+    assert rig.emu.calls_to("DeleteImages")[-1].status == status
+    assert rig.emu.deleted_image_counts() == {image: 1}
+
+
+def test_upper_case_ids_answers_every_guid_in_upper_case_and_accepts_any_case(
+    rig: Rig,
+) -> None:
+    p = rig.project()
+    image = rig.emu.data.image_ids(p)[0]
+    rig.emu.faults.upper_case_ids = True
+    listed = rig.get(f"/projects/{p.upper()}/images/id", imageIds=image.upper()).json()
+    assert listed[0]["id"] == image.upper()
+    assert rig.get(f"/projects/{p}").json()["id"] == p.upper()
+    assert [i["id"] for i in rig.get(f"/projects/{p}/iterations").json()] == [
+        i.upper() for i in rig.emu.data.iteration_ids(p)
+    ]

@@ -284,7 +284,7 @@ def test_e2e_images_deleted_by_someone_else_are_listed_as_already_absent(stack: 
         assert rows[image]["status"] == "deleted"
         assert rows[image]["result"] == "removed by this request"
     said = "\n".join(thread(stack, rid))
-    assert "2 images deleted by this request" in said, said
+    assert "2 images deleted and verified gone" in said, said
     assert "2 images already absent (not removed by this request)" in said, said
 
 

@@ -10,6 +10,8 @@ from bot.policy import (
     Actor,
     Rules,
     Subject,
+    approval_stands,
+    approvals_in_force,
     may_approve,
     may_cancel,
     may_read_audit,
@@ -228,3 +230,55 @@ def test_policy_clicks_count_only_from_the_requests_channel(decide: object, acto
         "there.",
     )
     assert decide(actor, pending(channel="C0ELSEWHERE"))  # type: ignore[operator]
+
+
+# --- recorded approvals: do they still stand, are they still in force --------------------------
+
+TTL = timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("approver", "rules", "stands", "reason_part"),
+    [
+        (APPROVER, RULES, True, ""),
+        (GROUP_APPROVER, RULES, True, ""),
+        (APPROVER, Rules(approvers=frozenset({"S0PRIVACY"})), False, "no longer an approver"),
+        (Actor("U0GROUPIE"), RULES, False, "no longer an approver"),  # left the group
+        (REQUESTER, Rules(approvers=frozenset({"U0REQ"})), False, "requested R-1001"),
+    ],
+)
+def test_policy_recorded_approval_stands_only_while_the_approver_is_authorised(
+    approver: Actor, rules: Rules, stands: bool, reason_part: str
+) -> None:
+    decision = approval_stands(rules, approver, pending(status="failed"))
+    assert bool(decision) is stands
+    assert reason_part in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("age", "approvers", "in_force", "reason_part"),
+    [
+        (timedelta(hours=1), (APPROVER, GROUP_APPROVER), True, ""),
+        (timedelta(hours=23, minutes=59), (APPROVER, GROUP_APPROVER), True, ""),
+        (TTL, (APPROVER, GROUP_APPROVER), False, "older than 24 h"),
+        (timedelta(days=3), (APPROVER, GROUP_APPROVER), False, "BOT_APPROVAL_TTL_HOURS"),
+        (timedelta(hours=1), (APPROVER, Actor("U0GROUPIE")), False, "1 of the 2 required"),
+        (timedelta(hours=1), (APPROVER,), False, "1 of the 2 required"),
+    ],
+)
+def test_policy_approvals_in_force_for_a_retry(
+    age: timedelta, approvers: tuple[Actor, ...], in_force: bool, reason_part: str
+) -> None:
+    subject = pending(
+        status="failed",
+        approvals=tuple(a.user_id for a in approvers),
+        approved_at=NOW - age,
+    )
+    decision = approvals_in_force(RULES, subject, approvers, NOW, TTL)
+    assert bool(decision) is in_force
+    assert reason_part in decision.reason
+
+
+def test_policy_approvals_without_a_recorded_time_are_not_in_force() -> None:
+    subject = pending(status="failed", approvals=("U0APPROVER",))
+    assert not approvals_in_force(RULES, subject, (APPROVER,), NOW, TTL)
