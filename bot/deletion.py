@@ -25,11 +25,22 @@ or the iteration whose snapshot alone held an image), and are marked with the ca
 So `delete project` is unpublish batches plus ONE batch: the project item, then every image,
 tag, iteration and stored prediction the project holds, all removed by DeleteProject.
 
-Item status: pending -> sending (committed before the call) -> deleted (the call answered
-2xx) | gone (NotFound: already absent; or a probe after an interrupted call found it absent) |
-failed (the call failed for good). A batch whose items are all deleted/gone is never sent
-again; one left sending or failed is probed first and only what still exists is sent.
-Verification then sets `verified` to gone | survived for every item.
+Item status: pending -> sending (committed before the call) -> deleted (removed by this
+request: the call answered 2xx, or its outcome was unknown and a re-read found the target
+gone) | gone (already absent, not removed by this request: a re-read before the call, or the
+call's NotFound) | failed (the call failed for good and the target is still there). A batch
+whose items are all deleted/gone is never sent again. Image and prediction batches (and any
+batch left sending or failed) are re-read before the call and only what still exists is sent;
+an item left `sending` by an interrupted call was present when sent, so one found absent then
+was removed by this request. A call that fails with an unknown outcome (timeout, dropped
+connection, 5xx) is settled by re-reading at once. Verification then sets `verified` to
+gone | survived for every item; receipts say each item's `result` in words (RESULTS).
+
+The plan is a promise: before the first call and before every container call (DeleteProject,
+DeleteIteration, DeleteTag remove whatever they hold at that moment) the live contents are read
+again (`collect_facts`) and compared with the frozen plan (`changes_since`). Anything new stops
+the request before the call with a new plan and preview (Outcome.new_plan): the request is
+pending again and every earlier approval is withdrawn.
 
 The preview counts what the deletion removes: `workspace_images` the targeted images found in
 the workspace, `iterations[].images` the images it takes out of that snapshot (all of them when

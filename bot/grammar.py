@@ -538,7 +538,8 @@ _FORM_LIST: tuple[_Form, ...] = (
         "retry",
         ("request-id",),
         "retry <request-id>",
-        "Run a failed request again.",
+        "Run a failed request again from where it stopped (a deletion past its approval window "
+        "or with an approver no longer authorised gets a fresh preview to approve).",
         examples=("retry R-1042",),
     ),
     _Form(

@@ -24,6 +24,8 @@ from bot.deletion import (
     Facts,
     IterationFacts,
     TagFacts,
+    changes_since,
+    describe_changes,
     describe_counts,
     plan_items,
     preview_of,
@@ -69,6 +71,43 @@ def test_plan_items_batches_images_by_256_and_predictions_by_64() -> None:
     ]
     assert [i["target_id"] for i in items[:300]] == list(facts.images)
     assert {i["parent_id"] for i in items} == {None}
+
+
+def project_facts(images: int, *, tags: int = 1, published: str = "") -> Facts:
+    return Facts(
+        kind="project",
+        project_id=P,
+        project_name="faces",
+        workspace_images=images,
+        iterations=(IterationFacts(guid(11), "Iteration 1", published, images, removed=True),),
+        images=tuple(guid(1000 + n) for n in range(images)),
+        tags=tuple(TagFacts(guid(20 + n), f"t{n}", 0) for n in range(tags)),
+    )
+
+
+def test_changes_since_counts_only_what_the_plan_would_now_remove_beyond_the_frozen_one() -> None:
+    frozen = plan_items(project_facts(5))
+    preview = preview_of(project_facts(5))
+    assert changes_since(frozen, preview, project_facts(5)) == {}
+    assert changes_since(frozen, preview, project_facts(3)) == {}  # gone meanwhile: fine
+    changed = changes_since(frozen, preview, project_facts(12, tags=2, published="prod"))
+    assert changed == {"unpublish": 1, "image": 7, "tag": 1}
+    assert describe_changes(changed) == ("1 newly published iteration, 7 new images and 1 new tag")
+    # Ids compare case-insensitively (a frozen plan in another case changes nothing).
+    upper = [{**i, "target_id": str(i["target_id"]).upper()} for i in frozen]
+    assert changes_since(upper, preview, project_facts(5)) == {}
+
+
+def test_changes_since_a_tag_preview_counts_newly_tagged_images() -> None:
+    def tag_facts(images: int) -> Facts:
+        tag = TagFacts(guid(20), "faces", images)
+        return Facts("tag", P, "faces", 0, (), tags=(tag,))
+
+    frozen, preview = plan_items(tag_facts(4)), preview_of(tag_facts(4))
+    assert changes_since(frozen, preview, tag_facts(4)) == {}
+    assert changes_since(frozen, preview, tag_facts(2)) == {}
+    assert changes_since(frozen, preview, tag_facts(7)) == {"tagged": 3}
+    assert describe_changes({"tagged": 3}) == "3 more images carry the tag"
 
 
 def test_plan_items_of_a_project_unpublish_first_then_one_covering_batch() -> None:
