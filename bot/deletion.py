@@ -493,8 +493,7 @@ def _image_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) ->
             )
     not_found: tuple[str, ...] = ()
     if command.selector == "ids":
-        known = {i.lower() for i in union}
-        not_found = tuple(i for i in command.image_ids if i.lower() not in known)
+        not_found = tuple(i for i in command.image_ids if i not in union)
     tag_name = ""
     if command.selector == "tag":
         assert command.tag_id is not None
@@ -621,10 +620,10 @@ def _prediction_facts(ctx: JobContext, command: grammar.Delete, p: str, name: st
     stored = list(dict.fromkeys(pr.id for pr in ctx.client.iter_predictions(p)))
     not_found: tuple[str, ...] = ()
     if command.selector == "ids":
-        # Keep the service's spelling of each id: later calls and probes compare with it.
-        present = {i.lower(): i for i in stored}
-        wanted = list(dict.fromkeys(i.lower() for i in command.prediction_ids))
-        stored = [present[i] for i in wanted if i in present]
+        # Ids are lower case on both sides (grammar and models normalise them).
+        present = set(stored)
+        wanted = list(dict.fromkeys(command.prediction_ids))
+        stored = [i for i in wanted if i in present]
         not_found = tuple(i for i in wanted if i not in present)
     return Facts(
         kind=command.kind.value,
