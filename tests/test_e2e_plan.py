@@ -15,7 +15,7 @@ import pytest
 
 from bot import audit
 from bot.clock import FakeClock
-from bot.emulators.customvision import Seed
+from bot.emulators.customvision import Exchange, Seed
 from bot.emulators.stack import (
     APPROVER,
     CHANNEL,
@@ -145,6 +145,41 @@ def test_e2e_delete_project_stops_on_any_new_content(stack: Stack, change: str) 
     assert_fresh_approval_asked(stack, rid, expected)
     assert deletes(stack) == []
     assert project in stack.cv.data.project_ids()
+
+
+def test_e2e_contents_changing_mid_run_stop_before_the_project_with_a_receipt_of_what_ran(
+    stack: Stack,
+) -> None:
+    project = stack.cv.data.project_ids()[0]
+    published = [
+        i for i in stack.cv.data.iteration_ids(project) if stack.cv.data.publish_name(project, i)
+    ]
+    assert published
+    rid = request_pending(stack, f"delete project {project}")
+    added: list[str] = []
+
+    def someone_uploads(exchange: Exchange) -> None:
+        # While the bot unpublishes, someone uploads three images.
+        if exchange.operation_id == "UnpublishIteration" and not added:
+            added.extend(stack.cv.data.add_images(project, 3))
+
+    stack.cv.hooks.append(someone_uploads)
+    stack.click(APPROVER, rid, "approve")
+    assert_fresh_approval_asked(stack, rid, "3 new images", "Removed so far: ")
+    assert "DeleteProject" not in deletes(stack)
+    assert set(added) <= set(stack.cv.data.image_ids(project))
+    (stopped,) = receipts(stack, rid)
+    assert stopped["outcome"] == "stopped"
+    unpublished = [i for i in stopped["items"] if i["kind"] == "unpublish"]
+    assert {i["result"] for i in unpublished} == {"unpublished by this request"}
+    assert {i["result"] for i in stopped["items"] if i["kind"] != "unpublish"} == {"not attempted"}
+
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    assert project not in stack.cv.data.project_ids()
+    final = receipts(stack, rid)[-1]
+    assert final["outcome"] == "done" and final["attempt"] == 2
+    assert set(added) <= {i["target_id"] for i in final["items"]}
 
 
 def test_e2e_delete_tag_stops_when_images_were_tagged_after_the_preview(stack: Stack) -> None:

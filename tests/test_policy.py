@@ -10,7 +10,7 @@ from bot.policy import (
     Actor,
     Rules,
     Subject,
-    approval_stands,
+    approval_counts,
     approvals_in_force,
     may_approve,
     may_cancel,
@@ -247,10 +247,10 @@ TTL = timedelta(hours=24)
         (REQUESTER, Rules(approvers=frozenset({"U0REQ"})), False, "requested R-1001"),
     ],
 )
-def test_policy_recorded_approval_stands_only_while_the_approver_is_authorised(
+def test_policy_recorded_approval_counts_only_while_the_approver_is_authorised(
     approver: Actor, rules: Rules, stands: bool, reason_part: str
 ) -> None:
-    decision = approval_stands(rules, approver, pending(status="failed"))
+    decision = approval_counts(rules, approver, pending(status="failed"))
     assert bool(decision) is stands
     assert reason_part in decision.reason
 
