@@ -28,15 +28,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 
 
-def _lock(database: Path) -> IO[str]:
-    """Hold an exclusive lock beside the database: one bot process per database."""
+def _lock(database: Path) -> IO[bytes]:
+    """Hold an exclusive lock on the database file itself: one bot process per database.
+
+    The lock belongs to the file (its inode), not to a name, so every path to it meets it: a
+    symlink, a hard link, a relative or `..` path, another letter case on a case-insensitive
+    file system. flock(2) locks are separate from SQLite's own (fcntl) locks on Linux and end
+    with the process, so a crashed bot never blocks its restart. The handle stays open until
+    the database is closed: closing a descriptor of the file would drop SQLite's locks.
+    """
     database.parent.mkdir(parents=True, exist_ok=True)
-    handle = (database.parent / (database.name + ".lock")).open("w")
+    handle = open(database, "ab")  # noqa: SIM115 - held for the process's life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ConfigError([f"another bot process is using {database}; stop it first"]) from None
+        raise ConfigError(
+            [
+                f"another bot process is using {database} (through this or another path); stop it "
+                "first"
+            ]
+        ) from None
     return handle
 
 

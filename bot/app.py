@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -170,6 +171,7 @@ def build_bot(
         download_concurrency=config.download_concurrency,
         endpoint_host=urlparse(config.custom_vision_endpoint).netloc,
         approval_ttl=timedelta(hours=config.approval_ttl_hours),
+        command=config.bot_command,
     )
 
     def on_finish(record: Any) -> None:
@@ -188,6 +190,7 @@ def build_bot(
         work_dir=config.work_dir,
         settings=settings,
         workers=config.workers,
+        lease=timedelta(seconds=config.job_lease_seconds),
         on_finish=on_finish,
         housekeeping=service.housekeeping,
     )
@@ -472,6 +475,43 @@ def _header(headers: dict[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def health(bot: Bot) -> dict[str, Any]:
+    """Return the /healthz report: ok unless no worker is alive or a job waits too long.
+
+    A job waiting longer than BOT_HEALTH_MAX_QUEUE_SECONDS means the workers are stuck, all
+    busy for that long, or the database stays locked: worth a look either way.
+    """
+    live = bot.runner.live_workers()
+    report: dict[str, Any] = {
+        "ok": True,
+        "workers": {"live": live, "configured": bot.runner.workers},
+        "oldest_queued_seconds": None,
+        "max_queue_seconds": bot.config.health_max_queue_seconds,
+    }
+    problems = []
+    if live == 0:
+        problems.append("no live worker")
+    try:
+        wait = bot.store.oldest_wait()
+        report["jobs"] = bot.store.unfinished_jobs()
+        report["outbox"] = bot.store.outbox_pending_count()
+    except sqlite3.Error as exc:
+        problems.append(f"the database cannot be read: {type(exc).__name__}")
+    else:
+        if wait is not None:
+            seconds = int(wait.total_seconds())
+            report["oldest_queued_seconds"] = seconds
+            if seconds > bot.config.health_max_queue_seconds:
+                problems.append(
+                    f"a job has waited {seconds} s "
+                    f"(more than {bot.config.health_max_queue_seconds} s)"
+                )
+    if problems:
+        report["ok"] = False
+        report["problem"] = "; ".join(problems)
+    return report
+
+
 def wsgi_app(bot: Bot) -> Callable[..., Iterable[bytes]]:
     """Return the WSGI app: POST /slack/events (Bolt) and GET /healthz."""
     handler = FormSafeRequestHandler(bot.app, bot.config.slack_signing_secret.reveal())
@@ -480,15 +520,12 @@ def wsgi_app(bot: Bot) -> Callable[..., Iterable[bytes]]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/healthz" and method == "GET":
-            body = json.dumps(
-                {
-                    "ok": True,
-                    "jobs": bot.store.unfinished_jobs(),
-                    "outbox": bot.store.outbox_pending_count(),
-                }
-            ).encode()
-            start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
+            report = health(bot)
+            start_response(
+                "200 OK" if report["ok"] else "503 Service Unavailable",
+                [("Content-Type", "application/json")],
+            )
+            return [json.dumps(report).encode()]
         if path == "/slack/events" and method == "POST":
             result: Iterable[bytes] = handler(environ, start_response)
             return result

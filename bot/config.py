@@ -73,6 +73,8 @@ class Config:
     port: int = 3000
     workers: int = 2
     download_concurrency: int = 16
+    health_max_queue_seconds: int = 900
+    job_lease_seconds: int = 60
 
     @property
     def socket_mode(self) -> bool:
@@ -144,6 +146,16 @@ def _positive_int(raw: str) -> int:
     if value < 1:
         raise ValueError(raw)
     return value
+
+
+def _whole_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
 
 
 def _port(raw: str) -> int:
@@ -265,6 +277,15 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         workers=r.parsed("BOT_WORKERS", 2, _positive_int, "expected a whole number >= 1"),
         download_concurrency=r.parsed(
             "BOT_DOWNLOAD_CONCURRENCY", 16, _positive_int, "expected a whole number >= 1"
+        ),
+        health_max_queue_seconds=r.parsed(
+            "BOT_HEALTH_MAX_QUEUE_SECONDS",
+            900,
+            _whole_between(1, 86400),
+            "expected 1 to 86400 (seconds)",
+        ),
+        job_lease_seconds=r.parsed(
+            "BOT_JOB_LEASE_SECONDS", 60, _whole_between(5, 3600), "expected 5 to 3600 (seconds)"
         ),
     )
     if r.problems:

@@ -8,8 +8,10 @@ SQLITE_BUSY. Migrations are numbered functions, never edited once shipped: add a
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +19,50 @@ from pathlib import Path
 import sqlite_utils
 
 from bot import audit
+from bot.errors import DatabaseBusy
 
-BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger(__name__)
+
+# One wait for SQLite's lock. Writers wait longer than this: `begin_immediate` retries until
+# LOCK_PATIENCE, so another process holding the lock (a backup, `sqlite3` at a prompt, a long
+# transaction) delays the bot instead of failing its work.
+BUSY_TIMEOUT_MS = 5_000
+LOCK_PATIENCE = 600.0  # seconds
+
+
+def is_locked(exc: BaseException) -> bool:
+    """Return True for SQLite's "database is locked" / "database is busy" errors."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc) for word in ("database is locked", "database is busy")
+    )
+
+
+def begin_immediate(conn: sqlite3.Connection, patience: float = LOCK_PATIENCE) -> None:
+    """Start a write transaction, waiting up to `patience` seconds for another one to end.
+
+    Raises DatabaseBusy when the lock is still held after that. Retrying BEGIN is safe:
+    nothing of the transaction has run yet.
+    """
+    started = time.monotonic()
+    pause = 0.05
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            waited = time.monotonic() - started
+            if not is_locked(exc):
+                raise
+            if waited >= patience:
+                log.error("the database stayed locked for %.0f s; giving up this write", waited)
+                raise DatabaseBusy(waited) from None
+            if pause == 0.05:
+                log.warning("the database is locked by another connection; waiting for it")
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            continue
+        if pause > 0.05:
+            log.info("the database lock was released after %.0f s", time.monotonic() - started)
+        return
 
 
 def run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -159,7 +203,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply the migrations not yet applied; return the schema version."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn)
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -202,7 +246,7 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """Yield this thread's connection inside BEGIN IMMEDIATE; commit, or roll back on error."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn)
         try:
             yield conn
         except BaseException:

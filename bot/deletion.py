@@ -55,13 +55,20 @@ import csv
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bot import grammar
 from bot.clock import iso
-from bot.errors import BotError, NotFound, ServiceError, TrainingApiError
+from bot.errors import (
+    BotError,
+    NotFound,
+    ServiceError,
+    TrainingApiError,
+    WorkDirFull,
+    is_disk_full,
+)
 from bot.runner import JobContext, Outcome
 from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
 
@@ -1075,14 +1082,18 @@ def write_receipt(
     outcome: str,
     started_at: str,
     note: str,
-    then: Outcome | None = None,
-) -> tuple[Path, Path]:
-    """Write receipt.json and receipt.csv for this round and queue both uploads.
+    then: Outcome,
+) -> Outcome:
+    """Write receipt.json and receipt.csv for this round, queue both uploads; return `then`.
 
     A round runs the job to an outcome: a retry after a failure starts a new one (and a new
     receipt); a restart stays in its round. `then`, the outcome the receipt reports, is saved
     in the checkpoint in the same transaction, so a restart returns it instead of concluding
     (and posting a receipt) a second time.
+
+    When the work directory is full the deletion's outcome stands: the uploads carry the
+    receipt itself, the outbox writes the files once there is room and posts them, and the
+    returned outcome says the receipt follows.
     """
     record = ctx.request
     items = ctx.store.deletion_items(record.number)
@@ -1091,7 +1102,6 @@ def write_receipt(
     meta = record.command.get("meta") or {}
     attempt = ctx.round
     suffix = "" if attempt <= 1 else f"-{attempt}"
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
     json_path = ctx.work_dir / f"receipt{suffix}.json"
     csv_path = ctx.work_dir / f"receipt{suffix}.csv"
     endpoint = getattr(ctx.settings, "endpoint_host", "") or ctx.client.endpoint_host
@@ -1113,13 +1123,22 @@ def write_receipt(
         "counts": counts_of(items),
         "items": rows,
     }
-    with json_path.open("w", encoding="utf-8") as fp:
-        json.dump(document, fp, ensure_ascii=False, indent=1)
-        fp.write("\n")
-    with csv_path.open("w", encoding="utf-8", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=RECEIPT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    render: dict[str, Any] = {}
+    try:
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        for path in (json_path, csv_path):
+            render_receipt(document, path)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        full = WorkDirFull(ctx.work_dir, "It is posted in this thread as soon as there is room.")
+        render = {"render": {"receipt": document}}
+        then = replace(
+            then,
+            message=f"{(then.message or '').replace('receipt attached.', 'receipt to follow.')} "
+            f"The receipt could not be written yet: {full.user_message}",
+            audit_details={**then.audit_details, "receipt": "waiting for room"},
+        )
     key = f"receipt:{record.number}"
     key_suffix = "" if attempt <= 1 else f":{attempt}"
     label = "deletion receipt" if outcome == "done" else f"deletion receipt ({outcome})"
@@ -1136,12 +1155,29 @@ def write_receipt(
                     "filename": f"{record.id}-receipt{suffix}.{fmt}",
                     "title": f"{record.id} {label} ({fmt.upper()})",
                     **({"comment": f"{record.id} {label}: {note}"} if fmt == "json" else {}),
+                    **render,
                 },
             )
-        if then is not None:
-            ctx.checkpoint["concluded"] = {"round": attempt, "outcome": asdict(then)}
-            ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
-    return json_path, csv_path
+        ctx.checkpoint["concluded"] = {"round": attempt, "outcome": asdict(then)}
+        ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
+    return then
+
+
+def render_receipt(document: Mapping[str, Any], path: Path) -> None:
+    """Write a receipt document as JSON or, for a `.csv` path, its items as CSV rows."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as fp:
+            if path.suffix == ".csv":
+                writer = csv.DictWriter(fp, fieldnames=RECEIPT_COLUMNS)
+                writer.writeheader()
+                writer.writerows(document["items"])
+            else:
+                json.dump(document, fp, ensure_ascii=False, indent=1)
+                fp.write("\n")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1210,7 +1246,9 @@ def _replanned(
     )
     if done:
         note = f"stopped before {before}: the contents changed since the preview ({what})."
-        write_receipt(ctx, outcome="stopped", started_at=started_at, note=note, then=outcome)
+        outcome = write_receipt(
+            ctx, outcome="stopped", started_at=started_at, note=note, then=outcome
+        )
     return outcome
 
 
@@ -1262,8 +1300,9 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
             {"error": exc.user_message},
             advice="A retry verifies again without re-sending anything; receipt attached.",
         )
-        write_receipt(ctx, outcome="unverified", started_at=started_at, note=note, then=unverified)
-        return unverified
+        return write_receipt(
+            ctx, outcome="unverified", started_at=started_at, note=note, then=unverified
+        )
     items = ctx.store.deletion_items(number)
     counts = counts_of(items)
     if left:
@@ -1281,8 +1320,9 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
             {"survivors": len(alive), "survivor_ids": [i["target_id"] for i in alive][:100]},
             advice="A retry verifies again without re-sending confirmed calls; receipt attached.",
         )
-        write_receipt(ctx, outcome="survivors", started_at=started_at, note=note, then=survived)
-        return survived
+        return write_receipt(
+            ctx, outcome="survivors", started_at=started_at, note=note, then=survived
+        )
     removed = counts_of(i for i in items if i["status"] == "deleted")
     absent = sum(1 for i in items if i["status"] == "gone")
     summary = describe_counts(removed) + " deleted and verified gone"
@@ -1298,8 +1338,9 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         audit_action="request.completed",
         audit_details={"counts": counts, "verified": total},
     )
-    write_receipt(ctx, outcome="done", started_at=started_at, note=f"{summary}.", then=finished)
-    return finished
+    return write_receipt(
+        ctx, outcome="done", started_at=started_at, note=f"{summary}.", then=finished
+    )
 
 
 def _outcome_failed(
@@ -1345,5 +1386,4 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
         advice="A retry continues where it stopped, without re-sending what was removed; "
         "partial receipt attached.",
     )
-    write_receipt(ctx, outcome="partial", started_at=started_at, note=note, then=stopped)
-    return stopped
+    return write_receipt(ctx, outcome="partial", started_at=started_at, note=note, then=stopped)

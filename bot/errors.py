@@ -6,6 +6,8 @@
     ├── NotAllowed                an actor may not do this (who may do what: bot.policy)
     ├── RequestStateError         the request is not in a state that allows this
     ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
+    ├── DatabaseBusy              another process held the database's lock for too long
+    ├── WorkDirFull               the work directory's file system is full
     └── TrainingApiError          the Training API failed (bot.training)
         ├── ServiceError          the service answered an error body ({code, message})
         │   └── NotFound          NotFound* codes
@@ -18,6 +20,10 @@ Anything that is not a BotError is a bug: it reaches the app's error handler wit
 """
 
 from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
 
 
 class BotError(Exception):
@@ -59,6 +65,39 @@ class SlackLookupError(BotError):
 
     Raised before any write, so the message can say that nothing was recorded.
     """
+
+
+class DatabaseBusy(BotError):
+    """The database stayed locked by another connection for longer than the bot waits."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(
+            f"The bot's database was locked by another process for {waited:.0f} s; nothing was "
+            "changed. Try again in a few minutes."
+        )
+
+
+class WorkDirFull(BotError):
+    """A write into the work directory failed for lack of space (ENOSPC, or a quota)."""
+
+    def __init__(self, work_dir: Path, then: str) -> None:
+        self.free_mb = free_mb(work_dir)
+        super().__init__(f"work directory full: {self.free_mb} MB free. {then}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Return True when `exc` is a write that failed for lack of space or quota."""
+    return isinstance(exc, OSError) and exc.errno in {errno.ENOSPC, errno.EDQUOT}
+
+
+def free_mb(folder: Path) -> int:
+    """Return the whole megabytes free on the file system holding `folder` (or its parent)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free // (1024 * 1024)
+        except OSError:
+            continue
+    return 0
 
 
 class TrainingApiError(BotError):

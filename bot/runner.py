@@ -10,7 +10,9 @@ running ones to stop at their next checkpoint.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.clock import Clock
-from bot.errors import BotError
+from bot.db import is_locked
+from bot.errors import BotError, DatabaseBusy, WorkDirFull, is_disk_full
 from bot.logs import request_context
 from bot.store import Job, RequestRecord, Store
 from bot.training import TrainingClient
@@ -28,6 +31,12 @@ from bot.training import TrainingClient
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = timedelta(seconds=2)
+# A worker that meets an error outside a job's handler (the database locked past the bot's
+# patience, a bug) retries after 0.5 s, doubling up to this many seconds.
+MAX_BACKOFF = 30.0
+# How often the housekeeping thread looks for ended requests whose report (audit trail) could
+# not be made when they ended (full work directory), and makes it.
+REPORT_SWEEP = 5.0
 # The outbox key prefix under which on_finish (Service.finished) queues a request's final
 # report: `trail:<number>:<status>`.
 REPORT_KEY = "trail"
@@ -156,6 +165,7 @@ class Settings:
     download_concurrency: int = 16
     endpoint_host: str = ""
     approval_ttl: timedelta = timedelta(hours=24)
+    command: str = "/cv"
 
 
 class Runner:
@@ -171,7 +181,7 @@ class Runner:
         work_dir: Path,
         settings: Settings,
         workers: int = 2,
-        lease: timedelta = timedelta(minutes=2),
+        lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 0.05,
         on_finish: Callable[[RequestRecord], None] | None = None,
         housekeeping: Callable[[], object] | None = None,
@@ -191,25 +201,41 @@ class Runner:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Resume the jobs a previous process left running, then start the workers."""
-        self.store.release_jobs(audit_action="job.resumed", audit_details={"after": "restart"})
-        if self.on_finish is not None:
-            # A crash between a request's final commit and on_finish lost its report (the
-            # request's audit trail in its thread): make it now.
-            for record in self.store.unreported_outcomes(REPORT_KEY):
-                log.info("reporting the outcome of %s, which a restart interrupted", record.id)
-                self.on_finish(record)
+        """Resume the jobs a previous process left running, then start the workers.
+
+        Only jobs whose lease ran out are resumed now; one still leased is resumed by a worker
+        once its lease ends (the process holding it may be alive).
+        """
+        self.store.release_jobs(
+            expired_only=True, audit_action="job.resumed", audit_details={"after": "restart"}
+        )
+        # A crash between a request's final commit and on_finish lost its report (the
+        # request's audit trail in its thread): make it now.
+        self.report_unreported()
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"job-worker-{n}", daemon=True)
             thread.start()
-            self._threads.append(thread)
+            self._workers.append(thread)
         keeper = threading.Thread(target=self._keep, name="job-housekeeping", daemon=True)
         keeper.start()
-        self._threads.append(keeper)
+        self._threads = [*self._workers, keeper]
+
+    def live_workers(self) -> int:
+        """Return how many worker threads are alive."""
+        return sum(1 for thread in self._workers if thread.is_alive())
+
+    def report_unreported(self) -> None:
+        """Make the reports (audit trails) of ended requests that have none yet."""
+        if self.on_finish is None:
+            return
+        for record in self.store.unreported_outcomes(REPORT_KEY):
+            log.info("reporting the outcome of %s now", record.id)
+            self.on_finish(record)
 
     def notify(self) -> None:
         """Wake idle workers (a job was queued)."""
@@ -226,20 +252,42 @@ class Runner:
         )
 
     def _keep(self) -> None:
+        swept = time.monotonic()
         while not self.stopping.wait(1.0):
-            with self._lock:
-                running = dict(self._running)
-            for job_id in running:
-                self.store.renew_lease(job_id, self.owner, self.lease)
+            tasks: list[tuple[str, Callable[[], object]]] = [("lease renewal", self._renew)]
             if self.housekeeping is not None:
+                tasks.append(("housekeeping", self.housekeeping))
+            if time.monotonic() - swept >= REPORT_SWEEP:
+                swept = time.monotonic()
+                tasks.append(("reporting ended requests", self.report_unreported))
+            for name, task in tasks:
                 try:
-                    self.housekeeping()
+                    task()
                 except Exception:
-                    log.exception("housekeeping failed")
+                    log.exception("%s failed; trying again in a moment", name)
+
+    def _renew(self) -> None:
+        with self._lock:
+            running = dict(self._running)
+        for job_id in running:
+            self.store.renew_lease(job_id, self.owner, self.lease)
 
     def _work(self) -> None:
+        failures = 0
         while not self.stopping.is_set():
-            job = self.store.claim_job(self.owner, self.lease)
+            try:
+                with self._lock:
+                    busy = set(self._running)
+                job = self.store.claim_job(self.owner, self.lease, skip=busy)
+            except Exception:
+                failures += 1
+                if failures == 1:
+                    log.exception("claiming a job failed; retrying with backoff")
+                self.stopping.wait(_backoff(failures))
+                continue
+            if failures:
+                log.info("claiming jobs works again after %d failed attempt(s)", failures)
+                failures = 0
             if job is None:
                 self.wake.wait(self.poll_interval)
                 self.wake.clear()
@@ -247,10 +295,39 @@ class Runner:
             with self._lock:
                 self._running[job.id] = job.kind
             try:
-                self.run_one(job)
+                self._run_until_settled(job)
             finally:
                 with self._lock:
                     self._running.pop(job.id, None)
+
+    def _run_until_settled(self, job: Job) -> None:
+        """Run a claimed job; after an error outside its handler, run it again with backoff.
+
+        The job stays this worker's (its lease is renewed) and resumes from its checkpoint, as
+        after a restart; the error is logged once, with the request id.
+        """
+        failures = 0
+        while True:
+            try:
+                self.run_one(job)
+                return
+            except Exception:
+                failures += 1
+                with request_context(job.request_id):
+                    if failures == 1:
+                        log.exception("job %s (%s) hit an error; retrying it", job.id, job.kind)
+                    else:
+                        log.debug("job %s still failing (%d attempts)", job.id, failures)
+            if self.stopping.wait(_backoff(failures)):
+                return  # stop() puts this owner's running jobs back in the queue
+            try:
+                current: Job | None = self.store.job(job.id)
+            except Exception:
+                log.debug("re-reading job %s failed; running it as it was", job.id)
+                current = job
+            if current is None or current.status != "running":
+                return
+            job = current
 
     def run_one(self, job: Job) -> None:
         """Run one claimed job to its outcome (or back to the queue when interrupted)."""
@@ -285,6 +362,12 @@ class Runner:
             log.info("job %s of %s interrupted at a checkpoint", job.id, request.id)
             self._release(job)
             return
+        except DatabaseBusy:
+            raise  # not the request's fault: the worker runs it again once the lock is gone
+        except sqlite3.OperationalError as exc:
+            if is_locked(exc):
+                raise
+            outcome = self._crashed(job, request, exc)
         except JobCancelled:
             outcome = Outcome(
                 request_status="cancelled",
@@ -302,16 +385,35 @@ class Runner:
                 audit_details={"error": exc.user_message, "type": type(exc).__name__},
             )
         except Exception as exc:
-            log.error("job %s of %s crashed:\n%s", job.id, request.id, traceback.format_exc())
-            outcome = Outcome(
+            outcome = self._crashed(job, request, exc)
+        self._finish(job, request, outcome)
+
+    def _crashed(self, job: Job, request: RequestRecord, exc: Exception) -> Outcome:
+        """Return the failed outcome of a handler that raised something unexpected."""
+        if is_disk_full(exc):
+            full = WorkDirFull(
+                self.work_dir,
+                f"Free space under BOT_WORK_DIR, then `{self.settings.command} retry "
+                f"{request.id}` continues where it stopped.",
+            )
+            log.error("job %s of %s: %s", job.id, request.id, full.user_message)
+            return Outcome(
                 request_status="failed",
                 job_status="failed",
-                error="internal error (see the bot's log)",
-                message=f"{request.id} failed with an internal error; the bot's log has details.",
+                error=full.user_message,
+                message=f"{request.id} failed: {full.user_message}",
                 audit_action="request.failed",
-                audit_details={"error": type(exc).__name__},
+                audit_details={"error": full.user_message, "type": "WorkDirFull"},
             )
-        self._finish(job, request, outcome)
+        log.error("job %s of %s crashed:\n%s", job.id, request.id, traceback.format_exc())
+        return Outcome(
+            request_status="failed",
+            job_status="failed",
+            error="internal error (see the bot's log)",
+            message=f"{request.id} failed with an internal error; the bot's log has details.",
+            audit_action="request.failed",
+            audit_details={"error": type(exc).__name__},
+        )
 
     def _release(self, job: Job) -> None:
         with self.store.write() as conn:
@@ -365,4 +467,13 @@ class Runner:
                 store.post(conn, request.number, request.channel, text, after=after)
             store.announce(conn, request.number, request.channel)
         if self.on_finish is not None:
-            self.on_finish(store.get(request.number))
+            try:
+                self.on_finish(store.get(request.number))
+            except Exception:
+                # The outcome is stored and announced; the report is made by the next sweep.
+                log.exception("reporting the end of %s failed; retrying shortly", request.id)
+
+
+def _backoff(failures: int) -> float:
+    """Return the pause in seconds before the next attempt after `failures` in a row."""
+    return float(min(MAX_BACKOFF, 0.5 * 2 ** min(failures - 1, 8)))

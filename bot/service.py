@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from bot import audit, grammar
 from bot.clock import Clock, iso
-from bot.errors import BotError, ParseError, RequestStateError
+from bot.errors import BotError, ParseError, RequestStateError, WorkDirFull, is_disk_full
 from bot.ids import parse_request_id
 from bot.policy import (
     Actor,
@@ -169,6 +169,7 @@ class Service:
         self.work_dir = work_dir
         self.command = command
         self.wake = wake
+        self._trails_waiting: set[str] = set()  # logged once each
 
     # -- who is acting ---------------------------------------------------------------------------
 
@@ -809,11 +810,26 @@ class Service:
     # -- audit -----------------------------------------------------------------------------------
 
     def finished(self, record: RequestRecord) -> None:
-        """Post a request's own audit trail into its thread once it has ended."""
+        """Post a request's own audit trail into its thread once it has ended.
+
+        With the work directory full, the trail waits: the runner's sweep of ended requests
+        without a report makes it once there is room (the request's outcome stands).
+        """
         path = self.work_dir / "audit" / f"{record.id}-audit-trail.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fp:
-            count = audit.write_jsonl(audit.events(self.store.db.conn, request_id=record.id), fp)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as fp:
+                count = audit.write_jsonl(
+                    audit.events(self.store.db.conn, request_id=record.id), fp
+                )
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            if record.id not in self._trails_waiting:
+                full = WorkDirFull(self.work_dir, "It is posted once there is room.")
+                log.warning("audit trail of %s not written yet: %s", record.id, full.user_message)
+                self._trails_waiting.add(record.id)
+            return
         # The chain's head, not a full verification: that is O(log size) on every request's
         # end; `audit verify` recomputes the whole chain on demand.
         seq, digest = audit.head(self.store.db.conn)
@@ -870,13 +886,23 @@ class Service:
         stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
         name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
         path = self.work_dir / "audit" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         selected = audit.events(
             self.store.db.conn, request_id=command.request_id, since=command.since
         )
-        with path.open("w", encoding="utf-8", newline="") as fp:
-            write = audit.write_csv if command.format == "csv" else audit.write_jsonl
-            count = write(selected, fp)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8", newline="") as fp:
+                write = audit.write_csv if command.format == "csv" else audit.write_jsonl
+                count = write(selected, fp)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            path.unlink(missing_ok=True)
+            raise WorkDirFull(
+                self.work_dir,
+                "Nothing was posted. Free space under BOT_WORK_DIR, then run the same "
+                f"`{self.command} audit` command again.",
+            ) from None
         verification = audit.verify(self.store.db.conn)
         self._share_file(
             user_id,

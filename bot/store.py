@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -452,23 +452,62 @@ class Store:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def claim_job(self, owner: str, lease: timedelta) -> Job | None:
-        """Claim the oldest runnable job (queued, or running with an expired lease)."""
+    def claim_job(self, owner: str, lease: timedelta, *, skip: Collection[int] = ()) -> Job | None:
+        """Claim the oldest runnable job (queued, or running with an expired lease).
+
+        `skip`: the jobs this process is running (their lease may run out while the database
+        is locked, which must not let a second worker of this process take them over).
+        """
         now = self.clock.now()
+        marks = ",".join("?" * len(skip))
+        # Only "?" marks are formatted into the statement.
+        sql = (
+            "SELECT id FROM jobs WHERE (status = 'queued'"  # noqa: S608
+            " OR (status = 'running' AND lease_until < ?))"
+            f" AND id NOT IN ({marks}) ORDER BY id LIMIT 1"
+        )
         with self.write() as conn:
-            row = conn.execute(
-                "SELECT id FROM jobs WHERE status = 'queued'"
-                " OR (status = 'running' AND lease_until < ?) ORDER BY id LIMIT 1",
-                (iso(now),),
-            ).fetchone()
+            row = conn.execute(sql, (iso(now), *skip)).fetchone()
             if row is None:
                 return None
+            taken_over = self._job(conn, int(row[0]))
             conn.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,"
                 " attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (owner, iso(now + lease), iso(now), row[0]),
             )
+            if taken_over.status == "running":
+                # Its worker stopped renewing the lease: a crashed process.
+                self.audit(
+                    conn,
+                    "bot",
+                    "job.resumed",
+                    request=taken_over.request_number,
+                    details={
+                        "job": taken_over.kind,
+                        "attempts": taken_over.attempts,
+                        "after": "lease expired",
+                    },
+                )
             return self._job(conn, int(row[0]))
+
+    def job(self, job_id: int) -> Job:
+        """Return a job as stored now."""
+        return self._job(self.db.conn, job_id)
+
+    def oldest_wait(self) -> timedelta | None:
+        """Return how long the longest-waiting runnable job has waited (None: none waits).
+
+        A queued job waits since it was queued; a running job whose lease ran out (its worker
+        is gone) since the lease ended.
+        """
+        row = self.db.conn.execute(
+            "SELECT MIN(CASE WHEN status = 'queued' THEN updated_at ELSE lease_until END)"
+            " FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < ?)",
+            (iso(self.clock.now()),),
+        ).fetchone()
+        since = _time(row[0]) if row else None
+        return None if since is None else max(timedelta(0), self.clock.now() - since)
 
     def _job(self, conn: sqlite3.Connection, job_id: int) -> Job:
         row = conn.execute(
@@ -506,9 +545,9 @@ class Store:
     def requeue_running_job(self, conn: sqlite3.Connection, job_id: int) -> bool:
         """Put one running job back in the queue; return False when it was not running."""
         cursor = conn.execute(
-            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
-            " WHERE id = ? AND status = 'running'",
-            (job_id,),
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND status = 'running'",
+            (iso(self.clock.now()), job_id),
         )
         return cursor.rowcount == 1
 
@@ -531,10 +570,14 @@ class Store:
         self,
         owner: str | None = None,
         *,
+        expired_only: bool = False,
         audit_action: str | None = None,
         audit_details: Mapping[str, Any] | None = None,
     ) -> list[Job]:
-        """Put running jobs back in the queue (all, or one owner's); return them.
+        """Put running jobs back in the queue (all, one owner's, or those whose lease ran out).
+
+        Start-up releases only expired leases: a lease that is still valid belongs to a process
+        that may be alive (on another host, or through a path the process guard did not see).
 
         With `audit_action`, each released job gets that audit event in the same transaction,
         so a crash cannot release a job without the record saying so.
@@ -545,6 +588,9 @@ class Store:
             if owner is not None:
                 sql += " AND lease_owner = ?"
                 args = (owner,)
+            if expired_only:
+                sql += " AND (lease_until IS NULL OR lease_until < ?)"
+                args = (*args, iso(self.clock.now()))
             ids = [int(r[0]) for r in conn.execute(sql, args)]
             for job_id in ids:
                 self.requeue_running_job(conn, job_id)

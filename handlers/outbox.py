@@ -38,6 +38,7 @@ import requests
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot import deletion
 from bot.ids import format_request_id
 from bot.logs import request_context
 from bot.store import (
@@ -636,6 +637,11 @@ class Deliverer:
             done = {**state, "completed": True}
             return done, None if state.get("completed") else self._file_posted(item, state)
         if not state.get("file_id"):
+            if isinstance(payload.get("render"), dict) and not path.exists():
+                # Its job could not write it (full work directory): write it now. ENOSPC again
+                # is an OSError, retried below like a network error.
+                path.parent.mkdir(parents=True, exist_ok=True)
+                deletion.render_receipt(payload["render"]["receipt"], path)
             size = path.stat().st_size
             ticket = self.client.files_getUploadURLExternal(
                 filename=str(payload["filename"]), length=size

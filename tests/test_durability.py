@@ -277,7 +277,10 @@ def make_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
         cv, slack = start_emulators(seed, faults)
         folder = tmp_path / f"run{len(runs)}"
         folder.mkdir()
-        settings = bot_env(cv, slack, folder, PORT="0", BOT_MAX_FILE_MB="1", **env)
+        # A short lease: a job killed with the bot resumes as soon as the lease ends.
+        settings = bot_env(
+            cv, slack, folder, PORT="0", BOT_MAX_FILE_MB="1", BOT_JOB_LEASE_SECONDS="5", **env
+        )
         run = Run(cv, slack, BotProcess(folder, settings), folder, random.Random(rng_seed))
         runs.append(run)
         return run

@@ -1,0 +1,221 @@
+"""The bot keeps running under faults of its own machine: a database locked by another process
+for longer than SQLite's busy timeout, and a full work directory.
+
+Each fault is real: a second process holds `BEGIN IMMEDIATE` on the bot's database, and the
+work directory is a small tmpfs filled to the last byte. The bot runs in-process over HTTP
+against both emulators (the `stacks` fixture); `/healthz` is read over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot import audit, db
+from bot.emulators.customvision import Faults, Seed
+from bot.emulators.faults import fill, locked, mount_small_filesystem
+from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
+from tests.conftest import StartStack
+
+SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=2048)
+# Longer than SQLite's busy timeout: a single wait for the lock gives up before it is released.
+LOCK_SECONDS = db.BUSY_TIMEOUT_MS / 1000 + 3
+WAIT = 120.0
+
+
+def health(stack: Stack) -> requests.Response:
+    assert stack.server is not None
+    return requests.get(f"http://127.0.0.1:{stack.server.port}/healthz", timeout=30)
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what}")
+        time.sleep(0.05)
+
+
+def thread_texts(stack: Stack, rid: str) -> list[str]:
+    ts = stack.bot.store.get(rid).message_ts
+    return [m.text for m in stack.slack.messages(CHANNEL, thread_ts=ts)]
+
+
+def files_of(stack: Stack, rid: str) -> list[str]:
+    return [f.name for f in stack.slack.files(CHANNEL) if f.name.startswith(rid)]
+
+
+@pytest.fixture
+def small_work_dir(tmp_path: Path) -> Iterator[Path]:
+    """The work directory of the first stack, on a 4 MB tmpfs (mounted before the bot starts)."""
+    with mount_small_filesystem(tmp_path / "stack-0" / "work", 4) as folder:
+        yield folder
+
+
+# -- a database locked by another process -------------------------------------------------------
+
+
+def test_runtime_workers_outlive_a_lock_held_longer_than_the_busy_timeout(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=SEED)
+    assert health(stack).json()["workers"]["live"] == 2
+    with locked(stack.config.database, LOCK_SECONDS) as holder:
+        # The idle workers poll for jobs (a write transaction) the whole time.
+        holder.wait()
+    answer = health(stack)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["workers"]["live"] == 2
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project} --no-images"))
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done"
+
+
+def test_runtime_export_running_while_the_database_is_locked_finishes(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=SEED, faults=Faults(latency=0.05))
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
+    stack.wait_status(rid, "running", "done", "failed", timeout=WAIT)
+    with locked(stack.config.database, LOCK_SECONDS) as holder:
+        holder.wait()
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done", stack.bot.store.get(
+        rid
+    ).error
+    assert health(stack).json()["workers"]["live"] == 2
+
+
+def test_runtime_click_and_command_while_the_database_is_locked_are_recorded(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=SEED)
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project, None)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
+    stack.wait_delivered(timeout=WAIT)
+    with locked(stack.config.database, LOCK_SECONDS):
+        click = stack.click(APPROVER, rid, "approve")
+        command = stack.command(REQUESTER, "status")
+    assert click.status_code == 200, click.text
+    assert command.status_code == 200, command.text
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done"
+    assert health(stack).json()["workers"]["live"] == 2
+
+
+def test_runtime_healthz_reports_workers_and_the_oldest_queued_job(stacks: StartStack) -> None:
+    stack = stacks(
+        seed=SEED,
+        faults=Faults(latency=0.2),
+        env={"BOT_WORKERS": "1", "BOT_HEALTH_MAX_QUEUE_SECONDS": "1"},
+    )
+    project = stack.cv.data.project_ids()[0]
+    first = stack.request_id(stack.command(REQUESTER, f"export project {project} --no-images"))
+    stack.wait_status(first, "running", timeout=WAIT)
+    second = stack.request_id(stack.command(REQUESTER, f"export project {project} --no-images"))
+    wait_until("/healthz to answer 503", lambda: health(stack).status_code == 503)
+    body = health(stack).json()
+    assert body["ok"] is False
+    assert body["workers"] == {"live": 1, "configured": 1}
+    assert body["oldest_queued_seconds"] >= 1
+    assert "waited" in body["problem"]
+    stack.cv.faults.latency = 0.0
+    stack.wait_status(second, "done", timeout=WAIT)
+    answer = health(stack)
+    assert answer.status_code == 200 and answer.json()["oldest_queued_seconds"] is None
+    stack.bot.runner.stop()
+    answer = health(stack)
+    assert answer.status_code == 503
+    assert answer.json()["workers"]["live"] == 0
+    assert "no live worker" in answer.json()["problem"]
+
+
+# -- a full work directory ------------------------------------------------------------------------
+
+
+def test_runtime_full_work_dir_fails_one_export_clearly_and_nothing_else(
+    stacks: StartStack, small_work_dir: Path
+) -> None:
+    stack = stacks(seed=SEED)
+    project = stack.cv.data.project_ids()[0]
+    filler = fill(small_work_dir)
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "failed"
+    error = stack.bot.store.get(rid).error or ""
+    assert "work directory full: 0 MB free" in error, error
+    assert f"retry {rid}" in error
+    stack.wait_delivered(timeout=WAIT)
+    texts = thread_texts(stack, rid)
+    assert any("work directory full" in t for t in texts), texts
+    # Every worker is alive, and other work goes on.
+    assert health(stack).json()["workers"]["live"] == 2
+    image = stack.cv.data.image_ids(project, None)[0]
+    other = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(other, "pending", "failed", timeout=WAIT) == "pending"
+    # Room again: the retry finishes, and the failed request's audit trail is posted.
+    filler.unlink()
+    stack.command(REQUESTER, f"retry {rid}")
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done"
+    wait_until("the audit trail", lambda: any("audit-trail" in n for n in files_of(stack, rid)))
+
+
+def test_runtime_verified_deletion_with_a_full_disk_is_done_and_its_receipt_follows(
+    stacks: StartStack, small_work_dir: Path
+) -> None:
+    stack = stacks(seed=SEED)
+    project = stack.cv.data.project_ids()[0]
+    images = stack.cv.data.image_ids(project, None)[:3]
+    rid = stack.request_id(
+        stack.command(REQUESTER, f"delete images {project} --ids {','.join(images)}")
+    )
+    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
+    stack.wait_delivered(timeout=WAIT)
+    filler = fill(small_work_dir)
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done", stack.bot.store.get(
+        rid
+    ).error
+    assert not set(images) & set(stack.cv.data.image_ids(project, None))
+    wait_until(
+        "the outcome in the thread",
+        lambda: any("deleted and verified gone" in t for t in thread_texts(stack, rid)),
+    )
+    texts = thread_texts(stack, rid)
+    assert any("receipt to follow" in t and "work directory full: 0 MB" in t for t in texts), texts
+    assert not any("failed" in t for t in texts), texts
+    assert not [n for n in files_of(stack, rid) if "receipt" in n]
+    assert health(stack).json()["workers"]["live"] == 2
+    filler.unlink()
+    wait_until("the receipt", lambda: len([n for n in files_of(stack, rid) if "receipt" in n]) == 2)
+    receipt = next(f for f in stack.slack.files(CHANNEL) if f.name == f"{rid}-receipt.json")
+    document = json.loads(receipt.data)
+    assert document["outcome"] == "done"
+    assert {row["target_id"] for row in document["items"]} == set(images)
+    wait_until("the audit trail", lambda: any("audit-trail" in n for n in files_of(stack, rid)))
+    assert audit.verify(stack.bot.store.db.conn).ok
+
+
+def test_runtime_cancel_click_with_a_full_disk_answers_and_posts_the_trail_later(
+    stacks: StartStack, small_work_dir: Path
+) -> None:
+    stack = stacks(seed=SEED)
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project, None)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
+    stack.wait_delivered(timeout=WAIT)
+    filler = fill(small_work_dir)
+    answer = stack.click(REQUESTER, rid, "cancel")
+    assert answer.status_code == 200, answer.text
+    assert stack.status(rid) == "cancelled"
+    export = stack.command(REQUESTER, f"audit --request {rid}")
+    assert export.status_code == 200
+    assert "work directory full: 0 MB free" in export.json()["text"]
+    filler.unlink()
+    wait_until("the audit trail", lambda: any("audit-trail" in n for n in files_of(stack, rid)))
