@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from bot import audit, grammar
 from bot.clock import Clock, iso
@@ -402,7 +402,6 @@ class Service:
         stamp = iso(now).replace(":", "").replace(".", "")[:15]
         name = f"status-{user_id}-{stamp}.txt"
         path = self.work_dir / "status" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         body = [
             f"Open requests of {user_id} at {iso(now)[:16].replace('T', ' ')} UTC: {len(records)}"
         ]
@@ -412,7 +411,8 @@ class Service:
             _, reason = _meta_of(record)
             if reason:
                 body.append(f"Reason: {reason}")
-        path.write_text("\n".join(body) + "\n", encoding="utf-8")
+        text = "\n".join(body) + "\n"
+        self._write_file(path, lambda fp: fp.write(text), again="status --all")
         self._share_file(
             user_id,
             channel_id,
@@ -889,20 +889,8 @@ class Service:
         selected = audit.events(
             self.store.db.conn, request_id=command.request_id, since=command.since
         )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", encoding="utf-8", newline="") as fp:
-                write = audit.write_csv if command.format == "csv" else audit.write_jsonl
-                count = write(selected, fp)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            path.unlink(missing_ok=True)
-            raise WorkDirFull(
-                self.work_dir,
-                "Nothing was posted. Free space under BOT_WORK_DIR, then run the same "
-                f"`{self.command} audit` command again.",
-            ) from None
+        write = audit.write_csv if command.format == "csv" else audit.write_jsonl
+        count = self._write_file(path, lambda fp: write(selected, fp), again="audit")
         verification = audit.verify(self.store.db.conn)
         self._share_file(
             user_id,
@@ -920,6 +908,22 @@ class Service:
             comment=f"<@{user_id}> audit log: {count} events. {verification.summary()}",
         )
         return Reply(f"Posting {count} audit events as `{name}`.")
+
+    def _write_file(self, path: Path, write: Callable[[TextIO], R], *, again: str) -> R:
+        """Write a file a command posts; a full work directory is a clear answer to the user."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8", newline="") as fp:
+                return write(fp)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            path.unlink(missing_ok=True)
+            raise WorkDirFull(
+                self.work_dir,
+                "Nothing was posted. Free space under BOT_WORK_DIR, then run "
+                f"`{self.command} {again}` again.",
+            ) from None
 
     def _share_file(
         self,
