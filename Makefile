@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck unit bench sandbox serve clean
+.PHONY: run test check lint typecheck unit bench soak sandbox serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ check: test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The full fault soak (make test runs a shorter one); prints its figures.
+soak: $(STAMP)
+	SOAK_REQUESTS=200 SOAK_LOCK_MIN=5 SOAK_LOCK_MAX=40 $(BIN)/pytest -q -s tests/test_soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,10 +1,12 @@
 """The job runner: the bot's own workers, separate from Bolt's listener pool.
 
-Jobs live in SQLite. A worker claims one with a lease, runs its handler, and the handler
-records checkpoints as it goes (per page read, batch deleted, file queued). On start-up every
-job left running by a previous process is queued again and resumes from its checkpoint; the
-user sees in the thread that the work resumed. SIGTERM stops the claiming of new jobs and asks
-running ones to stop at their next checkpoint.
+Jobs live in SQLite. A worker claims one with a lease (renewed every second while it runs),
+runs its handler, and the handler records checkpoints as it goes (per page read, batch
+deleted, file queued). A job left running by a crashed process is taken up again once its
+lease has expired and resumes from its checkpoint; the user sees in the thread that the work
+resumed. Workers never die: an error outside a handler is logged once and the job is run again
+with backoff. SIGTERM stops the claiming of new jobs and asks running ones to stop at their
+next checkpoint.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -816,13 +817,17 @@ class Service:
         without a report makes it once there is room (the request's outcome stands).
         """
         path = self.work_dir / "audit" / f"{record.id}-audit-trail.jsonl"
+        # Written aside and renamed: the runner's sweep may make the same report at once.
+        partial = path.with_name(f"{path.name}.{threading.get_ident()}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", encoding="utf-8") as fp:
+            with partial.open("w", encoding="utf-8") as fp:
                 count = audit.write_jsonl(
                     audit.events(self.store.db.conn, request_id=record.id), fp
                 )
+            partial.replace(path)
         except OSError as exc:
+            partial.unlink(missing_ok=True)
             if not is_disk_full(exc):
                 raise
             if record.id not in self._trails_waiting:

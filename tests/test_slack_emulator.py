@@ -1111,3 +1111,15 @@ def test_emulator_enterprise_grid_payloads(emulator: SlackEmulator) -> None:
     assert payload["enterprise"] == {"id": "E0GRID", "name": emulator.enterprise_name}
     assert payload["team"]["enterprise_id"] == "E0GRID"
     assert client.auth_test()["enterprise_id"] == "E0GRID"
+
+
+def test_emulator_drop_rate_closes_connections_unanswered_and_does_nothing(
+    emulator: SlackEmulator, client: WebClient
+) -> None:
+    emulator.drop_rate = 1.0
+    with pytest.raises(OSError):
+        client.chat_postMessage(channel="C1", text="lost")
+    emulator.drop_rate = 0.0
+    assert emulator.dropped >= 1  # the client retried a connection error, if set to
+    assert not [m for m in emulator.messages("C1") if m.text == "lost"]
+    assert client.chat_postMessage(channel="C1", text="kept")["ok"] is True

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import math
+import random
 import secrets
 import socket
 import struct
@@ -730,6 +731,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _serve(self, verb: str) -> None:
+        if self.server.emulator._drops():
+            self.close_connection = True
+            return
         try:
             body = self._read_body()
         except ValueError:
@@ -863,6 +867,12 @@ class SlackEmulator:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, at)
         self._calls: list[ApiCall] = []
         self.internal_errors: list[str] = []  # tracebacks of emulator bugs (should stay empty)
+        # Fraction of HTTP requests (Web API, uploads, response_urls) whose connection is closed
+        # before anything is read or done: a network failure between the bot and Slack
+        # (inferred; Slack documents none). Seeded, so a run meets the same drops.
+        self.drop_rate = 0.0
+        self.dropped = 0
+        self._drop_random = random.Random(0)
         self._socket_changed = threading.Condition(self._lock)
         self._socket_tickets: set[str] = set()  # issued by apps.connections.open, unused
         self._socket: _SocketLink | None = None  # the connected client (newest wins)
@@ -1092,6 +1102,14 @@ class SlackEmulator:
         """
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault("error", times, error=error))
+
+    def _drops(self) -> bool:
+        """Roll for `drop_rate`; count the drop."""
+        with self._lock:
+            if self.drop_rate <= 0 or self._drop_random.random() >= self.drop_rate:
+                return False
+            self.dropped += 1
+            return True
 
     def _take_fault(self, method: str) -> _Fault | None:
         for key in (method, "*"):
