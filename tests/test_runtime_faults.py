@@ -50,6 +50,17 @@ def files_of(stack: Stack, rid: str) -> list[str]:
     return [f.name for f in stack.slack.files(CHANNEL) if f.name.startswith(rid)]
 
 
+def pending_deletion(stack: Stack, count: int) -> tuple[str, list[str]]:
+    """Request the deletion of `count` images of the first project; wait for its preview."""
+    project = stack.cv.data.project_ids()[0]
+    images = stack.cv.data.image_ids(project, None)[:count]
+    text = f"delete images {project} --ids {','.join(images)}"
+    rid = stack.request_id(stack.command(REQUESTER, text))
+    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
+    stack.wait_delivered(timeout=WAIT)
+    return rid, images
+
+
 @pytest.fixture
 def small_work_dir(tmp_path: Path) -> Iterator[Path]:
     """The work directory of the first stack, on a 4 MB tmpfs (mounted before the bot starts)."""
@@ -95,11 +106,7 @@ def test_runtime_click_and_command_while_the_database_is_locked_are_recorded(
     stacks: StartStack,
 ) -> None:
     stack = stacks(seed=SEED)
-    project = stack.cv.data.project_ids()[0]
-    image = stack.cv.data.image_ids(project, None)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
-    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
-    stack.wait_delivered(timeout=WAIT)
+    rid, _ = pending_deletion(stack, 1)
     with locked(stack.config.database, LOCK_SECONDS):
         click = stack.click(APPROVER, rid, "approve")
         command = stack.command(REQUESTER, "status")
@@ -169,13 +176,8 @@ def test_runtime_verified_deletion_with_a_full_disk_is_done_and_its_receipt_foll
     stacks: StartStack, small_work_dir: Path
 ) -> None:
     stack = stacks(seed=SEED)
+    rid, images = pending_deletion(stack, 3)
     project = stack.cv.data.project_ids()[0]
-    images = stack.cv.data.image_ids(project, None)[:3]
-    rid = stack.request_id(
-        stack.command(REQUESTER, f"delete images {project} --ids {','.join(images)}")
-    )
-    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
-    stack.wait_delivered(timeout=WAIT)
     filler = fill(small_work_dir)
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done", stack.bot.store.get(
@@ -205,11 +207,7 @@ def test_runtime_cancel_click_with_a_full_disk_answers_and_posts_the_trail_later
     stacks: StartStack, small_work_dir: Path
 ) -> None:
     stack = stacks(seed=SEED)
-    project = stack.cv.data.project_ids()[0]
-    image = stack.cv.data.image_ids(project, None)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
-    assert stack.wait_status(rid, "pending", timeout=WAIT) == "pending"
-    stack.wait_delivered(timeout=WAIT)
+    rid, _ = pending_deletion(stack, 1)
     filler = fill(small_work_dir)
     answer = stack.click(REQUESTER, rid, "cancel")
     assert answer.status_code == 200, answer.text
