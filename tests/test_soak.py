@@ -53,6 +53,7 @@ FAULT_SECONDS = 4.0  # how long a disk-full or dropping phase lasts
 QUIET_SECONDS = 1.5  # between two faults
 SEED = Seed(projects=3, iterations=2, tags=4, images=150, predictions=0, image_bytes=1024)
 SETTLE = 600.0  # the longest wait for everything to end once the faults stop
+FOLLOW_UP = 120.0  # the longest wait for the answer that follows a holding ack
 
 
 @dataclass
@@ -178,13 +179,30 @@ class Driver:
     def send(self, text: str, kind: str) -> None:
         self.sent += 1
         ticket = f"SOAK-{self.sent}"
+        shown = len(self.stack.slack.ephemerals(user_id=REQUESTER.user_id))
         answer = self.slack.command(REQUESTER.user_id, CHANNEL, f"{text} --ticket {ticket}")
         assert answer.status_code == 200, answer.text
         said = str(answer.json().get("text", ""))
-        if "R-" not in said and "Working on it" not in said:
+        if said.startswith("Working on it"):
+            said = self.follow_up(ticket, shown)
+        if "R-" not in said:
             self.figures.counts[f"refused at once: {kind}: {said[:50]}"] += 1
             self.refused.append(ticket)
         self.figures.counts[f"request: {kind}"] += 1
+
+    def follow_up(self, ticket: str, shown: int) -> str:
+        """Return the answer that follows a holding acknowledgement (by response_url)."""
+        deadline = time.monotonic() + FOLLOW_UP
+        while time.monotonic() < deadline:
+            for record in reversed(self.requests()):
+                if (record.command.get("meta") or {}).get("ticket") == ticket:
+                    return record.id
+            for later in self.stack.slack.ephemerals(user_id=REQUESTER.user_id)[shown:]:
+                if not later.text.startswith("Working on") and "R-" not in later.text:
+                    return later.text
+            time.sleep(0.1)
+        self.figures.counts["held, and no answer followed"] += 1
+        return ""
 
     def one(self) -> None:
         roll = self.rng.random()
@@ -339,5 +357,6 @@ def test_soak_random_requests_under_rotating_faults(soak_stack: tuple[Stack, Pat
         figures.counts["audit events (chain verifies)"] = verification.count
         figures.counts["Slack calls dropped"] = stack.slack.dropped
         assert not lied, f"answered as refused (nothing done), yet recorded: {sorted(lied)}"
+        assert not figures.counts["held, and no answer followed"]
     finally:
         print(f"\nsoak of {driver.sent} requests: {json.dumps(figures.show(), indent=1)}")
