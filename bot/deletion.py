@@ -1138,6 +1138,7 @@ def write_receipt(
             message=f"{(then.message or '').replace('receipt attached.', 'receipt to follow.')} "
             f"The receipt could not be written yet: {full.user_message}",
             audit_details={**then.audit_details, "receipt": "waiting for room"},
+            await_uploads=False,
         )
     key = f"receipt:{record.number}"
     key_suffix = "" if attempt <= 1 else f":{attempt}"

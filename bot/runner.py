@@ -70,6 +70,9 @@ class Outcome:
     # in the same transaction as the status change, so no approval ever covers a plan its
     # approver did not see.
     new_plan: Sequence[Mapping[str, Any]] | None = None
+    # The message waits until Slack has the request's files ("receipt attached"); False when it
+    # says the files follow later (a receipt waiting for room in the work directory).
+    await_uploads: bool = True
 
 
 class JobContext:
@@ -465,7 +468,11 @@ class Runner:
                 if outcome.mention_requester:
                     text = f"<@{request.requester}> {text}"
                 # "Ready" or "receipt attached" is said only once Slack has the files.
-                after = store.unsent_uploads(conn, request.number, excluding=REPORT_KEY)
+                after = (
+                    store.unsent_uploads(conn, request.number, excluding=REPORT_KEY)
+                    if outcome.await_uploads
+                    else ()
+                )
                 store.post(conn, request.number, request.channel, text, after=after)
             store.announce(conn, request.number, request.channel)
         if self.on_finish is not None:
