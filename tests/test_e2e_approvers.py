@@ -20,7 +20,6 @@ from bot.emulators.stack import (
     CHANNEL,
     GROUP_APPROVER,
     PRIVACY_GROUP,
-    REQUESTER,
     Person,
     Stack,
 )
