@@ -590,7 +590,7 @@ class Service:
                 record.channel,
                 f"<@{record.requester}> {record.id} was rejected by <@{user_id}>.",
             )
-        self.finished(self.store.get(record.number))
+        self._after_decision(record.number)
         return Reply(f"You rejected {record.id}.")
 
     @_answers_errors
@@ -620,7 +620,7 @@ class Service:
             )
             self.store.announce(conn, record.number, record.channel)
         if record.status in {"pending", "queued"}:
-            self.finished(self.store.get(record.number))
+            self._after_decision(record.number)
         return Reply(f"{record.id} is cancelled.")
 
     @_answers_errors
@@ -794,6 +794,17 @@ class Service:
             expired += 1
             self.finished(self.store.get(number))
         return expired
+
+    def _after_decision(self, number: int) -> None:
+        """Queue the audit trail of a request a decision (reject, cancel) just ended.
+
+        The decision is committed: a failure here (a slow Slack lookup, a full disk) is logged
+        and must not turn the decision's answer into "nothing was recorded".
+        """
+        try:
+            self.finished(self.store.get(number))
+        except Exception:
+            log.exception("R-%s: the audit trail was not queued after the decision", number)
 
     def _not_here(self, conversation: str, text: str) -> Decision:
         """Refuse a conversation nobody else can follow: a DM or group DM (no approvers, no
