@@ -154,6 +154,8 @@ def build_bot(
         requesters=frozenset(config.requesters),
         allowed_channels=frozenset(config.allowed_channels),
         required_approvals=config.required_approvals,
+        allow_public_exports=config.allow_public_exports,
+        allow_shared_exports=config.allow_shared_exports,
     )
     directory = SlackDirectory(web)
     service = Service(
@@ -162,7 +164,6 @@ def build_bot(
         directory,
         clock,
         approval_ttl=timedelta(hours=config.approval_ttl_hours),
-        allow_public_exports=config.allow_public_exports,
         work_dir=config.work_dir,
         command=config.bot_command,
     )

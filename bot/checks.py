@@ -45,6 +45,7 @@ REQUIRED_SCOPES = frozenset(
         "usergroups:read",
         "channels:read",
         "groups:read",
+        "mpim:read",
     }
 )
 SLACK_TIMEOUT = 10.0

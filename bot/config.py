@@ -69,6 +69,7 @@ class Config:
     approval_ttl_hours: float = 24.0
     required_approvals: int = 1
     allow_public_exports: bool = False
+    allow_shared_exports: bool = False
     max_file_mb: int = 1000
     port: int = 3000
     workers: int = 2
@@ -271,6 +272,9 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         ),
         allow_public_exports=r.parsed(
             "BOT_ALLOW_PUBLIC_EXPORTS", False, _boolean, "expected true or false"
+        ),
+        allow_shared_exports=r.parsed(
+            "BOT_ALLOW_SHARED_CHANNEL_EXPORTS", False, _boolean, "expected true or false"
         ),
         max_file_mb=r.parsed("BOT_MAX_FILE_MB", 1000, _max_file_mb, "expected 1 to 1000 (MB)"),
         port=r.parsed("PORT", 3000, _port, "expected a TCP port 0-65535 (0: any free port)"),

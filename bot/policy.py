@@ -18,6 +18,11 @@
 |            |                                                       | new approvals)           |
 | resend     | the requester or an approver                          | a delivery is held       |
 | read audit | approvers: everything; requesters: their own requests | always                   |
+| post       | files with personal data go only where the           | public channels only with|
+| personal   | workspace's own members read them: not public, not    | BOT_ALLOW_PUBLIC_EXPORTS;|
+| data       | shared with other organisations or workspaces         | shared ones only with    |
+|            | (`may_post_personal_data`)                            | BOT_ALLOW_SHARED_CHANNEL_|
+|            |                                                       | EXPORTS                  |
 
 A deletion's recorded approvals are in force (`approvals_in_force`, asked by a retry) while
 enough of them still count (`approval_counts`) and the last one is younger than
@@ -52,6 +57,17 @@ class Rules:
     requesters: frozenset[str] = frozenset()
     allowed_channels: frozenset[str] = frozenset()
     required_approvals: int = 1
+    allow_public_exports: bool = False
+    allow_shared_exports: bool = False
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who can read a conversation, beyond the people the request is for (conversations.info)."""
+
+    public: bool = False  # any member of the workspace can join it and read its history
+    external: bool = False  # Slack Connect: another organisation reads it, or is invited
+    org_wide: bool = False  # shared between workspaces of an Enterprise Grid organisation
 
 
 @dataclass(frozen=True)
@@ -266,3 +282,33 @@ def may_read_audit(rules: Rules, actor: Actor, *, own_request: bool | None) -> D
         "Only approvers may read the whole audit log; requesters may read the trail of their "
         "own requests (`audit --request <id>`).",
     )
+
+
+def may_post_personal_data(rules: Rules, audience: Audience, *, what: str) -> Decision:
+    """Return whether `what` (e.g. "This export"), a file holding personal data, may be posted
+    into a conversation read by `audience`.
+
+    The one rule for packages, receipts and audit files. A shared channel's history, files
+    included, is readable by every organisation or workspace it is shared with.
+    """
+    if audience.external and not rules.allow_shared_exports:
+        return Decision(
+            False,
+            f"{what} holds personal data, and this channel is shared with another organisation "
+            "(Slack Connect), whose members could read it. Run it in a channel of your own "
+            "organisation, or ask an admin to set BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
+        )
+    if audience.org_wide and not rules.allow_shared_exports:
+        return Decision(
+            False,
+            f"{what} holds personal data, and this channel is shared with other workspaces of "
+            "your Enterprise Grid organisation. Run it in a channel of this workspace, or ask "
+            "an admin to set BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
+        )
+    if audience.public and not rules.allow_public_exports:
+        return Decision(
+            False,
+            f"{what} holds personal data, and this is a public channel. Run it in a private "
+            "channel, or ask an admin to set BOT_ALLOW_PUBLIC_EXPORTS=true.",
+        )
+    return ALLOW

@@ -23,6 +23,7 @@ from bot.errors import BotError, ParseError, RequestStateError, WorkDirFull, is_
 from bot.ids import parse_request_id
 from bot.policy import (
     Actor,
+    Audience,
     Decision,
     Rules,
     Subject,
@@ -30,6 +31,7 @@ from bot.policy import (
     approvals_in_force,
     may_approve,
     may_cancel,
+    may_post_personal_data,
     may_read_audit,
     may_reject,
     may_request,
@@ -89,6 +91,18 @@ class ChannelInfo:
     is_private: bool = False
     is_im: bool = False
     name: str = ""
+    is_mpim: bool = False  # a group DM
+    external: bool = False  # Slack Connect (is_ext_shared / is_pending_ext_shared)
+    org_wide: bool = False  # is_org_shared (Enterprise Grid)
+
+    @property
+    def audience(self) -> Audience:
+        """Return who can read the channel, as the personal-data rule needs it."""
+        return Audience(
+            public=not (self.is_private or self.is_im or self.is_mpim),
+            external=self.external,
+            org_wide=self.org_wide,
+        )
 
 
 class Directory(Protocol):
@@ -156,7 +170,6 @@ class Service:
         clock: Clock,
         *,
         approval_ttl: timedelta,
-        allow_public_exports: bool,
         work_dir: Path,
         command: str = "/cv",
         wake: Callable[[], None] = lambda: None,
@@ -166,7 +179,6 @@ class Service:
         self.directory = directory
         self.clock = clock
         self.approval_ttl = approval_ttl
-        self.allow_public_exports = allow_public_exports
         self.work_dir = work_dir
         self.command = command
         self.wake = wake
@@ -243,18 +255,11 @@ class Service:
         decision = may_request(self.rules, actor, channel_id, deletion=deletion)
         if not decision:
             return self._refuse(user_id, "command", decision)
-        if channel_id.startswith("D"):
-            return self._refuse(
-                user_id,
-                "command",
-                Decision(
-                    False,
-                    "Requests are made in a channel, where approvers and the audit trail can see "
-                    f"them, not in direct messages. Run `{self.command} {text.strip()}` in your "
-                    "privacy team's channel.",
-                ),
-            )
+        if channel_id.startswith("D"):  # a DM: Slack's ids say so, no lookup needed
+            return self._refuse(user_id, "command", self._not_here("a direct message", text))
         channel = self.directory.channel(channel_id)
+        if channel.is_mpim:
+            return self._refuse(user_id, "command", self._not_here("a group DM", text))
         if not channel.exists or not channel.is_member:
             return self._refuse(
                 user_id,
@@ -263,26 +268,24 @@ class Service:
                     False,
                     "I am not in this channel, so I cannot post the request and its results "
                     f"here. Invite me first (`/invite @cv-dsr-bot`), then run `{self.command} "
-                    f"{text.strip()}` again.",
+                    f"{text.strip()}` again. (In a group DM, which cannot take requests, run it "
+                    "in your privacy team's channel instead.)",
                 ),
             )
-        if (
-            isinstance(command, grammar.Export)
-            and command.contains_images
-            and not (channel.is_private or channel.is_im)
-            and not self.allow_public_exports
-        ):
-            return self._refuse(
-                user_id,
-                "command",
-                Decision(
-                    False,
-                    "This export would post image files (personal data) into a public channel. "
-                    "Run it in a private channel, add `--no-files` (or `--no-images` for a "
-                    "project) to export metadata only, or ask an admin to set "
-                    "BOT_ALLOW_PUBLIC_EXPORTS=true.",
-                ),
+        if isinstance(command, grammar.Export) and command.contains_images:
+            where = may_post_personal_data(
+                self.rules, channel.audience, what="This export (image files)"
             )
+            if not where:
+                return self._refuse(
+                    user_id,
+                    "command",
+                    Decision(
+                        False,
+                        f"{where.reason} To export metadata only, add `--no-files` (or "
+                        "`--no-images` for a project).",
+                    ),
+                )
         manual = deletion and command.kind in {
             grammar.DeleteKind.ACCOUNT,
             grammar.DeleteKind.EXPORTS,
@@ -589,7 +592,7 @@ class Service:
                 record.channel,
                 f"<@{record.requester}> {record.id} was rejected by <@{user_id}>.",
             )
-        self.finished(self.store.get(record.number))
+        self._after_decision(record.number)
         return Reply(f"You rejected {record.id}.")
 
     @_answers_errors
@@ -619,7 +622,7 @@ class Service:
             )
             self.store.announce(conn, record.number, record.channel)
         if record.status in {"pending", "queued"}:
-            self.finished(self.store.get(record.number))
+            self._after_decision(record.number)
         return Reply(f"{record.id} is cancelled.")
 
     @_answers_errors
@@ -794,6 +797,27 @@ class Service:
             self.finished(self.store.get(number))
         return expired
 
+    def _after_decision(self, number: int) -> None:
+        """Queue the audit trail of a request a decision (reject, cancel) just ended.
+
+        The decision is committed: a failure here (a slow Slack lookup, a full disk) is logged
+        and must not turn the decision's answer into "nothing was recorded".
+        """
+        try:
+            self.finished(self.store.get(number))
+        except Exception:
+            log.exception("R-%s: the audit trail was not queued after the decision", number)
+
+    def _not_here(self, conversation: str, text: str) -> Decision:
+        """Refuse a conversation nobody else can follow: a DM or group DM (no approvers, no
+        audit trail, and the bot cannot post results into a group DM)."""
+        return Decision(
+            False,
+            "Requests and audit files belong in a channel, where approvers and the audit trail "
+            f"can see them, not in {conversation}. Run `{self.command} {text.strip()}` in your "
+            "privacy team's channel.",
+        )
+
     def _refused_in(
         self, conn: Any, user_id: str, action: str, record: RequestRecord, decision: Decision
     ) -> Reply:
@@ -884,10 +908,21 @@ class Service:
         decision = may_read_audit(self.rules, actor, own_request=own)
         if not decision:
             return self._refuse(user_id, "audit", decision, request=command.request_id)
-        if not self.directory.channel(channel_id).is_member:
+        typed = f"audit{' --request ' + command.request_id if command.request_id else ''}"
+        if channel_id.startswith("D"):
+            return self._refuse(user_id, "audit", self._not_here("a direct message", typed))
+        channel = self.directory.channel(channel_id)
+        if channel.is_mpim:
+            return self._refuse(user_id, "audit", self._not_here("a group DM", typed))
+        if not channel.is_member:
             return Reply(
                 "I am not in this channel, so I cannot post the audit file here. Invite me first."
             )
+        where = may_post_personal_data(
+            self.rules, channel.audience, what="The audit log (reasons, people, targets)"
+        )
+        if not where:
+            return self._refuse(user_id, "audit", where, request=command.request_id)
         stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
         name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
         path = self.work_dir / "audit" / name

@@ -175,6 +175,14 @@ class SlackDirectory:
             data = self.client.conversations_info(channel=channel_id)["channel"]
         except SlackApiError as exc:
             error = exc.response.get("error")
+            if error == "missing_scope":
+                # Not "invite me": no invitation helps. In a group DM this is mpim:read.
+                needed = str(exc.response.get("needed") or "a conversations scope")
+                raise SlackLookupError(
+                    f"Slack will not tell me what kind of conversation this is: the app lacks "
+                    f"the `{needed}` scope, so nothing was recorded. An admin can add it by "
+                    "reinstalling the app from its manifest; requests belong in a channel."
+                ) from None
             if error != "channel_not_found":
                 raise
             log.info("conversations.info %s: %s", channel_id, error)
@@ -183,8 +191,11 @@ class SlackDirectory:
             exists=True,
             is_member=bool(data.get("is_member")) or bool(data.get("is_im")),
             is_private=bool(data.get("is_private")) or bool(data.get("is_group")),
-            is_im=bool(data.get("is_im")) or bool(data.get("is_mpim")),
+            is_im=bool(data.get("is_im")),
             name=str(data.get("name") or ""),
+            is_mpim=bool(data.get("is_mpim")),
+            external=bool(data.get("is_ext_shared")) or bool(data.get("is_pending_ext_shared")),
+            org_wide=bool(data.get("is_org_shared")),
         )
         with self._lock:
             self._channels[channel_id] = (started, info)

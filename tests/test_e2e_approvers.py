@@ -20,12 +20,12 @@ from bot.emulators.stack import (
     CHANNEL,
     GROUP_APPROVER,
     PRIVACY_GROUP,
-    REQUESTER,
     Person,
     Stack,
 )
 from bot.service import FRESH_FOR_APPROVALS
 from tests.conftest import StartStack
+from tests.test_e2e_ack import request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)
 DAVE = Person("U0DAVE", "dave")
@@ -39,15 +39,6 @@ def stack(stacks: StartStack) -> Stack:
         PRIVACY_GROUP, "privacy-team", [GROUP_APPROVER.user_id, DAVE.user_id]
     )
     return running
-
-
-def request_pending(stack: Stack) -> str:
-    project = stack.cv.data.project_ids()[0]
-    tag = stack.cv.data.tag_ids(project)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete tag {project} {tag}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
-    return rid
 
 
 def last_answer(stack: Stack, person: Person) -> str:

@@ -29,7 +29,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "chat.update": frozenset({"chat:write"}),
     "chat.postEphemeral": frozenset({"chat:write"}),
     # Public and private channels; the bot reads both (private ones hold the requests).
-    "conversations.info": frozenset({"channels:read", "groups:read"}),
+    # Group DMs too: without mpim:read Slack answers missing_scope there (issue 13, item 4).
+    "conversations.info": frozenset({"channels:read", "groups:read", "mpim:read"}),
     "files.getUploadURLExternal": frozenset({"files:write"}),
     "files.completeUploadExternal": frozenset({"files:write"}),
     "files.info": frozenset({"files:read"}),

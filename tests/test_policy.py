@@ -8,12 +8,14 @@ import pytest
 
 from bot.policy import (
     Actor,
+    Audience,
     Rules,
     Subject,
     approval_counts,
     approvals_in_force,
     may_approve,
     may_cancel,
+    may_post_personal_data,
     may_read_audit,
     may_reject,
     may_request,
@@ -282,3 +284,24 @@ def test_policy_approvals_in_force_for_a_retry(
 def test_policy_approvals_without_a_recorded_time_are_not_in_force() -> None:
     subject = pending(status="failed", approvals=("U0APPROVER",))
     assert not approvals_in_force(RULES, subject, (APPROVER,), NOW, TTL)
+
+
+@pytest.mark.parametrize(
+    ("audience", "rules", "allowed", "names"),
+    [
+        (Audience(), Rules(), True, ""),
+        (Audience(public=True), Rules(), False, "BOT_ALLOW_PUBLIC_EXPORTS"),
+        (Audience(public=True), Rules(allow_public_exports=True), True, ""),
+        (Audience(external=True), Rules(), False, "Slack Connect"),
+        (Audience(external=True), Rules(allow_public_exports=True), False, "SHARED_CHANNEL"),
+        (Audience(external=True), Rules(allow_shared_exports=True), True, ""),
+        (Audience(org_wide=True), Rules(), False, "Enterprise Grid"),
+        (Audience(public=True, external=True), Rules(allow_shared_exports=True), False, "public"),
+    ],
+)
+def test_policy_personal_data_goes_only_where_the_workspace_alone_reads_it(
+    audience: Audience, rules: Rules, allowed: bool, names: str
+) -> None:
+    decision = may_post_personal_data(rules, audience, what="This export")
+    assert bool(decision) is allowed
+    assert names in decision.reason

@@ -70,6 +70,7 @@ DEFAULT_SCOPES = (
     "usergroups:read",
     "channels:read",
     "groups:read",
+    "mpim:read",
 )
 MAX_TEXT = 40_000
 MAX_BLOCKS_TEXT = 12_000  # msg_blocks_too_long, "about 12,000" (see "Lengths as Slack counts")
@@ -1849,6 +1850,12 @@ class SlackEmulator:
         return {"users": list(group[1])}
 
     def _conversations_info(self, params: JsonObject) -> JsonObject:
+        # Slack checks the scope of the conversation's kind before whether the bot may see it:
+        # a group DM without mpim:read answered missing_scope (issue 13, item 4; inferred for
+        # IMs likewise).
+        known = self._channels.get(_text(params.get("channel")).strip())
+        if known is not None and (known.is_mpim or known.is_im):
+            self._require("mpim:read" if known.is_mpim else "im:read")
         channel = self._channel_for(params.get("channel"), post=False)
         if channel.is_im:
             self._require("im:read")
