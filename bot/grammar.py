@@ -155,8 +155,17 @@ class Export:
     meta: Meta = field(default_factory=Meta)
 
     @property
+    def personal(self) -> bool:
+        """Return True when the package may hold personal data (the public-channel rule).
+
+        Everything below the project list may: image metadata and links, tag names, prediction
+        results, model exports.
+        """
+        return self.kind not in (ExportKind.ACCOUNT, ExportKind.PROJECTS)
+
+    @property
     def contains_images(self) -> bool:
-        """Return True when the package would hold image files (the public-channel rule)."""
+        """Return True when the package would hold image files."""
         if self.kind is ExportKind.PROJECT:
             return self.images
         return self.kind in (ExportKind.IMAGES, ExportKind.PREDICTIONS) and self.files

@@ -34,7 +34,13 @@ was open at a crash is discarded. A file cut into pieces counts only when all it
 kept parts. `close()` (the context manager's exit) closes the open part cleanly and keeps it.
 `temp_dir` (same disk) is emptied whenever a writer is created and after `finish()`.
 
-Pure: `safe_name`, `check_arcname`, the path helpers, `part_name`, `plan_entry`,
+Signed links: every JSON value the writer puts into a file (`write_json`, `jsonl`, the manifest
+and README) passes through `unsigned`, which drops the query of any link carrying an Azure
+storage SAS (`?sv=...&se=...&sig=...`): the Training API signs every image, thumbnail,
+prediction image and model link, and a signed link opens a person's image for anyone who holds
+it. The blob's address stays; README.txt says so.
+
+Pure: `unsigned`, `safe_name`, `check_arcname`, the path helpers, `part_name`, `plan_entry`,
 `render_manifest`, `render_readme`. I/O: `PackageWriter` and `JsonlWriter`, which touch only
 files under `work_dir` (and delete each `src` they take in).
 """
@@ -56,6 +62,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self
+from urllib.parse import unquote
 
 from bot.clock import iso
 from bot.ids import is_guid
@@ -82,6 +89,49 @@ _EXT = re.compile(r"[a-z0-9]{1,10}")
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10)}
 )
+
+
+# A link with a query: anything up to a space or quote, then `?` and the query.
+_QUERIED = re.compile(r"[^\s\"'<>?]*\?[^\s\"'<>]*")
+# The query parameters of an Azure storage SAS: service, account and user-delegation SAS
+# (learn.microsoft.com "Create a service SAS" / "Create an account SAS").
+_SAS_PARAMETER = re.compile(
+    r"(?:^|[?&])(?:sig|se|st|sv|sp|sr|spr|ss|srt|si|sdd|skoid|sktid|skt|ske|sks|skv|saoid|suoid"
+    r"|scid|ses)=",
+    re.IGNORECASE,
+)
+SIGNED_LINKS_NOTE = (
+    "Links to stored files (image, thumbnail, prediction image and model links) are kept "
+    "without their access signature: the Training API hands out links that open the file for "
+    "anyone holding them, so the part after '?' was removed. What is left names where the file "
+    "is stored but does not open it; the files themselves are in this package where the export "
+    "included them."
+)
+
+
+def _unsigned_link(match: re.Match[str]) -> str:
+    link = match.group(0)
+    query = link.partition("?")[2]
+    # Percent-encoding (once or more, as in a link inside another link's query) hides nothing.
+    for _ in range(4):
+        if _SAS_PARAMETER.search(query):
+            return link.partition("?")[0]
+        decoded = unquote(query)
+        if decoded == query:
+            break
+        query = decoded
+    return link
+
+
+def unsigned(data: Any) -> Any:
+    """Return JSON `data` with the SAS query cut from every link in every string (and key)."""
+    if isinstance(data, str):
+        return _QUERIED.sub(_unsigned_link, data) if "?" in data else data
+    if isinstance(data, dict):
+        return {unsigned(k): unsigned(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [unsigned(v) for v in data]
+    return data
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -361,7 +411,7 @@ def render_manifest(
     parts: Sequence[tuple[str, int | None]],
 ) -> dict[str, Any]:
     """Return manifest.json's content; `parts` is (file name, size or None) in part order."""
-    return {
+    manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "request": {
@@ -384,8 +434,10 @@ def render_manifest(
             "it, nor the size of a part holding this manifest (null here): they were posted "
             "with the upload."
         ),
+        "links_note": SIGNED_LINKS_NOTE,
         "files": [f.to_dict() for f in sorted(files, key=lambda f: f.name)],
     }
+    return dict(unsigned(manifest))
 
 
 _PROJECT_PREFIX = re.compile(r"projects/[^/]+/")
@@ -511,7 +563,8 @@ def render_readme(
         "=" * len(title),
         "",
         "This package holds the data that the Azure Custom Vision Training API returned for "
-        "the request below, as it was returned: nothing was left out. Text files are UTF-8.",
+        "the request below, as it was returned: nothing was left out, except the access "
+        "signature of links (see Links). Text files are UTF-8.",
         "",
         f"Request:      {info.request_id}",
         f"Requested by: {info.requester}",
@@ -549,10 +602,12 @@ def render_readme(
         "`sha256sum <file>` (Linux), `shasum -a 256 <file>` (macOS) or "
         "`certutil -hashfile <file> SHA256` (Windows).",
     ]
+    lines += _section("Links")
+    lines.append(SIGNED_LINKS_NOTE)
     if notes:
         lines += _section("Notes")
         lines += [f"- {note}" for note in notes]
-    return "\n".join(lines) + "\n"
+    return str(unsigned("\n".join(lines) + "\n"))
 
 
 # --- the writer (I/O) -----------------------------------------------------------------------
@@ -660,7 +715,7 @@ class JsonlWriter:
 
     def write(self, obj: Any) -> None:
         """Append `obj` as one line; raise TypeError when it is not JSON-serializable."""
-        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        line = json.dumps(unsigned(obj), ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             if self._file is None:
                 raise RuntimeError(f"{self.name} is closed")
@@ -760,7 +815,7 @@ class PackageWriter:
         try:
             path = self._temp_file(".json")
             with path.open("w", encoding="utf-8", newline="\n") as f:
-                json.dump(data, f, ensure_ascii=False, indent=2)
+                json.dump(unsigned(data), f, ensure_ascii=False, indent=2)
                 f.write("\n")
         except BaseException:
             if path is not None:

@@ -272,20 +272,10 @@ class Service:
                     "in your privacy team's channel instead.)",
                 ),
             )
-        if isinstance(command, grammar.Export) and command.contains_images:
-            where = may_post_personal_data(
-                self.rules, channel.audience, what="This export (image files)"
-            )
+        if isinstance(command, grammar.Export) and command.personal:
+            where = may_post_personal_data(self.rules, channel.audience, what="This export")
             if not where:
-                return self._refuse(
-                    user_id,
-                    "command",
-                    Decision(
-                        False,
-                        f"{where.reason} To export metadata only, add `--no-files` (or "
-                        "`--no-images` for a project).",
-                    ),
-                )
+                return self._refuse(user_id, "command", where)
         manual = deletion and command.kind in {
             grammar.DeleteKind.ACCOUNT,
             grammar.DeleteKind.EXPORTS,
@@ -838,8 +828,25 @@ class Service:
         """Post a request's own audit trail into its thread once it has ended.
 
         With the work directory full, the trail waits: the runner's sweep of ended requests
-        without a report makes it once there is room (the request's outcome stands).
+        without a report makes it once there is room (the request's outcome stands). Not in a
+        channel where personal data may not go (policy.may_post_personal_data): the trail holds
+        the reason and the people; a note in the thread says where to get it.
         """
+        where = may_post_personal_data(
+            self.rules, self.directory.channel(record.channel).audience, what="The audit trail"
+        )
+        if not where:
+            with self.store.write() as conn:
+                self.store.post(
+                    conn,
+                    record.number,
+                    record.channel,
+                    f"{record.id}'s audit trail is not posted here. {where.reason} An approver "
+                    f"can get it with `{self.command} audit --request {record.id}` in a private "
+                    "channel.",
+                    key=f"trail:{record.number}:{record.status}",
+                )
+            return
         path = self.work_dir / "audit" / f"{record.id}-audit-trail.jsonl"
         # Written aside and renamed: the runner's sweep may make the same report at once.
         partial = path.with_name(f"{path.name}.{threading.get_ident()}.partial")

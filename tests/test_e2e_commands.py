@@ -74,14 +74,15 @@ def test_e2e_not_in_channel_explains_how_to_invite(stack: Stack) -> None:
     assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
 
 
-def test_e2e_images_refused_in_public_channel_unless_metadata_only(stack: Stack) -> None:
+def test_e2e_personal_exports_refused_in_public_channel_project_list_allowed(
+    stack: Stack,
+) -> None:
     project = stack.cv.data.project_ids()[0]
-    refused = stack.command(REQUESTER, f"export project {project}", channel=PUBLIC_CHANNEL).json()
-    assert "public channel" in refused["text"]
-    assert "--no-images" in refused["text"]
-    accepted = stack.command(
-        REQUESTER, f"export project {project} --no-images", channel=PUBLIC_CHANNEL
-    )
+    for text in (f"export project {project}", f"export project {project} --no-images"):
+        refused = stack.command(REQUESTER, text, channel=PUBLIC_CHANNEL).json()
+        assert "public channel" in refused["text"]
+        assert "BOT_ALLOW_PUBLIC_EXPORTS=true" in refused["text"]
+    accepted = stack.command(REQUESTER, "export projects", channel=PUBLIC_CHANNEL)
     rid = stack.request_id(accepted)
     assert stack.wait_status(rid, "done", "failed") == "done"
 

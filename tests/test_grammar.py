@@ -776,6 +776,8 @@ def test_grammar_knows_which_exports_hold_image_files(
     assert isinstance(command, Export)
     assert command.contains_images is contains_images
     assert command.needs_files is needs_files
+    # Only the project list and the account summary are free of personal data.
+    assert command.personal is not text.startswith(("export account", "export projects"))
 
 
 # --- storage -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import tracemalloc
 import zipfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from bot.clock import FakeClock
 from bot.package import (
     MIN_PART_BYTES,
+    SIGNED_LINKS_NOTE,
     FileEntry,
     PackageInfo,
     PackageWriter,
@@ -32,6 +34,7 @@ from bot.package import (
     prediction_image_path,
     project_path,
     safe_name,
+    unsigned,
 )
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -345,6 +348,7 @@ def test_package_layout_and_manifest(tmp_path: Path) -> None:
             "it, nor the size of a part holding this manifest (null here): they were posted "
             "with the upload."
         ),
+        "links_note": SIGNED_LINKS_NOTE,
     }
     assert [f["name"] for f in files] == sorted(set(names) - {"manifest.json"})
 
@@ -839,3 +843,67 @@ def test_package_zip_times_come_from_the_clock(tmp_path: Path) -> None:
         assert zf.getinfo("old.json").date_time == (1980, 1, 1, 0, 0, 0)
         assert zf.getinfo("new.json").date_time[:3] == (2029, 12, 17)
     assert re.fullmatch(r"[0-9a-f]{64}", parts[0].sha256)
+
+
+# --- signed links -----------------------------------------------------------------------------
+
+SAS = (
+    "sv=2020-04-08&st=2025-01-01T00%3A00%3A00Z&se=2099-01-01T00%3A00%3A00Z&sr=b&sp=r&sig=ab%2Bc%3D"
+)
+BLOB = "https://irisprodeuwest.blob.core.windows.net/i-0123/o-4567"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"{BLOB}?{SAS}", BLOB),
+        (f"{BLOB}?{SAS}#frag", BLOB),
+        (f"{BLOB}?SIG=x", BLOB),  # parameter names are case-insensitive to storage
+        (f"{BLOB}?comp=list&se=2099-01-01", BLOB),  # any SAS parameter, not only sig
+        (f"{BLOB}?skoid=1&sktid=2&sig=x", BLOB),  # user-delegation SAS
+        (f"i-0123/o-4567?{SAS}", "i-0123/o-4567"),  # relative (VNET) link with a signature
+        (f"see {BLOB}?{SAS} and {BLOB}?{SAS}.", f"see {BLOB} and {BLOB}"),
+        (f"https://x/r?next={BLOB}%3Fsig%3Dabc", "https://x/r"),  # encoded inside a query
+        (f"https://x/r?next={BLOB}%253Fsig%253Dabc", "https://x/r"),  # encoded twice
+        (f"{BLOB}?comp=list&restype=container", f"{BLOB}?comp=list&restype=container"),
+        ("https://x/search?q=response", "https://x/search?q=response"),  # no SAS parameter
+        ("what? who?", "what? who?"),
+        ("", ""),
+    ],
+)
+def test_unsigned_drops_the_sas_query_of_every_link(value: str, expected: str) -> None:
+    assert unsigned(value) == expected
+
+
+def test_unsigned_walks_every_json_value_and_keeps_the_rest() -> None:
+    data = {
+        "originalImageUri": f"{BLOB}?{SAS}",
+        "nested": [{"downloadUri": f"{BLOB}.zip?{SAS}"}, 1, 2.5, None, True],
+        f"{BLOB}?{SAS}": "a key too",
+        "tuple": (f"{BLOB}?{SAS}",),
+    }
+    assert unsigned(data) == {
+        "originalImageUri": BLOB,
+        "nested": [{"downloadUri": f"{BLOB}.zip"}, 1, 2.5, None, True],
+        BLOB: "a key too",
+        "tuple": [BLOB],
+    }
+
+
+def test_writer_strips_signatures_from_every_json_file_manifest_and_readme(
+    tmp_path: Path,
+) -> None:
+    info = replace(INFO, reason=f"see {BLOB}?{SAS}")
+    with PackageWriter(tmp_path, info, max_part_bytes=10**6, clock=lambda: START) as pkg:
+        pkg.write_json("images.json", [{"originalImageUri": f"{BLOB}?{SAS}"}])
+        with pkg.jsonl("predictions.jsonl") as lines:
+            lines.write({"thumbnailUri": f"{BLOB}?{SAS}"})
+        pkg.note(f"a note naming {BLOB}?{SAS}")
+        parts = pkg.finish()
+    with zipfile.ZipFile(parts[0].path) as archive:
+        texts = {n: archive.read(n).decode() for n in archive.namelist()}
+    assert set(texts) == {"images.json", "predictions.jsonl", "README.txt", "manifest.json"}
+    for name, text in texts.items():
+        assert "sig=" not in text and "?sv=" not in text, name
+        assert BLOB in text, name
+    assert "signature" in texts["README.txt"]
