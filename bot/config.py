@@ -21,6 +21,41 @@ _SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The documented range of a numeric setting (inclusive at both ends)."""
+
+    low: float
+    high: float
+    unit: str
+    whole: bool = False  # a whole number (int) instead of a decimal (float)
+
+    @property
+    def text(self) -> str:
+        """Return the range as the README and .env.example write it, e.g. `1 to 1000`."""
+        return f"{self.low:g} to {self.high:g}"
+
+
+# Every numeric setting and its range: the one place the README table and .env.example quote
+# (tests hold them together). The ends are what the bot is tested with and what still makes
+# sense: beyond them a value is a typo or breaks something (a TTL of 1e9 hours overflows every
+# date the bot computes).
+NUMBERS: dict[str, Bounds] = {
+    # Azure allows 10 calls/s per resource; more is only for the local emulators.
+    "CUSTOM_VISION_TPS": Bounds(0.1, 1000, "calls per second"),
+    # Art. 12(3) GDPR gives a month to answer; sub-minute values are for tests.
+    "BOT_APPROVAL_TTL_HOURS": Bounds(0.0001, 720, "hours"),
+    "BOT_REQUIRED_APPROVALS": Bounds(1, 10, "approvers", whole=True),
+    # Slack's limit for one file is 1 GB.
+    "BOT_MAX_FILE_MB": Bounds(1, 1000, "MB", whole=True),
+    "PORT": Bounds(0, 65535, "TCP port, 0: any free port", whole=True),
+    "BOT_WORKERS": Bounds(1, 32, "workers", whole=True),
+    "BOT_DOWNLOAD_CONCURRENCY": Bounds(1, 64, "parallel downloads", whole=True),
+    "BOT_HEALTH_MAX_QUEUE_SECONDS": Bounds(1, 86400, "seconds", whole=True),
+    "BOT_JOB_LEASE_SECONDS": Bounds(5, 3600, "seconds", whole=True),
+}
+
+
 class Secret:
     """A secret string: `reveal()` gives the value; repr and str never do."""
 
@@ -127,43 +162,34 @@ class _Reader:
             self.problems.append(f"{name}={raw!r} is malformed: {hint}")
             return default
 
+    def number(self, name: str, default: float) -> Any:
+        """Return the numeric setting `name` within its NUMBERS range, else note a problem."""
+        bounds = NUMBERS[name]
+        raw = self.text(name)
+        if not raw:
+            return default
+        expected = f"expected {'a whole number' if bounds.whole else 'a number'} from " + (
+            f"{bounds.text} ({bounds.unit})"
+        )
+        try:
+            value: float = int(raw) if bounds.whole else float(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is malformed: {expected}")
+            return default
+        if value != value:  # nan
+            self.problems.append(f"{name}={raw!r} is malformed: {expected}")
+            return default
+        if not bounds.low <= value <= bounds.high:
+            self.problems.append(f"{name}={raw!r} is out of range: {expected}")
+            return default
+        return value
+
     def ids(self, name: str, pattern: re.Pattern[str], hint: str) -> tuple[str, ...]:
         items = tuple(dict.fromkeys(p.strip() for p in self.text(name).split(",") if p.strip()))
         bad = [item for item in items if not pattern.match(item)]
         if bad:
             self.problems.append(f"{name} has malformed ids {', '.join(bad)}: {hint}")
         return tuple(item for item in items if pattern.match(item))
-
-
-def _positive_number(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(raw)
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value
-
-
-def _whole_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if not low <= value <= high:
-            raise ValueError(raw)
-        return value
-
-    return parse
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError(raw)
-    return value
 
 
 def _boolean(raw: str) -> bool:
@@ -248,9 +274,7 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         slack_api_url=api_url,
         custom_vision_endpoint=endpoint,
         custom_vision_training_key=Secret(training_key),
-        custom_vision_tps=r.parsed(
-            "CUSTOM_VISION_TPS", 10.0, _positive_number, "expected a number of calls per second > 0"
-        ),
+        custom_vision_tps=r.number("CUSTOM_VISION_TPS", 10.0),
         bot_command=command,
         database=Path(r.text("BOT_DATABASE", "./data/cvdsr.db")),
         work_dir=Path(r.text("BOT_WORK_DIR", "./data/work")),
@@ -264,33 +288,20 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         audit_channel=r.parsed(
             "BOT_AUDIT_CHANNEL", None, _channel_id, "expected one channel id (C... or G...)"
         ),
-        approval_ttl_hours=r.parsed(
-            "BOT_APPROVAL_TTL_HOURS", 24.0, _positive_number, "expected a number of hours > 0"
-        ),
-        required_approvals=r.parsed(
-            "BOT_REQUIRED_APPROVALS", 1, _positive_int, "expected a whole number >= 1"
-        ),
+        approval_ttl_hours=r.number("BOT_APPROVAL_TTL_HOURS", 24.0),
+        required_approvals=r.number("BOT_REQUIRED_APPROVALS", 1),
         allow_public_exports=r.parsed(
             "BOT_ALLOW_PUBLIC_EXPORTS", False, _boolean, "expected true or false"
         ),
         allow_shared_exports=r.parsed(
             "BOT_ALLOW_SHARED_CHANNEL_EXPORTS", False, _boolean, "expected true or false"
         ),
-        max_file_mb=r.parsed("BOT_MAX_FILE_MB", 1000, _max_file_mb, "expected 1 to 1000 (MB)"),
-        port=r.parsed("PORT", 3000, _port, "expected a TCP port 0-65535 (0: any free port)"),
-        workers=r.parsed("BOT_WORKERS", 2, _positive_int, "expected a whole number >= 1"),
-        download_concurrency=r.parsed(
-            "BOT_DOWNLOAD_CONCURRENCY", 16, _positive_int, "expected a whole number >= 1"
-        ),
-        health_max_queue_seconds=r.parsed(
-            "BOT_HEALTH_MAX_QUEUE_SECONDS",
-            900,
-            _whole_between(1, 86400),
-            "expected 1 to 86400 (seconds)",
-        ),
-        job_lease_seconds=r.parsed(
-            "BOT_JOB_LEASE_SECONDS", 60, _whole_between(5, 3600), "expected 5 to 3600 (seconds)"
-        ),
+        max_file_mb=r.number("BOT_MAX_FILE_MB", 1000),
+        port=r.number("PORT", 3000),
+        workers=r.number("BOT_WORKERS", 2),
+        download_concurrency=r.number("BOT_DOWNLOAD_CONCURRENCY", 16),
+        health_max_queue_seconds=r.number("BOT_HEALTH_MAX_QUEUE_SECONDS", 900),
+        job_lease_seconds=r.number("BOT_JOB_LEASE_SECONDS", 60),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -301,10 +312,3 @@ def _channel_id(raw: str) -> str:
     if not _CHANNEL_ID.match(raw):
         raise ValueError(raw)
     return raw
-
-
-def _max_file_mb(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 1000:
-        raise ValueError(raw)
-    return value

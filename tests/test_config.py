@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.config import Config, Secret, load_config, read_environment
+from bot.config import NUMBERS, Config, Secret, load_config, read_environment
 from bot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +124,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     declared = re.findall(r"^([A-Z_]+)=", example, re.MULTILINE)
     source = (ROOT / "bot" / "config.py").read_text(encoding="utf-8")
-    read = set(re.findall(r'r\.(?:text|parsed|ids)\(\s*"([A-Z_]+)"', source))
+    read = set(re.findall(r'r\.(?:text|parsed|ids|number)\(\s*"([A-Z_]+)"', source))
     assert read, "the pattern must find the variables"
     assert set(declared) == read
     assert len(declared) == len(set(declared))
@@ -139,3 +144,140 @@ def test_readme_configuration_table_matches_env_example() -> None:
     for name, value in defaults.items():  # a default in .env.example is the README's default
         row = next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"`{value}`" in row, name
+
+
+# --- numeric settings are bounded ---------------------------------------------------------------
+
+
+def _row(section: str, name: str) -> list[str]:
+    line = next(x for x in section.splitlines() if x.startswith(f"| `{name}` |"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_every_numeric_setting_documents_its_range_in_readme_and_env_example() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    source = (ROOT / "bot" / "config.py").read_text(encoding="utf-8")
+    assert set(re.findall(r'r\.number\(\s*"([A-Z_]+)"', source)) == set(NUMBERS)
+    numeric_fields = {
+        f.name for f in Config.__dataclass_fields__.values() if f.type in ("int", "float")
+    }
+    assert len(numeric_fields) == len(NUMBERS), "every int/float setting has a range"
+    defaults = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    for name, bounds in NUMBERS.items():
+        assert _row(section, name)[2] == bounds.text, name
+        comment = example.split(f"\n{name}=")[0].rsplit("\n\n", 1)[-1].rsplit("=", 1)[-1]
+        assert f"Range: {bounds.text}." in comment, name
+        default = float(defaults[name])
+        assert bounds.low <= default <= bounds.high, name
+        # The documented default is the one the bot uses when the variable is unset.
+        assert load_config({name: defaults[name]}, serve=False) == Config(), name
+    for name in set(defaults) - set(NUMBERS):
+        assert _row(section, name)[2] == "—", name
+
+
+def _edges(name: str) -> list[tuple[str, bool]]:
+    """Return (raw value, accepted) at and beyond the range of `name`, and nonsense."""
+    b = NUMBERS[name]
+    step = 1 if b.whole else b.low / 10
+    beyond_high = b.high + (1 if b.whole else b.high / 1000)
+    cases = [
+        (f"{b.low:g}", True),
+        (f"{b.high:g}", True),
+        (f"{b.low - step:g}", False),
+        (f"{beyond_high:g}" if b.whole else repr(beyond_high), False),
+        ("-1", False),
+        ("nan", False),
+        ("inf", False),
+        ("-inf", False),
+        ("1e9", False),
+        ("1e12", False),
+        ("1e309", False),
+        ("ten", False),
+    ]
+    if b.whole:
+        cases.append((f"{b.low + 0.5:g}", False))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "accepted"),
+    [(name, raw, ok) for name in NUMBERS for raw, ok in _edges(name)],
+)
+def test_numeric_setting_at_and_beyond_its_bounds(name: str, raw: str, accepted: bool) -> None:
+    bounds = NUMBERS[name]
+    env = {**VALID, name: raw}
+    if accepted:
+        config = load_config(env)
+        value = {f.name: getattr(config, f.name) for f in Config.__dataclass_fields__.values()}
+        assert float(raw) in value.values()
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{name}={raw!r} is ")
+    assert f"from {bounds.text} ({bounds.unit})" in problem
+
+
+def test_out_of_range_numbers_are_reported_with_every_other_problem() -> None:
+    env = {name: "1e12" for name in NUMBERS} | {"BOT_AUDIT_CHANNEL": "general"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    problems = caught.value.problems
+    named = [p.split(" ")[0].split("=")[0] for p in problems]
+    assert set(NUMBERS) | {"BOT_AUDIT_CHANNEL", "SLACK_BOT_TOKEN"} <= set(named)
+    for name, bounds in NUMBERS.items():
+        assert any(p.startswith(name) and bounds.text in p for p in problems), name
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_bot_process_refuses_out_of_range_settings_naming_them(
+    tmp_path: Path, command: str
+) -> None:
+    """The issue's case: TTL 1e12 crashed `serve` with a raw OverflowError; 1e9 was accepted."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        **VALID,
+        "CUSTOM_VISION_ENDPOINT": "http://127.0.0.1:9",
+        "BOT_DATABASE": str(tmp_path / "cvdsr.db"),
+        "BOT_WORK_DIR": str(tmp_path / "work"),
+        "BOT_APPROVAL_TTL_HOURS": "1e12",
+        "BOT_WORKERS": "1e9",
+        "BOT_DOWNLOAD_CONCURRENCY": "nan",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "OverflowError" not in done.stderr
+    assert "Configuration has 3 problem(s)" in done.stderr
+    for name in ("BOT_APPROVAL_TTL_HOURS", "BOT_WORKERS", "BOT_DOWNLOAD_CONCURRENCY"):
+        assert f"{name}=" in done.stderr
+        assert NUMBERS[name].text in done.stderr
+    assert not (tmp_path / "cvdsr.db").exists()
+
+
+def test_e2e_deletion_works_at_the_longest_approval_ttl(stacks: Any) -> None:
+    """1e9 hours was accepted and every deletion then failed; the top of the range works."""
+    from bot.emulators.stack import APPROVER, REQUESTER
+
+    high = NUMBERS["BOT_APPROVAL_TTL_HOURS"].high
+    stack = stacks(env={"BOT_APPROVAL_TTL_HOURS": f"{high:g}"})
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid).error
+    record = stack.bot.store.get(rid)
+    assert record.expires_at is not None
+    assert record.expires_at - stack.bot.store.clock.now() > timedelta(hours=high - 1)
+    stack.wait_delivered()
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
