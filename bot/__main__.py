@@ -112,30 +112,40 @@ def serve(config: Config, *, stop: threading.Event | None = None) -> int:
         lock.close()
 
 
-def read_witness(path: Path) -> list[tuple[int, str]]:
-    """Return the (seq, hash prefix) pairs of the audit mirror lines found in `path`.
+def read_export(path: Path) -> list[dict[str, object]]:
+    """Return the messages of a Slack export of one channel, oldest first.
 
-    `path` is the audit channel as Slack exports it (JSON files of messages with a "text"), or
-    plain text; a message or text may hold many mirrored lines, one per line.
+    `path` is the channel's folder of a Slack data export (one JSON file per day), one such
+    file, or a JSON file holding a list of messages or {"messages": [...]} (what
+    conversations.history returns). Raises ValueError for anything else.
     """
-    raw = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        texts = raw.splitlines()
-    else:
-        messages = data if isinstance(data, list) else data.get("messages", [])
-        texts = [str(m.get("text", "")) for m in messages if isinstance(m, dict)]
-    from bot import audit
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    messages: list[dict[str, object]] = []
+    for file in files:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ValueError(
+                f"{file} is not JSON: a witness is Slack's JSON export of the audit channel "
+                "(plain text cannot tell the bot's lines from anyone else's)"
+            ) from None
+        found = data.get("messages") if isinstance(data, dict) else data
+        if not isinstance(found, list):
+            raise ValueError(f"{file} holds no list of Slack messages")
+        messages.extend(m for m in found if isinstance(m, dict))
+    return sorted(messages, key=lambda m: float(str(m.get("ts") or 0)))
 
-    return [pair for text in texts for pair in audit.parse_mirror_lines(text)]
+
+MAX_IGNORED_SHOWN = 50
 
 
-def audit_verify(config: Config, witness: Path | None = None) -> int:
+def audit_verify(config: Config, witness: Path | None = None, bot: str | None = None) -> int:
     """Verify the audit chain of the database file offline; return 0 when intact.
 
     With `witness` (an export of BOT_AUDIT_CHANNEL), the chain must also match every line
-    Slack kept, which catches a rewritten or truncated database.
+    the bot posted there, as Slack kept it, which catches a rewritten or truncated database.
+    Lines anyone else posted (or edited, or replied in a thread) are listed and ignored; `bot`
+    pins the bot's user or bot id (default: the one app whose messages carry audit lines).
     """
     from bot import audit
     from bot.db import connect
@@ -147,9 +157,19 @@ def audit_verify(config: Config, witness: Path | None = None) -> int:
     try:
         result = audit.verify(conn)
         if result.ok and witness is not None:
-            pairs = read_witness(witness)
-            result = audit.check_against_witness(conn, pairs)
-            print(f"Checked against {len(pairs)} witnessed lines from {witness}.")
+            try:
+                seen = audit.read_witness(read_export(witness), bot)
+            except (OSError, ValueError) as exc:
+                print(f"Cannot use the witness {witness}: {exc}", file=sys.stderr)
+                return 2
+            result = audit.check_against_witness(conn, seen.lines)
+            print(f"Checked against {len(seen.lines)} lines posted by {seen.bot} in {witness}.")
+            if seen.ignored:
+                print(f"Ignored {len(seen.ignored)} line(s) that read like audit lines:")
+            for line in seen.ignored[:MAX_IGNORED_SHOWN]:
+                print(f"  ts {line.ts} by {line.author}: {line.reason}: {line.text[:80]!r}")
+            if len(seen.ignored) > MAX_IGNORED_SHOWN:
+                print(f"  … and {len(seen.ignored) - MAX_IGNORED_SHOWN} more")
     finally:
         conn.close()
     print(result.summary())
@@ -171,7 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_parser = sub.add_parser("audit", help="audit log tools")
     audit_parser.add_argument("action", choices=("verify",))
     audit_parser.add_argument(
-        "--witness", type=Path, help="an export of the audit channel to check the chain against"
+        "--witness",
+        type=Path,
+        help="Slack's JSON export of the audit channel (its folder, or one file) to check against",
+    )
+    audit_parser.add_argument(
+        "--bot-user",
+        metavar="ID",
+        help="the bot's user id (U...) or bot id (B...) whose lines count (default: the only app "
+        "that posted audit lines)",
     )
     args = parser.parse_args(argv)
 
@@ -196,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.checks import print_checks
 
             return print_checks(config)
-        return audit_verify(config, args.witness)
+        return audit_verify(config, args.witness, args.bot_user)
     except ConfigError as exc:
         print(exc.user_message, file=sys.stderr)
         print("See .env.example and README.md (Configuration).", file=sys.stderr)

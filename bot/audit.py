@@ -533,3 +533,90 @@ def parse_mirror_lines(text: str) -> list[tuple[int, str]]:
     """Return the (seq, hash prefix) of every mirror line in one message (the outbox posts
     many lines per message; each line stands alone)."""
     return [pair for line in text.splitlines() if (pair := parse_mirror_line(line)) is not None]
+
+
+@dataclass(frozen=True)
+class IgnoredLine:
+    """A message in the witness that reads like a mirror line but is not the bot's own."""
+
+    ts: str
+    author: str
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Witness:
+    """What a Slack export of the audit channel witnesses: only the bot's own mirror lines."""
+
+    bot: str  # who was trusted, e.g. "U0BOT (bot B0BOT)"
+    lines: tuple[tuple[int, str], ...]  # (seq, hash prefix) of the bot's lines
+    ignored: tuple[IgnoredLine, ...]
+
+
+def _author(message: Mapping[str, Any]) -> str:
+    user, bot_id = str(message.get("user") or "?"), str(message.get("bot_id") or "")
+    return f"{user} (bot {bot_id})" if bot_id else user
+
+
+def _not_the_bots(message: Mapping[str, Any], bot: frozenset[str]) -> str | None:
+    """Return why `message` does not count as the bot's own mirror line, or None."""
+    if not bot & {message.get("user"), message.get("bot_id")}:
+        if message.get("bot_id"):
+            return "posted by another app, not the bot"
+        return "posted by a person, not the bot"
+    if message.get("subtype") not in (None, "bot_message"):
+        return f"a {message.get('subtype')} message, not a plain post"
+    thread = message.get("thread_ts")
+    if thread and thread != message.get("ts"):
+        return "a thread reply (the bot posts audit lines at the top level)"
+    if message.get("edited"):
+        edited = message["edited"]
+        by = edited.get("user", "?") if isinstance(edited, Mapping) else "?"
+        return f"edited by {by} after it was posted"
+    return None
+
+
+def read_witness(messages: Iterable[Mapping[str, Any]], bot: str | None = None) -> Witness:
+    """Return the mirror lines that the bot itself posted among Slack's `messages`.
+
+    A message counts only when the bot posted it (its user id or bot id is `bot`), at the top
+    level, unedited; every other message that reads like a mirror line is listed as ignored.
+    Anyone in the channel can type "#3 ... · hash 0123..."; only Slack can set a message's
+    author. Without `bot`, the one app whose messages carry mirror lines is the bot (persons
+    never have a bot id); raises ValueError when there is none, or several to choose from.
+    """
+    candidates = [
+        (m, pairs)
+        for m in messages
+        if isinstance(m, Mapping) and (pairs := parse_mirror_lines(str(m.get("text", ""))))
+    ]
+    if bot is None:
+        apps = sorted(
+            {str(m["bot_id"]) for m, _ in candidates if m.get("bot_id")},
+        )
+        if not apps:
+            raise ValueError(
+                "no audit line in the export was posted by an app: a witness must be Slack's "
+                "JSON export of the audit channel, where each message names its author"
+            )
+        if len(apps) > 1:
+            raise ValueError(
+                f"audit lines were posted by several apps ({', '.join(apps)}): name the bot's "
+                "user id with --bot-user (`python -m bot check` shows it)"
+            )
+        bot = apps[0]
+    # The bot's user id and bot id go together: either one names it.
+    mine = [m for m, _ in candidates if bot in (m.get("user"), m.get("bot_id"))]
+    ids = frozenset({bot} | {str(m[k]) for m in mine for k in ("user", "bot_id") if m.get(k)})
+    trusted = _author(mine[0]) if mine else bot
+    lines: list[tuple[int, str]] = []
+    ignored: list[IgnoredLine] = []
+    for message, pairs in candidates:
+        reason = _not_the_bots(message, ids)
+        if reason is None:
+            lines.extend(pairs)
+        else:
+            text = str(message.get("text", ""))
+            ignored.append(IgnoredLine(str(message.get("ts", "?")), _author(message), reason, text))
+    return Witness(trusted, tuple(lines), tuple(ignored))

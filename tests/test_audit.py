@@ -757,3 +757,49 @@ def test_audit_concurrent_appends_make_one_valid_chain(tmp_path: Path) -> None:
         assert by_actor == {f"U{w}": list(range(per_thread)) for w in range(4)}
     finally:
         setup.close()
+
+
+# --- which witness lines count ------------------------------------------------------------------
+
+LINE = "#{} x by U1 · ok · hash " + "ab" * 8 + "…"
+BOT = {"user": "U0BOT", "bot_id": "B0BOT"}
+
+
+def _msg(seq: int, ts: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "message", "ts": ts, "text": LINE.format(seq), **fields}
+
+
+def test_witness_counts_only_the_bots_top_level_unedited_lines() -> None:
+    messages = [
+        _msg(1, "1.0", **BOT),
+        _msg(2, "2.0", user="U0EVE"),
+        _msg(3, "3.0", user="U0APP", bot_id="B0APP"),
+        _msg(4, "4.0", **BOT, thread_ts="1.0"),
+        _msg(5, "5.0", **BOT, edited={"user": "U0BOT", "ts": "6.0"}),
+        _msg(6, "6.0", **BOT, subtype="thread_broadcast", thread_ts="1.0"),
+        _msg(7, "7.0", **BOT, thread_ts="7.0"),  # a thread's parent is top level
+        _msg(8, "8.0", subtype="bot_message", bot_id="B0BOT", username="legacy"),
+        {"type": "message", "ts": "9.0", "text": "hello", **BOT},
+    ]
+    seen = audit.read_witness(messages, "U0BOT")
+    assert seen.bot == "U0BOT (bot B0BOT)"
+    assert [seq for seq, _ in seen.lines] == [1, 7, 8]  # 8: its bot id is the bot's
+    assert [(i.ts, i.reason.split(" ")[0:3]) for i in seen.ignored] == [
+        ("2.0", ["posted", "by", "a"]),
+        ("3.0", ["posted", "by", "another"]),
+        ("4.0", ["a", "thread", "reply"]),
+        ("5.0", ["edited", "by", "U0BOT"]),
+        ("6.0", ["a", "thread_broadcast", "message,"]),
+    ]
+    by_bot_id = audit.read_witness(messages, "B0BOT")
+    assert [seq for seq, _ in by_bot_id.lines] == [1, 7, 8]
+
+
+def test_witness_finds_the_only_app_or_asks_which() -> None:
+    assert audit.read_witness([_msg(1, "1.0", **BOT), _msg(2, "2.0", user="U0EVE")]).bot == (
+        "U0BOT (bot B0BOT)"
+    )
+    with pytest.raises(ValueError, match="no audit line in the export was posted by an app"):
+        audit.read_witness([_msg(1, "1.0", user="U0EVE"), {"text": LINE.format(2)}])
+    with pytest.raises(ValueError, match=r"several apps \(B0APP, B0BOT\).*--bot-user"):
+        audit.read_witness([_msg(1, "1.0", **BOT), _msg(2, "2.0", user="U0A", bot_id="B0APP")])

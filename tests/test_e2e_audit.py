@@ -131,7 +131,7 @@ def test_e2e_slack_witness_catches_a_truncated_database(stack: Stack) -> None:
     witnessed = [pair for m in mirror for pair in audit.parse_mirror_lines(m.text)]
     assert [seq for seq, _ in witnessed] == list(range(1, count + 1))
     export = stack.config.database.parent / "audit-channel.json"
-    export.write_text(json.dumps([{"text": m.text} for m in mirror]), encoding="utf-8")
+    export.write_text(json.dumps(stack.slack.export_channel(AUDIT_CHANNEL)), encoding="utf-8")
     assert offline_verify(stack, "--witness", str(export)).returncode == 0
 
     # Drop the tail: the chain left behind is internally valid, but Slack remembers more.
@@ -140,3 +140,84 @@ def test_e2e_slack_witness_catches_a_truncated_database(stack: Stack) -> None:
     caught = offline_verify(stack, "--witness", str(export))
     assert caught.returncode == 1
     assert f"#{count - 2}" in caught.stdout
+
+
+def export_folder(stack: Stack) -> Path:
+    """Write the audit channel as a Slack data export lays it out: a folder of daily files."""
+    folder = stack.config.database.parent / "export" / "dsr-audit"
+    folder.mkdir(parents=True)
+    messages = stack.slack.export_channel(AUDIT_CHANNEL)
+    half = len(messages) // 2
+    (folder / "2026-12-01.json").write_text(json.dumps(messages[:half]), encoding="utf-8")
+    (folder / "2026-12-02.json").write_text(json.dumps(messages[half:]), encoding="utf-8")
+    return folder
+
+
+def test_e2e_witness_trusts_only_the_bots_own_lines(stack: Stack) -> None:
+    """The issue's case: a person's "#3 joke · hash 0123…" made the witness report a break."""
+    run_deletion(stack)
+    slack = stack.slack
+    mirror = slack.messages(AUDIT_CHANNEL)
+    fake = "#3 joke by U0MALLORY · ok · hash 0123456789abcdef…"
+    slack.post_as(AUDIT_CHANNEL, STRANGER.user_id, fake)  # a person
+    slack.post_as(AUDIT_CHANNEL, "U0OTHERAPP", fake.replace("#3", "#4"), bot_id="B0OTHER")
+    slack.post_as(AUDIT_CHANNEL, STRANGER.user_id, fake.replace("#3", "#5"), thread_ts=mirror[0].ts)
+    # Even the bot's own thread reply does not count: it posts audit lines at the top level.
+    bot_reply = fake.replace("#3", "#8")
+    slack.post_as(
+        AUDIT_CHANNEL, slack.bot_user_id, bot_reply, bot_id=slack.bot_id, thread_ts=mirror[1].ts
+    )
+    slack.edit_as(AUDIT_CHANNEL, mirror[5].ts, slack.bot_user_id, fake.replace("#3", "#6"))
+    person = slack.post_as(AUDIT_CHANNEL, STRANGER.user_id, "lunch?")
+    slack.edit_as(AUDIT_CHANNEL, person, STRANGER.user_id, fake.replace("#3", "#7"))
+    folder = export_folder(stack)
+
+    result = offline_verify(stack, "--witness", str(folder), "--bot-user", slack.bot_user_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Audit log intact" in result.stdout
+    assert f"Checked against {len(mirror) - 1} lines posted by U0BOT (bot B0BOT)" in result.stdout
+    assert "Ignored 6 line(s)" in result.stdout
+    for reason in (
+        f"by {STRANGER.user_id}: posted by a person, not the bot",
+        "by U0OTHERAPP (bot B0OTHER): posted by another app, not the bot",
+        "by U0BOT (bot B0BOT): a thread reply",
+        "by U0BOT (bot B0BOT): edited by U0BOT after it was posted",
+    ):
+        assert reason in result.stdout, reason
+
+    # Without --bot-user the bot is the only app posting audit lines; here there are two.
+    ambiguous = offline_verify(stack, "--witness", str(folder))
+    assert ambiguous.returncode == 2
+    assert "B0BOT, B0OTHER" in ambiguous.stderr and "--bot-user" in ambiguous.stderr
+
+
+def test_e2e_witness_without_other_apps_finds_the_bot_and_still_catches_truncation(
+    stack: Stack,
+) -> None:
+    run_deletion(stack)
+    stack.slack.post_as(AUDIT_CHANNEL, STRANGER.user_id, "#2 joke · ok · hash 0123456789abcdef…")
+    folder = export_folder(stack)
+    result = offline_verify(stack, "--witness", str(folder))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ignored 1 line(s)" in result.stdout
+    (count,) = stack.bot.db.conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+    tamper(stack.config.database, f"DELETE FROM audit_events WHERE seq > {count - 2}")
+    caught = offline_verify(stack, "--witness", str(folder))
+    assert caught.returncode == 1
+    assert f"BROKEN at event #{count - 1}" in caught.stdout
+
+
+def test_e2e_witness_refuses_plain_text_and_exports_without_authors(stack: Stack) -> None:
+    run_deletion(stack)
+    folder = stack.config.database.parent
+    text = folder / "audit.txt"
+    text.write_text("\n".join(m.text for m in stack.slack.messages(AUDIT_CHANNEL)), "utf-8")
+    anonymous = folder / "anonymous.json"
+    anonymous.write_text(
+        json.dumps([{"text": m.text} for m in stack.slack.messages(AUDIT_CHANNEL)])
+    )
+    for path, problem in ((text, "is not JSON"), (anonymous, "no audit line in the export")):
+        result = offline_verify(stack, "--witness", str(path))
+        assert result.returncode == 2
+        assert problem in result.stderr
+        assert "Traceback" not in result.stderr

@@ -179,6 +179,10 @@ class Message:
     deleted: bool = False
     reply_broadcast: bool = False
     via: str = "chat.postMessage"  # or "response_url", "ack", "files.completeUploadExternal"
+    # Who posted it: the bot (user=bot user, bot_id=its bot), another app (its own bot user
+    # and bot id) or a person (no bot id). `post_as` adds the last two.
+    bot_id: str = ""
+    edited: tuple[str, str] | None = None  # (user, ts) of a person's edit (`edit_as`)
 
 
 @dataclass(frozen=True)
@@ -1274,6 +1278,42 @@ class SlackEmulator:
                     found.append(message)
             return copy.deepcopy(sorted(found, key=lambda m: _ts_key(m.ts)))
 
+    def post_as(
+        self, channel_id: str, user_id: str, text: str, *, bot_id: str = "", thread_ts: str = ""
+    ) -> str:
+        """Post a message as a person (or, with `bot_id`, as another app); return its ts."""
+        with self._lock:
+            ts = self._next_ts()
+            self._messages[(channel_id, ts)] = Message(
+                ts=ts,
+                channel=channel_id,
+                user=user_id,
+                text=text,
+                blocks=[],
+                thread_ts=thread_ts or None,
+                updates=0,
+                files=[],
+                via="client",
+                bot_id=bot_id,
+            )
+        return ts
+
+    def edit_as(self, channel_id: str, ts: str, user_id: str, text: str) -> None:
+        """Change a message's text as `user_id` did in the client (it shows as edited)."""
+        with self._lock:
+            message = self._messages[(channel_id, ts)]
+            edited = self._replace_content(message, text, None)
+            self._messages[(channel_id, ts)] = replace(edited, edited=(user_id, self._next_ts()))
+
+    def export_channel(self, channel_id: str) -> list[JsonObject]:
+        """Return the channel's messages as a Slack data export holds them: every message,
+        thread replies included, oldest first, each as Slack's message object."""
+        with self._lock:
+            found = [
+                m for m in self._messages.values() if m.channel == channel_id and not m.deleted
+            ]
+            return [self._message_payload(m) for m in sorted(found, key=lambda m: _ts_key(m.ts))]
+
     def message(self, channel_id: str, ts: str) -> Message | None:
         """Return one message (deleted ones included), or None."""
         with self._lock:
@@ -1401,28 +1441,32 @@ class SlackEmulator:
         return channel
 
     def _message_payload(self, message: Message) -> JsonObject:
-        data: JsonObject = {
-            "user": message.user,
-            "type": "message",
-            "ts": message.ts,
-            "bot_id": self.bot_id,
-            "app_id": self.app_id,
-            "text": message.text,
-            "team": self.team_id,
-            "bot_profile": {
-                "id": self.bot_id,
-                "app_id": self.app_id,
-                "name": self.bot_name,
+        # A bot user's message carries bot_id, app_id and bot_profile; a person's carries only
+        # user (Slack's message object and export format, api.slack.com/events/message and
+        # "How to read Slack data exports"; the other app's ids here are inferred).
+        data: JsonObject = {"user": message.user, "type": "message", "ts": message.ts}
+        if message.bot_id:
+            app_id = self.app_id if message.bot_id == self.bot_id else f"A{message.bot_id[1:]}"
+            name = self.bot_name if message.bot_id == self.bot_id else message.user.lower()
+            data |= {"bot_id": message.bot_id, "app_id": app_id}
+        data |= {"text": message.text, "team": self.team_id}
+        if message.bot_id:
+            data["bot_profile"] = {
+                "id": message.bot_id,
+                "app_id": data["app_id"],
+                "name": name,
                 "deleted": False,
                 "team_id": self.team_id,
-            },
-            "blocks": copy.deepcopy(message.blocks),
-        }
+            }
+        data["blocks"] = copy.deepcopy(message.blocks)
+        if message.edited is not None:
+            data["edited"] = {"user": message.edited[0], "ts": message.edited[1]}
         if message.attachments:
             data["attachments"] = copy.deepcopy(message.attachments)
         if message.thread_ts and message.thread_ts != message.ts:
             data["thread_ts"] = message.thread_ts
-            data["parent_user_id"] = self.bot_user_id
+            parent = self._messages.get((message.channel, message.thread_ts))
+            data["parent_user_id"] = parent.user if parent is not None else self.bot_user_id
         if message.files:
             data["files"] = [{"id": file_id} for file_id in message.files]
         return data
@@ -1452,6 +1496,7 @@ class SlackEmulator:
             attachments=copy.deepcopy(attachments),
             reply_broadcast=reply_broadcast,
             via=via,
+            bot_id=self.bot_id,
         )
         self._messages[(channel, ts)] = message
         return message
