@@ -34,6 +34,7 @@ from bot.exporter import (
     run_export,
     summary,
 )
+from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
 from bot.store import RequestRecord
 from tests.harness import REQUESTER, JobHarness, job_parts
@@ -173,8 +174,8 @@ class Harness(JobHarness):
         return Counter(c.path for c in self.cv.calls_to("Blob"))
 
     def api(self, p: str, scope: str | None = None) -> list[dict[str, Any]]:
-        """The images of a scope as the API shows them now."""
-        return [i.to_dict() for i in self.client.iter_images(p, iteration_id=scope)]
+        """The images of a scope as the API shows them now (a package keeps no signatures)."""
+        return [unsigned(i.to_dict()) for i in self.client.iter_images(p, iteration_id=scope)]
 
 
 def make_harness(
@@ -216,19 +217,21 @@ def test_export_project_holds_everything_the_project_holds(tmp_path: Path, vnet:
         iterations = data.iteration_ids(p)
         record, pkg = h.done(f"export project {p} --ticket DSR-7 --reason 'access request'")
 
-        assert pkg.json("projects.json") == [h.client.get_project(p).to_dict()]
-        assert pkg.json("iterations.json") == [i.to_dict() for i in h.client.get_iterations(p)]
+        assert pkg.json("projects.json") == [unsigned(h.client.get_project(p).to_dict())]
+        assert pkg.json("iterations.json") == [
+            unsigned(i.to_dict()) for i in h.client.get_iterations(p)
+        ]
         for it in iterations:
             assert pkg.json(f"performance/{it}.json") == (
-                h.client.get_iteration_performance(p, it).to_dict()
+                unsigned(h.client.get_iteration_performance(p, it).to_dict())
             )
         assert pkg.json("exports.json") == {
-            it: [e.to_dict() for e in h.client.get_exports(p, it)] for it in iterations
+            it: [unsigned(e.to_dict()) for e in h.client.get_exports(p, it)] for it in iterations
         }
         assert pkg.json("tags.json") == {
-            "workspace": [t.to_dict() for t in h.client.get_tags(p)],
+            "workspace": [unsigned(t.to_dict()) for t in h.client.get_tags(p)],
             "iterations": {
-                it: [t.to_dict() for t in h.client.get_tags(p, it)] for it in iterations
+                it: [unsigned(t.to_dict()) for t in h.client.get_tags(p, it)] for it in iterations
             },
         }
 
@@ -262,7 +265,7 @@ def test_export_project_holds_everything_the_project_holds(tmp_path: Path, vnet:
         predictions = pkg.lines("predictions.jsonl")
         assert [li["prediction"]["id"] for li in predictions] == data.prediction_ids(p)
         assert [li["prediction"] for li in predictions] == [
-            s.to_dict() for s in h.client.iter_predictions(p)
+            unsigned(s.to_dict()) for s in h.client.iter_predictions(p)
         ]
         for line in predictions:
             assert line["file"] == f"images/predictions/{line['prediction']['id']}.png"
@@ -371,13 +374,13 @@ def test_export_account_counts_every_project_against_the_limits(harness: Harness
         assert row["tags"] == {"count": len(data.tag_ids(p)), "limit": 500}
         assert row["iterations"] == {"count": len(data.iteration_ids(p)), "limit": 20}
         assert pkg.json(f"projects/{p}/iterations.json") == [
-            i.to_dict() for i in h.client.get_iterations(p)
+            unsigned(i.to_dict()) for i in h.client.get_iterations(p)
         ]
         assert pkg.json(f"projects/{p}/tags.json") == {
-            "workspace": [t.to_dict() for t in h.client.get_tags(p)]
+            "workspace": [unsigned(t.to_dict()) for t in h.client.get_tags(p)]
         }
-    assert pkg.json("domains.json") == [d.to_dict() for d in h.client.get_domains()]
-    assert pkg.json("projects.json") == [pr.to_dict() for pr in h.client.get_projects()]
+    assert pkg.json("domains.json") == [unsigned(d.to_dict()) for d in h.client.get_domains()]
+    assert pkg.json("projects.json") == [unsigned(pr.to_dict()) for pr in h.client.get_projects()]
     notes = pkg.manifest["notes"]
     assert any("Keys and Endpoint" in n and "No key" in n for n in notes)
     assert any("48 hours" in n and "Resource Manager" in n for n in notes)
@@ -387,7 +390,9 @@ def test_export_account_counts_every_project_against_the_limits(harness: Harness
 
 def test_export_projects_lists_every_project(harness: Harness) -> None:
     record, pkg = harness.done("export projects")
-    assert pkg.json("projects.json") == [p.to_dict() for p in harness.client.get_projects()]
+    assert pkg.json("projects.json") == [
+        unsigned(p.to_dict()) for p in harness.client.get_projects()
+    ]
     assert set(pkg.files) == {"projects.json", "README.txt"}
     assert record.result is not None
     assert record.result["counts"] == {"projects": len(harness.projects)}
@@ -398,13 +403,19 @@ def test_export_iterations_and_iteration(harness: Harness) -> None:
     p = h.p
     it = h.cv.data.iteration_ids(p)[0]
     _, pkg = h.done(f"export iterations {p}")
-    assert pkg.json("iterations.json") == [i.to_dict() for i in h.client.get_iterations(p)]
+    assert pkg.json("iterations.json") == [
+        unsigned(i.to_dict()) for i in h.client.get_iterations(p)
+    ]
     assert set(pkg.files) == {"projects.json", "iterations.json", "README.txt"}
 
     _, pkg = h.done(f"export iteration {p} {it}")
-    assert pkg.json("iterations.json") == [h.client.get_iteration(p, it).to_dict()]
-    assert pkg.json(f"performance/{it}.json") == h.client.get_iteration_performance(p, it).to_dict()
-    assert pkg.json("exports.json") == {it: [e.to_dict() for e in h.client.get_exports(p, it)]}
+    assert pkg.json("iterations.json") == [unsigned(h.client.get_iteration(p, it).to_dict())]
+    assert pkg.json(f"performance/{it}.json") == unsigned(
+        h.client.get_iteration_performance(p, it).to_dict()
+    )
+    assert pkg.json("exports.json") == {
+        it: [unsigned(e.to_dict()) for e in h.client.get_exports(p, it)]
+    }
     assert pkg.names("models/") == set()
 
 
@@ -416,7 +427,7 @@ def test_export_performance_passes_thresholds_through(harness: Harness) -> None:
     calls = h.cv.calls_to("GetIterationPerformance")
     assert [(c.query["threshold"], c.query["overlapThreshold"]) for c in calls] == [("0.7", "0.25")]
     assert pkg.json(f"performance/{it}.json") == (
-        h.client.get_iteration_performance(p, it, 0.7, 0.25).to_dict()
+        unsigned(h.client.get_iteration_performance(p, it, 0.7, 0.25).to_dict())
     )
     assert any("threshold 0.7 and overlap threshold 0.25" in n for n in pkg.manifest["notes"])
 
@@ -435,14 +446,14 @@ def test_export_tags_and_tag_read_the_workspace_or_the_snapshot(
         return {"iterations": {it: tags}} if it else {"workspace": tags}
 
     _, pkg = h.done(f"export tags {p}{option}")
-    tags = [t.to_dict() for t in h.client.get_tags(p, it)]
+    tags = [unsigned(t.to_dict()) for t in h.client.get_tags(p, it)]
     assert pkg.json("tags.json") == shaped(tags)
     assert scope_key in pkg.json("tags.json")
     assert ("iterations.json" in pkg.files) == scoped
 
     tag = h.cv.data.tag_ids(p, it)[1]
     _, pkg = h.done(f"export tag {p} {tag}{option}")
-    assert pkg.json("tags.json") == shaped([h.client.get_tag(p, tag, it).to_dict()])
+    assert pkg.json("tags.json") == shaped([unsigned(h.client.get_tag(p, tag, it).to_dict())])
 
 
 @pytest.mark.parametrize(
@@ -458,7 +469,7 @@ def test_export_images_by_tagging(harness: Harness, options: str, kind: str) -> 
     h = harness
     p = h.p
     record, pkg = h.done(f"export images {p} {options}")
-    api = [i.to_dict() for i in h.client.iter_images(p, kind=kind)]  # type: ignore[arg-type]
+    api = [unsigned(i.to_dict()) for i in h.client.iter_images(p, kind=kind)]  # type: ignore[arg-type]
     lines = pkg.lines("images.jsonl")
     assert [li["image"] for li in lines] == api
     assert {(li["scope"], li["iterationId"]) for li in lines} == {("workspace", None)}
@@ -479,7 +490,8 @@ def test_export_images_with_tags_of_an_iteration(harness: Harness) -> None:
     tags = h.cv.data.tag_ids(p, it)[:2]
     _, pkg = h.done(f"export images {p} --tag {tags[0]} --tag {tags[1]} --iteration {it}")
     api = [
-        i.to_dict() for i in h.client.iter_images(p, kind="tagged", iteration_id=it, tag_ids=tags)
+        unsigned(i.to_dict())
+        for i in h.client.iter_images(p, kind="tagged", iteration_id=it, tag_ids=tags)
     ]
     assert api, "the seed should have images with these tags"
     lines = pkg.lines("images.jsonl")
@@ -487,9 +499,9 @@ def test_export_images_with_tags_of_an_iteration(harness: Harness) -> None:
     assert {(li["scope"], li["iterationId"]) for li in lines} == {("iteration", it)}
     assert {li["file"] for li in lines} == {f"images/iterations/{it}/{i['id']}.png" for i in api}
     assert pkg.json("tags.json") == {
-        "iterations": {it: [t.to_dict() for t in h.client.get_tags(p, it)]}
+        "iterations": {it: [unsigned(t.to_dict()) for t in h.client.get_tags(p, it)]}
     }
-    assert pkg.json("iterations.json") == [h.client.get_iteration(p, it).to_dict()]
+    assert pkg.json("iterations.json") == [unsigned(h.client.get_iteration(p, it).to_dict())]
     assert_image_files(h, pkg)
 
 
@@ -501,7 +513,7 @@ def test_export_images_by_ids(harness: Harness) -> None:
     lines = pkg.lines("images.jsonl")
     assert [li["image"]["id"] for li in lines] == ids
     assert [li["image"] for li in lines] == [
-        i.to_dict() for i in h.client.get_images_by_ids(p, ids)
+        unsigned(i.to_dict()) for i in h.client.get_images_by_ids(p, ids)
     ]
     assert pkg.names("images/") == {f"images/workspace/{i}.png" for i in ids}
     assert_image_files(h, pkg)
@@ -514,7 +526,7 @@ def test_export_exports_downloads_finished_models_only(harness: Harness) -> None
     h.cv.data.add_export(p, it, "CoreML", "Apple/ios 11", status="Exporting")
     _, pkg = h.done(f"export exports {p} {it} --download")
     exports = h.client.get_exports(p, it)
-    assert pkg.json("exports.json") == {it: [e.to_dict() for e in exports]}
+    assert pkg.json("exports.json") == {it: [unsigned(e.to_dict()) for e in exports]}
     done = [e for e in exports if e.status == "Done"]
     assert len(done) == 2
     expected = {f"models/{it}/{e.platform}-{e.flavor}.zip": e for e in done}
@@ -534,7 +546,9 @@ def test_export_predictions(harness: Harness, files: bool) -> None:
     p = h.p
     record, pkg = h.done(f"export predictions {p}{'' if files else ' --no-files'}")
     lines = pkg.lines("predictions.jsonl")
-    assert [li["prediction"] for li in lines] == [s.to_dict() for s in h.client.iter_predictions(p)]
+    assert [li["prediction"] for li in lines] == [
+        unsigned(s.to_dict()) for s in h.client.iter_predictions(p)
+    ]
     ids = h.cv.data.prediction_ids(p)
     if files:
         assert pkg.names("images/") == {f"images/predictions/{i}.png" for i in ids}
