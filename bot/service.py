@@ -385,12 +385,14 @@ class Service:
                 f"{self.command} status --all` in a private channel I am in, or `{self.command} "
                 "status` for the newest 20."
             )
-        if not (channel.is_private or channel.is_im):
+        where = may_post_personal_data(
+            self.rules,
+            public=channel.public,
+            what="The list of your requests (tickets, reasons, commands)",
+        )
+        if not where:
             return Reply(
-                "Your requests' tickets, reasons and commands are personal data, so I do not "
-                f"post them as a file in a public channel. Run `{self.command} status --all` in a "
-                f"private channel I am in, or `{self.command} status` for the newest 20 (only "
-                "you see that answer)."
+                f"{where.reason} `{self.command} status` shows the newest 20 (only you see it)."
             )
         now = self.clock.now()
         stamp = iso(now).replace(":", "").replace(".", "")[:15]
