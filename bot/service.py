@@ -19,7 +19,14 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from bot import audit, grammar
 from bot.clock import Clock, iso
-from bot.errors import BotError, ParseError, RequestStateError, WorkDirFull, is_disk_full
+from bot.errors import (
+    BotError,
+    ParseError,
+    RequestStateError,
+    SlackLookupError,
+    WorkDirFull,
+    is_disk_full,
+)
 from bot.ids import parse_request_id
 from bot.policy import (
     Actor,
@@ -834,9 +841,15 @@ class Service:
         channel where personal data may not go (policy.may_post_personal_data): the trail holds
         the reason and the people; a note in the thread says where to get it.
         """
-        where = may_post_personal_data(
-            self.rules, self.directory.channel(record.channel).audience, what="The audit trail"
-        )
+        try:
+            audience = self.directory.channel(record.channel).audience
+            where = may_post_personal_data(self.rules, audience, what="The audit trail")
+        except SlackLookupError:  # unknown counts as unsafe: nothing personal leaks on a blip
+            where = Decision(
+                False,
+                "The audit trail holds personal data, and Slack did not confirm that this "
+                "channel is private.",
+            )
         if not where:
             with self.store.write() as conn:
                 self.store.post(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
 from collections.abc import Iterator
+from typing import Any
 
 import requests
 
@@ -182,3 +184,23 @@ def test_e2e_private_channel_gets_the_audit_trail(stack: Stack) -> None:
     run(stack, "export projects --reason 'Art. 15'")
     stack.wait_delivered()
     assert any("audit-trail" in f.name for f in stack.slack.files(CHANNEL))
+
+
+def test_e2e_trail_withheld_when_slack_cannot_confirm_the_channel_is_private(
+    stack: Stack,
+) -> None:
+    stack.bot.service.directory.channel_ttl = 0.0  # type: ignore[attr-defined]
+    rid = stack.request_id(stack.command(REQUESTER, "export projects --reason 'Art. 15'"))
+    stack.slack.inject_server_error("conversations.info", 500, times=50)
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    note = "Slack did not confirm that this channel is private"
+    deadline = time.monotonic() + 30
+    thread: list[Any] = []
+    while time.monotonic() < deadline and not any(note in m.text for m in thread):
+        time.sleep(0.1)  # the note follows the lookup's time budget; poll for it
+        thread = stack.slack.messages(CHANNEL, thread_ts=stack.bot.store.get(rid).message_ts)
+    assert any(note in m.text for m in thread), [m.text for m in thread]
+    stack.slack.clear_latency()
+    stack.wait_delivered()
+    assert not any("audit-trail" in f.name for f in stack.slack.files(CHANNEL))
+    assert any(f"audit --request {rid}" in m.text for m in thread)
