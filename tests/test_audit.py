@@ -803,3 +803,11 @@ def test_witness_finds_the_only_app_or_asks_which() -> None:
         audit.read_witness([_msg(1, "1.0", user="U0EVE"), {"text": LINE.format(2)}])
     with pytest.raises(ValueError, match=r"several apps \(B0APP, B0BOT\).*--bot-user"):
         audit.read_witness([_msg(1, "1.0", **BOT), _msg(2, "2.0", user="U0A", bot_id="B0APP")])
+
+
+def test_witness_counts_every_line_of_a_batched_message() -> None:
+    batched = {**_msg(1, "1.0", **BOT), "text": f"{LINE.format(1)}\n{LINE.format(2)}"}
+    forged = {**_msg(3, "2.0", user="U0EVE"), "text": f"{LINE.format(3)}\n{LINE.format(4)}"}
+    seen = audit.read_witness([batched, forged])
+    assert [seq for seq, _ in seen.lines] == [1, 2]
+    assert [i.ts for i in seen.ignored] == ["2.0"]
