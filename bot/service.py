@@ -394,7 +394,7 @@ class Service:
             )
         where = may_post_personal_data(
             self.rules,
-            public=channel.public,
+            channel.audience,
             what="The list of your requests (tickets, reasons, commands)",
         )
         if not where:
