@@ -388,7 +388,7 @@ def test_export_account_counts_every_project_against_the_limits(harness: Harness
 def test_export_projects_lists_every_project(harness: Harness) -> None:
     record, pkg = harness.done("export projects")
     assert pkg.json("projects.json") == [p.to_dict() for p in harness.client.get_projects()]
-    assert set(pkg.files) == {"projects.json", "README.txt"}
+    assert set(pkg.files) == {"projects.json", "index.html", "README.txt"}
     assert record.result is not None
     assert record.result["counts"] == {"projects": len(harness.projects)}
 
@@ -399,7 +399,7 @@ def test_export_iterations_and_iteration(harness: Harness) -> None:
     it = h.cv.data.iteration_ids(p)[0]
     _, pkg = h.done(f"export iterations {p}")
     assert pkg.json("iterations.json") == [i.to_dict() for i in h.client.get_iterations(p)]
-    assert set(pkg.files) == {"projects.json", "iterations.json", "README.txt"}
+    assert set(pkg.files) == {"projects.json", "iterations.json", "index.html", "README.txt"}
 
     _, pkg = h.done(f"export iteration {p} {it}")
     assert pkg.json("iterations.json") == [h.client.get_iteration(p, it).to_dict()]
