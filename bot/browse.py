@@ -421,13 +421,13 @@ def _images(
         detection=detection,
     )
     labels_path = work / "labels.csv"
-    seen: set[str] = set()
+    seen: set[int] = set()
     with labels_path.open("w", encoding="utf-8", newline="") as labels:
         labels.write(coco.label_header())
 
         def add(record: Mapping[str, Any]) -> None:
             image = Image.from_dict(record.get("image"))
-            key = image.id.lower()
+            key = uuid.UUID(image.id).int  # 128-bit ints: a small set even for 100,000 images
             if key in seen:
                 return  # one COCO image per distinct image: the first scope listing it
             seen.add(key)
