@@ -17,7 +17,7 @@ from bot import webpage
 from bot.emulators.customvision import Seed
 from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from tests.browser import Browser, browser, colours
-from tests.conftest import StartStack
+from tests.conftest import StartStack, exported
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=6, predictions=2, image_bytes=300)
 # A value that runs a script if it is ever pasted into the page unescaped: each variant sets
@@ -35,16 +35,7 @@ HOSTILE_REASON = '<img src=x onerror="document.title=1" id=pwned> \u202eevil\u20
 
 def export_folder(stack: Stack, text: str, folder: Path) -> tuple[str, list[str]]:
     """Run an export through Slack; unzip every part into `folder`; return id and part names."""
-    rid = stack.request_id(stack.command(REQUESTER, text))
-    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
-        rid
-    ).error
-    stack.wait_delivered()
-    parts = sorted(
-        (f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")),
-        key=lambda f: f.name,
-    )
-    assert parts
+    rid, parts = exported(stack, text)
     for part in parts:
         with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
             archive.extractall(folder)

@@ -14,24 +14,18 @@ from pycocotools.coco import COCO
 
 from bot import coco
 from bot.emulators.customvision import Seed
-from bot.emulators.stack import CHANNEL, REQUESTER, TRAINING_KEY, Stack
+from bot.emulators.stack import TRAINING_KEY, Stack
 from bot.training import TrainingClient
-from tests.conftest import StartStack
+from tests.conftest import StartStack, exported
 
 # Projects cycle through Multiclass, ObjectDetection and Multilabel.
 SEED = Seed(projects=3, iterations=2, tags=4, images=25, predictions=2, image_bytes=200)
 
 
 def export(stack: Stack, text: str, folder: Path) -> None:
-    rid = stack.request_id(stack.command(REQUESTER, text))
-    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
-        rid
-    ).error
-    stack.wait_delivered()
-    for f in stack.slack.files(CHANNEL):
-        if f.name.startswith(f"{rid}-export"):
-            with zipfile.ZipFile(io.BytesIO(f.data)) as archive:
-                archive.extractall(folder)
+    for part in exported(stack, text)[1]:
+        with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+            archive.extractall(folder)
 
 
 def load(path: Path) -> COCO:
