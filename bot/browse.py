@@ -43,7 +43,6 @@ from bot.webpage import Box, Card, FileRef, PageLink
 
 IMAGES_PER_PAGE = 500
 BOX_THRESHOLD = 0.5  # stored predictions: boxes drawn from this probability up
-_SCOPE_WORKSPACE = "training workspace"
 
 
 def _time(moment: datetime) -> str:
@@ -123,7 +122,7 @@ class _Views:
 
     def scope_label(self, key: str | None) -> str:
         if key is None:
-            return _SCOPE_WORKSPACE
+            return "training workspace"
         return f"snapshot of iteration {self.iteration_names.get(key.lower(), key)}"
 
     def paged(
@@ -134,8 +133,9 @@ class _Views:
         key_of: Any,
         card_of: Any,
         on_record: Any = None,
+        label_of: Any = None,
     ) -> list[PageLink]:
-        runs = self.scopes(listing, key_of, self.scope_label, 1)
+        runs = self.scopes(listing, key_of, label_of or self.scope_label, 1)
         if not runs:
             return []
         total = runs[-1].first_page + runs[-1].pages - 1
@@ -344,6 +344,7 @@ def add_views(
                 "Stored predictions",
                 lambda r: None,
                 v.prediction_card,
+                label_of=lambda key: "kept by the service for 30 days",
             )
         views.append(
             webpage.ProjectView(
@@ -357,10 +358,7 @@ def add_views(
                     for t in tags
                 ),
                 image_pages=tuple(image_pages),
-                prediction_pages=tuple(
-                    PageLink(p.name, p.label.replace(f" ({_SCOPE_WORKSPACE})", ""))
-                    for p in prediction_pages
-                ),
+                prediction_pages=tuple(prediction_pages),
                 files=tuple(files),
             )
         )

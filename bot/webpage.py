@@ -295,7 +295,7 @@ def _iteration(it: IterationView) -> str:
         ),
     ]
     if it.overall is None:
-        parts.append('<p class="muted">No performance for this iteration.</p>')
+        parts.append('<p class="muted">This package holds no performance report for it.</p>')
     else:
         rows = [
             (s.name, percent(s.precision), percent(s.recall), percent(s.average_precision))
