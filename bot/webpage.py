@@ -27,8 +27,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+# 'self' and file: both, because browsers disagree on whether a file:// page is its own origin.
 CSP = (
-    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
     "base-uri 'none'; form-action 'none'"
 )
 RECEIPT_ROWS_PER_PAGE = 1000
