@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck unit bench soak sandbox serve clean
+.PHONY: run test check lint typecheck unit bench soak sandbox serve clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The browser tests need Debian's chromium: installed here when missing and run as root
+# (as CI does); otherwise those tests fail and say how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing chromium (apt-get) for the browser tests..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			>.chromium-install.log 2>&1 || { cat .chromium-install.log; exit 1; }; \
+		rm -f .chromium-install.log; \
+	else \
+		echo "chromium is missing: the browser tests will fail (sudo apt-get install chromium)"; \
+	fi
+
+unit: $(STAMP) browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -5,21 +5,34 @@ VmHWM in /proc/<pid>/status) exporting one project from a signed slash command: 
 of a small and of a very large project (`export images <p> --no-files`), and the files of a
 project of a few thousand images. The emulator caps Training API calls at 10 per second as the
 service does, so listings take as long as they would for real.
+
+The index pages and COCO file (bot.browse) are measured on their own, in a fresh process per
+size (`python -m bench.memory pages N`): a package of N images with their files and listing,
+then `add_views`; the growth of the peak from the small to the large package is the figure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 from bench import report
-from bench.harness import BotProcess, Emulators, request_id, scratch
+from bench.harness import BotProcess, Emulators, child_env, peak_rss_mb, request_id, scratch
 from bench.report import Result, Row
 from bot.emulators.customvision import Faults, Seed
 from bot.emulators.stack import CHANNEL, REQUESTER
 
 TPS = 10.0
 GROWTH_TARGET_MB = 30.0
+PAGES_GROWTH_TARGET_MB = 15.0
 
 
 @dataclass(frozen=True)
@@ -27,10 +40,12 @@ class Sizes:
     small: int  # images, metadata only
     large: int  # images, metadata only
     files: int  # images, with their files
+    pages_small: int  # images of a package whose index pages are built
+    pages_large: int
 
 
-FULL = Sizes(small=2_000, large=100_000, files=3_000)
-SMOKE = Sizes(small=100, large=600, files=60)
+FULL = Sizes(small=2_000, large=100_000, files=3_000, pages_small=2_000, pages_large=20_000)
+SMOKE = Sizes(small=100, large=600, files=60, pages_small=50, pages_large=600)
 
 
 @dataclass(frozen=True)
@@ -64,13 +79,122 @@ def measure(images: int, *, files: bool) -> Measured:
     return Measured(images, idle, peak, seconds)
 
 
+def _image(n: int) -> dict[str, object]:
+    """A training image as the Training API lists it: tags, regions, metadata, addresses."""
+    tags = [(str(uuid.UUID(int=t + 1)), f"tag {t}") for t in (n % 7, (n + 3) % 7)]
+    return {
+        "id": str(uuid.UUID(int=(n + 1) << 64)),
+        "created": "2025-01-12T09:00:00Z",
+        "width": 640 + n % 400,
+        "height": 480 + n % 300,
+        "resizedImageUri": f"https://blob.example/i-{n}?sig=abc",
+        "thumbnailUri": f"https://blob.example/t-{n}?sig=abc",
+        "originalImageUri": f"https://blob.example/o-{n}?sig=abc",
+        "tags": [
+            {"tagId": i, "tagName": name, "created": "2025-01-12T09:00:02Z"} for i, name in tags
+        ],
+        "regions": [
+            {
+                "regionId": str(uuid.UUID(int=n * 8 + k + 1)),
+                "tagId": i,
+                "tagName": name,
+                "left": 0.1 * k,
+                "top": 0.2,
+                "width": 0.3,
+                "height": 0.25,
+            }
+            for k, (i, name) in enumerate(tags)
+        ],
+        "metadata": {"camera": f"cam-{n % 13}", "site": "north"},
+    }
+
+
+def build_pages(images: int, folder: Path) -> dict[str, float]:
+    """Build a package of `images` images and its index pages; return peak RSS and seconds."""
+    from bot import browse
+    from bot.emulators.pngbytes import png
+    from bot.package import PackageInfo, PackageWriter, image_path
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    project = str(uuid.UUID(int=7))
+    info = PackageInfo("R-1", "U1", None, None, "export project", "bench", "v3.3", now)
+    with PackageWriter(folder, info, max_part_bytes=100 << 20, clock=lambda: now) as writer:
+        writer.write_json(
+            "projects.json",
+            [
+                {
+                    "id": project,
+                    "name": "Bench",
+                    "description": None,
+                    "settings": {"classificationType": None},
+                }
+            ],
+        )
+        writer.write_json(
+            "tags.json",
+            {
+                "workspace": [
+                    {
+                        "id": str(uuid.UUID(int=t + 1)),
+                        "name": f"tag {t}",
+                        "description": None,
+                        "type": "Regular",
+                        "imageCount": 0,
+                    }
+                    for t in range(7)
+                ]
+            },
+        )
+        picture = png(64, 48, "bench")
+        with writer.jsonl("images.jsonl") as sink:
+            for n in range(images):
+                image = _image(n)
+                name = image_path(str(image["id"]), None, "png")
+                src = writer.temp_dir / f"{n}.png"
+                src.write_bytes(picture)
+                writer.add_file(name, src)
+                sink.write(
+                    {"scope": "workspace", "iterationId": None, "image": image, "file": name}
+                )
+        listed_mb = peak_rss_mb(os.getpid())
+        # Linux: writing 5 to clear_refs resets the peak (VmHWM) to the current RSS, so the
+        # figure is the pages' own peak, not the listing's before nor the manifest's after.
+        with contextlib.suppress(OSError):  # without it: the growth of the peak, a lower bound
+            Path("/proc/self/clear_refs").write_text("5")
+        before_mb = peak_rss_mb(os.getpid())
+        started = time.perf_counter()
+        browse.add_views(writer, info, built_at=now, project_id=project)
+        seconds = time.perf_counter() - started
+        pages_mb = peak_rss_mb(os.getpid()) - before_mb
+        writer.finish()
+    return {"listed_mb": listed_mb, "pages_mb": pages_mb, "seconds": seconds}
+
+
+def measure_pages(images: int) -> dict[str, float]:
+    """Run `build_pages` in a fresh process (its own peak RSS); return its figures."""
+    with scratch("pages") as folder:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.memory", "pages", str(images), str(folder)],
+            env=child_env({}),
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def run(*, smoke: bool = False) -> Result:
     """Measure the three exports; return the figures."""
     sizes = SMOKE if smoke else FULL
     small = measure(sizes.small, files=False)
     large = measure(sizes.large, files=False)
     with_files = measure(sizes.files, files=True)
+    pages_small = measure_pages(sizes.pages_small)
+    pages_large = measure_pages(sizes.pages_large)
     growth = large.peak_mb - small.peak_mb
+    pages_growth = max(0.0, pages_large["pages_mb"] - pages_small["pages_mb"])
     return Result(
         key="memory",
         title="2. Memory",
@@ -97,6 +221,23 @@ def run(*, smoke: bool = False) -> Result:
                 report.megabytes(with_files.peak_mb),
             ),
             Row("bot idle after start-up (context)", report.megabytes(small.idle_mb)),
+            Row(
+                f"index pages + COCO of {sizes.pages_small:,} images, peak above the "
+                f"package writer's ({report.seconds(pages_small['seconds'])})",
+                report.megabytes(pages_small["pages_mb"]),
+            ),
+            Row(
+                f"index pages + COCO of {sizes.pages_large:,} images, peak above the "
+                f"package writer's ({report.seconds(pages_large['seconds'])})",
+                report.megabytes(pages_large["pages_mb"]),
+            ),
+            Row(
+                f"growth of the pages' peak from {sizes.pages_small:,} to "
+                f"{sizes.pages_large:,} images",
+                report.megabytes(pages_growth),
+                f"< {PAGES_GROWTH_TARGET_MB:g} MB",
+                pages_growth < PAGES_GROWTH_TARGET_MB,
+            ),
         ),
         figures={
             "small_images": small.images,
@@ -110,5 +251,18 @@ def run(*, smoke: bool = False) -> Result:
             "small_s": small.seconds,
             "large_s": large.seconds,
             "files_s": with_files.seconds,
+            "pages_small_images": sizes.pages_small,
+            "pages_large_images": sizes.pages_large,
+            "pages_small_mb": pages_small["pages_mb"],
+            "pages_large_mb": pages_large["pages_mb"],
+            "pages_growth_mb": pages_growth,
+            "pages_small_s": pages_small["seconds"],
+            "pages_large_s": pages_large["seconds"],
         },
     )
+
+
+if __name__ == "__main__":  # python -m bench.memory pages N FOLDER (measure_pages' child)
+    if len(sys.argv) != 4 or sys.argv[1] != "pages":
+        raise SystemExit("usage: python -m bench.memory pages N FOLDER")
+    print(json.dumps(build_pages(int(sys.argv[2]), Path(sys.argv[3]))))

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bot import grammar
+from bot import audit, grammar, webpage
 from bot.clock import iso
 from bot.errors import (
     BotError,
@@ -438,6 +438,84 @@ def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[di
         }
         for item in sorted(items, key=lambda i: int(i["seq"]))
     ]
+
+
+def receipt_view(
+    document: Mapping[str, Any],
+) -> tuple[webpage.Header, list[tuple[str, list[str], list[list[str]]]], list[list[str]]]:
+    """Return receipt.html's header, summary tables and item rows from receipt.json's data."""
+    items: Sequence[Mapping[str, Any]] = document["items"]
+    approvals = document.get("approvals") or []
+    approved = "; ".join(f"{a['approver']} at {a['at']}" for a in approvals) or ", ".join(
+        document.get("approvers") or ()
+    )
+    head_of_log = document.get("audit_head") or {}
+    seq, digest = head_of_log.get("seq", "?"), head_of_log.get("hash", "?")
+    head = webpage.Header(
+        title=f"Deletion receipt, request {document['request_id']}",
+        rows=(
+            ("Request", str(document["request_id"])),
+            ("Outcome", f"{document['outcome']}: {document.get('note') or ''}"),
+            ("Requested by", str(document.get("requester") or "")),
+            ("Ticket", str(document.get("ticket") or "")),
+            ("Reason", str(document.get("reason") or "")),
+            ("Command", str(document.get("command") or "")),
+            ("Approved by", approved),
+            ("Preview", str(document.get("preview_summary") or "")),
+            ("Custom Vision endpoint", str(document.get("endpoint_host") or "")),
+            ("Started", str(document.get("started_at") or "")),
+            ("Finished", str(document.get("finished_at") or "")),
+            ("Attempt", str(document.get("attempt") or "")),
+            ("Audit log head", f"event #{seq}, SHA-256 {digest}"),
+        ),
+    )
+    per_project: dict[tuple[str, str], list[int]] = {}
+    per_snapshot: dict[tuple[str, str], list[int]] = {}
+    verdicts: dict[str, int] = {}
+    for item in items:
+        confirmed = item["status"] in CONFIRMED
+        gone = item["verified"] == "gone"
+        row = per_project.setdefault((str(item["project_id"]), item["kind"]), [0, 0, 0])
+        row[0] += 1
+        row[1] += confirmed
+        row[2] += gone
+        if item["kind"] in ("image", "iteration"):
+            snapshot = item["target_id"] if item["kind"] == "iteration" else item["parent_id"]
+            if item["kind"] == "image" and snapshot is None:
+                where = "workspace and every snapshot (DeleteImages, allIterations)"
+            elif snapshot == item["project_id"]:
+                where = "the whole project (DeleteProject)"
+            else:
+                where = f"snapshot of iteration {snapshot}"
+            cell = per_snapshot.setdefault((str(item["project_id"]), where), [0, 0])
+            cell[0 if item["kind"] == "image" else 1] += 1
+        verdict = str(item["verified"] or "not verified")
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    summaries: list[tuple[str, list[str], list[list[str]]]] = [
+        (
+            "What was removed, per project",
+            ["Project", "What", "Planned", "Removed (call answered)", "Verified gone"],
+            [
+                [p, NOUNS[k][1], f"{n:,}", f"{c:,}", f"{g:,}"]
+                for (p, k), (n, c, g) in per_project.items()
+            ],
+        ),
+        (
+            "Per snapshot",
+            ["Project", "Workspace or iteration snapshot", "Images", "Iteration deleted"],
+            [
+                [p, where, f"{images:,}", "yes" if its else ""]
+                for (p, where), (images, its) in per_snapshot.items()
+            ],
+        ),
+        (
+            "Verification",
+            ["Result", "Items"],
+            [[verdict, f"{n:,}"] for verdict, n in sorted(verdicts.items())],
+        ),
+    ]
+    rows = [["" if item[c] is None else str(item[c]) for c in RECEIPT_COLUMNS] for item in items]
+    return head, summaries, rows
 
 
 def _shown(kind: str, target: str, parent: str | None) -> str:
@@ -1084,7 +1162,7 @@ def write_receipt(
     note: str,
     then: Outcome,
 ) -> Outcome:
-    """Write receipt.json and receipt.csv for this round, queue both uploads; return `then`.
+    """Write receipt.json, .csv and .html for this round, queue the uploads; return `then`.
 
     A round runs the job to an outcome: a retry after a failure starts a new one (and a new
     receipt); a restart stays in its round. `then`, the outcome the receipt reports, is saved
@@ -1104,6 +1182,7 @@ def write_receipt(
     suffix = "" if attempt <= 1 else f"-{attempt}"
     json_path = ctx.work_dir / f"receipt{suffix}.json"
     csv_path = ctx.work_dir / f"receipt{suffix}.csv"
+    html_path = ctx.work_dir / f"receipt{suffix}.html"
     endpoint = getattr(ctx.settings, "endpoint_host", "") or ctx.client.endpoint_host
     document = {
         "request_id": record.id,
@@ -1121,12 +1200,16 @@ def write_receipt(
         "finished_at": iso(ctx.clock.now()),
         "attempt": attempt,
         "counts": counts_of(items),
+        "approvals": [
+            {"approver": who, "at": at} for who, at in ctx.store.approval_times(record.number)
+        ],
+        "audit_head": dict(zip(("seq", "hash"), audit.head(ctx.store.db.conn), strict=True)),
         "items": rows,
     }
     render: dict[str, Any] = {}
     try:
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        for path in (json_path, csv_path):
+        for path in (json_path, csv_path, html_path):
             render_receipt(document, path)
     except OSError as exc:
         if not is_disk_full(exc):
@@ -1144,7 +1227,7 @@ def write_receipt(
     key_suffix = "" if attempt <= 1 else f":{attempt}"
     label = "deletion receipt" if outcome == "done" else f"deletion receipt ({outcome})"
     with ctx.store.write() as conn:
-        for path, fmt in ((json_path, "json"), (csv_path, "csv")):
+        for path, fmt in ((json_path, "json"), (csv_path, "csv"), (html_path, "html")):
             ctx.store.enqueue_once(
                 conn,
                 kind="upload",
@@ -1165,7 +1248,7 @@ def write_receipt(
 
 
 def render_receipt(document: Mapping[str, Any], path: Path) -> None:
-    """Write a receipt document as JSON or, for a `.csv` path, its items as CSV rows."""
+    """Write a receipt document as JSON, or its items as CSV rows (`.csv`), or as receipt.html."""
     partial = path.with_name(path.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="") as fp:
@@ -1173,6 +1256,10 @@ def render_receipt(document: Mapping[str, Any], path: Path) -> None:
                 writer = csv.DictWriter(fp, fieldnames=RECEIPT_COLUMNS)
                 writer.writeheader()
                 writer.writerows(document["items"])
+            elif path.suffix == ".html":
+                head, summaries, rows = receipt_view(document)
+                for chunk in webpage.receipt_page(head, summaries, RECEIPT_COLUMNS, rows):
+                    fp.write(chunk)
             else:
                 json.dump(document, fp, ensure_ascii=False, indent=1)
                 fp.write("\n")

@@ -65,7 +65,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from bot import grammar, package
+from bot import browse, grammar, package
 from bot.clock import iso, parse_iso
 from bot.errors import NotFound
 from bot.grammar import ExportKind
@@ -906,6 +906,12 @@ def _build(
             counts = build.run()
         finally:
             build.downloads.close()
+        built = ctx.checkpoint.get("views_built_at")
+        if not built:
+            built = iso(ctx.clock.now())
+            ctx.save(views_built_at=built)
+        ctx.progress(0, 1, "building the index pages", force=True)
+        browse.add_views(writer, info, built_at=parse_iso(built), project_id=export.project_id)
         for key, n in counts.items():
             writer.count(key, n)
         ctx.save(section="packaging", counts=counts)

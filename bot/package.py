@@ -16,6 +16,9 @@ Layout (every name comes from an id or `safe_name`; `check_arcname` enforces it 
     images/predictions/<prediction-id>.<ext>         the image a stored prediction was made on
     models/<iteration-id>/<platform>[-<flavor>].<ext> exported model files (--download)
     projects/<project-id>/<name>       `project_path`: per-project data of a multi-project export
+    index.html, index/<stem>-NNNN.html the browsable index and its pages (bot.browse)
+    annotations/<project-id>.coco.json `coco_path`: COCO annotations of a project's images
+    labels.csv                         image-level labels of a classification project
 
 Parts: every part is a standalone zip of at most `max_part_bytes`, named
 `<request-id>-export-partNN-of-MM.zip`, or `<request-id>-export.zip` when there is only one.
@@ -71,6 +74,9 @@ FORMAT = "cv-dsr-bot export"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 README_NAME = "README.txt"
+INDEX_NAME = "index.html"
+LABELS_NAME = "labels.csv"
+VIEW_PAGES_DIR = "index"
 MIN_PART_BYTES = 16 * 1024
 MAX_NAME_CHARS = 80  # what safe_name produces
 MAX_COMPONENT_CHARS = 100  # what check_arcname accepts (room for a ".001" piece suffix)
@@ -80,7 +86,9 @@ _STAGING = ".package"  # inside work_dir: working parts, journal, temp files
 _JOURNAL = "journal.jsonl"
 _COPY_CHUNK = 256 * 1024
 _END_RESERVE = 256  # end of central directory + zip64 end record + locator, with slack
-_DEFLATED_SUFFIXES = (".json", ".jsonl", ".txt", ".csv")
+_DEFLATED_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".html")
+_KEPT_SUFFIXES = (".json", ".jsonl")  # readable again (`kept`) until the package is finished
+_KEPT = "kept"
 
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 _DOT_RUN = re.compile(r"\.{2,}")
@@ -323,6 +331,16 @@ def piece_name(name: str, number: int, width: int) -> str:
     return f"{name}.{number:0{width}d}"
 
 
+def coco_path(project_id: str) -> str:
+    """Return the name of a project's COCO annotations file."""
+    return f"annotations/{_id(project_id)}.coco.json"
+
+
+def view_page_path(stem: str, number: int) -> str:
+    """Return the name of page `number` of the index's `stem` pages (images, predictions)."""
+    return f"{VIEW_PAGES_DIR}/{safe_name(stem, 'page')}-{number:04d}.html"
+
+
 def part_name(request_id: str, index: int, total: int) -> str:
     """Return the file name of part `index` of `total` (no part numbers when there is one)."""
     if total == 1:
@@ -452,6 +470,38 @@ FILE_KINDS: tuple[tuple[str, str, str], ...] = (
         "its size and its SHA-256 checksum.",
     ),
     (r"README\.txt", "README.txt", "This file."),
+    (
+        r"index\.html",
+        "index.html",
+        "Open this in a web browser to see this package: the request, the projects, their "
+        "iterations with their performance, tags, images with their tags, metadata and "
+        "regions drawn over them, stored predictions and exported models. It works offline "
+        "and loads nothing from the internet.",
+    ),
+    (
+        r"index/[^/]+\.html",
+        "index/<images|predictions>-NNNN.html",
+        "The pages of index.html: 500 images or stored predictions a page.",
+    ),
+    (
+        r"annotations/[^/]+\.coco\.json",
+        "annotations/<project-id>.coco.json",
+        "The project's images and labels in COCO format (cocodataset.org), which most "
+        "computer-vision tools read. `images` carry file_name (the file in this package, or "
+        "null with a cv_note when the package has no file for it), width and height; "
+        "`categories` are the tags. Object detection projects: one annotation per region, "
+        "bbox = [x, y, width, height] in pixels, computed from the service's normalised "
+        "left, top, width and height times the image's width and height. Classification "
+        "projects: one annotation per image tag, without bbox (the labels are also in "
+        "labels.csv).",
+    ),
+    (
+        r"labels\.csv",
+        "labels.csv",
+        "Classification projects: one line per image with its file, its id and its tags "
+        "(separated by ';'). A value starting with = + - or @ is prefixed with an "
+        "apostrophe so that spreadsheets show it as text.",
+    ),
     (
         r"projects\.json",
         "projects.json",
@@ -855,6 +905,26 @@ class PackageWriter:
         with self._lock:
             return name in self._entries
 
+    def kept(self, name: str) -> Path | None:
+        """Return a readable copy of the JSON or JSON-lines file `name` while the package is
+        being built (None when it is not in the package); gone once it is finished."""
+        with self._lock:
+            if name not in self._entries or not name.endswith(_KEPT_SUFFIXES):
+                return None
+            path = self._staging / _KEPT / name
+            return path if path.is_file() else None
+
+    def names(self, prefix: str = "") -> list[str]:
+        """Return the complete files in the package whose names start with `prefix`, sorted."""
+        with self._lock:
+            return sorted(n for n in self._entries if n.startswith(prefix))
+
+    @property
+    def parts_so_far(self) -> int:
+        """Return how many parts the package has so far (the open one included)."""
+        with self._lock:
+            return len(self._closed) + (1 if self._current is not None else 0)
+
     def entry(self, name: str) -> FileEntry | None:
         """Return the entry of a complete file `name`, or None."""
         with self._lock:
@@ -982,12 +1052,25 @@ class PackageWriter:
                 raise
             with handle:
                 try:
+                    if name.endswith(_KEPT_SUFFIXES):
+                        self._keep(name, src)
                     entry = self._add_handle(name, handle)
                 except BaseException:
                     self._release(name)
                     raise
             src.unlink()
             return entry
+
+    def _keep(self, name: str, src: Path) -> None:
+        # A second name for the data (no copy on the same disk), so the index pages and COCO
+        # files can be built from the package's own files before it is finished.
+        kept = self._staging / _KEPT / name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(src, kept)
+        except OSError:
+            shutil.copyfile(src, kept)
 
     def _add_handle(self, name: str, src: IO[bytes]) -> FileEntry:
         """Return the entry after writing `src`; ValueError leaves the package unchanged."""
@@ -1286,6 +1369,7 @@ class PackageWriter:
         self._state = "finished"
         self._final = self._rename_final(final)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self._staging / _KEPT, ignore_errors=True)
         return list(self._final)
 
     def _add_locked(self, name: str, src: Path) -> None:

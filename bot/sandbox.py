@@ -17,7 +17,8 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -571,8 +572,34 @@ def _conclude(transcript: Transcript, seconds: float, code: int) -> None:
             say(f"  {path.name}  ({human_size(path.stat().st_size)})")
     else:
         say("The bot posted no files.")
+    for index in unpack_exports(transcript.saved.values(), transcript.output):
+        say(f"Export unzipped: open {index} in a web browser to see it.")
+    for path in sorted(transcript.saved.values()):
+        if path.suffix == ".html":
+            say(f"Receipt: open {path} in a web browser.")
     verdict = "finished" if code == 0 else "ended with errors"
     say(f"Sandbox {verdict} in {seconds:.1f} s.")
+
+
+_EXPORT_PART = re.compile(r"(R-\d+-export)(?:-part\d+-of-\d+)?\.zip")
+
+
+def unpack_exports(saved: Iterable[Path], output: Path) -> list[Path]:
+    """Unzip every saved export (all its parts into one folder); return each index.html."""
+    groups: dict[str, list[Path]] = {}
+    for path in saved:
+        match = _EXPORT_PART.fullmatch(path.name)
+        if match:
+            groups.setdefault(match.group(1), []).append(path)
+    found = []
+    for name, parts in sorted(groups.items()):
+        folder = output / name
+        for part in sorted(parts):
+            with zipfile.ZipFile(part) as archive:
+                archive.extractall(folder)
+        if (folder / "index.html").is_file():
+            found.append(folder / "index.html")
+    return found
 
 
 # -- the scripted session -----------------------------------------------------------------------

@@ -422,6 +422,14 @@ class Store:
         """Withdraw every recorded approval (a new plan needs new ones; the audit keeps them)."""
         conn.execute("DELETE FROM approvals WHERE request_id = ?", (number,))
 
+    def approval_times(self, number: int) -> list[tuple[str, str]]:
+        """Return (approver, ISO time) of each approval of a request, oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT approver, at FROM approvals WHERE request_id = ? ORDER BY at, approver",
+            (number,),
+        )
+        return [(str(a), str(t)) for a, t in rows]
+
     def due_for_expiry(self, now: datetime) -> list[int]:
         """Return the numbers of pending deletions whose approval window has passed."""
         rows = self.db.conn.execute(

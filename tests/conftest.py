@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from bot.emulators.customvision import Seed
-from bot.emulators.stack import Stack, start_stack
+from bot.emulators.slack import UploadedFile
+from bot.emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
 
 SMALL = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=512)
 
@@ -34,3 +35,18 @@ def stacks(tmp_path: Path) -> Iterator[StartStack]:
 def stack(stacks: StartStack) -> Stack:
     """A running bot against fresh emulators with small demo data."""
     return stacks()
+
+
+def exported(stack: Stack, text: str) -> tuple[str, list[UploadedFile]]:
+    """Run an export typed in Slack to its end; return its request id and its parts, in order."""
+    rid = stack.request_id(stack.command(REQUESTER, text))
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
+        rid
+    ).error
+    stack.wait_delivered()
+    parts = sorted(
+        (f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")),
+        key=lambda f: f.name,
+    )
+    assert parts, [f.name for f in stack.slack.files(CHANNEL)]
+    return rid, parts

@@ -55,6 +55,9 @@ def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:
     assert (f["small_images"], f["large_images"], f["files_images"]) == (100, 600, 60)
     assert f["small_mb"] >= f["idle_mb"] > 10
     assert f["growth_mb"] == f["large_mb"] - f["small_mb"]
+    assert (f["pages_small_images"], f["pages_large_images"]) == (50, 600)
+    assert f["pages_growth_mb"] == max(0.0, f["pages_large_mb"] - f["pages_small_mb"])
+    assert f["pages_large_s"] > 0
 
 
 def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:

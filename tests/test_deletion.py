@@ -285,7 +285,11 @@ def assert_done_with_receipt(h: Harness, number: int, targets: int) -> dict[str,
     assert record.preview is not None
     assert document["preview_summary"] == record.preview["summary"]
     uploads = h.uploads(number)
-    assert set(uploads) == {f"receipt:{number}:json", f"receipt:{number}:csv"}
+    assert set(uploads) == {
+        f"receipt:{number}:json",
+        f"receipt:{number}:csv",
+        f"receipt:{number}:html",
+    }
     assert uploads[f"receipt:{number}:csv"]["filename"] == f"{record.id}-receipt.csv"
     return document
 
@@ -598,7 +602,7 @@ def test_fault_mid_plan_fails_with_partial_receipt_and_retry_sends_only_the_rest
     assert Counter((r["status"], r["verified"]) for r in rows) == Counter(
         {("deleted", ""): 256, ("failed", ""): 256, ("pending", ""): len(expected) - 512}
     )
-    assert set(h.uploads(n)) == {f"receipt:{n}:json", f"receipt:{n}:csv"}
+    assert set(h.uploads(n)) == {f"receipt:{n}:json", f"receipt:{n}:csv", f"receipt:{n}:html"}
     assert h.posts(n)[-1] == (
         f"<@{REQUESTER}> {record.id} failed. {record.error} A retry continues where it stopped, "
         "without re-sending what was removed; partial receipt attached."
@@ -621,8 +625,10 @@ def test_fault_mid_plan_fails_with_partial_receipt_and_retry_sends_only_the_rest
     assert set(h.uploads(n)) == {
         f"receipt:{n}:json",
         f"receipt:{n}:csv",
+        f"receipt:{n}:html",
         f"receipt:{n}:json:2",
         f"receipt:{n}:csv:2",
+        f"receipt:{n}:html:2",
     }
     document, rows = h.receipt(n, "-2")
     assert document["outcome"] == "done"
@@ -699,7 +705,7 @@ def test_a_stop_between_batches_resumes_at_the_checkpoint(harness: Harness) -> N
     assert h.store.get(n).status == "done"
     assert Counter(sent_ids(h.cv.calls_to("DeleteImages"))) == Counter(dict.fromkeys(expected, 1))
     # A stop and resume stay in one round: one receipt, no suffix.
-    assert h.uploads(n).keys() == {f"receipt:{n}:json", f"receipt:{n}:csv"}
+    assert h.uploads(n).keys() == {f"receipt:{n}:json", f"receipt:{n}:csv", f"receipt:{n}:html"}
 
 
 def test_survivors_fail_the_request_and_a_retry_verifies_again(harness: Harness) -> None:

@@ -1005,6 +1005,6 @@ def test_durability_deletion_restarted_after_its_receipt_was_queued_posts_one_re
         assert stack.wait_status(rid, "done", "failed") == "done"
         stack.wait_delivered()
         receipts = sorted(f.name for f in stack.slack.files(CHANNEL) if "-receipt" in f.name)
-        assert receipts == [f"{rid}-receipt.csv", f"{rid}-receipt.json"]
+        assert receipts == [f"{rid}-receipt.csv", f"{rid}-receipt.html", f"{rid}-receipt.json"]
     finally:
         stack.close()

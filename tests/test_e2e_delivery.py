@@ -187,6 +187,7 @@ def test_e2e_archived_channel_holds_the_deletion_receipt_until_resent(stack: Sta
     assert {f.name for f in stack.slack.files(CHANNEL) if "receipt" in f.name} == {
         f"{rid}-receipt.json",
         f"{rid}-receipt.csv",
+        f"{rid}-receipt.html",
     }
     assert any("receipt attached" in m.text for m in thread(stack, rid))
     assert stack.bot.store.held_deliveries(number) == []

@@ -14,7 +14,7 @@ import pytest
 
 from bot.emulators.customvision import Seed
 from bot.emulators.stack import CHANNEL, REQUESTER, Stack
-from tests.conftest import StartStack
+from tests.conftest import StartStack, exported
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=30, predictions=5, image_bytes=300)
 
@@ -26,16 +26,7 @@ def stack(stacks: StartStack) -> Stack:
 
 def export(stack: Stack, text: str) -> tuple[str, dict[str, bytes]]:
     """Run an export through Slack; return its request id and the unzipped package."""
-    rid = stack.request_id(stack.command(REQUESTER, text))
-    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
-        rid
-    ).error
-    stack.wait_delivered()
-    parts = sorted(
-        (f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")),
-        key=lambda f: f.name,
-    )
-    assert parts, [f.name for f in stack.slack.files(CHANNEL)]
+    rid, parts = exported(stack, text)
     thread_ts = stack.bot.store.get(rid).message_ts
     assert {p.thread_ts for p in parts} == {thread_ts}
     content: dict[str, bytes] = {}

@@ -393,7 +393,7 @@ def test_export_projects_lists_every_project(harness: Harness) -> None:
     assert pkg.json("projects.json") == [
         unsigned(p.to_dict()) for p in harness.client.get_projects()
     ]
-    assert set(pkg.files) == {"projects.json", "README.txt"}
+    assert set(pkg.files) == {"projects.json", "index.html", "README.txt"}
     assert record.result is not None
     assert record.result["counts"] == {"projects": len(harness.projects)}
 
@@ -406,7 +406,7 @@ def test_export_iterations_and_iteration(harness: Harness) -> None:
     assert pkg.json("iterations.json") == [
         unsigned(i.to_dict()) for i in h.client.get_iterations(p)
     ]
-    assert set(pkg.files) == {"projects.json", "iterations.json", "README.txt"}
+    assert set(pkg.files) == {"projects.json", "iterations.json", "index.html", "README.txt"}
 
     _, pkg = h.done(f"export iteration {p} {it}")
     assert pkg.json("iterations.json") == [unsigned(h.client.get_iteration(p, it).to_dict())]

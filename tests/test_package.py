@@ -907,3 +907,30 @@ def test_writer_strips_signatures_from_every_json_file_manifest_and_readme(
         assert "sig=" not in text and "?sv=" not in text, name
         assert BLOB in text, name
     assert "signature" in texts["README.txt"]
+
+
+def test_package_keeps_its_json_readable_until_finished_across_a_resume(tmp_path: Path) -> None:
+    limit = 50_000
+    with writer(tmp_path, limit) as pkg:
+        pkg.write_json("projects.json", [{"id": "p", "name": "n"}])
+        with pkg.jsonl("images.jsonl") as sink:
+            sink.write({"n": 1})
+        pkg.add_file("a.bin", source(pkg, b"a" * 30_000))
+        pkg.add_file("b.bin", source(pkg, b"b" * 30_000))  # closes part 1
+        pkg.write_json("tags.json", {"workspace": []})  # in part 2, lost in the crash below
+        assert pkg.kept("a.bin") is None  # only JSON and JSON lines are kept
+        assert pkg.kept("missing.json") is None
+    drop_last_part_record(tmp_path)
+
+    with writer(tmp_path, limit) as pkg:
+        kept = pkg.kept("projects.json")
+        assert kept is not None and json.loads(kept.read_text("utf-8"))[0]["name"] == "n"
+        lines = pkg.kept("images.jsonl")
+        assert lines is not None and lines.read_text("utf-8") == '{"n":1}\n'
+        assert pkg.kept("tags.json") is None  # its part was discarded: written again
+        pkg.write_json("tags.json", {"workspace": [{"id": "t"}]})
+        again = pkg.kept("tags.json")
+        assert again is not None and "t" in again.read_text("utf-8")
+        assert pkg.names("images") == ["images.jsonl"]
+        pkg.finish()
+    assert not (tmp_path / "R-1042" / ".package" / "kept").exists()

@@ -69,8 +69,18 @@ def test_sandbox_scripted_session_reads_like_the_channel(
     # Thread replies sit indented under their parent.
     assert "\n    ↳ [" in text
 
-    saved = {p.name for p in output.iterdir()}
-    assert {"R-1001-export.zip", "R-1002-receipt.csv", "R-1002-receipt.json"} <= saved
+    saved = {p.name for p in output.iterdir() if p.is_file()}
+    assert {
+        "R-1001-export.zip",
+        "R-1002-receipt.csv",
+        "R-1002-receipt.json",
+        "R-1002-receipt.html",
+    } <= saved
+    # A person is told where to look: the unzipped export's index and the receipt page.
+    index = output / "R-1001-export" / "index.html"
+    assert f"Export unzipped: open {index} in a web browser" in text
+    assert "R-1001" in index.read_text(encoding="utf-8")
+    assert f"Receipt: open {output / 'R-1002-receipt.html'} in a web browser" in text
     for name in saved:  # every saved file is announced, with its size
         assert f"📎 {name} (" in text
         assert f"  {name}  (" in text
