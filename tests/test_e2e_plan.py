@@ -26,6 +26,7 @@ from bot.emulators.stack import (
 )
 from bot.training import TrainingClient
 from tests.conftest import StartStack
+from tests.test_e2e_delete import request_pending
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
 CHANGED = "changed since the preview"
@@ -43,13 +44,6 @@ def stacks(stacks: StartStack) -> StartStack:
 @pytest.fixture
 def stack(stacks: StartStack) -> Stack:
     return stacks()
-
-
-def request_pending(stack: Stack, text: str) -> str:
-    rid = stack.request_id(stack.command(REQUESTER, text))
-    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid)
-    stack.wait_delivered()
-    return rid
 
 
 def thread(stack: Stack, rid: str) -> list[str]:
