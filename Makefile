@@ -24,8 +24,8 @@ serve: $(STAMP)
 	$(BIN)/python -m bot serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check bot handlers tests bench
-	$(BIN)/ruff format --check bot handlers tests bench
+	$(BIN)/ruff check bot handlers emulators tests bench
+	$(BIN)/ruff format --check bot handlers emulators tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

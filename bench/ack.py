@@ -18,9 +18,9 @@ from urllib.parse import urlencode
 from bench import report
 from bench.harness import Answer, BenchError, BotProcess, Emulators, scratch, send_load, wait_until
 from bench.report import Result, Row
-from bot.emulators.customvision import Faults, Seed
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import CHANNEL, GROUP_APPROVER, REQUESTER, STRANGER
+from emulators.customvision import Faults, Seed
+from emulators.slack_driver import SlackDriver
+from emulators.stack import CHANNEL, GROUP_APPROVER, REQUESTER, STRANGER
 
 TPS = 10.0
 ACK_LIMIT = 3.0  # Slack's deadline

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from bench import report
 from bench.harness import BenchError, BotProcess, Emulators, request_id, scratch
 from bench.report import Result, Row
-from bot.emulators.customvision import Faults, Seed
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER
 from bot.training import MAX_IMAGE_IDS
+from emulators.customvision import Faults, Seed
+from emulators.stack import APPROVER, CHANNEL, REQUESTER
 
 TPS = 10.0
 BOUND_TARGET = 1.15

@@ -19,8 +19,8 @@ from bench.baseline import export_sequentially
 from bench.harness import BenchError, BotProcess, Emulators, request_id, scratch
 from bench.report import Result, Row
 from bot.config import Config
-from bot.emulators.customvision import Faults, Seed
-from bot.emulators.stack import CHANNEL, REQUESTER, TRAINING_KEY
+from emulators.customvision import Faults, Seed
+from emulators.stack import CHANNEL, REQUESTER, TRAINING_KEY
 
 TPS = 10.0
 BOUND_TARGET = 1.3

@@ -1,8 +1,8 @@
 """What every benchmark needs: emulators, the bot as its own process, waits, a load generator.
 
-I/O module. The emulators run in this process (bot.emulators.stack.start_emulators, the same
+I/O module. The emulators run in this process (emulators.stack.start_emulators, the same
 demo cast the tests use); the bot runs as `python -m bot serve` in a child process with the
-environment of bot.emulators.stack.bot_env, so its peak RSS (VmHWM) is its own and it talks to
+environment of emulators.stack.bot_env, so its peak RSS (VmHWM) is its own and it talks to
 the emulators over loopback HTTP exactly as it would talk to Slack and Azure. The bench watches
 the bot through its surfaces (signed requests in, emulator records out) and reads request
 states from the bot's SQLite file read-only (WAL lets a reader in beside the writer).
@@ -29,12 +29,12 @@ from typing import Any, TextIO
 import requests
 
 import bot
-from bot.emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
-from bot.emulators.slack import SlackEmulator
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import SIGNING_SECRET, bot_env, start_emulators
 from bot.ids import parse_request_id
 from bot.store import TERMINAL
+from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
+from emulators.slack import SlackEmulator
+from emulators.slack_driver import SlackDriver
+from emulators.stack import SIGNING_SECRET, bot_env, start_emulators
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the bench package
 CODE_ROOT = Path(bot.__file__).resolve().parent.parent  # the folder holding the bot package

@@ -27,8 +27,8 @@ from pathlib import Path
 from bench import report
 from bench.harness import BotProcess, Emulators, child_env, peak_rss_mb, request_id, scratch
 from bench.report import Result, Row
-from bot.emulators.customvision import Faults, Seed
-from bot.emulators.stack import CHANNEL, REQUESTER
+from emulators.customvision import Faults, Seed
+from emulators.stack import CHANNEL, REQUESTER
 
 TPS = 10.0
 GROWTH_TARGET_MB = 30.0
@@ -112,8 +112,8 @@ def _image(n: int) -> dict[str, object]:
 def build_pages(images: int, folder: Path) -> dict[str, float]:
     """Build a package of `images` images and its index pages; return peak RSS and seconds."""
     from bot import browse
-    from bot.emulators.pngbytes import png
     from bot.package import PackageInfo, PackageWriter, image_path
+    from emulators.pngbytes import png
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     project = str(uuid.UUID(int=7))

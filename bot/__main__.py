@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.interactive, args.output = False, Path("sandbox-output")
     try:
         if command == "sandbox":
-            from bot.sandbox import run_sandbox
+            from emulators.sandbox import run_sandbox
 
             setup_logging(args.log_format)
             logging.getLogger().setLevel(logging.WARNING)

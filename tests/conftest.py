@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from bot.emulators.customvision import Seed
-from bot.emulators.slack import UploadedFile
-from bot.emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
+from emulators.customvision import Seed
+from emulators.slack import UploadedFile
+from emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
 
 SMALL = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=512)
 

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 from bot import audit, grammar
 from bot.clock import FakeClock
 from bot.db import Database
-from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed
 from bot.runner import JobHandler, Runner, Settings
 from bot.store import Store
 from bot.training import TrainingClient
+from emulators.customvision import CustomVisionEmulator, Faults, Seed
 
 REQUESTER = "U0ALICE"
 CHANNEL = "C0DSR"

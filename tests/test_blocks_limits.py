@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.emulators.slack import SlackEmulator
 from bot.store import RequestRecord
+from emulators.slack import SlackEmulator
 from handlers import blocks, limits
 
 TOKEN = "xoxb-limits"

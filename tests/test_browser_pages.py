@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bot import webpage
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
+from emulators.customvision import Seed
+from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from tests.browser import Browser, browser, colours
 from tests.conftest import StartStack, exported
 

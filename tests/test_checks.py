@@ -16,9 +16,9 @@ from bot import audit
 from bot.checks import REQUIRED_SCOPES, Check, print_checks, run_checks
 from bot.config import Config, load_config
 from bot.db import Database
-from bot.emulators.customvision import CustomVisionEmulator, Seed
-from bot.emulators.slack import SlackEmulator
-from bot.emulators.stack import (
+from emulators.customvision import CustomVisionEmulator, Seed
+from emulators.slack import SlackEmulator
+from emulators.stack import (
     AUDIT_CHANNEL,
     CHANNEL,
     REQUESTER,

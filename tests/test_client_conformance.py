@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from bot.emulators.customvision import Call, CustomVisionEmulator, Exchange, Seed
 from bot.training import TrainingClient
+from emulators.customvision import Call, CustomVisionEmulator, Exchange, Seed
 from tests.spec_schema import BASE_PATH, operation_for, validate_response
 
 BASE = BASE_PATH  # /customvision/v3.3/training

@@ -13,9 +13,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from bot import coco
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import TRAINING_KEY, Stack
 from bot.training import TrainingClient
+from emulators.customvision import Seed
+from emulators.stack import TRAINING_KEY, Stack
 from tests.conftest import StartStack, exported
 
 # Projects cycle through Multiclass, ObjectDetection and Multilabel.

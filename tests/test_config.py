@@ -267,7 +267,7 @@ def test_bot_process_refuses_out_of_range_settings_naming_them(
 
 def test_e2e_deletion_works_at_the_longest_approval_ttl(stacks: Any) -> None:
     """1e9 hours was accepted and every deletion then failed; the top of the range works."""
-    from bot.emulators.stack import APPROVER, REQUESTER
+    from emulators.stack import APPROVER, REQUESTER
 
     high = NUMBERS["BOT_APPROVAL_TTL_HOURS"].high
     stack = stacks(env={"BOT_APPROVAL_TTL_HOURS": f"{high:g}"})

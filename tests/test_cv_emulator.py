@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 import requests
 
-from bot.emulators.customvision import (
+from emulators.customvision import (
     GATEWAY_401_INVALID,
     GATEWAY_401_MISSING,
     CustomVisionEmulator,
     Faults,
     Seed,
 )
-from bot.emulators.cvdata import EmulatorData
-from bot.emulators.pngbytes import png, png_size
+from emulators.cvdata import EmulatorData
+from emulators.pngbytes import png, png_size
 from tests.spec_schema import SpecChecker
 
 KEY = "test-training-key-3f9a"
@@ -920,7 +920,7 @@ def test_emulator_holds_100k_images_in_modest_memory(make_rig: MakeRig) -> None:
 
 def test_emulator_cli_serves_until_interrupted() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "bot.emulators.customvision", "--port", "0", "--key", KEY]
+    command = [sys.executable, "-m", "emulators.customvision", "--port", "0", "--key", KEY]
     command += ["--projects", "1", "--images", "10", "--tps-cap", "50"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) as proc:
         assert proc.stdout is not None

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed, routes
+from emulators.customvision import CustomVisionEmulator, Faults, Seed, routes
 from tests.spec_schema import (
     EXAMPLES_DIR,
     SPEC_DIR,

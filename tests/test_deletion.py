@@ -32,9 +32,9 @@ from bot.deletion import (
     run_delete,
     run_preview,
 )
-from bot.emulators.customvision import Exchange, Faults, Seed
 from bot.runner import JobContext, Outcome
 from bot.store import RequestRecord
+from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
 
 KEY = "deletion-test-key-4Rt9"

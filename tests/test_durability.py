@@ -38,10 +38,13 @@ from slack_sdk import WebClient
 from bot import audit, grammar
 from bot.clock import SystemClock
 from bot.db import Database
-from bot.emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
-from bot.emulators.slack import DEFAULT_SCOPES, SlackEmulator
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import (
+from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
+from bot.store import TERMINAL, RequestRecord, Store
+from bot.training import TrainingClient
+from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
+from emulators.slack import DEFAULT_SCOPES, SlackEmulator
+from emulators.slack_driver import SlackDriver
+from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,
     BOT_TOKEN,
@@ -53,9 +56,6 @@ from bot.emulators.stack import (
     start_emulators,
     start_stack,
 )
-from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
-from bot.store import TERMINAL, RequestRecord, Store
-from bot.training import TrainingClient
 from handlers.outbox import Deliverer
 
 SERVING = re.compile(r"serving \S+ on http://[0-9.]+:(\d+)/slack/events")

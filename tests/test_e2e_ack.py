@@ -19,10 +19,10 @@ from contextlib import contextmanager
 import pytest
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import APPROVER, GROUP_APPROVER, REQUESTER, Person, Stack
 from bot.ids import parse_request_id
 from bot.service import FRESH_FOR_APPROVALS
+from emulators.customvision import Seed
+from emulators.stack import APPROVER, GROUP_APPROVER, REQUESTER, Person, Stack
 from handlers.listeners import KNOWN_ACTIONS, catch_all
 from tests.conftest import StartStack
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import (
+from bot.service import FRESH_FOR_APPROVALS
+from emulators.customvision import Seed
+from emulators.stack import (
     APPROVER,
     CHANNEL,
     GROUP_APPROVER,
@@ -23,7 +24,6 @@ from bot.emulators.stack import (
     Person,
     Stack,
 )
-from bot.service import FRESH_FOR_APPROVALS
 from tests.conftest import StartStack
 from tests.test_e2e_ack import request_pending
 

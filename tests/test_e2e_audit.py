@@ -13,8 +13,8 @@ import pytest
 
 from bot import audit
 from bot.db import connect
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import (
+from emulators.customvision import Seed
+from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,
     CHANNEL,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.emulators.customvision import Seed
-from bot.emulators.slack import DEFAULT_SCOPES
-from bot.emulators.stack import APPROVER, REQUESTER, Stack
+from emulators.customvision import Seed
+from emulators.slack import DEFAULT_SCOPES
+from emulators.stack import APPROVER, REQUESTER, Stack
 from tests.conftest import StartStack
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=8, predictions=2, image_bytes=128)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bot.emulators.stack import (
+from emulators.stack import (
     CHANNEL,
     OUTSIDE_CHANNEL,
     PUBLIC_CHANNEL,

@@ -14,8 +14,8 @@ import threading
 import pytest
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import (
+from emulators.customvision import Seed
+from emulators.stack import (
     APPROVER,
     CHANNEL,
     GROUP_APPROVER,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.slack import Message
-from bot.emulators.stack import (
+from emulators.customvision import Seed
+from emulators.slack import Message
+from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,
     CHANNEL,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import CHANNEL, REQUESTER, Stack
+from emulators.customvision import Seed
+from emulators.stack import CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack, exported
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=30, predictions=5, image_bytes=300)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bot.emulators.customvision import Seed
-from bot.emulators.slack import ApiCall
-from bot.emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
+from emulators.customvision import Seed
+from emulators.slack import ApiCall
+from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
 from handlers.limits import (
     MAX_BLOCKS_TEXT,
     MAX_REPLY_TEXT,

@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
+from emulators.customvision import Seed
+from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack
 
 SEED = Seed(projects=1, iterations=2, tags=3, images=12, predictions=4, image_bytes=200)

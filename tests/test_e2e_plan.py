@@ -15,8 +15,9 @@ import pytest
 
 from bot import audit
 from bot.clock import FakeClock
-from bot.emulators.customvision import Exchange, Seed
-from bot.emulators.stack import (
+from bot.training import TrainingClient
+from emulators.customvision import Exchange, Seed
+from emulators.stack import (
     APPROVER,
     CHANNEL,
     GROUP_APPROVER,
@@ -24,7 +25,6 @@ from bot.emulators.stack import (
     REQUESTER,
     Stack,
 )
-from bot.training import TrainingClient
 from tests.conftest import StartStack
 from tests.test_e2e_delete import request_pending
 

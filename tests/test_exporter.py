@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.emulators.customvision import Exchange, Faults, Seed
 from bot.exporter import (
     CACHE_DIR,
     describe_counts,
@@ -37,6 +36,7 @@ from bot.exporter import (
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
 from bot.store import RequestRecord
+from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
 
 KEY = "exporter-test-key-9Qx2"

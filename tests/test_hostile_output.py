@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from bot.package import check_arcname
+from emulators.customvision import Seed
+from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from tests.test_malformed_api import RewritingProxy, edited, fixed, proxied_stack
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=10, predictions=2, image_bytes=128)

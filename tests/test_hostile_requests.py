@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 
 from bot import audit
 from bot.clock import iso
-from bot.emulators.customvision import Seed
-from bot.emulators.slack_driver import SlackDriver, signature
-from bot.emulators.stack import (
+from emulators.customvision import Seed
+from emulators.slack_driver import SlackDriver, signature
+from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,
     CHANNEL,

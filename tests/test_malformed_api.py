@@ -28,8 +28,8 @@ import pytest
 import requests
 
 from bot import audit
-from bot.emulators.customvision import API_BASE, Seed, routes
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack, start_stack
+from emulators.customvision import API_BASE, Seed, routes
+from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack, start_stack
 from handlers import blocks
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)

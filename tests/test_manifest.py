@@ -13,8 +13,8 @@ from slack_sdk import WebClient
 
 from bot.checks import REQUIRED_SCOPES
 from bot.config import load_config
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import start_emulators
+from emulators.customvision import Seed
+from emulators.stack import start_emulators
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKET = ROOT / "manifest.yaml"

@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from bot import audit, db
-from bot.emulators.customvision import Faults, Seed
-from bot.emulators.faults import fill, locked, mount_small_filesystem
-from bot.emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
+from emulators.customvision import Faults, Seed
+from emulators.faults import fill, locked, mount_small_filesystem
+from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=2048)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.emulators.customvision import CustomVisionEmulator
-from bot.sandbox import (
+from emulators.customvision import CustomVisionEmulator
+from emulators.sandbox import (
     SANDBOX_SEED,
     Line,
     parse_line,

@@ -40,9 +40,9 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from bot.emulators.customvision import Exchange, Seed
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import (
+from emulators.customvision import Exchange, Seed
+from emulators.slack_driver import SlackDriver
+from emulators.stack import (
     APPROVER,
     BOT_TOKEN,
     CHANNEL,

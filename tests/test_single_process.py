@@ -21,9 +21,9 @@ import requests
 from bot import audit, grammar
 from bot.clock import SystemClock, iso
 from bot.db import Database
-from bot.emulators.customvision import Seed
-from bot.emulators.stack import CHANNEL, REQUESTER, bot_env, start_emulators, start_stack
 from bot.store import Store
+from emulators.customvision import Seed
+from emulators.stack import CHANNEL, REQUESTER, bot_env, start_emulators, start_stack
 from tests.test_durability import BotProcess
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=10, predictions=0, image_bytes=256)

@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from bot.emulators.slack import MAX_BLOCKS_TEXT, SlackEmulator
+from emulators.slack import MAX_BLOCKS_TEXT, SlackEmulator
 
 TOKEN = "xoxb-emulator-bot-token"
 EMOJI = "🙂"  # one character, two UTF-16 units

@@ -32,10 +32,11 @@ import pytest
 import requests
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.faults import fill, locked, mount_small_filesystem
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import (
+from bot.store import OPEN, TERMINAL, RequestRecord
+from emulators.customvision import Seed
+from emulators.faults import fill, locked, mount_small_filesystem
+from emulators.slack_driver import SlackDriver
+from emulators.stack import (
     APPROVER,
     CHANNEL,
     REQUESTER,
@@ -43,7 +44,6 @@ from bot.emulators.stack import (
     Stack,
     start_stack,
 )
-from bot.store import OPEN, TERMINAL, RequestRecord
 
 REQUESTS = int(os.environ.get("SOAK_REQUESTS", "60"))
 LOCK_MIN = float(os.environ.get("SOAK_LOCK_MIN", "6"))

@@ -19,11 +19,11 @@ import requests
 
 from bot.app import build_bot, socket_mode
 from bot.config import load_config
-from bot.emulators.customvision import CustomVisionEmulator, Seed
-from bot.emulators.slack import SlackEmulator, websocket_accept
-from bot.emulators.slack_driver import SlackDriver
-from bot.emulators.stack import BOT_TOKEN, CHANNEL, REQUESTER, bot_env, start_emulators
 from bot.ids import parse_request_id
+from emulators.customvision import CustomVisionEmulator, Seed
+from emulators.slack import SlackEmulator, websocket_accept
+from emulators.slack_driver import SlackDriver
+from emulators.stack import BOT_TOKEN, CHANNEL, REQUESTER, bot_env, start_emulators
 
 APP_TOKEN = "xapp-1-A0EMULATOR-1-emulator-app-token"  # a test value
 SEED = Seed(projects=2, iterations=2, tags=3, images=20, predictions=4, image_bytes=256)

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import requests
 
-from bot.emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
 from bot.errors import (
     MalformedResponse,
     NotFound,
@@ -45,6 +44,7 @@ from bot.training import (
     retry_after_hint,
     shared_limiter,
 )
+from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
 from tests.test_client_conformance import Sent, check_all, check_calls, recording_session
 
 KEY = "test-training-key-Zq81x"

@@ -1,6 +1,6 @@
 """The sandbox: the whole bot on this machine, between emulated Slack and Custom Vision.
 
-`run_sandbox` starts the stack (bot.emulators.stack: both emulators and the real bot over
+`run_sandbox` starts the stack (emulators.stack: both emulators and the real bot over
 HTTP) on a temporary folder, then either plays a short scripted session (alice asks, bob
 approves, mallory has no role) or lets the user type commands as any of the demo people. It
 prints the channel as a person reads it and saves every file the bot posted under `output`.
@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from bot import audit
-from bot.emulators.customvision import Seed
-from bot.emulators.slack import Ephemeral, Message, UploadedFile
-from bot.emulators.stack import (
+from bot.exporter import human_size
+from emulators.customvision import Seed
+from emulators.slack import Ephemeral, Message, UploadedFile
+from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,
     CHANNEL,
@@ -41,7 +42,6 @@ from bot.emulators.stack import (
     Stack,
     start_stack,
 )
-from bot.exporter import human_size
 
 log = logging.getLogger(__name__)
 

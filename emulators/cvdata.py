@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from bot.emulators.pngbytes import png
+from emulators.pngbytes import png
 
 __all__ = [
     "DOMAINS",

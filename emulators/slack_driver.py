@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from bot.emulators.slack import Channel, SlackEmulator
+from emulators.slack import Channel, SlackEmulator
 
 __all__ = ["SlackDriver", "signature"]
 
@@ -78,7 +78,7 @@ class SlackDriver:
         emulator: SlackEmulator,
         *,
         command: str = "/cv",
-        verification_token: str = "emulator-verification-token",  # noqa: S107 (fake)
+        verification_token: str = "emulator-verification-token",
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.config import Config, load_config
-from bot.emulators.customvision import CustomVisionEmulator, Faults, Seed
-from bot.emulators.slack import DEFAULT_SCOPES, SlackEmulator
-from bot.emulators.slack_driver import SlackDriver
 from bot.ids import parse_request_id
+from emulators.customvision import CustomVisionEmulator, Faults, Seed
+from emulators.slack import DEFAULT_SCOPES, SlackEmulator
+from emulators.slack_driver import SlackDriver
 
-SIGNING_SECRET = "emulator-signing-secret-0f9c2b"  # noqa: S105 - a test value, not a credential
-BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"  # noqa: S105
+SIGNING_SECRET = "emulator-signing-secret-0f9c2b"
+BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"
 TRAINING_KEY = "emulator-training-key-7a3c"
 
 

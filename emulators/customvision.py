@@ -1,7 +1,7 @@
 """A real HTTP emulator of the Custom Vision Training API v3.3, its gateway and blob storage.
 
 I/O module: a ThreadingHTTPServer on 127.0.0.1 (port 0 by default). The data model and
-the service rules live in bot.emulators.cvdata; this module owns the wire:
+the service rules live in emulators.cvdata; this module owns the wire:
 
 - Routes under /customvision/v3.3/training for the operations the bot uses (plus
   PublishIteration, ExportIteration and ExportProject), with the spec's query parameters:
@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from bot.emulators.cvdata import CvError, EmulatorData, Links, Seed, TaggingStatus
+from emulators.cvdata import CvError, EmulatorData, Links, Seed, TaggingStatus
 
 __all__ = [
     "API_BASE",
@@ -953,7 +953,7 @@ def _delete_prediction(emu: CustomVisionEmulator, req: _Request) -> _Answer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve an emulator until Ctrl-C (`python -m bot.emulators.customvision --help`)."""
+    """Serve an emulator until Ctrl-C (`python -m emulators.customvision --help`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)

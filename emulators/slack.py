@@ -817,7 +817,7 @@ class SlackEmulator:
     def __init__(
         self,
         *,
-        bot_token: str = "xoxb-emulator-bot-token",  # noqa: S107 (a fake token for a fake Slack)
+        bot_token: str = "xoxb-emulator-bot-token",
         team_id: str = "T0EMULATOR",
         host: str = "127.0.0.1",
         port: int = 0,
