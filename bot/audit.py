@@ -37,7 +37,7 @@ transaction, so the event commits or rolls back with the state change it records
 reads the chain head inside that transaction, so callers open it with BEGIN IMMEDIATE (a
 deferred transaction could read a head another writer is about to replace).
 
-Pure: `event_hash`, `redact`, `mirror_line`, `parse_mirror_line`, `Verification.summary`.
+Pure: `event_hash`, `mirror_line`, `parse_mirror_line`, `Verification.summary`.
 I/O: `append`, `head`, `verify`, `check_against_witness`, `events` (SQLite) and
 `write_csv`, `write_jsonl` (the file object they are given).
 """
@@ -49,7 +49,6 @@ import hashlib
 import json
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -197,24 +196,6 @@ class Verification:
 
 # --- secrets -------------------------------------------------------------------------------
 
-_secrets_lock = threading.Lock()
-_registered: frozenset[str] = frozenset()
-
-
-def register_secrets(secrets: Iterable[str]) -> None:
-    """Add secrets that `append` must never write (empty strings are ignored)."""
-    global _registered
-    with _secrets_lock:
-        _registered = _registered | {s for s in secrets if s}
-
-
-def clear_secrets() -> None:
-    """Forget every registered secret (for tests)."""
-    global _registered
-    with _secrets_lock:
-        _registered = frozenset()
-
-
 _NEVER = re.compile(r"(?!)")  # matches nothing: the pattern when there is no secret
 
 
@@ -232,13 +213,6 @@ def _redact_value(value: Any, pattern: re.Pattern[str]) -> Any:
     if isinstance(value, list | tuple):
         return [_redact_value(v, pattern) for v in value]
     return value
-
-
-def redact(details: Mapping[str, Any], secrets: Sequence[str]) -> dict[str, Any]:
-    """Return a deep copy of `details` with every secret substring, in keys and nested
-    values, replaced by "[redacted]"."""
-    result: dict[str, Any] = _redact_value(details, _secret_pattern(secrets) or _NEVER)
-    return result
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -301,8 +275,9 @@ def append(
 
     Raises RuntimeError outside a transaction; ValueError for a naive `at`, an empty
     actor/action/outcome/request_id or a value JSON cannot represent canonically (NaN, lone
-    surrogates); TypeError for non-string fields or details JSON cannot encode. Secrets
-    (registered or given) become "[redacted]" in every field before anything is hashed.
+    surrogates); TypeError for non-string fields or details JSON cannot encode. `secrets`
+    become "[redacted]" in every field, keys and nested values included, before anything is
+    hashed.
     """
     if not conn.in_transaction:
         raise RuntimeError("audit.append needs the caller's transaction (BEGIN IMMEDIATE)")
@@ -321,7 +296,7 @@ def append(
         raise TypeError("targets must be strings")
     at_text = format_at(at)
 
-    pattern = _secret_pattern((*_registered, *secrets)) or _NEVER
+    pattern = _secret_pattern(secrets) or _NEVER
     actor, action, outcome = (pattern.sub(REDACTED, s) for s in (actor, action, outcome))
     if request_id is not None:
         request_id = pattern.sub(REDACTED, request_id)

@@ -3,7 +3,6 @@
     BotError                      anything with a message fit to show a Slack user
     ├── ConfigError               missing or malformed configuration (lists every problem)
     ├── ParseError                a command the grammar rejects (carries the right usage)
-    ├── NotAllowed                an actor may not do this (who may do what: bot.policy)
     ├── RequestStateError         the request is not in a state that allows this
     ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
     ├── DatabaseBusy              another process held the database's lock for too long
@@ -16,7 +15,9 @@
         ├── TransportError        timeouts and dropped connections after every retry
         └── MalformedResponse     a body that is not what the spec promises
 
-Anything that is not a BotError is a bug: it reaches the app's error handler with its traceback.
+A refusal is not an exception: the rules (bot.policy) return a `Decision` whose reason the user
+is told. Anything that is not a BotError is a bug: it reaches the app's error handler with its
+traceback.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ class ParseError(BotError, ValueError):
         self.problem = problem
         self.usage = usage
         super().__init__(f"{problem}\nUsage: {usage}" if usage else problem)
-
-
-class NotAllowed(BotError):
-    """The actor may not perform this action."""
 
 
 class RequestStateError(BotError):

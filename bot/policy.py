@@ -36,17 +36,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-
-
-class Action(StrEnum):
-    REQUEST = "request"
-    APPROVE = "approve"
-    REJECT = "reject"
-    CANCEL = "cancel"
-    RETRY = "retry"
-    RESEND = "resend"
-    READ_AUDIT = "read_audit"
 
 
 @dataclass(frozen=True)
