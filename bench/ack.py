@@ -19,7 +19,7 @@ from bench import report
 from bench.harness import Answer, BenchError, BotProcess, Emulators, scratch, send_load, wait_until
 from bench.report import Result, Row
 from emulators.customvision import Faults, Seed
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
 from emulators.stack import CHANNEL, GROUP_APPROVER, REQUESTER, STRANGER
 
 TPS = 10.0

@@ -1,6 +1,6 @@
 """Benchmark 6: a burst of commands at Slack's pace, with the audit channel mirroring it all.
 
-I/O module. The Slack emulator enforces Slack's rate tiers (emulators.slack.RATE_TIERS:
+I/O module. The Slack emulator enforces Slack's rate tiers (emulators.slack.webapi.RATE_TIERS:
 about 1 post a second per channel, chat.update about 50 a minute, ...). Eight `export project`
 requests run while 10,000 signed slash commands arrive, 50 at a time: a third are `status`,
 two thirds are refused (`status R-1001` and `resend R-1001` by someone who may not), so most
@@ -34,7 +34,7 @@ from bench.harness import (
 from bench.report import Result, Row
 from bot import audit
 from emulators.customvision import Faults, Seed
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
 from emulators.stack import AUDIT_CHANNEL, CHANNEL, REQUESTER, STRANGER
 
 P99_TARGET = 0.250

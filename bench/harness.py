@@ -32,8 +32,8 @@ import bot
 from bot.ids import parse_request_id
 from bot.store import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
-from emulators.slack import SlackEmulator
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
+from emulators.slack.webapi import SlackEmulator
 from emulators.stack import SIGNING_SECRET, bot_env, start_emulators
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the bench package

@@ -27,7 +27,7 @@ from typing import IO, Any
 from bot import audit
 from bot.exporter import human_size
 from emulators.customvision import Seed
-from emulators.slack import Ephemeral, Message, UploadedFile
+from emulators.slack.records import Ephemeral, Message, UploadedFile
 from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,

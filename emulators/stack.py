@@ -17,8 +17,8 @@ from bot.clock import Clock
 from bot.config import Config, load_config
 from bot.ids import parse_request_id
 from emulators.customvision import CustomVisionEmulator, Faults, Seed
-from emulators.slack import DEFAULT_SCOPES, SlackEmulator
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
+from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 
 SIGNING_SECRET = "emulator-signing-secret-0f9c2b"
 BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"

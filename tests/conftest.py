@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from emulators.customvision import Seed
-from emulators.slack import UploadedFile
+from emulators.slack.records import UploadedFile
 from emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
 
 SMALL = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=512)

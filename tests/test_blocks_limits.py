@@ -18,7 +18,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.store import RequestRecord
-from emulators.slack import SlackEmulator
+from emulators.slack.webapi import SlackEmulator
 from handlers import blocks, limits
 
 TOKEN = "xoxb-limits"

@@ -17,7 +17,7 @@ from bot.checks import REQUIRED_SCOPES, Check, print_checks, run_checks
 from bot.config import Config, load_config
 from bot.db import Database
 from emulators.customvision import CustomVisionEmulator, Seed
-from emulators.slack import SlackEmulator
+from emulators.slack.webapi import SlackEmulator
 from emulators.stack import (
     AUDIT_CHANNEL,
     CHANNEL,

@@ -42,8 +42,8 @@ from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
 from bot.store import TERMINAL, RequestRecord, Store
 from bot.training import TrainingClient
 from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
-from emulators.slack import DEFAULT_SCOPES, SlackEmulator
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
+from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from emulators.customvision import Seed
-from emulators.slack import DEFAULT_SCOPES
+from emulators.slack.webapi import DEFAULT_SCOPES
 from emulators.stack import APPROVER, REQUESTER, Stack
 from tests.conftest import StartStack
 

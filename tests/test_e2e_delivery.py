@@ -15,7 +15,7 @@ import pytest
 
 from bot import audit
 from emulators.customvision import Seed
-from emulators.slack import Message
+from emulators.slack.records import Message
 from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,

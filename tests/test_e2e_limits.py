@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from emulators.customvision import Seed
-from emulators.slack import ApiCall
+from emulators.slack.records import ApiCall
 from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
 from handlers.limits import (
     MAX_BLOCKS_TEXT,

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from bot import audit
 from bot.clock import iso
 from emulators.customvision import Seed
-from emulators.slack_driver import SlackDriver, signature
+from emulators.slack.driver import SlackDriver, signature
 from emulators.stack import (
     APPROVER,
     AUDIT_CHANNEL,

@@ -9,7 +9,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from emulators.slack import RATE_TIERS, RateTier, SlackEmulator
+from emulators.slack.webapi import RATE_TIERS, RateTier, SlackEmulator
 from handlers.outbox import POST_BUDGET, UPDATE_BUDGET, Budget, Pacer, slack_budget
 from tests.test_slack_emulator import TOKEN, FakeTime
 

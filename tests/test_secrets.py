@@ -41,7 +41,7 @@ import pytest
 import requests
 
 from emulators.customvision import Exchange, Seed
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
 from emulators.stack import (
     APPROVER,
     BOT_TOKEN,

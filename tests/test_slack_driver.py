@@ -20,8 +20,8 @@ from slack_bolt.request.internals import parse_body
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
-from emulators.slack import SlackEmulator
-from emulators.slack_driver import SlackDriver, signature
+from emulators.slack.driver import SlackDriver, signature
+from emulators.slack.webapi import SlackEmulator
 
 SPECS = Path("/work/shared/specs/slack")
 TOKEN = "xoxb-emulator-bot-token"

@@ -16,7 +16,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
-from emulators.slack import DEFAULT_SCOPES, SlackEmulator
+from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 
 TOKEN = "xoxb-emulator-bot-token"
 
@@ -1094,7 +1094,7 @@ def test_emulator_group_dm_needs_mpim_read() -> None:
 
 
 def test_emulator_enterprise_grid_payloads(emulator: SlackEmulator) -> None:
-    from emulators.slack_driver import SlackDriver
+    from emulators.slack.driver import SlackDriver
 
     emulator.enterprise_id = "E0GRID"
     emulator.add_user("W0DAVE", "dave")

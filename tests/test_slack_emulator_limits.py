@@ -15,7 +15,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from emulators.slack import MAX_BLOCKS_TEXT, SlackEmulator
+from emulators.slack.blockkit import MAX_BLOCKS_TEXT
+from emulators.slack.webapi import SlackEmulator
 
 TOKEN = "xoxb-emulator-bot-token"
 EMOJI = "🙂"  # one character, two UTF-16 units

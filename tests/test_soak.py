@@ -35,7 +35,7 @@ from bot import audit
 from bot.store import OPEN, TERMINAL, RequestRecord
 from emulators.customvision import Seed
 from emulators.faults import fill, locked, mount_small_filesystem
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
 from emulators.stack import (
     APPROVER,
     CHANNEL,

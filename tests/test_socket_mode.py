@@ -21,8 +21,9 @@ from bot.app import build_bot, socket_mode
 from bot.config import load_config
 from bot.ids import parse_request_id
 from emulators.customvision import CustomVisionEmulator, Seed
-from emulators.slack import SlackEmulator, websocket_accept
-from emulators.slack_driver import SlackDriver
+from emulators.slack.driver import SlackDriver
+from emulators.slack.socket_mode import websocket_accept
+from emulators.slack.webapi import SlackEmulator
 from emulators.stack import BOT_TOKEN, CHANNEL, REQUESTER, bot_env, start_emulators
 
 APP_TOKEN = "xapp-1-A0EMULATOR-1-emulator-app-token"  # a test value
@@ -71,7 +72,7 @@ def stack(tmp_path: Path) -> Iterator[SocketStack]:
             handler = socket_mode(bot)
             handler.connect()
             try:
-                assert slack.socket_connected(timeout=5.0)
+                assert slack.socket_mode.connected(timeout=5.0)
                 driver = SlackDriver("socket-mode", "", slack, command=config.bot_command)
                 yield SocketStack(cv, slack, bot, driver)
             finally:
@@ -89,7 +90,7 @@ def test_socket_export_acks_with_request_id_and_posts_files_in_thread(
 ) -> None:
     opened = stack.slack.calls_to("apps.connections.open")
     assert [(c.ok, c.token) for c in opened] == [(True, APP_TOKEN)]
-    hello = stack.slack.socket_received()  # the client speaks only to ack
+    hello = stack.slack.socket_mode.received()  # the client speaks only to ack
     assert hello == []
 
     reply = stack.driver.socket_command(REQUESTER.user_id, CHANNEL, "export projects")

@@ -23,7 +23,8 @@ from urllib.parse import urlencode
 
 import requests
 
-from emulators.slack import Channel, SlackEmulator
+from emulators.slack.records import Channel
+from emulators.slack.webapi import SlackEmulator
 
 __all__ = ["SlackDriver", "signature"]
 
@@ -290,8 +291,8 @@ class SlackDriver:
 
         Raises TimeoutError when the bot does not ack within the driver's timeout.
         """
-        envelope_id = self.emulator.socket_send(envelope, timeout=self.timeout)
-        ack = self.emulator.socket_ack(envelope_id, timeout=self.timeout)
+        envelope_id = self.emulator.socket_mode.send(envelope, timeout=self.timeout)
+        ack = self.emulator.socket_mode.ack(envelope_id, timeout=self.timeout)
         if ack is None:
             raise TimeoutError(f"no ack for envelope {envelope_id}")
         payload = ack.get("payload")

@@ -1,65 +1,69 @@
-"""A fake Slack over real HTTP: the Web API methods the bot uses, uploads and response_urls.
+"""The Slack Web API as the emulator serves it: a workspace with one bot installed, the methods
+the bot calls, file uploads and response_urls.
 
 The unmodified slack-sdk `WebClient(base_url=emulator.api_url)` and Bolt's `respond()` talk to
-it exactly as they talk to Slack, so what the emulator accepts, refuses and records is what
+`SlackEmulator` exactly as they talk to Slack, so what it accepts, refuses and records is what
 the bot's tests believe about Slack. Where Slack has a rule the bot can break, the emulator
-enforces it (token, scopes, channel membership, Block Kit limits, message length, the 5 uses
-and 30 minutes of a response_url, the 3 s and single use of a trigger_id) and answers with
-Slack's own error code.
+enforces it (token, scopes, channel membership, Block Kit limits via blockkit.py, message
+length, the 5 uses and 30 minutes of a response_url, the 3 s and single use of a trigger_id,
+rate tiers) and answers with Slack's own error code. Faults (429, errors, latency, 5xx,
+dropped connections) are switches on it.
 
-Routes (all on one server, 127.0.0.1, port 0 by default):
+Routes (all on one server, server.py, 127.0.0.1, port 0 by default):
 - `/api/<method>`: Web API. POST with a JSON body (`application/json; charset=utf-8`) or a
   form body, or GET with a query string; the token comes from `Authorization: Bearer` or a
   `token` field. HTTP 200 with `{"ok": true, ...}` or `{"ok": false, "error": ...}`; 429 with
   `Retry-After` when rate limited.
 - `/upload/v1/<secret>`: the `upload_url` of files.getUploadURLExternal; raw bytes, no auth.
 - `/commands/...` and `/actions/...`: response_urls handed out by `response_url()`.
-- `/socket/<ticket>`: Socket Mode. `apps.connections.open` (app-level token `xapp-...`) hands
-  out a single-use `ws://` URL; the WebSocket (RFC 6455: text frames, ping/pong, close; client
-  frames masked) greets with `{"type": "hello"}`. Tests push envelopes with `socket_send()`
-  and read the client's acks with `socket_ack()`.
+- `/socket/<ticket>`: Socket Mode (socket_mode.py), reached through `emulator.socket_mode`;
+  apps.connections.open (app-level token `xapp-...`) hands out the single-use URL.
 
 Not pure: a threaded HTTP server whose in-memory state is guarded by one lock. What tests read
-(`messages()`, `calls`, ...) are frozen dataclasses holding deep copies, taken under the lock.
+(`messages()`, `calls`, ...) are the frozen snapshots of records.py, deep copies taken under
+the lock.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import copy
-import hashlib
-import io
 import json
 import math
 import random
 import secrets
-import socket
-import struct
 import threading
 import time
-import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = [
-    "DEFAULT_SCOPES",
-    "ApiCall",
-    "Channel",
-    "Ephemeral",
-    "Message",
-    "MessageVersion",
-    "OpenedView",
-    "RateTier",
-    "SlackEmulator",
-    "UploadedFile",
-    "User",
-]
+from emulators.slack.blockkit import (
+    MAX_BLOCKS_TEXT,
+    MAX_MESSAGE_BLOCKS,
+    MAX_TEXT,
+    block_problems,
+    blocks_text_units,
+    units,
+    view_problems,
+    with_block_ids,
+)
+from emulators.slack.records import (
+    ApiCall,
+    Channel,
+    Ephemeral,
+    JsonObject,
+    Message,
+    MessageVersion,
+    OpenedView,
+    UploadedFile,
+    User,
+)
+from emulators.slack.server import Handler, Reply, Server, json_reply
+from emulators.slack.socket_mode import SocketMode
+
+__all__ = ["DEFAULT_SCOPES", "RATE_TIERS", "RateTier", "SlackEmulator"]
 
 # The bot's manifest scopes (NOTES-slack.md). Methods check them as Slack does.
 DEFAULT_SCOPES = (
@@ -72,18 +76,10 @@ DEFAULT_SCOPES = (
     "groups:read",
     "mpim:read",
 )
-MAX_TEXT = 40_000
-MAX_BLOCKS_TEXT = 12_000  # msg_blocks_too_long, "about 12,000" (see "Lengths as Slack counts")
-MAX_MESSAGE_BLOCKS = 50
-MAX_MODAL_BLOCKS = 100
 MAX_FILES_PER_COMPLETION = 14
 RESPONSE_URL_USES = 5
 RESPONSE_URL_TTL = 30 * 60.0
 TRIGGER_TTL = 3.0
-WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
-MAX_FRAME = 16 * 1024 * 1024
-
-JsonObject = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,143 +124,6 @@ RATE_TIERS: dict[str, RateTier] = {
 # files.completeUploadExternal posts a message in the channel: inferred to spend the channel's
 # posting budget too.
 POSTS_IN_CHANNEL = frozenset({"chat.postMessage", "files.completeUploadExternal"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Snapshots handed to tests
-
-
-@dataclass(frozen=True)
-class ApiCall:
-    """One request the emulator answered: a Web API method, "upload" or "response_url"."""
-
-    method: str
-    params: JsonObject  # body/query fields as received, without the token
-    status: int
-    time: float
-    token: str | None = None  # from the Authorization header or the `token` field
-    error: str | None = None  # the `error` answered, if any
-    http_method: str = "POST"
-    content_type: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Return True when the call succeeded (HTTP 200 and no error)."""
-        return self.status == 200 and self.error is None
-
-
-@dataclass(frozen=True)
-class MessageVersion:
-    """What a message said before a chat.update or replace_original changed it."""
-
-    text: str
-    blocks: list[JsonObject]
-    time: float
-
-
-@dataclass(frozen=True)
-class Message:
-    """A channel message (top level or thread reply) as Slack stores it."""
-
-    ts: str
-    channel: str
-    user: str
-    text: str
-    blocks: list[JsonObject]  # as stored: Slack fills in a block_id where none was sent
-    thread_ts: str | None
-    updates: int
-    files: list[str]
-    attachments: list[JsonObject] = field(default_factory=list)
-    history: list[MessageVersion] = field(default_factory=list)
-    deleted: bool = False
-    reply_broadcast: bool = False
-    via: str = "chat.postMessage"  # or "response_url", "ack", "files.completeUploadExternal"
-    # Who posted it: the bot (user=bot user, bot_id=its bot), another app (its own bot user
-    # and bot id) or a person (no bot id). `post_as` adds the last two.
-    bot_id: str = ""
-    edited: tuple[str, str] | None = None  # (user, ts) of a person's edit (`edit_as`)
-
-
-@dataclass(frozen=True)
-class Ephemeral:
-    """A message only `user` sees (chat.postEphemeral, response_url, or a command's ack)."""
-
-    ts: str
-    channel: str
-    user: str
-    text: str
-    blocks: list[JsonObject]
-    thread_ts: str | None
-    updates: int = 0
-    deleted: bool = False
-    via: str = "chat.postEphemeral"
-
-
-@dataclass(frozen=True)
-class UploadedFile:
-    """A file announced by files.getUploadURLExternal; `data` once its bytes arrived."""
-
-    id: str
-    name: str
-    title: str
-    data: bytes
-    channel: str | None  # first channel it was shared to (None: not completed or no channel)
-    thread_ts: str | None
-    initial_comment: str | None
-    length: int = 0  # as announced
-    uploaded: bool = False  # bytes received
-    completed: bool = False  # files.completeUploadExternal accepted it
-    shares: list[tuple[str, str | None]] = field(default_factory=list)  # (channel, thread_ts)
-
-
-@dataclass(frozen=True)
-class OpenedView:
-    """A modal opened with views.open, as Slack returned it (id, state, hash filled in)."""
-
-    id: str
-    trigger_id: str
-    user: str
-    view: JsonObject
-    time: float
-
-    @property
-    def callback_id(self) -> str:
-        """Return the view's callback_id ("" when none)."""
-        return str(self.view.get("callback_id") or "")
-
-
-@dataclass(frozen=True)
-class Channel:
-    """A conversation the emulator knows: channel, private channel, IM or MPIM."""
-
-    id: str
-    name: str
-    is_private: bool = False
-    is_im: bool = False
-    is_mpim: bool = False
-    is_archived: bool = False
-    bot_member: bool = True
-    user: str | None = None  # the other party of an IM
-    members: frozenset[str] | None = None  # None: every user is a member
-    # Slack Connect (another organisation reads it), shared across an Enterprise Grid org, or
-    # invited to Slack Connect and not yet accepted (api.slack.com/types/conversation).
-    is_ext_shared: bool = False
-    is_org_shared: bool = False
-    is_pending_ext_shared: bool = False
-
-
-@dataclass(frozen=True)
-class User:
-    """A workspace member."""
-
-    id: str
-    name: str
-    real_name: str = ""
-    is_admin: bool = False
-    is_owner: bool = False
-    is_bot: bool = False
-    deleted: bool = False
-    email: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,18 +186,6 @@ class _Trigger:
     used: bool = False
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    content_type: str = "application/json; charset=utf-8"
-
-
-def _json_reply(status: int, data: Mapping[str, Any], *headers: tuple[str, str]) -> _Reply:
-    return _Reply(status, json.dumps(data).encode("utf-8"), headers)
-
-
 def _flag(value: Any) -> bool:
     """Return a boolean argument as Slack reads it (JSON true, or "true"/"1" in a form)."""
     if isinstance(value, str):
@@ -360,219 +207,6 @@ def _json_field(value: Any, error: str) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------------------------
-# Block Kit checks: the limits Slack enforces that a bot can plausibly exceed
-
-_BLOCK_TYPES = frozenset(
-    {
-        "actions",
-        "context",
-        "divider",
-        "file",
-        "header",
-        "image",
-        "input",
-        "markdown",
-        "rich_text",
-        "section",
-        "table",
-        "video",
-    }
-)
-
-
-def _check_text_object(
-    obj: Any, where: str, problems: list[str], *, limit: int, plain_only: bool = False
-) -> None:
-    if not isinstance(obj, dict):
-        problems.append(f"[ERROR] must be an object [json-pointer:{where}]")
-        return
-    kinds = ("plain_text",) if plain_only else ("plain_text", "mrkdwn")
-    if obj.get("type") not in kinds:
-        problems.append(f"[ERROR] must be one of {', '.join(kinds)} [json-pointer:{where}/type]")
-    text = obj.get("text")
-    if not isinstance(text, str) or not text:
-        problems.append(f"[ERROR] must be more than 0 characters [json-pointer:{where}/text]")
-    elif _units(text) > limit:
-        problems.append(
-            f"[ERROR] must be less than {limit + 1} characters [json-pointer:{where}/text]"
-        )
-
-
-def _check_element(obj: Any, where: str, problems: list[str]) -> None:
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        problems.append(f"[ERROR] missing required field: type [json-pointer:{where}]")
-        return
-    action_id = obj.get("action_id")
-    if action_id is not None and (not isinstance(action_id, str) or len(action_id) > 255):
-        problems.append(
-            f"[ERROR] must be less than 256 characters [json-pointer:{where}/action_id]"
-        )
-    if obj["type"] == "button":
-        _check_text_object(obj.get("text"), f"{where}/text", problems, limit=75, plain_only=True)
-        value = obj.get("value")
-        if value is not None and (not isinstance(value, str) or _units(value) > 2000):
-            problems.append(
-                f"[ERROR] must be less than 2001 characters [json-pointer:{where}/value]"
-            )
-        style = obj.get("style")
-        if style is not None and style not in ("primary", "danger"):
-            problems.append(f"[ERROR] must be one of primary, danger [json-pointer:{where}/style]")
-    _check_limits_of_element(obj, where, problems)
-
-
-def _block_problems(blocks: Any, *, limit: int) -> list[str]:
-    """Return Slack-style messages for each Block Kit rule `blocks` breaks (empty: valid)."""
-    problems: list[str] = []
-    if len(blocks) > limit:
-        problems.append(f"[ERROR] no more than {limit} items allowed [json-pointer:/blocks]")
-    block_ids: set[str] = set()
-    for index, block in enumerate(blocks):
-        where = f"/blocks/{index}"
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            problems.append(f"[ERROR] missing required field: type [json-pointer:{where}]")
-            continue
-        kind = block["type"]
-        if kind not in _BLOCK_TYPES:
-            problems.append(f"[ERROR] unsupported type: {kind} [json-pointer:{where}/type]")
-            continue
-        block_id = block.get("block_id")
-        if block_id is not None:
-            if not isinstance(block_id, str) or not block_id or len(block_id) > 255:
-                problems.append(f"[ERROR] invalid block_id [json-pointer:{where}/block_id]")
-            elif block_id in block_ids:
-                problems.append(
-                    f"[ERROR] duplicate block_id: {block_id} [json-pointer:{where}/block_id]"
-                )
-            else:
-                block_ids.add(block_id)
-        if kind == "section":
-            fields = block.get("fields")
-            if block.get("text") is None and not fields:
-                problems.append(f"[ERROR] must provide text or fields [json-pointer:{where}]")
-            if block.get("text") is not None:
-                _check_text_object(block["text"], f"{where}/text", problems, limit=3000)
-            if fields is not None:
-                if not isinstance(fields, list) or len(fields) > 10:
-                    problems.append(
-                        f"[ERROR] no more than 10 items allowed [json-pointer:{where}/fields]"
-                    )
-                else:
-                    for n, item in enumerate(fields):
-                        _check_text_object(item, f"{where}/fields/{n}", problems, limit=2000)
-            if block.get("accessory") is not None:
-                _check_element(block["accessory"], f"{where}/accessory", problems)
-        elif kind == "header":
-            _check_text_object(
-                block.get("text"), f"{where}/text", problems, limit=150, plain_only=True
-            )
-        elif kind in ("actions", "context"):
-            most = 25 if kind == "actions" else 10
-            elements = block.get("elements")
-            if not isinstance(elements, list) or not elements or len(elements) > most:
-                problems.append(
-                    f"[ERROR] must have 1 to {most} items [json-pointer:{where}/elements]"
-                )
-                continue
-            action_ids: set[str] = set()
-            for n, element in enumerate(elements):
-                spot = f"{where}/elements/{n}"
-                if kind == "context" and isinstance(element, dict):
-                    if element.get("type") in ("plain_text", "mrkdwn"):
-                        _check_text_object(element, spot, problems, limit=3000)
-                    elif element.get("type") != "image":
-                        problems.append(f"[ERROR] must be text or image [json-pointer:{spot}]")
-                    continue
-                _check_element(element, spot, problems)
-                action_id = element.get("action_id") if isinstance(element, dict) else None
-                if isinstance(action_id, str):
-                    if action_id in action_ids:
-                        problems.append(
-                            f"[ERROR] duplicate action_id: {action_id} "
-                            f"[json-pointer:{spot}/action_id]"
-                        )
-                    action_ids.add(action_id)
-        elif kind == "input":
-            _check_text_object(
-                block.get("label"), f"{where}/label", problems, limit=2000, plain_only=True
-            )
-            if block.get("hint") is not None:
-                _check_text_object(
-                    block["hint"], f"{where}/hint", problems, limit=2000, plain_only=True
-                )
-            if block.get("element") is None:
-                problems.append(f"[ERROR] missing required field: element [json-pointer:{where}]")
-            else:
-                _check_element(block["element"], f"{where}/element", problems)
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# Lengths as Slack counts them (issue 13, item 3)
-#
-# Slack counts every length in UTF-16 code units: an emoji outside the Basic Multilingual Plane
-# counts twice (inferred from JavaScript string lengths, which Slack's clients and Block Kit
-# Builder use, and consistent with NOTES-slack.md). Limits, from Slack's Block Kit reference:
-# confirmation dialog title 100, text 300, confirm/deny 30 (plain_text, except text); a
-# plain_text_input's placeholder 150, initial_value and max_length at most 3,000; an input's
-# hint 2,000. The total text of a message's blocks is refused as `msg_blocks_too_long` above
-# about 12,000 characters (undocumented; bolt-js issues 2509 and 2867 saw it from 11,341 to
-# 13,297 measured characters, so MAX_BLOCKS_TEXT is a setting).
-
-
-def _units(text: str) -> int:
-    """Return the length of `text` in UTF-16 code units, as Slack counts it."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _blocks_text_units(value: Any) -> int:
-    """Return the total of every `text` string in blocks (what msg_blocks_too_long measures)."""
-    if isinstance(value, dict):
-        return sum(
-            _units(item) if key == "text" and isinstance(item, str) else _blocks_text_units(item)
-            for key, item in value.items()
-        )
-    if isinstance(value, list):
-        return sum(_blocks_text_units(item) for item in value)
-    return 0
-
-
-def _check_limits_of_element(obj: JsonObject, where: str, problems: list[str]) -> None:
-    """Add the confirmation dialog's and the text input's length problems of an element."""
-    confirm = obj.get("confirm")
-    if confirm is not None:
-        spot = f"{where}/confirm"
-        if not isinstance(confirm, dict):
-            problems.append(f"[ERROR] must be an object [json-pointer:{spot}]")
-        else:
-            for key, limit in (("title", 100), ("confirm", 30), ("deny", 30)):
-                _check_text_object(
-                    confirm.get(key), f"{spot}/{key}", problems, limit=limit, plain_only=True
-                )
-            _check_text_object(confirm.get("text"), f"{spot}/text", problems, limit=300)
-            style = confirm.get("style")
-            if style is not None and style not in ("primary", "danger"):
-                problems.append(
-                    f"[ERROR] must be one of primary, danger [json-pointer:{spot}/style]"
-                )
-    if obj.get("type") == "plain_text_input":
-        if obj.get("placeholder") is not None:
-            _check_text_object(
-                obj["placeholder"], f"{where}/placeholder", problems, limit=150, plain_only=True
-            )
-        initial = obj.get("initial_value")
-        if initial is not None and (not isinstance(initial, str) or _units(initial) > 3000):
-            problems.append(
-                f"[ERROR] must be less than 3001 characters [json-pointer:{where}/initial_value]"
-            )
-        for key, low in (("max_length", 1), ("min_length", 0)):
-            bound = obj.get(key)
-            if bound is not None and (not isinstance(bound, int) or not low <= bound <= 3000):
-                problems.append(
-                    f"[ERROR] must be between {low} and 3000 [json-pointer:{where}/{key}]"
-                )
-
-
 def _parse_blocks(value: Any, *, limit: int = MAX_MESSAGE_BLOCKS) -> list[JsonObject] | None:
     """Return the blocks argument as a list (None when absent); raise Slack's errors."""
     if value is None or value == "":
@@ -580,204 +214,10 @@ def _parse_blocks(value: Any, *, limit: int = MAX_MESSAGE_BLOCKS) -> list[JsonOb
     blocks = _json_field(value, "invalid_blocks_format")
     if not isinstance(blocks, list):
         raise _ApiError("invalid_blocks_format")
-    problems = _block_problems(blocks, limit=limit)
+    problems = block_problems(blocks, limit=limit)
     if problems:
         raise _ApiError("invalid_blocks", response_metadata={"messages": problems})
     return blocks
-
-
-def _with_block_ids(blocks: list[JsonObject], seed: str) -> list[JsonObject]:
-    """Return `blocks` as Slack stores them: every block gets a block_id (Slack makes one up)."""
-    stored = copy.deepcopy(blocks)
-    for index, block in enumerate(stored):
-        if "block_id" not in block:
-            digest = hashlib.sha1(f"{seed}:{index}".encode(), usedforsecurity=False)
-            block["block_id"] = digest.hexdigest()[:5]
-    return stored
-
-
-# ---------------------------------------------------------------------------------------------
-# WebSocket plumbing (RFC 6455, the subset Socket Mode uses)
-
-_OP_CONTINUATION, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
-
-
-def websocket_accept(key: str) -> str:
-    """Return the Sec-WebSocket-Accept answering a Sec-WebSocket-Key."""
-    digest = hashlib.sha1((key.strip() + WEBSOCKET_GUID).encode("ascii"), usedforsecurity=False)
-    return base64.b64encode(digest.digest()).decode("ascii")
-
-
-def _frame(opcode: int, data: bytes) -> bytes:
-    """Return one unmasked, final frame (a server never masks)."""
-    size = len(data)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return head + data
-
-
-def _read_exact(stream: io.BufferedIOBase, size: int) -> bytes | None:
-    data = stream.read(size) if size else b""
-    return data if len(data) == size else None
-
-
-def _read_frame(stream: io.BufferedIOBase) -> tuple[bool, int, bytes] | None:
-    """Return (fin, opcode, unmasked data) of a client frame; None at EOF.
-
-    Raises ValueError for a frame a client must not send (unmasked, or absurdly large).
-    """
-    head = _read_exact(stream, 2)
-    if head is None:
-        return None
-    fin, opcode = bool(head[0] & 0x80), head[0] & 0x0F
-    masked, size = bool(head[1] & 0x80), head[1] & 0x7F
-    if size == 126:
-        extended = _read_exact(stream, 2)
-        if extended is None:
-            return None
-        size = struct.unpack("!H", extended)[0]
-    elif size == 127:
-        extended = _read_exact(stream, 8)
-        if extended is None:
-            return None
-        size = struct.unpack("!Q", extended)[0]
-    if not masked:
-        raise ValueError("unmasked client frame")  # RFC 6455, 5.1
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes")
-    mask = _read_exact(stream, 4)
-    data = _read_exact(stream, size)
-    if mask is None or data is None:
-        return None
-    return fin, opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-class _SocketLink:
-    """One connected Socket Mode client: writes are serialized, close is idempotent."""
-
-    def __init__(self, ticket: str, conn: socket.socket) -> None:
-        self.ticket = ticket
-        self.conn = conn
-        self.closed = False
-        self._send_lock = threading.Lock()
-
-    def send(self, opcode: int, data: bytes) -> None:
-        with self._send_lock:
-            if self.closed:
-                raise ConnectionError("the Socket Mode connection is closed")
-            self.conn.sendall(_frame(opcode, data))
-
-    def send_json(self, data: Mapping[str, Any]) -> None:
-        self.send(_OP_TEXT, json.dumps(data).encode("utf-8"))
-
-    def close(self, code: int = 1000) -> None:
-        """Send a close frame (best effort) and shut the socket down; the reader then ends."""
-        with self._send_lock:
-            if self.closed:
-                return
-            self.closed = True
-            with contextlib.suppress(OSError):
-                self.conn.sendall(_frame(_OP_CLOSE, struct.pack("!H", code)))
-            with contextlib.suppress(OSError):
-                self.conn.shutdown(socket.SHUT_RDWR)
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP plumbing
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog (5) makes bursts of parallel clients wait a second for a TCP retry.
-    request_queue_size = 128
-    emulator: SlackEmulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    # HTTP/1.0: one request per connection, so stop() leaves no idle keep-alive sockets.
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/socket/"):
-            self._websocket()
-        else:
-            self._serve("GET")
-
-    def _websocket(self) -> None:
-        emulator = self.server.emulator
-        key = self.headers.get("Sec-WebSocket-Key", "").strip()
-        upgrade = self.headers.get("Upgrade", "").strip().lower() == "websocket"
-        ticket = urlsplit(self.path).path[len("/socket/") :]
-        problem = None
-        if not upgrade or not key or self.headers.get("Sec-WebSocket-Version") != "13":
-            problem = (400, b"not a WebSocket handshake")
-        elif not emulator._claim_socket_ticket(ticket):
-            problem = (404, b"unknown or used Socket Mode URL")
-        if problem is not None:
-            self.send_response(problem[0])
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(problem[1])))
-            self.end_headers()
-            self.wfile.write(problem[1])
-            return
-        self.close_connection = True
-        self.wfile.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n".encode("ascii")
-        )
-        emulator._serve_socket(_SocketLink(ticket, self.connection), self.rfile)
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, verb: str) -> None:
-        if self.server.emulator._drops():
-            self.close_connection = True
-            return
-        try:
-            body = self._read_body()
-        except ValueError:
-            reply = _Reply(400, b"bad request body", content_type="text/plain")
-        else:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            try:
-                reply = self.server.emulator._dispatch(verb, self.path, headers, body)
-            except Exception:
-                # An emulator bug must show up in the test, not as a dropped connection.
-                self.server.emulator.internal_errors.append(traceback.format_exc())
-                reply = _json_reply(500, {"ok": False, "error": "emulator_internal_error"})
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        return self.rfile.read(length) if length else b""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Quiet: tests assert on `calls`, not on stderr.
-        pass
 
 
 def _parse_params(
@@ -851,7 +291,7 @@ class SlackEmulator:
         self._host = host
         self._port = port
         self._lock = threading.RLock()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._base = ""
         self._last_ts = 0
@@ -878,13 +318,7 @@ class SlackEmulator:
         self.drop_rate = 0.0
         self.dropped = 0
         self._drop_random = random.Random(0)
-        self._socket_changed = threading.Condition(self._lock)
-        self._socket_tickets: set[str] = set()  # issued by apps.connections.open, unused
-        self._socket: _SocketLink | None = None  # the connected client (newest wins)
-        self._socket_links: list[_SocketLink] = []
-        self._socket_connections = 0
-        self._socket_received: list[JsonObject] = []  # every JSON message a client sent
-        self._socket_acks: dict[str, JsonObject] = {}  # envelope_id -> ack
+        self.socket_mode = SocketMode(app_id)  # the app's WebSocket connections
         self._methods: dict[str, Callable[[JsonObject], JsonObject]] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -908,7 +342,7 @@ class SlackEmulator:
 
     def start(self) -> SlackEmulator:
         """Start serving in a daemon thread; return self."""
-        server = _Server((self._host, self._port), _Handler)
+        server = Server((self._host, self._port), Handler)
         server.emulator = self
         self._server = server
         host, port = server.server_address[:2]
@@ -922,10 +356,7 @@ class SlackEmulator:
 
     def stop(self) -> None:
         """Close Socket Mode connections, stop serving and close the listening socket."""
-        with self._lock:
-            links = list(self._socket_links)
-        for link in links:
-            link.close(1001)
+        self.socket_mode.close_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -1182,7 +613,7 @@ class SlackEmulator:
             return found
         return None
 
-    def _slow_answer(self, method: str) -> _Reply | None:
+    def _slow_answer(self, method: str) -> Reply | None:
         """Sleep as injected for `method`; return the server error to answer, if one is due."""
         with self._lock:
             found = self._take_slowness(method)
@@ -1194,7 +625,7 @@ class SlackEmulator:
             return None
         with self._lock:
             self._record(method, {}, found.status, error=f"http_{found.status}")
-        return _Reply(found.status, b"Service Unavailable", content_type="text/html")
+        return Reply(found.status, b"Service Unavailable", content_type="text/html")
 
     # -- rate tiers (w13-delivery) ------------------------------------------------------------
 
@@ -1489,7 +920,7 @@ class SlackEmulator:
             channel=channel,
             user=self.bot_user_id,
             text=text,
-            blocks=_with_block_ids(blocks, ts),
+            blocks=with_block_ids(blocks, ts),
             thread_ts=thread_ts or None,
             updates=0,
             files=list(files or []),
@@ -1508,7 +939,7 @@ class SlackEmulator:
         updated = replace(
             message,
             text=message.text if text is None else text,
-            blocks=message.blocks if blocks is None else _with_block_ids(blocks, message.ts),
+            blocks=message.blocks if blocks is None else with_block_ids(blocks, message.ts),
             updates=message.updates + 1,
             history=[*message.history, version],
         )
@@ -1533,15 +964,15 @@ class SlackEmulator:
             attachments = None
         if required and not text and not blocks and not attachments:
             raise _ApiError("no_text")
-        if text is not None and _units(text) > self.max_text:
+        if text is not None and units(text) > self.max_text:
             raise _ApiError("msg_too_long")
-        if blocks_total and blocks and _blocks_text_units(blocks) > self.max_blocks_text:
+        if blocks_total and blocks and blocks_text_units(blocks) > self.max_blocks_text:
             raise _ApiError("msg_blocks_too_long")
         return text, blocks, attachments
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def _dispatch(self, verb: str, target: str, headers: Mapping[str, str], body: bytes) -> _Reply:
+    def _dispatch(self, verb: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         url = urlsplit(target)
         path = url.path
         content_type = headers.get("content-type") or ""
@@ -1551,12 +982,12 @@ class SlackEmulator:
         if path.startswith("/api/"):
             return self._web_api(path[len("/api/") :], verb, headers, url.query, body)
         if verb != "POST":
-            return _Reply(405, b"method not allowed", content_type="text/plain")
+            return Reply(405, b"method not allowed", content_type="text/plain")
         if path.startswith("/upload/v1/"):
             return self._upload(path[len("/upload/v1/") :], body, content_type)
         if path.startswith(("/commands/", "/actions/")):
             return self._respond(path, body, content_type)
-        return _Reply(404, b"not found", content_type="text/plain")
+        return Reply(404, b"not found", content_type="text/plain")
 
     def _record(
         self,
@@ -1584,7 +1015,7 @@ class SlackEmulator:
 
     def _web_api(
         self, method: str, verb: str, headers: Mapping[str, str], query: str, body: bytes
-    ) -> _Reply:
+    ) -> Reply:
         content_type = headers.get("content-type") or ""
         params, problem, warning = _parse_params(verb, content_type, query, body)
         auth = headers.get("authorization") or ""
@@ -1596,7 +1027,7 @@ class SlackEmulator:
             token = token or field_token or None
         with self._lock:
 
-            def answer(status: int, data: JsonObject, *extra: tuple[str, str]) -> _Reply:
+            def answer(status: int, data: JsonObject, *extra: tuple[str, str]) -> Reply:
                 error = None if data.get("ok") else _text(data.get("error"))
                 self._record(
                     method,
@@ -1608,7 +1039,7 @@ class SlackEmulator:
                     content_type=content_type,
                 )
                 scopes = ("X-OAuth-Scopes", ",".join(sorted(self.scopes)))
-                return _json_reply(status, data, scopes, *extra)
+                return json_reply(status, data, scopes, *extra)
 
             handler = self._methods.get(method)
             if handler is None:
@@ -1718,7 +1149,7 @@ class SlackEmulator:
             channel.id,
             user_id,
             text or "",
-            _with_block_ids(blocks or [], ts),
+            with_block_ids(blocks or [], ts),
             _text(params.get("thread_ts")) or None,
         )
         return {"message_ts": ts}
@@ -1973,7 +1404,7 @@ class SlackEmulator:
             raise _ApiError("exchanged_trigger_id")
         if self._clock() - trigger.created > TRIGGER_TTL:
             raise _ApiError("expired_trigger_id")
-        problems = _view_problems(view)
+        problems = view_problems(view)
         if problems:
             raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
         trigger.used = True
@@ -1982,7 +1413,7 @@ class SlackEmulator:
             "id": view_id,
             "team_id": self.team_id,
             "type": view["type"],
-            "blocks": _with_block_ids(view.get("blocks") or [], view_id),
+            "blocks": with_block_ids(view.get("blocks") or [], view_id),
             "private_metadata": _text(view.get("private_metadata")),
             "callback_id": _text(view.get("callback_id")),
             "state": {"values": {}},
@@ -2003,140 +1434,25 @@ class SlackEmulator:
         return {"view": copy.deepcopy(stored)}
 
     def _apps_connections_open(self, params: JsonObject) -> JsonObject:
-        ticket = secrets.token_urlsafe(12)
-        self._socket_tickets.add(ticket)
-        return {"url": "ws" + self.base_url[len("http") :] + f"/socket/{ticket}"}
-
-    # -- Socket Mode -----------------------------------------------------------------------
-
-    def _claim_socket_ticket(self, ticket: str) -> bool:
-        with self._lock:
-            if ticket not in self._socket_tickets:
-                return False
-            self._socket_tickets.discard(ticket)
-            return True
-
-    def _serve_socket(self, link: _SocketLink, stream: io.BufferedIOBase) -> None:
-        """Run one WebSocket connection until the client or stop() closes it."""
-        with self._lock:
-            self._socket_connections += 1
-            self._socket_links.append(link)
-            self._socket = link
-            self._socket_changed.notify_all()
-        try:
-            link.send_json(
-                {
-                    "type": "hello",
-                    "num_connections": 1,
-                    "debug_info": {
-                        "host": "emulator",
-                        "build_number": 1,
-                        "approximate_connection_time": 18060,
-                    },
-                    "connection_info": {"app_id": self.app_id},
-                }
-            )
-            message = bytearray()
-            while True:
-                try:
-                    frame = _read_frame(stream)
-                except ValueError:
-                    link.close(1002)  # protocol error
-                    break
-                if frame is None:
-                    break
-                fin, opcode, data = frame
-                if opcode == _OP_PING:
-                    link.send(_OP_PONG, data)
-                elif opcode == _OP_CLOSE:
-                    link.close(1000)
-                    break
-                elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
-                    message += data
-                    if fin:
-                        self._socket_message(bytes(message))
-                        message.clear()
-        except OSError:
-            pass  # the peer went away mid-frame
-        finally:
-            link.close()
-            with self._lock:
-                self._socket_links.remove(link)
-                if self._socket is link:  # fall back to the newest remaining connection
-                    self._socket = self._socket_links[-1] if self._socket_links else None
-                self._socket_changed.notify_all()
-
-    def _socket_message(self, data: bytes) -> None:
-        try:
-            message = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            message = {"raw": data.decode("latin-1")}
-        if not isinstance(message, dict):
-            message = {"raw": message}
-        with self._lock:
-            self._socket_received.append(message)
-            envelope_id = message.get("envelope_id")
-            if isinstance(envelope_id, str):
-                self._socket_acks[envelope_id] = message
-            self._socket_changed.notify_all()
-
-    def socket_connected(self, timeout: float = 5.0) -> bool:
-        """Wait until a Socket Mode client is connected; return whether one is."""
-        with self._lock:
-            return self._socket_changed.wait_for(lambda: self._socket is not None, timeout)
-
-    def socket_send(self, envelope: Mapping[str, Any], *, timeout: float = 5.0) -> str:
-        """Push an envelope to the connected client (waiting for one); return its envelope_id.
-
-        Missing `envelope_id` / `accepts_response_payload` are filled in. Raises
-        ConnectionError when no client connects within `timeout`.
-        """
-        data = copy.deepcopy(dict(envelope))
-        data.setdefault("envelope_id", str(uuid.uuid4()))
-        data.setdefault("accepts_response_payload", data.get("type") == "slash_commands")
-        with self._lock:
-            if not self._socket_changed.wait_for(lambda: self._socket is not None, timeout):
-                raise ConnectionError("no Socket Mode client is connected")
-            link = self._socket
-        assert link is not None
-        link.send_json(data)
-        return str(data["envelope_id"])
-
-    def socket_ack(self, envelope_id: str, timeout: float = 5.0) -> JsonObject | None:
-        """Wait for the client's ack of an envelope: {"envelope_id", "payload"?}; None if none."""
-        with self._lock:
-            if not self._socket_changed.wait_for(lambda: envelope_id in self._socket_acks, timeout):
-                return None
-            return copy.deepcopy(self._socket_acks[envelope_id])
-
-    def socket_received(self) -> list[JsonObject]:
-        """Return every JSON message Socket Mode clients sent (acks included), in order."""
-        with self._lock:
-            return copy.deepcopy(self._socket_received)
-
-    @property
-    def socket_connections(self) -> int:
-        """How many WebSocket connections were accepted so far."""
-        with self._lock:
-            return self._socket_connections
+        return {"url": self.socket_mode.open_url(self.base_url)}
 
     # -- upload and response_url routes ----------------------------------------------------
 
-    def _plain_fault(self, method: str, params: JsonObject, content_type: str) -> _Reply | None:
+    def _plain_fault(self, method: str, params: JsonObject, content_type: str) -> Reply | None:
         fault = self._take_fault(method)
         if fault is None:
             return None
         if fault.kind == "ratelimit":
             self._record(method, params, 429, error="ratelimited", content_type=content_type)
-            return _json_reply(
+            return json_reply(
                 429,
                 {"ok": False, "error": "ratelimited"},
                 ("Retry-After", str(fault.retry_after)),
             )
         self._record(method, params, 500, error=fault.error, content_type=content_type)
-        return _json_reply(500, {"ok": False, "error": fault.error})
+        return json_reply(500, {"ok": False, "error": fault.error})
 
-    def _upload(self, secret: str, body: bytes, content_type: str) -> _Reply:
+    def _upload(self, secret: str, body: bytes, content_type: str) -> Reply:
         with self._lock:
             file_id = self._uploads.get(secret)
             params: JsonObject = {"file_id": file_id, "bytes": len(body)}
@@ -2146,21 +1462,21 @@ class SlackEmulator:
             found = self._files.get(file_id or "")
             if found is None:
                 self._record("upload", params, 404, error="not_found", content_type=content_type)
-                return _Reply(404, b"not found", content_type="text/plain")
+                return Reply(404, b"not found", content_type="text/plain")
             if found.data is not None:
                 self._record(
                     "upload", params, 409, error="already_uploaded", content_type=content_type
                 )
-                return _Reply(409, b"already uploaded", content_type="text/plain")
+                return Reply(409, b"already uploaded", content_type="text/plain")
             if len(body) != found.length:
                 error = f"length mismatch: announced {found.length}, received {len(body)}"
                 self._record("upload", params, 400, error=error, content_type=content_type)
-                return _Reply(400, error.encode(), content_type="text/plain")
+                return Reply(400, error.encode(), content_type="text/plain")
             found.data = bytes(body)
             self._record("upload", params, 200, content_type=content_type)
-            return _Reply(200, f"OK - {len(body)}".encode(), content_type="text/plain")
+            return Reply(200, f"OK - {len(body)}".encode(), content_type="text/plain")
 
-    def _respond(self, path: str, body: bytes, content_type: str) -> _Reply:
+    def _respond(self, path: str, body: bytes, content_type: str) -> Reply:
         try:
             data = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -2168,9 +1484,9 @@ class SlackEmulator:
         params: JsonObject = data if isinstance(data, dict) else {"raw": body.decode("latin-1")}
         with self._lock:
 
-            def fail(status: int, error: str) -> _Reply:
+            def fail(status: int, error: str) -> Reply:
                 self._record("response_url", params, status, error=error, content_type=content_type)
-                return _json_reply(status, {"ok": False, "error": error})
+                return json_reply(status, {"ok": False, "error": error})
 
             faulted = self._plain_fault("response_url", params, content_type)
             if faulted is not None:
@@ -2194,11 +1510,11 @@ class SlackEmulator:
                     self._record(
                         "response_url", params, 400, error=exc.error, content_type=content_type
                     )
-                    return _Reply(400, exc.error.encode(), content_type="text/plain")
+                    return Reply(400, exc.error.encode(), content_type="text/plain")
                 return fail(400 if exc.error != "message_not_found" else 404, exc.error)
             url.uses += 1
             self._record("response_url", params, 200, content_type=content_type)
-            return _json_reply(200, {"ok": True})
+            return json_reply(200, {"ok": True})
 
     def _apply_response(self, url: _ResponseUrl, data: JsonObject) -> None:
         if _flag(data.get("delete_original")):
@@ -2232,7 +1548,7 @@ class SlackEmulator:
                 self._ephemerals[ts] = replace(
                     ephemeral,
                     text=text or "",
-                    blocks=_with_block_ids(blocks or [], ts),
+                    blocks=with_block_ids(blocks or [], ts),
                     updates=ephemeral.updates + 1,
                 )
             return
@@ -2254,7 +1570,7 @@ class SlackEmulator:
                 url.channel,
                 url.user,
                 text or "",
-                _with_block_ids(blocks or [], ts),
+                with_block_ids(blocks or [], ts),
                 thread_ts,
                 via="response_url",
             )
@@ -2264,36 +1580,6 @@ class SlackEmulator:
 _WEBHOOK_TEXT_ERRORS = frozenset(
     {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long"}
 )
-
-
-def _view_problems(view: JsonObject) -> list[str]:
-    """Return Slack-style messages for what views.open refuses in a modal (empty: valid)."""
-    problems: list[str] = []
-    if view.get("type") != "modal":
-        problems.append("[ERROR] must be modal [json-pointer:/view/type]")
-    title = view.get("title")
-    _check_text_object(title, "/view/title", problems, limit=24, plain_only=True)
-    for key, limit in (("submit", 24), ("close", 24)):
-        if view.get(key) is not None:
-            _check_text_object(view[key], f"/view/{key}", problems, limit=limit, plain_only=True)
-    blocks = view.get("blocks")
-    if not isinstance(blocks, list):
-        problems.append("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
-    else:
-        problems.extend(
-            p.replace("[json-pointer:/blocks", "[json-pointer:/view/blocks")
-            for p in _block_problems(blocks, limit=MAX_MODAL_BLOCKS)
-        )
-        has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in blocks)
-        if has_input and view.get("submit") is None:
-            problems.append("[ERROR] submit is required with input blocks [json-pointer:/view]")
-    if _units(_text(view.get("private_metadata"))) > 3000:
-        problems.append(
-            "[ERROR] must be less than 3001 characters [json-pointer:/view/private_metadata]"
-        )
-    if len(_text(view.get("callback_id"))) > 255:
-        problems.append("[ERROR] must be less than 256 characters [json-pointer:/view/callback_id]")
-    return problems
 
 
 def _route_method(path: str) -> str:
