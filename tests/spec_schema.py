@@ -47,9 +47,11 @@ __all__ = [
     "operation",
     "operation_for",
     "operations",
+    "read_manifest",
     "response_schema",
     "shared_spec_dir",
     "spec",
+    "spec_copy_problems",
     "validate_response",
 ]
 
@@ -57,6 +59,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
 SPEC_PATH = SPEC_DIR / "training-v3.3.json"
 EXAMPLES_DIR = SPEC_DIR / "examples-v3.3"
+# The sha256 of every file of the copy, taken from the shared original (`sha256sum` format, so
+# `cd tests/spec && sha256sum -c SHA256SUMS` checks it too).
+MANIFEST_PATH = SPEC_DIR / "SHA256SUMS"
 BASE_PATH = "/customvision/v3.3/training"
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -457,3 +462,46 @@ class SpecChecker:
 def sha256_of(path: Path) -> str:
     """Return the hex sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(path: Path = MANIFEST_PATH) -> dict[str, str]:
+    """Return {path relative to the spec folder: sha256} from a `sha256sum` file.
+
+    Raises ValueError naming the first line that is not `<64 hex digits>  <path>`.
+    """
+    listed: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        found = re.fullmatch(r"([0-9a-f]{64})  (\S+)", line)
+        if found is None:
+            raise ValueError(f"{path.name} line {number} is not '<sha256>  <path>': {line!r}")
+        listed[found[2]] = found[1]
+    return listed
+
+
+def _spec_files(folder: Path) -> dict[str, Path]:
+    """Return the spec and its examples in `folder`, keyed by their path relative to it."""
+    paths = [folder / SPEC_PATH.name, *sorted((folder / EXAMPLES_DIR.name).glob("*.json"))]
+    return {path.relative_to(folder).as_posix(): path for path in paths if path.is_file()}
+
+
+def spec_copy_problems(
+    copy: Path, manifest: Mapping[str, str], original: Path | None = None
+) -> list[str]:
+    """Return how the spec folder `copy` differs from its manifest and, when given, from the
+    `original` folder it was copied from (missing, extra or changed files); empty when intact.
+    """
+    problems: list[str] = []
+    copied = _spec_files(copy)
+    problems += [f"{name}: listed in the manifest, missing" for name in manifest.keys() - copied]
+    problems += [f"{name}: not in the manifest" for name in copied.keys() - manifest.keys()]
+    for name in sorted(copied.keys() & manifest.keys()):
+        if sha256_of(copied[name]) != manifest[name]:
+            problems.append(f"{name}: differs from the manifest's sha256")
+    if original is not None:
+        originals = _spec_files(original)
+        problems += [f"{name}: not in the original" for name in manifest.keys() - originals]
+        problems += [f"{name}: in the original, not copied" for name in originals - manifest.keys()]
+        for name in sorted(originals.keys() & manifest.keys()):
+            if sha256_of(originals[name]) != manifest[name]:
+                problems.append(f"{name}: the original's sha256 differs from the manifest's")
+    return sorted(problems)

@@ -6,7 +6,8 @@ Also checks the checker (tests/spec_schema.py) itself, and that tests/spec/ is a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,8 +24,9 @@ from tests.spec_schema import (
     example,
     operation,
     operation_for,
-    sha256_of,
+    read_manifest,
     shared_spec_dir,
+    spec_copy_problems,
     validate_response,
 )
 
@@ -62,31 +64,57 @@ CLIENT_OPERATIONS = [
 # ------------------------------------------------------------- the spec copy
 
 
-def test_spec_copy_matches_the_shared_original() -> None:
-    shared = shared_spec_dir()
-    if shared is None:
-        pytest.skip(
-            "../shared/specs/custom-vision-training is not beside the repo (a clone without "
-            "the shared folder); tests use the verified copy in tests/spec/"
-        )
-    copied = [SPEC_DIR / "training-v3.3.json", *sorted(EXAMPLES_DIR.glob("*.json"))]
-    for path in copied:
-        original = shared / path.relative_to(SPEC_DIR)
-        assert sha256_of(path) == sha256_of(original), path.name
-    assert {p.name for p in (shared / "examples-v3.3").glob("*.json")} == {
-        p.name for p in EXAMPLES_DIR.glob("*.json")
-    }
+def test_spec_copy_matches_its_manifest_and_the_shared_original() -> None:
+    # The manifest is in the repo, so this holds on a clean clone too; on a machine that has
+    # the shared reference folder beside the repo, the copy must also still equal it.
+    assert spec_copy_problems(SPEC_DIR, read_manifest(), shared_spec_dir()) == []
 
 
-def test_spec_copy_matches_the_readme_checksums() -> None:
-    readme = (SPEC_DIR / "README.md").read_text(encoding="utf-8")
-    listed = dict(
-        (name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M)
-    )
-    files = [SPEC_DIR / "training-v3.3.json", *sorted(EXAMPLES_DIR.glob("*.json"))]
-    assert sorted(listed) == sorted(str(p.relative_to(SPEC_DIR)) for p in files)
-    for path in files:
-        assert listed[str(path.relative_to(SPEC_DIR))] == sha256_of(path)
+@pytest.mark.parametrize(
+    ("damage", "problems"),
+    [
+        (
+            lambda copy, original: (copy / "examples-v3.3/GetTag.json").write_bytes(b"{}"),
+            ["examples-v3.3/GetTag.json: differs from the manifest's sha256"],
+        ),
+        (
+            lambda copy, original: (copy / "training-v3.3.json").unlink(),
+            ["training-v3.3.json: listed in the manifest, missing"],
+        ),
+        (
+            lambda copy, original: (copy / "examples-v3.3/Extra.json").write_bytes(b"{}"),
+            ["examples-v3.3/Extra.json: not in the manifest"],
+        ),
+        (
+            lambda copy, original: (original / "examples-v3.3/GetTags.json").write_bytes(b"[]"),
+            ["examples-v3.3/GetTags.json: the original's sha256 differs from the manifest's"],
+        ),
+        (
+            lambda copy, original: (original / "examples-v3.3/GetTags.json").unlink(),
+            ["examples-v3.3/GetTags.json: not in the original"],
+        ),
+        (
+            lambda copy, original: (original / "examples-v3.3/New.json").write_bytes(b"{}"),
+            ["examples-v3.3/New.json: in the original, not copied"],
+        ),
+    ],
+)
+def test_spec_copy_problems_names_each_difference(
+    tmp_path: Path, damage: Callable[[Path, Path], object], problems: list[str]
+) -> None:
+    copy, original = tmp_path / "copy", tmp_path / "original"
+    for folder in (copy, original):
+        shutil.copytree(SPEC_DIR, folder)
+    assert spec_copy_problems(copy, read_manifest(), original) == []
+    damage(copy, original)
+    assert spec_copy_problems(copy, read_manifest(), original) == problems
+
+
+def test_read_manifest_refuses_a_malformed_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "SHA256SUMS"
+    manifest.write_text(f"{'0' * 64}  a.json\nnot a digest  b.json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2 is not"):
+        read_manifest(manifest)
 
 
 # ----------------------------------------------------------- the checker itself
