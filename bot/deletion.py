@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bot import audit, grammar, webpage
+from bot import audit, commands, parser, webpage
 from bot.clock import iso
 from bot.errors import (
     BotError,
@@ -158,7 +158,7 @@ class TagFacts:
 class Facts:
     """What the live API says about the targets of one deletion request."""
 
-    kind: str  # grammar.DeleteKind value
+    kind: str  # commands.DeleteKind value
     project_id: str
     project_name: str
     workspace_images: int  # targeted images found in the workspace
@@ -168,7 +168,7 @@ class Facts:
     tags: tuple[TagFacts, ...] = ()  # tags removed
     predictions: tuple[str, ...] = ()
     predictions_not_found: tuple[str, ...] = ()
-    selector: str = ""  # images: grammar's selector (ids | tag | untagged | all)
+    selector: str = ""  # images: the command's selector (ids | tag | untagged | all)
     tag_name: str = ""  # images --tag: the tag's name (its id when the workspace lacks it)
 
     @property
@@ -199,7 +199,7 @@ def plan_items(facts: Facts) -> list[dict[str, Any]]:
         if it.removed and it.publish_name:
             batch += 1
             add("unpublish", it.publish_name, it.id)
-    if facts.kind == grammar.DeleteKind.PROJECT:
+    if facts.kind == commands.DeleteKind.PROJECT:
         batch += 1
         add("project", p)
         for image in facts.images:
@@ -258,7 +258,7 @@ def summary_of(facts: Facts) -> str:
     removed = [it for it in facts.iterations if it.removed]
     published = [it.publish_name for it in removed if it.publish_name]
     kind = facts.kind
-    if kind == grammar.DeleteKind.PROJECT:
+    if kind == commands.DeleteKind.PROJECT:
         parts = [
             _plural(facts.images_targeted, "image")
             + f" ({facts.workspace_images} in the workspace)",
@@ -267,9 +267,9 @@ def summary_of(facts: Facts) -> str:
             _plural(len(facts.predictions), "prediction"),
         ]
         text = f"Deletes {project} with everything in it: {', '.join(parts)}."
-    elif kind in (grammar.DeleteKind.ITERATION, grammar.DeleteKind.ITERATIONS):
+    elif kind in (commands.DeleteKind.ITERATION, commands.DeleteKind.ITERATIONS):
         names = ", ".join(_quoted(it.name) for it in removed)
-        if kind == grammar.DeleteKind.ITERATION:
+        if kind == commands.DeleteKind.ITERATION:
             which = f"iteration {names}"
         else:
             which = f"all {_plural(len(removed), 'iteration')} ({names})"
@@ -279,13 +279,13 @@ def summary_of(facts: Facts) -> str:
             "iteration and not in the workspace "
             f"{'is' if own == 1 else 'are'} deleted with {'it' if len(removed) == 1 else 'them'}."
         )
-    elif kind == grammar.DeleteKind.TAG:
+    elif kind == commands.DeleteKind.TAG:
         tag = facts.tags[0]
         text = (
             f"Deletes tag {_quoted(tag.name)} of {project} (on {_plural(tag.images, 'image')} "
             "in the workspace); the images stay, and trained iterations keep their snapshot."
         )
-    elif kind == grammar.DeleteKind.IMAGES:
+    elif kind == commands.DeleteKind.IMAGES:
         held = [it for it in facts.iterations if it.images]
         text = (
             f"Deletes {images_phrase(facts, facts.images_targeted)} of {project} "
@@ -307,7 +307,7 @@ def summary_of(facts: Facts) -> str:
 def nothing_to_delete(facts: Facts) -> str:
     """Return the answer to a request that matches nothing."""
     text = f"Nothing to delete: project {_quoted(facts.project_name)} holds "
-    if facts.kind == grammar.DeleteKind.IMAGES:
+    if facts.kind == commands.DeleteKind.IMAGES:
         if facts.selector == "ids":
             text += f"none of the {len(facts.images_not_found)} requested image id(s)"
         else:
@@ -365,7 +365,7 @@ def changes_since(
     for item in plan_items(facts):
         if (item["kind"], str(item["target_id"]).lower()) not in known:
             new[item["kind"]] = new.get(item["kind"], 0) + 1
-    if facts.kind == grammar.DeleteKind.TAG:
+    if facts.kind == commands.DeleteKind.TAG:
         shown = {str(t["id"]).lower(): int(t["images"]) for t in preview.get("tags") or ()}
         more = sum(max(0, t.images - shown.get(t.id.lower(), 0)) for t in facts.tags)
         if more:
@@ -543,7 +543,7 @@ def _ids(client: TrainingClient, project_id: str, iteration_id: str | None) -> l
 
 
 def _selected(
-    client: TrainingClient, command: grammar.Delete, p: str, iteration_id: str | None
+    client: TrainingClient, command: commands.Delete, p: str, iteration_id: str | None
 ) -> list[str]:
     """Return the ids of the images the selector picks in the workspace or one snapshot."""
     try:
@@ -563,7 +563,7 @@ def _selected(
         return []  # e.g. the tag is not in this snapshot
 
 
-def _image_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+def _image_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     client = ctx.client
     workspace = _selected(client, command, p, None)
     union = dict.fromkeys(workspace)
@@ -599,10 +599,10 @@ def _image_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) ->
     )
 
 
-def _iteration_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+def _iteration_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     client = ctx.client
     listed = client.get_iterations(p)
-    if command.kind == grammar.DeleteKind.ITERATION:
+    if command.kind == commands.DeleteKind.ITERATION:
         assert command.iteration_id is not None
         removed = [it for it in listed if it.id == command.iteration_id]
         if not removed:
@@ -651,7 +651,7 @@ def _iteration_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str
     )
 
 
-def _project_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+def _project_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     client = ctx.client
     workspace = _ids(client, p, None)
     union = dict.fromkeys(workspace)
@@ -679,7 +679,7 @@ def _project_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) 
     )
 
 
-def _tag_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+def _tag_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     assert command.tag_id is not None
     try:
         tag = ctx.client.get_tag(p, command.tag_id)
@@ -701,11 +701,11 @@ def _tag_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> F
     )
 
 
-def _prediction_facts(ctx: JobContext, command: grammar.Delete, p: str, name: str) -> Facts:
+def _prediction_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     stored = list(dict.fromkeys(pr.id for pr in ctx.client.iter_predictions(p)))
     not_found: tuple[str, ...] = ()
     if command.selector == "ids":
-        # Ids are lower case on both sides (grammar and models normalise them).
+        # Ids are lower case on both sides (the parser and models normalise them).
         present = set(stored)
         wanted = list(dict.fromkeys(command.prediction_ids))
         stored = [i for i in wanted if i in present]
@@ -721,17 +721,17 @@ def _prediction_facts(ctx: JobContext, command: grammar.Delete, p: str, name: st
     )
 
 
-_COLLECTORS: dict[str, Callable[[JobContext, grammar.Delete, str, str], Facts]] = {
-    grammar.DeleteKind.PROJECT: _project_facts,
-    grammar.DeleteKind.ITERATION: _iteration_facts,
-    grammar.DeleteKind.ITERATIONS: _iteration_facts,
-    grammar.DeleteKind.TAG: _tag_facts,
-    grammar.DeleteKind.IMAGES: _image_facts,
-    grammar.DeleteKind.PREDICTIONS: _prediction_facts,
+_COLLECTORS: dict[str, Callable[[JobContext, commands.Delete, str, str], Facts]] = {
+    commands.DeleteKind.PROJECT: _project_facts,
+    commands.DeleteKind.ITERATION: _iteration_facts,
+    commands.DeleteKind.ITERATIONS: _iteration_facts,
+    commands.DeleteKind.TAG: _tag_facts,
+    commands.DeleteKind.IMAGES: _image_facts,
+    commands.DeleteKind.PREDICTIONS: _prediction_facts,
 }
 
 
-def collect_facts(ctx: JobContext, command: grammar.Delete) -> Facts:
+def collect_facts(ctx: JobContext, command: commands.Delete) -> Facts:
     """Return what the live API holds for `command`; raise NotFound/BotError when nothing."""
     collector = _COLLECTORS.get(command.kind)
     if collector is None or command.project_id is None:
@@ -742,7 +742,7 @@ def collect_facts(ctx: JobContext, command: grammar.Delete) -> Facts:
 
 def run_preview(ctx: JobContext) -> Outcome:
     """Compute the preview, freeze the plan as deletion items; the request becomes pending."""
-    command = grammar.Delete.from_dict(ctx.request.command)
+    command = parser.load_delete(ctx.request.command)
     facts = collect_facts(ctx, command)
     items = plan_items(facts)
     if not items:
@@ -1281,7 +1281,7 @@ def _compare_with_plan(
 ) -> Outcome | None:
     """Read the live contents; return the new-plan outcome when they outgrew the frozen plan."""
     try:
-        facts = collect_facts(ctx, grammar.Delete.from_dict(ctx.request.command))
+        facts = collect_facts(ctx, parser.load_delete(ctx.request.command))
     except TrainingApiError as exc:
         if not isinstance(exc, NotFound):
             raise _BatchFailed(exc, int(batch[0]["batch"])) from exc

@@ -2,7 +2,7 @@
 
     BotError                      anything with a message fit to show a Slack user
     ├── ConfigError               missing or malformed configuration (lists every problem)
-    ├── ParseError                a command the grammar rejects (carries the right usage)
+    ├── ParseError                a command the parser rejects (carries the right usage)
     ├── RequestStateError         the request is not in a state that allows this
     ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
     ├── DatabaseBusy              another process held the database's lock for too long
@@ -45,7 +45,7 @@ class ConfigError(BotError):
 
 
 class ParseError(BotError, ValueError):
-    """A command the grammar rejects; `usage` is the form that would have worked."""
+    """A command the parser rejects; `usage` is the form that would have worked."""
 
     def __init__(self, problem: str, usage: str) -> None:
         self.problem = problem

@@ -65,10 +65,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from bot import browse, grammar, package
+from bot import browse, commands, package, parser
 from bot.clock import iso, parse_iso
+from bot.commands import ExportKind
 from bot.errors import NotFound
-from bot.grammar import ExportKind
 from bot.models import Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
 from bot.runner import JobCancelled, JobContext, Outcome
@@ -456,7 +456,7 @@ class _Build:
     def __init__(
         self,
         ctx: JobContext,
-        export: grammar.Export,
+        export: commands.Export,
         writer: PackageWriter,
         cache: DownloadCache,
     ) -> None:
@@ -579,7 +579,7 @@ class _Build:
         scopes: Sequence[str | None],
         *,
         files: bool,
-        kind: grammar.Tagging = "all",
+        kind: commands.Tagging = "all",
         tag_ids: Sequence[str] = (),
         image_ids: Sequence[str] = (),
     ) -> None:
@@ -862,7 +862,7 @@ def run_export(ctx: JobContext) -> Outcome:
     finished = ctx.checkpoint.get("finished")
     if finished:
         return _outcome(ctx, finished)  # parts already queued: uploads are idempotent
-    export = grammar.Export.from_dict(ctx.request.command)
+    export = parser.load_export(ctx.request.command)
     started = ctx.checkpoint.get("started_at")
     if not started:
         started = iso(ctx.clock.now())
@@ -892,7 +892,7 @@ def run_export(ctx: JobContext) -> Outcome:
 
 
 def _build(
-    ctx: JobContext, export: grammar.Export, info: PackageInfo
+    ctx: JobContext, export: commands.Export, info: PackageInfo
 ) -> tuple[list[Part], dict[str, int]]:
     with PackageWriter(
         ctx.work_dir, info, max_part_bytes=ctx.settings.max_file_bytes, clock=ctx.clock.now
@@ -919,7 +919,7 @@ def _build(
         return writer.finish(), counts
 
 
-def _named(exc: NotFound, export: grammar.Export) -> NotFound:
+def _named(exc: NotFound, export: commands.Export) -> NotFound:
     """Return a NotFound naming the kind and id of what was missing, when the export knows it."""
     kind = _NOT_FOUND_KINDS.get(exc.code or "")
     if kind is None:
@@ -932,7 +932,7 @@ def _named(exc: NotFound, export: grammar.Export) -> NotFound:
 
 
 def _queue_uploads(
-    ctx: JobContext, export: grammar.Export, parts: Sequence[Part], counts: Mapping[str, int]
+    ctx: JobContext, export: commands.Export, parts: Sequence[Part], counts: Mapping[str, int]
 ) -> dict[str, Any]:
     """Queue every part and record it, with the checkpoint saying so, in one transaction."""
     record = ctx.request

@@ -126,7 +126,7 @@ class _Reader:
 
     def guid(self, key: str) -> str:
         # GUIDs are case-insensitive and the service may answer in upper case: every id enters
-        # the bot in lower case (as the grammar stores typed ids), so ids compare with ==.
+        # the bot in lower case (as the parser stores typed ids), so ids compare with ==.
         value = self.text(key)
         if not is_guid(value):
             raise _malformed(f"{self.path}.{key}", "expected a GUID")

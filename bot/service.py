@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
-from bot import audit, grammar
+from bot import audit, commands, parser
 from bot.clock import Clock, iso
 from bot.errors import (
     BotError,
@@ -27,6 +27,7 @@ from bot.errors import (
     WorkDirFull,
     is_disk_full,
 )
+from bot.help import help_text
 from bot.ids import parse_request_id
 from bot.policy import (
     Actor,
@@ -221,7 +222,7 @@ class Service:
     def handle_command(self, user_id: str, channel_id: str, text: str) -> Reply:
         """Parse and act on one slash command; return what the user is told."""
         try:
-            command = grammar.parse(text)
+            command = parser.parse(text)
         except ParseError as exc:
             return Reply(
                 f"{exc.problem}\nUsage: `{self.command} {exc.usage}`" if exc.usage else exc.problem
@@ -232,31 +233,31 @@ class Service:
             return Reply(exc.user_message)
 
     def _dispatch(self, user_id: str, channel_id: str, text: str, command: Any) -> Reply:
-        if isinstance(command, grammar.Help):
-            return Reply(grammar.help_text(command.topic, command=self.command))
-        if isinstance(command, grammar.Status) and command.all:
+        if isinstance(command, commands.Help):
+            return Reply(help_text(command.topic, command=self.command))
+        if isinstance(command, commands.Status) and command.all:
             return self.status_file(user_id, channel_id)
-        if isinstance(command, grammar.Status):
+        if isinstance(command, commands.Status):
             return self.status(user_id, command.request_id)
-        if isinstance(command, grammar.Cancel):
+        if isinstance(command, commands.Cancel):
             return self.cancel(user_id, command.request_id)
-        if isinstance(command, grammar.Retry):
+        if isinstance(command, commands.Retry):
             return self.retry(user_id, command.request_id)
-        if isinstance(command, grammar.Resend):
+        if isinstance(command, commands.Resend):
             return self.resend(user_id, command.request_id)
-        if isinstance(command, grammar.AuditVerify):
+        if isinstance(command, commands.AuditVerify):
             return self.audit_verify(user_id, channel_id)
-        if isinstance(command, grammar.AuditExport):
+        if isinstance(command, commands.AuditExport):
             return self.audit_export(user_id, channel_id, command)
-        if isinstance(command, grammar.Export | grammar.Delete):
+        if isinstance(command, commands.Export | commands.Delete):
             return self.submit(user_id, channel_id, text, command)
         raise AssertionError(f"unhandled command {command!r}")
 
     def submit(
-        self, user_id: str, channel_id: str, text: str, command: grammar.Export | grammar.Delete
+        self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
     ) -> Reply:
         """Store a new export or deletion request and queue its first job."""
-        deletion = isinstance(command, grammar.Delete)
+        deletion = isinstance(command, commands.Delete)
         parsed = command.to_dict()
         actor = self.actor(user_id)
         decision = may_request(self.rules, actor, channel_id, deletion=deletion)
@@ -279,13 +280,13 @@ class Service:
                     "in your privacy team's channel instead.)",
                 ),
             )
-        if isinstance(command, grammar.Export) and command.personal:
+        if isinstance(command, commands.Export) and command.personal:
             where = may_post_personal_data(self.rules, channel.audience, what="This export")
             if not where:
                 return self._refuse(user_id, "command", where)
         manual = deletion and command.kind in {
-            grammar.DeleteKind.ACCOUNT,
-            grammar.DeleteKind.EXPORTS,
+            commands.DeleteKind.ACCOUNT,
+            commands.DeleteKind.EXPORTS,
         }
         kind = "manual" if manual else ("delete" if deletion else "export")
         status = "answered" if manual else ("previewing" if deletion else "queued")
@@ -329,7 +330,7 @@ class Service:
         self.wake()
         if manual:
             steps = MANUAL_STEPS[
-                "account" if command.kind == grammar.DeleteKind.ACCOUNT else "exports"
+                "account" if command.kind == commands.DeleteKind.ACCOUNT else "exports"
             ]
             return Reply(f"{rid} recorded. {steps}")
         if deletion:
@@ -920,7 +921,7 @@ class Service:
         )
         return Reply(verification.summary(), public=True)
 
-    def audit_export(self, user_id: str, channel_id: str, command: grammar.AuditExport) -> Reply:
+    def audit_export(self, user_id: str, channel_id: str, command: commands.AuditExport) -> Reply:
         """Post the selected audit events as a file in the channel."""
         actor = self.actor(user_id)
         own: bool | None = None
@@ -1039,7 +1040,7 @@ def _status_line(record: RequestRecord, now: datetime, *, short: bool = False) -
     ticket_part = (
         f", ticket {_clip(ticket, STATUS_TICKET_CHARS) if short else ticket}" if ticket else ""
     )
-    command = grammar.slack_unescape(record.text)
+    command = parser.slack_unescape(record.text)
     if short:
         command = _clip(command.replace("`", "'"), STATUS_COMMAND_CHARS)
     return (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot import grammar
+from bot import parser
 from bot.store import RequestRecord
 from handlers import limits
 
@@ -97,8 +97,8 @@ def describe_command(record: RequestRecord) -> str:
     data = dict(record.command)
     try:
         if record.kind == "export":
-            return grammar.Export.from_dict(data).describe()
-        return grammar.Delete.from_dict(data).describe()
+            return parser.load_export(data).describe()
+        return parser.load_delete(data).describe()
     except (ValueError, KeyError, TypeError):
         return record.text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot import audit, grammar
+from bot import audit, commands, parser
 from bot.clock import FakeClock
 from bot.db import Database
 from bot.runner import JobHandler, Runner, Settings
@@ -42,8 +42,8 @@ class JobHarness:
 
     def store_request(self, text: str, *, kind: str, status: str, job: str) -> int:
         """Store a parsed request and queue its job, as the service does."""
-        command = grammar.parse(text)
-        assert isinstance(command, grammar.Export | grammar.Delete)
+        command = parser.parse(text)
+        assert isinstance(command, commands.Export | commands.Delete)
         with self.store.write() as conn:
             number = self.store.create_request(
                 conn,

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from slack_sdk import WebClient
 
-from bot import audit, grammar
+from bot import audit, parser
 from bot.clock import SystemClock
 from bot.db import Database
 from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
@@ -782,7 +782,7 @@ class Outbox:
             number = self.store.create_request(
                 conn,
                 kind="export",
-                command=grammar.parse("export projects").to_dict(),
+                command=parser.parse("export projects").to_dict(),
                 text="export projects",
                 requester=REQUESTER.user_id,
                 channel=CHANNEL,
@@ -854,7 +854,7 @@ def test_durability_announcement_posted_before_a_crash_is_updated_not_posted_aga
         number = outbox.store.create_request(
             conn,
             kind="export",
-            command=grammar.parse("export projects").to_dict(),
+            command=parser.parse("export projects").to_dict(),
             text="export projects",
             requester=REQUESTER.user_id,
             channel=CHANNEL,
@@ -927,7 +927,7 @@ def test_durability_outcome_whose_report_a_crash_lost_is_reported_at_start_up(
 ) -> None:
     db = Database(tmp_path / "cvdsr.db")
     store = Store(db, SystemClock())
-    command = grammar.parse("export projects").to_dict()
+    command = parser.parse("export projects").to_dict()
     numbers = []
     with store.write() as conn:
         for _ in range(3):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot import audit, grammar
+from bot import audit, parser
 from bot.clock import SystemClock, iso
 from bot.db import Database
 from bot.store import Store
@@ -103,7 +103,7 @@ def test_single_process_start_up_resumes_only_jobs_whose_lease_expired(tmp_path:
             number = store.create_request(
                 conn,
                 kind="export",
-                command=grammar.parse("export projects").to_dict(),
+                command=parser.parse("export projects").to_dict(),
                 text="export projects",
                 requester=REQUESTER.user_id,
                 channel=CHANNEL,

@@ -1,4 +1,4 @@
-"""Properties of the /cv grammar: any text gives a command or a ParseError, valid text parses right.
+"""Properties of the /cv parser: any text gives a command or a ParseError, valid text parses right.
 
 The generator below builds command text the way a Slack user could type it (any letter case,
 options in any order, `--name=value`, smart quotes and dashes, odd whitespace, Slack's escaping)
@@ -17,8 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.errors import ParseError
-from bot.grammar import (
+from bot.commands import (
     AuditExport,
     AuditVerify,
     Cancel,
@@ -31,9 +30,9 @@ from bot.grammar import (
     Meta,
     Retry,
     Status,
-    parse,
-    request_from_dict,
 )
+from bot.errors import ParseError
+from bot.parser import load_request, parse
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -68,7 +67,7 @@ def check_outcome(text: str) -> Command | None:
 
 @SETTINGS
 @given(st.text(max_size=20_000))
-def test_grammar_any_text_gives_a_command_or_a_parse_error(text: str) -> None:
+def test_parser_any_text_gives_a_command_or_a_parse_error(text: str) -> None:
     check_outcome(text)
 
 
@@ -86,14 +85,14 @@ def test_grammar_any_text_gives_a_command_or_a_parse_error(text: str) -> None:
     ),
     st.lists(st.sampled_from(["", *SEPARATORS]), min_size=40, max_size=40),
 )
-def test_grammar_token_soup_gives_a_command_or_a_parse_error(
+def test_parser_token_soup_gives_a_command_or_a_parse_error(
     words: list[str], separators: list[str]
 ) -> None:
     text = "".join(word + separator for word, separator in zip(words, separators, strict=False))
     command = check_outcome(text)
     if isinstance(command, Export | Delete):
         stored = json.loads(json.dumps(command.to_dict()))
-        assert request_from_dict(stored) == command
+        assert load_request(stored) == command
         assert "\n" not in command.describe()
 
 
@@ -338,18 +337,18 @@ def valid_commands(draw: st.DrawFn) -> tuple[str, Command]:
 
 @SETTINGS
 @given(valid_commands())
-def test_grammar_parses_generated_commands_correctly(case: tuple[str, Command]) -> None:
+def test_parser_parses_generated_commands_correctly(case: tuple[str, Command]) -> None:
     text, expected = case
     assert parse(text) == expected
 
 
 @SETTINGS
 @given(valid_commands())
-def test_grammar_generated_requests_survive_storage(case: tuple[str, Command]) -> None:
+def test_parser_generated_requests_survive_storage(case: tuple[str, Command]) -> None:
     _, expected = case
     if isinstance(expected, Export | Delete):
         stored = json.loads(json.dumps(expected.to_dict()))
-        assert request_from_dict(stored) == expected
+        assert load_request(stored) == expected
         assert type(expected).from_dict(stored) == expected
         description = expected.describe()
         assert description.isprintable()
@@ -358,7 +357,7 @@ def test_grammar_generated_requests_survive_storage(case: tuple[str, Command]) -
 
 @SETTINGS
 @given(reasons, tickets, st.data())
-def test_grammar_free_text_survives_any_characters_when_quoted(
+def test_parser_free_text_survives_any_characters_when_quoted(
     reason: str, ticket: str, data: st.DataObject
 ) -> None:
     project = str(uuid.UUID(int=7))
@@ -373,7 +372,7 @@ def test_grammar_free_text_survives_any_characters_when_quoted(
 
 @SETTINGS
 @given(st.text(st.characters(exclude_categories=("Cs",)), max_size=1500))
-def test_grammar_reason_never_keeps_control_characters(raw: str) -> None:
+def test_parser_reason_never_keeps_control_characters(raw: str) -> None:
     escaped = "".join("\\" + c if c in DOUBLE or c == "\\" else c for c in raw)
     try:
         command = parse(f'export account --reason "{slack(escaped)}"')

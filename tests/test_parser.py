@@ -1,16 +1,12 @@
-"""The /cv grammar: every form, every error with its exact text, storage, help."""
+"""The /cv parser: every form, every error with its exact text, Slack's encoding, `quote`."""
 
 from __future__ import annotations
 
-import json
-import re
 from datetime import date
-from typing import Any
 
 import pytest
 
-from bot.errors import BotError, ParseError
-from bot.grammar import (
+from bot.commands import (
     AuditExport,
     AuditVerify,
     Cancel,
@@ -24,13 +20,9 @@ from bot.grammar import (
     Resend,
     Retry,
     Status,
-    help_text,
-    parse,
-    quote,
-    request_from_dict,
-    slack_escape,
-    usage,
 )
+from bot.errors import BotError, ParseError
+from bot.parser import parse, quote, slack_escape
 
 P = "6c1f2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
 I = "7d2e3f40-5a6b-4c7d-9e8f-a0b1c2d3e4f5"  # noqa: E741
@@ -206,7 +198,7 @@ FORMS: list[tuple[str, Command]] = [
 
 
 @pytest.mark.parametrize(("text", "expected"), FORMS)
-def test_grammar_parses_every_form(text: str, expected: Command) -> None:
+def test_parser_parses_every_form(text: str, expected: Command) -> None:
     assert parse(text) == expected
 
 
@@ -270,7 +262,7 @@ META_CASES = [
 
 
 @pytest.mark.parametrize(("text", "meta"), [c for c in META_CASES if c[1] is not None])
-def test_grammar_keeps_free_text_verbatim(text: str, meta: Meta) -> None:
+def test_parser_keeps_free_text_verbatim(text: str, meta: Meta) -> None:
     command = parse(text)
     assert isinstance(command, Export | Delete)
     assert command.meta == meta
@@ -317,7 +309,7 @@ TOKEN_CASES = [
 
 
 @pytest.mark.parametrize(("text", "expected"), TOKEN_CASES)
-def test_grammar_tokenizes_like_slack_users_type(text: str, expected: Command) -> None:
+def test_parser_tokenizes_like_slack_users_type(text: str, expected: Command) -> None:
     assert parse(text) == expected
 
 
@@ -647,7 +639,7 @@ ERRORS: list[tuple[str, str, str]] = [
 
 
 @pytest.mark.parametrize(("text", "problem", "form_usage"), ERRORS)
-def test_grammar_rejects_with_a_specific_problem_and_usage(
+def test_parser_rejects_with_a_specific_problem_and_usage(
     text: str, problem: str, form_usage: str
 ) -> None:
     with pytest.raises(ParseError) as caught:
@@ -656,7 +648,7 @@ def test_grammar_rejects_with_a_specific_problem_and_usage(
     assert caught.value.usage == form_usage
 
 
-def test_grammar_parse_error_is_a_bot_error_with_the_usage_in_its_message() -> None:
+def test_parser_parse_error_is_a_bot_error_with_the_usage_in_its_message() -> None:
     with pytest.raises(ParseError) as caught:
         parse(f"export iteration {P}")
     error = caught.value
@@ -667,13 +659,13 @@ def test_grammar_parse_error_is_a_bot_error_with_the_usage_in_its_message() -> N
     )
 
 
-def test_grammar_limits_are_inclusive() -> None:
+def test_parser_limits_are_inclusive() -> None:
     command = parse(f'export project {P} --ticket {"T" * 100} --reason "{"r" * 1000}"')
     assert isinstance(command, Export)
     assert command.meta == Meta(ticket="T" * 100, reason="r" * 1000)
 
 
-def test_grammar_handles_very_long_input() -> None:
+def test_parser_handles_very_long_input() -> None:
     with pytest.raises(ParseError) as caught:
         parse(f'export project {P} --reason "{"x" * 19_000}"')
     assert caught.value.problem == "--reason is too long: 19000 characters (at most 1000)"
@@ -682,312 +674,9 @@ def test_grammar_handles_very_long_input() -> None:
         parse(soup)
 
 
-# --- describe, contains_images ---------------------------------------------------------------
-
-DESCRIPTIONS = [
-    ("export account", "export the whole account"),
-    ("export projects", "export the list of projects"),
-    (f"export project {P}", "export project 6c1f2a3b\u2026"),
-    (f"export project {P} --no-images", "export project 6c1f2a3b\u2026 (without images)"),
-    (f"export iterations {P}", "export iterations of project 6c1f2a3b\u2026"),
-    (f"export iteration {P} {I}", "export iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"),
-    (
-        f"export performance {P} {I} --threshold 0.5 --overlap 0.25",
-        "export performance of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"
-        " (threshold 0.5, overlap 0.25)",
-    ),
-    (f"export tags {P}", "export tags of project 6c1f2a3b\u2026"),
-    (
-        f"export tag {P} {T} --iteration {I}",
-        "export tag 8e3f4051\u2026 of project 6c1f2a3b\u2026 (iteration 7d2e3f40\u2026)",
-    ),
-    (
-        f"export images {P} --tagged --iteration {I} --no-files",
-        "export images of project 6c1f2a3b\u2026 (tagged, iteration 7d2e3f40\u2026, without files)",
-    ),
-    (f"export images {P} --untagged", "export images of project 6c1f2a3b\u2026 (untagged)"),
-    (
-        f"export images {P} --tag {T} --tag {T2}",
-        "export images of project 6c1f2a3b\u2026 (with tags 8e3f4051\u2026, 8e3f4051\u2026)",
-    ),
-    (f"export images {P} --ids {M1},{M2}", "export images of project 6c1f2a3b\u2026 (2 image ids)"),
-    (
-        f"export exports {P} {I} --download",
-        "export model exports of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"
-        " (with the exported files)",
-    ),
-    (
-        f"export predictions {P} --no-files",
-        "export stored predictions of project 6c1f2a3b\u2026 (without files)",
-    ),
-    (f"delete project {P}", "delete project 6c1f2a3b\u2026"),
-    (f"delete iteration {P} {I}", "delete iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026"),
-    (f"delete iterations {P}", "delete every trained iteration of project 6c1f2a3b\u2026"),
-    (f"delete tag {P} {T}", "delete tag 8e3f4051\u2026 of project 6c1f2a3b\u2026"),
-    (f"delete images {P} --ids {M1}", "delete 1 image of project 6c1f2a3b\u2026"),
-    (f"delete images {P} --ids {M1},{M2}", "delete 2 images of project 6c1f2a3b\u2026"),
-    (
-        f"delete images {P} --tag {T}",
-        "delete images with tag 8e3f4051\u2026 of project 6c1f2a3b\u2026",
-    ),
-    (f"delete images {P} --untagged", "delete untagged images of project 6c1f2a3b\u2026"),
-    (f"delete images {P} --all", "delete all images of project 6c1f2a3b\u2026"),
-    (f"delete predictions {P}", "delete all stored predictions of project 6c1f2a3b\u2026"),
-    (
-        f"delete predictions {P} --ids {M1},{M2}",
-        "delete 2 stored predictions of project 6c1f2a3b\u2026",
-    ),
-    ("delete account", "delete the Custom Vision account"),
-    (
-        f"delete exports {P} {I}",
-        "delete model exports of iteration 7d2e3f40\u2026 of project 6c1f2a3b\u2026",
-    ),
-]
-
-
-@pytest.mark.parametrize(("text", "description"), DESCRIPTIONS)
-def test_grammar_describes_requests_in_one_plain_line(text: str, description: str) -> None:
-    command = parse(text + ' --reason "secret\nstuff" --ticket X')
-    assert isinstance(command, Export | Delete)
-    assert command.describe() == description
-
-
-CONTAINS_IMAGES = [
-    ("export account", False, False),
-    ("export projects", False, False),
-    (f"export project {P}", True, True),
-    (f"export project {P} --no-images", False, False),
-    (f"export iteration {P} {I}", False, False),
-    (f"export images {P}", True, True),
-    (f"export images {P} --no-files", False, False),
-    (f"export predictions {P}", True, True),
-    (f"export predictions {P} --no-files", False, False),
-    (f"export exports {P} {I}", False, False),
-    (f"export exports {P} {I} --download", False, True),
-    (f"export tags {P}", False, False),
-]
-
-
-@pytest.mark.parametrize(("text", "contains_images", "needs_files"), CONTAINS_IMAGES)
-def test_grammar_knows_which_exports_hold_image_files(
-    text: str, contains_images: bool, needs_files: bool
-) -> None:
-    command = parse(text)
-    assert isinstance(command, Export)
-    assert command.contains_images is contains_images
-    assert command.needs_files is needs_files
-    # Only the project list and the account summary are free of personal data.
-    assert command.personal is not text.startswith(("export account", "export projects"))
-
-
-# --- storage -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text",
-    [text for text, expected in FORMS if isinstance(expected, Export | Delete)]
-    + [text for text, meta in META_CASES if meta is not None],
-)
-def test_grammar_requests_survive_a_json_round_trip(text: str) -> None:
-    command = parse(text)
-    assert isinstance(command, Export | Delete)
-    stored = json.loads(json.dumps(command.to_dict()))
-    assert type(command).from_dict(stored) == command
-    assert request_from_dict(stored) == command
-
-
-def test_grammar_to_dict_is_plain_json() -> None:
-    command = parse(f"export images {P} --tag {T} --no-files --ticket DSR-1")
-    assert command.to_dict() == {  # type: ignore[union-attr]
-        "verb": "export",
-        "kind": "images",
-        "project_id": P,
-        "iteration_id": None,
-        "tag_id": None,
-        "image_ids": [],
-        "tag_ids": [T],
-        "tagging": "tagged",
-        "files": False,
-        "images": True,
-        "download": False,
-        "threshold": None,
-        "overlap": None,
-        "meta": {"ticket": "DSR-1", "reason": None},
-    }
-    delete = parse(f"delete predictions {P} --ids {M1}")
-    assert delete.to_dict() == {  # type: ignore[union-attr]
-        "verb": "delete",
-        "kind": "predictions",
-        "project_id": P,
-        "iteration_id": None,
-        "tag_id": None,
-        "selector": "ids",
-        "image_ids": [],
-        "prediction_ids": [M1],
-        "meta": {"ticket": None, "reason": None},
-    }
-
-
-def _export(**changes: Any) -> dict[str, Any]:
-    return {**Export(E.IMAGES, project_id=P).to_dict(), **changes}
-
-
-def _delete(**changes: Any) -> dict[str, Any]:
-    return {**Delete(D.IMAGES, project_id=P, selector="all").to_dict(), **changes}
-
-
-BAD_STORED = [
-    ({**_export(), "verb": "status"}, "not a stored export or delete (verb 'status')"),
-    (_export(colour="red"), "unknown field(s) in a stored export: colour"),
-    (_export(kind="everything"), "kind: not a valid kind: 'everything'"),
-    (_export(project_id="p1"), "project_id: not a GUID: 'p1'"),
-    (_export(project_id=None), "not a valid export: export images needs <project-id>"),
-    (_export(image_ids=[M1, "x"]), "image_ids: every item must be a GUID"),
-    (_export(image_ids=M1), f"image_ids: not a list: '{M1}'"),
-    (_export(files="no"), "files: not a boolean: 'no'"),
-    (_export(tagging="some"), "tagging: must be one of ('all', 'tagged', 'untagged'), not 'some'"),
-    (_export(threshold=0.5), "not a valid export: export images does not take --threshold"),
-    (
-        _export(tagging="all", tag_ids=[T]),
-        "inconsistent fields for export images of project 6c1f2a3b\u2026 (with tag 8e3f4051\u2026)",
-    ),
-    (
-        _export(image_ids=[M1, M1]),
-        "inconsistent fields for export images of project 6c1f2a3b\u2026 (2 image ids)",
-    ),
-    (
-        _export(meta={"ticket": "a\nb", "reason": None}),
-        "not a valid export: --ticket must not contain control characters (found U+000A)",
-    ),
-    (
-        _export(meta={"ticket": None, "reason": " padded"}),
-        "inconsistent fields for export images of project 6c1f2a3b\u2026",
-    ),
-    (_export(meta={"ticket": 5}), "meta: ticket and reason must be strings or null"),
-    (_export(meta={"who": "me"}), "meta: must be an object with ticket and reason"),
-    (
-        {**Export(E.PERFORMANCE, project_id=P, iteration_id=I).to_dict(), "threshold": 2},
-        "not a valid export: --threshold must be between 0 and 1 (got 2.0)",
-    ),
-    (
-        {**Export(E.PERFORMANCE, project_id=P, iteration_id=I).to_dict(), "overlap": True},
-        "overlap: not a number: True",
-    ),
-    (
-        _delete(selector=None),
-        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
-    ),
-    (
-        _delete(selector="everything"),
-        "selector: must be one of ('ids', 'tag', 'untagged', 'all', None), not 'everything'",
-    ),
-    (
-        _delete(selector="ids"),
-        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
-    ),
-    (
-        _delete(selector="ids", prediction_ids=[M1]),
-        "inconsistent fields for delete 0 images of project 6c1f2a3b\u2026",
-    ),
-    (
-        {**Delete(D.ACCOUNT).to_dict(), "project_id": P},
-        "inconsistent fields for delete the Custom Vision account",
-    ),
-]
-
-
-@pytest.mark.parametrize(("data", "problem"), BAD_STORED)
-def test_grammar_from_dict_rejects_bad_data(data: dict[str, Any], problem: str) -> None:
-    with pytest.raises(ValueError) as caught:
-        request_from_dict(data)
-    assert str(caught.value) == problem
-
-
-@pytest.mark.parametrize("data", [None, [], "export", {"verb": "status"}])
-def test_grammar_request_from_dict_needs_a_stored_request(data: Any) -> None:
-    with pytest.raises(ValueError):
-        request_from_dict(data)
-
-
-def test_grammar_from_dict_normalises_id_case() -> None:
-    stored = _export(project_id=P.upper(), image_ids=[M1.upper()])
-    assert Export.from_dict(stored) == Export(E.IMAGES, project_id=P, image_ids=(M1,))
-
-
-def test_grammar_quote_round_trips_any_text() -> None:
+def test_parser_quote_round_trips_any_text() -> None:
     text = 'a "b" \u201cc\u201d \\ & <!channel> &amp; \u2019s'
     command = parse(f"export project {P} --reason {quote(text)}")
     assert isinstance(command, Export)
     assert command.meta.reason == text
     assert slack_escape("<a & b>") == "&lt;a &amp; b&gt;"
-
-
-# --- help --------------------------------------------------------------------------------
-
-TOPICS = [
-    None,
-    "help",
-    "export",
-    "delete",
-    "status",
-    "cancel",
-    "retry",
-    "audit",
-    "audit verify",
-    *(f"export {kind.value}" for kind in ExportKind),
-    *(f"delete {kind.value}" for kind in DeleteKind),
-]
-
-
-@pytest.mark.parametrize("topic", TOPICS)
-def test_grammar_help_examples_all_parse(topic: str | None) -> None:
-    text = help_text(topic, command="/dsr")
-    examples = re.findall(r"^  /dsr (.+)$", text, flags=re.MULTILINE)
-    assert examples
-    for example in examples:
-        if "<" in example:  # a usage line, not an example
-            continue
-        command = parse(slack_escape(example))
-        if topic is not None and " " in topic:
-            assert not isinstance(command, Help)
-            assert example.split()[:2] == topic.split()
-
-
-@pytest.mark.parametrize("topic", [t for t in TOPICS if t is None or " " in t])
-def test_grammar_help_of_a_form_shows_its_usage(topic: str | None) -> None:
-    text = help_text(topic)
-    if topic is None:
-        assert all(f"/cv {line}" in text for line in usage("export").splitlines())
-    else:
-        assert text.startswith(f"/cv {usage(topic)}\n")
-
-
-def test_grammar_help_states_the_rules_users_must_know() -> None:
-    overview = help_text(None)
-    assert "Iteration performance is deleted together with its iteration." in overview
-    assert (
-        "delete account and delete exports cannot be done with the Training-Key: the bot"
-        " answers with the steps to do them." in overview
-    )
-    assert "Every deletion needs approval by a second person" in overview
-    assert '--ticket <ref> and --reason "<text>"' in overview
-    assert "deleted with it" in help_text("delete iteration")
-    assert "deleted with its iteration" in help_text("export performance")
-    assert "cannot be done with the Training-Key" in help_text("delete account")
-    assert "cannot be done with the Training-Key" in help_text("delete exports")
-    for kind in DeleteKind:
-        assert "second person" in help_text(f"delete {kind.value}")
-
-
-def test_grammar_help_and_usage_reject_unknown_topics() -> None:
-    with pytest.raises(ValueError):
-        help_text("export everything")
-    with pytest.raises(ValueError):
-        usage("frobnicate")
-
-
-def test_grammar_usage_lists_forms() -> None:
-    assert usage("export") == U_EXPORT_ALL
-    assert usage("") == U_ALL
-    assert usage("Export  Images") == U_EXPORT_IMAGES
-    assert usage("status") == "status [<request-id>] [--all]"
