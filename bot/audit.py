@@ -55,6 +55,8 @@ from datetime import UTC, date, datetime
 from json.encoder import encode_basestring as _quote
 from typing import Any, TextIO
 
+from bot import wording
+
 GENESIS = "0" * 64
 REDACTED = "[redacted]"
 
@@ -183,11 +185,11 @@ class Verification:
             if self.count == 0:
                 return "Audit log intact: no events yet."
             return (
-                f"Audit log intact: {self.count} event{'s' if self.count != 1 else ''}, "
+                f"Audit log intact: {wording.count(self.count, 'event')}, "
                 f"head #{self.head_seq} hash {self.head_hash[:16]}…"
             )
         verified = (
-            f"{self.count} event{'s' if self.count != 1 else ''} verified up to #{self.head_seq}"
+            f"{wording.count(self.count, 'event')} verified up to #{self.head_seq}"
             if self.count
             else "no event verified before it"
         )

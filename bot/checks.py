@@ -29,6 +29,7 @@ from bot.config import Config
 from bot.db import Database
 from bot.errors import MalformedResponse, Throttled, TrainingApiError, TransportError, Unauthorized
 from bot.training import TrainingClient
+from bot.wording import count
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -112,13 +113,13 @@ def check_configuration(config: Config) -> Check:
     groups = len(config.approvers) - users
     if config.approvers:
         approvers = (
-            f"{_count(len(config.approvers), 'approver')} ({_count(users, 'user')}, "
-            f"{_count(groups, 'user group')}), {config.required_approvals} needed per deletion"
+            f"{count(len(config.approvers), 'approver')} ({count(users, 'user')}, "
+            f"{count(groups, 'user group')}), {config.required_approvals} needed per deletion"
         )
     else:
         approvers = "no approvers: deletions are disabled until BOT_APPROVERS is set"
     channels = (
-        f"requests in {_count(len(config.allowed_channels), 'channel')}"
+        f"requests in {count(len(config.allowed_channels), 'channel')}"
         if config.allowed_channels
         else "requests in any channel the bot is in"
     )
@@ -130,10 +131,6 @@ def check_configuration(config: Config) -> Check:
         True,
         f"{mode}, command {config.bot_command}, {approvers}, {channels}, {audit_channel}",
     )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _slack_failure(name: str, error: str, fix: str) -> Check:
@@ -254,7 +251,7 @@ def check_slack_usergroup(slack: SlackApi, group_id: str, setting: str) -> Check
     members = [str(u) for u in answer.data.get("users") or []]
     if not members:
         return Check(name, True, f"{setting}: the group has no members yet (nobody in it can act)")
-    return Check(name, True, f"{setting}: {_count(len(members), 'member')}")
+    return Check(name, True, f"{setting}: {count(len(members), 'member')}")
 
 
 def check_slack_users(slack: SlackApi, user_ids: tuple[str, ...], setting: str) -> Check:
@@ -338,9 +335,7 @@ def check_training_key(config: Config) -> Check:
         return Check(name, False, exc.user_message, "check the resource in the Azure portal")
     finally:
         client.close()
-    return Check(
-        name, True, f"accepted by {host}: {_count(len(projects), 'project')} (GetProjects)"
-    )
+    return Check(name, True, f"accepted by {host}: {count(len(projects), 'project')} (GetProjects)")
 
 
 @contextmanager
@@ -464,7 +459,7 @@ def print_checks(config: Config, *, stream: IO[str] | None = None) -> int:
         print(check.line(), file=out)
     failed = sum(1 for c in checks if not c.ok)
     if failed:
-        print(f"{_count(failed, 'check')} failed.", file=out)
+        print(f"{count(failed, 'check')} failed.", file=out)
         return 1
     print(f"All {len(checks)} checks passed.", file=out)
     return 0

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal, TypeAlias
 
 from bot.ids import is_guid, normalize_guid
+from bot.wording import count, join_words, plural, short_id
 
 MAX_TICKET = 100
 MAX_REASON = 1000
@@ -252,16 +253,8 @@ SELECTORS: dict[str | None, Selector] = {
 # --- describing and storing -----------------------------------------------------------------
 
 
-def _short(guid: str | None) -> str:
-    return f"{(guid or '?')[:8]}\u2026"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
 def _describe_export(export: Export) -> str:
-    project, iteration = _short(export.project_id), _short(export.iteration_id)
+    project, iteration = short_id(export.project_id), short_id(export.iteration_id)
     details: list[str] = []
     kind = export.kind
     if kind is ExportKind.ACCOUNT:
@@ -286,17 +279,17 @@ def _describe_export(export: Export) -> str:
         text = (
             f"export tags of project {project}"
             if kind is ExportKind.TAGS
-            else f"export tag {_short(export.tag_id)} of project {project}"
+            else f"export tag {short_id(export.tag_id)} of project {project}"
         )
         if export.iteration_id:
             details.append(f"iteration {iteration}")
     elif kind is ExportKind.IMAGES:
         text = f"export images of project {project}"
         if export.image_ids:
-            details.append(_plural(len(export.image_ids), "image id"))
+            details.append(count(len(export.image_ids), "image id"))
         if export.tag_ids:
-            word = "tag" if len(export.tag_ids) == 1 else "tags"
-            details.append(f"with {word} {', '.join(_short(t) for t in export.tag_ids)}")
+            tags = join_words(short_id(t) for t in export.tag_ids)
+            details.append(f"with {plural(len(export.tag_ids), 'tag')} {tags}")
         elif export.tagging != "all":
             details.append(export.tagging)
         if export.iteration_id:
@@ -315,7 +308,7 @@ def _describe_export(export: Export) -> str:
 
 
 def _describe_delete(delete: Delete) -> str:
-    project, iteration = _short(delete.project_id), _short(delete.iteration_id)
+    project, iteration = short_id(delete.project_id), short_id(delete.iteration_id)
     kind = delete.kind
     if kind is DeleteKind.PROJECT:
         return f"delete project {project}"
@@ -324,17 +317,17 @@ def _describe_delete(delete: Delete) -> str:
     if kind is DeleteKind.ITERATIONS:
         return f"delete every trained iteration of project {project}"
     if kind is DeleteKind.TAG:
-        return f"delete tag {_short(delete.tag_id)} of project {project}"
+        return f"delete tag {short_id(delete.tag_id)} of project {project}"
     if kind is DeleteKind.IMAGES:
         which = {
-            "ids": _plural(len(delete.image_ids), "image"),
-            "tag": f"images with tag {_short(delete.tag_id)}",
+            "ids": count(len(delete.image_ids), "image"),
+            "tag": f"images with tag {short_id(delete.tag_id)}",
             "untagged": "untagged images",
         }.get(delete.selector or "all", "all images")
         return f"delete {which} of project {project}"
     if kind is DeleteKind.PREDICTIONS:
         if delete.selector == "ids":
-            which = _plural(len(delete.prediction_ids), "stored prediction")
+            which = count(len(delete.prediction_ids), "stored prediction")
             return f"delete {which} of project {project}"
         return f"delete all stored predictions of project {project}"
     if kind is DeleteKind.ACCOUNT:

@@ -18,6 +18,8 @@ import calendar
 from collections.abc import Iterable
 from datetime import date, timedelta
 
+from bot import wording
+
 MAX_MONTHS = 3  # one month plus at most two more (Art. 12(3))
 
 
@@ -66,14 +68,10 @@ def describe_left(due: date, today: date) -> str:
 def describe_completion(received: date, due: date, completed: date) -> str:
     """Return "completed 2026-12-14, 13 days after receipt, within the deadline" or "... late"."""
     taken = (completed - received).days
-    after = (
-        "the day of receipt"
-        if taken == 0
-        else f"{taken} day{'s' if taken != 1 else ''} after receipt"
-    )
+    after = "the day of receipt" if taken == 0 else f"{wording.count(taken, 'day')} after receipt"
     if completed <= due:
         verdict = "within the deadline"
     else:
         late = (completed - due).days
-        verdict = f"{late} day{'s' if late != 1 else ''} late (due {due.isoformat()})"
+        verdict = f"{wording.count(late, 'day')} late (due {due.isoformat()})"
     return f"completed {completed.isoformat()}, {after}, {verdict}"

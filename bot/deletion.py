@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bot import audit, commands, parser, webpage
+from bot import audit, commands, parser, webpage, wording
 from bot.clock import iso
 from bot.errors import (
     BotError,
@@ -92,15 +92,15 @@ PHASES = {
 }
 CONFIRMED = frozenset({"deleted", "gone"})
 MULTI = frozenset({"image", "prediction"})  # one call removes every item of the batch
-NOUNS = {  # (singular, plural), for counts in messages
-    "project": ("project", "projects"),
-    "unpublish": ("iteration unpublished", "iterations unpublished"),
+NOUNS = {  # (singular, plural), for counts in messages, in the order messages name them
     "image": ("image", "images"),
+    "prediction": ("stored prediction", "stored predictions"),
     "tag": ("tag", "tags"),
     "iteration": ("iteration", "iterations"),
-    "prediction": ("stored prediction", "stored predictions"),
+    "project": ("project", "projects"),
+    "unpublish": ("iteration unpublished", "iterations unpublished"),
 }
-COUNT_ORDER = ("image", "prediction", "tag", "iteration", "project", "unpublish")
+COUNT_ORDER = tuple(NOUNS)
 RECEIPT_COLUMNS = (
     "request_id",
     "project_id",
@@ -231,18 +231,13 @@ def plan_items(facts: Facts) -> list[dict[str, Any]]:
     return items
 
 
-def _plural(count: int, kind: str) -> str:
-    one, many = NOUNS[kind]
-    return f"{count} {one if count == 1 else many}"
-
-
 def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
 def images_phrase(facts: Facts, count: int) -> str:
     """Return `count` images described by the request's selector: `12 untagged images`."""
-    images = _plural(count, "image")
+    images = wording.count(count, "image")
     if facts.selector == "ids":
         return f"{images} given by id"
     if facts.selector == "tag":
@@ -260,47 +255,49 @@ def summary_of(facts: Facts) -> str:
     kind = facts.kind
     if kind == commands.DeleteKind.PROJECT:
         parts = [
-            _plural(facts.images_targeted, "image")
-            + f" ({facts.workspace_images} in the workspace)",
-            _plural(len(facts.tags), "tag"),
-            _plural(len(removed), "iteration"),
-            _plural(len(facts.predictions), "prediction"),
+            wording.count(facts.images_targeted, "image")
+            + f" ({facts.workspace_images:,} in the workspace)",
+            wording.count(len(facts.tags), "tag"),
+            wording.count(len(removed), "iteration"),
+            wording.count(len(facts.predictions), *NOUNS["prediction"]),
         ]
-        text = f"Deletes {project} with everything in it: {', '.join(parts)}."
+        text = f"Deletes {project} with everything in it: {wording.join_words(parts)}."
     elif kind in (commands.DeleteKind.ITERATION, commands.DeleteKind.ITERATIONS):
         names = ", ".join(_quoted(it.name) for it in removed)
         if kind == commands.DeleteKind.ITERATION:
             which = f"iteration {names}"
         else:
-            which = f"all {_plural(len(removed), 'iteration')} ({names})"
+            which = f"all {wording.count(len(removed), 'iteration')} ({names})"
         own = facts.images_targeted
         text = (
-            f"Deletes {which} of {project}; {_plural(own, 'image')} used by no other "
+            f"Deletes {which} of {project}; {wording.count(own, 'image')} used by no other "
             "iteration and not in the workspace "
             f"{'is' if own == 1 else 'are'} deleted with {'it' if len(removed) == 1 else 'them'}."
         )
     elif kind == commands.DeleteKind.TAG:
         tag = facts.tags[0]
         text = (
-            f"Deletes tag {_quoted(tag.name)} of {project} (on {_plural(tag.images, 'image')} "
-            "in the workspace); the images stay, and trained iterations keep their snapshot."
+            f"Deletes tag {_quoted(tag.name)} of {project}"
+            f" (on {wording.count(tag.images, 'image')} in the workspace); the images stay,"
+            " and trained iterations keep their snapshot."
         )
     elif kind == commands.DeleteKind.IMAGES:
         held = [it for it in facts.iterations if it.images]
         text = (
             f"Deletes {images_phrase(facts, facts.images_targeted)} of {project} "
-            f"everywhere: {facts.workspace_images} in the workspace, and from "
-            f"{len(held)} trained iteration snapshot{'' if len(held) == 1 else 's'}."
+            f"everywhere: {facts.workspace_images:,} in the workspace, and from "
+            f"{wording.count(len(held), 'trained iteration snapshot')}."
         )
         if facts.images_not_found:
             text += f" {len(facts.images_not_found)} requested id(s) not found."
     else:
-        text = f"Deletes {_plural(len(facts.predictions), 'prediction')} of {project}."
+        predictions = wording.count(len(facts.predictions), *NOUNS["prediction"])
+        text = f"Deletes {predictions} of {project}."
         if facts.predictions_not_found:
             text += f" {len(facts.predictions_not_found)} requested id(s) not found."
     if published:
         stop = "that prediction endpoint stops" if len(published) == 1 else "those endpoints stop"
-        text += f" Unpublishes {', '.join(published)} first: {stop} working."
+        text += f" Unpublishes {wording.join_words(published)} first: {stop} working."
     return text
 
 
@@ -384,8 +381,7 @@ def describe_changes(changes: Mapping[str, int]) -> str:
         "project": ("project", "projects"),
         "tagged": ("more image carries the tag", "more images carry the tag"),
     }
-    parts = [f"{n} {words[k][0] if n == 1 else words[k][1]}" for k, n in changes.items() if n]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return wording.join_words(wording.count(n, *words[k]) for k, n in changes.items() if n)
 
 
 def counts_of(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -396,12 +392,9 @@ def counts_of(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {kind: n for kind, n in counts.items() if n}
 
 
-def describe_counts(counts: Mapping[str, int]) -> str:
-    """Return counts as words: `240 images, 4 tags and 1 project`."""
-    parts = [_plural(n, kind) for kind, n in counts.items() if n]
-    if not parts:
-        return "nothing"
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+def _described(counts: Mapping[str, int]) -> str:
+    """Return item counts as words: `240 images, 4 tags and 1 project`."""
+    return wording.describe_counts(counts, NOUNS)
 
 
 def batches_of(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
@@ -1305,7 +1298,7 @@ def _replanned(
     done = [i for i in ctx.store.deletion_items(record.number) if i["status"] == "deleted"]
     what = describe_changes(changes)
     so_far = (
-        f"Removed so far: {describe_counts(counts_of(done))} (receipt attached)."
+        f"Removed so far: {_described(counts_of(done))} (receipt attached)."
         if done
         else "Nothing was deleted."
     )
@@ -1413,10 +1406,10 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         )
     removed = counts_of(i for i in items if i["status"] == "deleted")
     absent = sum(1 for i in items if i["status"] == "gone")
-    summary = describe_counts(removed) + " deleted and verified gone"
+    summary = _described(removed) + " deleted and verified gone"
     if absent:
         summary += (
-            f"; {describe_counts(counts_of(i for i in items if i['status'] == 'gone'))} "
+            f"; {_described(counts_of(i for i in items if i['status'] == 'gone'))} "
             "already absent (not removed by this request)"
         )
     finished = Outcome(
@@ -1453,13 +1446,13 @@ def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> 
     batches = len({int(i["batch"]) for i in items})
     note = (
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
-        f"Removed: {describe_counts(removed)}."
+        f"Removed: {_described(removed)}."
     )
     if absent:
-        note += f" Already absent (not removed by this request): {describe_counts(absent)}."
+        note += f" Already absent (not removed by this request): {_described(absent)}."
     if unknown:
-        note += f" Outcome unknown (the service could not be re-read): {describe_counts(unknown)}."
-    note += f" Not removed yet: {describe_counts(remaining)}."
+        note += f" Outcome unknown (the service could not be re-read): {_described(unknown)}."
+    note += f" Not removed yet: {_described(remaining)}."
     stopped = _outcome_failed(
         ctx,
         f"The deletion {note}",

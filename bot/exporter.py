@@ -2,8 +2,8 @@
 
 `run_export(ctx)` is the job handler "export" (I/O through the job context): it reads the
 Training API with ctx.client, downloads files into a cache under ctx.work_dir, lays everything
-out with bot.package and queues each part for the request's thread. Pure: `short`,
-`file_ext`, `not_found`, `describe_counts`, `human_size`, `summary`.
+out with bot.package and queues each part for the request's thread. Pure: `file_ext`,
+`not_found`, `summary` (worded with bot.wording).
 
 What each kind puts in the package (names from bot.package; JSON exactly as the API returned
 it, unknown fields included; every object the export read is in the package):
@@ -68,11 +68,13 @@ from urllib.parse import urlsplit
 from bot import browse, commands, package, parser
 from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
+from bot.digest import sha256_file
 from bot.errors import NotFound
 from bot.models import Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
 from bot.runner import JobCancelled, JobContext, Outcome
 from bot.training import API_VERSION, MAX_TAKE
+from bot.wording import count, describe_counts, human_size, short_ids
 
 log = logging.getLogger(__name__)
 
@@ -106,30 +108,25 @@ _NOT_FOUND_KINDS = {
     "NotFoundIteration": ("Iteration", "iteration_id"),
     "NotFoundTag": ("Tag", "tag_id"),
 }
-# (count key, singular, plural), in the order a summary names them.
-_COUNT_WORDS: tuple[tuple[str, str, str], ...] = (
-    ("projects", "project", "projects"),
-    ("domains", "domain", "domains"),
-    ("iterations", "iteration", "iterations"),
-    ("performance", "performance report", "performance reports"),
-    ("tags", "tag", "tags"),
-    ("images", "image", "images"),
-    ("image_files", "image file", "image files"),
-    ("predictions", "stored prediction", "stored predictions"),
-    ("prediction_files", "prediction image", "prediction images"),
-    ("exports", "model export", "model exports"),
-    ("model_files", "model file", "model files"),
-    ("files_missing", "file no longer available", "files no longer available"),
-)
+# count key -> (singular, plural), in the order a summary names them.
+COUNT_NOUNS: dict[str, tuple[str, str]] = {
+    "projects": ("project", "projects"),
+    "domains": ("domain", "domains"),
+    "iterations": ("iteration", "iterations"),
+    "performance": ("performance report", "performance reports"),
+    "tags": ("tag", "tags"),
+    "images": ("image", "images"),
+    "image_files": ("image file", "image files"),
+    "predictions": ("stored prediction", "stored predictions"),
+    "prediction_files": ("prediction image", "prediction images"),
+    "exports": ("model export", "model exports"),
+    "model_files": ("model file", "model files"),
+    "files_missing": ("file no longer available", "files no longer available"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def short(guid: str | None) -> str:
-    """Return the first 8 characters of an id and an ellipsis, as messages show ids."""
-    return f"{(guid or '?')[:8]}\u2026"
 
 
 def file_ext(head: bytes, uri: str | None = None) -> str:
@@ -150,44 +147,19 @@ def not_found(
     what: str, ids: Sequence[str], code: str, *, operation: str | None = None
 ) -> NotFound:
     """Return the NotFound error naming the kind and the (short) ids that were not found."""
-    shown = ", ".join(short(i) for i in ids[:3])
-    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
     if len(ids) == 1:
-        text = f"{what} {shown} was not found ({code})."
+        text = f"{what} {short_ids(ids)} was not found ({code})."
     else:
-        text = f"{what}s {shown}{more} were not found ({code})."
+        text = f"{what}s {short_ids(ids)} were not found ({code})."
     return NotFound(text, status=404, code=code, operation=operation)
-
-
-def describe_counts(counts: Mapping[str, int]) -> str:
-    """Return counts as words, e.g. "1 project, 2 iterations, 40 images" ("nothing" if none)."""
-    words = [
-        f"{counts[key]:,} {one if counts[key] == 1 else many}"
-        for key, one, many in _COUNT_WORDS
-        if counts.get(key)
-    ]
-    return ", ".join(words) if words else "nothing"
-
-
-def human_size(size: int) -> str:
-    """Return a byte count for people: 512 bytes, 1.5 KB, 12.3 MB (1 KB = 1024 bytes)."""
-    if size < 1024:
-        return f"{size} byte{'s' if size != 1 else ''}"
-    value, unit = size / 1024, "KB"
-    for bigger in ("MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
 
 
 def summary(request_id: str, counts: Mapping[str, int], files: Sequence[Mapping[str, Any]]) -> str:
     """Return the thread message of a finished export: counts, then each part's size and hash."""
     total = sum(int(f["size"]) for f in files)
-    noun = "file" if len(files) == 1 else "files"
     lines = [
-        f"{request_id} export is ready: {describe_counts(counts)}.",
-        f"{len(files)} {noun} to download, {human_size(total)} in total:",
+        f"{request_id} export is ready: {describe_counts(counts, COUNT_NOUNS)}.",
+        f"{count(len(files), 'file')} to download, {human_size(total)} in total:",
     ]
     for f in files:
         lines.append(
@@ -213,14 +185,6 @@ class Cached:
     ext: str
     size: int
     sha256: str
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DownloadCache:
@@ -264,7 +228,7 @@ class DownloadCache:
         path = self.path(key)
         if cached is None or not path.is_file():
             return None
-        if path.stat().st_size != cached.size or _sha256_file(path) != cached.sha256:
+        if path.stat().st_size != cached.size or sha256_file(path) != cached.sha256:
             log.warning("cached download %s is damaged; downloading it again", path.name)
             path.unlink(missing_ok=True)
             return None

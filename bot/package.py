@@ -67,7 +67,9 @@ from types import TracebackType
 from typing import IO, Any, Literal, Self
 from urllib.parse import unquote
 
+from bot import wording
 from bot.clock import iso
+from bot.digest import sha256_file
 from bot.ids import is_guid
 
 FORMAT = "cv-dsr-bot export"
@@ -633,7 +635,7 @@ def render_readme(
     lines += _section("What each file holds")
     for label, (text, count) in kinds.items():
         many = count > 1 or "<" in label
-        lines.append(f"{label}  ({count} file{'s' if count != 1 else ''})" if many else label)
+        lines.append(f"{label}  ({wording.count(count, 'file')})" if many else label)
         lines.append(f"    {text}")
     lines += _section("Parts and split files")
     lines += [
@@ -661,14 +663,6 @@ def render_readme(
 
 
 # --- the writer (I/O) -----------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_COPY_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Limited:
@@ -1180,7 +1174,7 @@ class PackageWriter:
         size = part.path.stat().st_size
         if size > self.max_part_bytes:  # the planning is conservative: this is a bug
             raise RuntimeError(f"part {part.index} is {size} bytes, over {self.max_part_bytes}")
-        closed = Part(part.index, part.path, size, _sha256_file(part.path), tuple(part.entries))
+        closed = Part(part.index, part.path, size, sha256_file(part.path), tuple(part.entries))
         self._journal(
             {
                 "type": "part",

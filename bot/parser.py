@@ -802,5 +802,5 @@ def quote(text: str) -> str:
 
 
 def slack_escape(text: str) -> str:
-    """Return `text` with &, < and > escaped the way Slack sends command text."""
+    """Return `text` with &, < and > escaped, as Slack sends command text and mrkdwn needs."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

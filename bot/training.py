@@ -57,6 +57,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from bot import wording
 from bot.errors import (
     MalformedResponse,
     NotFound,
@@ -896,7 +897,7 @@ class TrainingClient:
     def _give_up(
         self, operation: str, failure: _Retryable, attempts: int, maybe_applied: bool
     ) -> NoReturn:
-        tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+        tries = f"after {wording.count(attempts, 'attempt')}"
         common: dict[str, Any] = {
             "status": failure.status,
             "code": failure.code,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bot import audit
-from bot.exporter import human_size
+from bot.wording import human_size
 from emulators.customvision import Seed
 from emulators.slack.records import Ephemeral, Message, UploadedFile
 from emulators.stack import (

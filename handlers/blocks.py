@@ -2,8 +2,8 @@
 
 Text that comes from users or from the Training API (reasons, tickets, names) goes into
 `plain_text` objects, which Slack never parses for mentions, links or formatting; where it
-must sit in mrkdwn it passes through `escape` first, so it cannot ping `@channel` or forge a
-link.
+must sit in mrkdwn it passes through `bot.parser.slack_escape` first, so it cannot ping
+`@channel` or forge a link.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from bot import parser
+from bot.parser import slack_escape
 from bot.store import RequestRecord
 from handlers import limits
 
@@ -43,11 +44,6 @@ STATUS_EMOJI = {
 }
 
 
-def escape(text: str) -> str:
-    """Return `text` safe inside mrkdwn: &, < and > escaped as Slack requires."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
 
 
@@ -60,9 +56,9 @@ def bot_text(text: str) -> str:
     """
     parts = _MENTION.split(text)
     mentions = _MENTION.findall(text)
-    out = [escape(parts[0])]
+    out = [slack_escape(parts[0])]
     for mention, part in zip(mentions, parts[1:], strict=True):
-        out.extend([mention, escape(part)])
+        out.extend([mention, slack_escape(part)])
     return "".join(out)
 
 
@@ -135,7 +131,7 @@ def announcement(
     what = describe_command(record)
     verb = {"export": "Export", "delete": "Deletion", "manual": "Deletion (manual)"}[record.kind]
     text = limits.cut(
-        f"{record.id} {verb} requested by <@{record.requester}>: {escape(what)} ({label})",
+        f"{record.id} {verb} requested by <@{record.requester}>: {slack_escape(what)} ({label})",
         limits.MAX_REPLY_TEXT,
     )
     blocks: list[Block] = [

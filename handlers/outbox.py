@@ -39,6 +39,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import deletion
+from bot.digest import sha256_file
 from bot.ids import format_request_id
 from bot.logs import request_context
 from bot.store import (
@@ -652,7 +653,7 @@ class Deliverer:
                 )
             if response.status_code != 200:
                 raise requests.HTTPError(f"upload answered {response.status_code}")
-            state = {"file_id": str(ticket["file_id"]), "size": size, "sha256": _sha256(path)}
+            state = {"file_id": str(ticket["file_id"]), "size": size, "sha256": sha256_file(path)}
             self.store.outbox_progress(item.id, state)
         arguments: dict[str, Any] = {
             "files": [{"id": state["file_id"], "title": str(payload.get("title") or "")}],
@@ -702,14 +703,6 @@ class Deliverer:
         for scope in ("public", "private"):
             channels |= set((shares.get(scope) or {}).keys())
         return channel in channels
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fp:
-        for chunk in iter(lambda: fp.read(1 << 16), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _error_of(exc: SlackApiError) -> str:

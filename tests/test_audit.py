@@ -670,7 +670,7 @@ def test_audit_witness_reports_the_chain_break_when_it_comes_first(
         ),
         (
             Verification(True, 1042, 1042, "fedcba9876543210" + "0" * 48),
-            "Audit log intact: 1042 events, head #1042 hash fedcba9876543210…",
+            "Audit log intact: 1,042 events, head #1042 hash fedcba9876543210…",
         ),
         (
             Verification(False, 56, 56, "a" * 64, 57, "event 57 was altered (hash mismatch)"),

@@ -37,7 +37,7 @@ DESCRIPTIONS = [
     (f"export images {P} --untagged", "export images of project 6c1f2a3b\u2026 (untagged)"),
     (
         f"export images {P} --tag {T} --tag {T2}",
-        "export images of project 6c1f2a3b\u2026 (with tags 8e3f4051\u2026, 8e3f4051\u2026)",
+        "export images of project 6c1f2a3b\u2026 (with tags 8e3f4051\u2026 and 8e3f4051\u2026)",
     ),
     (f"export images {P} --ids {M1},{M2}", "export images of project 6c1f2a3b\u2026 (2 image ids)"),
     (

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from bot.deletion import (
+    NOUNS,
     Facts,
     IterationFacts,
     TagFacts,
     changes_since,
     describe_changes,
-    describe_counts,
     plan_items,
     preview_of,
     run_delete,
@@ -34,6 +34,7 @@ from bot.deletion import (
 )
 from bot.runner import JobContext, Outcome
 from bot.store import RequestRecord
+from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
 
@@ -139,7 +140,7 @@ def test_plan_items_of_a_project_unpublish_first_then_one_covering_batch() -> No
     assert preview["images_targeted"] == 3
     assert preview["summary"] == (
         'Deletes project "faces" with everything in it: 3 images (2 in the workspace), 1 tag, '
-        "2 iterations, 1 stored prediction. Unpublishes prod-1 first: that prediction endpoint "
+        "2 iterations and 1 stored prediction. Unpublishes prod-1 first: that prediction endpoint "
         "stops working."
     )
 
@@ -176,8 +177,8 @@ def test_plan_items_of_iterations_deletes_own_images_with_their_iteration() -> N
         ({"prediction": 2, "unpublish": 1}, "2 stored predictions and 1 iteration unpublished"),
     ],
 )
-def test_describe_counts_reads_as_words(counts: dict[str, int], text: str) -> None:
-    assert describe_counts(counts) == text
+def test_deletion_counts_read_as_words(counts: dict[str, int], text: str) -> None:
+    assert describe_counts(counts, NOUNS) == text
 
 
 # -- the harness -------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def test_delete_images_removes_each_selected_image_once_from_every_set(
     document = assert_done_with_receipt(h, record.number, len(expected))
     assert (document["ticket"], document["reason"]) == ("DSR-7", "erasure request")
     assert h.posts(record.number)[-1] == (
-        f"<@{REQUESTER}> {record.id}: {len(expected)} images deleted and verified gone; "
+        f"<@{REQUESTER}> {record.id}: {len(expected):,} images deleted and verified gone; "
         "receipt attached."
     )
     api_calls = h.events(record.number, "api.call")
@@ -596,7 +597,7 @@ def test_fault_mid_plan_fails_with_partial_receipt_and_retry_sends_only_the_rest
     ]
     assert record.error is not None
     assert "stopped at batch 2 of 3: Custom Vision failed DeleteImages (HTTP 500" in record.error
-    assert f"Removed: 256 images. Not removed yet: {len(expected) - 256} images." in record.error
+    assert f"Removed: 256 images. Not removed yet: {len(expected) - 256:,} images." in record.error
     document, rows = h.receipt(n)
     assert document["outcome"] == "partial"
     assert Counter((r["status"], r["verified"]) for r in rows) == Counter(
@@ -667,7 +668,7 @@ def test_resume_probes_a_batch_left_sending_and_never_deletes_twice(
         assert [(e.outcome, sorted(e.targets)) for e in probe] == [("ok", sorted(batch[1]))]
         assert probe[0].details["resolved_by"] == "re-read"
         assert h.posts(n)[-1] == (
-            f"<@{REQUESTER}> R-{n}: {len(expected)} images deleted and verified gone; "
+            f"<@{REQUESTER}> R-{n}: {len(expected):,} images deleted and verified gone; "
             "receipt attached."
         )
     assert h.cv.deleted_image_counts() == Counter(dict.fromkeys(expected, 1))

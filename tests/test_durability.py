@@ -708,10 +708,10 @@ def test_durability_training_api_outage_fails_with_an_exact_receipt_then_retry_f
     assert {i["verified"] for i in items} == {None}  # nothing claims a verification
     unknown = [i for i in left if i["status"] == "sending"]
     not_yet = len(left) - len(unknown)
-    stated = f"Removed: {len(removed)} images."
+    stated = f"Removed: {len(removed):,} images."
     if unknown:
-        stated += f" Outcome unknown (the service could not be re-read): {len(unknown)} images."
-    stated += f" Not removed yet: {not_yet} images."
+        stated += f" Outcome unknown (the service could not be re-read): {len(unknown):,} images."
+    stated += f" Not removed yet: {not_yet:,} images."
     assert stated in receipt["note"]
     assert record.error is not None and stated in record.error
     run.wait_for(

@@ -24,18 +24,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.exporter import (
-    CACHE_DIR,
-    describe_counts,
-    file_ext,
-    human_size,
-    not_found,
-    run_export,
-    summary,
-)
+from bot.exporter import CACHE_DIR, COUNT_NOUNS, file_ext, not_found, run_export, summary
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
 from bot.store import RequestRecord
+from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
 
@@ -65,21 +58,12 @@ def test_file_ext_reads_magic_bytes_then_the_uri(head: bytes, uri: str | None, e
     assert file_ext(head, uri) == ext
 
 
-@pytest.mark.parametrize(
-    ("size", "text"),
-    [(0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1536, "1.5 KB"), (5 << 20, "5.0 MB")],
-)
-def test_human_size_reads_as_people_write_it(size: int, text: str) -> None:
-    assert human_size(size) == text
-
-
-def test_describe_counts_and_summary_name_counts_sizes_and_hashes() -> None:
-    counts = {"projects": 1, "images": 2, "image_files": 1, "tags": 0, "image_records": 9}
-    assert describe_counts(counts) == "1 project, 2 images, 1 image file"
-    assert describe_counts({}) == "nothing"
+def test_summary_names_counts_sizes_and_hashes() -> None:
+    counts = {"images": 2, "projects": 1, "image_files": 1, "tags": 0, "image_records": 9}
+    assert describe_counts(counts, COUNT_NOUNS) == "1 project, 2 images and 1 image file"
     files = [{"name": "R-1-export.zip", "size": 2048, "sha256": "ab" * 32}]
     assert summary("R-1", counts, files) == (
-        "R-1 export is ready: 1 project, 2 images, 1 image file.\n"
+        "R-1 export is ready: 1 project, 2 images and 1 image file.\n"
         "1 file to download, 2.0 KB in total:\n"
         f"\u2022 R-1-export.zip: 2.0 KB (2,048 bytes), SHA-256 {'ab' * 32}"
     )
