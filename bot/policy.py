@@ -1,34 +1,52 @@
-"""Who may do what: the one table of authorisation rules. Pure functions over plain values.
+"""Who may do what, and where: the one table of rules. Pure functions over plain values.
 
-| action     | who                                                   | when                     |
-|------------|-------------------------------------------------------|--------------------------|
-| request    | BOT_REQUESTERS (user or group), anyone when empty;    | channel allowed by       |
-|            | deletions also need BOT_APPROVERS to be configured    | BOT_ALLOWED_CHANNELS     |
-| approve    | BOT_APPROVERS (user or group), never the requester,   | pending, not expired     |
-|            | each approver once; an approval counts only while its | (re-checked whenever an  |
-|            | approver still is one (`approval_counts`)             | approval is added)       |
-| reject     | BOT_APPROVERS (user or group), never the requester    | pending, not expired     |
-| cancel     | the requester                                         | queued/running export,   |
-|            |                                                       | previewing/pending delete|
-| (buttons)  | approve, reject and cancel clicks count only from the | always                   |
-|            | request's own channel                                 |                          |
-| retry      | the requester or an approver                          | failed; a deletion's     |
-|            |                                                       | approvals still in force |
-|            |                                                       | (else: new preview and   |
-|            |                                                       | new approvals)           |
-| resend     | the requester or an approver                          | a delivery is held       |
-| read audit | approvers: everything; requesters: their own requests | always                   |
-| post       | files with personal data go only where the           | public channels only with|
-| personal   | workspace's own members read them: not public, not    | BOT_ALLOW_PUBLIC_EXPORTS;|
-| data       | shared with other organisations or workspaces         | shared ones only with    |
-|            | (`may_post_personal_data`)                            | BOT_ALLOW_SHARED_CHANNEL_|
-|            |                                                       | EXPORTS                  |
+`bot.service` looks the facts up (the stored request, the actor's user groups, what Slack says
+of a channel), asks one function here, and records a refusal's reason in the audit log.
+
+| action      | who                                                  | when / where              |
+|-------------|------------------------------------------------------|---------------------------|
+| request     | BOT_REQUESTERS (user or group), anyone when empty;   | channel allowed by        |
+| (export,    | deletions also need BOT_APPROVERS to be configured   | BOT_ALLOWED_CHANNELS;     |
+| delete)     | (`may_request`)                                      | `may_submit_here`, below  |
+| submit here | a request goes only into a channel (not a DM or a    | the bot is a member; a    |
+|             | group DM: no approvers, no audit trail there) that   | personal-data export also |
+|             | the bot is a member of (`in_a_channel`, `bot_is_in`) | needs `may_post_personal_ |
+|             |                                                      | data`                     |
+| approve     | BOT_APPROVERS (user or group), never the requester,  | pending, not expired, the |
+|             | each approver once; an approval counts only while    | whole preview shown       |
+|             | its approver still is one (`approval_counts`)        | (`preview_shown`); starts |
+|             |                                                      | the deletion once none is |
+|             |                                                      | missing (`approvals_      |
+|             |                                                      | missing`)                 |
+| reject      | BOT_APPROVERS (user or group), never the requester   | pending, not expired      |
+| cancel      | the requester                                        | queued/running export,    |
+|             |                                                      | previewing/pending delete |
+| (buttons)   | approve, reject and cancel clicks count only from    | always                    |
+|             | the request's own channel                            |                           |
+| retry       | the requester or an approver                         | failed; a deletion        |
+|             |                                                      | resumes only while its    |
+|             |                                                      | approvals are in force    |
+|             |                                                      | (`may_resume`), else: new |
+|             |                                                      | preview, new approvals    |
+| resend      | the requester or an approver                         | a delivery is held        |
+| see status  | the requester or an approver (`may_see_status`)      | always                    |
+| read audit  | approvers: everything; requesters: their own         | the file goes only into a |
+|             | requests                                             | channel the bot is in     |
+|             |                                                      | (`in_a_channel`,          |
+|             |                                                      | `bot_is_in`)              |
+| post        | files with personal data go only where the           | public channels only with |
+| personal    | workspace's own members read them: not public, not   | BOT_ALLOW_PUBLIC_EXPORTS; |
+| data        | shared with other organisations or workspaces; not   | shared ones only with     |
+|             | where Slack did not say who reads it                 | BOT_ALLOW_SHARED_CHANNEL_ |
+|             | (`may_post_personal_data`)                           | EXPORTS                   |
 
 A deletion's recorded approvals are in force (`approvals_in_force`, asked by a retry) while
 enough of them still count (`approval_counts`) and the last one is younger than
 BOT_APPROVAL_TTL_HOURS.
 
-Every refusal carries a message fit for the user; callers record it in the audit log.
+Every refusal is a `Decision` that carries a message fit for the user; callers record it in the
+audit log. What states a request can be in, and who moves it between them, is the lifecycle's
+table, not this one.
 """
 
 from __future__ import annotations
@@ -49,6 +67,11 @@ class Rules:
     allow_public_exports: bool = False
     allow_shared_exports: bool = False
 
+    @property
+    def user_groups(self) -> frozenset[str]:
+        """Return the configured ids that are Slack user groups (their ids start with S)."""
+        return frozenset(g for g in self.approvers | self.requesters if g.startswith("S"))
+
 
 @dataclass(frozen=True)
 class Audience:
@@ -57,6 +80,28 @@ class Audience:
     public: bool = False  # any member of the workspace can join it and read its history
     external: bool = False  # Slack Connect: another organisation reads it, or is invited
     org_wide: bool = False  # shared between workspaces of an Enterprise Grid organisation
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """What Slack says of a conversation (conversations.info), as the rules need it."""
+
+    exists: bool
+    is_member: bool = False  # the bot is in it (always so in its own DMs)
+    is_private: bool = False
+    is_im: bool = False  # a direct message
+    is_mpim: bool = False  # a group DM
+    external: bool = False  # Slack Connect (is_ext_shared / is_pending_ext_shared)
+    org_wide: bool = False  # is_org_shared (Enterprise Grid)
+
+    @property
+    def audience(self) -> Audience:
+        """Return who can read the channel, as the personal-data rule needs it."""
+        return Audience(
+            public=not (self.is_private or self.is_im or self.is_mpim),
+            external=self.external,
+            org_wide=self.org_wide,
+        )
 
 
 @dataclass(frozen=True)
@@ -122,6 +167,51 @@ def may_request(rules: Rules, actor: Actor, channel: str, *, deletion: bool) -> 
     return ALLOW
 
 
+def in_a_channel(channel: ChannelInfo, *, rerun: str) -> Decision:
+    """Return whether a request or an audit file may go into `channel`: not a DM, not a group DM.
+
+    Nobody else can follow those (no approvers, no audit trail), and the bot cannot post results
+    into a group DM. `rerun` is the command to type again elsewhere ("/cv export ...").
+    """
+    if channel.is_im:
+        conversation = "a direct message"
+    elif channel.is_mpim:
+        conversation = "a group DM"
+    else:
+        return ALLOW
+    return Decision(
+        False,
+        "Requests and audit files belong in a channel, where approvers and the audit trail "
+        f"can see them, not in {conversation}. Run `{rerun}` in your privacy team's channel.",
+    )
+
+
+def bot_is_in(channel: ChannelInfo, *, to_post: str, then: str) -> Decision:
+    """Return whether the bot can post `to_post` ("the audit file") into `channel` (`then`: what
+    the user does about it when not)."""
+    if channel.exists and channel.is_member:
+        return ALLOW
+    return Decision(False, f"I am not in this channel, so I cannot post {to_post} here. {then}")
+
+
+def may_submit_here(rules: Rules, channel: ChannelInfo, *, rerun: str, personal: bool) -> Decision:
+    """Return whether a request (typed as `rerun`) may be made in `channel`: a channel the bot
+    is in and, for a request whose files hold personal data (`personal`), one they may go to."""
+    if not (here := in_a_channel(channel, rerun=rerun)):
+        return here
+    member = bot_is_in(
+        channel,
+        to_post="the request and its results",
+        then=f"Invite me first (`/invite @cv-dsr-bot`), then run `{rerun}` again. (In a group "
+        "DM, which cannot take requests, run it in your privacy team's channel instead.)",
+    )
+    if not member:
+        return member
+    if personal:
+        return may_post_personal_data(rules, channel.audience, what="This export")
+    return ALLOW
+
+
 def _from_its_channel(subject: Subject, channel: str | None) -> Decision:
     """A click counts only from the request's own message: `channel` None means no click."""
     if channel is None or channel == subject.channel:
@@ -145,10 +235,29 @@ def _decidable(subject: Subject, now: datetime) -> Decision:
     return ALLOW
 
 
+def preview_shown(file_status: str | None) -> bool:
+    """Return whether the whole preview of a deletion is in front of its approvers.
+
+    `file_status` is the delivery status of the preview's file: None when the preview fit its
+    message and has no file, "sent" once Slack took the file.
+    """
+    return file_status in (None, "sent")
+
+
 def may_approve(
-    rules: Rules, actor: Actor, subject: Subject, now: datetime, *, channel: str | None = None
+    rules: Rules,
+    actor: Actor,
+    subject: Subject,
+    now: datetime,
+    *,
+    channel: str | None = None,
+    preview_shown: bool = True,
 ) -> Decision:
-    """Return whether `actor` may approve the deletion `subject` now (clicked in `channel`)."""
+    """Return whether `actor` may approve the deletion `subject` now (clicked in `channel`).
+
+    `preview_shown`: whether the whole preview is in front of the approvers (`preview_shown()`);
+    nobody approves a deletion they could not read.
+    """
     if not (where := _from_its_channel(subject, channel)):
         return where
     if actor.user_id == subject.requester:
@@ -157,7 +266,21 @@ def may_approve(
         return Decision(False, "Only approvers (BOT_APPROVERS) may approve deletions.")
     if actor.user_id in subject.approvals:
         return Decision(False, f"You have already approved {subject.request_id}.")
-    return _decidable(subject, now)
+    if not (decidable := _decidable(subject, now)):
+        return decidable
+    if not preview_shown:
+        return Decision(
+            False,
+            f"The full preview of {subject.request_id} is not in its thread yet, so it cannot "
+            "be approved. The Approve button appears once the file is posted.",
+        )
+    return ALLOW
+
+
+def approvals_missing(rules: Rules, standing: int) -> int:
+    """Return how many more approvals a deletion with `standing` counting ones needs (0 or less:
+    it may start)."""
+    return rules.required_approvals - standing
 
 
 def approval_counts(rules: Rules, approver: Actor, subject: Subject) -> Decision:
@@ -216,9 +339,11 @@ def approvals_in_force(
     """Return whether the recorded `approvers` of `subject` still authorise carrying it out.
 
     They do while the last approval is younger than `ttl` and at least
-    `rules.required_approvals` of them still count (`approval_counts`). A retry of a deletion asks
-    this; when it says no, the deletion needs a new preview and new approvals.
+    `rules.required_approvals` of them still count (`approval_counts`); an actor in `approvers`
+    whose approval is not recorded on `subject` (any more) is not counted. A retry of a deletion
+    asks this; when it says no, the deletion needs a new preview and new approvals.
     """
+    approvers = [a for a in approvers if a.user_id in subject.approvals]
     if subject.approved_at is None or now >= subject.approved_at + ttl:
         hours = f"{ttl.total_seconds() / 3600:g}"
         return Decision(
@@ -237,9 +362,13 @@ def approvals_in_force(
     return ALLOW
 
 
+def _requester_or_approver(rules: Rules, actor: Actor, subject: Subject) -> bool:
+    return actor.user_id == subject.requester or actor.listed_in(rules.approvers)
+
+
 def may_retry(rules: Rules, actor: Actor, subject: Subject) -> Decision:
     """Return whether `actor` may resume the failed request `subject`."""
-    if actor.user_id != subject.requester and not actor.listed_in(rules.approvers):
+    if not _requester_or_approver(rules, actor, subject):
         return Decision(False, f"Only the requester or an approver may retry {subject.request_id}.")
     if subject.status != "failed":
         return Decision(
@@ -248,13 +377,40 @@ def may_retry(rules: Rules, actor: Actor, subject: Subject) -> Decision:
     return ALLOW
 
 
+def may_resume(
+    rules: Rules,
+    subject: Subject,
+    approvers: Sequence[Actor],
+    now: datetime,
+    ttl: timedelta,
+    *,
+    deleting: bool,
+) -> Decision:
+    """Return whether a retry may resume `subject` from its checkpoint (`deleting`: the job to
+    resume deletes). An export or a preview always may; a deletion only on approvals in force
+    (`approvals_in_force`), else it goes back to a new preview and new approvals."""
+    if not deleting:
+        return ALLOW
+    return approvals_in_force(rules, subject, approvers, now, ttl)
+
+
 def may_resend(rules: Rules, actor: Actor, subject: Subject) -> Decision:
     """Return whether `actor` may post the held deliveries of `subject` again (any status)."""
-    if actor.user_id != subject.requester and not actor.listed_in(rules.approvers):
+    if not _requester_or_approver(rules, actor, subject):
         return Decision(
             False, f"Only the requester or an approver may resend {subject.request_id}."
         )
     return ALLOW
+
+
+def may_see_status(rules: Rules, actor: Actor, subject: Subject) -> Decision:
+    """Return whether `actor` may see the state of `subject` (its command, ticket, approvers)."""
+    if _requester_or_approver(rules, actor, subject):
+        return ALLOW
+    return Decision(
+        False,
+        f"{subject.request_id} is not yours; only its requester and approvers can see its status.",
+    )
 
 
 def may_read_audit(rules: Rules, actor: Actor, *, own_request: bool | None) -> Decision:
@@ -273,13 +429,19 @@ def may_read_audit(rules: Rules, actor: Actor, *, own_request: bool | None) -> D
     )
 
 
-def may_post_personal_data(rules: Rules, audience: Audience, *, what: str) -> Decision:
+def may_post_personal_data(rules: Rules, audience: Audience | None, *, what: str) -> Decision:
     """Return whether `what` (e.g. "This export"), a file holding personal data, may be posted
-    into a conversation read by `audience`.
+    into a conversation read by `audience` (None: Slack did not say).
 
     The one rule for packages, receipts and audit files. A shared channel's history, files
-    included, is readable by every organisation or workspace it is shared with.
+    included, is readable by every organisation or workspace it is shared with. An audience
+    Slack did not confirm counts as unsafe: nothing personal leaks on a blip.
     """
+    if audience is None:
+        return Decision(
+            False,
+            f"{what} holds personal data, and Slack did not confirm that this channel is private.",
+        )
     if audience.external and not rules.allow_shared_exports:
         return Decision(
             False,

@@ -1,8 +1,10 @@
 """The bot without Slack: what happens when someone types a command or clicks a button.
 
-Handlers call one method here with plain values and render the `Reply`. Every change is one
-write transaction holding the state change, its audit events and the Slack deliveries it
-causes (the outbox), so nothing is half-done after a crash.
+Handlers call one method here with plain values and render the `Reply`. `Service` only
+orchestrates: it looks the facts up (the stored request, Slack's answers through `Directory`),
+asks bot.policy, which holds every rule, and records the outcome. Every change is one write
+transaction holding the state change, its audit events and the Slack deliveries it causes (the
+outbox), so nothing is half-done after a crash; a refusal is audited with its reason.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,15 +31,17 @@ from bot.errors import (
     is_disk_full,
 )
 from bot.help import help_text
-from bot.ids import parse_request_id
+from bot.ids import format_request_id, parse_request_id
 from bot.policy import (
     Actor,
-    Audience,
+    ChannelInfo,
     Decision,
     Rules,
     Subject,
     approval_counts,
-    approvals_in_force,
+    approvals_missing,
+    bot_is_in,
+    in_a_channel,
     may_approve,
     may_cancel,
     may_post_personal_data,
@@ -44,7 +49,11 @@ from bot.policy import (
     may_reject,
     may_request,
     may_resend,
+    may_resume,
     may_retry,
+    may_see_status,
+    may_submit_here,
+    preview_shown,
 )
 from bot.store import OPEN, TERMINAL, HeldDelivery, Job, RequestRecord, Store
 
@@ -90,27 +99,6 @@ class Reply:
 
     text: str
     public: bool = False
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    exists: bool
-    is_member: bool = False
-    is_private: bool = False
-    is_im: bool = False
-    name: str = ""
-    is_mpim: bool = False  # a group DM
-    external: bool = False  # Slack Connect (is_ext_shared / is_pending_ext_shared)
-    org_wide: bool = False  # is_org_shared (Enterprise Grid)
-
-    @property
-    def audience(self) -> Audience:
-        """Return who can read the channel, as the personal-data rule needs it."""
-        return Audience(
-            public=not (self.is_private or self.is_im or self.is_mpim),
-            external=self.external,
-            org_wide=self.org_wide,
-        )
 
 
 class Directory(Protocol):
@@ -200,18 +188,43 @@ class Service:
         `max_age`: how old a cached group membership may be (FRESH_FOR_APPROVALS for approval
         decisions). Raises SlackLookupError when Slack does not answer in time.
         """
-        groups = frozenset(g for g in self.rules.approvers | self.rules.requesters if g[0] == "S")
+        groups = self.rules.user_groups
         if not groups:
             return Actor(user_id)
         return Actor(user_id, self.directory.groups_of(user_id, groups, max_age=max_age))
 
-    def _refuse(
-        self, actor: str, action: str, decision: Decision, *, request: str | None = None
+    def _conversation(self, channel_id: str) -> ChannelInfo:
+        """Return what the rules need of the conversation `channel_id`.
+
+        A DM's id says it is one (it starts with D), so no lookup is needed to refuse it.
+        """
+        if channel_id.startswith("D"):
+            return ChannelInfo(exists=True, is_member=True, is_im=True)
+        return self.directory.channel(channel_id)
+
+    def _refused(
+        self,
+        user_id: str,
+        action: str,
+        decision: Decision,
+        *,
+        request: int | str | None = None,
+        targets: tuple[str, ...] = (),
+        conn: sqlite3.Connection | None = None,
     ) -> Reply:
-        self.store.record(
-            actor,
+        """Record the refusal (in `conn`'s transaction, else in one of its own); return its
+        explanation."""
+        if conn is None:
+            with self.store.write() as conn:
+                return self._refused(
+                    user_id, action, decision, request=request, targets=targets, conn=conn
+                )
+        self.store.audit(
+            conn,
+            user_id,
             f"{action}.refused",
             request=request,
+            targets=targets,
             outcome="refused",
             details={"reason": decision.reason},
         )
@@ -257,39 +270,36 @@ class Service:
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
     ) -> Reply:
         """Store a new export or deletion request and queue its first job."""
-        deletion = isinstance(command, commands.Delete)
-        parsed = command.to_dict()
-        actor = self.actor(user_id)
-        decision = may_request(self.rules, actor, channel_id, deletion=deletion)
+        decision = self._may_submit(user_id, channel_id, text, command)
         if not decision:
-            return self._refuse(user_id, "command", decision)
-        if channel_id.startswith("D"):  # a DM: Slack's ids say so, no lookup needed
-            return self._refuse(user_id, "command", self._not_here("a direct message", text))
-        channel = self.directory.channel(channel_id)
-        if channel.is_mpim:
-            return self._refuse(user_id, "command", self._not_here("a group DM", text))
-        if not channel.exists or not channel.is_member:
-            return self._refuse(
-                user_id,
-                "command",
-                Decision(
-                    False,
-                    "I am not in this channel, so I cannot post the request and its results "
-                    f"here. Invite me first (`/invite @cv-dsr-bot`), then run `{self.command} "
-                    f"{text.strip()}` again. (In a group DM, which cannot take requests, run it "
-                    "in your privacy team's channel instead.)",
-                ),
-            )
-        if isinstance(command, commands.Export) and command.personal:
-            where = may_post_personal_data(self.rules, channel.audience, what="This export")
-            if not where:
-                return self._refuse(user_id, "command", where)
-        manual = deletion and command.kind in {
-            commands.DeleteKind.ACCOUNT,
-            commands.DeleteKind.EXPORTS,
-        }
-        kind = "manual" if manual else ("delete" if deletion else "export")
-        status = "answered" if manual else ("previewing" if deletion else "queued")
+            return self._refused(user_id, "command", decision)
+        number = self._store_request(user_id, channel_id, text, command)
+        self.wake()
+        return Reply(_submitted(format_request_id(number), command))
+
+    def _may_submit(
+        self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
+    ) -> Decision:
+        """Ask the rules whether `user_id` may make this request here; Slack is asked about the
+        channel only once the requester passed."""
+        deletion = isinstance(command, commands.Delete)
+        decision = may_request(self.rules, self.actor(user_id), channel_id, deletion=deletion)
+        if not decision:
+            return decision
+        return may_submit_here(
+            self.rules,
+            self._conversation(channel_id),
+            rerun=f"{self.command} {text.strip()}",
+            personal=isinstance(command, commands.Export) and command.personal,
+        )
+
+    def _store_request(
+        self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
+    ) -> int:
+        """Store the request, its audit events, its first job (or its manual answer) and its
+        announcement in one transaction; return its number."""
+        kind, status, job = _first_step(command)
+        parsed = command.to_dict()
         with self.store.write() as conn:
             number = self.store.create_request(
                 conn,
@@ -308,7 +318,7 @@ class Service:
                 targets=_targets(parsed),
                 details={"command": parsed, "channel": channel_id},
             )
-            if manual:
+            if job is None:
                 self.store.audit(
                     conn,
                     "bot",
@@ -317,46 +327,21 @@ class Service:
                     details={"steps": str(command.kind)},
                 )
             else:
-                self.store.enqueue_job(conn, number, "preview" if deletion else "export")
+                self.store.enqueue_job(conn, number, job)
                 self.store.audit(
-                    conn,
-                    "bot",
-                    "request.queued",
-                    request=number,
-                    details={"job": "preview" if deletion else "export"},
+                    conn, "bot", "request.queued", request=number, details={"job": job}
                 )
             self.store.announce(conn, number, channel_id)
-            rid = f"R-{number}"
-        self.wake()
-        if manual:
-            steps = MANUAL_STEPS[
-                "account" if command.kind == commands.DeleteKind.ACCOUNT else "exports"
-            ]
-            return Reply(f"{rid} recorded. {steps}")
-        if deletion:
-            return Reply(
-                f"{rid} recorded: computing what the deletion will remove. The preview and the "
-                "approval buttons will appear in the channel; a second, authorised person must "
-                "approve."
-            )
-        return Reply(
-            f"{rid} queued: {command.describe()}. Progress and files will appear in "
-            "the request's thread."
-        )
+        return number
 
     def status(self, user_id: str, request_id: str | None) -> Reply:
         """Return the caller's open requests, or one request's state."""
         now = self.clock.now()
         if request_id is not None:
             record = self._load(request_id, user_id=user_id, action="status")
-            actor = self.actor(user_id)
-            if record.requester != user_id and not actor.listed_in(self.rules.approvers):
-                refusal = Decision(
-                    False,
-                    f"{record.id} is not yours; only its requester and approvers can see its "
-                    "status.",
-                )
-                return self._refuse(user_id, "status", refusal, request=record.id)
+            decision = may_see_status(self.rules, self.actor(user_id), subject_of(record))
+            if not decision:
+                return self._refused(user_id, "status", decision, request=record.id)
             held = self.store.held_deliveries(record.number)
             return Reply(describe_status(record, now, held=held, command=self.command))
         total = self.store.count_requests_of(user_id)
@@ -386,13 +371,16 @@ class Service:
         records = self.store.requests_of(user_id, limit=None)
         if not records:
             return Reply(f"You have no open requests. `{self.command} help` shows what I can do.")
+        # Not a request: a refusal here is only told, not audited.
         channel = self.directory.channel(channel_id)
-        if not channel.exists or not channel.is_member:
-            return Reply(
-                "I am not in this channel, so I cannot post the file here. Run `"
-                f"{self.command} status --all` in a private channel I am in, or `{self.command} "
-                "status` for the newest 20."
-            )
+        member = bot_is_in(
+            channel,
+            to_post="the file",
+            then=f"Run `{self.command} status --all` in a private channel I am in, or "
+            f"`{self.command} status` for the newest 20.",
+        )
+        if not member:
+            return Reply(member.reason)
         where = may_post_personal_data(
             self.rules,
             channel.audience,
@@ -439,13 +427,8 @@ class Service:
                 )
             return self.store.get(request_id)
         except RequestStateError as exc:
-            self.store.record(
-                user_id,
-                f"{action}.refused",
-                targets=(request_id[:40],),
-                outcome="refused",
-                details={"reason": exc.user_message},
-            )
+            refusal = Decision(False, exc.user_message)
+            self._refused(user_id, action, refusal, targets=(request_id[:40],))
             raise
 
     @_answers_errors
@@ -463,17 +446,18 @@ class Service:
         with self.store.write() as conn:
             record = self.store.get(record.number, conn)  # decide on stored state, in the tx
             subject = subject_of(record)
-            decision = may_approve(self.rules, actor, subject, now, channel=channel_id)
-            if decision and self.store.preview_file_status(record.number) not in (None, "sent"):
-                # The preview was too long for its message and its file is not in the thread:
-                # nobody has seen what this deletion removes (the button is not even shown).
-                decision = Decision(
-                    False,
-                    f"The full preview of {record.id} is not in its thread yet, so it cannot "
-                    "be approved. The Approve button appears once the file is posted.",
-                )
+            decision = may_approve(
+                self.rules,
+                actor,
+                subject,
+                now,
+                channel=channel_id,
+                preview_shown=preview_shown(self.store.preview_file_status(record.number)),
+            )
             if not decision:
-                return self._refused_in(conn, user_id, "approval", record, decision)
+                return self._refused(
+                    user_id, "approval", decision, request=record.number, conn=conn
+                )
             count = self.store.add_approval(conn, record.number, user_id)
             self.store.audit(
                 conn,
@@ -503,7 +487,8 @@ class Service:
             count -= len(dropped)
             approvers = [*kept, user_id]
             started = False
-            if count >= self.rules.required_approvals:
+            missing = approvals_missing(self.rules, count)
+            if missing <= 0:
                 started = self.store.transition(
                     conn, record.number, from_status=("pending",), to_status="approved"
                 )
@@ -516,7 +501,6 @@ class Service:
                         request=record.number,
                         details={"approvers": approvers},
                     )
-            missing = self.rules.required_approvals - count
             if dropped:
                 self.store.post(
                     conn,
@@ -550,7 +534,7 @@ class Service:
         )
         if decision:
             return None
-        return self._refuse(user_id, "rejection", decision, request=record.id)
+        return self._refused(user_id, "rejection", decision, request=record.id)
 
     @_answers_errors
     def reject(
@@ -568,7 +552,9 @@ class Service:
                 self.rules, actor, subject_of(record), self.clock.now(), channel=channel_id
             )
             if not decision:
-                return self._refused_in(conn, user_id, "rejection", record, decision)
+                return self._refused(
+                    user_id, "rejection", decision, request=record.number, conn=conn
+                )
             self.store.transition(
                 conn,
                 record.number,
@@ -604,7 +590,7 @@ class Service:
             record = self.store.get(record.number, conn)
             decision = may_cancel(actor, subject_of(record), channel=channel_id)
             if not decision:
-                return self._refused_in(conn, user_id, "cancel", record, decision)
+                return self._refused(user_id, "cancel", decision, request=record.number, conn=conn)
             self.store.transition(
                 conn,
                 record.number,
@@ -640,20 +626,17 @@ class Service:
             record = self.store.get(record.number, conn)
             decision = may_retry(self.rules, actor, subject_of(record))
             if not decision:
-                return self._refused_in(conn, user_id, "retry", record, decision)
+                return self._refused(user_id, "retry", decision, request=record.number, conn=conn)
             job = self._last_job(record)
             if job is None:
                 return Reply(f"{record.id} has no work to resume.")
-            in_force = (
-                approvals_in_force(
-                    self.rules,
-                    subject_of(record),
-                    [a for a in approvers if a.user_id in record.approvals],
-                    self.clock.now(),
-                    self.approval_ttl,
-                )
-                if job.kind == "delete"
-                else Decision(True)
+            in_force = may_resume(
+                self.rules,
+                subject_of(record),
+                approvers,
+                self.clock.now(),
+                self.approval_ttl,
+                deleting=job.kind == "delete",
             )
             if in_force:
                 reply = self._resume(conn, user_id, record, job)
@@ -723,7 +706,7 @@ class Service:
             record = self.store.get(record.number, conn)
             decision = may_resend(self.rules, self.actor(user_id), subject_of(record))
             if not decision:
-                return self._refused_in(conn, user_id, "resend", record, decision)
+                return self._refused(user_id, "resend", decision, request=record.number, conn=conn)
             held = self.store.held_deliveries(record.number, conn)
             if not held:
                 return Reply(
@@ -808,30 +791,6 @@ class Service:
         except Exception:
             log.exception("R-%s: the audit trail was not queued after the decision", number)
 
-    def _not_here(self, conversation: str, text: str) -> Decision:
-        """Refuse a conversation nobody else can follow: a DM or group DM (no approvers, no
-        audit trail, and the bot cannot post results into a group DM)."""
-        return Decision(
-            False,
-            "Requests and audit files belong in a channel, where approvers and the audit trail "
-            f"can see them, not in {conversation}. Run `{self.command} {text.strip()}` in your "
-            "privacy team's channel.",
-        )
-
-    def _refused_in(
-        self, conn: Any, user_id: str, action: str, record: RequestRecord, decision: Decision
-    ) -> Reply:
-        """Record a refusal inside the deciding transaction; return its explanation."""
-        self.store.audit(
-            conn,
-            user_id,
-            f"{action}.refused",
-            request=record.number,
-            outcome="refused",
-            details={"reason": decision.reason},
-        )
-        return Reply(decision.reason)
-
     # -- audit -----------------------------------------------------------------------------------
 
     def finished(self, record: RequestRecord) -> None:
@@ -844,13 +803,9 @@ class Service:
         """
         try:
             audience = self.directory.channel(record.channel).audience
-            where = may_post_personal_data(self.rules, audience, what="The audit trail")
-        except SlackLookupError:  # unknown counts as unsafe: nothing personal leaks on a blip
-            where = Decision(
-                False,
-                "The audit trail holds personal data, and Slack did not confirm that this "
-                "channel is private.",
-            )
+        except SlackLookupError:
+            audience = None  # unknown: the rule counts it as unsafe
+        where = may_post_personal_data(self.rules, audience, what="The audit trail")
         if not where:
             with self.store.write() as conn:
                 self.store.post(
@@ -907,7 +862,7 @@ class Service:
         actor = self.actor(user_id)
         decision = may_read_audit(self.rules, actor, own_request=self.store.has_requests(user_id))
         if not decision:
-            return self._refuse(user_id, "audit", decision)
+            return self._refused(user_id, "audit", decision)
         verification = audit.verify(self.store.db.conn)
         self.store.record(
             user_id,
@@ -930,22 +885,20 @@ class Service:
             own = record.requester == user_id
         decision = may_read_audit(self.rules, actor, own_request=own)
         if not decision:
-            return self._refuse(user_id, "audit", decision, request=command.request_id)
+            return self._refused(user_id, "audit", decision, request=command.request_id)
+        channel = self._conversation(channel_id)
         typed = f"audit{' --request ' + command.request_id if command.request_id else ''}"
-        if channel_id.startswith("D"):
-            return self._refuse(user_id, "audit", self._not_here("a direct message", typed))
-        channel = self.directory.channel(channel_id)
-        if channel.is_mpim:
-            return self._refuse(user_id, "audit", self._not_here("a group DM", typed))
-        if not channel.is_member:
-            return Reply(
-                "I am not in this channel, so I cannot post the audit file here. Invite me first."
-            )
+        here = in_a_channel(channel, rerun=f"{self.command} {typed}")
+        if not here:
+            return self._refused(user_id, "audit", here)
+        member = bot_is_in(channel, to_post="the audit file", then="Invite me first.")
+        if not member:
+            return Reply(member.reason)  # told, not audited: nothing was asked of the rules
         where = may_post_personal_data(
             self.rules, channel.audience, what="The audit log (reasons, people, targets)"
         )
         if not where:
-            return self._refuse(user_id, "audit", where, request=command.request_id)
+            return self._refused(user_id, "audit", where, request=command.request_id)
         stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
         name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
         path = self.work_dir / "audit" / name
@@ -1023,6 +976,37 @@ def _targets(parsed: Mapping[str, Any]) -> list[str]:
     for key in ("image_ids", "prediction_ids", "tag_ids"):
         found.extend(str(v) for v in parsed.get(key) or ())
     return found
+
+
+def _first_step(command: commands.Export | commands.Delete) -> tuple[str, str, str | None]:
+    """Return a new request's kind, first status and first job (None: answered at once).
+
+    Deleting the account or exported models is not the Training-Key's to do: those requests
+    are answered with the manual steps.
+    """
+    if isinstance(command, commands.Export):
+        return "export", "queued", "export"
+    if command.kind in {commands.DeleteKind.ACCOUNT, commands.DeleteKind.EXPORTS}:
+        return "manual", "answered", None
+    return "delete", "previewing", "preview"
+
+
+def _submitted(rid: str, command: commands.Export | commands.Delete) -> str:
+    """Return what the requester is told once request `rid` is stored."""
+    if isinstance(command, commands.Export):
+        return (
+            f"{rid} queued: {command.describe()}. Progress and files will appear in "
+            "the request's thread."
+        )
+    if command.kind == commands.DeleteKind.ACCOUNT:
+        return f"{rid} recorded. {MANUAL_STEPS['account']}"
+    if command.kind == commands.DeleteKind.EXPORTS:
+        return f"{rid} recorded. {MANUAL_STEPS['exports']}"
+    return (
+        f"{rid} recorded: computing what the deletion will remove. The preview and the "
+        "approval buttons will appear in the channel; a second, authorised person must "
+        "approve."
+    )
 
 
 def _meta_of(record: RequestRecord) -> tuple[str | None, str | None]:

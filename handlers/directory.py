@@ -24,7 +24,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import SlackLookupError
-from bot.service import ChannelInfo
+from bot.policy import ChannelInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,7 +192,6 @@ class SlackDirectory:
             is_member=bool(data.get("is_member")) or bool(data.get("is_im")),
             is_private=bool(data.get("is_private")) or bool(data.get("is_group")),
             is_im=bool(data.get("is_im")),
-            name=str(data.get("name") or ""),
             is_mpim=bool(data.get("is_mpim")),
             external=bool(data.get("is_ext_shared")) or bool(data.get("is_pending_ext_shared")),
             org_wide=bool(data.get("is_org_shared")),
