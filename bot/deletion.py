@@ -34,7 +34,8 @@ batch left sending or failed) are re-read before the call and only what still ex
 an item left `sending` by an interrupted call was present when sent, so one found absent then
 was removed by this request. A call that fails with an unknown outcome (timeout, dropped
 connection, 5xx) is settled by re-reading at once. Verification then sets `verified` to
-gone | survived for every item; receipts say each item's `result` in words (RESULTS).
+gone | survived for every item. Receipts say each item's `result` in words and count the items
+per project and kind by the same table (RESULTS, `receipt_summary`); messages count by it too.
 
 The plan is a promise: before the first call and before every container call (DeleteProject,
 DeleteIteration, DeleteTag remove whatever they hold at that moment) the live contents are read
@@ -117,17 +118,32 @@ RECEIPT_COLUMNS = (
 )
 SURVIVORS_SHOWN = 20
 CONTAINERS = frozenset({"project", "iteration", "tag"})  # their call removes what they hold
-# What a receipt row says this request did, by item status.
+# What this request did to an item, by its status: the receipt summary's column (SUMMARY_KEYS)
+# and the words of the item's `result`. Every count of a receipt or message comes from here.
 RESULTS = {
-    "deleted": "removed by this request",
-    "gone": "already absent (not removed by this request)",
-    "failed": "not removed",
-    "pending": "not attempted",
-    "sending": "outcome unknown (a retry re-reads it first)",
+    "deleted": ("removed", "removed by this request"),
+    "gone": ("already_absent", "already absent (not removed by this request)"),
+    "sending": ("outcome_unknown", "outcome unknown (a retry re-reads it first)"),
+    "failed": ("not_removed", "not removed"),
+    "pending": ("not_attempted", "not attempted"),
 }
 UNPUBLISH_RESULTS = {
     "deleted": "unpublished by this request",
     "gone": "already unpublished (not by this request)",
+}
+VERIFIED = {"gone": "verified_gone", "survived": "survived", None: "not_verified"}
+# One summary row per project and kind: the planned items, what became of them, and what the
+# verification found. receipt.html shows the same columns under these headings.
+SUMMARY_KEYS = {
+    "planned": "Planned",
+    "removed": "Removed by this request",
+    "already_absent": "Already absent",
+    "outcome_unknown": "Outcome unknown",
+    "not_removed": "Not removed",
+    "not_attempted": "Not attempted",
+    "verified_gone": "Verified gone",
+    "survived": "Survived",
+    "not_verified": "Not verified",
 }
 
 
@@ -409,7 +425,35 @@ def result_of(kind: str, status: str) -> str:
     """Return what a receipt says this request did to one item."""
     if kind == "unpublish" and status in UNPUBLISH_RESULTS:
         return UNPUBLISH_RESULTS[status]
-    return RESULTS.get(status, status)
+    return RESULTS[status][1]
+
+
+def outcome_of(item: Mapping[str, Any]) -> str:
+    """Return the summary column (a key of SUMMARY_KEYS) an item's status counts in."""
+    return RESULTS[item["status"]][0]
+
+
+def with_outcome(items: Iterable[Mapping[str, Any]], outcome: str) -> dict[str, int]:
+    """Return counts_of the items whose status counts in summary column `outcome`."""
+    return counts_of(i for i in items if outcome_of(i) == outcome)
+
+
+def receipt_summary(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Return the receipt's summary rows: `project_id`, `kind` and the counts of SUMMARY_KEYS.
+
+    One row per project and kind, in the order the items (receipt rows or plan items) first
+    name them.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in items:
+        key = (str(item["project_id"]), str(item["kind"]))
+        if key not in rows:
+            rows[key] = {"project_id": key[0], "kind": key[1], **dict.fromkeys(SUMMARY_KEYS, 0)}
+        row = rows[key]
+        row["planned"] += 1
+        row[outcome_of(item)] += 1
+        row[VERIFIED[item["verified"]]] += 1
+    return list(rows.values())
 
 
 def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -462,16 +506,8 @@ def receipt_view(
             ("Audit log head", f"event #{seq}, SHA-256 {digest}"),
         ),
     )
-    per_project: dict[tuple[str, str], list[int]] = {}
     per_snapshot: dict[tuple[str, str], list[int]] = {}
-    verdicts: dict[str, int] = {}
     for item in items:
-        confirmed = item["status"] in CONFIRMED
-        gone = item["verified"] == "gone"
-        row = per_project.setdefault((str(item["project_id"]), item["kind"]), [0, 0, 0])
-        row[0] += 1
-        row[1] += confirmed
-        row[2] += gone
         if item["kind"] in ("image", "iteration"):
             snapshot = item["target_id"] if item["kind"] == "iteration" else item["parent_id"]
             if item["kind"] == "image" and snapshot is None:
@@ -480,31 +516,34 @@ def receipt_view(
                 where = "the whole project (DeleteProject)"
             else:
                 where = f"snapshot of iteration {snapshot}"
-            cell = per_snapshot.setdefault((str(item["project_id"]), where), [0, 0])
-            cell[0 if item["kind"] == "image" else 1] += 1
-        verdict = str(item["verified"] or "not verified")
-        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            cell = per_snapshot.setdefault((str(item["project_id"]), where), [0, 0, 0])
+            if item["kind"] == "image":
+                cell[0] += 1
+                cell[1] += outcome_of(item) == "removed"
+            else:
+                cell[2] = outcome_of(item) == "removed"
     summaries: list[tuple[str, list[str], list[list[str]]]] = [
         (
             "What was removed, per project",
-            ["Project", "What", "Planned", "Removed (call answered)", "Verified gone"],
+            ["Project", "What", *SUMMARY_KEYS.values()],
             [
-                [p, NOUNS[k][1], f"{n:,}", f"{c:,}", f"{g:,}"]
-                for (p, k), (n, c, g) in per_project.items()
+                [row["project_id"], NOUNS[row["kind"]][1], *(f"{row[k]:,}" for k in SUMMARY_KEYS)]
+                for row in receipt_summary(items)
             ],
         ),
         (
             "Per snapshot",
-            ["Project", "Workspace or iteration snapshot", "Images", "Iteration deleted"],
             [
-                [p, where, f"{images:,}", "yes" if its else ""]
-                for (p, where), (images, its) in per_snapshot.items()
+                "Project",
+                "Workspace or iteration snapshot",
+                "Images planned",
+                "Images removed by this request",
+                "Iteration removed by this request",
             ],
-        ),
-        (
-            "Verification",
-            ["Result", "Items"],
-            [[verdict, f"{n:,}"] for verdict, n in sorted(verdicts.items())],
+            [
+                [p, where, f"{images:,}", f"{removed:,}", "yes" if its else ""]
+                for (p, where), (images, removed, its) in per_snapshot.items()
+            ],
         ),
     ]
     rows = [["" if item[c] is None else str(item[c]) for c in RECEIPT_COLUMNS] for item in items]
@@ -1193,6 +1232,7 @@ def write_receipt(
         "finished_at": iso(ctx.clock.now()),
         "attempt": attempt,
         "counts": counts_of(items),
+        "summary": receipt_summary(rows),
         "approvals": [
             {"approver": who, "at": at} for who, at in ctx.store.approval_times(record.number)
         ],
@@ -1295,10 +1335,10 @@ def _replanned(
     record = ctx.request
     items = plan_items(facts)
     preview = preview_of(facts)
-    done = [i for i in ctx.store.deletion_items(record.number) if i["status"] == "deleted"]
+    done = with_outcome(ctx.store.deletion_items(record.number), "removed")
     what = describe_changes(changes)
     so_far = (
-        f"Removed so far: {_described(counts_of(done))} (receipt attached)."
+        f"Removed so far: {_described(done)} (receipt attached)."
         if done
         else "Nothing was deleted."
     )
@@ -1404,17 +1444,13 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         return write_receipt(
             ctx, outcome="survivors", started_at=started_at, note=note, then=survived
         )
-    removed = counts_of(i for i in items if i["status"] == "deleted")
-    absent = sum(1 for i in items if i["status"] == "gone")
-    summary = _described(removed) + " deleted and verified gone"
+    absent = with_outcome(items, "already_absent")
+    summary = _described(with_outcome(items, "removed")) + " deleted and verified gone"
     if absent:
-        summary += (
-            f"; {_described(counts_of(i for i in items if i['status'] == 'gone'))} "
-            "already absent (not removed by this request)"
-        )
+        summary += f"; {_described(absent)} already absent (not removed by this request)"
     finished = Outcome(
         request_status="done",
-        result={"counts": counts, "verified": total, "already_absent": absent},
+        result={"counts": counts, "verified": total, "already_absent": sum(absent.values())},
         message=f"{record.id}: {summary}; receipt attached.",
         audit_action="request.completed",
         audit_details={"counts": counts, "verified": total},
@@ -1439,10 +1475,10 @@ def _outcome_failed(
 
 def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> Outcome:
     items = ctx.store.deletion_items(ctx.request.number)
-    removed = counts_of(i for i in items if i["status"] == "deleted")
-    absent = counts_of(i for i in items if i["status"] == "gone")
-    unknown = counts_of(i for i in items if i["status"] == "sending")
-    remaining = counts_of(i for i in items if i["status"] in ("pending", "failed"))
+    removed = with_outcome(items, "removed")
+    absent = with_outcome(items, "already_absent")
+    unknown = with_outcome(items, "outcome_unknown")
+    remaining = counts_of(i for i in items if outcome_of(i) in ("not_removed", "not_attempted"))
     batches = len({int(i["batch"]) for i in items})
     note = (
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "

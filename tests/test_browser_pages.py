@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import webpage
+from bot.training import TrainingClient
 from emulators.customvision import Seed
 from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
 from tests.browser import Browser, browser, colours
@@ -92,6 +93,10 @@ NO_SCRIPT_RAN = f"""({{
   injected: document.querySelectorAll('#{PWNED}, body script, [onerror], [onload]').length,
   text: document.body.innerText
 }})"""
+
+
+SUMMARY_TABLE = """[...document.querySelector('h2 + table').rows]
+  .map(r => [...r.cells].map(c => c.innerText))"""
 
 
 def assert_not_blank(png: bytes) -> None:
@@ -221,6 +226,11 @@ def test_browser_receipt_is_readable_offline(stack: Stack, tmp_path: Path) -> No
     )
     assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid).error
     stack.wait_delivered()
+    # Someone else deletes one first: the receipt counts it as already absent, not removed.
+    TrainingClient(stack.cv.endpoint, stack.env["CUSTOM_VISION_TRAINING_KEY"]).delete_images(
+        project, images[:1], all_iterations=True
+    )
+    stack.cv.data.settle()
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed") == "done"
     stack.wait_delivered()
@@ -237,7 +247,25 @@ def test_browser_receipt_is_readable_offline(stack: Stack, tmp_path: Path) -> No
         assert "Audit log head" in text
         rows = b.evaluate("document.querySelectorAll('.pages tbody tr').length")
         assert rows == len(document["items"]) == 4
-        assert "Verified gone" in text and "gone" in text
+        summary = b.evaluate(SUMMARY_TABLE)
+        assert summary[0][:5] == [
+            "Project",
+            "What",
+            "Planned",
+            "Removed by this request",
+            "Already absent",
+        ]
+        assert summary[0][5:] == [
+            "Outcome unknown",
+            "Not removed",
+            "Not attempted",
+            "Verified gone",
+            "Survived",
+            "Not verified",
+        ]
+        assert summary[1:] == [[project, "images", "4", "3", "1", "0", "0", "0", "4", "0", "0"]]
+        (row,) = document["summary"]
+        assert [str(row[k]) for k in ("planned", "removed", "already_absent")] == ["4", "3", "1"]
         assert_not_blank(b.screenshot())
         assert_offline(b)
 

@@ -29,6 +29,7 @@ from bot.deletion import (
     describe_changes,
     plan_items,
     preview_of,
+    receipt_summary,
     run_delete,
     run_preview,
 )
@@ -179,6 +180,49 @@ def test_plan_items_of_iterations_deletes_own_images_with_their_iteration() -> N
 )
 def test_deletion_counts_read_as_words(counts: dict[str, int], text: str) -> None:
     assert describe_counts(counts, NOUNS) == text
+
+
+def test_receipt_summary_counts_each_item_once_by_its_status_and_verdict() -> None:
+    statuses = [
+        ("deleted", "gone"),
+        ("deleted", "survived"),
+        ("gone", "gone"),
+        ("sending", None),
+        ("failed", "survived"),
+        ("pending", None),
+    ]
+    items = [
+        {"project_id": "p", "kind": "image", "status": status, "verified": verified}
+        for status, verified in statuses
+    ] + [{"project_id": "q", "kind": "tag", "status": "gone", "verified": "gone"}]
+    assert receipt_summary(items) == [
+        {
+            "project_id": "p",
+            "kind": "image",
+            "planned": 6,
+            "removed": 2,
+            "already_absent": 1,
+            "outcome_unknown": 1,
+            "not_removed": 1,
+            "not_attempted": 1,
+            "verified_gone": 2,
+            "survived": 2,
+            "not_verified": 2,
+        },
+        {
+            "project_id": "q",
+            "kind": "tag",
+            "planned": 1,
+            "removed": 0,
+            "already_absent": 1,
+            "outcome_unknown": 0,
+            "not_removed": 0,
+            "not_attempted": 0,
+            "verified_gone": 1,
+            "survived": 0,
+            "not_verified": 0,
+        },
+    ]
 
 
 # -- the harness -------------------------------------------------------------------------------
