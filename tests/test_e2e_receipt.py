@@ -18,6 +18,7 @@ from collections import Counter
 from html.parser import HTMLParser
 from typing import Any
 
+from bot.deletion import SUMMARY_KEYS
 from emulators.customvision import Exchange, Seed
 from emulators.stack import APPROVER, CHANNEL, Stack
 from tests.conftest import StartStack
@@ -36,18 +37,8 @@ RESULT_COLUMN = {
 }
 VERIFIED_COLUMN = {"gone": "verified_gone", "survived": "survived", "": "not_verified"}
 SUMMARY_TITLE = "What was removed, per project"
-# receipt.html's summary columns, by receipt.json's summary keys.
-HTML_COLUMNS = {
-    "planned": "Planned",
-    "removed": "Removed by this request",
-    "already_absent": "Already absent",
-    "outcome_unknown": "Outcome unknown",
-    "not_removed": "Not removed",
-    "not_attempted": "Not attempted",
-    "verified_gone": "Verified gone",
-    "survived": "Survived",
-    "not_verified": "Not verified",
-}
+# receipt.json's summary keys are bot.deletion.SUMMARY_KEYS, in the order of receipt.html's
+# columns; the browser test holds the headings' words.
 
 
 class _Tables(HTMLParser):
@@ -120,7 +111,7 @@ def tally(items: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
         row["planned"] += 1
         row[RESULT_COLUMN[item["result"]]] += 1
         row[VERIFIED_COLUMN[item["verified"] or ""]] += 1
-    return {key: {c: row[c] for c in HTML_COLUMNS} for key, row in out.items()}
+    return {key: {c: row[c] for c in SUMMARY_KEYS} for key, row in out.items()}
 
 
 def assert_summaries_agree(receipt: dict[str, Any]) -> dict[str, int]:
@@ -130,12 +121,12 @@ def assert_summaries_agree(receipt: dict[str, Any]) -> dict[str, int]:
     assert from_json == tally(receipt["csv"])
     table = html_tables(receipt["html"])[SUMMARY_TITLE]
     header, body = table[0], table[1:]
-    assert header == ["Project", "What", *HTML_COLUMNS.values()], table
+    assert header == ["Project", "What", *SUMMARY_KEYS.values()], table
     shown = {(row[0], row[1]): [int(v.replace(",", "")) for v in row[2:]] for row in body}
     plural = {"image": "images", "prediction": "stored predictions"}
     assert shown == {(p, plural[k]): list(c.values()) for (p, k), c in from_json.items()}
     summary = {(r["project_id"], r["kind"]): r for r in document["summary"]}
-    assert {k: {c: r[c] for c in HTML_COLUMNS} for k, r in summary.items()} == from_json
+    assert {k: {c: r[c] for c in SUMMARY_KEYS} for k, r in summary.items()} == from_json
     (images,) = [counts for (_, kind), counts in from_json.items() if kind == "image"]
     return images
 
