@@ -26,7 +26,7 @@ from waitress.server import create_server
 
 from bot.training import TrainingClient
 
-SERVER_THREADS = 8  # as bot.app.HttpServer
+SERVER_THREADS = 8  # as handlers.wsgi.HttpServer
 
 
 def slow_export(client: TrainingClient, text: str, folder: Path, stop: threading.Event) -> int:

@@ -63,9 +63,10 @@ def _start_up_failures(config: Config, bot: Bot, stop: threading.Event) -> list[
     (and the jobs it resumes) down, so a failure has to persist a few seconds to count.
     """
     from bot.checks import run_checks
+    from handlers.checks import slack_checks
 
     for number in range(1, CHECK_ROUNDS + 1):
-        failures = [c for c in run_checks(config, bot=bot) if not c.ok]
+        failures = [c for c in run_checks(config, slack_checks, db=bot.db) if not c.ok]
         if not failures or number == CHECK_ROUNDS or stop.wait(CHECK_PAUSE * number):
             return failures
         log.warning(
@@ -76,7 +77,8 @@ def _start_up_failures(config: Config, bot: Bot, stop: threading.Event) -> list[
 
 def serve(config: Config, *, stop: threading.Event | None = None) -> int:
     """Run the bot until SIGTERM/SIGINT (or `stop`); return the exit code."""
-    from bot.app import HttpServer, build_bot, socket_mode
+    from bot.app import build_bot, socket_mode
+    from handlers.wsgi import HttpServer
 
     lock = _lock(config.database)
     stop = stop or threading.Event()
@@ -222,8 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(config)
         if command == "check":
             from bot.checks import print_checks
+            from handlers.checks import slack_checks
 
-            return print_checks(config)
+            return print_checks(config, slack_checks)
         return audit_verify(config, args.witness, args.bot_user)
     except ConfigError as exc:
         print(exc.user_message, file=sys.stderr)

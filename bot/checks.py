@@ -1,15 +1,14 @@
 """Self-check: can this configuration serve? One `Check` per thing an admin can get wrong.
 
-Not pure: it calls Slack (read-only Web API methods), Custom Vision (GetProjects) and touches
-the database and the work folder. Each check catches the failures it expects and turns them
-into a `Check` whose `fix` says what to do; nothing here changes anything (the database write
-is rolled back, the probe file removed). No check ever shows a secret: every text is also
-scrubbed of the configured secrets before it leaves this module.
+Not pure: it calls Custom Vision (GetProjects) and touches the database and the work folder.
+Slack's checks (read-only Web API methods) live at the Slack edge, `handlers.checks`, and are
+passed in to `run_checks`. Each check catches the failures it expects and turns them into a
+`Check` whose `fix` says what to do; nothing here changes anything (the database write is
+rolled back, the probe file removed). No check ever shows a secret: every text is scrubbed of
+the configured secrets before it leaves `run_checks`.
 
-Slack is called through the bot's own slack-sdk client (`bot.app.SlackCalls`, since only the
-app wiring imports slack_sdk), with the same `SLACK_API_URL` and token the bot uses; Custom
-Vision through the real `TrainingClient`, with short timeouts and one retry so a wrong endpoint
-fails in seconds, not minutes.
+Custom Vision is called through the real `TrainingClient`, with short timeouts and one retry so
+a wrong endpoint fails in seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TypeAlias
 from urllib.parse import urlsplit
 
 from bot import audit
@@ -31,30 +30,7 @@ from bot.errors import MalformedResponse, Throttled, TrainingApiError, Transport
 from bot.training import TrainingClient
 from bot.wording import count
 
-if TYPE_CHECKING:
-    from bot.app import Bot
-
-# The bot scopes of manifest.yaml / manifest-http.yaml (tests hold the three together, and the
-# manifests to the Web API methods the code calls).
-REQUIRED_SCOPES = frozenset(
-    {
-        "commands",
-        "chat:write",
-        "files:write",
-        "files:read",
-        "users:read",
-        "usergroups:read",
-        "channels:read",
-        "groups:read",
-        "mpim:read",
-    }
-)
-SLACK_TIMEOUT = 10.0
 TRAINING_TIMEOUT = 10.0
-REINSTALL = (
-    "reinstall the app from manifest.yaml (api.slack.com/apps > your app > Install App), then "
-    "copy the Bot User OAuth Token (xoxb-...) into SLACK_BOT_TOKEN"
-)
 
 
 @dataclass(frozen=True)
@@ -71,32 +47,6 @@ class Check:
         if self.ok:
             return f"✓ {self.name} — {self.detail}"
         return f"✗ {self.name} — {self.detail.rstrip('.')}. Fix: {self.fix}"
-
-
-class SlackUnreachable(Exception):
-    """No HTTP answer from the Slack Web API (the message names only the error type)."""
-
-
-@dataclass(frozen=True)
-class SlackAnswer:
-    data: Mapping[str, Any]
-    headers: Mapping[str, str]
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.data.get("ok"))
-
-    @property
-    def error(self) -> str:
-        return str(self.data.get("error") or "unknown_error")
-
-
-class SlackApi(Protocol):
-    """The Slack Web API as the checks use it (`bot.app.SlackCalls`, the bot's own client)."""
-
-    def call(self, method: str, **params: str) -> SlackAnswer:
-        """Return Slack's answer to `method`; raise SlackUnreachable when there is none."""
-        ...
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -131,157 +81,6 @@ def check_configuration(config: Config) -> Check:
         True,
         f"{mode}, command {config.bot_command}, {approvers}, {channels}, {audit_channel}",
     )
-
-
-def _slack_failure(name: str, error: str, fix: str) -> Check:
-    if error == "missing_scope":
-        return Check(name, False, "Slack answered missing_scope", f"add the scope and {REINSTALL}")
-    if error == "ratelimited":
-        return Check(name, False, "Slack rate-limited the check", "run the check again in a minute")
-    if error in {"invalid_auth", "not_authed", "token_revoked", "account_inactive"}:
-        return Check(name, False, f"Slack refused the token ({error})", REINSTALL)
-    return Check(name, False, f"Slack answered {error}", fix)
-
-
-def _unreachable(name: str, exc: SlackUnreachable) -> Check:
-    return Check(name, False, f"could not reach Slack ({exc})", "check the network")
-
-
-def check_slack_auth(slack: SlackApi, config: Config) -> tuple[Check, SlackAnswer | None]:
-    """Return the auth.test check and, when it passed, Slack's answer (team, bot user, scopes)."""
-    name = "Slack auth.test"
-    host = urlsplit(config.slack_api_url).netloc
-    try:
-        answer = slack.call("auth.test")
-    except SlackUnreachable as exc:
-        return Check(
-            name,
-            False,
-            f"could not reach the Slack Web API at {host} ({exc})",
-            "check SLACK_API_URL (normally https://slack.com/api/) and that this machine can "
-            "reach it (proxy, firewall)",
-        ), None
-    if not answer.ok:
-        return _slack_failure(name, answer.error, REINSTALL), None
-    data = answer.data
-    detail = (
-        f"token valid for team {data.get('team')} ({data.get('team_id')}), "
-        f"bot user @{data.get('user')} ({data.get('user_id')})"
-    )
-    return Check(name, True, detail), answer
-
-
-def check_slack_scopes(answer: SlackAnswer) -> Check:
-    """Return whether the token holds every scope the manifest declares (from X-OAuth-Scopes)."""
-    name = "Slack scopes"
-    raw = answer.headers.get("x-oauth-scopes")
-    if raw is None:
-        return Check(name, True, "Slack did not list the token's scopes; not checked")
-    granted = {s.strip() for s in raw.split(",") if s.strip()}
-    missing = sorted(REQUIRED_SCOPES - granted)
-    if missing:
-        return Check(
-            name,
-            False,
-            f"the token lacks {', '.join(missing)}",
-            f"add the missing scopes (manifest.yaml lists them) and {REINSTALL}",
-        )
-    return Check(name, True, f"all {len(REQUIRED_SCOPES)} scopes of manifest.yaml granted")
-
-
-def check_slack_channel(slack: SlackApi, channel_id: str, role: str, bot_name: str) -> Check:
-    """Return whether the bot can see `channel_id` and is a member of it."""
-    name = f"Slack {role} channel {channel_id}"
-    invite = f"/invite @{bot_name}"
-    try:
-        answer = slack.call("conversations.info", channel=channel_id)
-    except SlackUnreachable as exc:
-        return _unreachable(name, exc)
-    if not answer.ok:
-        if answer.error == "channel_not_found":
-            return Check(
-                name,
-                False,
-                "the bot cannot see this channel",
-                f"check the id (channel details, at the bottom); for a private channel, run "
-                f"`{invite}` in it first",
-            )
-        return _slack_failure(name, answer.error, "check the channel id")
-    channel = answer.data.get("channel") or {}
-    label = f"#{channel.get('name', channel_id)}"
-    kind = "private" if channel.get("is_private") or channel.get("is_group") else "public"
-    if channel.get("is_archived"):
-        return Check(
-            name, False, f"{label} is archived", "unarchive it or choose another channel id"
-        )
-    if not channel.get("is_member"):
-        return Check(
-            name,
-            False,
-            f"{label} ({kind}) exists but the bot is not a member",
-            f"run `{invite}` in {label}",
-        )
-    return Check(name, True, f"{label} ({kind}), the bot is a member")
-
-
-def check_slack_usergroup(slack: SlackApi, group_id: str, setting: str) -> Check:
-    """Return whether a user group listed in `setting` resolves to its members."""
-    name = f"Slack user group {group_id}"
-    try:
-        answer = slack.call("usergroups.users.list", usergroup=group_id)
-    except SlackUnreachable as exc:
-        return _unreachable(name, exc)
-    if not answer.ok:
-        if answer.error == "plan_upgrade_required":
-            return Check(
-                name,
-                False,
-                "this Slack plan has no user groups (plan_upgrade_required)",
-                f"list people by user id (U...) in {setting} instead of {group_id}, or upgrade "
-                "the Slack plan",
-            )
-        if answer.error == "no_such_subteam":
-            return Check(
-                name,
-                False,
-                "no user group has this id",
-                f"check the id in {setting} (the group's profile > ⋯ > Copy group ID)",
-            )
-        return _slack_failure(name, answer.error, f"check the id in {setting}")
-    members = [str(u) for u in answer.data.get("users") or []]
-    if not members:
-        return Check(name, True, f"{setting}: the group has no members yet (nobody in it can act)")
-    return Check(name, True, f"{setting}: {count(len(members), 'member')}")
-
-
-def check_slack_users(slack: SlackApi, user_ids: tuple[str, ...], setting: str) -> Check:
-    """Return whether every user id listed in `setting` is an active member of the workspace."""
-    name = f"Slack users in {setting}"
-    names: list[str] = []
-    problems: list[str] = []
-    for user_id in user_ids:
-        try:
-            answer = slack.call("users.info", user=user_id)
-        except SlackUnreachable as exc:
-            return _unreachable(name, exc)
-        if not answer.ok:
-            if answer.error == "user_not_found":
-                problems.append(f"{user_id} is not a member of this workspace")
-                continue
-            return _slack_failure(name, answer.error, f"check the ids in {setting}")
-        user = answer.data.get("user") or {}
-        if user.get("deleted"):
-            problems.append(f"{user_id} (@{user.get('name')}) is deactivated")
-        else:
-            names.append(f"@{user.get('name')}")
-    if problems:
-        return Check(
-            name,
-            False,
-            "; ".join(problems),
-            f"correct {setting} (profile > ⋯ > Copy member ID)",
-        )
-    return Check(name, True, ", ".join(names))
 
 
 def check_training_key(config: Config) -> Check:
@@ -339,9 +138,9 @@ def check_training_key(config: Config) -> Check:
 
 
 @contextmanager
-def _database(config: Config, bot: Bot | None) -> Iterator[Database]:
-    if bot is not None:
-        yield bot.db
+def _database(config: Config, db: Database | None) -> Iterator[Database]:
+    if db is not None:
+        yield db
         return
     db = Database(config.database)
     try:
@@ -350,7 +149,7 @@ def _database(config: Config, bot: Bot | None) -> Iterator[Database]:
         db.close()
 
 
-def check_database(config: Config, bot: Bot | None = None) -> list[Check]:
+def check_database(config: Config, db: Database | None = None) -> list[Check]:
     """Return the database check (opens, migrates, takes a write lock) and the audit chain's."""
     name = "database"
     fix = (
@@ -358,8 +157,8 @@ def check_database(config: Config, bot: Bot | None = None) -> list[Check]:
         "user, and the file too if it exists"
     )
     try:
-        with _database(config, bot) as db:
-            conn = db.conn
+        with _database(config, db) as opened:
+            conn = opened.conn
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -404,39 +203,19 @@ def check_work_dir(config: Config) -> Check:
     return Check(name, True, f"{config.work_dir} is writable, {free / 1e9:.1f} GB free")
 
 
-def _slack_checks(config: Config) -> list[Check]:
-    from bot.app import SlackCalls
-
-    slack = SlackCalls.for_config(config)
-    auth, answer = check_slack_auth(slack, config)
-    if answer is None:
-        return [auth]  # every other Slack check would fail the same way
-    checks = [auth, check_slack_scopes(answer)]
-    bot_name = str(answer.data.get("user") or "cv-dsr-bot")
-    for channel in config.allowed_channels:
-        checks.append(check_slack_channel(slack, channel, "request", bot_name))
-    if config.audit_channel:
-        checks.append(check_slack_channel(slack, config.audit_channel, "audit", bot_name))
-    for setting, ids in (
-        ("BOT_APPROVERS", config.approvers),
-        ("BOT_REQUESTERS", config.requesters),
-    ):
-        users = tuple(i for i in ids if i[0] in "UW")
-        if users:
-            checks.append(check_slack_users(slack, users, setting))
-        checks += [check_slack_usergroup(slack, g, setting) for g in ids if g[0] == "S"]
-    return checks
+SlackChecks: TypeAlias = Callable[[Config], list[Check]]
 
 
-def run_checks(config: Config, *, bot: Bot | None = None) -> list[Check]:
-    """Return every check, in order; never raises for a failure it can explain.
+def run_checks(config: Config, slack: SlackChecks, *, db: Database | None = None) -> list[Check]:
+    """Return every check in order (Slack's from `slack`); never raises for a known failure.
 
-    With `bot` (serve's start-up), its open database is checked instead of opening another.
+    With `db` (serve's start-up: the running bot's), that open database is checked instead of
+    opening another.
     """
     checks = [check_configuration(config)]
-    checks += _slack_checks(config)
+    checks += slack(config)
     checks.append(check_training_key(config))
-    checks += check_database(config, bot)
+    checks += check_database(config, db)
     checks.append(check_work_dir(config))
     scrub = _scrubber(config.secrets())
     return [replace(c, detail=scrub(c.detail), fix=scrub(c.fix)) for c in checks]
@@ -451,10 +230,10 @@ def _scrubber(secrets: tuple[str, ...]) -> Callable[[str], str]:
     return scrub
 
 
-def print_checks(config: Config, *, stream: IO[str] | None = None) -> int:
+def print_checks(config: Config, slack: SlackChecks, *, stream: IO[str] | None = None) -> int:
     """Print one line per check; return 0 when all passed, else 1."""
     out = stream or sys.stdout
-    checks = run_checks(config)
+    checks = run_checks(config, slack)
     for check in checks:
         print(check.line(), file=out)
     failed = sum(1 for c in checks if not c.ok)

@@ -51,7 +51,7 @@ class Stack:
     config: Config
     env: dict[str, str] = field(repr=False)  # holds the (test) secrets
     bot: Any = None  # bot.app.Bot when started in-process
-    server: Any = None  # bot.app.HttpServer
+    server: Any = None  # handlers.wsgi.HttpServer
     driver: SlackDriver | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
     _verify_timeout: float = 10.0
@@ -212,8 +212,9 @@ def start_stack(
 
 
 def _start_bot(stack: Stack, verify_timeout: float, clock: Clock | None, rate_tiers: bool) -> None:
-    from bot.app import HttpServer, build_bot
+    from bot.app import build_bot
     from handlers.outbox import Pacer
+    from handlers.wsgi import HttpServer
 
     stack._verify_timeout, stack._clock, stack._rate_tiers = verify_timeout, clock, rate_tiers
     stack.bot = build_bot(stack.config, verify_timeout=verify_timeout, clock=clock)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot import audit
-from bot.checks import REQUIRED_SCOPES, Check, print_checks, run_checks
+from bot.checks import Check, print_checks, run_checks
 from bot.config import Config, load_config
 from bot.db import Database
 from emulators.customvision import CustomVisionEmulator, Seed
@@ -26,6 +26,7 @@ from emulators.stack import (
     bot_env,
     start_emulators,
 )
+from handlers.checks import REQUIRED_SCOPES, slack_checks
 
 TINY = Seed(projects=1, iterations=1, tags=2, images=6, predictions=2, image_bytes=256)
 # Distinctive secrets, so a leak anywhere in the output is found by a plain substring search.
@@ -65,7 +66,7 @@ def failures(checks: list[Check]) -> list[str]:
 def test_checks_all_pass_with_a_good_configuration(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
-    checks = run_checks(config_for(emulators, tmp_path))
+    checks = run_checks(config_for(emulators, tmp_path), slack_checks)
     assert failures(checks) == []
     assert [c.name for c in checks] == [
         "configuration",
@@ -102,7 +103,7 @@ def test_checks_print_one_line_each_and_exit_zero(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
     out = io.StringIO()
-    assert print_checks(config_for(emulators, tmp_path), stream=out) == 0
+    assert print_checks(config_for(emulators, tmp_path), slack_checks, stream=out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 12
     assert all(line.startswith("✓ ") and " — " in line for line in lines[:-1])
@@ -112,7 +113,9 @@ def test_checks_print_one_line_each_and_exit_zero(
 def test_checks_wrong_training_key_fails_with_the_fix(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
-    checks = run_checks(config_for(emulators, tmp_path, CUSTOM_VISION_TRAINING_KEY=LEAKY_KEY))
+    checks = run_checks(
+        config_for(emulators, tmp_path, CUSTOM_VISION_TRAINING_KEY=LEAKY_KEY), slack_checks
+    )
     assert failures(checks) == ["Custom Vision training key"]
     check = by_name(checks)["Custom Vision training key"]
     assert check.detail.endswith("refused the key (HTTP 401)")
@@ -129,7 +132,7 @@ def test_checks_unreachable_endpoint_says_check_the_endpoint(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = config_for(emulators, tmp_path, CUSTOM_VISION_ENDPOINT=f"http://127.0.0.1:{port}")
-    check = by_name(run_checks(config))["Custom Vision training key"]
+    check = by_name(run_checks(config, slack_checks))["Custom Vision training key"]
     assert not check.ok
     assert check.detail.startswith(f"could not reach 127.0.0.1:{port}")
     assert "CUSTOM_VISION_ENDPOINT" in check.fix
@@ -173,7 +176,7 @@ def test_checks_channel_the_bot_is_not_in_fails_with_invite(
 ) -> None:
     assert callable(setup)
     setup(emulators[1])
-    checks = run_checks(config_for(emulators, tmp_path, **overrides))
+    checks = run_checks(config_for(emulators, tmp_path, **overrides), slack_checks)
     assert failures(checks) == [name]
     check = by_name(checks)[name]
     assert check.detail == detail
@@ -183,7 +186,7 @@ def test_checks_channel_the_bot_is_not_in_fails_with_invite(
 def test_checks_bad_token_fails_auth_and_skips_the_other_slack_checks(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
-    checks = run_checks(config_for(emulators, tmp_path, SLACK_BOT_TOKEN=LEAKY_TOKEN))
+    checks = run_checks(config_for(emulators, tmp_path, SLACK_BOT_TOKEN=LEAKY_TOKEN), slack_checks)
     assert failures(checks) == ["Slack auth.test"]
     assert not any(c.name.startswith("Slack ") and c.name != "Slack auth.test" for c in checks)
     check = by_name(checks)["Slack auth.test"]
@@ -199,7 +202,7 @@ def test_checks_unreachable_slack_says_check_the_api_url(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = config_for(emulators, tmp_path, SLACK_API_URL=f"http://127.0.0.1:{port}/api/")
-    check = by_name(run_checks(config))["Slack auth.test"]
+    check = by_name(run_checks(config, slack_checks))["Slack auth.test"]
     assert check.detail == f"could not reach the Slack Web API at 127.0.0.1:{port} (URLError)"
     assert "SLACK_API_URL" in check.fix
 
@@ -208,7 +211,7 @@ def test_checks_wait_out_one_slack_rate_limit(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
     emulators[1].inject_ratelimit("conversations.info", times=1, retry_after=0)
-    assert failures(run_checks(config_for(emulators, tmp_path))) == []
+    assert failures(run_checks(config_for(emulators, tmp_path), slack_checks)) == []
     assert [c.status for c in emulators[1].calls_to("conversations.info")][:2] == [429, 200]
 
 
@@ -216,7 +219,7 @@ def test_checks_missing_scope_names_it(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
     emulators[1].scopes = REQUIRED_SCOPES - {"files:read"}
-    checks = run_checks(config_for(emulators, tmp_path))
+    checks = run_checks(config_for(emulators, tmp_path), slack_checks)
     assert failures(checks) == ["Slack scopes"]
     check = by_name(checks)["Slack scopes"]
     assert check.detail == "the token lacks files:read"
@@ -227,7 +230,7 @@ def test_checks_user_groups_on_a_free_plan_are_explained(
     emulators: tuple[CustomVisionEmulator, SlackEmulator], tmp_path: Path
 ) -> None:
     emulators[1].free_plan = True
-    checks = run_checks(config_for(emulators, tmp_path))
+    checks = run_checks(config_for(emulators, tmp_path), slack_checks)
     assert failures(checks) == ["Slack user group S0PRIVACY"]
     check = by_name(checks)["Slack user group S0PRIVACY"]
     assert "plan_upgrade_required" in check.detail
@@ -248,7 +251,7 @@ def test_checks_unknown_approvers_fail(
     name: str,
     detail: str,
 ) -> None:
-    checks = run_checks(config_for(emulators, tmp_path, BOT_APPROVERS=approvers))
+    checks = run_checks(config_for(emulators, tmp_path, BOT_APPROVERS=approvers), slack_checks)
     assert failures(checks) == [name]
     assert detail in by_name(checks)[name].detail
 
@@ -264,7 +267,8 @@ def test_checks_unwritable_database_and_work_folder_fail(
             tmp_path,
             BOT_DATABASE=str(tmp_path / "blocker" / "cvdsr.db"),
             BOT_WORK_DIR=str(tmp_path / "blocker" / "work"),
-        )
+        ),
+        slack_checks,
     )
     assert failures(checks) == ["database", "work folder"]
     found = by_name(checks)
@@ -288,7 +292,7 @@ def test_checks_tampered_audit_log_fails(
         conn.execute("UPDATE audit_events SET actor = 'U0MALLORY' WHERE seq = 1")
     finally:
         db.close()
-    checks = run_checks(config_for(emulators, tmp_path))
+    checks = run_checks(config_for(emulators, tmp_path), slack_checks)
     assert failures(checks) == ["audit log"]
     check = by_name(checks)["audit log"]
     assert check.detail.startswith("Audit log BROKEN at event #1")
@@ -306,7 +310,7 @@ def test_checks_never_show_a_secret(
         SLACK_SIGNING_SECRET="check-leak-signing-secret-3333",
     )
     out = io.StringIO()
-    assert print_checks(config, stream=out) == 1
+    assert print_checks(config, slack_checks, stream=out) == 1
     text = out.getvalue()
     assert "2 checks failed." in text
     for secret in config.secrets():
@@ -315,7 +319,7 @@ def test_checks_never_show_a_secret(
 
 
 def test_checks_with_a_running_bot_use_its_database(stack: Stack) -> None:
-    checks = run_checks(stack.config, bot=stack.bot)
+    checks = run_checks(stack.config, slack_checks, db=stack.bot.db)
     assert failures(checks) == []
     assert by_name(checks)["database"].detail.startswith(f"{stack.config.database} is writable")
     # The bot's own database stays open and usable afterwards.

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from slack_sdk import WebClient
 
-from bot.checks import REQUIRED_SCOPES
 from bot.config import load_config
 from emulators.customvision import Seed
 from emulators.stack import start_emulators
+from handlers.checks import REQUIRED_SCOPES
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKET = ROOT / "manifest.yaml"
@@ -91,7 +91,7 @@ def test_manifest_scan_finds_the_calls_of_every_module() -> None:
     assert "handlers/outbox.py" in called["files.completeUploadExternal"]
     assert "handlers/directory.py" in called["usergroups.users.list"]
     assert "bot/app.py" in called["auth.test"]
-    assert "bot/checks.py" in called["users.info"]
+    assert "handlers/checks.py" in called["users.info"]
 
 
 def test_manifest_scopes_are_exactly_those_of_the_methods_called() -> None:
@@ -126,8 +126,8 @@ def test_manifest_http_points_command_and_buttons_at_the_bot_route() -> None:
     assert manifest["settings"]["socket_mode_enabled"] is False
     assert manifest["settings"]["interactivity"] == {"is_enabled": True, "request_url": EVENTS_URL}
     assert [c["url"] for c in manifest["features"]["slash_commands"]] == [EVENTS_URL]
-    # The route the bot serves (bot/app.py, wsgi_app).
-    assert 'path == "/slack/events"' in (ROOT / "bot" / "app.py").read_text(encoding="utf-8")
+    # The route the bot serves (handlers/wsgi.py, wsgi_app).
+    assert 'path == "/slack/events"' in (ROOT / "handlers" / "wsgi.py").read_text(encoding="utf-8")
 
 
 def test_manifest_files_differ_only_in_the_transport() -> None:

@@ -1,0 +1,85 @@
+"""The Slack Web API clients: the bot's slack-sdk client, and its adapter for the self-check.
+
+`web_client(config)` is the one client the outbox, the directory and the Bolt app's wiring use:
+it retries connection errors and 5xx (429s are rescheduled by the outbox). `SlackCalls` wraps it
+for `handlers.checks`: Slack's errors come back as a `SlackAnswer`, no answer at all as
+`SlackUnreachable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.config import Config
+
+
+class SlackUnreachable(Exception):
+    """No HTTP answer from the Slack Web API (the message names only the error type)."""
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    """One Web API answer: its JSON body and its headers (names in lower case)."""
+
+    data: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.data.get("ok"))
+
+    @property
+    def error(self) -> str:
+        return str(self.data.get("error") or "unknown_error")
+
+
+class SlackCalls:
+    """The bot's own slack-sdk client as the self-checks call it: Slack's errors come back as
+    answers, a missing answer as SlackUnreachable (naming only the error type)."""
+
+    def __init__(self, web: WebClient) -> None:
+        self.web = web
+
+    @classmethod
+    def for_config(cls, config: Config) -> SlackCalls:
+        """Return the calls with the bot's client, retrying one 429 as the checks run once."""
+        web = web_client(config)
+        web.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
+        return cls(web)
+
+    def call(self, method: str, **params: str) -> SlackAnswer:
+        """Return Slack's answer to `method`; raise SlackUnreachable when there is none."""
+        try:
+            response = self.web.api_call(method, data=params)
+        except SlackApiError as exc:
+            response = exc.response
+        except OSError as exc:  # urllib's URLError and socket errors; never str(exc)
+            raise SlackUnreachable(type(exc).__name__) from None
+        data = response.data if isinstance(response.data, dict) else None
+        if data is None:
+            data = {"ok": False, "error": f"HTTP {response.status_code}, not a Slack answer"}
+        headers = {str(k).lower(): str(v) for k, v in (response.headers or {}).items()}
+        return SlackAnswer(data, headers)
+
+
+def web_client(config: Config) -> WebClient:
+    """Return the slack-sdk client, retrying connection errors and 5xx (429s are rescheduled)."""
+    return WebClient(
+        token=config.slack_bot_token.reveal(),
+        base_url=config.slack_api_url,
+        timeout=30,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
