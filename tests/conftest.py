@@ -10,7 +10,7 @@ import pytest
 
 from emulators.customvision import Seed
 from emulators.slack.records import UploadedFile
-from emulators.stack import CHANNEL, REQUESTER, Stack, start_stack
+from emulators.stack import CHANNEL, REQUESTER, Person, Stack, start_stack
 
 SMALL = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=512)
 
@@ -50,3 +50,30 @@ def exported(stack: Stack, text: str) -> tuple[str, list[UploadedFile]]:
     )
     assert parts, [f.name for f in stack.slack.files(CHANNEL)]
     return rid, parts
+
+
+DIALOG_OPENED = "(the rejection dialog opened)"
+
+
+def click_answer(stack: Stack, person: Person, rid: str, action: str) -> str:
+    """Click a button of the request's announcement; return the answer the clicker sees.
+
+    The answer (an ephemeral message through the click's response_url, or the rejection
+    dialog, a views.open) is sent after the ack, so it can arrive after the click's HTTP
+    response and while the outbox is empty: wait for it, as bolt-python's own tests poll for a
+    response_url post, instead of reading it at once. Returns DIALOG_OPENED for the dialog.
+    """
+    seen = len(stack.slack.ephemerals(user_id=person.user_id))
+    views = len(stack.slack.views(person.user_id))
+    assert stack.click(person, rid, action).status_code == 200
+    arrived = stack.slack.wait_for(
+        lambda: (
+            len(stack.slack.ephemerals(user_id=person.user_id)) > seen
+            or len(stack.slack.views(person.user_id)) > views
+        ),
+        timeout=10,
+    )
+    assert arrived, f"no answer to {person.user_id}'s {action} click on {rid}"
+    if len(stack.slack.ephemerals(user_id=person.user_id)) == seen:
+        return DIALOG_OPENED
+    return stack.slack.ephemerals(user_id=person.user_id)[-1].text

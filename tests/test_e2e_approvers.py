@@ -24,7 +24,7 @@ from emulators.stack import (
     Person,
     Stack,
 )
-from tests.conftest import StartStack
+from tests.conftest import StartStack, click_answer
 from tests.test_e2e_ack import request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)
@@ -39,11 +39,6 @@ def stack(stacks: StartStack) -> Stack:
         PRIVACY_GROUP, "privacy-team", [GROUP_APPROVER.user_id, DAVE.user_id]
     )
     return running
-
-
-def last_answer(stack: Stack, person: Person) -> str:
-    stack.wait_delivered()
-    return stack.slack.ephemerals(user_id=person.user_id)[-1].text
 
 
 def thread(stack: Stack, rid: str) -> list[str]:
@@ -72,12 +67,10 @@ def test_approvers_a_removed_approver_no_longer_counts(
     stack: Stack, first: Person, remove: Callable[[Stack], None], second: Person
 ) -> None:
     rid = request_pending(stack)
-    stack.click(first, rid, "approve")
-    assert "1 more approval(s) needed" in last_answer(stack, first)
+    assert "1 more approval(s) needed" in click_answer(stack, first, rid, "approve")
     remove(stack)
 
-    stack.click(second, rid, "approve")
-    answer = last_answer(stack, second)
+    answer = click_answer(stack, second, rid, "approve")
     assert f"<@{first.user_id}> is no longer an approver" in answer, answer
     assert "1 more approval(s) needed" in answer
     assert stack.status(rid) == "pending"
@@ -100,7 +93,6 @@ def test_approvers_group_membership_is_read_fresh_for_an_approval(stacks: StartS
     rid = request_pending(stack)  # the request read the group: carol is cached as a member
     stack.slack.add_usergroup(PRIVACY_GROUP, "privacy-team", [])
     time.sleep(FRESH_FOR_APPROVALS)
-    stack.click(GROUP_APPROVER, rid, "approve")
-    assert "Only approvers" in last_answer(stack, GROUP_APPROVER)
+    assert "Only approvers" in click_answer(stack, GROUP_APPROVER, rid, "approve")
     assert stack.status(rid) == "pending"
     assert stack.slack.calls_to("usergroups.users.list")[-1].ok

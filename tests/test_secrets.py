@@ -53,6 +53,7 @@ from emulators.stack import (
     Stack,
     start_stack,
 )
+from tests.conftest import click_answer
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=20, predictions=4, image_bytes=256)
 SECRETS = {"bot token": BOT_TOKEN, "signing secret": SIGNING_SECRET, "training key": TRAINING_KEY}
@@ -156,18 +157,6 @@ def test_secrets_search_looks_inside_zips_and_text() -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def click_and_wait(stack: Stack, person: Any, rid: str, action: str) -> None:
-    seen = len(stack.slack.ephemerals(user_id=person.user_id))
-    views = len(stack.slack.views(person.user_id))
-    assert stack.click(person, rid, action).status_code == 200
-    stack.slack.wait_for(
-        lambda: (
-            len(stack.slack.ephemerals(user_id=person.user_id)) > seen
-            or len(stack.slack.views(person.user_id)) > views
-        )
-    )
-
-
 def full_run(stack: Stack, answers: list[requests.Response]) -> dict[str, str]:
     """Use every surface of the bot once, good paths and bad."""
     assert stack.driver is not None
@@ -197,9 +186,9 @@ def full_run(stack: Stack, answers: list[requests.Response]) -> dict[str, str]:
     deletion = rid_of(command(REQUESTER, f"delete images {project} --ids {','.join(images)}"))
     assert stack.wait_status(deletion, "pending", "failed") == "pending"
     stack.wait_delivered()
-    click_and_wait(stack, STRANGER, deletion, "approve")
+    click_answer(stack, STRANGER, deletion, "approve")
     stack.slack.inject_error("chat.update", "internal_error", times=1)
-    click_and_wait(stack, APPROVER, deletion, "approve")
+    click_answer(stack, APPROVER, deletion, "approve")
     assert stack.wait_status(deletion, "done", "failed", timeout=60) == "done"
 
     # A rejection through the dialog.
@@ -207,7 +196,7 @@ def full_run(stack: Stack, answers: list[requests.Response]) -> dict[str, str]:
     rejected = rid_of(command(REQUESTER, f"delete tag {project} {tag}"))
     assert stack.wait_status(rejected, "pending", "failed") == "pending"
     stack.wait_delivered()
-    click_and_wait(stack, APPROVER, rejected, "reject")
+    click_answer(stack, APPROVER, rejected, "reject")
     view = stack.slack.views(APPROVER.user_id)[-1]
     answers.append(
         driver.submit_view(
