@@ -9,17 +9,26 @@ import pytest
 from bot.policy import (
     Actor,
     Audience,
+    ChannelInfo,
     Rules,
     Subject,
     approval_counts,
     approvals_in_force,
+    approvals_missing,
+    bot_is_in,
+    in_a_channel,
     may_approve,
     may_cancel,
     may_post_personal_data,
     may_read_audit,
     may_reject,
     may_request,
+    may_resend,
+    may_resume,
     may_retry,
+    may_see_status,
+    may_submit_here,
+    preview_shown,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -305,3 +314,185 @@ def test_policy_personal_data_goes_only_where_the_workspace_alone_reads_it(
     decision = may_post_personal_data(rules, audience, what="This export")
     assert bool(decision) is allowed
     assert names in decision.reason
+
+
+def test_policy_an_audience_slack_did_not_confirm_counts_as_unsafe() -> None:
+    decision = may_post_personal_data(
+        Rules(allow_public_exports=True, allow_shared_exports=True), None, what="The audit trail"
+    )
+    assert (decision.allowed, decision.reason) == (
+        False,
+        "The audit trail holds personal data, and Slack did not confirm that this channel is "
+        "private.",
+    )
+
+
+# --- where: a channel, the bot in it -----------------------------------------------------------
+
+PRIVATE = ChannelInfo(exists=True, is_member=True, is_private=True)
+PUBLIC = ChannelInfo(exists=True, is_member=True)
+DM = ChannelInfo(exists=True, is_member=True, is_im=True)
+GROUP_DM = ChannelInfo(exists=True, is_member=True, is_mpim=True)
+OUTSIDE = ChannelInfo(exists=True, is_member=False, is_private=True)
+GONE = ChannelInfo(exists=False)
+SHARED = ChannelInfo(exists=True, is_member=True, is_private=True, external=True)
+GRID = ChannelInfo(exists=True, is_member=True, is_private=True, org_wide=True)
+
+
+@pytest.mark.parametrize(
+    ("channel", "audience"),
+    [
+        (PRIVATE, Audience()),
+        (PUBLIC, Audience(public=True)),
+        (DM, Audience()),
+        (GROUP_DM, Audience()),
+        (SHARED, Audience(external=True)),
+        (GRID, Audience(org_wide=True)),
+        (ChannelInfo(exists=True, is_member=True, external=True), Audience(True, True)),
+    ],
+)
+def test_policy_channel_audience(channel: ChannelInfo, audience: Audience) -> None:
+    assert channel.audience == audience
+
+
+NOT_IN_A_CHANNEL = (
+    "Requests and audit files belong in a channel, where approvers and the audit trail can see "
+    "them, not in {}. Run `/cv audit` in your privacy team's channel."
+)
+
+
+@pytest.mark.parametrize(
+    ("channel", "reason"),
+    [
+        (PRIVATE, ""),
+        (PUBLIC, ""),
+        (OUTSIDE, ""),  # the bot's membership is another rule (bot_is_in)
+        (DM, NOT_IN_A_CHANNEL.format("a direct message")),
+        (GROUP_DM, NOT_IN_A_CHANNEL.format("a group DM")),
+    ],
+)
+def test_policy_requests_and_audit_files_belong_in_a_channel(
+    channel: ChannelInfo, reason: str
+) -> None:
+    decision = in_a_channel(channel, rerun="/cv audit")
+    assert (decision.allowed, decision.reason) == (not reason, reason)
+
+
+@pytest.mark.parametrize(
+    ("channel", "allowed"),
+    [(PRIVATE, True), (PUBLIC, True), (DM, True), (OUTSIDE, False), (GONE, False)],
+)
+def test_policy_the_bot_posts_only_where_it_is_a_member(
+    channel: ChannelInfo, allowed: bool
+) -> None:
+    decision = bot_is_in(channel, to_post="the audit file", then="Invite me first.")
+    assert (decision.allowed, decision.reason) == (
+        allowed,
+        ""
+        if allowed
+        else "I am not in this channel, so I cannot post the audit file here. Invite me first.",
+    )
+
+
+INVITE = (
+    "I am not in this channel, so I cannot post the request and its results here. Invite me "
+    "first (`/invite @cv-dsr-bot`), then run `/cv export images p` again. (In a group DM, which "
+    "cannot take requests, run it in your privacy team's channel instead.)"
+)
+
+
+@pytest.mark.parametrize(
+    ("rules", "channel", "personal", "reason_part"),
+    [
+        (Rules(), PRIVATE, True, ""),
+        (Rules(), PUBLIC, False, ""),  # nothing personal: a public channel is fine
+        (Rules(), PUBLIC, True, "this is a public channel"),
+        (Rules(allow_public_exports=True), PUBLIC, True, ""),
+        (Rules(), SHARED, True, "Slack Connect"),
+        (Rules(), GRID, True, "Enterprise Grid"),
+        (Rules(), SHARED, False, ""),
+        # The first rule that refuses is the one the user hears.
+        (Rules(allow_public_exports=True), DM, True, "not in a direct message"),
+        (Rules(), GROUP_DM, False, "not in a group DM"),
+        (Rules(), OUTSIDE, True, INVITE),
+        (Rules(), GONE, False, INVITE),
+    ],
+)
+def test_policy_submit_here(
+    rules: Rules, channel: ChannelInfo, personal: bool, reason_part: str
+) -> None:
+    decision = may_submit_here(rules, channel, rerun="/cv export images p", personal=personal)
+    assert decision.allowed is (not reason_part)
+    assert reason_part in decision.reason
+    if not personal and reason_part:
+        assert "personal data" not in decision.reason
+
+
+# --- seeing a request, resending it -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actor", "allowed"),
+    [(REQUESTER, True), (APPROVER, True), (GROUP_APPROVER, True), (GROUP_REQUESTER, False)],
+)
+def test_policy_see_status_and_resend(actor: Actor, allowed: bool) -> None:
+    status = may_see_status(RULES, actor, pending())
+    assert (status.allowed, status.reason) == (
+        allowed,
+        ""
+        if allowed
+        else "R-1001 is not yours; only its requester and approvers can see its status.",
+    )
+    assert may_resend(RULES, actor, pending()).allowed is allowed
+
+
+# --- approving what was seen, and when a deletion starts ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_status", "shown"),
+    [(None, True), ("sent", True), ("pending", False), ("held", False), ("failed", False)],
+)
+def test_policy_preview_shown(file_status: str | None, shown: bool) -> None:
+    assert preview_shown(file_status) is shown
+
+
+def test_policy_no_approval_before_the_whole_preview_is_shown() -> None:
+    decision = may_approve(RULES, APPROVER, pending(), NOW, preview_shown=False)
+    assert (decision.allowed, decision.reason) == (
+        False,
+        "The full preview of R-1001 is not in its thread yet, so it cannot be approved. The "
+        "Approve button appears once the file is posted.",
+    )
+    # Any other refusal comes first: it says what the person can do about it.
+    assert (
+        "own request" in may_approve(RULES, REQUESTER, pending(), NOW, preview_shown=False).reason
+    )
+
+
+@pytest.mark.parametrize(("standing", "missing"), [(0, 2), (1, 1), (2, 0), (3, -1)])
+def test_policy_approvals_missing(standing: int, missing: int) -> None:
+    assert approvals_missing(RULES, standing) == missing
+
+
+def test_policy_user_groups_are_the_configured_ids_starting_with_s() -> None:
+    assert RULES.user_groups == {"S0PRIVACY", "S0ANALYSTS"}
+    assert Rules(approvers=frozenset({"U0A"})).user_groups == frozenset()
+
+
+# --- resuming ------------------------------------------------------------------------------------
+
+
+def test_policy_an_export_or_a_preview_resumes_whatever_its_approvals() -> None:
+    stale = pending(status="failed", approvals=("U0APPROVER",), approved_at=NOW - 10 * TTL)
+    assert may_resume(RULES, stale, [APPROVER], NOW, TTL, deleting=False)
+    assert not may_resume(RULES, stale, [APPROVER], NOW, TTL, deleting=True)
+
+
+def test_policy_approvals_in_force_counts_only_recorded_approvers() -> None:
+    subject = pending(status="failed", approvals=("U0APPROVER",), approved_at=NOW)
+    decision = approvals_in_force(RULES, subject, [APPROVER, GROUP_APPROVER], NOW, TTL)
+    assert (decision.allowed, decision.reason.strip()) == (
+        False,
+        "1 of the 2 required approval(s) stand.",
+    )
