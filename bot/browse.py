@@ -283,7 +283,12 @@ def _iteration_view(v: _Views, it: Iteration, exports: Any) -> webpage.Iteration
     )
 
 
-def _tags(data: Any) -> list[Tag]:
+def tags_held(data: Any) -> list[Tag]:
+    """Return the distinct tags of a tags.json document: the workspace's, then snapshot-only ones.
+
+    The manifest's and the ready message's tag count is the length of this list, so they
+    count what the index shows.
+    """
     if not isinstance(data, dict):
         return []
     tags = [Tag.from_dict(t) for t in data.get("workspace") or []]
@@ -326,7 +331,7 @@ def add_views(
         if not iterations and single and isinstance(root_iterations, list):
             iterations = [Iteration.from_dict(i) for i in root_iterations]
         v.iteration_names.update({it.id.lower(): it.name for it in iterations})
-        tags = _tags(v.json(own("tags.json")))
+        tags = tags_held(v.json(own("tags.json")))
         mine = project_id is not None and project.id.lower() == project_id.lower()
         image_pages: list[PageLink] = []
         prediction_pages: list[PageLink] = []

@@ -532,8 +532,9 @@ class _Build:
         found: dict[str | None, list[Tag]] = {}
         for scope in scopes:
             found[scope] = self.client.get_tags(p, scope)
-        self.json("tags.json", _tags_json(found))
-        self.counts["tags"] = len(found[scopes[0]])  # the first scope: the one asked for
+        document = _tags_json(found)
+        self.json("tags.json", document)
+        self.counts["tags"] = len(browse.tags_held(document))
         self.section("tags")
         return found
 

@@ -1,12 +1,16 @@
-"""End to end: a deletion receipt's summaries say what its items say.
+"""End to end: the numbers a person reads agree with what they count.
 
-A deletion whose items end differently (removed by this request; already absent, because
-someone else deleted them first; outcome unknown, because the call and the re-read after it
-both failed; not attempted; survived verification) runs through the surfaces: signed commands
-and clicks into the bot, the Custom Vision emulator changed behind the bot's back and its
-fault switches. The per-project summary of receipt.json, the per-item results of receipt.csv
-and receipt.json, the summary table of receipt.html and the message in the request's thread
-must all give the same numbers.
+Deletion receipts: a deletion whose items end differently (removed by this request; already
+absent, because someone else deleted them first; outcome unknown, because the call and the
+re-read after it both failed; not attempted; survived verification) runs through the surfaces:
+signed commands and clicks into the bot, the Custom Vision emulator changed behind the bot's
+back and its fault switches. The per-project summary of receipt.json, the per-item results of
+receipt.csv and receipt.json, the summary table of receipt.html and the message in the
+request's thread must all give the same numbers.
+
+Export packages: index.html's counts (tags, images, COCO) and the "ready" message give the
+manifest's numbers, for a project whose trained snapshots hold a tag the workspace no longer
+has.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import zipfile
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 from bot.deletion import SUMMARY_KEYS
 from emulators.customvision import Exchange, Seed
 from emulators.stack import APPROVER, CHANNEL, Stack
-from tests.conftest import StartStack
+from tests.conftest import StartStack, exported
 from tests.test_e2e_delete import request_pending
 from tests.test_e2e_plan import someone_else, thread
 
@@ -42,19 +49,19 @@ SUMMARY_TITLE = "What was removed, per project"
 
 
 class _Tables(HTMLParser):
-    """Every <table> after an <h2>, as {heading: [header row, body rows...]}."""
+    """Every <table> under the heading before it (h2 or h3): {heading: [header row, rows...]}."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
         self.heading = ""
-        self.in_h2 = False
+        self.in_heading = False
         self.cell: list[str] | None = None
         self.row: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "h2":
-            self.in_h2, self.heading = True, ""
+        if tag in ("h2", "h3"):
+            self.in_heading, self.heading = True, ""
         elif tag == "table":
             self.tables[self.heading] = []
         elif tag == "tr":
@@ -63,8 +70,8 @@ class _Tables(HTMLParser):
             self.cell = []
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "h2":
-            self.in_h2 = False
+        if tag in ("h2", "h3"):
+            self.in_heading = False
         elif tag in ("td", "th") and self.cell is not None:
             self.row.append("".join(self.cell))
             self.cell = None
@@ -72,7 +79,7 @@ class _Tables(HTMLParser):
             self.tables[self.heading].append(self.row)
 
     def handle_data(self, data: str) -> None:
-        if self.in_h2:
+        if self.in_heading:
             self.heading += data
         elif self.cell is not None:
             self.cell.append(data)
@@ -233,3 +240,35 @@ def test_e2e_receipt_summary_counts_survivors_apart(stacks: StartStack) -> None:
     }
     said = "\n".join(thread(stack, rid))
     assert "3 of 4 targets still exist" in said, said
+
+
+def test_e2e_export_counts_in_the_message_and_manifest_agree_with_the_index(
+    stacks: StartStack, tmp_path: Path
+) -> None:
+    stack = stacks(seed=SEED)
+    data = stack.cv.data
+    project = data.project_ids()[0]
+    # A tag trained into a snapshot, then deleted from the workspace: the package holds it.
+    old = data.add_tag(project, "old-tag")
+    data.tag_images(project, data.image_ids(project)[:3], old)
+    data.add_iteration(project)
+    someone_else(stack).delete_tag(project, old)
+    rid, parts = exported(stack, f"export project {project}")
+    folder = tmp_path / "package"
+    for part in parts:
+        with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+            archive.extractall(folder)
+    counts = json.loads((folder / "manifest.json").read_text("utf-8"))["counts"]
+    page = (folder / "index.html").read_text("utf-8")
+    tags = html_tables(page)["Tags"][1:]
+    assert "old-tag" in {row[0] for row in tags}
+    coco = json.loads((folder / f"annotations/{project}.coco.json").read_text("utf-8"))
+    assert counts["tags"] == len(tags) == len(coco["categories"])
+    assert counts["images"] == len(coco["images"])
+    assert f"; {counts['images']:,} images, " in page  # the COCO file's line
+    scopes = [int(n.replace(",", "")) for n in re.findall(r">Images 1 to [\d,]+ of ([\d,]+)", page)]
+    assert counts["image_records"] == sum(scopes)
+    stored = re.findall(r">Stored predictions 1 to [\d,]+ of ([\d,]+)", page)
+    assert counts["predictions"] == sum(int(n.replace(",", "")) for n in stored)
+    said = "\n".join(thread(stack, rid))
+    assert f"{counts['tags']} tags, {counts['images']} images" in said, said
