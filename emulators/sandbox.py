@@ -488,8 +488,10 @@ def describe_demo(demo: Demo, *, ids: bool) -> list[str]:
         tags = demo.tags[project_id]
         published = ", ".join(demo.published[project_id]) or "nothing"
         lines.append(
-            f'  project "{name}" {project_id}: {count} images, {len(tags)} tags, '
-            f"published as {published}"
+            # What the workspace holds: an export also holds the images and tags that only
+            # trained iterations still have, and the bot's messages count those too.
+            f'  project "{name}" {project_id}: {count:,} images in the workspace, '
+            f"{len(tags)} tags, published as {published}"
         )
         if ids:
             for tag_id, tag_name, tag_images in tags:
@@ -661,7 +663,7 @@ def _expect(condition: bool, problem: str) -> None:
 
 def _scripted(t: Transcript, demo: Demo) -> int:
     project_id, project_name, _ = demo.projects[0]
-    tag_id, tag_name, tag_images = next(
+    tag_id, tag_name, _ = next(
         (tag for tag in demo.tags[project_id] if tag[2] > 0), demo.tags[project_id][0]
     )
 
@@ -674,7 +676,8 @@ def _scripted(t: Transcript, demo: Demo) -> int:
     export_id = _request_id(ack)
     _wait(t, export_id, "done")
 
-    t.step(2, f'alice asks to erase the {tag_images} images tagged "{tag_name}"')
+    # No count here: the bot's preview says how many images the deletion removes, everywhere.
+    t.step(2, f'alice asks to erase the images tagged "{tag_name}"')
     ack = _command(
         t,
         REQUESTER,

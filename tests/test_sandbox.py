@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,23 @@ def test_sandbox_scripted_session_reads_like_the_channel(
     with (output / "R-1002-receipt.csv").open(newline="", encoding="utf-8") as fp:
         rows = list(csv.DictReader(fp))
     assert len(rows) == deleted > 0
-    json.loads((output / "R-1002-receipt.json").read_text(encoding="utf-8"))
+    receipt = json.loads((output / "R-1002-receipt.json").read_text(encoding="utf-8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no ./data
+
+    # The sandbox's own numbers say what they count and agree with the bot's.
+    data = CustomVisionEmulator(seed=SANDBOX_SEED).data  # built, never served
+    project = data.project_ids()[0]
+    workspace = len(data.image_ids(project))
+    everywhere = {
+        i for s in [None, *data.iteration_ids(project)] for i in data.image_ids(project, s)
+    }
+    assert len(everywhere) > workspace  # the seed's snapshots hold images the workspace lost
+    assert f"{project}: {workspace:,} images in the workspace, " in text
+    ready = re.search(r"export is ready: [^.]*?([\d,]+) images, ", text)
+    assert ready is not None and ready.group(1) == f"{len(everywhere):,}", text
+    planned = int(text.split("Images to delete (workspace and every iteration): ")[1].split()[0])
+    assert planned == deleted == receipt["summary"][0]["removed"]
+    assert "alice asks to erase the images tagged " in text
 
 
 def demo_ids() -> tuple[str, str]:
