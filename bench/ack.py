@@ -13,14 +13,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from bench import report
-from bench.harness import Answer, BenchError, BotProcess, Emulators, scratch, send_load, wait_until
+from bench.harness import (
+    Answer,
+    BenchError,
+    BotProcess,
+    Emulators,
+    command_bodies,
+    scratch,
+    send_load,
+    wait_until,
+)
 from bench.report import Result, Row
 from emulators.customvision import Faults, Seed
 from emulators.slack.driver import SlackDriver
-from emulators.stack import CHANNEL, GROUP_APPROVER, REQUESTER, STRANGER
+from emulators.stack import GROUP_APPROVER, REQUESTER, STRANGER
 
 TPS = 10.0
 ACK_LIMIT = 3.0  # Slack's deadline
@@ -55,10 +63,7 @@ class LoadRun:
 
 def _bodies(driver: SlackDriver, texts: Sequence[str]) -> list[bytes]:
     people = (REQUESTER, GROUP_APPROVER, STRANGER)
-    return [
-        urlencode(driver.command_form(people[i % 3].user_id, CHANNEL, text)).encode("ascii")
-        for i, text in enumerate(texts)
-    ]
+    return command_bodies(driver, ((people[i % 3].user_id, t) for i, t in enumerate(texts)))
 
 
 def _start_exports(driver: SlackDriver, projects: Sequence[str]) -> list[Answer]:

@@ -35,9 +35,14 @@ class BaselineRun:
     throttled: int  # 429 answers met (and waited out)
 
 
-def _get(session: requests.Session, url: str, counter: list[int], **kwargs: object) -> bytes:
+def _get(
+    session: requests.Session,
+    url: str,
+    counter: list[int],
+    params: dict[str, str] | None = None,
+) -> bytes:
     for _attempt in range(MAX_ATTEMPTS):
-        response = session.get(url, timeout=TIMEOUT, **kwargs)  # type: ignore[arg-type]
+        response = session.get(url, params=params, timeout=TIMEOUT)
         if response.status_code == 429:
             counter[0] += 1
             time.sleep(float(response.headers.get("Retry-After") or 1))

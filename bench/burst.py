@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import collections
 import functools
-import sqlite3
 import time
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from bench import report
 from bench.ack import ACK_LIMIT
@@ -26,6 +24,7 @@ from bench.harness import (
     BenchError,
     BotProcess,
     Emulators,
+    command_bodies,
     request_id,
     scratch,
     send_load,
@@ -59,16 +58,7 @@ def _bodies(driver: SlackDriver, size: Size) -> list[bytes]:
         (STRANGER.user_id, "status R-1001"),
         (STRANGER.user_id, "resend R-1001"),
     )
-    return [
-        urlencode(driver.command_form(user, CHANNEL, text)).encode("ascii")
-        for user, text in (cycle[i % len(cycle)] for i in range(size.commands))
-    ]
-
-
-def _audit_events(process: BotProcess) -> int:
-    with sqlite3.connect(f"file:{process.database}?mode=ro", uri=True, timeout=10) as conn:
-        (count,) = conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
-    return int(count)
+    return command_bodies(driver, (cycle[i % len(cycle)] for i in range(size.commands)))
 
 
 def _witnessed(emulators: Emulators) -> set[int]:
@@ -113,7 +103,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     )
     load_s = time.perf_counter() - started
     ended = time.monotonic()
-    events = _audit_events(process)
+    events = process.audit_events()
     backlog = events - len(_witnessed(emulators))
 
     lags: list[float] = []
@@ -131,8 +121,8 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     # Exports still add events (their files posted) while the mirror catches up: caught up
     # is every event there is, twice in a row.
     total = 0
-    while total != _audit_events(process) or len(_witnessed(emulators)) < total:
-        total = _audit_events(process)
+    while total != process.audit_events() or len(_witnessed(emulators)) < total:
+        total = process.audit_events()
         wait_until(
             functools.partial(_mirrored, emulators, total),
             timeout=size.catch_up_timeout,

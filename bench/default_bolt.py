@@ -22,7 +22,7 @@ from typing import Any
 from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
-from waitress.server import create_server
+from waitress.server import BaseWSGIServer, create_server
 
 from bot.training import TrainingClient
 
@@ -84,7 +84,9 @@ def main() -> None:
         threads=SERVER_THREADS,
     )
     threading.Thread(target=server.run, daemon=True).start()
-    port = server.socket.getsockname()[1]  # type: ignore[union-attr]
+    # One host and port: a single listening socket, not a MultiSocketServer.
+    assert isinstance(server, BaseWSGIServer) and server.socket is not None
+    port = server.socket.getsockname()[1]
     print(f"serving /cv on http://127.0.0.1:{port}/slack/events", flush=True)
     stop.wait()
     server.close()

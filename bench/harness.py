@@ -20,11 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
 import requests
 
@@ -34,7 +35,7 @@ from bot.store import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.slack.webapi import SlackEmulator
-from emulators.stack import SIGNING_SECRET, bot_env, start_emulators
+from emulators.stack import CHANNEL, SIGNING_SECRET, bot_env, start_emulators
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the bench package
 CODE_ROOT = Path(bot.__file__).resolve().parent.parent  # the folder holding the bot package
@@ -249,6 +250,12 @@ class BotProcess:
             raise BenchError(f"no request {rid} in the bot's database")
         return dict(row)
 
+    def audit_events(self) -> int:
+        """Return how many audit events the bot has recorded."""
+        with self._db() as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+        return int(count)
+
     def statuses(self) -> dict[str, int]:
         """Return how many requests are in each status."""
         with self._db() as conn:
@@ -300,6 +307,14 @@ class Answer:
     def missed(self, limit: float) -> bool:
         """Return True when Slack would have shown the user a timeout."""
         return self.status != 200 or self.latency > limit
+
+
+def command_bodies(driver: SlackDriver, commands: Iterable[tuple[str, str]]) -> list[bytes]:
+    """Return the form bodies of slash commands typed in CHANNEL, one per (user id, text)."""
+    return [
+        urlencode(driver.command_form(user, CHANNEL, text)).encode("ascii")
+        for user, text in commands
+    ]
 
 
 def send_load(

@@ -134,6 +134,11 @@ def at_most(limit: float) -> str:
     return f"\u2264 {limit:g}{MUL}"
 
 
+def within(measure: str, ratio: float, limit: float) -> Row:
+    """Return the row of a ratio that must not exceed `limit`, with its target and verdict."""
+    return Row(measure, times(ratio), at_most(limit), ratio <= limit)
+
+
 def at_least(limit: float) -> str:
     """Return the target text of a ratio that must reach `limit`."""
     return f"\u2265 {limit:g}{MUL}"

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from bot.clock import Clock
 from bot.config import Config, load_config
 from bot.ids import parse_request_id
 from emulators.customvision import CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
+from emulators.slack.records import Message
 from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 
 SIGNING_SECRET = "emulator-signing-secret-0f9c2b"
@@ -64,12 +67,12 @@ class Stack:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.port}/slack/events"
 
-    def command(self, person: Person, text: str, channel: str = CHANNEL) -> Any:
+    def command(self, person: Person, text: str, channel: str = CHANNEL) -> requests.Response:
         """Send a signed slash command as `person`; return the HTTP response."""
         assert self.driver is not None
         return self.driver.command(person.user_id, channel, text)
 
-    def request_id(self, response: Any) -> str:
+    def request_id(self, response: requests.Response) -> str:
         """Return the request id (R-1001) named in a command's ephemeral answer."""
         text = str(response.json()["text"])
         for word in text.replace(":", " ").replace(".", " ").split():
@@ -102,7 +105,7 @@ class Stack:
             time.sleep(0.02)
         raise AssertionError("Slack deliveries still pending")
 
-    def announcement(self, request_id: str) -> Any:
+    def announcement(self, request_id: str) -> Message:
         """Return the emulator's copy of a request's announcement message."""
         assert self.bot is not None
         ts = self.bot.store.get(request_id).message_ts
@@ -111,7 +114,9 @@ class Stack:
                 return message
         raise AssertionError(f"no announcement for {request_id}")
 
-    def click(self, person: Person, request_id: str, action: str, channel: str = CHANNEL) -> Any:
+    def click(
+        self, person: Person, request_id: str, action: str, channel: str = CHANNEL
+    ) -> requests.Response:
         """Click one of the announcement's buttons (`approve`, `reject`, `cancel`)."""
         assert self.driver is not None and self.bot is not None
         ts = self.bot.store.get(request_id).message_ts

@@ -277,18 +277,18 @@ def png_pixels(data: bytes) -> tuple[int, int, int, bytes]:
     previous = bytearray(stride)
     for y in range(height):
         line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
-        kind, row = line[0], bytearray(line[1:])
+        filter_type, row = line[0], bytearray(line[1:])
         for x in range(stride):
             a = row[x - bpp] if x >= bpp else 0
             b = previous[x]
             c = previous[x - bpp] if x >= bpp else 0
-            if kind == 1:
+            if filter_type == 1:
                 row[x] = (row[x] + a) & 0xFF
-            elif kind == 2:
+            elif filter_type == 2:
                 row[x] = (row[x] + b) & 0xFF
-            elif kind == 3:
+            elif filter_type == 3:
                 row[x] = (row[x] + (a + b) // 2) & 0xFF
-            elif kind == 4:
+            elif filter_type == 4:
                 p = a + b - c
                 pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
                 pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)

@@ -37,6 +37,17 @@ def stack(stacks: StartStack) -> Stack:
     return stacks()
 
 
+def request_pending(
+    stack: Stack, text: str, person: Person = REQUESTER, channel: str = CHANNEL
+) -> str:
+    """Type a deletion in Slack as `person`; wait until it awaits approval with its
+    announcement posted; return its request id."""
+    rid = stack.request_id(stack.command(person, text, channel))
+    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid).error
+    stack.wait_delivered()
+    return rid
+
+
 def exported(stack: Stack, text: str) -> tuple[str, list[UploadedFile]]:
     """Run an export typed in Slack to its end; return its request id and its parts, in order."""
     rid = stack.request_id(stack.command(REQUESTER, text))

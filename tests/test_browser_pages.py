@@ -16,9 +16,9 @@ from typing import Any
 from bot import webpage
 from bot.training import TrainingClient
 from emulators.customvision import Seed
-from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
+from emulators.stack import APPROVER, CHANNEL, Stack
 from tests.browser import Browser, browser, colours
-from tests.conftest import StartStack, exported
+from tests.conftest import StartStack, exported, request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=6, predictions=2, image_bytes=300)
 # A value that runs a script if it is ever pasted into the page unescaped: each variant sets
@@ -217,15 +217,11 @@ def test_browser_index_of_a_split_package_names_the_part_of_each_file(
 def test_browser_receipt_is_readable_offline(stack: Stack, tmp_path: Path) -> None:
     project = stack.cv.data.project_ids()[0]
     images = stack.cv.data.image_ids(project)[:4]
-    rid = stack.request_id(
-        stack.command(
-            REQUESTER,
-            f"delete images {project} --ids {','.join(images)} --ticket DSR-77 "
-            f"--reason '{HOSTILE_REASON}'",
-        )
+    rid = request_pending(
+        stack,
+        f"delete images {project} --ids {','.join(images)} --ticket DSR-77 "
+        f"--reason '{HOSTILE_REASON}'",
     )
-    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid).error
-    stack.wait_delivered()
     # Someone else deletes one first: the receipt counts it as already absent, not removed.
     TrainingClient(stack.cv.endpoint, stack.env["CUSTOM_VISION_TRAINING_KEY"]).delete_images(
         project, images[:1], all_iterations=True

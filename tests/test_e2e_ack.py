@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -22,9 +22,10 @@ from bot import audit
 from bot.ids import parse_request_id
 from bot.service import FRESH_FOR_APPROVALS
 from emulators.customvision import Seed
+from emulators.slack.webapi import SlackEmulator
 from emulators.stack import APPROVER, GROUP_APPROVER, REQUESTER, Person, Stack
 from handlers.listeners import KNOWN_ACTIONS, catch_all
-from tests.conftest import StartStack
+from tests.conftest import StartStack, request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)
 NOT_STORED_LIES = ("nothing was done", "not one this bot knows")
@@ -79,13 +80,10 @@ def settle_slow_calls(stack: Stack, method: str, count: int = 1) -> None:
     time.sleep(0.3)
 
 
-def request_pending(stack: Stack) -> str:
+def tag_deletion(stack: Stack) -> str:
+    """Return the command that asks to delete the first project's first tag."""
     project = stack.cv.data.project_ids()[0]
-    tag = stack.cv.data.tag_ids(project)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete tag {project} {tag}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
-    return rid
+    return f"delete tag {project} {stack.cv.data.tag_ids(project)[0]}"
 
 
 # -- slow Slack on the decision path: "try again", nothing stored -----------------------------
@@ -112,9 +110,9 @@ def request_pending(stack: Stack) -> str:
     ],
 )
 def test_ack_slow_slack_command_answers_try_again_and_stores_nothing(
-    stack: Stack, slow: object, method: str
+    stack: Stack, slow: Callable[[SlackEmulator], None], method: str
 ) -> None:
-    slow(stack.slack)  # type: ignore[operator]
+    slow(stack.slack)
     response = stack.command(REQUESTER, "export projects")
     assert response.status_code == 200
     text = response.json()["text"]
@@ -129,7 +127,7 @@ def test_ack_slow_slack_command_answers_try_again_and_stores_nothing(
 
 
 def test_ack_slow_slack_click_answers_try_again_and_records_no_approval(stack: Stack) -> None:
-    rid = request_pending(stack)
+    rid = request_pending(stack, tag_deletion(stack))
     time.sleep(FRESH_FOR_APPROVALS)  # the group list read for the request is now too old
     stack.slack.inject_latency("usergroups.users.list", 4.0)
     response = stack.click(GROUP_APPROVER, rid, "approve")
@@ -171,7 +169,7 @@ def test_ack_locked_database_command_is_stored_and_said_so_later(stack: Stack) -
 def test_ack_locked_database_click_is_recorded_and_said_so_later(
     stack: Stack, person: Person, action: str, said: str, status: str
 ) -> None:
-    rid = request_pending(stack)
+    rid = request_pending(stack, tag_deletion(stack))
     with database_locked(stack, 4.0):
         response = stack.click(person, rid, action)
         assert response.status_code == 200
@@ -209,11 +207,7 @@ def test_ack_enterprise_grid_payloads_and_w_user_ids(stacks: StartStack) -> None
     stack.slack.enterprise_id = "E0GRID"
     for person in (requester, approver):
         stack.slack.add_user(person.user_id, person.name)
-    project = stack.cv.data.project_ids()[0]
-    tag = stack.cv.data.tag_ids(project)[0]
-    rid = stack.request_id(stack.command(requester, f"delete tag {project} {tag}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
+    rid = request_pending(stack, tag_deletion(stack), requester)
     stack.click(approver, rid, "approve")
     wait_answer(stack, approver, f"You approved {rid}")
     assert stack.wait_status(rid, "done", "failed") == "done"

@@ -24,8 +24,8 @@ from emulators.stack import (
     Person,
     Stack,
 )
-from tests.conftest import StartStack, click_answer
-from tests.test_e2e_ack import request_pending
+from tests.conftest import StartStack, click_answer, request_pending
+from tests.test_e2e_ack import tag_deletion
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)
 DAVE = Person("U0DAVE", "dave")
@@ -66,7 +66,7 @@ def remove_carol_from_group(stack: Stack) -> None:
 def test_approvers_a_removed_approver_no_longer_counts(
     stack: Stack, first: Person, remove: Callable[[Stack], None], second: Person
 ) -> None:
-    rid = request_pending(stack)
+    rid = request_pending(stack, tag_deletion(stack))
     assert "1 more approval(s) needed" in click_answer(stack, first, rid, "approve")
     remove(stack)
 
@@ -90,7 +90,9 @@ def test_approvers_a_removed_approver_no_longer_counts(
 
 def test_approvers_group_membership_is_read_fresh_for_an_approval(stacks: StartStack) -> None:
     stack = stacks(seed=SEED)  # one approval needed
-    rid = request_pending(stack)  # the request read the group: carol is cached as a member
+    rid = request_pending(
+        stack, tag_deletion(stack)
+    )  # the request read the group: carol is cached as a member
     stack.slack.add_usergroup(PRIVACY_GROUP, "privacy-team", [])
     time.sleep(FRESH_FOR_APPROVALS)
     assert "Only approvers" in click_answer(stack, GROUP_APPROVER, rid, "approve")

@@ -9,9 +9,12 @@ set, and DMs and group DMs get an answer that says what is wrong and where to go
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import pytest
 
 from emulators.customvision import Seed
+from emulators.slack.records import Sharing
 from emulators.slack.webapi import DEFAULT_SCOPES
 from emulators.stack import APPROVER, REQUESTER, Stack
 from tests.conftest import StartStack
@@ -28,8 +31,8 @@ def stack(stacks: StartStack) -> Stack:
     return conversations(stacks(seed=SEED))
 
 
-def conversations(stack: Stack, **shared: bool) -> Stack:
-    kind = shared or {"is_ext_shared": True}
+def conversations(stack: Stack, **shared: Unpack[Sharing]) -> Stack:
+    kind: Sharing = shared or {"is_ext_shared": True}
     stack.slack.add_channel(SHARED, "partners", is_private=True, **kind)
     # Someone added the app to this group DM; the other one does not include the bot.
     stack.slack.add_channel(GROUP_DM, "mpdm-alice--bob--carol-1", is_mpim=True)
@@ -51,7 +54,7 @@ def stored(stack: Stack) -> int:
     ],
 )
 def test_channels_images_refused_in_shared_channels(
-    stacks: StartStack, kind: dict[str, bool], said: str
+    stacks: StartStack, kind: Sharing, said: str
 ) -> None:
     stack = conversations(stacks(seed=SEED), **kind)
     project = stack.cv.data.project_ids()[0]

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import threading
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,10 @@ from emulators.stack import (
     GROUP_APPROVER,
     REQUESTER,
     STRANGER,
+    Person,
     Stack,
 )
-from tests.conftest import DIALOG_OPENED, StartStack, click_answer
+from tests.conftest import DIALOG_OPENED, StartStack, click_answer, request_pending
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=60, predictions=6, image_bytes=256)
 
@@ -43,14 +45,7 @@ def stack(stacks: StartStack) -> Stack:
     return stacks()
 
 
-def request_pending(stack: Stack, text: str) -> str:
-    rid = stack.request_id(stack.command(REQUESTER, text))
-    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid)
-    stack.wait_delivered()
-    return rid
-
-
-def receipt(stack: Stack, rid: str) -> dict[str, object]:
+def receipt(stack: Stack, rid: str) -> dict[str, Any]:
     stack.wait_delivered()
     files = [
         f
@@ -58,7 +53,8 @@ def receipt(stack: Stack, rid: str) -> dict[str, object]:
         if f.name.startswith(rid) and f.name.endswith("receipt.json")
     ]
     assert len(files) >= 1, [f.name for f in stack.slack.files(CHANNEL)]
-    data: dict[str, object] = json.loads(files[-1].data)
+    data = json.loads(files[-1].data)
+    assert isinstance(data, dict)
     return data
 
 
@@ -165,9 +161,9 @@ def test_e2e_simultaneous_approvals_execute_once(stack: Stack) -> None:
     rid = request_pending(stack, f"delete images {project} --ids {','.join(images)}")
     barrier = threading.Barrier(4)
 
-    def click(person: object) -> None:
+    def click(person: Person) -> None:
         barrier.wait()
-        stack.click(person, rid, "approve")  # type: ignore[arg-type]
+        stack.click(person, rid, "approve")
 
     threads = [
         threading.Thread(target=click, args=(p,))
@@ -264,7 +260,7 @@ def test_e2e_fault_mid_batch_then_retry_finishes_without_resending(stack: Stack)
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "failed", "done", timeout=60) == "failed"
     partial = receipt(stack, rid)
-    assert any(i["status"] == "pending" for i in partial["items"])  # type: ignore[union-attr]
+    assert any(i["status"] == "pending" for i in partial["items"])
     first_batch = stack.cv.calls_to("DeleteImages")[0].query["imageIds"].split(",")
 
     stack.cv.faults.fail_after.clear()

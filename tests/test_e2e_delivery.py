@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import requests
 
 from bot import audit
 from emulators.customvision import Seed
@@ -25,7 +26,7 @@ from emulators.stack import (
     STRANGER,
     Stack,
 )
-from tests.conftest import StartStack
+from tests.conftest import StartStack, request_pending
 
 SEED = Seed(projects=2, iterations=1, tags=3, images=20, predictions=2, image_bytes=200)
 DM = f"D{REQUESTER.user_id[1:]}"  # the emulator's id of the bot's DM with the requester
@@ -59,8 +60,8 @@ def package_files(stack: Stack, rid: str) -> list[str]:
     return [f.name for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
 
 
-def ephemeral(response: object) -> str:
-    text = response.json()["text"]  # type: ignore[attr-defined]
+def ephemeral(response: requests.Response) -> str:
+    text = response.json()["text"]
     assert isinstance(text, str)
     return text
 
@@ -161,9 +162,7 @@ def test_e2e_bot_removed_mid_request_tells_the_requester_by_dm_and_resends(
 def test_e2e_archived_channel_holds_the_deletion_receipt_until_resent(stack: Stack) -> None:
     project = stack.cv.data.project_ids()[0]
     image = stack.cv.data.image_ids(project)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
+    rid = request_pending(stack, f"delete images {project} --ids {image}")
     stack.slack.set_archived(CHANNEL, True)  # archived while the approval was pending
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed") == "done"

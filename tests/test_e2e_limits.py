@@ -22,7 +22,7 @@ from handlers.limits import (
     blocks_text_units,
     units,
 )
-from tests.conftest import StartStack
+from tests.conftest import StartStack, request_pending
 
 LONG_REASON = "Erasure request received by post; the customer asked for every trace " * 13
 
@@ -113,9 +113,7 @@ def test_e2e_preview_of_20_iterations_and_500_tags_keeps_every_warning(
 ) -> None:
     stack = stacks(seed=BIG)
     project = stack.cv.data.project_ids()[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete project {project}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
+    rid = request_pending(stack, f"delete project {project}")
     message = stack.announcement(rid)
     shown = "\n".join(str(block.get("text", {}).get("text", "")) for block in message.blocks)
     assert blocks_text_units(message.blocks) <= MAX_BLOCKS_TEXT

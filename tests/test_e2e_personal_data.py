@@ -189,7 +189,7 @@ def test_e2e_private_channel_gets_the_audit_trail(stack: Stack) -> None:
 def test_e2e_trail_withheld_when_slack_cannot_confirm_the_channel_is_private(
     stack: Stack,
 ) -> None:
-    stack.bot.service.directory.channel_ttl = 0.0  # type: ignore[attr-defined]
+    stack.bot.service.directory.channel_ttl = 0.0
     rid = stack.request_id(stack.command(REQUESTER, "export projects --reason 'Art. 15'"))
     stack.slack.inject_server_error("conversations.info", 500, times=50)
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"

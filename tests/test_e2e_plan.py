@@ -9,7 +9,7 @@ for approvals that age.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -25,8 +25,7 @@ from emulators.stack import (
     REQUESTER,
     Stack,
 )
-from tests.conftest import StartStack
-from tests.test_e2e_delete import request_pending
+from tests.conftest import StartStack, request_pending
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
 CHANGED = "changed since the preview"
@@ -333,12 +332,12 @@ def test_e2e_predictions_deleted_by_someone_else_are_listed_as_already_absent(
 
 @pytest.mark.parametrize("mode", ["drop", "504"])
 def test_e2e_delete_images_applied_but_unanswered_is_reported_as_removed(
-    stack: Stack, mode: str
+    stack: Stack, mode: Literal["drop", "504"]
 ) -> None:
     project = stack.cv.data.project_ids()[0]
     images = stack.cv.data.image_ids(project)[:5]
     rid = request_pending(stack, f"delete images {project} --ids {','.join(images)}")
-    stack.cv.faults.fail_after_apply["DeleteImages"] = mode  # type: ignore[assignment]
+    stack.cv.faults.fail_after_apply["DeleteImages"] = mode
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=90) == "done", stack.bot.store.get(
         rid

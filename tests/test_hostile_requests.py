@@ -44,6 +44,7 @@ from emulators.stack import (
     start_stack,
 )
 from handlers import blocks
+from tests.conftest import request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=60, predictions=2, image_bytes=128)
 ANALYST = Person("U0DAVE", "dave")  # a requester through the S0ANALYSTS user group
@@ -395,11 +396,12 @@ def click_answer(
 @pytest.fixture(scope="module")
 def pending(stack: Stack) -> str:
     """A deletion left pending for the whole module: refusals must never move it."""
-    return request_pending(stack)
+    return one_image_pending(stack)
 
 
-def request_pending(stack: Stack, person: Person = REQUESTER, channel: str = CHANNEL) -> str:
-    """Make a one-image deletion request and wait for its approval buttons."""
+def one_image_pending(stack: Stack, person: Person = REQUESTER, channel: str = CHANNEL) -> str:
+    """Make a one-image deletion request (an image no earlier request named) and wait for its
+    approval buttons."""
     project = stack.cv.data.project_ids()[0]
     used = {
         str(r.command.get("image_ids", [""])[0])
@@ -407,13 +409,7 @@ def request_pending(stack: Stack, person: Person = REQUESTER, channel: str = CHA
         if r.command.get("image_ids")
     }
     image = next(i for i in stack.cv.data.image_ids(project) if i not in used)
-    response = driver(stack).command(
-        person.user_id, channel, f"delete images {project} --ids {image}"
-    )
-    rid = stack.request_id(response)
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
-    stack.wait_delivered()
-    return rid
+    return request_pending(stack, f"delete images {project} --ids {image}", person, channel)
 
 
 def test_hostile_requests_unknown_action_id_answers_and_changes_nothing(
@@ -528,7 +524,7 @@ def test_hostile_requests_click_from_another_channel_does_not_act(
     quiet: Stack, person: Person, action: str
 ) -> None:
     stack = quiet
-    rid = request_pending(stack)
+    rid = one_image_pending(stack)
     ts = stack.bot.store.get(rid).message_ts
     assert ts is not None
     seq = last_seq(stack)
@@ -674,7 +670,7 @@ def arrange(stack: Stack, state: str) -> str | None:
         )
         assert stack.wait_status(rid, "failed", "done") == "failed"
         return rid
-    rid = request_pending(stack, APPROVER if state == "own-pending" else REQUESTER)
+    rid = one_image_pending(stack, APPROVER if state == "own-pending" else REQUESTER)
     if state == "expired":
         with stack.bot.store.write() as conn:
             number = stack.bot.store.get(rid).number

@@ -31,6 +31,7 @@ from bot import audit
 from emulators.customvision import API_BASE, Seed, routes
 from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack, start_stack
 from handlers import blocks
+from tests.conftest import request_pending
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=12, predictions=2, image_bytes=128)
 
@@ -434,12 +435,7 @@ def test_malformed_api_an_html_page_for_every_call_fails_and_says_so(
 
 def pending_deletion(stack: Stack, images: list[str]) -> str:
     project = project_id(stack)
-    rid = stack.request_id(
-        stack.command(REQUESTER, f"delete images {project} --ids {','.join(images)}")
-    )
-    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid)
-    stack.wait_delivered()
-    return rid
+    return request_pending(stack, f"delete images {project} --ids {','.join(images)}")
 
 
 def approve(stack: Stack, rid: str) -> str:

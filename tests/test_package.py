@@ -59,7 +59,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def writer(work: Path, limit: int = 100 * 1024 * 1024, clock: FakeClock | None = None):
+def writer(
+    work: Path, limit: int = 100 * 1024 * 1024, clock: FakeClock | None = None
+) -> PackageWriter:
     clock = clock or FakeClock(START)
     return PackageWriter(work / "R-1042", INFO, max_part_bytes=limit, clock=clock.now)
 
@@ -77,9 +79,12 @@ def random_bytes(rng: random.Random, n: int) -> bytes:
 def manifest_of(parts: list[Part]) -> dict[str, Any]:
     with zipfile.ZipFile(parts[-1].path) as zf:
         if "manifest.json" in zf.namelist():
-            return json.loads(zf.read("manifest.json"))
-    pieces = sorted(n for p in parts for n in p.entries if n.startswith("manifest.json."))
-    return json.loads(b"".join(member(parts, n) for n in pieces))
+            manifest = json.loads(zf.read("manifest.json"))
+        else:
+            pieces = sorted(n for p in parts for n in p.entries if n.startswith("manifest.json."))
+            manifest = json.loads(b"".join(member(parts, n) for n in pieces))
+    assert isinstance(manifest, dict)
+    return manifest
 
 
 def member(parts: list[Part], name: str) -> bytes:
@@ -257,7 +262,10 @@ def test_plan_entry_splits_what_no_part_holds(
     assert plan.new_part_first is new_first
     assert sum(plan.pieces) == size
     assert plan.width == max(3, len(str(len(plan.pieces))))
-    bound = (lambda n: n + (n >> 10) + 64) if deflate else (lambda n: n)
+
+    def bound(n: int) -> int:
+        return n + (n >> 10) + 64 if deflate else n
+
     first_room = 50_000 - (0 if new_first else used)
     assert all(bound(p) < 50_000 for p in plan.pieces)
     assert bound(plan.pieces[0]) < first_room

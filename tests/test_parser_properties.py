@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -321,7 +321,8 @@ def valid_commands(draw: st.DrawFn) -> tuple[str, Command]:
         if spec.maybe():
             since = draw(st.dates())
             spec.flag("since", since.isoformat())
-        chosen = draw(st.sampled_from([None, "csv", "jsonl"]))
+        formats: list[Literal["csv", "jsonl"] | None] = [None, "csv", "jsonl"]
+        chosen = draw(st.sampled_from(formats))
         if chosen is not None:
             spec.flag("format", cased(draw, chosen))
         return spec.text(verb, None), AuditExport(request, since, chosen or "csv")
@@ -371,7 +372,7 @@ def test_parser_free_text_survives_any_characters_when_quoted(
 
 
 @SETTINGS
-@given(st.text(st.characters(exclude_categories=("Cs",)), max_size=1500))
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=1500))
 def test_parser_reason_never_keeps_control_characters(raw: str) -> None:
     escaped = "".join("\\" + c if c in DOUBLE or c == "\\" else c for c in raw)
     try:

@@ -22,6 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from emulators.slack.driver import SlackDriver, signature
 from emulators.slack.webapi import SlackEmulator
+from tests.test_slack_emulator import dialog
 
 SPECS = Path("/work/shared/specs/slack")
 TOKEN = "xoxb-emulator-bot-token"
@@ -50,25 +51,6 @@ class Bot:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     submissions: list[dict[str, Any]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
-
-
-def _modal() -> dict[str, Any]:
-    return {
-        "type": "modal",
-        "callback_id": "reject",
-        "private_metadata": "R-1|C1",
-        "title": {"type": "plain_text", "text": "Reject R-1"},
-        "submit": {"type": "plain_text", "text": "Reject"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": "reason",
-                "label": {"type": "plain_text", "text": "Reason"},
-                "element": {"type": "plain_text_input", "action_id": "text"},
-            }
-        ],
-    }
 
 
 def _announcement(ts_text: str = "Request R-1") -> tuple[str, list[dict[str, Any]]]:
@@ -135,7 +117,7 @@ def bot(emulator: SlackEmulator) -> Iterator[Bot]:
     @app.action("request.reject")
     def on_reject(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        client.views_open(trigger_id=body["trigger_id"], view=_modal())
+        client.views_open(trigger_id=body["trigger_id"], view=dialog())
         bot.done.set()
 
     @app.view("reject")
@@ -318,7 +300,7 @@ def test_driver_click_on_an_unknown_message_is_refused(emulator: SlackEmulator) 
 def test_driver_view_submission_payload_matches_the_fixture(emulator: SlackEmulator) -> None:
     driver = SlackDriver("http://127.0.0.1:9/slack/events", SECRET, emulator)
     client = WebClient(token=TOKEN, base_url=emulator.api_url)
-    opened = client.views_open(trigger_id=emulator.new_trigger_id("U2"), view=_modal())["view"]
+    opened = client.views_open(trigger_id=emulator.new_trigger_id("U2"), view=dialog())["view"]
     payload = driver.view_submission_payload(
         "U2", "reject", "R-1|C1", {"reason": {"text": "duplicate request"}}
     )

@@ -16,6 +16,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from emulators.slack.records import Sharing
 from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 
 TOKEN = "xoxb-emulator-bot-token"
@@ -730,7 +731,8 @@ def test_emulator_methods_check_scopes(method: str, arguments: dict[str, str], s
 # -- views.open --------------------------------------------------------------------------------
 
 
-def _modal(callback_id: str = "reject") -> dict[str, Any]:
+def dialog(callback_id: str = "reject") -> dict[str, Any]:
+    """Return the bot's rejection dialog in shape: one required text input."""
     return {
         "type": "modal",
         "callback_id": callback_id,
@@ -753,7 +755,7 @@ def test_emulator_views_open_uses_a_trigger_once(
     emulator: SlackEmulator, client: WebClient
 ) -> None:
     trigger = emulator.new_trigger_id("U1")
-    view = client.views_open(trigger_id=trigger, view=_modal())["view"]
+    view = client.views_open(trigger_id=trigger, view=dialog())["view"]
     assert view["id"].startswith("V")
     assert (view["callback_id"], view["private_metadata"], view["state"]) == (
         "reject",
@@ -768,7 +770,7 @@ def test_emulator_views_open_uses_a_trigger_once(
         "reject",
     )
     assert opened.view == view
-    again = _error(lambda: client.views_open(trigger_id=trigger, view=_modal()))
+    again = _error(lambda: client.views_open(trigger_id=trigger, view=dialog()))
     assert again == "exchanged_trigger_id"
     assert len(emulator.views()) == 1
 
@@ -779,26 +781,32 @@ def test_emulator_views_open_refuses_an_expired_trigger() -> None:
         client = WebClient(token=TOKEN, base_url=emulator.api_url)
         trigger = emulator.new_trigger_id("U1")
         clock.now += 3.5
-        assert _error(lambda: client.views_open(trigger_id=trigger, view=_modal())) == (
+        assert _error(lambda: client.views_open(trigger_id=trigger, view=dialog())) == (
             "expired_trigger_id"
         )
         fresh = emulator.new_trigger_id("U1")
         clock.now += 2.9
-        assert client.views_open(trigger_id=fresh, view=_modal())["ok"] is True
+        assert client.views_open(trigger_id=fresh, view=dialog())["ok"] is True
 
 
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
-        ({"view": _modal()}, "invalid_arguments"),
-        ({"trigger_id": "1.2.3", "view": _modal()}, "invalid_trigger_id"),
+        ({"view": dialog()}, "invalid_arguments"),
+        ({"trigger_id": "1.2.3", "view": dialog()}, "invalid_trigger_id"),
         ({"trigger_id": "TRIGGER"}, "invalid_arguments"),
-        ({"trigger_id": "TRIGGER", "view": {**_modal(), "type": "home"}}, "invalid_arguments"),
-        ({"trigger_id": "TRIGGER", "view": {**_modal(), "submit": None}}, "invalid_arguments"),
+        (
+            {"trigger_id": "TRIGGER", "view": {**dialog(), "type": "home"}},
+            "invalid_arguments",
+        ),
+        (
+            {"trigger_id": "TRIGGER", "view": {**dialog(), "submit": None}},
+            "invalid_arguments",
+        ),
         (
             {
                 "trigger_id": "TRIGGER",
-                "view": {**_modal(), "title": {"type": "plain_text", "text": "x" * 25}},
+                "view": {**dialog(), "title": {"type": "plain_text", "text": "x" * 25}},
             },
             "invalid_arguments",
         ),
@@ -1033,7 +1041,13 @@ def test_emulator_stop_closes_the_port() -> None:
 
 
 def test_emulator_latency_applies_per_call_count(emulator: SlackEmulator) -> None:
-    impatient = WebClient(token=TOKEN, base_url=emulator.api_url, timeout=0.3, retry_handlers=[])
+    # slack-sdk annotates `timeout` as int, yet hands it to urllib, which takes float seconds.
+    impatient = WebClient(
+        token=TOKEN,
+        base_url=emulator.api_url,
+        timeout=0.3,  # type: ignore[arg-type]
+        retry_handlers=[],
+    )
     emulator.inject_latency("usergroups.users.list", 1.5, times=1, skip=1)
     assert impatient.usergroups_users_list(usergroup="S1")["ok"] is True  # let through
     with pytest.raises(OSError):  # urllib's timeout: the answer came too late
@@ -1073,7 +1087,7 @@ def test_emulator_server_errors_are_retried_by_slack_sdk(emulator: SlackEmulator
     ],
 )
 def test_emulator_conversations_info_tells_shared_channels(
-    emulator: SlackEmulator, client: WebClient, kind: dict[str, bool], expected: dict[str, Any]
+    emulator: SlackEmulator, client: WebClient, kind: Sharing, expected: dict[str, Any]
 ) -> None:
     emulator.add_channel("C9", "partners", **kind)
     info = client.conversations_info(channel="C9")["channel"]

@@ -43,7 +43,8 @@ def _section(text: str) -> dict[str, Any]:
 def _refusal(client: WebClient, **arguments: Any) -> dict[str, Any]:
     with pytest.raises(SlackApiError) as caught:
         client.chat_postMessage(**{"channel": "C1", "text": "fallback", **arguments})
-    data: dict[str, Any] = caught.value.response.data  # type: ignore[assignment]
+    data = caught.value.response.data
+    assert isinstance(data, dict)
     return data
 
 

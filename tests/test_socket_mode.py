@@ -70,13 +70,13 @@ def stack(tmp_path: Path) -> Iterator[SocketStack]:
         bot.start()
         try:
             handler = socket_mode(bot)
-            handler.connect()
+            handler.connect()  # type: ignore[no-untyped-call]  # slack_bolt leaves it unannotated
             try:
                 assert slack.socket_mode.connected(timeout=5.0)
                 driver = SlackDriver("socket-mode", "", slack, command=config.bot_command)
                 yield SocketStack(cv, slack, bot, driver)
             finally:
-                handler.close()
+                handler.close()  # type: ignore[no-untyped-call]  # likewise
         finally:
             bot.stop()
     finally:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -187,10 +187,10 @@ def test_training_client_repr_and_errors_never_show_the_key() -> None:
     ],
 )
 def test_training_client_rejects_bad_settings(
-    endpoint: str, kwargs: dict[str, float], message: str
+    endpoint: str, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainingClient(endpoint, KEY, **kwargs)  # type: ignore[arg-type]
+        TrainingClient(endpoint, KEY, **kwargs)
 
 
 # -- the real client over HTTP against the emulator --------------------------------------------
@@ -525,9 +525,9 @@ def test_training_client_follows_the_prediction_token_then_deletes_by_64(
     [(True, "customvision"), (False, "customvision"), (False, "apim")],
 )
 def test_training_client_retries_429_after_the_wait_it_asks_for(
-    make_rig: MakeRig, header: bool, wording: str
+    make_rig: MakeRig, header: bool, wording: Literal["customvision", "apim"]
 ) -> None:
-    faults = Faults(tps_cap=1, retry_after_header=header, throttle_wording=wording)  # type: ignore[arg-type]
+    faults = Faults(tps_cap=1, retry_after_header=header, throttle_wording=wording)
     rig = make_rig(faults=faults, on_sleep=lambda _: setattr(faults, "tps_cap", None))
     rig.client.get_domains()  # fills the emulator's one-call window
     assert [p.id for p in rig.client.get_projects()] == rig.emu.data.project_ids()
@@ -809,6 +809,7 @@ ERROR_CASES: list[tuple[str, Faults, Callable[[Rig, Path], Any], type[TrainingAp
         "malformed",
         Faults(),
         lambda r, d: (
+            # not a string: what a malformed answer holds, which the types rightly refuse
             r.emu.data.add_images(r.project, 1, metadata={"k": 1}),  # type: ignore[dict-item]
             list(r.client.iter_images(r.project)),
         ),
@@ -843,6 +844,7 @@ def test_training_client_key_never_appears_in_errors_or_logs(
 
 def test_training_client_malformed_body_names_the_operation(make_rig: MakeRig) -> None:
     rig = make_rig()
+    # not a string: what a malformed answer holds, which the types rightly refuse
     rig.emu.data.add_images(rig.project, 1, metadata={"subject": 17})  # type: ignore[dict-item]
     with pytest.raises(MalformedResponse) as caught:
         list(rig.client.iter_images(rig.project))

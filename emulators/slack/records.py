@@ -7,7 +7,7 @@ and compare them while the emulator serves on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
     "ApiCall",
@@ -17,6 +17,7 @@ __all__ = [
     "Message",
     "MessageVersion",
     "OpenedView",
+    "Sharing",
     "UploadedFile",
     "User",
 ]
@@ -141,6 +142,14 @@ class Channel:
     is_ext_shared: bool = False
     is_org_shared: bool = False
     is_pending_ext_shared: bool = False
+
+
+class Sharing(TypedDict, total=False):
+    """How a channel is shared beyond the workspace: the keywords of `add_channel`."""
+
+    is_ext_shared: bool
+    is_org_shared: bool
+    is_pending_ext_shared: bool
 
 
 @dataclass(frozen=True)
