@@ -317,7 +317,7 @@ def test_soak_random_requests_under_rotating_faults(soak_stack: tuple[Stack, Pat
     try:
         # Every request finished, or failed saying exactly why; none was refused and then done.
         records = driver.requests()
-        tickets = {(r.command.get("meta") or {}).get("ticket") for r in records}
+        tickets = {str(t) for r in records if (t := (r.command.get("meta") or {}).get("ticket"))}
         lied = tickets & set(driver.refused)
         figures.counts["answered as refused, yet recorded"] = len(lied)
         assert len(records) == driver.sent - len(driver.refused) + len(lied)
