@@ -28,8 +28,7 @@ from typing import Any
 from bot.deletion import SUMMARY_KEYS
 from emulators.customvision import Exchange, Seed
 from emulators.stack import APPROVER, CHANNEL, Stack
-from tests.conftest import StartStack, exported
-from tests.test_e2e_delete import request_pending
+from tests.conftest import StartStack, exported, request_pending
 from tests.test_e2e_plan import someone_else, thread
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
