@@ -31,7 +31,7 @@ import requests
 
 import bot
 from bot.ids import parse_request_id
-from bot.store import TERMINAL
+from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.slack.webapi import SlackEmulator

@@ -33,10 +33,11 @@ from bot.clock import Clock, SystemClock
 from bot.config import Config
 from bot.db import Database
 from bot.errors import ConfigError
+from bot.lifecycle import TERMINAL
 from bot.policy import Rules
 from bot.runner import Runner, Settings
 from bot.service import Service
-from bot.store import TERMINAL, Store
+from bot.store import Store
 from bot.training import TrainingClient
 from handlers.decider import Decider
 from handlers.directory import SlackDirectory

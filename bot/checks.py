@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
 from urllib.parse import urlsplit
 
-from bot import audit
 from bot.config import Config
 from bot.db import Database
 from bot.errors import MalformedResponse, Throttled, TrainingApiError, TransportError, Unauthorized
@@ -158,14 +157,7 @@ def check_database(config: Config, db: Database | None = None) -> list[Check]:
     )
     try:
         with _database(config, db) as opened:
-            conn = opened.conn
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("CREATE TABLE _cvdsr_write_check (x INTEGER)")
-            finally:
-                conn.execute("ROLLBACK")
-            verification = audit.verify(conn)
+            version, verification = opened.probe()
     except (sqlite3.Error, OSError) as exc:
         return [Check(name, False, f"{config.database}: {exc}", fix)]
     checks = [Check(name, True, f"{config.database} is writable (schema v{version})")]

@@ -233,14 +233,33 @@ class Database:
         if conn is None:
             conn = connect(self.path)
             self._local.conn = conn
+            # No recursive triggers (the audit log's guards must fire exactly as written) and
+            # no plugins: the wrapper only builds statements on this connection.
+            self._local.tables = sqlite_utils.Database(
+                conn, recursive_triggers=False, execute_plugins=False
+            )
             with self._lock:
                 self._all.append(conn)
         return conn
 
     @property
     def tables(self) -> sqlite_utils.Database:
-        """Return this thread's connection wrapped by sqlite-utils."""
-        return sqlite_utils.Database(self.conn)
+        """Return this thread's connection wrapped by sqlite-utils (opened on first use)."""
+        self.conn  # noqa: B018 - opens this thread's connection and its wrapper
+        tables: sqlite_utils.Database = self._local.tables
+        return tables
+
+    def probe(self) -> tuple[int, audit.Verification]:
+        """Return the schema version and the audit chain's verification, after checking that
+        a write lock can be taken and a table created (then rolled back)."""
+        conn = self.conn
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE _cvdsr_write_check (x INTEGER)")
+        finally:
+            conn.execute("ROLLBACK")
+        return version, audit.verify(conn)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bot import audit, commands, parser, webpage, wording
+from bot import commands, parser, webpage, wording
 from bot.clock import iso
 from bot.errors import (
     BotError,
@@ -70,6 +70,7 @@ from bot.errors import (
     WorkDirFull,
     is_disk_full,
 )
+from bot.lifecycle import DeletionItem, ItemStatus, JobStatus, Status
 from bot.runner import JobContext, Outcome
 from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
 
@@ -91,7 +92,7 @@ PHASES = {
     "iteration": "deleting iterations",
     "project": "deleting the project",
 }
-CONFIRMED = frozenset({"deleted", "gone"})
+CONFIRMED = frozenset({ItemStatus.DELETED, ItemStatus.GONE})
 MULTI = frozenset({"image", "prediction"})  # one call removes every item of the batch
 NOUNS = {  # (singular, plural), for counts in messages, in the order messages name them
     "image": ("image", "images"),
@@ -121,15 +122,15 @@ CONTAINERS = frozenset({"project", "iteration", "tag"})  # their call removes wh
 # What this request did to an item, by its status: the receipt summary's column (SUMMARY_KEYS)
 # and the words of the item's `result`. Every count of a receipt or message comes from here.
 RESULTS = {
-    "deleted": ("removed", "removed by this request"),
-    "gone": ("already_absent", "already absent (not removed by this request)"),
-    "sending": ("outcome_unknown", "outcome unknown (a retry re-reads it first)"),
-    "failed": ("not_removed", "not removed"),
-    "pending": ("not_attempted", "not attempted"),
+    ItemStatus.DELETED: ("removed", "removed by this request"),
+    ItemStatus.GONE: ("already_absent", "already absent (not removed by this request)"),
+    ItemStatus.SENDING: ("outcome_unknown", "outcome unknown (a retry re-reads it first)"),
+    ItemStatus.FAILED: ("not_removed", "not removed"),
+    ItemStatus.PENDING: ("not_attempted", "not attempted"),
 }
 UNPUBLISH_RESULTS = {
-    "deleted": "unpublished by this request",
-    "gone": "already unpublished (not by this request)",
+    ItemStatus.DELETED: "unpublished by this request",
+    ItemStatus.GONE: "already unpublished (not by this request)",
 }
 VERIFIED = {"gone": "verified_gone", "survived": "survived", None: "not_verified"}
 # One summary row per project and kind: the planned items, what became of them, and what the
@@ -194,21 +195,22 @@ class Facts:
         return len(self.images) + own
 
 
-def plan_items(facts: Facts) -> list[dict[str, Any]]:
+def plan_items(facts: Facts) -> list[DeletionItem]:
     """Return the deletion items in execution order, with batch numbers (see module doc)."""
-    items: list[dict[str, Any]] = []
+    items: list[DeletionItem] = []
     batch = 0
     p = facts.project_id
 
     def add(kind: str, target: str, parent: str | None = None) -> None:
         items.append(
-            {
-                "kind": kind,
-                "project_id": p,
-                "target_id": target,
-                "parent_id": parent,
-                "batch": batch,
-            }
+            DeletionItem(
+                seq=len(items) + 1,
+                kind=kind,
+                project_id=p,
+                target_id=target,
+                parent_id=parent,
+                batch=batch,
+            )
         )
 
     for it in facts.iterations:
@@ -364,7 +366,7 @@ def preview_of(facts: Facts) -> dict[str, Any]:
 
 
 def changes_since(
-    frozen: Sequence[Mapping[str, Any]], preview: Mapping[str, Any], facts: Facts
+    frozen: Sequence[DeletionItem], preview: Mapping[str, Any], facts: Facts
 ) -> dict[str, int]:
     """Return what the live `facts` would remove beyond the frozen plan, by kind (none: {}).
 
@@ -373,11 +375,11 @@ def changes_since(
     they are simply absent when their turn comes. DeleteTag also takes the tag off every image
     carrying it, so for `delete tag` more tagged images than the preview showed count too.
     """
-    known = {(i["kind"], str(i["target_id"]).lower()) for i in frozen}
+    known = {(i.kind, str(i.target_id).lower()) for i in frozen}
     new: dict[str, int] = {}
     for item in plan_items(facts):
-        if (item["kind"], str(item["target_id"]).lower()) not in known:
-            new[item["kind"]] = new.get(item["kind"], 0) + 1
+        if (item.kind, str(item.target_id).lower()) not in known:
+            new[item.kind] = new.get(item.kind, 0) + 1
     if facts.kind == commands.DeleteKind.TAG:
         shown = {str(t["id"]).lower(): int(t["images"]) for t in preview.get("tags") or ()}
         more = sum(max(0, t.images - shown.get(t.id.lower(), 0)) for t in facts.tags)
@@ -400,11 +402,11 @@ def describe_changes(changes: Mapping[str, int]) -> str:
     return wording.join_words(wording.count(n, *words[k]) for k, n in changes.items() if n)
 
 
-def counts_of(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def counts_of(items: Iterable[DeletionItem]) -> dict[str, int]:
     """Return how many items of each kind a plan holds (keys in COUNT_ORDER, zero omitted)."""
     counts = dict.fromkeys(COUNT_ORDER, 0)
     for item in items:
-        counts[item["kind"]] += 1
+        counts[item.kind] += 1
     return {kind: n for kind, n in counts.items() if n}
 
 
@@ -413,67 +415,66 @@ def _described(counts: Mapping[str, int]) -> str:
     return wording.describe_counts(counts, NOUNS)
 
 
-def batches_of(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+def batches_of(items: Sequence[DeletionItem]) -> list[list[DeletionItem]]:
     """Return the items grouped by batch, in execution order."""
-    grouped: dict[int, list[Mapping[str, Any]]] = {}
-    for item in sorted(items, key=lambda i: int(i["seq"])):
-        grouped.setdefault(int(item["batch"]), []).append(item)
+    grouped: dict[int, list[DeletionItem]] = {}
+    for item in sorted(items, key=lambda i: i.seq):
+        grouped.setdefault(item.batch, []).append(item)
     return [grouped[b] for b in sorted(grouped)]
 
 
-def result_of(kind: str, status: str) -> str:
+def result_of(kind: str, status: ItemStatus) -> str:
     """Return what a receipt says this request did to one item."""
     if kind == "unpublish" and status in UNPUBLISH_RESULTS:
         return UNPUBLISH_RESULTS[status]
     return RESULTS[status][1]
 
 
-def outcome_of(item: Mapping[str, Any]) -> str:
-    """Return the summary column (a key of SUMMARY_KEYS) an item's status counts in."""
-    return RESULTS[item["status"]][0]
+def outcome_of(row: Mapping[str, Any]) -> str:
+    """Return the summary column (a key of SUMMARY_KEYS) a receipt row's status counts in."""
+    return RESULTS[row["status"]][0]
 
 
-def with_outcome(items: Iterable[Mapping[str, Any]], outcome: str) -> dict[str, int]:
+def with_outcome(items: Iterable[DeletionItem], outcome: str) -> dict[str, int]:
     """Return counts_of the items whose status counts in summary column `outcome`."""
-    return counts_of(i for i in items if outcome_of(i) == outcome)
+    return counts_of(i for i in items if RESULTS[i.status][0] == outcome)
 
 
-def receipt_summary(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def receipt_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Return the receipt's summary rows: `project_id`, `kind` and the counts of SUMMARY_KEYS.
 
-    One row per project and kind, in the order the items (receipt rows or plan items) first
-    name them.
+    One row per project and kind, in the order the receipt rows first name them.
     """
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in items:
-        key = (str(item["project_id"]), str(item["kind"]))
-        if key not in rows:
-            rows[key] = {"project_id": key[0], "kind": key[1], **dict.fromkeys(SUMMARY_KEYS, 0)}
-        row = rows[key]
-        row["planned"] += 1
-        row[outcome_of(item)] += 1
-        row[VERIFIED[item["verified"]]] += 1
-    return list(rows.values())
+    summary: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (str(row["project_id"]), str(row["kind"]))
+        if key not in summary:
+            summary[key] = {"project_id": key[0], "kind": key[1], **dict.fromkeys(SUMMARY_KEYS, 0)}
+        counts = summary[key]
+        counts["planned"] += 1
+        counts[outcome_of(row)] += 1
+        counts[VERIFIED[row["verified"]]] += 1
+    return list(summary.values())
 
 
-def receipt_rows(request_id: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def receipt_rows(request_id: str, items: Sequence[DeletionItem]) -> list[dict[str, Any]]:
     """Return one receipt row per item (RECEIPT_COLUMNS), in execution order."""
     return [
         {
             "request_id": request_id,
-            "project_id": item["project_id"],
-            "kind": item["kind"],
-            "target_id": item["target_id"],
-            "parent_id": item["parent_id"],
-            "batch": item["batch"],
-            "status": item["status"],
-            "operation": item["operation"],
-            "http_status": item["http_status"],
-            "at": item["at"],
-            "verified": item["verified"],
-            "result": result_of(item["kind"], item["status"]),
+            "project_id": item.project_id,
+            "kind": item.kind,
+            "target_id": item.target_id,
+            "parent_id": item.parent_id,
+            "batch": item.batch,
+            "status": item.status,
+            "operation": item.operation,
+            "http_status": item.http_status,
+            "at": item.at,
+            "verified": item.verified,
+            "result": result_of(item.kind, item.status),
         }
-        for item in sorted(items, key=lambda i: int(i["seq"]))
+        for item in sorted(items, key=lambda i: i.seq)
     ]
 
 
@@ -784,7 +785,7 @@ def run_preview(ctx: JobContext) -> Outcome:
     ttl = ctx.settings.approval_ttl
     # The plan replaces any earlier one (a preview run again after a restart or a retry).
     return Outcome(
-        request_status="pending",
+        request_status=Status.PENDING,
         request_fields={"preview": preview, "expires_at": iso(ctx.clock.now() + ttl)},
         audit_action="preview.computed",
         audit_details={"counts": counts, "summary": preview["summary"]},
@@ -813,7 +814,7 @@ def _present_images(client: TrainingClient, p: str, ids: Sequence[str]) -> set[s
 
 
 def _present(
-    client: TrainingClient, p: str, kind: str, item: Mapping[str, Any], targets: Sequence[str]
+    client: TrainingClient, p: str, kind: str, item: DeletionItem, targets: Sequence[str]
 ) -> list[str]:
     """Return the targets that still exist (an unpublish target: still published)."""
     try:
@@ -824,12 +825,12 @@ def _present(
             stored = {pr.id for pr in client.iter_predictions(p)}
             return [t for t in targets if t in stored]
         if kind == "tag":
-            client.get_tag(p, item["target_id"])
+            client.get_tag(p, item.target_id)
         elif kind == "iteration":
-            client.get_iteration(p, item["target_id"])
+            client.get_iteration(p, item.target_id)
         elif kind == "project":
             client.get_project(p)
-        elif kind == "unpublish" and not client.get_iteration(p, item["parent_id"]).publish_name:
+        elif kind == "unpublish" and not client.get_iteration(p, _iteration_of(item)).publish_name:
             return []
         return list(targets)
     except NotFound:
@@ -837,19 +838,25 @@ def _present(
 
 
 def _call(
-    client: TrainingClient, p: str, kind: str, item: Mapping[str, Any], targets: Sequence[str]
+    client: TrainingClient, p: str, kind: str, item: DeletionItem, targets: Sequence[str]
 ) -> int:
     if kind == "image":
         return client.delete_images(p, targets, all_iterations=True)
     if kind == "prediction":
         return client.delete_predictions(p, targets)
     if kind == "tag":
-        return client.delete_tag(p, item["target_id"])
+        return client.delete_tag(p, item.target_id)
     if kind == "iteration":
-        return client.delete_iteration(p, item["target_id"])
+        return client.delete_iteration(p, item.target_id)
     if kind == "project":
         return client.delete_project(p)
-    return client.unpublish_iteration(p, item["parent_id"])
+    return client.unpublish_iteration(p, _iteration_of(item))
+
+
+def _iteration_of(unpublish: DeletionItem) -> str:
+    """Return the iteration an unpublish item stops publishing (its parent, always set)."""
+    assert unpublish.parent_id is not None, unpublish
+    return unpublish.parent_id
 
 
 def _already_gone(kind: str, exc: TrainingApiError) -> bool:
@@ -867,10 +874,10 @@ class _BatchFailed(Exception):
 
 def _mark(
     ctx: JobContext,
-    batch: Sequence[Mapping[str, Any]],
+    batch: Sequence[DeletionItem],
     targets: Sequence[str] | None,
     *,
-    status: str,
+    status: ItemStatus,
     http_status: int | None,
     action: str,
     outcome: str,
@@ -878,50 +885,42 @@ def _mark(
 ) -> None:
     """Mark a batch (or some targets of a multi-id batch) and audit it, in one transaction."""
     first = batch[0]
-    kind = first["kind"]
-    number = ctx.request.number
+    kind = first.kind
     selected = list(targets) if targets is not None and kind in MULTI else None
-    shown = selected if selected is not None else [first["target_id"]]
-    with ctx.store.write() as conn:
-        ctx.store.mark_items(
-            conn,
-            number,
-            int(first["batch"]),
+    shown = selected if selected is not None else [first.target_id]
+    with ctx.transaction() as tx:
+        tx.mark_items(
+            first.batch,
             status=status,
             http_status=http_status,
             operation=OPERATIONS[kind],
             target_ids=selected,
         )
-        ctx.store.audit(
-            conn,
-            "bot",
+        tx.audit(
             action,
-            request=number,
             targets=shown,
             outcome=outcome,
             details={
                 "operation": OPERATIONS[kind],
-                "project_id": first["project_id"],
-                "batch": int(first["batch"]),
+                "project_id": first.project_id,
+                "batch": first.batch,
                 "http_status": http_status,
-                **({"iteration_id": first["parent_id"]} if kind == "unpublish" else {}),
+                **({"iteration_id": first.parent_id} if kind == "unpublish" else {}),
                 **({"covered": len(batch) - 1} if kind not in MULTI and len(batch) > 1 else {}),
                 **details,
             },
         )
 
 
-def _run_batch(
-    ctx: JobContext, batch: Sequence[Mapping[str, Any]], *, resolve_timeout: float
-) -> None:
+def _run_batch(ctx: JobContext, batch: Sequence[DeletionItem], *, resolve_timeout: float) -> None:
     """Send one batch unless the service already confirmed it; raise _BatchFailed."""
     first = batch[0]
-    kind = first["kind"]
-    p = first["project_id"]
-    open_items = [i for i in batch if i["status"] not in CONFIRMED]
+    kind = first.kind
+    p = first.project_id
+    open_items = [i for i in batch if i.status not in CONFIRMED]
     if not open_items:
         return
-    targets = [i["target_id"] for i in open_items] if kind in MULTI else [first["target_id"]]
+    targets = [i.target_id for i in open_items] if kind in MULTI else [first.target_id]
     step = "api.probe"
     try:
         # Re-read before sending. Ids already absent were not removed by this request; those
@@ -931,7 +930,7 @@ def _run_batch(
         if (
             kind in MULTI
             or kind == "unpublish"
-            or any(i["status"] != "pending" for i in open_items)
+            or any(i.status != ItemStatus.PENDING for i in open_items)
         ):
             present = _present(ctx.client, p, kind, first, targets)
             _settle_absent(ctx, batch, open_items, [t for t in targets if t not in present])
@@ -939,12 +938,10 @@ def _run_batch(
             if not targets:
                 return
         step = "api.call"
-        with ctx.store.write() as conn:
-            ctx.store.mark_items(
-                conn,
-                ctx.request.number,
-                int(first["batch"]),
-                status="sending",
+        with ctx.transaction() as tx:
+            tx.mark_items(
+                first.batch,
+                status=ItemStatus.SENDING,
                 target_ids=targets if kind in MULTI else None,
             )
         try:
@@ -956,7 +953,7 @@ def _run_batch(
                 ctx,
                 batch,
                 targets,
-                status="gone",
+                status=ItemStatus.GONE,
                 http_status=exc.status,
                 action=step,
                 outcome="gone",
@@ -967,7 +964,7 @@ def _run_batch(
             ctx,
             batch,
             targets,
-            status="deleted",
+            status=ItemStatus.DELETED,
             http_status=status,
             action=step,
             outcome="ok",
@@ -982,29 +979,29 @@ def _run_batch(
                 ctx,
                 batch,
                 targets,
-                status="failed",
+                status=ItemStatus.FAILED,
                 http_status=exc.status,
                 action=step,
                 outcome="failed",
                 details={"code": exc.code, "error": exc.user_message},
             )
-        raise _BatchFailed(exc, int(first["batch"])) from exc
+        raise _BatchFailed(exc, first.batch) from exc
 
 
 def _settle_absent(
     ctx: JobContext,
-    batch: Sequence[Mapping[str, Any]],
-    open_items: Sequence[Mapping[str, Any]],
+    batch: Sequence[DeletionItem],
+    open_items: Sequence[DeletionItem],
     absent: Sequence[str],
 ) -> None:
     """Record targets found absent before a call: removed by an earlier send, or by others."""
     if not absent:
         return
-    kind = batch[0]["kind"]
+    kind = batch[0].kind
     if kind in MULTI:
-        sent = {i["target_id"] for i in open_items if i["status"] == "sending"}
+        sent = {i.target_id for i in open_items if i.status == ItemStatus.SENDING}
     else:
-        sent = set(absent) if batch[0]["status"] == "sending" else set()
+        sent = set(absent) if batch[0].status == ItemStatus.SENDING else set()
     ours = [t for t in absent if t in sent]
     others = [t for t in absent if t not in sent]
     if ours:
@@ -1012,7 +1009,7 @@ def _settle_absent(
             ctx,
             batch,
             ours,
-            status="deleted",
+            status=ItemStatus.DELETED,
             http_status=None,
             action="api.probe",
             outcome="ok",
@@ -1023,7 +1020,7 @@ def _settle_absent(
             ctx,
             batch,
             others,
-            status="gone",
+            status=ItemStatus.GONE,
             http_status=None,
             action="api.probe",
             outcome="gone",
@@ -1033,7 +1030,7 @@ def _settle_absent(
 
 def _resolve(
     ctx: JobContext,
-    batch: Sequence[Mapping[str, Any]],
+    batch: Sequence[DeletionItem],
     targets: Sequence[str],
     error: TrainingApiError,
     *,
@@ -1048,13 +1045,13 @@ def _resolve(
     `sending`: still unknown, and a retry re-reads them before anything else.
     """
     first = batch[0]
-    kind = first["kind"]
+    kind = first.kind
     deadline = time.monotonic() + timeout
     delay = 0.05
     present: list[str] = list(targets)
     try:
         while True:
-            present = _present(ctx.client, first["project_id"], kind, first, targets)
+            present = _present(ctx.client, first.project_id, kind, first, targets)
             if not present or time.monotonic() >= deadline:
                 break
             sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -1074,7 +1071,7 @@ def _resolve(
             ctx,
             batch,
             removed,
-            status="deleted",
+            status=ItemStatus.DELETED,
             http_status=None,
             action="api.call",
             outcome="ok",
@@ -1085,7 +1082,7 @@ def _resolve(
             ctx,
             batch,
             present,
-            status="failed",
+            status=ItemStatus.FAILED,
             http_status=error.status,
             action="api.call",
             outcome="failed",
@@ -1098,45 +1095,45 @@ def _resolve(
 # Verification (I/O)
 
 
-def survivors(client: TrainingClient, items: Sequence[Mapping[str, Any]]) -> set[int]:
+def survivors(client: TrainingClient, items: Sequence[DeletionItem]) -> set[int]:
     """Return the seq of every item whose target still exists (unpublish: still published)."""
     if not items:
         return set()
-    p = items[0]["project_id"]
+    p = items[0].project_id
     try:
         client.get_project(p)
     except NotFound:
         return set()  # the project, and everything in it, is gone
     listed = {it.id: it for it in client.get_iterations(p)}
     left: set[int] = set()
-    images = [i for i in items if i["kind"] == "image"]
+    images = [i for i in items if i.kind == "image"]
     if images:
-        ids = [i["target_id"] for i in images]
+        ids = [i.target_id for i in images]
         present = {im.id for im in client.get_images_by_ids(p, ids)}
         for iteration_id in listed:
             try:
                 present.update(im.id for im in client.get_images_by_ids(p, ids, iteration_id))
             except NotFound:
                 continue
-        left.update(int(i["seq"]) for i in images if i["target_id"] in present)
-    predictions = [i for i in items if i["kind"] == "prediction"]
+        left.update(i.seq for i in images if i.target_id in present)
+    predictions = [i for i in items if i.kind == "prediction"]
     if predictions:
         stored = {pr.id for pr in client.iter_predictions(p)}
-        left.update(int(i["seq"]) for i in predictions if i["target_id"] in stored)
+        left.update(i.seq for i in predictions if i.target_id in stored)
     for item in items:
-        kind = item["kind"]
-        if kind == "iteration" and item["target_id"] in listed:
-            left.add(int(item["seq"]))
+        kind = item.kind
+        if kind == "iteration" and item.target_id in listed:
+            left.add(item.seq)
         elif kind == "unpublish":
-            iteration = listed.get(item["parent_id"])
+            iteration = listed.get(_iteration_of(item))
             if iteration is not None and iteration.publish_name:
-                left.add(int(item["seq"]))
+                left.add(item.seq)
         elif kind == "project":
-            left.add(int(item["seq"]))
+            left.add(item.seq)
         elif kind == "tag":
             try:
-                client.get_tag(p, item["target_id"])
-                left.add(int(item["seq"]))
+                client.get_tag(p, item.target_id)
+                left.add(item.seq)
             except NotFound:
                 pass
     return left
@@ -1144,7 +1141,7 @@ def survivors(client: TrainingClient, items: Sequence[Mapping[str, Any]]) -> set
 
 def verify(
     ctx: JobContext,
-    items: Sequence[Mapping[str, Any]],
+    items: Sequence[DeletionItem],
     *,
     timeout: float,
     sleep: Callable[[float], None] = time.sleep,
@@ -1157,14 +1154,14 @@ def verify(
     deadline = time.monotonic() + timeout
     delay = 0.05
     # Verdicts of gone are final (stored per round); a resumed job re-reads only the rest.
-    remaining = [i for i in items if i.get("verified") != "gone"]
+    remaining = [i for i in items if i.verified != "gone"]
     total = len(items)
     while True:
         ctx.progress(total - len(remaining), total, "verifying")
         left = survivors(ctx.client, remaining)
-        gone = [i for i in remaining if int(i["seq"]) not in left]
+        gone = [i for i in remaining if i.seq not in left]
         _store_verdicts(ctx, gone, "gone")
-        remaining = [i for i in remaining if int(i["seq"]) in left]
+        remaining = [i for i in remaining if i.seq in left]
         if not remaining or time.monotonic() >= deadline:
             break
         ctx.check()
@@ -1172,14 +1169,14 @@ def verify(
         delay = min(delay * 2, 5.0)
     _store_verdicts(ctx, remaining, "survived")
     ctx.progress(total - len(remaining), total, "verifying", force=True)
-    return {int(i["seq"]) for i in remaining}
+    return {i.seq for i in remaining}
 
 
-def _store_verdicts(ctx: JobContext, items: Sequence[Mapping[str, Any]], verdict: str) -> None:
+def _store_verdicts(ctx: JobContext, items: Sequence[DeletionItem], verdict: str) -> None:
     if not items:
         return
-    with ctx.store.write() as conn:
-        ctx.store.mark_verified(conn, ctx.request.number, [i["target_id"] for i in items], verdict)
+    with ctx.transaction() as tx:
+        tx.mark_verified([i.target_id for i in items], verdict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1206,7 +1203,7 @@ def write_receipt(
     returned outcome says the receipt follows.
     """
     record = ctx.request
-    items = ctx.store.deletion_items(record.number)
+    items = ctx.plan()
     rows = receipt_rows(record.id, items)
     preview = record.preview or {}
     meta = record.command.get("meta") or {}
@@ -1233,13 +1230,11 @@ def write_receipt(
         "attempt": attempt,
         "counts": counts_of(items),
         "summary": receipt_summary(rows),
-        "approvals": [
-            {"approver": who, "at": at} for who, at in ctx.store.approval_times(record.number)
-        ],
-        "audit_head": dict(zip(("seq", "hash"), audit.head(ctx.store.db.conn), strict=True)),
+        "approvals": [{"approver": who, "at": at} for who, at in ctx.approval_times()],
+        "audit_head": dict(zip(("seq", "hash"), ctx.audit_head(), strict=True)),
         "items": rows,
     }
-    render: dict[str, Any] = {}
+    render: dict[str, Any] | None = None
     try:
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         for path in (json_path, csv_path, html_path):
@@ -1248,7 +1243,7 @@ def write_receipt(
         if not is_disk_full(exc):
             raise
         full = WorkDirFull(ctx.work_dir, "It is posted in this thread as soon as there is room.")
-        render = {"render": {"receipt": document}}
+        render = {"receipt": document}
         then = replace(
             then,
             message=f"{(then.message or '').replace('receipt attached.', 'receipt to follow.')} "
@@ -1259,24 +1254,17 @@ def write_receipt(
     key = f"receipt:{record.number}"
     key_suffix = "" if attempt <= 1 else f":{attempt}"
     label = "deletion receipt" if outcome == "done" else f"deletion receipt ({outcome})"
-    with ctx.store.write() as conn:
+    with ctx.transaction() as tx:
         for path, fmt in ((json_path, "json"), (csv_path, "csv"), (html_path, "html")):
-            ctx.store.enqueue_once(
-                conn,
-                kind="upload",
-                channel=record.channel,
-                request=record.number,
-                key=f"{key}:{fmt}{key_suffix}",
-                payload={
-                    "path": str(path),
-                    "filename": f"{record.id}-receipt{suffix}.{fmt}",
-                    "title": f"{record.id} {label} ({fmt.upper()})",
-                    **({"comment": f"{record.id} {label}: {note}"} if fmt == "json" else {}),
-                    **render,
-                },
+            tx.queue_upload(
+                f"{key}:{fmt}{key_suffix}",
+                path,
+                filename=f"{record.id}-receipt{suffix}.{fmt}",
+                title=f"{record.id} {label} ({fmt.upper()})",
+                comment=f"{record.id} {label}: {note}" if fmt == "json" else None,
+                render=render,
             )
-        ctx.checkpoint["concluded"] = {"round": attempt, "outcome": asdict(then)}
-        ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
+        tx.save(concluded={"round": attempt, "outcome": asdict(then)})
     return then
 
 
@@ -1305,27 +1293,27 @@ def render_receipt(document: Mapping[str, Any], path: Path) -> None:
 # The delete job
 
 
-def _is_open(batch: Sequence[Mapping[str, Any]]) -> bool:
-    return any(i["status"] not in CONFIRMED for i in batch)
+def _is_open(batch: Sequence[DeletionItem]) -> bool:
+    return any(i.status not in CONFIRMED for i in batch)
 
 
 def _compare_with_plan(
-    ctx: JobContext, batch: Sequence[Mapping[str, Any]], started_at: str
+    ctx: JobContext, batch: Sequence[DeletionItem], started_at: str
 ) -> Outcome | None:
     """Read the live contents; return the new-plan outcome when they outgrew the frozen plan."""
     try:
         facts = collect_facts(ctx, parser.load_delete(ctx.request.command))
     except TrainingApiError as exc:
         if not isinstance(exc, NotFound):
-            raise _BatchFailed(exc, int(batch[0]["batch"])) from exc
+            raise _BatchFailed(exc, batch[0].batch) from exc
         return None  # the target is gone: nothing new can go with it
     except BotError:
         return None  # e.g. no iterations left: nothing new either
     record = ctx.request
-    changes = changes_since(ctx.store.deletion_items(record.number), record.preview or {}, facts)
+    changes = changes_since(ctx.plan(), record.preview or {}, facts)
     if not changes:
         return None
-    return _replanned(ctx, facts, changes, OPERATIONS[batch[0]["kind"]], started_at)
+    return _replanned(ctx, facts, changes, OPERATIONS[batch[0].kind], started_at)
 
 
 def _replanned(
@@ -1335,7 +1323,7 @@ def _replanned(
     record = ctx.request
     items = plan_items(facts)
     preview = preview_of(facts)
-    done = with_outcome(ctx.store.deletion_items(record.number), "removed")
+    done = with_outcome(ctx.plan(), "removed")
     what = describe_changes(changes)
     so_far = (
         f"Removed so far: {_described(done)} (receipt attached)."
@@ -1348,7 +1336,7 @@ def _replanned(
         "approval; earlier approvals do not carry over."
     )
     outcome = Outcome(
-        request_status="pending",
+        request_status=Status.PENDING,
         request_fields={
             "preview": preview,
             "expires_at": iso(ctx.clock.now() + ctx.settings.approval_ttl),
@@ -1376,8 +1364,7 @@ def _replanned(
 def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT) -> Outcome:
     """Execute the frozen plan, verify, post the receipt; return the request's outcome."""
     record = ctx.request
-    number = record.number
-    items = ctx.store.deletion_items(number)
+    items = ctx.plan()
     if not items:
         raise BotError(f"{record.id} has no frozen deletion plan; run a new request.")
     concluded = ctx.checkpoint.get("concluded")
@@ -1390,27 +1377,27 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         ctx.save(started_at=started_at)
     batches = batches_of(items)
     total = len(items)
-    done = sum(1 for i in items if i["status"] in CONFIRMED)
+    done = sum(1 for i in items if i.status in CONFIRMED)
     # Before the first call and before every container call, the live contents are compared
     # with the frozen plan (a container's call removes whatever it holds at that moment).
-    containers = any(b[0]["kind"] in CONTAINERS for b in batches if _is_open(b))
+    containers = any(b[0].kind in CONTAINERS for b in batches if _is_open(b))
     compared = False
     try:
         for batch in batches:
             if _is_open(batch):
-                if (containers and not compared) or batch[0]["kind"] in CONTAINERS:
+                if (containers and not compared) or batch[0].kind in CONTAINERS:
                     replanned = _compare_with_plan(ctx, batch, started_at)
                     if replanned is not None:
                         return replanned
                 compared = True
-            ctx.progress(done, total, PHASES[batch[0]["kind"]])
+            ctx.progress(done, total, PHASES[batch[0].kind])
             _run_batch(ctx, batch, resolve_timeout=verify_timeout)
             done += len(batch)
-            ctx.save(batch=int(batch[0]["batch"]))
+            ctx.save(batch=batch[0].batch)
     except _BatchFailed as failure:
         return _failed_outcome(ctx, failure, started_at)
     ctx.progress(total, total, "verifying", force=True)
-    items = ctx.store.deletion_items(number)
+    items = ctx.plan()
     try:
         left = verify(ctx, items, timeout=verify_timeout)
     except TrainingApiError as exc:
@@ -1424,11 +1411,11 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         return write_receipt(
             ctx, outcome="unverified", started_at=started_at, note=note, then=unverified
         )
-    items = ctx.store.deletion_items(number)
+    items = ctx.plan()
     counts = counts_of(items)
     if left:
-        alive = [i for i in items if int(i["seq"]) in left]
-        shown = [_shown(i["kind"], i["target_id"], i["parent_id"]) for i in alive]
+        alive = [i for i in items if i.seq in left]
+        shown = [_shown(i.kind, i.target_id, i.parent_id) for i in alive]
         listed = "; ".join(shown[:SURVIVORS_SHOWN])
         more = f" and {len(shown) - SURVIVORS_SHOWN} more" if len(shown) > SURVIVORS_SHOWN else ""
         note = (
@@ -1438,7 +1425,7 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         survived = _outcome_failed(
             ctx,
             f"Not every target was removed: {note}",
-            {"survivors": len(alive), "survivor_ids": [i["target_id"] for i in alive][:100]},
+            {"survivors": len(alive), "survivor_ids": [i.target_id for i in alive][:100]},
             advice="A retry verifies again without re-sending confirmed calls; receipt attached.",
         )
         return write_receipt(
@@ -1449,7 +1436,7 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
     if absent:
         summary += f"; {_described(absent)} already absent (not removed by this request)"
     finished = Outcome(
-        request_status="done",
+        request_status=Status.DONE,
         result={"counts": counts, "verified": total, "already_absent": sum(absent.values())},
         message=f"{record.id}: {summary}; receipt attached.",
         audit_action="request.completed",
@@ -1464,8 +1451,8 @@ def _outcome_failed(
     ctx: JobContext, text: str, details: Mapping[str, Any], *, advice: str
 ) -> Outcome:
     return Outcome(
-        request_status="failed",
-        job_status="failed",
+        request_status=Status.FAILED,
+        job_status=JobStatus.FAILED,
         error=text,
         message=f"{ctx.request.id} failed. {text} {advice}",
         audit_action="request.failed",
@@ -1474,12 +1461,14 @@ def _outcome_failed(
 
 
 def _failed_outcome(ctx: JobContext, failure: _BatchFailed, started_at: str) -> Outcome:
-    items = ctx.store.deletion_items(ctx.request.number)
+    items = ctx.plan()
     removed = with_outcome(items, "removed")
     absent = with_outcome(items, "already_absent")
     unknown = with_outcome(items, "outcome_unknown")
-    remaining = counts_of(i for i in items if outcome_of(i) in ("not_removed", "not_attempted"))
-    batches = len({int(i["batch"]) for i in items})
+    remaining = counts_of(
+        i for i in items if RESULTS[i.status][0] in ("not_removed", "not_attempted")
+    )
+    batches = len({i.batch for i in items})
     note = (
         f"stopped at batch {failure.batch} of {batches}: {failure.error.user_message} "
         f"Removed: {_described(removed)}."

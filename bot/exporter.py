@@ -70,6 +70,7 @@ from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
 from bot.errors import NotFound
+from bot.lifecycle import Status
 from bot.models import Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
 from bot.runner import JobCancelled, JobContext, Outcome
@@ -906,34 +907,20 @@ def _queue_uploads(
         {"name": p.path.name, "size": p.size, "sha256": p.sha256} for p in parts
     ]
     finished = {"parts": files, "counts": dict(counts)}
-    with ctx.store.write() as conn:
+    with ctx.transaction() as tx:
         for part, file in zip(parts, files, strict=True):
             where = f" (part {part.index} of {total})" if total > 1 else ""
-            queued = ctx.store.enqueue_once(
-                conn,
-                kind="upload",
-                channel=record.channel,
-                request=record.number,
-                key=f"upload:{record.number}:part{part.index}",
-                payload={
-                    "path": str(part.path),
-                    "filename": file["name"],
-                    "title": f"{record.id} export{where}",
-                    "comment": f"{record.id}: {export.describe()}{where};"
-                    f" {human_size(part.size)}, SHA-256 {part.sha256}",
-                },
+            queued = tx.queue_upload(
+                f"upload:{record.number}:part{part.index}",
+                part.path,
+                filename=file["name"],
+                title=f"{record.id} export{where}",
+                comment=f"{record.id}: {export.describe()}{where};"
+                f" {human_size(part.size)}, SHA-256 {part.sha256}",
             )
             if queued:
-                ctx.store.audit(
-                    conn,
-                    "bot",
-                    "file.queued",
-                    request=record.number,
-                    targets=(file["name"],),
-                    details=file,
-                )
-        ctx.checkpoint["finished"] = finished
-        ctx.store.save_checkpoint(conn, ctx.job.id, ctx.checkpoint)
+                tx.audit("file.queued", targets=(file["name"],), details=file)
+        tx.save(finished=finished)
     return finished
 
 
@@ -941,7 +928,7 @@ def _outcome(ctx: JobContext, finished: Mapping[str, Any]) -> Outcome:
     files = [dict(f) for f in finished["parts"]]
     counts = dict(finished["counts"])
     return Outcome(
-        request_status="done",
+        request_status=Status.DONE,
         result={"parts": files, "counts": counts},
         message=summary(ctx.request.id, counts, files),
         audit_action="request.completed",

@@ -17,7 +17,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +27,18 @@ from typing import Any
 from bot.clock import Clock
 from bot.db import is_locked
 from bot.errors import BotError, DatabaseBusy, WorkDirFull, is_disk_full
+from bot.lifecycle import (
+    DeletionItem,
+    ItemStatus,
+    Job,
+    JobKind,
+    JobStatus,
+    RequestRecord,
+    Role,
+    Status,
+)
 from bot.logs import request_context
-from bot.store import Job, RequestRecord, Store
+from bot.store import Store
 from bot.training import TrainingClient
 
 log = logging.getLogger(__name__)
@@ -56,8 +67,8 @@ class JobCancelled(Exception):
 class Outcome:
     """What a job handler ended with; the runner records it in one transaction."""
 
-    request_status: str  # the request's new status
-    job_status: str = "done"  # done | failed
+    request_status: Status  # the request's new status
+    job_status: JobStatus = JobStatus.DONE
     result: Mapping[str, Any] | None = None
     error: str | None = None
     message: str | None = None  # posted into the request's thread
@@ -69,14 +80,110 @@ class Outcome:
     # approved plan): it replaces the request's plan and withdraws every recorded approval,
     # in the same transaction as the status change, so no approval ever covers a plan its
     # approver did not see.
-    new_plan: Sequence[Mapping[str, Any]] | None = None
+    new_plan: Sequence[DeletionItem] | None = None
     # The message waits until Slack has the request's files ("receipt attached"); False when it
     # says the files follow later (a receipt waiting for room in the work directory).
     await_uploads: bool = True
 
+    def __post_init__(self) -> None:
+        # An outcome saved in a checkpoint (JSON) comes back as plain values: type them again.
+        object.__setattr__(self, "request_status", Status(self.request_status))
+        object.__setattr__(self, "job_status", JobStatus(self.job_status))
+        if self.new_plan is not None:
+            plan = [i if isinstance(i, DeletionItem) else DeletionItem(**i) for i in self.new_plan]
+            object.__setattr__(self, "new_plan", plan)
+
+
+class JobTransaction:
+    """One write transaction of a job: what it records commits together, or not at all."""
+
+    def __init__(self, ctx: JobContext, conn: sqlite3.Connection) -> None:
+        self._ctx = ctx
+        self._conn = conn
+
+    def save(self, **updates: Any) -> None:
+        """Merge `updates` into the job's checkpoint and store it with the rest of this
+        transaction (no stop/cancel check: the caller is mid-write)."""
+        ctx = self._ctx
+        ctx.checkpoint.update(updates)
+        ctx._store.save_checkpoint(self._conn, ctx.job.id, ctx.checkpoint)
+
+    def audit(
+        self,
+        action: str,
+        *,
+        targets: Sequence[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record an audit event for this request, as the bot."""
+        ctx = self._ctx
+        ctx._store.audit(
+            self._conn,
+            "bot",
+            action,
+            request=ctx.request.number,
+            targets=targets,
+            outcome=outcome,
+            details=details,
+        )
+
+    def queue_upload(
+        self,
+        key: str,
+        path: Path,
+        *,
+        filename: str,
+        title: str,
+        comment: str | None = None,
+        render: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Queue the file at `path` into the request's thread, once per `key`; return True when
+        newly queued. `render`: what the outbox writes to `path` first if it is not there yet
+        (a file the full work directory could not take)."""
+        request = self._ctx.request
+        payload: dict[str, Any] = {"path": str(path), "filename": filename, "title": title}
+        if comment is not None:
+            payload["comment"] = comment
+        if render is not None:
+            payload["render"] = dict(render)
+        return self._ctx._store.enqueue_once(
+            self._conn,
+            kind="upload",
+            channel=request.channel,
+            request=request.number,
+            key=key,
+            payload=payload,
+        )
+
+    def mark_items(
+        self,
+        batch: int,
+        *,
+        status: ItemStatus,
+        http_status: int | None = None,
+        operation: str | None = None,
+        target_ids: Sequence[str] | None = None,
+    ) -> None:
+        """Set the status of a deletion batch's items (or of some of its targets)."""
+        self._ctx._store.mark_items(
+            self._conn,
+            self._ctx.request.number,
+            batch,
+            status=status,
+            http_status=http_status,
+            operation=operation,
+            target_ids=target_ids,
+        )
+
+    def mark_verified(self, target_ids: Sequence[str], verdict: str) -> None:
+        """Record the verification verdict (gone | survived) of some deletion targets."""
+        self._ctx._store.mark_verified(self._conn, self._ctx.request.number, target_ids, verdict)
+
 
 class JobContext:
-    """What a job handler may use: its request, the client, checkpoints, progress, Slack."""
+    """What a job handler may use: its request, the client, checkpoints, progress, Slack, and
+    its own transactions (`transaction`); never the store itself."""
 
     def __init__(
         self,
@@ -87,7 +194,7 @@ class JobContext:
         self.runner = runner
         self.job = job
         self.request = request
-        self.store = runner.store
+        self._store = runner.store
         self.client = runner.client
         self.clock = runner.clock
         self.work_dir = runner.work_dir / request.id
@@ -103,15 +210,34 @@ class JobContext:
         """Raise JobInterrupted when stopping, JobCancelled when the request was cancelled."""
         if self.runner.stopping.is_set():
             raise JobInterrupted
-        if self.store.status_of(self.request.number) == "cancelled":
+        if self._store.status_of(self.request.number) == Status.CANCELLED:
             raise JobCancelled
+
+    @contextmanager
+    def transaction(self) -> Iterator[JobTransaction]:
+        """Yield one write transaction: committed when the block ends, rolled back on error."""
+        with self._store.write() as conn:
+            yield JobTransaction(self, conn)
 
     def save(self, **updates: Any) -> None:
         """Merge `updates` into the checkpoint and store it, then check for stop or cancel."""
-        self.checkpoint.update(updates)
-        with self.store.write() as conn:
-            self.store.save_checkpoint(conn, self.job.id, self.checkpoint)
+        with self.transaction() as tx:
+            tx.save(**updates)
         self.check()
+
+    def plan(
+        self, *, batch: int | None = None, status: ItemStatus | None = None
+    ) -> list[DeletionItem]:
+        """Return the request's deletion plan in execution order (optionally one batch/status)."""
+        return self._store.deletion_items(self.request.number, batch=batch, status=status)
+
+    def approval_times(self) -> list[tuple[str, str]]:
+        """Return (approver, ISO time) of each approval of the request, oldest first."""
+        return self._store.approval_times(self.request.number)
+
+    def audit_head(self) -> tuple[int, str]:
+        """Return (seq, hash) of the newest audit event."""
+        return self._store.audit_head()
 
     def progress(self, done: int, total: int | None, phase: str, *, force: bool = False) -> None:
         """Show progress in the thread: one message, updated at most every 2 seconds."""
@@ -124,9 +250,9 @@ class JobContext:
             return
         self._last_progress = now
         state = {"done": done, "total": total, "phase": phase}
-        with self.store.write() as conn:
-            self.store.update_fields(conn, self.request.number, progress=state)
-            self.store.enqueue(
+        with self._store.write() as conn:
+            self._store.update_fields(conn, self.request.number, progress=state)
+            self._store.enqueue(
                 conn,
                 kind="progress",
                 channel=self.request.channel,
@@ -137,26 +263,20 @@ class JobContext:
 
     def post(self, text: str, *, key: str | None = None) -> None:
         """Queue a message for the request's thread (once per `key` when given)."""
-        with self.store.write() as conn:
-            self.store.post(conn, self.request.number, self.request.channel, text, key=key)
+        with self._store.write() as conn:
+            self._store.post(conn, self.request.number, self.request.channel, text, key=key)
 
     def audit(
         self,
         action: str,
         *,
-        targets: tuple[str, ...] | list[str] = (),
+        targets: Sequence[str] = (),
         outcome: str = "ok",
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record an audit event for this request, as the bot."""
-        self.store.record(
-            "bot",
-            action,
-            request=self.request.number,
-            targets=tuple(targets),
-            outcome=outcome,
-            details=details,
-        )
+        """Record an audit event for this request, as the bot, in a transaction of its own."""
+        with self.transaction() as tx:
+            tx.audit(action, targets=targets, outcome=outcome, details=details)
 
 
 JobHandler = Callable[[JobContext], Outcome]
@@ -330,7 +450,7 @@ class Runner:
             except Exception:
                 log.debug("re-reading job %s failed; running it as it was", job.id)
                 current = job
-            if current is None or current.status != "running":
+            if current is None or current.status != JobStatus.RUNNING:
                 return
             job = current
 
@@ -340,13 +460,10 @@ class Runner:
             self._run_one(job)
 
     def _run_one(self, job: Job) -> None:
-        if job.kind != "preview":
+        if job.kind != JobKind.PREVIEW:
             with self.store.write() as conn:
                 started = self.store.transition(
-                    conn,
-                    job.request_number,
-                    from_status=("queued", "approved"),
-                    to_status="running",
+                    conn, job.request_number, to=Status.RUNNING, by=Role.WORKER, actor="bot"
                 )
                 if started:
                     record = self.store.get(job.request_number, conn)
@@ -375,15 +492,15 @@ class Runner:
             outcome = self._crashed(job, request, exc)
         except JobCancelled:
             outcome = Outcome(
-                request_status="cancelled",
-                job_status="cancelled",
+                request_status=Status.CANCELLED,
+                job_status=JobStatus.CANCELLED,
                 message=f"{request.id} was cancelled; work stopped.",
                 audit_action="request.stopped",
             )
         except BotError as exc:
             outcome = Outcome(
-                request_status="failed",
-                job_status="failed",
+                request_status=Status.FAILED,
+                job_status=JobStatus.FAILED,
                 error=exc.user_message,
                 message=f"{request.id} failed: {exc.user_message}",
                 audit_action="request.failed",
@@ -403,8 +520,8 @@ class Runner:
             )
             log.error("job %s of %s: %s", job.id, request.id, full.user_message)
             return Outcome(
-                request_status="failed",
-                job_status="failed",
+                request_status=Status.FAILED,
+                job_status=JobStatus.FAILED,
                 error=full.user_message,
                 message=f"{request.id} failed: {full.user_message}",
                 audit_action="request.failed",
@@ -412,8 +529,8 @@ class Runner:
             )
         log.error("job %s of %s crashed:\n%s", job.id, request.id, traceback.format_exc())
         return Outcome(
-            request_status="failed",
-            job_status="failed",
+            request_status=Status.FAILED,
+            job_status=JobStatus.FAILED,
             error="internal error (see the bot's log)",
             message=f"{request.id} failed with an internal error; the bot's log has details.",
             audit_action="request.failed",
@@ -443,10 +560,9 @@ class Runner:
             changed = store.transition(
                 conn,
                 request.number,
-                from_status=("cancelled",)
-                if outcome.request_status == "cancelled"
-                else ("queued", "running", "previewing", "approved"),
-                to_status=outcome.request_status,
+                to=outcome.request_status,
+                by=Role.WORKER,
+                actor="bot",
                 **fields,
             )
             if not changed:

@@ -32,6 +32,16 @@ from bot.errors import (
 )
 from bot.help import help_text
 from bot.ids import format_request_id, parse_request_id
+from bot.lifecycle import (
+    OPEN,
+    TERMINAL,
+    Job,
+    JobKind,
+    RequestKind,
+    RequestRecord,
+    Role,
+    Status,
+)
 from bot.policy import (
     Actor,
     ChannelInfo,
@@ -55,7 +65,7 @@ from bot.policy import (
     may_submit_here,
     preview_shown,
 )
-from bot.store import OPEN, TERMINAL, HeldDelivery, Job, RequestRecord, Store
+from bot.store import HeldDelivery, Store
 
 log = logging.getLogger(__name__)
 # An approval decision reads group membership fresh: a cached "yes" older than this is asked
@@ -329,7 +339,7 @@ class Service:
             else:
                 self.store.enqueue_job(conn, number, job)
                 self.store.audit(
-                    conn, "bot", "request.queued", request=number, details={"job": job}
+                    conn, "bot", "request.queued", request=number, details={"job": str(job)}
                 )
             self.store.announce(conn, number, channel_id)
         return number
@@ -490,10 +500,10 @@ class Service:
             missing = approvals_missing(self.rules, count)
             if missing <= 0:
                 started = self.store.transition(
-                    conn, record.number, from_status=("pending",), to_status="approved"
+                    conn, record.number, to=Status.APPROVED, by=Role.APPROVER, actor=user_id
                 )
                 if started:
-                    self.store.enqueue_job(conn, record.number, "delete")
+                    self.store.enqueue_job(conn, record.number, JobKind.DELETE)
                     self.store.audit(
                         conn,
                         "bot",
@@ -558,8 +568,9 @@ class Service:
             self.store.transition(
                 conn,
                 record.number,
-                from_status=("pending",),
-                to_status="rejected",
+                to=Status.REJECTED,
+                by=Role.APPROVER,
+                actor=user_id,
                 decided_by=user_id,
                 decision_reason=reason[:1000],
             )
@@ -594,8 +605,10 @@ class Service:
             self.store.transition(
                 conn,
                 record.number,
-                from_status=(record.status,),
-                to_status="cancelled",
+                to=Status.CANCELLED,
+                by=Role.REQUESTER,
+                actor=user_id,
+                expected=(record.status,),
                 decided_by=user_id,
             )
             self.store.audit(
@@ -607,7 +620,7 @@ class Service:
                 details={"was": record.status},
             )
             self.store.announce(conn, record.number, record.channel)
-        if record.status in {"pending", "queued"}:
+        if record.status in {Status.PENDING, Status.QUEUED}:
             self._after_decision(record.number)
         return Reply(f"{record.id} is cancelled.")
 
@@ -636,7 +649,7 @@ class Service:
                 approvers,
                 self.clock.now(),
                 self.approval_ttl,
-                deleting=job.kind == "delete",
+                deleting=job.kind == JobKind.DELETE,
             )
             if in_force:
                 reply = self._resume(conn, user_id, record, job)
@@ -647,9 +660,19 @@ class Service:
 
     def _resume(self, conn: Any, user_id: str, record: RequestRecord, job: Job) -> Reply:
         """Queue a failed request's job again; it continues from its checkpoint."""
-        to_status = {"export": "queued", "delete": "approved", "preview": "previewing"}[job.kind]
+        to = {
+            JobKind.EXPORT: Status.QUEUED,
+            JobKind.DELETE: Status.APPROVED,
+            JobKind.PREVIEW: Status.PREVIEWING,
+        }[job.kind]
         self.store.transition(
-            conn, record.number, from_status=("failed",), to_status=to_status, error=None
+            conn,
+            record.number,
+            to=to,
+            by=_role_of(user_id, record),
+            actor=user_id,
+            expected=(Status.FAILED,),
+            error=None,
         )
         self.store.requeue_job(conn, job.id)
         self.store.audit(
@@ -670,17 +693,26 @@ class Service:
 
     def _last_job(self, record: RequestRecord) -> Job | None:
         """Return the job a retry resumes: the request's latest (a deletion: preview or delete)."""
-        kinds = ("preview", "delete") if record.kind == "delete" else (record.kind,)
+        kinds = {
+            RequestKind.DELETE: (JobKind.PREVIEW, JobKind.DELETE),
+            RequestKind.EXPORT: (JobKind.EXPORT,),
+        }.get(record.kind, ())
         jobs = [j for k in kinds if (j := self.store.job_for(record.number, k)) is not None]
         return max(jobs, key=lambda j: j.id, default=None)
 
     def _preview_again(self, conn: Any, user_id: str, record: RequestRecord, reason: str) -> Reply:
         """Send a failed deletion back to a fresh preview; its approvals are withdrawn."""
         self.store.transition(
-            conn, record.number, from_status=("failed",), to_status="previewing", error=None
+            conn,
+            record.number,
+            to=Status.PREVIEWING,
+            by=_role_of(user_id, record),
+            actor=user_id,
+            expected=(Status.FAILED,),
+            error=None,
         )
         self.store.clear_approvals(conn, record.number)
-        self.store.enqueue_job(conn, record.number, "preview")
+        self.store.enqueue_job(conn, record.number, JobKind.PREVIEW)
         self.store.audit(
             conn,
             user_id,
@@ -749,7 +781,7 @@ class Service:
                 record = self.store.get(number)
             except RequestStateError:
                 continue
-            if record.status not in TERMINAL or record.status == "failed":
+            if record.status not in TERMINAL or record.status == Status.FAILED:
                 continue
             if not self.store.is_settled(number):
                 continue
@@ -763,7 +795,7 @@ class Service:
         for number in self.store.due_for_expiry(self.clock.now()):
             with self.store.write() as conn:
                 if not self.store.transition(
-                    conn, number, from_status=("pending",), to_status="expired"
+                    conn, number, to=Status.EXPIRED, by=Role.HOUSEKEEPING, actor="bot"
                 ):
                     continue
                 record = self.store.get(number, conn)
@@ -824,9 +856,7 @@ class Service:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with partial.open("w", encoding="utf-8") as fp:
-                count = audit.write_jsonl(
-                    audit.events(self.store.db.conn, request_id=record.id), fp
-                )
+                count = audit.write_jsonl(self.store.audit_events(request_id=record.id), fp)
             partial.replace(path)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -839,7 +869,7 @@ class Service:
             return
         # The chain's head, not a full verification: that is O(log size) on every request's
         # end; `audit verify` recomputes the whole chain on demand.
-        seq, digest = audit.head(self.store.db.conn)
+        seq, digest = self.store.audit_head()
         with self.store.write() as conn:
             self.store.enqueue_once(
                 conn,
@@ -863,7 +893,7 @@ class Service:
         decision = may_read_audit(self.rules, actor, own_request=self.store.has_requests(user_id))
         if not decision:
             return self._refused(user_id, "audit", decision)
-        verification = audit.verify(self.store.db.conn)
+        verification = self.store.verify_audit()
         self.store.record(
             user_id,
             "audit.verified",
@@ -902,12 +932,10 @@ class Service:
         stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
         name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
         path = self.work_dir / "audit" / name
-        selected = audit.events(
-            self.store.db.conn, request_id=command.request_id, since=command.since
-        )
+        selected = self.store.audit_events(request_id=command.request_id, since=command.since)
         write = audit.write_csv if command.format == "csv" else audit.write_jsonl
         count = self._write_file(path, lambda fp: write(selected, fp), again="audit")
-        verification = audit.verify(self.store.db.conn)
+        verification = self.store.verify_audit()
         self._share_file(
             user_id,
             channel_id,
@@ -970,6 +998,11 @@ class Service:
             )
 
 
+def _role_of(user_id: str, record: RequestRecord) -> Role:
+    """Return the part `user_id` plays in a request they act on (policy already allowed it)."""
+    return Role.REQUESTER if user_id == record.requester else Role.APPROVER
+
+
 def _targets(parsed: Mapping[str, Any]) -> list[str]:
     keys = ("project_id", "iteration_id", "tag_id")
     found = [str(parsed[k]) for k in keys if parsed.get(k)]
@@ -978,17 +1011,19 @@ def _targets(parsed: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _first_step(command: commands.Export | commands.Delete) -> tuple[str, str, str | None]:
+def _first_step(
+    command: commands.Export | commands.Delete,
+) -> tuple[RequestKind, Status, JobKind | None]:
     """Return a new request's kind, first status and first job (None: answered at once).
 
     Deleting the account or exported models is not the Training-Key's to do: those requests
     are answered with the manual steps.
     """
     if isinstance(command, commands.Export):
-        return "export", "queued", "export"
+        return RequestKind.EXPORT, Status.QUEUED, JobKind.EXPORT
     if command.kind in {commands.DeleteKind.ACCOUNT, commands.DeleteKind.EXPORTS}:
-        return "manual", "answered", None
-    return "delete", "previewing", "preview"
+        return RequestKind.MANUAL, Status.ANSWERED, None
+    return RequestKind.DELETE, Status.PREVIEWING, JobKind.PREVIEW
 
 
 def _submitted(rid: str, command: commands.Export | commands.Delete) -> str:
@@ -1048,7 +1083,7 @@ def describe_status(
         lines.append(f"Progress: {p.get('phase', '')} {p.get('done', 0)}{total}")
     if record.approvals:
         lines.append("Approved by " + ", ".join(f"<@{a}>" for a in record.approvals))
-    if record.expires_at and record.status == "pending":
+    if record.expires_at and record.status == Status.PENDING:
         lines.append(f"Expires {iso(record.expires_at)[:16].replace('T', ' ')} UTC")
     if record.error:
         lines.append(f"Error: {record.error}")

@@ -24,7 +24,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bot import audit
 from bot.wording import human_size
 from emulators.customvision import Seed
 from emulators.slack.records import Ephemeral, Message, UploadedFile
@@ -701,7 +700,7 @@ def _scripted(t: Transcript, demo: Demo) -> int:
     settle(t.stack)
     t.flush()
 
-    verification = audit.verify(t.stack.bot.db.conn)
+    verification = t.stack.bot.store.verify_audit()
     _expect(verification.ok, verification.summary())
     _expect(t.stack.status(export_id) == "done", f"{export_id} did not finish")
     mirror = t.stack.slack.messages(AUDIT_CHANNEL)

@@ -15,32 +15,19 @@ from datetime import datetime
 from typing import Any
 
 from bot import parser
+from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.parser import slack_escape
-from bot.store import RequestRecord
 from handlers import limits
 
 Block = dict[str, Any]
 
-STATUS_LABEL = {
-    "queued": "Queued",
-    "running": "Running",
-    "previewing": "Computing the preview",
-    "pending": "Waiting for approval",
-    "approved": "Approved, starting",
-    "done": "Done",
-    "failed": "Failed",
-    "cancelled": "Cancelled",
-    "rejected": "Rejected",
-    "expired": "Expired",
-    "answered": "Answered (manual steps)",
-}
 STATUS_EMOJI = {
-    "done": ":white_check_mark:",
-    "failed": ":x:",
-    "cancelled": ":no_entry_sign:",
-    "rejected": ":no_entry:",
-    "expired": ":hourglass:",
-    "pending": ":raised_hand:",
+    Status.DONE: ":white_check_mark:",
+    Status.FAILED: ":x:",
+    Status.CANCELLED: ":no_entry_sign:",
+    Status.REJECTED: ":no_entry:",
+    Status.EXPIRED: ":hourglass:",
+    Status.PENDING: ":raised_hand:",
 }
 
 
@@ -92,7 +79,7 @@ def describe_command(record: RequestRecord) -> str:
     """Return the plain one-line description of a stored request's command."""
     data = dict(record.command)
     try:
-        if record.kind == "export":
+        if record.kind == RequestKind.EXPORT:
             return parser.load_export(data).describe()
         return parser.load_delete(data).describe()
     except (ValueError, KeyError, TypeError):
@@ -124,12 +111,16 @@ def announcement(
     `preview_file` is given when the deletion preview does not fit the message; the Approve
     button stays away until that file is in the thread.
     """
-    label = STATUS_LABEL.get(record.status, record.status)
-    if record.kind == "delete" and record.status == "running":
+    label = record.status.label
+    if record.kind == RequestKind.DELETE and record.status == Status.RUNNING:
         label = "Deleting"
     emoji = STATUS_EMOJI.get(record.status, ":hourglass_flowing_sand:")
     what = describe_command(record)
-    verb = {"export": "Export", "delete": "Deletion", "manual": "Deletion (manual)"}[record.kind]
+    verb = {
+        RequestKind.EXPORT: "Export",
+        RequestKind.DELETE: "Deletion",
+        RequestKind.MANUAL: "Deletion (manual)",
+    }[record.kind]
     text = limits.cut(
         f"{record.id} {verb} requested by <@{record.requester}>: {slack_escape(what)} ({label})",
         limits.MAX_REPLY_TEXT,
@@ -152,13 +143,13 @@ def announcement(
     blocks.append({"type": "section", "block_id": "meta", "fields": fields})
     if record.preview:
         blocks.extend(preview_blocks(record.preview, preview_file))
-    if record.kind == "delete":
+    if record.kind == RequestKind.DELETE:
         approvable = preview_file is None or preview_file.status == "sent"
         blocks.extend(_decision_blocks(record, required_approvals, approvable=approvable))
-    if record.progress and record.status in {"running", "approved", "queued"}:
+    if record.progress and record.status in {Status.RUNNING, Status.APPROVED, Status.QUEUED}:
         progress = plain(progress_text(record.progress), limits.MAX_CONTEXT_TEXT)
         blocks.append({"type": "context", "elements": [progress]})
-    if record.error and record.status == "failed":
+    if record.error and record.status == Status.FAILED:
         blocks.append({"type": "section", "block_id": "error", "text": plain(record.error)})
     return text, limits.within_budget(blocks, limits.MAX_BLOCKS_TEXT)
 
@@ -311,14 +302,14 @@ def _decision_blocks(record: RequestRecord, required: int, *, approvable: bool) 
     blocks: list[Block] = []
     approvals = ", ".join(f"<@{a}>" for a in record.approvals) or "none yet"
     context = [mrkdwn(f"Approvals: {approvals} ({len(record.approvals)} of {required} needed)")]
-    if record.expires_at and record.status == "pending":
+    if record.expires_at and record.status == Status.PENDING:
         context.append(mrkdwn(f"Expires {_utc(record.expires_at)}"))
-    if record.status == "rejected" and record.decided_by:
+    if record.status == Status.REJECTED and record.decided_by:
         context.append(mrkdwn(f"Rejected by <@{record.decided_by}>"))
-    if record.status == "cancelled" and record.decided_by:
+    if record.status == Status.CANCELLED and record.decided_by:
         context.append(mrkdwn(f"Cancelled by <@{record.decided_by}>"))
     blocks.append({"type": "context", "elements": context})
-    if record.status == "rejected" and record.decision_reason:
+    if record.status == Status.REJECTED and record.decision_reason:
         blocks.append(
             {
                 "type": "section",
@@ -326,7 +317,7 @@ def _decision_blocks(record: RequestRecord, required: int, *, approvable: bool) 
                 "text": plain(f"Rejection reason: {record.decision_reason}"),
             }
         )
-    if record.status == "pending":
+    if record.status == Status.PENDING:
         blocks.append(approval_buttons(record.id, approve=approvable))
     return blocks
 

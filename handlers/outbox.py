@@ -41,10 +41,10 @@ from slack_sdk.errors import SlackApiError
 from bot import deletion
 from bot.digest import sha256_file
 from bot.ids import format_request_id
+from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.logs import request_context
 from bot.store import (
     OutboxItem,
-    RequestRecord,
     Store,
     announcement_key,
     preview_file_key,
@@ -512,7 +512,7 @@ class Deliverer:
             with self.store.write() as conn:
                 self.store.update_fields(conn, record.number, message_ts=ts)
         shown = preview_file is None or preview_file.status == "sent"
-        if record.status == "pending" and shown and not previous.get("approval_posted"):
+        if record.status == Status.PENDING and shown and not previous.get("approval_posted"):
             details = {"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)}
 
             def posted(conn: sqlite3.Connection) -> None:
@@ -544,14 +544,18 @@ class Deliverer:
         The file is queued behind the announcement (its thread's parent) only once that is
         posted; its upload re-renders the announcement, which shows Approve only then.
         """
-        if record.kind != "delete" or not record.preview or blocks.preview_fits(record.preview):
+        if (
+            record.kind != RequestKind.DELETE
+            or not record.preview
+            or blocks.preview_fits(record.preview)
+        ):
             return None, None
         content = blocks.preview_file_text(record)
         digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
         key = preview_file_key(record.number, digest)
         name = blocks.preview_file_name(record)
         state = blocks.PreviewFile(name, self.store.delivery_status(key))
-        if state.status is not None or record.status != "pending" or self.work_dir is None:
+        if state.status is not None or record.status != Status.PENDING or self.work_dir is None:
             return state, None
         path = self.work_dir / record.id / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Jobs run synchronously in the test's thread (`run_jobs`), so each test reads lik
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from bot import audit, commands, parser
 from bot.clock import FakeClock
 from bot.db import Database
+from bot.lifecycle import TRANSITIONS, JobKind, RequestKind, Status
 from bot.runner import JobHandler, Runner, Settings
 from bot.store import Store
 from bot.training import TrainingClient
@@ -24,6 +26,14 @@ from emulators.customvision import CustomVisionEmulator, Faults, Seed
 
 REQUESTER = "U0ALICE"
 CHANNEL = "C0DSR"
+
+
+def walk(store: Store, conn: sqlite3.Connection, number: int, *path: Status) -> None:
+    """Move a stored request along `path`, each step by a role the lifecycle allows it to."""
+    for to in path:
+        current = store.status_of(number)  # this thread's connection: inside the transaction
+        (by, *_) = sorted(TRANSITIONS[(current, to)])
+        assert store.transition(conn, number, to=to, by=by, actor="U0TEST"), (current, to)
 
 
 @dataclass
@@ -40,7 +50,7 @@ class JobHarness:
     def p(self) -> str:
         return self.projects[0]
 
-    def store_request(self, text: str, *, kind: str, status: str, job: str) -> int:
+    def store_request(self, text: str, *, kind: RequestKind, status: Status, job: JobKind) -> int:
         """Store a parsed request and queue its job, as the service does."""
         command = parser.parse(text)
         assert isinstance(command, commands.Export | commands.Delete)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.store import RequestRecord
+from bot.lifecycle import RequestRecord, Status
 from emulators.slack.webapi import SlackEmulator
 from handlers import blocks, limits
 
@@ -45,7 +45,7 @@ def slack() -> Iterator[tuple[SlackEmulator, WebClient]]:
     emulator.stop()
 
 
-_statuses = st.sampled_from(sorted(blocks.STATUS_LABEL))
+_statuses = st.sampled_from(sorted(Status))
 _guid = st.uuids().map(str)
 
 

@@ -12,7 +12,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from bot.deletion import (
     run_delete,
     run_preview,
 )
+from bot.lifecycle import DeletionItem, JobKind, JobStatus, RequestKind, RequestRecord, Role, Status
 from bot.runner import JobContext, Outcome
-from bot.store import RequestRecord
 from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
@@ -64,15 +64,15 @@ def test_plan_items_batches_images_by_256_and_predictions_by_64() -> None:
         predictions=tuple(guid(5000 + n) for n in range(70)),
     )
     items = plan_items(facts)
-    batches = [(b, [i["kind"] for i in items if i["batch"] == b]) for b in (1, 2, 3, 4)]
+    batches = [(b, [i.kind for i in items if i.batch == b]) for b in (1, 2, 3, 4)]
     assert [(b, kinds[0], len(kinds)) for b, kinds in batches] == [
         (1, "image", 256),
         (2, "image", 44),
         (3, "prediction", 64),
         (4, "prediction", 6),
     ]
-    assert [i["target_id"] for i in items[:300]] == list(facts.images)
-    assert {i["parent_id"] for i in items} == {None}
+    assert [i.target_id for i in items[:300]] == list(facts.images)
+    assert {i.parent_id for i in items} == {None}
 
 
 def project_facts(images: int, *, tags: int = 1, published: str = "") -> Facts:
@@ -96,7 +96,7 @@ def test_changes_since_counts_only_what_the_plan_would_now_remove_beyond_the_fro
     assert changed == {"unpublish": 1, "image": 7, "tag": 1}
     assert describe_changes(changed) == ("1 newly published iteration, 7 new images and 1 new tag")
     # Ids compare case-insensitively (a frozen plan in another case changes nothing).
-    upper = [{**i, "target_id": str(i["target_id"]).upper()} for i in frozen]
+    upper = [replace(i, target_id=i.target_id.upper()) for i in frozen]
     assert changes_since(upper, preview, project_facts(5)) == {}
 
 
@@ -125,7 +125,7 @@ def test_plan_items_of_a_project_unpublish_first_then_one_covering_batch() -> No
         tags=(TagFacts(guid(20), "alice", 2),),
         predictions=(guid(30),),
     )
-    assert [(i["batch"], i["kind"], i["target_id"], i["parent_id"]) for i in plan_items(facts)] == [
+    assert [(i.batch, i.kind, i.target_id, i.parent_id) for i in plan_items(facts)] == [
         (1, "unpublish", "prod-1", guid(11)),
         (2, "project", P, None),
         (2, "image", guid(100), P),
@@ -156,7 +156,7 @@ def test_plan_items_of_iterations_deletes_own_images_with_their_iteration() -> N
         workspace_images=0,
         iterations=(it1, it2),
     )
-    assert [(i["batch"], i["kind"], i["target_id"], i["parent_id"]) for i in plan_items(facts)] == [
+    assert [(i.batch, i.kind, i.target_id, i.parent_id) for i in plan_items(facts)] == [
         (1, "unpublish", "prod-1", guid(11)),
         (2, "iteration", guid(11), None),
         (2, "image", guid(7), guid(11)),
@@ -240,7 +240,9 @@ class Harness(JobHarness):
 
     def submit(self, text: str) -> RequestRecord:
         """Store a deletion request as the service does, and run its preview job."""
-        number = self.store_request(text, kind="delete", status="previewing", job="preview")
+        number = self.store_request(
+            text, kind=RequestKind.DELETE, status=Status.PREVIEWING, job=JobKind.PREVIEW
+        )
         self.run_jobs()
         return self.store.get(number)
 
@@ -248,25 +250,25 @@ class Harness(JobHarness):
         with self.store.write() as conn:
             self.store.add_approval(conn, number, APPROVER)
             assert self.store.transition(
-                conn, number, from_status=("pending",), to_status="approved"
+                conn, number, to=Status.APPROVED, by=Role.APPROVER, actor=APPROVER
             )
-            self.store.enqueue_job(conn, number, "delete")
+            self.store.enqueue_job(conn, number, JobKind.DELETE)
         if run:
             self.run_jobs()
         return self.store.get(number)
 
     def retry(self, number: int) -> RequestRecord:
-        job = self.store.job_for(number, "delete")
+        job = self.store.job_for(number, JobKind.DELETE)
         assert job is not None
         with self.store.write() as conn:
             assert self.store.transition(
-                conn, number, from_status=("failed",), to_status="approved", error=None
+                conn, number, to=Status.APPROVED, by=Role.REQUESTER, actor=REQUESTER, error=None
             )
             self.store.requeue_job(conn, job.id)
         self.run_jobs()
         return self.store.get(number)
 
-    def items(self, number: int) -> list[dict[str, Any]]:
+    def items(self, number: int) -> list[DeletionItem]:
         return self.store.deletion_items(number)
 
     def posts(self, number: int) -> list[str]:
@@ -379,12 +381,12 @@ def test_delete_images_removes_each_selected_image_once_from_every_set(
         loc: len(set(ids) & set(expected)) for loc, ids in before.items() if loc is not None
     }
     items = h.items(record.number)
-    assert sorted(i["target_id"] for i in items) == sorted(expected)
-    sizes = Counter(i["batch"] for i in items)
+    assert sorted(i.target_id for i in items) == sorted(expected)
+    sizes = Counter(i.batch for i in items)
     assert [sizes[b] for b in sorted(sizes)] == [
         min(256, len(expected) - n) for n in range(0, len(expected), 256)
     ]
-    assert {i["kind"] for i in items} == {"image"}
+    assert {i.kind for i in items} == {"image"}
 
     record = h.approve(record.number)
 
@@ -480,13 +482,13 @@ def test_delete_project_unpublishes_first_and_receipt_lists_every_id(harness: Ha
     assert preview["predictions"] == len(predictions) == 70
     assert "Unpublishes prod-1 first: that prediction endpoint stops working." in preview["summary"]
     items = h.items(record.number)
-    assert [(i["batch"], i["kind"], i["target_id"]) for i in items[:2]] == [
+    assert [(i.batch, i.kind, i.target_id) for i in items[:2]] == [
         (1, "unpublish", "prod-1"),
         (2, "project", p),
     ]
-    assert {i["batch"] for i in items[1:]} == {2}
-    assert {i["parent_id"] for i in items[2:]} == {p}
-    assert Counter(i["kind"] for i in items) == Counter(
+    assert {i.batch for i in items[1:]} == {2}
+    assert {i.parent_id for i in items[2:]} == {p}
+    assert Counter(i.kind for i in items) == Counter(
         unpublish=1, project=1, image=len(everything), tag=3, iteration=2, prediction=70
     )
 
@@ -533,7 +535,7 @@ def test_delete_published_iteration_unpublishes_it_and_takes_its_own_images(
     ]
     assert preview["images_targeted"] == len(own)
     assert preview["unpublish"] == [{"iteration_id": it1, "publish_name": "prod-1"}]
-    assert [(i["batch"], i["kind"]) for i in h.items(record.number)] == [
+    assert [(i.batch, i.kind) for i in h.items(record.number)] == [
         (1, "unpublish"),
         (2, "iteration"),
     ] + [(2, "image")] * len(own)
@@ -634,7 +636,7 @@ def test_fault_mid_plan_fails_with_partial_receipt_and_retry_sends_only_the_rest
     record = h.approve(n)
 
     assert record.status == "failed"
-    assert [(i["batch"], i["status"]) for i in h.items(n) if i["seq"] in (1, 257, 513)] == [
+    assert [(i.batch, i.status) for i in h.items(n) if i.seq in (1, 257, 513)] == [
         (1, "deleted"),
         (2, "failed"),
         (3, "pending"),
@@ -689,7 +691,7 @@ def test_resume_probes_a_batch_left_sending_and_never_deletes_twice(
     record = h.submit(f"delete images {p} --all")
     n = record.number
     h.approve(n, run=False)
-    batch = {b: [i["target_id"] for i in h.items(n) if i["batch"] == b] for b in (1, 2, 3)}
+    batch = {b: [i.target_id for i in h.items(n) if i.batch == b] for b in (1, 2, 3)}
     # The previous process died mid-call twice over: batch 1 reached the service, batch 2 not.
     with h.store.write() as conn:
         h.store.mark_items(conn, n, 1, status="sending")
@@ -707,7 +709,7 @@ def test_resume_probes_a_batch_left_sending_and_never_deletes_twice(
         # Batch 1 is gone everywhere: the probe finds nothing to send. It was present when
         # its call was sent, so that call removed it: this request did.
         assert [sorted(sent_ids([c])) for c in resent] == [sorted(batch[2]), sorted(batch[3])]
-        assert {i["status"] for i in h.items(n) if i["batch"] == 1} == {"deleted"}
+        assert {i.status for i in h.items(n) if i.batch == 1} == {"deleted"}
         probe = [e for e in h.events(n, "api.probe") if e.targets]
         assert [(e.outcome, sorted(e.targets)) for e in probe] == [("ok", sorted(batch[1]))]
         assert probe[0].details["resolved_by"] == "re-read"
@@ -781,3 +783,16 @@ def test_survivors_fail_the_request_and_a_retry_verifies_again(harness: Harness)
     assert len(h.cv.calls_to("DeleteImages")) == calls  # confirmed batches are never re-sent
     document, rows = h.receipt(n, "-2")
     assert {(r["status"], r["verified"]) for r in rows} == {("deleted", "gone")}
+
+
+def test_a_concluded_outcome_comes_back_typed_from_its_checkpoint_json() -> None:
+    # A restart returns the outcome saved with the receipt (JSON in the job's checkpoint).
+    outcome = Outcome(
+        request_status=Status.PENDING,
+        new_plan=plan_items(project_facts(3)),
+        audit_details={"changes": {"image": 2}},
+    )
+    back = Outcome(**json.loads(json.dumps(asdict(outcome))))
+    assert back == outcome
+    assert type(back.request_status) is Status and type(back.job_status) is JobStatus
+    assert back.new_plan is not None and all(isinstance(i, DeletionItem) for i in back.new_plan)

@@ -38,8 +38,9 @@ from slack_sdk import WebClient
 from bot import audit, parser
 from bot.clock import SystemClock
 from bot.db import Database
+from bot.lifecycle import TERMINAL, JobKind, JobStatus, RequestRecord, Status
 from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
-from bot.store import TERMINAL, RequestRecord, Store
+from bot.store import Store
 from bot.training import TrainingClient
 from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
 from emulators.slack.driver import SlackDriver
@@ -57,6 +58,7 @@ from emulators.stack import (
     start_stack,
 )
 from handlers.outbox import Deliverer
+from tests.harness import walk
 
 SERVING = re.compile(r"serving \S+ on http://[0-9.]+:(\d+)/slack/events")
 REQUEST_ID = re.compile(r"\bR-\d+\b")
@@ -373,8 +375,8 @@ def check_deleted_exactly_once(
             sent.update(i.lower() for i in call.query["imageIds"].split(","))
     assert dict(sent) == dict.fromkeys(targeted, 1), "a confirmed batch was sent again"
     items = run.store.deletion_items(run.record(rid).number)
-    assert {i["target_id"].lower() for i in items if i["kind"] == "image"} == targeted
-    assert {(i["status"], i["verified"]) for i in items} <= {("deleted", "gone"), ("gone", "gone")}
+    assert {i.target_id.lower() for i in items if i.kind == "image"} == targeted
+    assert {(i.status, i.verified) for i in items} <= {("deleted", "gone"), ("gone", "gone")}
     confirmed: collections.Counter[str] = collections.Counter()
     for event in audit.events(run.conn, request_id=rid):
         if event.action in ("api.call", "api.probe") and event.outcome in ("ok", "gone"):
@@ -640,8 +642,8 @@ def test_durability_sigterm_stops_at_a_checkpoint_exits_0_and_resumes(
     assert "stopping: waiting for running jobs to reach a checkpoint" in run.bot.tail()
     # The running batch reached its checkpoint: everything the service deleted is recorded.
     items = run.store.deletion_items(number)
-    assert [i for i in items if i["status"] == "sending"] == []
-    recorded = {i["target_id"].lower() for i in items if i["status"] in ("deleted", "gone")}
+    assert [i for i in items if i.status == "sending"] == []
+    recorded = {i.target_id.lower() for i in items if i.status in ("deleted", "gone")}
     assert {k.lower() for k in run.cv.deleted_image_counts()} == recorded
     assert 0 < len(recorded) < len(targeted)
     job = run.store.job_for(number, "delete")
@@ -775,7 +777,7 @@ class Outbox:
     deliverer: Deliverer
     web: WebClient
 
-    def request(self, status: str) -> int:
+    def request(self, *path: Status) -> int:
         """Store an export request with a posted announcement; return its number."""
         parent = self.web.chat_postMessage(channel=CHANNEL, text="R-? announcement")
         with self.store.write() as conn:
@@ -786,8 +788,9 @@ class Outbox:
                 text="export projects",
                 requester=REQUESTER.user_id,
                 channel=CHANNEL,
-                status=status,
+                status=Status.QUEUED,
             )
+            walk(self.store, conn, number, *path)
             self.store.update_fields(conn, number, message_ts=str(parent["ts"]))
         return number
 
@@ -819,7 +822,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def test_durability_upload_shared_before_a_crash_is_recorded_once_and_not_shared_again(
     outbox: Outbox, tmp_path: Path, files_info_refusals: int
 ) -> None:
-    number = outbox.request("done")
+    number = outbox.request(Status.RUNNING, Status.DONE)
     path = tmp_path / "R-1001-export.zip"
     path.write_bytes(b"PK\x05\x06" + bytes(18))
     with outbox.store.write() as conn:
@@ -890,7 +893,7 @@ def test_durability_announcement_posted_before_a_crash_is_updated_not_posted_aga
 def test_durability_a_message_slack_keeps_refusing_is_kept_for_later_not_dropped(
     outbox: Outbox, trouble: str, kept: str
 ) -> None:
-    number = outbox.request("running")
+    number = outbox.request(Status.RUNNING)
     with outbox.store.write() as conn:
         if trouble.startswith("its thread"):
             # The announcement waits for a retry much later, or has failed for good.
@@ -938,11 +941,11 @@ def test_durability_outcome_whose_report_a_crash_lost_is_reported_at_start_up(
                 text="export projects",
                 requester=REQUESTER.user_id,
                 channel=CHANNEL,
-                status="running",
+                status=Status.QUEUED,
             )
-            job = store.enqueue_job(conn, number, "export")
-            store.finish_job(conn, job, "done")
-            store.transition(conn, number, from_status=("running",), to_status="done")
+            job = store.enqueue_job(conn, number, JobKind.EXPORT)
+            store.finish_job(conn, job, JobStatus.DONE)
+            walk(store, conn, number, Status.RUNNING, Status.DONE)
             numbers.append(number)
         lost, reported, _ = numbers
         # One was reported before the crash; the third's report is a manual answer (no job).

@@ -145,7 +145,7 @@ def test_e2e_receipt_summary_counts_what_this_request_removed(stacks: StartStack
     number = stack.bot.store.get(rid).number
     batches: dict[int, list[str]] = {}
     for item in stack.bot.store.deletion_items(number):
-        batches.setdefault(int(item["batch"]), []).append(item["target_id"])
+        batches.setdefault(item.batch, []).append(item.target_id)
     first, second, third = (batches[b] for b in sorted(batches))
     assert len(first) == len(second) == 256 and third
     # Someone else deletes three images of the first batch and two of the third first.

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from bot.exporter import CACHE_DIR, COUNT_NOUNS, file_ext, not_found, run_export, summary
+from bot.lifecycle import JobKind, RequestKind, RequestRecord, Role, Status
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
-from bot.store import RequestRecord
 from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
@@ -113,7 +113,9 @@ class Harness(JobHarness):
 
     def submit(self, text: str, *, run: bool = True) -> RequestRecord:
         """Store an export request as the service does, and run its job."""
-        number = self.store_request(text, kind="export", status="queued", job="export")
+        number = self.store_request(
+            text, kind=RequestKind.EXPORT, status=Status.QUEUED, job=JobKind.EXPORT
+        )
         if run:
             self.run_jobs()
         return self.store.get(number)
@@ -745,9 +747,9 @@ def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
     h = big
 
     def cancel(ctx: JobContext) -> None:
-        with ctx.store.write() as conn:
-            ctx.store.transition(
-                conn, ctx.request.number, from_status=("running",), to_status="cancelled"
+        with ctx.runner.store.write() as conn:
+            ctx.runner.store.transition(
+                conn, ctx.request.number, to=Status.CANCELLED, by=Role.REQUESTER, actor=REQUESTER
             )
 
     h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 64, then=cancel)

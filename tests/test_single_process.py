@@ -21,9 +21,11 @@ import requests
 from bot import audit, parser
 from bot.clock import SystemClock, iso
 from bot.db import Database
+from bot.lifecycle import JobKind, Status
 from bot.store import Store
 from emulators.customvision import Seed
 from emulators.stack import CHANNEL, REQUESTER, bot_env, start_emulators, start_stack
+from tests.harness import walk
 from tests.test_durability import BotProcess
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=10, predictions=0, image_bytes=256)
@@ -107,9 +109,10 @@ def test_single_process_start_up_resumes_only_jobs_whose_lease_expired(tmp_path:
                 text="export projects",
                 requester=REQUESTER.user_id,
                 channel=CHANNEL,
-                status="running",
+                status=Status.QUEUED,
             )
-            store.enqueue_job(conn, number, "export")
+            walk(store, conn, number, Status.RUNNING)
+            store.enqueue_job(conn, number, JobKind.EXPORT)
         # Another process (another host, or one the guard cannot see) holds it for an hour.
         job = store.claim_job("worker-elsewhere", timedelta(hours=1))
         assert job is not None

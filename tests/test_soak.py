@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from bot import audit
-from bot.store import OPEN, TERMINAL, RequestRecord
+from bot.lifecycle import OPEN, TERMINAL, RequestRecord
 from emulators.customvision import Seed
 from emulators.faults import fill, locked, mount_small_filesystem
 from emulators.slack.driver import SlackDriver
@@ -342,7 +342,7 @@ def test_soak_random_requests_under_rotating_faults(soak_stack: tuple[Stack, Pat
         for record in records:
             if record.kind == "delete" and record.approvals:
                 items = stack.bot.store.deletion_items(record.number)
-                approved |= {i["target_id"].lower() for i in items if i["kind"] == "image"}
+                approved |= {i.target_id.lower() for i in items if i.kind == "image"}
         deleted = {k.lower(): n for k, n in stack.cv.deleted_image_counts().items()}
         assert set(deleted) <= approved, set(deleted) - approved
         assert set(deleted.values()) <= {1}, {k: n for k, n in deleted.items() if n > 1}

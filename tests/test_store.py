@@ -11,7 +11,9 @@ import pytest
 from bot import audit
 from bot.clock import FakeClock
 from bot.db import Database
+from bot.lifecycle import JobKind, RequestKind, Role, Status
 from bot.store import Store
+from tests.harness import walk
 
 
 @pytest.fixture
@@ -23,17 +25,20 @@ def store(tmp_path: Path) -> Iterator[Store]:
         db.close()
 
 
-def new_request(store: Store, status: str = "pending") -> int:
+def new_request(store: Store, *path: Status) -> int:
+    """Store a deletion (previewing) and move it along `path` (default: to pending)."""
     with store.write() as conn:
-        return store.create_request(
+        number = store.create_request(
             conn,
-            kind="delete",
+            kind=RequestKind.DELETE,
             command={"verb": "delete"},
             text="delete images",
             requester="U0REQ",
             channel="C0DSR",
-            status=status,
+            status=Status.PREVIEWING,
         )
+        walk(store, conn, number, *(path or (Status.PENDING,)))
+    return number
 
 
 def test_store_request_ids_start_above_a_thousand(store: Store) -> None:
@@ -44,10 +49,10 @@ def test_store_request_ids_start_above_a_thousand(store: Store) -> None:
 def test_store_transition_is_a_compare_and_set(store: Store) -> None:
     number = new_request(store)
     with store.write() as conn:
-        first = store.transition(conn, number, from_status=("pending",), to_status="approved")
-        second = store.transition(conn, number, from_status=("pending",), to_status="rejected")
+        first = store.transition(conn, number, to=Status.APPROVED, by=Role.APPROVER, actor="U1")
+        second = store.transition(conn, number, to=Status.REJECTED, by=Role.APPROVER, actor="U2")
     assert (first, second) == (True, False)
-    assert store.get(number).status == "approved"
+    assert store.get(number).status == Status.APPROVED
 
 
 def test_store_each_approver_counts_once(store: Store) -> None:
@@ -59,9 +64,9 @@ def test_store_each_approver_counts_once(store: Store) -> None:
 
 
 def test_store_claim_takes_queued_jobs_and_expired_leases_only(store: Store) -> None:
-    number = new_request(store, "queued")
+    number = new_request(store, Status.PENDING, Status.APPROVED)
     with store.write() as conn:
-        store.enqueue_job(conn, number, "export")
+        store.enqueue_job(conn, number, JobKind.DELETE)
     job = store.claim_job("worker-a", timedelta(minutes=2))
     assert job is not None and job.attempts == 1
     assert store.claim_job("worker-b", timedelta(minutes=2)) is None
@@ -103,7 +108,7 @@ def test_store_outbox_item_requeued_while_sending_stays_pending(store: Store) ->
 def test_store_audit_event_is_written_with_the_change_and_redacted(store: Store) -> None:
     number = new_request(store)
     with pytest.raises(RuntimeError), store.write() as conn:
-        store.transition(conn, number, from_status=("pending",), to_status="approved")
+        store.transition(conn, number, to=Status.APPROVED, by=Role.APPROVER, actor="U1")
         store.audit(
             conn, "U1", "request.approved", request=number, details={"note": "token s3cret-token"}
         )

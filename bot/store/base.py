@@ -1,0 +1,197 @@
+"""The store's core: one write transaction per change, and what any change records with it
+(its audit event, the Slack deliveries it queues). The concept modules build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from typing import Any
+
+from sqlite_utils.db import Table
+
+from bot import audit as audit_log
+from bot.clock import Clock, iso, parse_iso
+from bot.db import Database
+from bot.ids import format_request_id
+from bot.lifecycle import TransitionRefused
+from bot.logs import request_context
+
+log = logging.getLogger(__name__)
+
+
+def dumps(value: Any) -> str:
+    """Return `value` as the compact JSON the store keeps (and compares, in the outbox)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    """Return the value of a stored JSON column (None stays None)."""
+    return None if text is None else json.loads(text)
+
+
+def time_of(text: str | None) -> datetime | None:
+    """Return a stored ISO time (None stays None)."""
+    return None if text is None else parse_iso(text)
+
+
+class StoreBase:
+    """The database, the clock, the transaction, the audit log and the outbox's queue."""
+
+    def __init__(self, db: Database, clock: Clock, *, secrets: Sequence[str] = ()) -> None:
+        self.db = db
+        self.clock = clock
+        self.secrets = tuple(s for s in secrets if s)
+        self.audit_channel: str | None = None
+        # Called after a transaction that queued a Slack delivery has committed.
+        self.on_enqueue: Callable[[], None] | None = None
+        self._local = threading.local()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """Yield a connection inside one write transaction.
+
+        A status change the lifecycle refuses (TransitionRefused) rolls the transaction back,
+        then is recorded as an audit event of its own before the error goes on.
+        """
+        try:
+            with self.db.write() as conn:
+                yield conn
+        except TransitionRefused as refused:
+            self.record(
+                refused.actor,
+                "request.transition_refused",
+                request=refused.request_id,
+                outcome="refused",
+                details={
+                    "from": None if refused.current is None else str(refused.current),
+                    "to": str(refused.to),
+                    "by": str(refused.by),
+                },
+            )
+            raise
+        if getattr(self._local, "enqueued", False):
+            self._local.enqueued = False
+            if self.on_enqueue is not None:
+                self.on_enqueue()
+
+    def audit(
+        self,
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        *,
+        request: int | str | None = None,
+        targets: Sequence[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> audit_log.Event:
+        """Append an audit event inside the caller's transaction (and queue its mirror)."""
+        rid = format_request_id(request) if isinstance(request, int) else request
+        event = audit_log.append(
+            conn,
+            at=self.clock.now(),
+            actor=actor,
+            action=action,
+            request_id=rid,
+            targets=targets,
+            outcome=outcome,
+            details=details or {},
+            secrets=self.secrets,
+        )
+        with request_context(rid):
+            log.info("audit #%s %s by %s: %s", event.seq, action, actor, outcome)
+        self._mirror(conn, event)
+        return event
+
+    def _mirror(self, conn: sqlite3.Connection, event: audit_log.Event) -> None:
+        if self.audit_channel:
+            self.enqueue(
+                conn,
+                kind="mirror",
+                channel=self.audit_channel,
+                payload={"text": audit_log.mirror_line(event), "seq": event.seq},
+                request=None,
+            )
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        request: int | str | None = None,
+        targets: Sequence[str] = (),
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> audit_log.Event:
+        """Append one audit event in a transaction of its own."""
+        with self.write() as conn:
+            return self.audit(
+                conn,
+                actor,
+                action,
+                request=request,
+                targets=targets,
+                outcome=outcome,
+                details=details,
+            )
+
+    def audit_events(
+        self, *, request_id: str | None = None, since: date | None = None
+    ) -> Iterator[audit_log.Event]:
+        """Yield audit events in seq order (one request's, and/or from the UTC day `since`)."""
+        return audit_log.events(self.db.conn, request_id=request_id, since=since)
+
+    def audit_head(self) -> tuple[int, str]:
+        """Return (seq, hash) of the newest audit event (0 and the genesis hash when empty)."""
+        return audit_log.head(self.db.conn)
+
+    def verify_audit(
+        self, *, expected_head: tuple[int, str] | None = None
+    ) -> audit_log.Verification:
+        """Return the result of recomputing the audit log's hash chain (bot.audit.verify)."""
+        return audit_log.verify(self.db.conn, expected_head=expected_head)
+
+    def enqueue(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: str,
+        channel: str,
+        payload: Mapping[str, Any],
+        request: int | None,
+        key: str | None = None,
+    ) -> None:
+        """Queue a Slack delivery inside the caller's transaction.
+
+        With a `key`, an existing item is reused: its payload is replaced and it goes back to
+        pending, keeping its result (so a progress message or an announcement is updated in
+        place rather than posted again). A held item stays held, with the newest payload, until
+        `resend`.
+        """
+        now = iso(self.clock.now())
+        self._local.enqueued = True
+        if key is not None:
+            cursor = conn.execute(
+                "UPDATE outbox SET payload = ?, attempts = 0, not_before = ?,"
+                " status = CASE status WHEN 'held' THEN 'held' ELSE 'pending' END,"
+                " revision = revision + 1 WHERE key = ?",
+                (dumps(payload), now, key),
+            )
+            if cursor.rowcount:
+                return
+        conn.execute(
+            "INSERT INTO outbox (request_id, key, kind, channel, payload, status, not_before,"
+            " created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (request, key, kind, channel, dumps(payload), now, now),
+        )
+
+    def table(self, name: str) -> Table:
+        """Return a table on this thread's connection, through sqlite-utils (inserts, deletes
+        and simple reads; inside `write()` they join its transaction)."""
+        return self.db.tables.table(name)

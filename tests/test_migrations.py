@@ -1,0 +1,177 @@
+"""Migrations over real SQLite files: a shipped migration never changes, and a database made
+by any earlier version opens, migrates and keeps every request, job, plan and delivery.
+
+`tests/schema/v<N>.sql` records the schema each version shipped with. A database of version N
+is built here from that record (not from today's migrations), filled the way that version's
+code wrote its rows, then opened by today's store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot import audit
+from bot.clock import FakeClock
+from bot.db import MIGRATIONS, Database
+from bot.lifecycle import ItemStatus, JobKind, JobStatus, RequestKind, Role, Status
+from bot.store import Store
+
+SCHEMAS = Path(__file__).parent / "schema"
+VERSIONS = list(range(1, len(MIGRATIONS) + 1))
+T0 = "2026-11-27T09:00:00.000000Z"
+
+
+def dump(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+        " ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, name"
+    )
+    return [normal(sql) for (sql,) in rows]
+
+
+def normal(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def recorded(version: int) -> list[str]:
+    statements, statement = [], ""
+    for line in (SCHEMAS / f"v{version}.sql").read_text().splitlines(keepends=True):
+        if line.startswith("--"):
+            continue
+        statement += line
+        if sqlite3.complete_statement(statement):
+            statements.append(statement.strip().removesuffix(";"))
+            statement = ""
+    assert not statement.strip(), statement
+    return statements
+
+
+def old_database(path: Path, version: int) -> None:
+    """Write a database as version `version` of the bot left it: schema and rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in recorded(version):
+        conn.execute(statement)
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('requests', 1000)")
+    request = (
+        "INSERT INTO requests (kind, command, text, requester, channel, status, created_at,"
+        " updated_at, expires_at, preview) VALUES (?, ?, ?, 'U0REQ', 'C0DSR', ?, ?, ?, ?, ?)"
+    )
+    conn.execute(  # R-1001: a deletion waiting for its second approval
+        request,
+        (
+            "delete",
+            '{"verb":"delete"}',
+            "delete images",
+            "pending",
+            T0,
+            T0,
+            "2026-11-28T09:00:00.000000Z",
+            '{"summary":"2 images"}',
+        ),
+    )
+    conn.execute("INSERT INTO approvals VALUES (1001, 'U0APP', ?)", (T0,))
+    conn.executemany(
+        "INSERT INTO deletion_items (request_id, seq, kind, project_id, target_id, parent_id,"
+        " batch, status) VALUES (1001, ?, 'image', 'p1', ?, NULL, 1, 'pending')",
+        [(1, "img-1"), (2, "img-2")],
+    )
+    conn.execute(
+        request, ("export", '{"verb":"export"}', "export projects", "failed", T0, T0, None, None)
+    )
+    conn.execute(  # R-1002's export job failed half-way, its checkpoint kept for `retry`
+        "INSERT INTO jobs (request_id, kind, status, attempts, checkpoint, created_at,"
+        " updated_at) VALUES (1002, 'export', 'failed', 1, '{\"section\":\"tags\"}', ?, ?)",
+        (T0, T0),
+    )
+    conn.execute(
+        "INSERT INTO outbox (request_id, key, kind, channel, payload, status, not_before,"
+        " created_at) VALUES (1001, 'announce:1001', 'announce', 'C0DSR', '{\"request\":1001}',"
+        " 'pending', ?, ?)",
+        (T0, T0),
+    )
+    audit.append(
+        conn,
+        at=datetime(2026, 11, 27, 9, tzinfo=UTC),
+        actor="U0REQ",
+        action="command.received",
+        request_id="R-1001",
+        targets=(),
+        outcome="ok",
+        details={},
+    )
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migrations_each_version_builds_the_schema_it_shipped_with(tmp_path: Path) -> None:
+    # A shipped migration is never edited: add a new one, and record its schema here.
+    assert sorted(SCHEMAS.glob("v*.sql")) == [SCHEMAS / f"v{n}.sql" for n in VERSIONS]
+    for version in VERSIONS:
+        conn = sqlite3.connect(tmp_path / f"v{version}.db", isolation_level=None)
+        conn.execute("BEGIN")
+        for step in MIGRATIONS[:version]:
+            step(conn)
+        conn.execute("COMMIT")
+        assert dump(conn) == [normal(s) for s in recorded(version)], f"1..{version} changed"
+        conn.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_migrations_an_older_database_opens_with_everything_it_held(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "cvdsr.db"
+    old_database(path, version)
+    clock = FakeClock(datetime(2026, 11, 27, 10, tzinfo=UTC))
+    db = Database(path)
+    try:
+        store = Store(db, clock)
+        assert dump(db.conn) == [normal(s) for s in recorded(len(MIGRATIONS))]
+        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == len(MIGRATIONS)
+
+        pending = store.get("R-1001")
+        assert (pending.kind, pending.status, pending.approvals) == (
+            RequestKind.DELETE,
+            Status.PENDING,
+            ("U0APP",),
+        )
+        assert pending.preview == {"summary": "2 images"}
+        assert [(i.seq, i.target_id, i.status) for i in store.deletion_items(1001)] == [
+            (1, "img-1", ItemStatus.PENDING),
+            (2, "img-2", ItemStatus.PENDING),
+        ]
+        (announcement,) = store.pending_outbox()
+        assert (announcement.key, announcement.revision) == ("announce:1001", 0)
+        assert store.verify_audit().ok
+
+        # The old rows take part in today's lifecycle: approve, retry, and a new request.
+        with store.write() as conn:
+            assert store.transition(conn, 1001, to=Status.APPROVED, by=Role.APPROVER, actor="U2")
+            failed = store.job_for(1002, JobKind.EXPORT)
+            assert failed is not None and failed.status == JobStatus.FAILED
+            assert store.transition(
+                conn, 1002, to=Status.QUEUED, by=Role.REQUESTER, actor="U0REQ", error=None
+            )
+            store.requeue_job(conn, failed.id)
+            number = store.create_request(
+                conn,
+                kind=RequestKind.EXPORT,
+                command={"verb": "export"},
+                text="export projects",
+                requester="U0REQ",
+                channel="C0DSR",
+                status=Status.QUEUED,
+            )
+        assert number == 1003
+        job = store.claim_job("worker-a", timedelta(minutes=1))
+        assert job is not None
+        assert (job.id, job.checkpoint) == (failed.id, {"section": "tags", "round": 2})
+        assert [r.id for r in store.requests_of("U0REQ")] == ["R-1003", "R-1002", "R-1001"]
+    finally:
+        db.close()
