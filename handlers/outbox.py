@@ -138,6 +138,8 @@ TIER4_BUDGET = Budget(per_minute=90, burst=5)  # files.*, chat.postEphemeral (10
 # characters (a line is about 80).
 MIRROR_LINES = 40
 MIRROR_CHARS = 3_500
+# After a round that sent nothing, the outbox looks again no sooner than this (seconds).
+IDLE_GAP = 0.05
 # Held mirror lines have no request and no requester to resend them: they are tried again
 # this often (one call), so re-inviting the bot to the audit channel is all it takes.
 MIRROR_PROBE_INTERVAL = 600.0
@@ -260,7 +262,11 @@ class Deliverer:
                 log.exception("outbox round failed")
                 sent = 0
             if not sent:
-                self.wake.wait(self.poll_interval)
+                # Every audit event wakes the outbox; while each budget is spent, a round sends
+                # nothing, and re-reading the queue on each of a burst's wake-ups took the CPU
+                # the acknowledgements need. So a fruitless round waits IDLE_GAP first.
+                self.stopping.wait(min(IDLE_GAP, self.poll_interval))
+                self.wake.wait(max(0.0, self.poll_interval - IDLE_GAP))
                 self.wake.clear()
 
     def deliver_pending(self) -> int:
