@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -235,9 +234,13 @@ def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider)
         ),
         signing_secret=config.slack_signing_secret.reveal(),
         authorize=authorize,
-        # Listeners only ack and touch SQLite; a bigger pool keeps bursts under 3 s.
-        listener_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt"),
         request_verification_enabled=not config.socket_mode,
+        # The listeners run in the thread that answers Slack, and that answer goes as soon as
+        # they return: no second thread, and no Bolt loop polling every 10 ms for the ack
+        # (most of an idle ack's time). Bolt also never gives up on a listener then and
+        # runs a catch-all instead (the 3-second trap); handlers.decider keeps each under 3 s
+        # and moves what follows the ack off this thread.
+        process_before_response=True,
         logger=_bolt_logger(),
     )
     if app.oauth_flow is not None:

@@ -13,6 +13,11 @@ bot's own pool, never between a payload and its ack:
   timeout), the listener acks with a holding answer that claims nothing, and the decision's
   own answer follows through the request's response_url as soon as it is known.
 
+Bolt runs the listeners in the thread that answers Slack's HTTP request (the app's
+`process_before_response`), so no Bolt thread polls for the ack: whatever follows an ack
+and talks to Slack (an answer through response_url, a dialog, an ephemeral message) runs on
+this module's follow-up threads (`follow=`, `after`), never between the ack and Slack.
+
 A mature Slack app does the same: answer inline when the work is quick, otherwise acknowledge
 and follow up through response_url (Slack's "responding to interactions" guide). Only the
 decision says whether something was stored; the holding answer never does.
@@ -88,24 +93,42 @@ class Decider:
         self.command = command
         self.monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decide")
+        # Apart from the decisions: a decision going late waits for its holding answer, which
+        # must never queue behind that very decision.
+        self._followups = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="follow")
 
     def close(self) -> None:
-        """Finish the decisions already taken; take no more."""
+        """Finish the decisions and follow-ups already taken; take no more."""
         self._pool.shutdown(wait=True)
+        self._followups.shutdown(wait=True)
+
+    def after(self, job: Callable[[], None]) -> None:
+        """Run `job` (Slack calls that follow an ack) on a follow-up thread; log its failure."""
+
+        def run() -> None:
+            try:
+                job()
+            except Exception:
+                log.exception("a follow-up after an acknowledgement failed")
+
+        self._followups.submit(run)
 
     def run(
         self,
         received_at: float,
         decide: Callable[[], Reply],
         *,
-        answer: Callable[[Reply | None], None],
+        answer: Callable[[Reply | None], object],
         late: Callable[[Reply], None],
+        follow: Callable[[Reply | None], None] | None = None,
     ) -> None:
         """Run `decide`; call `answer(reply)` in this thread by ACK_BY after `received_at`.
 
         `answer(None)` means the decision is not done yet: ack with a holding answer. Then
         `late(reply)` is called from the decision's thread once it is done (after `answer`
-        returned, so the holding answer is shown first).
+        returned, so the holding answer is shown first). `answer` only acks; what else tells
+        the user (a click's answer through response_url) is `follow(reply)`, called on a
+        follow-up thread after `answer`, and before `late`.
         """
         handoff = _Handoff()
 
@@ -128,7 +151,20 @@ class Decider:
 
         self._pool.submit(work)
         reply = handoff.wait(received_at + ACK_BY - self.monotonic())
+        if follow is None:
+            try:
+                answer(reply)
+            finally:
+                handoff.hold_sent()
+            return
+
+        def tell() -> None:
+            try:
+                follow(reply)
+            finally:
+                handoff.hold_sent()
+
         try:
             answer(reply)
         finally:
-            handoff.hold_sent()
+            self.after(tell)

@@ -3,7 +3,9 @@
 No rule lives here: who may do what is bot.policy, what happens is bot.service. Every
 listener acknowledges within Slack's 3 seconds: decisions run through handlers.decider, which
 acks with the decision's answer when it is quick and otherwise with a holding answer, the
-decision's own answer following through response_url. Long work is queued for the workers.
+decision's own answer following through response_url. Listeners run in the thread that
+answers Slack (`process_before_response`), so every Slack call that follows an ack goes to
+the decider's follow-up threads. Long work is queued for the workers.
 """
 
 from __future__ import annotations
@@ -123,14 +125,14 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
         # itself shows nothing, so it never claims anything.
         user, channel, request_id = _decide(body)
 
-        def answer(reply: Reply | None) -> None:
-            ack()
+        def tell(reply: Reply | None) -> None:
             _respond(body, respond, reply or Reply(HOLDING_CLICK.format(request_id=request_id)))
 
         decider.run(
             received_at(context),
             lambda: decide(user, request_id, channel),
-            answer=answer,
+            answer=lambda _: ack(),
+            follow=tell,
             late=lambda reply: _respond(body, respond, reply),
         )
 
@@ -149,6 +151,9 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
     @app.action("request.reject")
     def on_reject(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
+        decider.after(lambda: _open_reject_dialog(body, respond, client))
+
+    def _open_reject_dialog(body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         user, channel, request_id = _decide(body)
         refusal = service.check_reject(user, request_id, channel)
         if refusal is not None:
@@ -186,15 +191,11 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
             if channel:
                 client.chat_postEphemeral(channel=channel, user=user, text=reply_text(reply.text))
 
-        def answer(reply: Reply | None) -> None:
-            ack()  # closes the dialog; what happened is told in the channel
-            if reply is not None:
-                tell(reply)
-
         decider.run(
             received_at(context),
             lambda: service.reject(user, request_id, reason, channel or None),
-            answer=answer,
+            answer=lambda _: ack(),  # closes the dialog; what happened is told in the channel
+            follow=lambda reply: None if reply is None else tell(reply),
             late=tell,
         )
 
@@ -209,7 +210,9 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
             str(action.get("action_id"))[:80],
             _id(body.get("user")),
         )
-        _respond(body, respond, Reply(UNKNOWN_ACTION.format(command=command)))
+        decider.after(
+            lambda: _respond(body, respond, Reply(UNKNOWN_ACTION.format(command=command)))
+        )
 
     @app.command(catch_all((command,)))
     def on_unknown_command(ack: Ack, body: dict[str, Any]) -> None:

@@ -272,10 +272,19 @@ def wsgi_app(bot: Bot) -> Callable[..., Iterable[bytes]]:
     return application
 
 
+# A request waits in its thread until its decision is known (up to handlers.decider.ACK_BY)
+# and Slack's 3 seconds run from its arrival: with too few threads a burst would wait in
+# waitress's queue, where no deadline is counted. The threads mostly wait; decisions run on
+# the decider's pool.
+HTTP_THREADS = 32
+
+
 class HttpServer:
     """waitress serving the bot's WSGI app on a thread pool, in a background thread."""
 
-    def __init__(self, bot: Bot, host: str = "0.0.0.0", port: int = 3000, threads: int = 8):
+    def __init__(
+        self, bot: Bot, host: str = "0.0.0.0", port: int = 3000, threads: int = HTTP_THREADS
+    ):
         self.server = create_server(
             wsgi_app(bot),
             host=host,
