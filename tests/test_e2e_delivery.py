@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 import requests
 
-from bot import audit
+from bot import audit, runner
 from emulators.customvision import Seed
 from emulators.slack.records import Message
 from emulators.stack import (
@@ -26,6 +27,7 @@ from emulators.stack import (
     STRANGER,
     Stack,
 )
+from handlers import blocks
 from tests.conftest import StartStack, request_pending
 
 SEED = Seed(projects=2, iterations=1, tags=3, images=20, predictions=2, image_bytes=200)
@@ -278,4 +280,42 @@ def test_e2e_request_thread_is_not_starved_behind_the_audit_mirror(stacks: Start
     ).fetchone()[0]
     assert pending_mirror > 0  # the thread went first, while the mirror still catches up
     stack.wait_delivered(timeout=120)
+    assert stack.slack.rate_limited() == 0
+
+
+def test_e2e_progress_edits_coalesce_within_slacks_update_tier(
+    stacks: StartStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every step of the job is reported (as a long export reports over hours, every 2 s):
+    # many more progress states than chat.update's tier (about 50 a minute) lets through.
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL", timedelta(0))
+    steps: list[dict[str, object]] = []
+    report = runner.JobContext.progress
+
+    def counted(
+        ctx: runner.JobContext, done: int, total: int | None, phase: str, **kw: bool
+    ) -> None:
+        steps.append({"done": done, "total": total, "phase": phase})
+        report(ctx, done, total, phase, **kw)
+
+    monkeypatch.setattr(runner.JobContext, "progress", counted)
+    # Listing without downloads: a step per page of 256 images, many a second.
+    seed = Seed(projects=1, iterations=1, tags=3, images=8_000, predictions=0, image_bytes=64)
+    stack = stacks(seed=seed, rate_tiers=True)
+    project = stack.cv.data.project_ids()[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"export project {project} --no-images"))
+    assert stack.wait_status(rid, "done", "failed", timeout=120) == "done"
+    stack.wait_delivered(timeout=120)
+
+    final = f"{rid}: {blocks.progress_text(steps[-1])}"
+    assert len(steps) >= 30
+    # One progress message in the thread, edited far fewer times than there were steps...
+    bars = [m for m in thread(stack, rid) if m.text.startswith(f"{rid}: ") and "▓" in m.text]
+    assert [m.text for m in bars] == [final]
+    edits = [c for c in stack.slack.calls_to("chat.update") if c.params.get("ts") == bars[0].ts]
+    assert len(edits) == bars[0].updates
+    assert 1 <= len(edits) <= len(steps) / 4, (len(edits), len(steps))
+    # ...the last edit carrying the last state, and Slack never answered `ratelimited`.
+    assert edits[-1].params["text"] == final
+    assert stack.bot.store.get(rid).progress == steps[-1]
     assert stack.slack.rate_limited() == 0
