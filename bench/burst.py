@@ -8,12 +8,17 @@ of them are an audit event that the audit channel mirrors. Measured: each acknow
 latency, how many calls Slack answered `ratelimited`, how long after each export finished its
 "ready" message reached its thread (request threads must not wait behind the mirror), and how
 long the mirror took to catch up after the burst.
+
+The same commands are first sent one at a time to the idle bot, in the same run: the burst's
+p99 over that idle p99 is a ratio that the machine's other load affects far less than the
+milliseconds (the load average at the start and at the end is printed too).
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import os
 import time
 from dataclasses import dataclass
 
@@ -46,19 +51,29 @@ class Size:
     commands: int
     concurrency: int
     catch_up_timeout: float
+    idle_commands: int  # sent one at a time before the exports: the same run's baseline
 
 
-FULL = Size(exports=8, images=100, commands=10_000, concurrency=50, catch_up_timeout=900.0)
-SMOKE = Size(exports=2, images=10, commands=120, concurrency=10, catch_up_timeout=120.0)
+FULL = Size(
+    exports=8,
+    images=100,
+    commands=10_000,
+    concurrency=50,
+    catch_up_timeout=900.0,
+    idle_commands=300,
+)
+SMOKE = Size(
+    exports=2, images=10, commands=120, concurrency=10, catch_up_timeout=120.0, idle_commands=12
+)
 
 
-def _bodies(driver: SlackDriver, size: Size) -> list[bytes]:
+def _bodies(driver: SlackDriver, count: int) -> list[bytes]:
     cycle = (
         (REQUESTER.user_id, "status"),
         (STRANGER.user_id, "status R-1001"),
         (STRANGER.user_id, "resend R-1001"),
     )
-    return command_bodies(driver, (cycle[i % len(cycle)] for i in range(size.commands)))
+    return command_bodies(driver, (cycle[i % len(cycle)] for i in range(count)))
 
 
 def _witnessed(emulators: Emulators) -> set[int]:
@@ -79,6 +94,7 @@ def _said_ready(emulators: Emulators, thread_ts: str) -> bool:
 
 @dataclass(frozen=True)
 class BurstRun:
+    idle: tuple[Answer, ...]  # the same commands, one at a time, before the exports
     answers: tuple[Answer, ...]
     load_s: float
     events: int
@@ -88,10 +104,13 @@ class BurstRun:
     thread_lags: tuple[float, ...]  # export done -> its "ready" message, seconds
     rate_limited: int
     limited_methods: tuple[str, ...]  # the methods Slack answered `ratelimited`, with counts
+    load_average: tuple[float, float]  # the machine's 1-minute load at the start and the end
 
 
 def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     driver = process.driver(timeout=ACK_LIMIT)
+    load_before = os.getloadavg()[0]
+    idle = send_load(driver, _bodies(driver, size.idle_commands), concurrency=1, timeout=ACK_LIMIT)
     projects = emulators.cv.data.project_ids()[: size.exports]
     rids = [
         request_id(driver.command(REQUESTER.user_id, CHANNEL, f"export project {project}"))
@@ -99,7 +118,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     ]
     started = time.perf_counter()
     answers = send_load(
-        driver, _bodies(driver, size), concurrency=size.concurrency, timeout=ACK_LIMIT
+        driver, _bodies(driver, size.commands), concurrency=size.concurrency, timeout=ACK_LIMIT
     )
     load_s = time.perf_counter() - started
     ended = time.monotonic()
@@ -133,6 +152,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     if _witnessed(emulators) != set(range(1, total + 1)):
         raise BenchError("the audit channel does not hold every event exactly once")
     return BurstRun(
+        idle=tuple(idle),
         answers=tuple(answers),
         load_s=load_s,
         events=total,
@@ -147,6 +167,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
                 c.method for c in emulators.slack.calls if c.error == "ratelimited"
             ).items()
         ),
+        load_average=(load_before, os.getloadavg()[0]),
     )
 
 
@@ -167,6 +188,8 @@ def run(*, smoke: bool = False) -> Result:
 def _result(size: Size, run: BurstRun) -> Result:
     latencies = [a.latency for a in run.answers]
     p99 = report.percentile(latencies, 99)
+    idle = [a.latency for a in run.idle]
+    idle_p99 = report.percentile(idle, 99)
     missed = sum(1 for a in run.answers if a.missed(ACK_LIMIT))
     n = len(run.answers)
     per_message = run.events / max(1, run.mirror_messages)
@@ -186,6 +209,15 @@ def _result(size: Size, run: BurstRun) -> Result:
                 p99 < P99_TARGET,
             ),
             Row("acknowledgements over 3 s (or not 200)", f"{missed} of {n}", "0", missed == 0),
+            Row(
+                f"idle acknowledgements p50 / p99 / max (the same run, {len(idle)} one at a time)",
+                report.spread(idle),
+            ),
+            Row("burst p99 / idle p99 (the same run)", f"{p99 / idle_p99:.1f}x"),
+            Row(
+                "machine load average (1 min) at the start / the end",
+                " / ".join(f"{load:.1f}" for load in run.load_average),
+            ),
             Row(
                 "calls Slack answered `ratelimited`",
                 report.count(run.rate_limited),
@@ -211,6 +243,11 @@ def _result(size: Size, run: BurstRun) -> Result:
             "p50_s": report.percentile(latencies, 50),
             "p99_s": p99,
             "max_s": max(latencies),
+            "idle_p50_s": report.percentile(idle, 50),
+            "idle_p99_s": idle_p99,
+            "burst_over_idle_p99": p99 / idle_p99,
+            "load_average_start": run.load_average[0],
+            "load_average_end": run.load_average[1],
             "missed": missed,
             "rate_limited": run.rate_limited,
             "events": run.events,
