@@ -1057,12 +1057,13 @@ def _resolve(
             sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
     except TrainingApiError as exc:
-        ctx.audit(
-            "api.call",
-            targets=list(targets),
-            outcome="unknown",
-            details={"error": error.user_message, "re_read_error": exc.user_message},
-        )
+        with ctx.transaction() as tx:
+            tx.audit(
+                "api.call",
+                targets=list(targets),
+                outcome="unknown",
+                details={"error": error.user_message, "re_read_error": exc.user_message},
+            )
         return False
     removed = [t for t in targets if t not in present]
     details = {"resolved_by": "re-read", "error": error.user_message}

@@ -266,18 +266,6 @@ class JobContext:
         with self._store.write() as conn:
             self._store.post(conn, self.request.number, self.request.channel, text, key=key)
 
-    def audit(
-        self,
-        action: str,
-        *,
-        targets: Sequence[str] = (),
-        outcome: str = "ok",
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record an audit event for this request, as the bot, in a transaction of its own."""
-        with self.transaction() as tx:
-            tx.audit(action, targets=targets, outcome=outcome, details=details)
-
 
 JobHandler = Callable[[JobContext], Outcome]
 
