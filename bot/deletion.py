@@ -1432,16 +1432,19 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         return write_receipt(
             ctx, outcome="survivors", started_at=started_at, note=note, then=survived
         )
+    removed = with_outcome(items, "removed")
     absent = with_outcome(items, "already_absent")
-    summary = _described(with_outcome(items, "removed")) + " deleted and verified gone"
+    summary = _described(removed) + " deleted and verified gone"
     if absent:
         summary += f"; {_described(absent)} already absent (not removed by this request)"
+    # `counts` is the plan; what this request removed and what it found absent are apart.
+    tally = {"counts": counts, "removed": removed, "already_absent": absent, "verified": total}
     finished = Outcome(
         request_status=Status.DONE,
-        result={"counts": counts, "verified": total, "already_absent": sum(absent.values())},
+        result=tally,
         message=f"{record.id}: {summary}; receipt attached.",
         audit_action="request.completed",
-        audit_details={"counts": counts, "verified": total},
+        audit_details=tally,
     )
     return write_receipt(
         ctx, outcome="done", started_at=started_at, note=f"{summary}.", then=finished

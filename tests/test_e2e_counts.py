@@ -25,6 +25,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from bot import audit
 from bot.deletion import SUMMARY_KEYS
 from emulators.customvision import Exchange, Seed
 from emulators.stack import APPROVER, CHANNEL, Stack
@@ -209,6 +210,18 @@ def test_e2e_receipt_summary_counts_what_this_request_removed(stacks: StartStack
     said = "\n".join(thread(stack, rid))
     assert f"{planned - 5} images deleted and verified gone" in said, said
     assert "5 images already absent (not removed by this request)" in said, said
+    # The audit log's record of the outcome says the same.
+    (completed,) = [
+        e.details
+        for e in audit.events(stack.bot.db.conn, request_id=rid)
+        if e.action == "request.completed"
+    ]
+    assert completed == {
+        "counts": {"image": planned},
+        "removed": {"image": planned - 5},
+        "already_absent": {"image": 5},
+        "verified": planned,
+    }
 
 
 def test_e2e_receipt_summary_counts_survivors_apart(stacks: StartStack) -> None:
