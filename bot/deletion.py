@@ -1229,7 +1229,6 @@ def write_receipt(
         "started_at": started_at,
         "finished_at": iso(ctx.clock.now()),
         "attempt": attempt,
-        "counts": counts_of(items),
         "summary": receipt_summary(rows),
         "approvals": [{"approver": who, "at": at} for who, at in ctx.approval_times()],
         "audit_head": dict(zip(("seq", "hash"), ctx.audit_head(), strict=True)),
