@@ -11,7 +11,7 @@ import pytest
 from bot import audit
 from bot.clock import FakeClock
 from bot.db import Database
-from bot.lifecycle import JobKind, RequestKind, Role, Status
+from bot.lifecycle import DeletionItem, ItemStatus, JobKind, RequestKind, Role, Status
 from bot.store import Store
 from tests.harness import walk
 
@@ -118,3 +118,51 @@ def test_store_audit_event_is_written_with_the_change_and_redacted(store: Store)
     store.record("U1", "x", request=number, details={"note": "token s3cret-token"})
     (event,) = audit.events(store.db.conn)
     assert "s3cret-token" not in str(event.details)
+
+
+def test_store_sqlite_utils_writes_join_the_callers_transaction(store: Store) -> None:
+    # Inserts and deletes through sqlite-utils use savepoints inside `write()`: a crash before
+    # the commit leaves nothing of them.
+    number = new_request(store)
+    plan = [
+        DeletionItem(seq=1, kind="image", project_id="p1", target_id="i1", parent_id=None, batch=1)
+    ]
+    with pytest.raises(RuntimeError), store.write() as conn:
+        store.add_approval(conn, number, "U1")
+        store.add_deletion_items(conn, number, plan)
+        store.create_request(
+            conn,
+            kind=RequestKind.EXPORT,
+            command={},
+            text="export",
+            requester="U0OTHER",
+            channel="C0DSR",
+            status=Status.QUEUED,
+        )
+        raise RuntimeError("crash before commit")
+    assert store.get(number).approvals == ()
+    assert store.deletion_items(number) == []
+    assert not store.has_requests("U0OTHER")
+
+
+def test_store_plan_comes_back_typed_and_in_order(store: Store) -> None:
+    number = new_request(store)
+    plan = [
+        DeletionItem(seq=seq, kind=kind, project_id="p1", target_id=t, parent_id=None, batch=b)
+        for seq, kind, t, b in [(1, "image", "i1", 1), (2, "image", "i2", 1), (3, "tag", "t1", 2)]
+    ]
+    with store.write() as conn:
+        store.add_deletion_items(conn, number, list(reversed(plan)))
+        store.mark_items(
+            conn, number, 1, status=ItemStatus.DELETED, http_status=200, target_ids=["i2"]
+        )
+        store.mark_verified(conn, number, ["i2"], "gone")
+    items = store.deletion_items(number)
+    assert [(i.seq, i.status, i.http_status, i.verified) for i in items] == [
+        (1, ItemStatus.PENDING, None, None),
+        (2, ItemStatus.DELETED, 200, "gone"),
+        (3, ItemStatus.PENDING, None, None),
+    ]
+    assert items[1].at is not None and items[1].operation is None
+    assert store.deletion_items(number, batch=2) == [plan[2]]
+    assert store.deletion_items(number, status=ItemStatus.DELETED)[0].target_id == "i2"
