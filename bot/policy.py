@@ -55,6 +55,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from bot.lifecycle import RequestKind, Status
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -122,8 +124,8 @@ class Subject:
     """What the rules need to know about a stored request."""
 
     request_id: str
-    kind: str  # export | delete | manual
-    status: str
+    kind: RequestKind
+    status: Status
     requester: str
     approvals: tuple[str, ...] = ()
     expires_at: datetime | None = None
@@ -141,7 +143,10 @@ class Decision:
 
 
 ALLOW = Decision(True)
-CANCELLABLE = {"export": {"queued", "running"}, "delete": {"previewing", "pending"}}
+CANCELLABLE = {
+    RequestKind.EXPORT: {Status.QUEUED, Status.RUNNING},
+    RequestKind.DELETE: {Status.PREVIEWING, Status.PENDING},
+}
 
 
 def may_request(rules: Rules, actor: Actor, channel: str, *, deletion: bool) -> Decision:
@@ -224,11 +229,12 @@ def _from_its_channel(subject: Subject, channel: str | None) -> Decision:
 
 
 def _decidable(subject: Subject, now: datetime) -> Decision:
-    if subject.kind != "delete":
+    if subject.kind != RequestKind.DELETE:
         return Decision(False, f"{subject.request_id} is not a deletion: nothing to approve.")
-    if subject.status == "pending" and subject.expires_at is not None and now >= subject.expires_at:
+    overdue = subject.expires_at is not None and now >= subject.expires_at
+    if subject.status == Status.PENDING and overdue:
         return Decision(False, f"{subject.request_id} has expired and can no longer be decided.")
-    if subject.status != "pending":
+    if subject.status != Status.PENDING:
         return Decision(
             False, f"{subject.request_id} is {subject.status} and can no longer be decided."
         )
@@ -370,7 +376,7 @@ def may_retry(rules: Rules, actor: Actor, subject: Subject) -> Decision:
     """Return whether `actor` may resume the failed request `subject`."""
     if not _requester_or_approver(rules, actor, subject):
         return Decision(False, f"Only the requester or an approver may retry {subject.request_id}.")
-    if subject.status != "failed":
+    if subject.status != Status.FAILED:
         return Decision(
             False, f"{subject.request_id} is {subject.status}: only failed requests can be retried."
         )

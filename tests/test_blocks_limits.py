@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.lifecycle import RequestRecord, Status
+from bot.lifecycle import RequestKind, RequestRecord, Status
 from emulators.slack.webapi import SlackEmulator
 from handlers import blocks, limits
 
@@ -94,7 +94,7 @@ def previews(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def records(draw: st.DrawFn) -> RequestRecord:
     now = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
-    kind = draw(st.sampled_from(["export", "delete", "manual"]))
+    kind = draw(st.sampled_from(RequestKind))
     return RequestRecord(
         number=draw(st.integers(1, 10**9)),
         kind=kind,

@@ -33,7 +33,16 @@ from bot.deletion import (
     run_delete,
     run_preview,
 )
-from bot.lifecycle import DeletionItem, JobKind, JobStatus, RequestKind, RequestRecord, Role, Status
+from bot.lifecycle import (
+    DeletionItem,
+    ItemStatus,
+    JobKind,
+    JobStatus,
+    RequestKind,
+    RequestRecord,
+    Role,
+    Status,
+)
 from bot.runner import JobContext, Outcome
 from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
@@ -694,8 +703,8 @@ def test_resume_probes_a_batch_left_sending_and_never_deletes_twice(
     batch = {b: [i.target_id for i in h.items(n) if i.batch == b] for b in (1, 2, 3)}
     # The previous process died mid-call twice over: batch 1 reached the service, batch 2 not.
     with h.store.write() as conn:
-        h.store.mark_items(conn, n, 1, status="sending")
-        h.store.mark_items(conn, n, 2, status="sending")
+        h.store.mark_items(conn, n, 1, status=ItemStatus.SENDING)
+        h.store.mark_items(conn, n, 2, status=ItemStatus.SENDING)
     assert h.client.delete_images(p, batch[1]) == 202
     if settled:
         h.cv.data.settle()
@@ -740,7 +749,7 @@ def test_a_stop_between_batches_resumes_at_the_checkpoint(harness: Harness) -> N
     h.runner.run_one(job)  # back to the queue at its checkpoint
 
     assert h.store.get(n).status == "running"  # left for the next worker
-    job = h.store.job_for(n, "delete")
+    job = h.store.job_for(n, JobKind.DELETE)
     assert job is not None
     assert (job.status, job.checkpoint["batch"]) == ("queued", 1)
     assert len(h.cv.calls_to("DeleteImages")) == 1

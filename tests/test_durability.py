@@ -38,7 +38,15 @@ from slack_sdk import WebClient
 from bot import audit, parser
 from bot.clock import SystemClock
 from bot.db import Database
-from bot.lifecycle import TERMINAL, JobKind, JobStatus, RequestRecord, Status
+from bot.lifecycle import (
+    TERMINAL,
+    ItemStatus,
+    JobKind,
+    JobStatus,
+    RequestKind,
+    RequestRecord,
+    Status,
+)
 from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
 from bot.store import Store
 from bot.training import TrainingClient
@@ -551,7 +559,7 @@ def test_durability_sigkill_at_random_moments_deletes_once_and_posts_export_once
     finally:
         report("SIGKILL trials", run)
     assert any(RESUMED in t for t in thread_texts(run, deletion))
-    if run.store.job_for(run.record(export).number, "export").attempts > 1:  # type: ignore[union-attr]
+    if run.store.job_for(run.record(export).number, JobKind.EXPORT).attempts > 1:  # type: ignore[union-attr]
         assert any(RESUMED in t for t in thread_texts(run, export))
     assert run.figures["kills during a delete job"] >= 1
 
@@ -635,7 +643,7 @@ def test_durability_sigterm_stops_at_a_checkpoint_exits_0_and_resumes(
     number = run.record(deletion).number
     run.wait_for(
         "two batches deleted",
-        lambda: len(run.store.deletion_items(number, status="deleted")) >= 512,
+        lambda: len(run.store.deletion_items(number, status=ItemStatus.DELETED)) >= 512,
     )
 
     assert run.bot.terminate() == 0
@@ -646,9 +654,9 @@ def test_durability_sigterm_stops_at_a_checkpoint_exits_0_and_resumes(
     recorded = {i.target_id.lower() for i in items if i.status in ("deleted", "gone")}
     assert {k.lower() for k in run.cv.deleted_image_counts()} == recorded
     assert 0 < len(recorded) < len(targeted)
-    job = run.store.job_for(number, "delete")
+    job = run.store.job_for(number, JobKind.DELETE)
     assert job is not None and job.status == "queued" and job.checkpoint["batch"] >= 2
-    queued = run.store.job_for(run.record(export).number, "export")
+    queued = run.store.job_for(run.record(export).number, JobKind.EXPORT)
     assert queued is not None and (queued.status, queued.attempts) == ("queued", 0)
     assert run.record(deletion).status == "running"  # its job waits in the queue
     actions = [e.action for e in audit.events(run.conn, request_id=deletion)]
@@ -677,7 +685,7 @@ def test_durability_training_api_outage_fails_with_an_exact_receipt_then_retry_f
     number = run.record(deletion).number
     run.wait_for(
         "two batches deleted",
-        lambda: len(run.store.deletion_items(number, status="deleted")) >= 512,
+        lambda: len(run.store.deletion_items(number, status=ItemStatus.DELETED)) >= 512,
     )
 
     run.cv.faults.error_rate = 1.0  # every Training API call now answers 500 or 503
@@ -783,7 +791,7 @@ class Outbox:
         with self.store.write() as conn:
             number = self.store.create_request(
                 conn,
-                kind="export",
+                kind=RequestKind.EXPORT,
                 command=parser.parse("export projects").to_dict(),
                 text="export projects",
                 requester=REQUESTER.user_id,
@@ -856,12 +864,12 @@ def test_durability_announcement_posted_before_a_crash_is_updated_not_posted_aga
     with outbox.store.write() as conn:
         number = outbox.store.create_request(
             conn,
-            kind="export",
+            kind=RequestKind.EXPORT,
             command=parser.parse("export projects").to_dict(),
             text="export projects",
             requester=REQUESTER.user_id,
             channel=CHANNEL,
-            status="queued",
+            status=Status.QUEUED,
         )
         outbox.store.enqueue(
             conn,
@@ -936,7 +944,7 @@ def test_durability_outcome_whose_report_a_crash_lost_is_reported_at_start_up(
         for _ in range(3):
             number = store.create_request(
                 conn,
-                kind="export",
+                kind=RequestKind.EXPORT,
                 command=command,
                 text="export projects",
                 requester=REQUESTER.user_id,

@@ -650,7 +650,7 @@ def test_export_resumes_without_downloading_anything_twice(big: Harness, damage:
     h.runner.run_one(job)
     record = h.store.get(record.number)
     assert record.status == "running", record.error
-    assert h.store.job_for(record.number, "export").status == "queued"  # type: ignore[union-attr]
+    assert h.store.job_for(record.number, JobKind.EXPORT).status == "queued"  # type: ignore[union-attr]
     first = h.blob_paths()
     assert len(first) >= 128
     folder = h.work_dir / record.id
@@ -701,7 +701,7 @@ def test_export_finished_before_a_crash_is_not_built_again(harness: Harness) -> 
     job = h.store.claim_job("test-worker", timedelta(minutes=5))
     assert job is not None
     h.runner.run_one(job)
-    assert h.store.job_for(record.number, "export").status == "queued"  # type: ignore[union-attr]
+    assert h.store.job_for(record.number, JobKind.EXPORT).status == "queued"  # type: ignore[union-attr]
     uploads = h.uploads(record.number)
     calls = len(h.cv.calls)
     h.handler[0] = run_export
@@ -719,7 +719,7 @@ def test_export_finished_but_not_queued_is_queued_without_rebuilding(harness: Ha
     record, _ = h.done(f"export project {h.p}")
     assert record.result is not None
     parts = record.result["parts"]
-    job = h.store.job_for(record.number, "export")
+    job = h.store.job_for(record.number, JobKind.EXPORT)
     assert job is not None
     # As if the process died between the package's finish() and the queueing of its parts.
     with h.store.write() as conn:

@@ -19,6 +19,7 @@ from bot import audit
 from bot.clock import FakeClock, iso
 from bot.db import Database
 from bot.errors import BotError, SlackLookupError
+from bot.lifecycle import JobKind, Status
 from bot.policy import ChannelInfo, Rules
 from bot.runner import JobContext, JobHandler, Outcome, Runner, Settings
 from bot.service import FRESH_FOR_APPROVALS, MANUAL_STEPS, Service
@@ -96,7 +97,7 @@ class FakeJobs:
             if kind == "preview":
                 expires = ctx.clock.now() + self.settings.approval_ttl
                 return Outcome(
-                    request_status="pending",
+                    request_status=Status.PENDING,
                     request_fields={
                         "preview": {"summary": "1 image"},
                         "expires_at": iso(expires),
@@ -104,7 +105,7 @@ class FakeJobs:
                     audit_action="preview.computed",
                     mention_requester=False,
                 )
-            return Outcome(request_status="done", await_uploads=False)
+            return Outcome(request_status=Status.DONE, await_uploads=False)
 
         return run
 
@@ -389,7 +390,7 @@ def test_service_submit_stores_the_request_and_its_first_job_and_wakes_the_worke
         channel,
         text,
     )
-    queued = [k for k in ("export", "preview", "delete") if bot.store.job_for(1001, k) is not None]
+    queued = [k for k in JobKind if bot.store.job_for(1001, k) is not None]
     assert queued == ([job] if job else [])
     assert bot.actions("R-1001") == actions
     assert bot.refusals() == []
@@ -534,7 +535,7 @@ def test_service_approval_needs_two_other_people_then_starts_the_deletion(bot: B
     )
 
     assert bot.status() == "approved"
-    assert bot.store.job_for(1001, "delete") is not None
+    assert bot.store.job_for(1001, JobKind.DELETE) is not None
     assert bot.wakes == [None]
     assert [a for a in bot.actions("R-1001") if a.startswith(("approval", "request.a"))] == [
         "approval.refused",
@@ -721,7 +722,7 @@ def test_service_retry_sends_a_deletion_back_to_a_new_preview_once_its_approvals
 
     record = bot.store.get(1001)
     assert (record.status, record.approvals) == ("previewing", ())
-    assert bot.store.job_for(1001, "preview") is not None
+    assert bot.store.job_for(1001, JobKind.PREVIEW) is not None
     assert bot.actions("R-1001")[-1] in {"request.reapproval", "bot.posted"}
     assert "request.reapproval" in bot.actions("R-1001")
 

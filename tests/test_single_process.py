@@ -21,7 +21,7 @@ import requests
 from bot import audit, parser
 from bot.clock import SystemClock, iso
 from bot.db import Database
-from bot.lifecycle import JobKind, Status
+from bot.lifecycle import JobKind, RequestKind, Status
 from bot.store import Store
 from emulators.customvision import Seed
 from emulators.stack import CHANNEL, REQUESTER, bot_env, start_emulators, start_stack
@@ -104,7 +104,7 @@ def test_single_process_start_up_resumes_only_jobs_whose_lease_expired(tmp_path:
         with store.write() as conn:
             number = store.create_request(
                 conn,
-                kind="export",
+                kind=RequestKind.EXPORT,
                 command=parser.parse("export projects").to_dict(),
                 text="export projects",
                 requester=REQUESTER.user_id,
