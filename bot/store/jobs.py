@@ -102,8 +102,12 @@ class Jobs(StoreBase):
         return None if since is None else max(timedelta(0), self.clock.now() - since)
 
     def job(self, job_id: int) -> Job:
-        """Return a job as stored now (raise sqlite_utils' NotFoundError when there is none)."""
-        row = self.table("jobs").get(job_id)
+        """Return a job as stored now (raise LookupError when there is none)."""
+        # rows_where, not get(): get() reads the table's schema on every call.
+        rows = self.table("jobs").rows_where("id = ?", [job_id])
+        row = next(iter(rows), None)
+        if row is None:
+            raise LookupError(f"no job {job_id}")
         return Job(
             id=row["id"],
             request_number=row["request_id"],
