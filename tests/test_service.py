@@ -714,17 +714,21 @@ def test_service_retry_sends_a_deletion_back_to_a_new_preview_once_its_approvals
         bot.clock.advance(hours=24)
     else:
         bot.directory.groups["S0PRIVACY"] = set()
+    bot.wakes.clear()
 
-    assert bot.command(REQUESTER, PRIVATE, "retry R-1001") == (
+    reply = bot.command(REQUESTER, PRIVATE, "retry R-1001")
+
+    assert reply == (
         f"R-1001 cannot resume on its approvals: {reason} A fresh preview of what is left follows; "
         "nothing more is deleted until it gets new approval."
     )
-
     record = bot.store.get(1001)
     assert (record.status, record.approvals) == ("previewing", ())
     assert bot.store.job_for(1001, JobKind.PREVIEW) is not None
-    assert bot.actions("R-1001")[-1] in {"request.reapproval", "bot.posted"}
-    assert "request.reapproval" in bot.actions("R-1001")
+    [event] = [e for e in audit.events(bot.store.db.conn) if e.action == "request.reapproval"]
+    assert event.details["withdrawn_approvals"] == [APPROVER, GROUPIE]
+    assert f"<@{REQUESTER}> asked to resume. {reply}" in bot.posts()
+    assert bot.wakes == [None]
 
 
 # --- audit -------------------------------------------------------------------------------------
