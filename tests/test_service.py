@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from bot import audit
 from bot.clock import FakeClock, iso
 from bot.db import Database
 from bot.errors import BotError, SlackLookupError
@@ -132,12 +131,12 @@ class Bot:
         return self.store.get(number).status
 
     def actions(self, request: str | None = None) -> list[str]:
-        return [e.action for e in audit.events(self.store.db.conn, request_id=request)]
+        return [e.action for e in self.store.audit_events(request_id=request)]
 
     def refusals(self) -> list[tuple[str, str]]:
         return [
             (e.action, e.details["reason"])
-            for e in audit.events(self.store.db.conn)
+            for e in self.store.audit_events()
             if e.outcome == "refused"
         ]
 
@@ -436,7 +435,7 @@ def test_service_an_unknown_request_id_is_a_refusal_naming_it(
 ) -> None:
     assert bot.service.cancel(REQUESTER, typed, PRIVATE).text == reply
 
-    [event] = audit.events(bot.store.db.conn)
+    [event] = list(bot.store.audit_events())
     assert (event.action, event.targets, event.details) == (
         "cancel.refused",
         (typed[:40],),
@@ -725,7 +724,7 @@ def test_service_retry_sends_a_deletion_back_to_a_new_preview_once_its_approvals
     record = bot.store.get(1001)
     assert (record.status, record.approvals) == ("previewing", ())
     assert bot.store.job_for(1001, JobKind.PREVIEW) is not None
-    [event] = [e for e in audit.events(bot.store.db.conn) if e.action == "request.reapproval"]
+    [event] = [e for e in bot.store.audit_events() if e.action == "request.reapproval"]
     assert event.details["withdrawn_approvals"] == [APPROVER, GROUPIE]
     assert f"<@{REQUESTER}> asked to resume. {reply}" in bot.posts()
     assert bot.wakes == [None]
