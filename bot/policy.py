@@ -45,8 +45,8 @@ enough of them still count (`approval_counts`) and the last one is younger than
 BOT_APPROVAL_TTL_HOURS.
 
 Every refusal is a `Decision` that carries a message fit for the user; callers record it in the
-audit log. What states a request can be in, and who moves it between them, is the lifecycle's
-table, not this one.
+audit log. This table says whether a person may act; which status change the action then makes
+is the transitions table of `bot.lifecycle`, which the store enforces.
 """
 
 from __future__ import annotations
