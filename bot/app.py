@@ -10,7 +10,6 @@ handlers/ are the only places that import slack_bolt and slack_sdk.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,7 +20,6 @@ from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
@@ -42,7 +40,7 @@ from handlers.decider import Decider
 from handlers.directory import SlackDirectory
 from handlers.listeners import register
 from handlers.outbox import Deliverer
-from handlers.webapi import web_client
+from handlers.webapi import BotIdentity, web_client
 
 log = logging.getLogger(__name__)
 
@@ -172,44 +170,9 @@ class _EnvTokenNotice(logging.Filter):
         return "will be unused" not in record.getMessage()
 
 
-class _Identity:
-    """The bot's own user and bot ids (auth.test), fetched in the background.
-
-    Bolt's `authorize` runs before every listener, inside Slack's 3 seconds: it must never
-    wait for Slack. Nothing the listeners do needs these ids (Bolt uses them to ignore the
-    bot's own events, which this app does not subscribe to).
-    """
-
-    def __init__(self, web: WebClient) -> None:
-        self.web = web
-        self._ids: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._fetching = False
-
-    def get(self) -> dict[str, str]:
-        """Return the ids known so far ({} at first); start fetching them if needed."""
-        with self._lock:
-            if self._ids or self._fetching:
-                return dict(self._ids)
-            self._fetching = True
-        threading.Thread(target=self._fetch, name="auth-test", daemon=True).start()
-        return {}
-
-    def _fetch(self) -> None:
-        try:
-            me = self.web.auth_test()
-            ids = {"user_id": str(me["user_id"]), "bot_id": str(me.get("bot_id") or "")}
-        except (SlackApiError, OSError, KeyError) as exc:
-            log.warning("auth.test failed (%s); retried on the next request", type(exc).__name__)
-            ids = {}
-        with self._lock:
-            self._ids.update(ids)
-            self._fetching = False
-
-
 def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider) -> App:
     """Return the Bolt app with the listeners registered; no token check at start-up."""
-    identity = _Identity(web)
+    identity = BotIdentity(web)
     identity.get()
 
     def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:

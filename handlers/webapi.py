@@ -3,11 +3,14 @@
 `web_client(config)` is the one client the outbox, the directory and the Bolt app's wiring use:
 it retries connection errors and 5xx (429s are rescheduled by the outbox). `SlackCalls` wraps it
 for `handlers.checks`: Slack's errors come back as a `SlackAnswer`, no answer at all as
-`SlackUnreachable`.
+`SlackUnreachable`. `BotIdentity` fetches the bot's own ids (auth.test) for Bolt's `authorize`
+in the background, so no listener ever waits for it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,8 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import Config
+
+log = logging.getLogger(__name__)
 
 
 class SlackUnreachable(Exception):
@@ -83,3 +88,38 @@ def web_client(config: Config) -> WebClient:
             ServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+class BotIdentity:
+    """The bot's own user and bot ids (auth.test), fetched in the background.
+
+    Bolt's `authorize` runs before every listener, inside Slack's 3 seconds: it must never
+    wait for Slack. Nothing the listeners do needs these ids (Bolt uses them to ignore the
+    bot's own events, which this app does not subscribe to).
+    """
+
+    def __init__(self, web: WebClient) -> None:
+        self.web = web
+        self._ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._fetching = False
+
+    def get(self) -> dict[str, str]:
+        """Return the ids known so far ({} at first); start fetching them if needed."""
+        with self._lock:
+            if self._ids or self._fetching:
+                return dict(self._ids)
+            self._fetching = True
+        threading.Thread(target=self._fetch, name="auth-test", daemon=True).start()
+        return {}
+
+    def _fetch(self) -> None:
+        try:
+            me = self.web.auth_test()
+            ids = {"user_id": str(me["user_id"]), "bot_id": str(me.get("bot_id") or "")}
+        except (SlackApiError, OSError, KeyError) as exc:
+            log.warning("auth.test failed (%s); retried on the next request", type(exc).__name__)
+            ids = {}
+        with self._lock:
+            self._ids.update(ids)
+            self._fetching = False

@@ -90,7 +90,7 @@ def test_manifest_scan_finds_the_calls_of_every_module() -> None:
     assert "handlers/outbox.py" in called["chat.postMessage"]
     assert "handlers/outbox.py" in called["files.completeUploadExternal"]
     assert "handlers/directory.py" in called["usergroups.users.list"]
-    assert "bot/app.py" in called["auth.test"]
+    assert "handlers/webapi.py" in called["auth.test"]
     assert "handlers/checks.py" in called["users.info"]
 
 
