@@ -476,41 +476,9 @@ class Service:
                 request=record.number,
                 details={"approvals": count, "required": self.rules.required_approvals},
             )
-            kept, dropped = [], []
-            for approver in record.approvals:
-                # One recorded since the lookups above was checked fresh by its own decision.
-                who = earlier.get(approver) or self.actor(approver, max_age=FRESH_FOR_APPROVALS)
-                counts = approval_counts(self.rules, who, subject)
-                if counts:
-                    kept.append(approver)
-                    continue
-                self.store.remove_approval(conn, record.number, approver)
-                self.store.audit(
-                    conn,
-                    "bot",
-                    "approval.dropped",
-                    request=record.number,
-                    outcome="refused",
-                    details={"approver": approver, "reason": counts.reason},
-                )
-                dropped.append(counts.reason)
-            count -= len(dropped)
-            approvers = [*kept, user_id]
-            started = False
-            missing = approvals_missing(self.rules, count)
-            if missing <= 0:
-                started = self.store.transition(
-                    conn, record.number, to=Status.APPROVED, by=Role.APPROVER, actor=user_id
-                )
-                if started:
-                    self.store.enqueue_job(conn, record.number, JobKind.DELETE)
-                    self.store.audit(
-                        conn,
-                        "bot",
-                        "request.approved",
-                        request=record.number,
-                        details={"approvers": approvers},
-                    )
+            kept, dropped = self._drop_lapsed_approvals(conn, subject, record, earlier)
+            missing = approvals_missing(self.rules, count - len(dropped))
+            started = missing <= 0 and self._start_deletion(conn, record, user_id, [*kept, user_id])
             if dropped:
                 self.store.post(
                     conn,
@@ -528,6 +496,56 @@ class Service:
                 "be posted in its thread."
             )
         return Reply(f"You approved {record.id}.{stale} {missing} more approval(s) needed.")
+
+    def _drop_lapsed_approvals(
+        self,
+        conn: sqlite3.Connection,
+        subject: Subject,
+        record: RequestRecord,
+        earlier: Mapping[str, Actor],
+    ) -> tuple[list[str], list[str]]:
+        """Withdraw each of `record`'s approvals that no longer counts (policy.approval_counts),
+        audited; return the approvers kept and why the others were dropped.
+
+        `earlier`: the recorded approvers as looked up before the transaction.
+        """
+        kept, dropped = [], []
+        for approver in record.approvals:
+            # One recorded since the lookups above was checked fresh by its own decision.
+            who = earlier.get(approver) or self.actor(approver, max_age=FRESH_FOR_APPROVALS)
+            counts = approval_counts(self.rules, who, subject)
+            if counts:
+                kept.append(approver)
+                continue
+            self.store.remove_approval(conn, record.number, approver)
+            self.store.audit(
+                conn,
+                "bot",
+                "approval.dropped",
+                request=record.number,
+                outcome="refused",
+                details={"approver": approver, "reason": counts.reason},
+            )
+            dropped.append(counts.reason)
+        return kept, dropped
+
+    def _start_deletion(
+        self, conn: sqlite3.Connection, record: RequestRecord, user_id: str, approvers: list[str]
+    ) -> bool:
+        """Move an approved deletion on and queue its job; False when it was no longer pending."""
+        started = self.store.transition(
+            conn, record.number, to=Status.APPROVED, by=Role.APPROVER, actor=user_id
+        )
+        if started:
+            self.store.enqueue_job(conn, record.number, JobKind.DELETE)
+            self.store.audit(
+                conn,
+                "bot",
+                "request.approved",
+                request=record.number,
+                details={"approvers": approvers},
+            )
+        return started
 
     @_answers_errors
     def check_reject(
