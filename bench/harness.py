@@ -339,16 +339,9 @@ def send_load(
     host, port = url.hostname or "127.0.0.1", url.port or 80
 
     def post(body: bytes) -> int:
-        sent_at = int(time.time())
-        headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
-            "X-Slack-Request-Timestamp": str(sent_at),
-            "X-Slack-Signature": driver.sign(body, sent_at),
-        }
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
-            conn.request("POST", url.path, body=body, headers=headers)
+            conn.request("POST", url.path, body=body, headers=driver.headers(body))
             response = conn.getresponse()
             response.read()
             return response.status

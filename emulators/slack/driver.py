@@ -368,6 +368,20 @@ class SlackDriver:
         content_type: str = "application/x-www-form-urlencoded",
     ) -> requests.Response:
         """POST `body` to the bot, signed unless `signature` is given ("" sends no signature)."""
+        headers = self.headers(
+            body, timestamp=timestamp, signature=signature, content_type=content_type
+        )
+        return requests.post(self.bot_url, data=body, headers=headers, timeout=self.timeout)
+
+    def headers(
+        self,
+        body: bytes,
+        *,
+        timestamp: int | None = None,
+        signature: str | None = None,
+        content_type: str = "application/x-www-form-urlencoded",
+    ) -> dict[str, str]:
+        """Return the headers Slack sends with `body` (see `post`), signed now by default."""
         sent_at = int(self._clock()) if timestamp is None else timestamp
         headers = {
             "Content-Type": content_type,
@@ -378,7 +392,7 @@ class SlackDriver:
             headers["X-Slack-Signature"] = self.sign(body, sent_at)
         elif signature:
             headers["X-Slack-Signature"] = signature
-        return requests.post(self.bot_url, data=body, headers=headers, timeout=self.timeout)
+        return headers
 
     def sign(self, body: bytes, timestamp: int | str) -> str:
         """Return the signature Slack would send for `body` at `timestamp`."""
