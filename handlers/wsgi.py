@@ -4,8 +4,9 @@
 request, `FormSafeRequestHandler` parses the body without trusting it (`parse_slack_body`,
 `payload_problem`: pure) and checks its signature (`signature_ok`: pure), so a body Bolt would
 crash on is answered 401 when unsigned and 400 when signed, never 500. `HttpServer` runs
-waitress on a thread pool in a background thread, with a body size limit. Socket Mode, which
-needs none of this, is wired in `bot.app`.
+waitress on a thread pool in a background thread, with a body size limit, and stamps each
+request with the moment its last byte arrived: Slack's 3 seconds run from then, also while it
+waits for a thread. Socket Mode, which needs none of this, is wired in `bot.app`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from slack_bolt import App, BoltContext, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.request.internals import build_context
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
+from waitress.task import WSGITask
 
 from bot.app import Bot
 
@@ -170,8 +174,9 @@ class FormSafeRequestHandler(SlackRequestHandler):
         return BoltResponse(status=400, body={"error": f"malformed request: {problem}"})
 
     def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
-        received = time.monotonic()
         environ = request.environ
+        arrived = environ.get(ARRIVED)
+        received = arrived if isinstance(arrived, float) else time.monotonic()
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw: bytes = environ["wsgi.input"].read(length) if length > 0 else b""
         headers = request.get_headers()
@@ -185,7 +190,7 @@ class FormSafeRequestHandler(SlackRequestHandler):
             )
             bolt_request.body = body
             bolt_request.context = build_context(BoltContext({}), body)
-            # Slack's 3 seconds run from here, not from when a listener starts.
+            # Slack's 3 seconds run from the arrival, not from when a listener starts.
             bolt_request.context["received_at"] = received
 
         except MalformedRequest as exc:
@@ -272,11 +277,35 @@ def wsgi_app(bot: Bot) -> Callable[..., Iterable[bytes]]:
     return application
 
 
-# A request waits in its thread until its decision is known (up to handlers.decider.ACK_BY)
-# and Slack's 3 seconds run from its arrival: with too few threads a burst would wait in
-# waitress's queue, where no deadline is counted. The threads mostly wait; decisions run on
-# the decider's pool.
+# A request waits in its thread until its decision is known (up to handlers.decider.ACK_BY
+# after it arrived). The threads mostly wait (decisions run on the decider's pool); enough of
+# them keep a burst out of waitress's queue, where its time runs too.
 HTTP_THREADS = 32
+ARRIVED = "cvdsr.arrived"  # environ key: time.monotonic() when the request's last byte came in
+
+
+class _StampedParser(HTTPRequestParser):
+    """Notes when the request is complete (in waitress's I/O thread, before any queue)."""
+
+    arrived: float | None = None
+
+    def received(self, data: bytes) -> int:
+        consumed: int = super().received(data)
+        if self.completed and self.arrived is None:
+            self.arrived = time.monotonic()
+        return consumed
+
+
+class _StampedTask(WSGITask):
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[ARRIVED] = getattr(self.request, "arrived", None)
+        return environ
+
+
+class _StampedChannel(HTTPChannel):
+    parser_class = _StampedParser
+    task_class = _StampedTask
 
 
 class HttpServer:
@@ -294,6 +323,8 @@ class HttpServer:
             ident="cv-dsr-bot",
             clear_untrusted_proxy_headers=True,
         )
+        server: Any = self.server
+        server.channel_class = _StampedChannel
         self.port: int = self.server.socket.getsockname()[1]  # type: ignore[union-attr]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
