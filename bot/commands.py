@@ -57,6 +57,7 @@ class Meta:
 
     ticket: str | None = None
     reason: str | None = None
+    received: date | None = None  # --received; None: the day the bot got the command
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,23 @@ class AuditExport:
 @dataclass(frozen=True)
 class AuditVerify:
     pass
+
+
+@dataclass(frozen=True)
+class Extend:
+    """Extend a request's statutory deadline (Art. 12(3) GDPR) by `months` more."""
+
+    request_id: str
+    months: int  # 1 or 2
+    reason: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """The data-protection officer's report of requests received from `since` to `until`."""
+
+    since: date | None = None
+    until: date | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +245,17 @@ class Delete:
 
 
 Command: TypeAlias = (
-    Help | Status | Cancel | Retry | Resend | AuditExport | AuditVerify | Export | Delete
+    Help
+    | Status
+    | Cancel
+    | Retry
+    | Resend
+    | AuditExport
+    | AuditVerify
+    | Extend
+    | Report
+    | Export
+    | Delete
 )
 
 
@@ -336,7 +364,10 @@ def _describe_delete(delete: Delete) -> str:
 
 
 def _meta_to_dict(meta: Meta) -> dict[str, Any]:
-    return {"ticket": meta.ticket, "reason": meta.reason}
+    stored: dict[str, Any] = {"ticket": meta.ticket, "reason": meta.reason}
+    if meta.received is not None:  # only when typed: the day resolved is the deadline's
+        stored["received"] = meta.received.isoformat()
+    return stored
 
 
 _EXPORT_KEYS = frozenset(Export(ExportKind.ACCOUNT).to_dict())
@@ -400,9 +431,13 @@ class _Fields:
 
     def meta(self) -> Meta:
         meta = self.data.get("meta", {})
-        if not isinstance(meta, Mapping) or set(meta) - {"ticket", "reason"}:
-            raise ValueError("meta: must be an object with ticket and reason")
-        ticket, reason = meta.get("ticket"), meta.get("reason")
-        if not all(value is None or isinstance(value, str) for value in (ticket, reason)):
-            raise ValueError("meta: ticket and reason must be strings or null")
-        return Meta(ticket=ticket, reason=reason)
+        if not isinstance(meta, Mapping) or set(meta) - {"ticket", "reason", "received"}:
+            raise ValueError("meta: must be an object with ticket, reason and received")
+        ticket, reason, received = meta.get("ticket"), meta.get("reason"), meta.get("received")
+        if not all(value is None or isinstance(value, str) for value in (ticket, reason, received)):
+            raise ValueError("meta: ticket, reason and received must be strings or null")
+        try:
+            day = None if received is None else date.fromisoformat(received)
+        except ValueError:
+            raise ValueError(f"meta: received is not a date: {received!r:.60}") from None
+        return Meta(ticket=ticket, reason=reason, received=day)

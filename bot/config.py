@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -53,6 +54,7 @@ NUMBERS: dict[str, Bounds] = {
     "BOT_DOWNLOAD_CONCURRENCY": Bounds(1, 64, "parallel downloads", whole=True),
     "BOT_HEALTH_MAX_QUEUE_SECONDS": Bounds(1, 86400, "seconds", whole=True),
     "BOT_JOB_LEASE_SECONDS": Bounds(5, 3600, "seconds", whole=True),
+    "BOT_REMINDER_HOUR_UTC": Bounds(0, 23, "hour of the day, UTC", whole=True),
 }
 
 
@@ -111,6 +113,8 @@ class Config:
     download_concurrency: int = 16
     health_max_queue_seconds: int = 900
     job_lease_seconds: int = 60
+    public_holidays: frozenset[date] = frozenset()
+    reminder_hour_utc: int = 8
 
     @property
     def socket_mode(self) -> bool:
@@ -190,6 +194,26 @@ class _Reader:
         if bad:
             self.problems.append(f"{name} has malformed ids {', '.join(bad)}: {hint}")
         return tuple(item for item in items if pattern.match(item))
+
+    def dates(self, name: str) -> frozenset[date]:
+        """Return the comma-separated ISO dates of `name`; note every malformed one at once."""
+        days: set[date] = set()
+        bad: list[str] = []
+        for item in (part.strip() for part in self.text(name).split(",")):
+            if not item:
+                continue
+            try:
+                if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", item):
+                    raise ValueError(item)
+                days.add(date.fromisoformat(item))
+            except ValueError:
+                bad.append(repr(item))
+        if bad:
+            self.problems.append(
+                f"{name} has malformed dates {', '.join(bad)}: expected ISO dates like"
+                " 2026-12-25, comma-separated"
+            )
+        return frozenset(days)
 
 
 def _boolean(raw: str) -> bool:
@@ -302,6 +326,8 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         download_concurrency=r.number("BOT_DOWNLOAD_CONCURRENCY", 16),
         health_max_queue_seconds=r.number("BOT_HEALTH_MAX_QUEUE_SECONDS", 900),
         job_lease_seconds=r.number("BOT_JOB_LEASE_SECONDS", 60),
+        public_holidays=r.dates("BOT_PUBLIC_HOLIDAYS"),
+        reminder_hour_utc=r.number("BOT_REMINDER_HOUR_UTC", 8),
     )
     if r.problems:
         raise ConfigError(r.problems)

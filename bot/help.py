@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bot.commands import MAX_REASON, MAX_TICKET, DeleteKind, ExportKind
 
-_META_USAGE = ' [--ticket <ref>] [--reason "<text>"]'
+_META_USAGE = ' [--ticket <ref>] [--reason "<text>"] [--received YYYY-MM-DD]'
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Form:
 
     @property
     def meta(self) -> bool:
+        """True for the forms that take --ticket, --reason and --received (exports, deletes)."""
         return self.path.startswith(("export ", "delete "))
 
     @property
@@ -175,7 +176,10 @@ _FORM_LIST: tuple[Form, ...] = (
         "delete project <project-id>",
         "Delete a project with everything in it.",
         notes=(_APPROVAL,),
-        examples=(f'delete project {_P} --ticket DSR-1042 --reason "Erasure request"',),
+        examples=(
+            f'delete project {_P} --ticket DSR-1042 --reason "Erasure request"'
+            " --received 2026-11-04",
+        ),
     ),
     Form(
         "delete iteration",
@@ -291,6 +295,42 @@ _FORM_LIST: tuple[Form, ...] = (
         examples=("resend R-1042",),
     ),
     Form(
+        "extend",
+        ("request-id",),
+        'extend <request-id> --months 1|2 --reason "<text>"',
+        "Extend a request's statutory deadline by one or two further months (Art. 12(3) GDPR),"
+        " for a complex request or many requests at once.",
+        flags=("--months", "--reason"),
+        options=(
+            ("--months 1|2", "how many further months; at most three months from receipt in all"),
+            ('--reason "<text>"', "why: recorded, and what the person must be told"),
+        ),
+        notes=(
+            "Only an approver may extend a request, never its requester alone, and only before"
+            " the first month's due date has passed.",
+            "The person must be told of the extension within the first month, with the reasons.",
+        ),
+        examples=('extend R-1042 --months 2 --reason "Many requests at once; 14 projects"',),
+    ),
+    Form(
+        "report",
+        (),
+        "report [--since YYYY-MM-DD] [--until YYYY-MM-DD]",
+        "For the data-protection officer: a CSV of every request received in the period (kind,"
+        " received, due, extended to, completed, met or late, counts; no free text) and a"
+        " summary.",
+        flags=("--since", "--until"),
+        options=(
+            ("--since YYYY-MM-DD", "only requests received from that day on"),
+            ("--until YYYY-MM-DD", "only requests received up to that day"),
+        ),
+        notes=(
+            "Approvers only. The file is posted only in a private channel or a direct message"
+            " with me.",
+        ),
+        examples=("report", "report --since 2026-01-01 --until 2026-03-31"),
+    ),
+    Form(
         "audit",
         (),
         "audit [--request <request-id>] [--since YYYY-MM-DD] [--format csv|jsonl]",
@@ -315,7 +355,18 @@ _FORM_LIST: tuple[Form, ...] = (
 
 
 FORMS: dict[str, Form] = {form.path: form for form in _FORM_LIST}
-VERBS = ("help", "export", "delete", "status", "cancel", "retry", "resend", "audit")
+VERBS = (
+    "help",
+    "export",
+    "delete",
+    "status",
+    "cancel",
+    "retry",
+    "resend",
+    "extend",
+    "report",
+    "audit",
+)
 KINDS: dict[str, tuple[str, ...]] = {
     "export": tuple(kind.value for kind in ExportKind),
     "delete": tuple(kind.value for kind in DeleteKind),
@@ -340,7 +391,7 @@ def usage(verb_path: str) -> str:
                 f"delete <kind> ... (kinds: {', '.join(KINDS['delete'])})",
                 *(
                     FORMS[verb].usage_line
-                    for verb in ("status", "cancel", "retry", "resend", "audit")
+                    for verb in ("status", "cancel", "retry", "resend", "extend", "report", "audit")
                 ),
                 FORMS["audit verify"].usage_line,
             ]
@@ -350,7 +401,9 @@ def usage(verb_path: str) -> str:
 
 _GENERAL_NOTES = (
     'Every export and delete also takes --ticket <ref> and --reason "<text>"; both are recorded'
-    " with the request and in the audit log.",
+    " with the request and in the audit log. --received YYYY-MM-DD says when the person's"
+    " request reached you (today unless given); its statutory due date, one month later, is"
+    " counted from it.",
     "Every deletion needs approval by a second person before anything is deleted.",
     "Iteration performance is deleted together with its iteration.",
     "delete account and delete exports cannot be done with the Training-Key: the bot answers"
@@ -371,6 +424,7 @@ def help_text(topic: str | None = None, *, command: str = "/cv") -> str:
             ("Export (a zip package posted here):", ("export",)),
             ("Delete:", ("delete",)),
             ("Requests:", ("status", "cancel", "retry", "resend")),
+            ("Deadlines:", ("extend", "report")),
             ("Audit log:", ("audit", "audit verify")),
         ):
             lines.append(title)
@@ -414,6 +468,9 @@ def help_text(topic: str | None = None, *, command: str = "/cv") -> str:
             lines += [
                 f"  --ticket <ref>: a ticket reference, recorded (at most {MAX_TICKET} characters)",
                 f'  --reason "<text>": why, recorded (at most {MAX_REASON} characters)',
+                "  --received YYYY-MM-DD: the day the person's request was received (today"
+                " unless given; not in the future, at most 3 months ago); the due date is one"
+                " month later",
             ]
     lines += list(form.notes)
     lines.append("Examples:")

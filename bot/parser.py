@@ -18,7 +18,8 @@ Rules, in the order they apply:
   (also U+2018..U+201B) opens only at the start of a token or after `=`, and closes only before
   whitespace or the end, so apostrophes (`it's`, typographic ones too) are literal. A quote
   never closed is a ParseError naming it.
-- `help`, `export`, `delete`, `status`, `cancel`, `retry`, `resend`, `audit` are the verbs;
+- `help`, `export`, `delete`, `status`, `cancel`, `retry`, `resend`, `extend`, `report`,
+  `audit` are the verbs;
   export and delete take a kind. Verbs, kinds, flag names and enumerated values are
   case-insensitive. A leading `/cv`-like word (pasted from the help) is skipped; empty text
   means `help`.
@@ -71,8 +72,10 @@ from bot.commands import (
     DeleteKind,
     Export,
     ExportKind,
+    Extend,
     Help,
     Meta,
+    Report,
     Resend,
     Retry,
     Selector,
@@ -96,6 +99,10 @@ _VERB_HINTS = {
     "abort": "cancel",
     "stop": "cancel",
     "rerun": "retry",
+    "prolong": "extend",
+    "postpone": "extend",
+    "deadline": "extend",
+    "stats": "report",
     "log": "audit",
     "verify": "audit verify",
     "?": "help",
@@ -111,11 +118,14 @@ _VALUE_FLAGS: dict[str, str] = {  # flag -> what it needs, for "<flag> needs ...
     "--ids": "a comma-separated list of ids",
     "--request": "<request-id>",
     "--since": "a date like 2026-01-31",
+    "--until": "a date like 2026-01-31",
+    "--received": "the date the request was received, like 2026-01-31",
+    "--months": "1 or 2",
     "--format": "csv or jsonl",
 }
 _BOOL_FLAGS = ("--no-images", "--tagged", "--untagged", "--no-files", "--download", "--all")
 _ALL_FLAGS = (*_VALUE_FLAGS, *_BOOL_FLAGS, "--help")
-_META_FLAGS = ("--ticket", "--reason")
+_META_FLAGS = ("--ticket", "--reason", "--received")
 
 _FORMATS: dict[str, AuditFormat] = {"csv": "csv", "jsonl": "jsonl"}
 
@@ -487,6 +497,8 @@ class _Parser:
             return AuditVerify()
         if form.path == "audit":
             return self._audit()
+        if form.path == "report":
+            return self._report()
         request_id = args.get("request-id")
         if form.path == "status":
             if request_id is not None and self._has("--all"):
@@ -495,6 +507,8 @@ class _Parser:
         assert request_id is not None  # a required argument
         if form.path == "resend":
             return Resend(request_id)
+        if form.path == "extend":
+            return self._extend(request_id)
         return Cancel(request_id) if form.path == "cancel" else Retry(request_id)
 
     # arguments
@@ -600,7 +614,7 @@ class _Parser:
 
     def _meta(self) -> Meta:
         ticket = self._value("--ticket")
-        reason = self._value("--reason")
+        reason = self._reason()
         if ticket is not None:
             ticket = ticket.strip()
             bad = next((c for c in ticket if unicodedata.category(c) in ("Cc", "Cf")), None)
@@ -614,15 +628,31 @@ class _Parser:
                 raise self.fail(
                     f"--ticket is too long: {len(ticket)} characters (at most {MAX_TICKET})"
                 )
-        if reason is not None:
-            reason = _clean_reason(reason)
-            if not reason:
-                raise self.fail(f"--reason needs {_VALUE_FLAGS['--reason']}")
-            if len(reason) > MAX_REASON:
-                raise self.fail(
-                    f"--reason is too long: {len(reason)} characters (at most {MAX_REASON})"
-                )
-        return Meta(ticket=ticket, reason=reason)
+        return Meta(ticket=ticket, reason=reason, received=self._date("--received"))
+
+    def _date(self, name: str) -> date | None:
+        text = self._value(name)
+        if text is None:
+            return None
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+            raise self.fail(f"{name} must be a date like 2026-01-31 (got {_show(text)})")
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            raise self.fail(f"{name}: {text} is not a real date") from None
+
+    def _reason(self) -> str | None:
+        reason = self._value("--reason")
+        if reason is None:
+            return None
+        reason = _clean_reason(reason)
+        if not reason:
+            raise self.fail(f"--reason needs {_VALUE_FLAGS['--reason']}")
+        if len(reason) > MAX_REASON:
+            raise self.fail(
+                f"--reason is too long: {len(reason)} characters (at most {MAX_REASON})"
+            )
+        return reason
 
     # commands
 
@@ -691,15 +721,7 @@ class _Parser:
 
     def _audit(self) -> AuditExport:
         request = self._value("--request")
-        since = self._value("--since")
-        day: date | None = None
-        if since is not None:
-            if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", since):
-                raise self.fail(f"--since must be a date like 2026-01-31 (got {_show(since)})")
-            try:
-                day = date.fromisoformat(since)
-            except ValueError:
-                raise self.fail(f"--since: {since} is not a real date") from None
+        day = self._date("--since")
         chosen = (self._value("--format") or "csv").lower()
         if chosen not in _FORMATS:
             raise self.fail(f"--format must be csv or jsonl (got {_show(chosen)})")
@@ -708,6 +730,28 @@ class _Parser:
             since=day,
             format=_FORMATS[chosen],
         )
+
+    def _extend(self, request_id: str) -> Extend:
+        months = self._value("--months")
+        if months is None:
+            raise self.fail("extend needs --months 1 or --months 2")
+        if months.strip() not in ("1", "2"):
+            raise self.fail(
+                f"--months must be 1 or 2 (got {_show(months)}): a deadline is extended by at most"
+                " two further months"
+            )
+        reason = self._reason()
+        if reason is None:
+            raise self.fail(
+                'extend needs --reason "...": the person must be told why, within the first month'
+            )
+        return Extend(request_id, int(months), reason)
+
+    def _report(self) -> Report:
+        since, until = self._date("--since"), self._date("--until")
+        if since is not None and until is not None and until < since:
+            raise self.fail(f"--until {until} is before --since {since}")
+        return Report(since, until)
 
 
 def _clean_reason(text: str) -> str:
@@ -758,6 +802,8 @@ def _wire_text(request: Export | Delete) -> str:
     for flag, text in (("--ticket", request.meta.ticket), ("--reason", request.meta.reason)):
         if text is not None:
             words += [flag, quote(text)]
+    if request.meta.received is not None:
+        words += ["--received", request.meta.received.isoformat()]
     return " ".join(word for word in words if word)
 
 

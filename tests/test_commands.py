@@ -193,8 +193,8 @@ BAD_STORED = [
         _export(meta={"ticket": None, "reason": " padded"}),
         "inconsistent fields for export images of project 6c1f2a3b\u2026",
     ),
-    (_export(meta={"ticket": 5}), "meta: ticket and reason must be strings or null"),
-    (_export(meta={"who": "me"}), "meta: must be an object with ticket and reason"),
+    (_export(meta={"ticket": 5}), "meta: ticket, reason and received must be strings or null"),
+    (_export(meta={"who": "me"}), "meta: must be an object with ticket, reason and received"),
     (
         {**Export(E.PERFORMANCE, project_id=P, iteration_id=I).to_dict(), "threshold": 2},
         "not a valid export: --threshold must be between 0 and 1 (got 2.0)",

@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,7 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     declared = re.findall(r"^([A-Z_]+)=", example, re.MULTILINE)
     source = (ROOT / "bot" / "config.py").read_text(encoding="utf-8")
-    read = set(re.findall(r'r\.(?:text|parsed|ids|number)\(\s*"([A-Z_]+)"', source))
+    read = set(re.findall(r'r\.(?:text|parsed|ids|number|dates)\(\s*"([A-Z_]+)"', source))
     assert read, "the pattern must find the variables"
     assert set(declared) == read
     assert len(declared) == len(set(declared))
@@ -281,3 +281,28 @@ def test_e2e_deletion_works_at_the_longest_approval_ttl(stacks: Any) -> None:
     stack.wait_delivered()
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+
+
+# --- the statutory clock's settings ---------------------------------------------------------
+
+
+def test_public_holidays_are_read_as_dates_duplicates_and_spaces_ignored() -> None:
+    config = load_config(VALID | {"BOT_PUBLIC_HOLIDAYS": " 2026-12-25, 2026-12-26 ,2026-12-25,"})
+    assert config.public_holidays == frozenset({date(2026, 12, 25), date(2026, 12, 26)})
+    assert load_config(VALID).public_holidays == frozenset()
+    assert load_config(VALID).reminder_hour_utc == 8
+
+
+def test_public_holidays_report_every_malformed_date_at_once_with_the_other_problems() -> None:
+    env = VALID | {
+        "BOT_PUBLIC_HOLIDAYS": "2026-12-25,25.12.2026,2026-02-30,2026-1-1,christmas",
+        "BOT_REMINDER_HOUR_UTC": "24",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert caught.value.problems == [
+        "BOT_PUBLIC_HOLIDAYS has malformed dates '25.12.2026', '2026-02-30', '2026-1-1',"
+        " 'christmas': expected ISO dates like 2026-12-25, comma-separated",
+        "BOT_REMINDER_HOUR_UTC='24' is out of range: expected a whole number from 0 to 23"
+        " (hour of the day, UTC)",
+    ]

@@ -15,8 +15,10 @@ from bot.commands import (
     DeleteKind,
     Export,
     ExportKind,
+    Extend,
     Help,
     Meta,
+    Report,
     Resend,
     Retry,
     Status,
@@ -33,32 +35,39 @@ M2 = "a0516273-8d9e-4fa0-b1b2-d3e4f5061728"
 E = ExportKind
 D = DeleteKind
 
-U_EXPORT_PROJECT = 'export project <project-id> [--no-images] [--ticket <ref>] [--reason "<text>"]'
+RECEIVED = " [--received YYYY-MM-DD]"
+U_EXPORT_PROJECT = (
+    'export project <project-id> [--no-images] [--ticket <ref>] [--reason "<text>"]' + RECEIVED
+)
 U_EXPORT_ITERATION = (
-    'export iteration <project-id> <iteration-id> [--ticket <ref>] [--reason "<text>"]'
+    'export iteration <project-id> <iteration-id> [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_EXPORT_PERFORMANCE = (
     "export performance <project-id> <iteration-id> [--threshold F] [--overlap F]"
-    ' [--ticket <ref>] [--reason "<text>"]'
+    ' [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_EXPORT_TAGS = (
     'export tags <project-id> [--iteration <iteration-id>] [--ticket <ref>] [--reason "<text>"]'
+    + RECEIVED
 )
 U_EXPORT_IMAGES = (
     "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]... [--ids <id,id,...>]"
-    ' [--iteration <iteration-id>] [--no-files] [--ticket <ref>] [--reason "<text>"]'
+    ' [--iteration <iteration-id>] [--no-files] [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_DELETE_IMAGES = (
     "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all)"
-    ' [--ticket <ref>] [--reason "<text>"]'
+    ' [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_DELETE_PREDICTIONS = (
     'delete predictions <project-id> [--ids <id,id,...>] [--ticket <ref>] [--reason "<text>"]'
+    + RECEIVED
 )
-U_DELETE_ACCOUNT = 'delete account [--ticket <ref>] [--reason "<text>"]'
-U_DELETE_PROJECT = 'delete project <project-id> [--ticket <ref>] [--reason "<text>"]'
+U_DELETE_ACCOUNT = 'delete account [--ticket <ref>] [--reason "<text>"]' + RECEIVED
+U_DELETE_PROJECT = 'delete project <project-id> [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 U_AUDIT = "audit [--request <request-id>] [--since YYYY-MM-DD] [--format csv|jsonl]"
 U_HELP = "help [<verb> [<kind>]]"
+U_EXTEND = 'extend <request-id> --months 1|2 --reason "<text>"'
+U_REPORT = "report [--since YYYY-MM-DD] [--until YYYY-MM-DD]"
 U_EXPORT_ALL = "\n".join(
     [
         "export account",
@@ -86,6 +95,8 @@ U_ALL = "\n".join(
         "cancel <request-id>",
         "retry <request-id>",
         "resend <request-id>",
+        U_EXTEND,
+        U_REPORT,
         U_AUDIT,
         "audit verify",
     ]
@@ -107,6 +118,8 @@ FORMS: list[tuple[str, Command]] = [
     ("help export images", Help("export images")),
     ("help DELETE Account", Help("delete account")),
     ("help audit verify", Help("audit verify")),
+    ("help extend", Help("extend")),
+    ("report --help", Help("report")),
     ("help status", Help("status")),
     ("export account", Export(E.ACCOUNT)),
     ("export projects", Export(E.PROJECTS)),
@@ -194,6 +207,23 @@ FORMS: list[tuple[str, Command]] = [
     ("audit --format=csv", AuditExport(format="csv")),
     ("audit verify", AuditVerify()),
     ("AUDIT Verify", AuditVerify()),
+    ('extend r-7 --months 2 --reason "14 projects"', Extend("R-7", 2, "14 projects")),
+    ("EXTEND R-7 --reason=complex --months=1", Extend("R-7", 1, "complex")),
+    ("report", Report()),
+    (
+        "report --since 2026-01-01 --until 2026-03-31",
+        Report(date(2026, 1, 1), date(2026, 3, 31)),
+    ),
+    ("report --until 2026-03-31", Report(until=date(2026, 3, 31))),
+    ("report --since 2026-03-31 --until 2026-03-31", Report(date(2026, 3, 31), date(2026, 3, 31))),
+    (
+        f"delete project {P} --received 2026-11-04",
+        Delete(D.PROJECT, project_id=P, meta=Meta(received=date(2026, 11, 4))),
+    ),
+    (
+        "export account --received=2028-02-29 --ticket T-1",
+        Export(E.ACCOUNT, meta=Meta(ticket="T-1", received=date(2028, 2, 29))),
+    ),
 ]
 
 
@@ -367,7 +397,8 @@ ERRORS: list[tuple[str, str, str]] = [
     ("help exprot", "no help on 'exprot'; did you mean 'export'?", U_HELP),
     (
         "help xyzzy",
-        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, resend, audit",
+        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, resend, extend,"
+        " report, audit",
         U_HELP,
     ),
     ("help export imgs", "unknown kind 'imgs' for export; did you mean 'images'?", U_HELP),
@@ -635,6 +666,68 @@ ERRORS: list[tuple[str, str, str]] = [
         '--reason needs a reason (in quotes when it has spaces: --reason "...")',
         U_EXPORT_PROJECT,
     ),
+    # the statutory clock
+    (
+        f"export project {P} --received 04/11/2026",
+        "--received must be a date like 2026-01-31 (got '04/11/2026')",
+        U_EXPORT_PROJECT,
+    ),
+    (
+        f"delete project {P} --received 2026-02-30",
+        "--received: 2026-02-30 is not a real date",
+        U_DELETE_PROJECT,
+    ),
+    (
+        f"delete project {P} --received",
+        "--received needs the date the request was received, like 2026-01-31",
+        U_DELETE_PROJECT,
+    ),
+    (
+        f"delete project {P} --received 2026-11-01 --received 2026-11-02",
+        "--received is given more than once",
+        U_DELETE_PROJECT,
+    ),
+    ("audit --received 2026-11-01", "audit does not take --received", U_AUDIT),
+    ('extend R-7 --reason "complex"', "extend needs --months 1 or --months 2", U_EXTEND),
+    (
+        'extend R-7 --months 3 --reason "complex"',
+        "--months must be 1 or 2 (got '3'): a deadline is extended by at most two further months",
+        U_EXTEND,
+    ),
+    (
+        'extend R-7 --months two --reason "complex"',
+        "--months must be 1 or 2 (got 'two'): a deadline is extended by at most two further months",
+        U_EXTEND,
+    ),
+    (
+        "extend R-7 --months 1",
+        'extend needs --reason "...": the person must be told why, within the first month',
+        U_EXTEND,
+    ),
+    (
+        'extend R-7 --months 1 --reason ""',
+        '--reason needs a reason (in quotes when it has spaces: --reason "...")',
+        U_EXTEND,
+    ),
+    ("extend --months 1 --reason x", "extend needs <request-id>", U_EXTEND),
+    (
+        "extend 1042 --months 1 --reason x",
+        "'1042' is not a request id: expected R-<number>, like R-1042",
+        U_EXTEND,
+    ),
+    ("extend R-7 --months 1 --reason x --ticket T", "extend does not take --ticket", U_EXTEND),
+    (
+        "report --since 2026-03-01 --until 2026-02-01",
+        "--until 2026-02-01 is before --since 2026-03-01",
+        U_REPORT,
+    ),
+    (
+        "report --until yesterday",
+        "--until must be a date like 2026-01-31 (got 'yesterday')",
+        U_REPORT,
+    ),
+    ("report R-7", "unexpected argument 'R-7' (report takes no arguments)", U_REPORT),
+    ("prolong R-7", "unknown command 'prolong'; did you mean 'extend'?", U_EXTEND),
 ]
 
 
