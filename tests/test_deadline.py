@@ -164,7 +164,8 @@ def test_receipt_lookback_takes_the_month_end_when_the_day_is_missing() -> None:
         (
             deadline_of(D("2026-11-04"), 3, completed=D("2026-12-14")),
             D("2027-01-01"),
-            "received 2026-11-04 · completed 2026-12-14, 40 days after receipt, within the deadline",
+            "received 2026-11-04 · completed 2026-12-14, 40 days after receipt, within the"
+            " deadline",
         ),
         (
             deadline_of(D("2026-11-04"), completed=D("2026-12-07")),
