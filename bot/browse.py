@@ -375,6 +375,7 @@ def add_views(
             ("Ticket", info.ticket or ""),
             ("Reason", info.reason or ""),
             ("Scope", info.scope),
+            ("Statutory deadline", info.clock(built_at.date())),
             ("Source", f"{info.endpoint_host}, Custom Vision Training API {info.api_version}"),
             ("Export started", _time(info.started_at)),
             ("This index built", _time(built_at)),

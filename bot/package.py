@@ -61,7 +61,7 @@ import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self
@@ -69,6 +69,7 @@ from urllib.parse import unquote
 
 from bot import wording
 from bot.clock import iso
+from bot.deadline import Deadline
 from bot.digest import sha256_file
 from bot.ids import is_guid
 
@@ -159,6 +160,22 @@ class PackageInfo:
     endpoint_host: str
     api_version: str
     started_at: datetime  # aware, UTC
+    deadline: Deadline | None = None  # the statutory clock, where known
+
+    def clock(self, today: date) -> str:
+        """Return the request's clock as people read it on `today`, or "-" when unknown."""
+        return "-" if self.deadline is None else self.deadline.describe(today)
+
+
+def deadline_fields(deadline: Deadline | None) -> dict[str, str | None]:
+    """Return the statutory dates a manifest or receipt records (None where not known)."""
+    if deadline is None:
+        return {"received": None, "due": None, "extended_to": None}
+    return {
+        "received": deadline.received.isoformat(),
+        "due": deadline.first_due.isoformat(),
+        "extended_to": deadline.due.isoformat() if deadline.extended else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -440,6 +457,8 @@ def render_manifest(
             "ticket": info.ticket,
             "reason": info.reason,
             "scope": info.scope,
+            **deadline_fields(info.deadline),
+            "clock": info.clock(finished_at.date()),
         },
         "source": {"endpoint_host": info.endpoint_host, "api_version": info.api_version},
         "started_at": iso(info.started_at),
@@ -623,6 +642,7 @@ def render_readme(
         f"Ticket:       {info.ticket or '-'}",
         f"Reason:       {info.reason or '-'}",
         f"Scope:        {info.scope}",
+        f"Deadline:     {info.clock(finished_at.date())}",
         f"Source:       {info.endpoint_host}, Custom Vision Training API {info.api_version}",
         f"Started:      {_readme_time(info.started_at)}",
         f"Finished:     {_readme_time(finished_at)}",

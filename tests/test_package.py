@@ -10,13 +10,14 @@ import threading
 import tracemalloc
 import zipfile
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.clock import FakeClock
+from bot.deadline import deadline_of
 from bot.package import (
     MIN_PART_BYTES,
     SIGNED_LINKS_NOTE,
@@ -52,6 +53,7 @@ INFO = PackageInfo(
     endpoint_host="westeurope.api.cognitive.microsoft.com",
     api_version="v3.3",
     started_at=START,
+    deadline=deadline_of(date(2026, 10, 29)),  # due 2026-11-30 (29 Nov is a Sunday)
 )
 
 
@@ -341,6 +343,10 @@ def test_package_layout_and_manifest(tmp_path: Path) -> None:
             "ticket": "DSR-7 ✓",
             "reason": REASON,
             "scope": "export project 0a1b2c3d… with images",
+            "received": "2026-10-29",
+            "due": "2026-11-30",
+            "extended_to": None,
+            "clock": "received 2026-10-29 · due 2026-11-30 (in 3 days)",
         },
         "source": {
             "endpoint_host": "westeurope.api.cognitive.microsoft.com",
@@ -394,6 +400,7 @@ def test_package_layout_and_manifest(tmp_path: Path) -> None:
         "Ticket:       DSR-7 ✓",
         f"Reason:       {REASON}",
         "Scope:        export project 0a1b2c3d… with images",
+        "Deadline:     received 2026-10-29 · due 2026-11-30 (in 3 days)",
         "Source:       westeurope.api.cognitive.microsoft.com, Custom Vision Training API v3.3",
         "Started:      2026-11-27 09:00:00 UTC",
         "Finished:     2026-11-27 09:05:00 UTC",
