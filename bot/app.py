@@ -112,6 +112,8 @@ def build_bot(
         approval_ttl=timedelta(hours=config.approval_ttl_hours),
         work_dir=config.work_dir,
         command=config.bot_command,
+        holidays=config.public_holidays,
+        reminder_hour=config.reminder_hour_utc,
     )
     settings = Settings(
         max_file_bytes=config.max_file_bytes,

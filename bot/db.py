@@ -179,10 +179,46 @@ def _m003_outbox_held(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX outbox_lane ON outbox (status, kind, id)")
 
 
+def _m004_statutory_clock(conn: sqlite3.Connection) -> None:
+    # A request's statutory clock (Art. 12(3) GDPR, bot.deadline), dates as YYYY-MM-DD. The due
+    # dates are stored, not recomputed: a holiday list edited later must not move a deadline
+    # already set. Requests stored before this version have no row: their clock is unknown.
+    run_script(
+        conn,
+        """
+        CREATE TABLE deadlines (
+            request_id INTEGER PRIMARY KEY REFERENCES requests (id),
+            received TEXT NOT NULL,           -- the day the person's request was received
+            first_due TEXT NOT NULL,          -- one month later, on a working day
+            due TEXT NOT NULL,                -- the due date in force (later once extended)
+            months INTEGER NOT NULL DEFAULT 1,  -- the period in force, from receipt: 1 to 3
+            completed TEXT                    -- the day it was done, else NULL
+        );
+        CREATE INDEX deadlines_open ON deadlines (due) WHERE completed IS NULL;
+        -- Completion is the day the request reached done (or answered), recorded by the very
+        -- update that makes it so, whichever code path makes it.
+        CREATE TRIGGER deadlines_completed AFTER UPDATE OF status ON requests
+        WHEN NEW.status IN ('done', 'answered')
+        BEGIN
+            UPDATE deadlines SET completed = substr(NEW.updated_at, 1, 10)
+            WHERE request_id = NEW.id AND completed IS NULL;
+        END;
+        -- The days whose deadline digest was queued, in the transaction that queued it: a
+        -- restart neither repeats a day nor skips one.
+        CREATE TABLE digests (
+            day TEXT PRIMARY KEY,             -- YYYY-MM-DD (UTC)
+            at TEXT NOT NULL,                 -- when it was queued
+            channels INTEGER NOT NULL         -- how many channels got one (0: nothing due)
+        );
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_outbox_revision,
     _m003_outbox_held,
+    _m004_statutory_clock,
 ]
 
 

@@ -160,6 +160,17 @@ class Deadline:
         return f"{head} · {due}"
 
 
+def deadline_fields(deadline: Deadline | None) -> dict[str, str | None]:
+    """Return the statutory dates a manifest or a receipt records (None where not known)."""
+    if deadline is None:
+        return {"received": None, "due": None, "extended_to": None}
+    return {
+        "received": deadline.received.isoformat(),
+        "due": deadline.first_due.isoformat(),
+        "extended_to": deadline.due.isoformat() if deadline.extended else None,
+    }
+
+
 def deadline_of(
     received: date,
     months: int = 1,

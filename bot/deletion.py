@@ -57,11 +57,13 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from bot import commands, parser, webpage, wording
 from bot.clock import iso
+from bot.deadline import Deadline, deadline_fields
 from bot.errors import (
     BotError,
     NotFound,
@@ -497,6 +499,7 @@ def receipt_view(
             ("Requested by", str(document.get("requester") or "")),
             ("Ticket", str(document.get("ticket") or "")),
             ("Reason", str(document.get("reason") or "")),
+            ("Statutory deadline", str(document.get("deadline") or "-")),
             ("Command", str(document.get("command") or "")),
             ("Approved by", approved),
             ("Preview", str(document.get("preview_summary") or "")),
@@ -1222,6 +1225,8 @@ def write_receipt(
         "approvers": list(record.approvals),
         "ticket": meta.get("ticket"),
         "reason": meta.get("reason"),
+        **deadline_fields(record.deadline),
+        "deadline": _receipt_clock(record.deadline, outcome, ctx.clock.now().date()),
         "command": record.text,
         "preview_summary": preview.get("summary"),
         "project": preview.get("project"),
@@ -1268,15 +1273,27 @@ def write_receipt(
     return then
 
 
+def _receipt_clock(deadline: Deadline | None, outcome: str, today: date) -> str:
+    """Return the receipt's clock line: completed today (met or late) when the deletion is done,
+    else where the clock stands today ("-" for requests stored before the clock existed)."""
+    if deadline is None:
+        return "-"
+    if outcome == "done":
+        return replace(deadline, completed=deadline.completed or today).describe()
+    return deadline.describe(today)
+
+
 def render_receipt(document: Mapping[str, Any], path: Path) -> None:
     """Write a receipt document as JSON, or its items as CSV rows (`.csv`), or as receipt.html."""
     partial = path.with_name(path.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="") as fp:
             if path.suffix == ".csv":
-                writer = csv.DictWriter(fp, fieldnames=RECEIPT_COLUMNS)
+                # The request's clock on every row: the CSV is read on its own, row by row.
+                writer = csv.DictWriter(fp, fieldnames=(*RECEIPT_COLUMNS, "request_deadline"))
                 writer.writeheader()
-                writer.writerows(document["items"])
+                clock = document.get("deadline") or "-"
+                writer.writerows({**row, "request_deadline": clock} for row in document["items"])
             elif path.suffix == ".html":
                 head, summaries, rows = receipt_view(document)
                 for chunk in webpage.receipt_page(head, summaries, RECEIPT_COLUMNS, rows):

@@ -843,6 +843,7 @@ def run_export(ctx: JobContext) -> Outcome:
         endpoint_host=ctx.settings.endpoint_host or ctx.client.endpoint_host,
         api_version=API_VERSION,
         started_at=parse_iso(started),
+        deadline=ctx.request.deadline,
     )
     try:
         parts, counts = _build(ctx, export, info)

@@ -61,11 +61,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.deadline import Deadline
 from bot.errors import RequestStateError
 from bot.ids import format_request_id
 
 __all__ = [
     "OPEN",
+    "STOPPED",
     "TERMINAL",
     "TRANSITIONS",
     "DeletionItem",
@@ -131,6 +133,8 @@ TERMINAL = frozenset(
 )
 # Still in progress: shown by `status` without `--all`.
 OPEN = frozenset(Status) - TERMINAL
+# Ended without being done: its statutory clock stopped (a failed request's clock runs on).
+STOPPED = frozenset({Status.CANCELLED, Status.REJECTED, Status.EXPIRED})
 
 
 class RequestKind(StrEnum):
@@ -265,6 +269,7 @@ class RequestRecord:
     decision_reason: str | None
     approvals: tuple[str, ...]
     approved_at: datetime | None = None  # when the last recorded approval was given
+    deadline: Deadline | None = None  # the statutory clock; None for requests stored before it
 
     def __post_init__(self) -> None:
         # Stored text in, enums out: a value the lifecycle does not know raises ValueError.

@@ -69,7 +69,7 @@ from urllib.parse import unquote
 
 from bot import wording
 from bot.clock import iso
-from bot.deadline import Deadline
+from bot.deadline import Deadline, deadline_fields
 from bot.digest import sha256_file
 from bot.ids import is_guid
 
@@ -165,17 +165,6 @@ class PackageInfo:
     def clock(self, today: date) -> str:
         """Return the request's clock as people read it on `today`, or "-" when unknown."""
         return "-" if self.deadline is None else self.deadline.describe(today)
-
-
-def deadline_fields(deadline: Deadline | None) -> dict[str, str | None]:
-    """Return the statutory dates a manifest or receipt records (None where not known)."""
-    if deadline is None:
-        return {"received": None, "due": None, "extended_to": None}
-    return {
-        "received": deadline.received.isoformat(),
-        "due": deadline.first_due.isoformat(),
-        "extended_to": deadline.due.isoformat() if deadline.extended else None,
-    }
 
 
 @dataclass(frozen=True)

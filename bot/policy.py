@@ -30,6 +30,10 @@ of a channel), asks one function here, and records a refusal's reason in the aud
 |             |                                                      | preview, new approvals    |
 | resend      | the requester or an approver                         | a delivery is held        |
 | see status  | the requester or an approver (`may_see_status`)      | always                    |
+| extend      | BOT_APPROVERS (user or group), never the requester   | before the first due date |
+|             | alone (`may_extend`)                                 | (`bot.deadline.extension_ |
+|             |                                                      | problem`)                 |
+| report      | BOT_APPROVERS (`may_read_report`)                    | as audit files            |
 | read audit  | approvers: everything; requesters: their own         | the file goes only into a |
 |             | requests                                             | channel the bot is in     |
 |             |                                                      | (`in_a_channel`,          |
@@ -469,3 +473,31 @@ def may_post_personal_data(rules: Rules, audience: Audience | None, *, what: str
             "channel, or ask an admin to set BOT_ALLOW_PUBLIC_EXPORTS=true.",
         )
     return ALLOW
+
+
+def may_extend(rules: Rules, actor: Actor, subject: Subject) -> Decision:
+    """Return whether `actor` may extend the statutory deadline of `subject`.
+
+    Art. 12(3) GDPR leaves the extension to the controller: an approver decides it, never the
+    requester alone (an approver who is also the requester is still the requester).
+    """
+    if actor.user_id == subject.requester:
+        return Decision(
+            False,
+            f"You cannot extend your own request {subject.request_id}: an approver must decide"
+            " that the request is complex or one of many.",
+        )
+    if not actor.listed_in(rules.approvers):
+        return Decision(False, "Only approvers (BOT_APPROVERS) may extend a request's deadline.")
+    return ALLOW
+
+
+def may_read_report(rules: Rules, actor: Actor) -> Decision:
+    """Return whether `actor` may have the data-protection officer's report of all requests."""
+    if actor.listed_in(rules.approvers):
+        return ALLOW
+    return Decision(
+        False,
+        "Only approvers (BOT_APPROVERS) may have the report of every request;"
+        " `status` shows your own.",
+    )

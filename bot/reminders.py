@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from bot import wording
+from bot import parser, wording
 from bot.deadline import DUE_SOON_DAYS, Deadline, days_left, due_soon, waiting_on
+from bot.lifecycle import RequestRecord
 
 # A digest lists at most this many requests (Slack's 4,000 characters), then how many more.
 DIGEST_SHOWN = 25
@@ -30,13 +31,34 @@ class Tracked:
     requester: str
     channel: str
     status: str
-    deadline: Deadline
+    deadline: Deadline | None  # None: stored before the clock existed
     held: bool = False  # a delivery of it that Slack refused waits for `resend`
 
     @property
     def waits_on(self) -> str:
         """Return what it waits on: approval, running, failed or delivery held."""
         return waiting_on(self.status, held=self.held)
+
+
+def summary_of(record: RequestRecord) -> str:
+    """Return the one-line description of a stored request ("export project 6c1f2a3b…")."""
+    try:
+        return parser.load_request(record.command).describe()
+    except ValueError:
+        return parser.slack_unescape(record.text)
+
+
+def tracked_of(record: RequestRecord, *, held: bool = False) -> Tracked:
+    """Return the digest's and dashboard's view of a stored request."""
+    return Tracked(
+        request_id=record.id,
+        summary=summary_of(record),
+        requester=record.requester,
+        channel=record.channel,
+        status=str(record.status),
+        deadline=record.deadline,
+        held=held,
+    )
 
 
 def digest_day(now: datetime, hour: int, last_sent: date | None) -> date | None:
@@ -49,11 +71,12 @@ def digest_day(now: datetime, hour: int, last_sent: date | None) -> date | None:
 
 def line(item: Tracked, today: date) -> str:
     """Return one request's digest line (mrkdwn; the summary holds only ids and words)."""
+    clock = "no due date recorded" if item.deadline is None else item.deadline.describe(today)
     text = (
-        f"• *{item.request_id}* {item.summary} · <@{item.requester}> ·"
-        f" {item.deadline.describe(today)} · waits on: {item.waits_on}"
+        f"• *{item.request_id}* {item.summary} · <@{item.requester}> · {clock}"
+        f" · waits on: {item.waits_on}"
     )
-    if item.deadline.extended:
+    if item.deadline is not None and item.deadline.extended:
         text += f" (extended to {item.deadline.due.isoformat()})"
     return text
 
@@ -61,12 +84,16 @@ def line(item: Tracked, today: date) -> str:
 def digest_text(items: Iterable[Tracked], today: date, *, command: str = "/cv") -> str | None:
     """Return one channel's digest of `items` due soon or overdue on `today`; None if none."""
     due = sorted(
-        (item for item in items if due_soon(item.deadline, today)),
-        key=lambda item: (item.deadline.due, item.request_id),
+        (
+            (item.deadline, item)
+            for item in items
+            if item.deadline is not None and due_soon(item.deadline, today)
+        ),
+        key=lambda pair: (pair[0].due, pair[1].request_id),
     )
     if not due:
         return None
-    overdue = sum(1 for item in due if days_left(item.deadline.due, today) < 0)
+    overdue = sum(1 for deadline, _ in due if days_left(deadline.due, today) < 0)
     parts = []
     if overdue:
         parts.append(f"{wording.count(overdue, 'request')} overdue")
@@ -74,7 +101,7 @@ def digest_text(items: Iterable[Tracked], today: date, *, command: str = "/cv") 
         soon = len(due) - overdue
         parts.append(f"{wording.count(soon, 'request')} due within {DUE_SOON_DAYS} days")
     lines = [f":alarm_clock: *Statutory deadlines, {today.isoformat()}*: {' and '.join(parts)}."]
-    lines += [line(item, today) for item in due[:DIGEST_SHOWN]]
+    lines += [line(item, today) for _, item in due[:DIGEST_SHOWN]]
     if len(due) > DIGEST_SHOWN:
         lines.append(
             f"…and {len(due) - DIGEST_SHOWN:,} more: `{command} report` lists every request."

@@ -29,6 +29,7 @@ from datetime import date
 
 from bot import wording
 from bot.deadline import Deadline
+from bot.lifecycle import STOPPED, RequestKind, RequestRecord
 
 COLUMNS = (
     "request",
@@ -58,12 +59,27 @@ class ReportEntry:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+def entry_of(record: RequestRecord) -> ReportEntry:
+    """Return the report's view of a stored request that has a clock."""
+    assert record.deadline is not None, "the report reads requests with a clock only"
+    verb = "export" if record.kind is RequestKind.EXPORT else "delete"
+    counts = (record.result or {}).get("counts") or {}
+    return ReportEntry(
+        request_id=record.id,
+        verb=verb,
+        kind=str(record.command.get("kind") or "?"),
+        status=str(record.status),
+        deadline=record.deadline,
+        counts=counts if isinstance(counts, Mapping) else {},
+    )
+
+
 def outcome(entry: ReportEntry, today: date) -> str:
     """Return the row's outcome: met, late, open, overdue, failed, cancelled, ..."""
     deadline = entry.deadline
     if deadline.completed is not None:
         return "met" if deadline.met else "late"
-    if entry.status in _ENDED:
+    if entry.status in STOPPED:
         return entry.status
     if deadline.late_on(today):
         return "overdue"
@@ -101,6 +117,17 @@ def csv_text(entries: Sequence[ReportEntry], today: date) -> str:
     for entry in entries:
         writer.writerow(row(entry, today))
     return out.getvalue()
+
+
+def period(since: date | None, until: date | None) -> str:
+    """Return the report's period in words: "from 2026-01-01 to 2026-03-31", "to date", ..."""
+    if since is None and until is None:
+        return "to date"
+    if since is None:
+        return f"up to {until}"
+    if until is None:
+        return f"from {since} on"
+    return f"from {since} to {until}"
 
 
 def summary(entries: Sequence[ReportEntry], today: date) -> str:

@@ -15,13 +15,21 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
-from bot import audit, commands, parser
+from bot import audit, commands, parser, wording
 from bot.clock import Clock, iso
+from bot.deadline import (
+    Deadline,
+    deadline_of,
+    describe_left,
+    due_date,
+    extension_problem,
+    receipt_problem,
+)
 from bot.errors import (
     BotError,
     ParseError,
@@ -30,10 +38,11 @@ from bot.errors import (
     WorkDirFull,
     is_disk_full,
 )
-from bot.help import help_text
+from bot.help import FORMS, help_text
 from bot.ids import format_request_id, parse_request_id
 from bot.lifecycle import (
     OPEN,
+    STOPPED,
     TERMINAL,
     Job,
     JobKind,
@@ -54,8 +63,10 @@ from bot.policy import (
     in_a_channel,
     may_approve,
     may_cancel,
+    may_extend,
     may_post_personal_data,
     may_read_audit,
+    may_read_report,
     may_reject,
     may_request,
     may_resend,
@@ -65,6 +76,10 @@ from bot.policy import (
     may_submit_here,
     preview_shown,
 )
+from bot.reminders import digest_day, digests
+from bot.report import csv_text as report_csv
+from bot.report import period as report_period
+from bot.report import summary as report_summary
 from bot.store import HeldDelivery, Store
 
 log = logging.getLogger(__name__)
@@ -179,8 +194,12 @@ class Service:
         work_dir: Path,
         command: str = "/cv",
         wake: Callable[[], None] = lambda: None,
+        holidays: frozenset[date] = frozenset(),
+        reminder_hour: int = 8,
     ) -> None:
         self.store = store
+        self.holidays = holidays  # BOT_PUBLIC_HOLIDAYS: move a due date like a weekend
+        self.reminder_hour = reminder_hour  # BOT_REMINDER_HOUR_UTC
         self.rules = rules
         self.directory = directory
         self.clock = clock
@@ -272,6 +291,10 @@ class Service:
             return self.audit_verify(user_id, channel_id)
         if isinstance(command, commands.AuditExport):
             return self.audit_export(user_id, channel_id, command)
+        if isinstance(command, commands.Extend):
+            return self.extend(user_id, command)
+        if isinstance(command, commands.Report):
+            return self.report(user_id, channel_id, command)
         if isinstance(command, commands.Export | commands.Delete):
             return self.submit(user_id, channel_id, text, command)
         raise AssertionError(f"unhandled command {command!r}")
@@ -280,12 +303,19 @@ class Service:
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
     ) -> Reply:
         """Store a new export or deletion request and queue its first job."""
+        today = self.clock.now().date()
+        received = command.meta.received or today
+        problem = receipt_problem(received, today)
+        if problem is not None:  # bad input: answered before anything is asked or stored
+            form = FORMS[f"{command.to_dict()['verb']} {command.kind.value}"]
+            return Reply(f"{problem}\nUsage: `{self.command} {form.usage}`")
         decision = self._may_submit(user_id, channel_id, text, command)
         if not decision:
             return self._refused(user_id, "command", decision)
-        number = self._store_request(user_id, channel_id, text, command)
+        number, deadline = self._store_request(user_id, channel_id, text, command, received)
         self.wake()
-        return Reply(_submitted(format_request_id(number), command))
+        submitted = _submitted(format_request_id(number), command)
+        return Reply(f"{submitted}\nDeadline: {deadline.describe(today)}")
 
     def _may_submit(
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
@@ -304,12 +334,19 @@ class Service:
         )
 
     def _store_request(
-        self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
-    ) -> int:
-        """Store the request, its audit events, its first job (or its manual answer) and its
-        announcement in one transaction; return its number."""
+        self,
+        user_id: str,
+        channel_id: str,
+        text: str,
+        command: commands.Export | commands.Delete,
+        received: date,
+    ) -> tuple[int, Deadline]:
+        """Store the request, its deadline, its audit events, its first job (or its manual
+        answer) and its announcement in one transaction; return its number and deadline."""
         kind, status, job = _first_step(command)
         parsed = command.to_dict()
+        answered = self.clock.now().date() if job is None else None
+        deadline = deadline_of(received, 1, self.holidays, completed=answered)
         with self.store.write() as conn:
             number = self.store.create_request(
                 conn,
@@ -320,13 +357,19 @@ class Service:
                 channel=channel_id,
                 status=status,
             )
+            self.store.start_clock(conn, number, deadline)
             self.store.audit(
                 conn,
                 user_id,
                 "command.received",
                 request=number,
                 targets=_targets(parsed),
-                details={"command": parsed, "channel": channel_id},
+                details={
+                    "command": parsed,
+                    "channel": channel_id,
+                    "received": deadline.received.isoformat(),
+                    "due": deadline.due.isoformat(),
+                },
             )
             if job is None:
                 self.store.audit(
@@ -342,7 +385,7 @@ class Service:
                     conn, "bot", "request.queued", request=number, details={"job": str(job)}
                 )
             self.store.announce(conn, number, channel_id)
-        return number
+        return number, deadline
 
     def status(self, user_id: str, request_id: str | None) -> Reply:
         """Return the caller's open requests, or one request's state."""
@@ -778,9 +821,142 @@ class Service:
             "refuses again, you will be told why."
         )
 
+    # -- the statutory clock -----------------------------------------------------------------
+
+    def extend(self, user_id: str, command: commands.Extend) -> Reply:
+        """Extend a request's statutory deadline (approvers only, before its first due date)."""
+        record = self._load(command.request_id, user_id=user_id, action="extend")
+        decision = may_extend(self.rules, self.actor(user_id), subject_of(record))
+        if not decision:
+            return self._refused(user_id, "extend", decision, request=record.id)
+        today = self.clock.now().date()
+        with self.store.write() as conn:
+            record = self.store.get(record.number, conn)  # decide on stored state, in the tx
+            was = record.deadline
+            problem = self._extension_problem(record, command.months, today)
+            if problem is not None or was is None:
+                refusal = Decision(False, f"{record.id} cannot be extended: {problem}")
+                return self._refused(user_id, "extend", refusal, request=record.number, conn=conn)
+            months = was.months + command.months
+            now = replace(was, months=months, due=due_date(was.received, months, self.holidays))
+            if not self.store.extend_clock(conn, record.number, was=was, now=now):
+                raise RequestStateError(
+                    f"{record.id}'s deadline changed meanwhile; `{self.command} status"
+                    f" {record.id}` shows it."
+                )
+            self.store.audit(
+                conn,
+                user_id,
+                "request.extended",
+                request=record.number,
+                details={
+                    "months": command.months,
+                    "period": months,
+                    "received": was.received.isoformat(),
+                    "due_before": was.due.isoformat(),
+                    "due": now.due.isoformat(),
+                    "tell_by": was.first_due.isoformat(),
+                    "reason": command.reason,
+                },
+            )
+            self.store.post(
+                conn,
+                record.number,
+                record.channel,
+                _extended(user_id, record, was, now, command.reason),
+            )
+            self.store.announce(conn, record.number, record.channel)
+        return Reply(
+            f"Extended {record.id} by {wording.count(command.months, 'month')}: due"
+            f" {now.due.isoformat()} ({describe_left(now.due, today)}). Tell the person by"
+            f" {was.first_due.isoformat()}, with the reasons; the thread has the reminder."
+        )
+
+    def _extension_problem(self, record: RequestRecord, months: int, today: date) -> str | None:
+        """Return why `record` cannot be extended by `months` on `today`, or None."""
+        if record.deadline is None:
+            return "it was made before the bot kept deadlines, so it has no due date to move"
+        if record.deadline.completed is None and record.status in STOPPED:
+            return f"it is {record.status.value}; no answer is owed any more"
+        return extension_problem(record.deadline, months, today)
+
+    def report(self, user_id: str, channel_id: str, command: commands.Report) -> Reply:
+        """Post the data-protection officer's CSV of requests (approvers only; not public)."""
+        decision = may_read_report(self.rules, self.actor(user_id))
+        if not decision:
+            return self._refused(user_id, "report", decision)
+        channel = self._conversation(channel_id)
+        here = in_a_channel(channel, rerun=f"{self.command} report")
+        if not here:
+            return self._refused(user_id, "report", here)
+        member = bot_is_in(channel, to_post="the report", then="Invite me first.")
+        if not member:
+            return Reply(member.reason)  # told, not audited: nothing was asked of the rules
+        where = may_post_personal_data(
+            self.rules, channel.audience, what="The report (every request's dates and outcome)"
+        )
+        if not where:
+            return self._refused(user_id, "report", where)
+        today = self.clock.now().date()
+        entries = self.store.report_entries(command.since, command.until)
+        period = report_period(command.since, command.until)
+        stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
+        name = f"report-{stamp}.csv"
+        self._write_file(
+            self.work_dir / "report" / name,
+            lambda fp: fp.write(report_csv(entries, today)),
+            again="report",
+        )
+        line = report_summary(entries, today)
+        self._share_file(
+            user_id,
+            channel_id,
+            self.work_dir / "report" / name,
+            action="report.exported",
+            details={
+                "requests": len(entries),
+                "since": None if command.since is None else command.since.isoformat(),
+                "until": None if command.until is None else command.until.isoformat(),
+                "file": name,
+            },
+            title=f"Requests received {period} ({len(entries)})",
+            comment=f"<@{user_id}> requests received {period}: {line}.",
+        )
+        return Reply(f"Posting the report of requests received {period} as `{name}`: {line}.")
+
+    def send_digest(self) -> int:
+        """Queue today's deadline digest into each channel with something due, once a day from
+        the reminder hour on; return how many channels get one (0 also when not due yet)."""
+        now = self.clock.now()
+        day = digest_day(now, self.reminder_hour, self.store.last_digest_day())
+        if day is None:
+            return 0
+        texts = digests(self.store.due_soon(day), day, command=self.command)
+        with self.store.write() as conn:
+            if not self.store.mark_digest(conn, day, len(texts)):
+                return 0  # another process sent it first
+            for channel, text in texts.items():
+                self.store.enqueue(
+                    conn,
+                    kind="post",
+                    channel=channel,
+                    payload={"text": text},
+                    request=None,
+                    key=f"digest:{day.isoformat()}:{channel}",
+                )
+            self.store.audit(
+                conn,
+                "bot",
+                "digest.sent",
+                details={"day": day.isoformat(), "channels": sorted(texts)},
+            )
+        return len(texts)
+
     def housekeeping(self) -> None:
-        """Expire overdue approvals, then remove the work files of finished requests."""
+        """Expire overdue approvals, send the day's deadline digest, then remove the work files
+        of finished requests."""
         self.expire_due()
+        self.send_digest()
         self.purge_work_files()
 
     def purge_work_files(self) -> list[str]:
@@ -897,7 +1073,8 @@ class Service:
                     "path": str(path),
                     "filename": path.name,
                     "title": f"{record.id} audit trail ({count} events)",
-                    "comment": f"Audit trail of {record.id}: {count} events. Audit log head "
+                    "comment": f"Audit trail of {record.id}: {count} events"
+                    f"{_clock_note(record, self.clock.now().date())}. Audit log head "
                     f"#{seq} hash {digest[:16]}… (`{self.command} audit verify` checks the "
                     "whole chain).",
                 },
@@ -928,9 +1105,11 @@ class Service:
         """Post the selected audit events as a file in the channel."""
         actor = self.actor(user_id)
         own: bool | None = None
+        clock = ""
         if command.request_id is not None:
             record = self.store.get(command.request_id)
             own = record.requester == user_id
+            clock = _clock_note(record, self.clock.now().date())
         decision = may_read_audit(self.rules, actor, own_request=own)
         if not decision:
             return self._refused(user_id, "audit", decision, request=command.request_id)
@@ -967,7 +1146,7 @@ class Service:
                 "file": name,
             },
             title=f"Audit log ({count} events)",
-            comment=f"<@{user_id}> audit log: {count} events. {verification.summary()}",
+            comment=f"<@{user_id}> audit log: {count} events{clock}. {verification.summary()}",
         )
         return Reply(f"Posting {count} audit events as `{name}`.")
 
@@ -1014,6 +1193,25 @@ class Service:
                 },
                 request=None,
             )
+
+
+def _clock_note(record: RequestRecord, today: date) -> str:
+    """Return "; received ... · due ..." for a file's comment ("" when the clock is unknown)."""
+    return "" if record.deadline is None else f"; {record.deadline.describe(today)}"
+
+
+def _extended(
+    approver: str, record: RequestRecord, was: Deadline, now: Deadline, reason: str
+) -> str:
+    """Return the thread's message about an extension, with the reminder Art. 12(3) asks for."""
+    return (
+        f"<@{approver}> extended the deadline of {record.id} by"
+        f" {wording.count(now.months - was.months, 'month')}: due {now.due.isoformat()} (was"
+        f" {was.due.isoformat()}; received {was.received.isoformat()}).\n"
+        f"Reason: {reason}\n"
+        f":warning: The person must be told of the extension, with these reasons, within the first"
+        f" month: by {was.first_due.isoformat()} (Art. 12(3) GDPR)."
+    )
 
 
 def _role_of(user_id: str, record: RequestRecord) -> Role:
@@ -1080,9 +1278,17 @@ def _status_line(record: RequestRecord, now: datetime, *, short: bool = False) -
     command = parser.slack_unescape(record.text)
     if short:
         command = _clip(command.replace("`", "'"), STATUS_COMMAND_CHARS)
+    clock = ""
+    if record.deadline is not None:
+        deadline = record.deadline
+        clock = (
+            f", due {deadline.due.isoformat()} ({describe_left(deadline.due, now.date())})"
+            if short and deadline.completed is None
+            else f", {deadline.describe(now.date())}"
+        )
     return (
-        f"• {record.id} — {record.status}, {age(record.created_at, now)} old{ticket_part}: "
-        f"`{command}`"
+        f"• {record.id} — {record.status}, {age(record.created_at, now)} old{clock}{ticket_part}:"
+        f" `{command}`"
     )
 
 

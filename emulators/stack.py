@@ -126,10 +126,18 @@ class Stack:
     def restart_bot(self, **env: str) -> None:
         """Stop the bot and start it again on the same database, emulators and clock, with
         `env` overriding the environment (as an admin restarting it with new config does)."""
+        self.stop_bot()
+        self.start_bot(**env)
+
+    def stop_bot(self) -> None:
+        """Stop the bot and its server (the emulators, the database and the clock stay)."""
         assert self.bot is not None and self.server is not None
         for closer in (self.server.close, self.bot.stop):
             closer()
             self._closers.remove(closer)
+
+    def start_bot(self, **env: str) -> None:
+        """Start the bot again after `stop_bot`, with `env` overriding the environment."""
         self.env = {**self.env, **env}
         self.config = load_config(self.env)
         _start_bot(self, self._verify_timeout, self._clock, self._rate_tiers)

@@ -141,6 +141,10 @@ def announcement(
         plain(f"Reason: {reason or '—'}", limits.MAX_FIELD_TEXT),
     ]
     blocks.append({"type": "section", "block_id": "meta", "fields": fields})
+    if record.deadline is not None:
+        # Dates only: a message is not edited every day, so "in 3 days" would go stale.
+        clock = plain(f":calendar: {record.deadline.describe()}", limits.MAX_CONTEXT_TEXT)
+        blocks.append({"type": "context", "block_id": "deadline", "elements": [clock]})
     if record.preview:
         blocks.extend(preview_blocks(record.preview, preview_file))
     if record.kind == RequestKind.DELETE:

@@ -379,7 +379,12 @@ def test_service_submit_stores_the_request_and_its_first_job_and_wakes_the_worke
     job: str | None,
     actions: list[str],
 ) -> None:
-    assert bot.command(REQUESTER, channel, text) == reply
+    clock = (
+        "received 2026-11-27 · completed 2026-11-27, the day of receipt, within the deadline"
+        if status == "answered"
+        else "received 2026-11-27 · due 2026-12-28 (in 31 days)"  # 27 Dec is a Sunday
+    )
+    assert bot.command(REQUESTER, channel, text) == f"{reply}\nDeadline: {clock}"
 
     record = bot.store.get(1001)
     assert (record.kind, record.status, record.requester, record.channel, record.text) == (
@@ -398,13 +403,15 @@ def test_service_submit_stores_the_request_and_its_first_job_and_wakes_the_worke
 
 # --- status ------------------------------------------------------------------------------------
 
+CLOCK = "received 2026-11-27 · due 2026-12-28 (in 31 days)"  # 27 Dec 2026 is a Sunday
+
 
 @pytest.mark.parametrize(
     ("viewer", "reply"),
     [
-        (REQUESTER, "• R-1001 — queued, 0s old: `export projects`"),
-        (APPROVER, "• R-1001 — queued, 0s old: `export projects`"),
-        (GROUPIE, "• R-1001 — queued, 0s old: `export projects`"),
+        (REQUESTER, f"• R-1001 — queued, 0s old, {CLOCK}: `export projects`"),
+        (APPROVER, f"• R-1001 — queued, 0s old, {CLOCK}: `export projects`"),
+        (GROUPIE, f"• R-1001 — queued, 0s old, {CLOCK}: `export projects`"),
         (STRANGER, "R-1001 is not yours; only its requester and approvers can see its status."),
     ],
 )
@@ -454,8 +461,8 @@ def test_service_status_lists_the_callers_open_requests_by_age(bot: Bot) -> None
 
     assert bot.command(REQUESTER, PRIVATE, "status") == (
         "Your open requests (2):\n"
-        f"• R-1002 — previewing, 3h old: `{DELETE[:69]}…`\n"  # clipped in a list
-        "• R-1001 — queued, 3h old: `export projects`"
+        f"• R-1002 — previewing, 3h old, due 2026-12-28 (in 31 days): `{DELETE[:69]}…`\n"
+        "• R-1001 — queued, 3h old, due 2026-12-28 (in 31 days): `export projects`"
     )
 
 
@@ -497,7 +504,7 @@ def test_service_status_file_is_written_and_queued(bot: Bot) -> None:
     assert path.read_text(encoding="utf-8") == (
         f"Open requests of {REQUESTER} at 2026-11-27 09:00 UTC: 1\n"
         "\n"
-        "• R-1001 — queued, 0s old: `export projects --reason 'ticket 7'`\n"
+        f"• R-1001 — queued, 0s old, {CLOCK}: `export projects --reason 'ticket 7'`\n"
         "Reason: ticket 7\n"
     )
     assert bot.actions()[-1] == "status.exported"

@@ -7,6 +7,7 @@
     jobs.py      the job queue: claim under a lease, checkpoint, finish, release
     plan.py      a deletion's frozen plan and how far each item got
     outbox.py    deliveries to Slack: due, sent, retried, held, resent
+    deadlines.py the statutory clock: each request's deadline, extensions, the digest's days
 
 Every state change is a conditional update (`... WHERE status = ?`) inside one write
 transaction, together with the audit event that records it, so a double click, two approvers
@@ -18,6 +19,7 @@ written by hand where a compare-and-set needs it.
 
 from __future__ import annotations
 
+from bot.store.deadlines import Deadlines
 from bot.store.jobs import Jobs
 from bot.store.outbox import (
     HeldDelivery,
@@ -40,5 +42,5 @@ __all__ = [
 ]
 
 
-class Store(Requests, Jobs, Plan, Outbox):
+class Store(Deadlines, Requests, Jobs, Plan, Outbox):
     """All reads and writes of the bot's state; audit events go in the same transaction."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlite_utils.db import NotFoundError
 
 from bot.clock import iso, parse_iso
+from bot.deadline import Deadline
 from bot.errors import RequestStateError
 from bot.ids import format_request_id, parse_request_id
 from bot.lifecycle import (
@@ -45,6 +46,18 @@ _UPDATABLE = frozenset(
 
 class Requests(StoreBase):
     """Requests, their approvals and their status."""
+
+    def deadline_of(self, number: int) -> Deadline | None:
+        """Return a request's statutory clock (None for requests stored before it existed)."""
+        for r in self.table("deadlines").rows_where("request_id = ?", [number]):
+            return Deadline(
+                received=date.fromisoformat(r["received"]),
+                first_due=date.fromisoformat(r["first_due"]),
+                due=date.fromisoformat(r["due"]),
+                months=int(r["months"]),
+                completed=None if r["completed"] is None else date.fromisoformat(r["completed"]),
+            )
+        return None
 
     def create_request(
         self,
@@ -121,6 +134,7 @@ class Requests(StoreBase):
             decision_reason=r["decision_reason"],
             approvals=tuple(who for who, _ in approvals),
             approved_at=parse_iso(approvals[-1][1]) if approvals else None,
+            deadline=self.deadline_of(r["id"]),
         )
 
     def requests_of(
