@@ -20,10 +20,11 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from bot.clock import FakeClock
 from bot.wording import human_size
 from emulators.customvision import Seed
 from emulators.slack.records import Ephemeral, Message, UploadedFile
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 SANDBOX_SEED = Seed(
     projects=2, iterations=2, tags=4, images=150, predictions=10, image_bytes=2048, seed=7
 )
+# The hour (UTC) of the daily digest of deadlines in the sandbox (BOT_REMINDER_HOUR_UTC).
+DIGEST_HOUR = 8
 PEOPLE: dict[str, Person] = {p.name: p for p in (REQUESTER, APPROVER, GROUP_APPROVER, STRANGER)}
 # Every channel but the audit mirror, which gets one line per audit event.
 WATCHED = (CHANNEL, PUBLIC_CHANNEL, OUTSIDE_CHANNEL)
@@ -515,8 +518,12 @@ def run_sandbox(
         print(f"The sandbox cannot save files in {output}: {exc.strerror or exc}", file=out)
         return 2
     with tempfile.TemporaryDirectory(prefix="cv-dsr-sandbox-") as data:
+        # The scripted session runs on a fake clock set an hour before the digest's hour, so it
+        # can show the morning's digest; the interactive one on the real clock.
+        clock = None if interactive else FakeClock(_morning(datetime.now(UTC)))
+        env = {"BOT_APPROVERS": APPROVERS, "BOT_REMINDER_HOUR_UTC": str(DIGEST_HOUR)}
         try:
-            stack = start_stack(Path(data), seed=SANDBOX_SEED, env={"BOT_APPROVERS": APPROVERS})
+            stack = start_stack(Path(data), seed=SANDBOX_SEED, env=env, clock=clock)
         except Exception as exc:  # whatever stops the start-up, say what it was
             print(f"The sandbox could not start: {type(exc).__name__}: {exc}", file=out)
             return 2
@@ -527,7 +534,8 @@ def run_sandbox(
             if interactive:
                 code = _interactive(transcript, demo, stdin or sys.stdin)
             else:
-                code = _scripted(transcript, demo)
+                assert clock is not None
+                code = _scripted(transcript, demo, clock)
         except SandboxError as exc:
             transcript.flush()  # what the bot did up to here explains the problem best
             transcript.say(f"\nThe sandbox stopped: {exc}")
@@ -655,12 +663,21 @@ def _press(t: Transcript, person: Person, request_id: str, action: str) -> None:
     t.flush()
 
 
+def _digest_posted(t: Transcript) -> bool:
+    return any("Statutory deadlines" in m.text for m in t.stack.slack.messages(CHANNEL))
+
+
 def _expect(condition: bool, problem: str) -> None:
     if not condition:
         raise SandboxError(problem)
 
 
-def _scripted(t: Transcript, demo: Demo) -> int:
+def _morning(now: datetime) -> datetime:
+    """Return an hour before the digest's hour, today (UTC)."""
+    return now.replace(hour=DIGEST_HOUR - 1, minute=0, second=0, microsecond=0)
+
+
+def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     project_id, project_name, _ = demo.projects[0]
     tag_id, tag_name, _ = next(
         (tag for tag in demo.tags[project_id] if tag[2] > 0), demo.tags[project_id][0]
@@ -676,12 +693,14 @@ def _scripted(t: Transcript, demo: Demo) -> int:
     _wait(t, export_id, "done")
 
     # No count here: the bot's preview says how many images the deletion removes, everywhere.
-    t.step(2, f'alice asks to erase the images tagged "{tag_name}"')
+    # Received 27 days ago (by e-mail, say): the reply and the announcement show its due date.
+    received = (clock.now() - timedelta(days=27)).date().isoformat()
+    t.step(2, f'alice asks to erase the images tagged "{tag_name}", received {received}')
     ack = _command(
         t,
         REQUESTER,
         f"delete images {project_id} --tag {tag_id} --ticket DSR-2042 "
-        '--reason "Erasure request (Art. 17)"',
+        f'--reason "Erasure request (Art. 17)" --received {received}',
     )
     delete_id = _request_id(ack)
     _wait(t, delete_id, "pending")
@@ -691,11 +710,20 @@ def _scripted(t: Transcript, demo: Demo) -> int:
     _press(t, STRANGER, delete_id, "approve")
     _expect(t.stack.status(delete_id) == "pending", f"{delete_id} was approved by the wrong person")
 
-    t.step(4, "bob approves: the deletion runs, is verified, and the receipt is posted")
+    t.step(4, f"{DIGEST_HOUR:02d}:00 UTC: the daily digest lists what is due within 7 days")
+    clock.advance(hours=1)
+    _expect(
+        t.stack.slack.wait_for(lambda: _digest_posted(t), timeout=SETTLE_TIMEOUT),
+        "the daily digest was not posted",
+    )
+    settle(t.stack)
+    t.flush()
+
+    t.step(5, "bob approves: the deletion runs, is verified, and the receipt is posted")
     _press(t, APPROVER, delete_id, "approve")
     _wait(t, delete_id, "done")
 
-    t.step(5, "bob verifies the audit log")
+    t.step(6, "bob verifies the audit log")
     _command(t, APPROVER, "audit verify")
     settle(t.stack)
     t.flush()

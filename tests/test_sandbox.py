@@ -56,6 +56,9 @@ def test_sandbox_scripted_session_reads_like_the_channel(
         "(only visible to alice): You cannot approve your own request: a second person must.",
         "mallory pressed [Approve] on R-1002",
         "(only visible to mallory): Only approvers (BOT_APPROVERS) may approve deletions.",
+        "08:00 UTC: the daily digest lists what is due within 7 days",
+        "Statutory deadlines, ",
+        "• R-1002 delete images with tag ",
         "bob pressed [Approve] on R-1002",
         "deleted and verified gone",
         "📎 R-1002-receipt.csv (",
@@ -108,6 +111,14 @@ def test_sandbox_scripted_session_reads_like_the_channel(
     planned = int(text.split("Images to delete (workspace and every iteration): ")[1].split()[0])
     assert planned == deleted == receipt["summary"][0]["removed"]
     assert "alice asks to erase the images tagged " in text
+    # The due date is shown on the requests: 27 days after receipt, a few days are left.
+    assert re.search(
+        r"\n +Deadline: received \S+ · due \S+ \((in [2-7] days|tomorrow)\)\n", text
+    ), text
+    assert re.search(r"\n +:calendar: received \S+ · due \S+\n", text), text
+    assert re.search(
+        r"· received \S+ · due \S+ \((in [2-7] days|tomorrow)\) · waits on: approval", text
+    )
 
 
 def demo_ids() -> tuple[str, str]:
