@@ -944,12 +944,13 @@ class Service:
                     request=None,
                     key=f"digest:{day.isoformat()}:{channel}",
                 )
-            self.store.audit(
-                conn,
-                "bot",
-                "digest.sent",
-                details={"day": day.isoformat(), "channels": sorted(texts)},
-            )
+            if texts:  # a day with nothing due leaves no trace but its row
+                self.store.audit(
+                    conn,
+                    "bot",
+                    "digest.sent",
+                    details={"day": day.isoformat(), "channels": sorted(texts)},
+                )
         return len(texts)
 
     def housekeeping(self) -> None:
