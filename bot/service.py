@@ -885,18 +885,16 @@ class Service:
         decision = may_read_report(self.rules, self.actor(user_id))
         if not decision:
             return self._refused(user_id, "report", decision)
-        channel = self._conversation(channel_id)
-        here = in_a_channel(channel, rerun=f"{self.command} report")
-        if not here:
-            return self._refused(user_id, "report", here)
-        member = bot_is_in(channel, to_post="the report", then="Invite me first.")
-        if not member:
-            return Reply(member.reason)  # told, not audited: nothing was asked of the rules
-        where = may_post_personal_data(
-            self.rules, channel.audience, what="The report (every request's dates and outcome)"
+        refused = self._file_refused(
+            user_id,
+            channel_id,
+            "report",
+            typed="report",
+            name="the report",
+            what="The report (every request's dates and outcome)",
         )
-        if not where:
-            return self._refused(user_id, "report", where)
+        if refused is not None:
+            return refused
         today = self.clock.now().date()
         entries = self.store.report_entries(command.since, command.until)
         period = report_period(command.since, command.until)
@@ -1114,19 +1112,17 @@ class Service:
         decision = may_read_audit(self.rules, actor, own_request=own)
         if not decision:
             return self._refused(user_id, "audit", decision, request=command.request_id)
-        channel = self._conversation(channel_id)
-        typed = f"audit{' --request ' + command.request_id if command.request_id else ''}"
-        here = in_a_channel(channel, rerun=f"{self.command} {typed}")
-        if not here:
-            return self._refused(user_id, "audit", here)
-        member = bot_is_in(channel, to_post="the audit file", then="Invite me first.")
-        if not member:
-            return Reply(member.reason)  # told, not audited: nothing was asked of the rules
-        where = may_post_personal_data(
-            self.rules, channel.audience, what="The audit log (reasons, people, targets)"
+        refused = self._file_refused(
+            user_id,
+            channel_id,
+            "audit",
+            typed=f"audit{' --request ' + command.request_id if command.request_id else ''}",
+            name="the audit file",
+            what="The audit log (reasons, people, targets)",
+            request=command.request_id,
         )
-        if not where:
-            return self._refused(user_id, "audit", where, request=command.request_id)
+        if refused is not None:
+            return refused
         stamp = iso(self.clock.now()).replace(":", "").replace(".", "")[:15]
         name = f"audit-{command.request_id or 'all'}-{stamp}.{command.format}"
         path = self.work_dir / "audit" / name
@@ -1150,6 +1146,31 @@ class Service:
             comment=f"<@{user_id}> audit log: {count} events{clock}. {verification.summary()}",
         )
         return Reply(f"Posting {count} audit events as `{name}`.")
+
+    def _file_refused(
+        self,
+        user_id: str,
+        channel_id: str,
+        action: str,
+        *,
+        typed: str,
+        name: str,
+        what: str,
+        request: str | None = None,
+    ) -> Reply | None:
+        """Return why a file with personal data (`what`, as `typed`) cannot be posted in this
+        channel (refusals audited as `<action>.refused`), or None when it can."""
+        channel = self._conversation(channel_id)
+        here = in_a_channel(channel, rerun=f"{self.command} {typed}")
+        if not here:
+            return self._refused(user_id, action, here)
+        member = bot_is_in(channel, to_post=name, then="Invite me first.")
+        if not member:
+            return Reply(member.reason)  # told, not audited: nothing was asked of the rules
+        where = may_post_personal_data(self.rules, channel.audience, what=what)
+        if not where:
+            return self._refused(user_id, action, where, request=request)
+        return None
 
     def _write_file(self, path: Path, write: Callable[[TextIO], R], *, again: str) -> R:
         """Write a file a command posts; a full work directory is a clear answer to the user."""

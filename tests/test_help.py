@@ -7,22 +7,13 @@ import re
 import pytest
 
 from bot.commands import DeleteKind, ExportKind, Help
-from bot.help import help_text, usage
+from bot.help import VERBS, help_text, usage
 from bot.parser import parse, slack_escape
 from tests.test_parser import U_ALL, U_EXPORT_ALL, U_EXPORT_IMAGES
 
 TOPICS = [
     None,
-    "help",
-    "export",
-    "delete",
-    "status",
-    "cancel",
-    "retry",
-    "resend",
-    "extend",
-    "report",
-    "audit",
+    *VERBS,
     "audit verify",
     *(f"export {kind.value}" for kind in ExportKind),
     *(f"delete {kind.value}" for kind in DeleteKind),
