@@ -27,6 +27,7 @@ SHIPPED = {
     1: "3c25068beec7ee19ee15d84922ca6e40652fc847bcb11ff8887404adc27fa344",
     2: "0b4092f2a18d473c883b2530968575d4e622e66d054961b2e639f7339350e005",
     3: "8da2d66863184a881eb5baea844c3dba1fd75c8746bcc3294acff9b7332a6208",
+    4: "7c4bffda88e2871ad115c55c68d65419696340b2c698706c14ac87d040b75e42",
 }
 VERSIONS = list(range(1, len(MIGRATIONS) + 1))
 T0 = "2026-11-27T09:00:00.000000Z"
@@ -136,6 +137,7 @@ def test_migrations_an_older_database_opens_with_everything_it_held(
             ("U0APP",),
         )
         assert pending.preview == {"summary": "2 images"}
+        assert pending.deadline is None  # stored before the statutory clock: unknown
         assert [(i.seq, i.target_id, i.status) for i in store.deletion_items(1001)] == [
             (1, "img-1", ItemStatus.PENDING),
             (2, "img-2", ItemStatus.PENDING),
