@@ -283,7 +283,7 @@ def summary_of(facts: Facts) -> str:
         ]
         text = f"Deletes {project} with everything in it: {wording.join_words(parts)}."
     elif kind in (commands.DeleteKind.ITERATION, commands.DeleteKind.ITERATIONS):
-        names = ", ".join(_quoted(it.name) for it in removed)
+        names = wording.join_words(_quoted(it.name) for it in removed)
         if kind == commands.DeleteKind.ITERATION:
             which = f"iteration {names}"
         else:

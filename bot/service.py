@@ -815,7 +815,9 @@ class Service:
                 targets=tuple(h.key or h.kind for h in held),
                 details={"count": len(held), "errors": sorted({h.error for h in held})},
             )
-        names = ", ".join(h.name for h in held[:5]) + (", ..." if len(held) > 5 else "")
+        names = wording.join_words(
+            [h.name for h in held[:5]] + ([f"{len(held) - 5:,} more"] if len(held) > 5 else [])
+        )
         return Reply(
             f"Posting {len(held)} held delivery(ies) of {record.id} again: {names}. If Slack "
             "refuses again, you will be told why."
@@ -1328,7 +1330,7 @@ def describe_status(
         total = f"/{p['total']}" if p.get("total") is not None else ""
         lines.append(f"Progress: {p.get('phase', '')} {p.get('done', 0)}{total}")
     if record.approvals:
-        lines.append("Approved by " + ", ".join(f"<@{a}>" for a in record.approvals))
+        lines.append("Approved by " + wording.join_words(f"<@{a}>" for a in record.approvals))
     if record.expires_at and record.status == Status.PENDING:
         lines.append(f"Expires {iso(record.expires_at)[:16].replace('T', ' ')} UTC")
     if record.error:

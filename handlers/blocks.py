@@ -17,6 +17,7 @@ from typing import Any
 from bot import parser
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.parser import slack_escape
+from bot.wording import join_words
 from handlers import limits
 
 Block = dict[str, Any]
@@ -215,7 +216,7 @@ def _unpublish_warning(preview: Mapping[str, Any]) -> str | None:
     unpublish = preview.get("unpublish") or []
     if not unpublish:
         return None
-    names = ", ".join(str(u.get("publish_name")) for u in unpublish)
+    names = join_words(str(u.get("publish_name")) for u in unpublish)
     return (
         "Warning: these prediction endpoints will stop working, because their iterations must "
         f"be unpublished first: {names}"
@@ -282,7 +283,7 @@ def preview_blocks(
     else:
         iterations = preview.get("iterations") or []
         published = [str(i.get("publish_name")) for i in iterations if i.get("published")]
-        shown = ", ".join(published)
+        shown = join_words(published)
         lines = [
             limits.cut(str(preview.get("summary", "")), 1500),
             *_preview_head(preview),
@@ -304,7 +305,7 @@ def preview_blocks(
 
 def _decision_blocks(record: RequestRecord, required: int, *, approvable: bool) -> list[Block]:
     blocks: list[Block] = []
-    approvals = ", ".join(f"<@{a}>" for a in record.approvals) or "none yet"
+    approvals = join_words(f"<@{a}>" for a in record.approvals) or "none yet"
     context = [mrkdwn(f"Approvals: {approvals} ({len(record.approvals)} of {required} needed)")]
     if record.expires_at and record.status == Status.PENDING:
         context.append(mrkdwn(f"Expires {_utc(record.expires_at)}"))

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from bot.checks import Check
 from bot.config import Config
-from bot.wording import count
+from bot.wording import count, join_words
 from handlers.webapi import SlackAnswer, SlackCalls, SlackUnreachable
 
 # The bot scopes of manifest.yaml / manifest-http.yaml (tests hold the three together, and the
@@ -184,7 +184,7 @@ def check_slack_users(slack: SlackCalls, user_ids: tuple[str, ...], setting: str
             "; ".join(problems),
             f"correct {setting} (profile > ⋯ > Copy member ID)",
         )
-    return Check(name, True, ", ".join(names))
+    return Check(name, True, join_words(names))
 
 
 def slack_checks(config: Config) -> list[Check]:

@@ -172,7 +172,7 @@ def test_plan_items_of_iterations_deletes_own_images_with_their_iteration() -> N
         (3, "iteration", guid(12), None),
     ]
     assert preview_of(facts)["summary"] == (
-        'Deletes all 2 iterations ("Iteration 1", "Iteration 2") of project "faces"; 1 image '
+        'Deletes all 2 iterations ("Iteration 1" and "Iteration 2") of project "faces"; 1 image '
         "used by no other iteration and not in the workspace is deleted with them. "
         "Unpublishes prod-1 first: that prediction endpoint stops working."
     )

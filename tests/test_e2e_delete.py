@@ -153,6 +153,11 @@ def test_e2e_group_approver_and_two_required_approvals(stacks: StartStack) -> No
     assert stack.wait_status(rid, "done", "failed") == "done"
     assert stack.cv.deleted_image_counts() == {image: 1}
     assert stack.bot.store.get(rid).approvals == (GROUP_APPROVER.user_id, APPROVER.user_id)
+    # Both approvers, listed as every list reads: "a and b", "a, b and c".
+    both = f"<@{GROUP_APPROVER.user_id}> and <@{APPROVER.user_id}>"
+    stack.wait_delivered()
+    assert f"Approvals: {both} (2 of 2 needed)" in json.dumps(stack.announcement(rid).blocks)
+    assert f"Approved by {both}" in stack.command(REQUESTER, f"status {rid}").json()["text"]
 
 
 def test_e2e_simultaneous_approvals_execute_once(stack: Stack) -> None:
