@@ -242,6 +242,13 @@ def test_e2e_the_report_rows_match_the_requests(stack: Stack, clock: FakeClock) 
     assert stack.wait_status(exported, "done", "failed", timeout=60) == "done"
     cancelled = deletion(stack, "2026-11-25", first=4)
     reply(stack, f"cancel {cancelled}")
+    assert reply(stack, f'extend {exported} --months 1 --reason "x"', APPROVER) == (
+        f"{exported} cannot be extended: it was completed 2026-12-02, 12 days after receipt,"
+        " within the deadline"
+    )
+    assert reply(stack, f'extend {cancelled} --months 1 --reason "x"', APPROVER) == (
+        f"{cancelled} cannot be extended: it is cancelled; no answer is owed any more"
+    )
     early = stack.request_id(stack.command(REQUESTER, "export account --received 2026-09-05"))
     stack.wait_delivered()
 

@@ -19,8 +19,10 @@ from bot.policy import (
     in_a_channel,
     may_approve,
     may_cancel,
+    may_extend,
     may_post_personal_data,
     may_read_audit,
+    may_read_report,
     may_reject,
     may_request,
     may_resend,
@@ -496,3 +498,39 @@ def test_policy_approvals_in_force_counts_only_recorded_approvers() -> None:
         False,
         "1 of the 2 required approval(s) stand.",
     )
+
+
+# --- the statutory clock: extending a deadline, the report ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actor", "subject", "reason"),
+    [
+        (APPROVER, pending(), ""),
+        (GROUP_APPROVER, pending(), ""),
+        (
+            APPROVER,  # an approver who made the request is its requester here
+            pending(requester="U0APPROVER"),
+            "You cannot extend your own request R-1001: an approver must decide that the request"
+            " is complex or one of many.",
+        ),
+        (
+            REQUESTER,
+            pending(),
+            "You cannot extend your own request R-1001: an approver must decide that the request"
+            " is complex or one of many.",
+        ),
+        (STRANGER, pending(), "Only approvers (BOT_APPROVERS) may extend a request's deadline."),
+    ],
+)
+def test_policy_extend(actor: Actor, subject: Subject, reason: str) -> None:
+    decision = may_extend(RULES, actor, subject)
+    assert (decision.allowed, decision.reason) == (not reason, reason)
+
+
+@pytest.mark.parametrize(
+    ("actor", "allowed"),
+    [(APPROVER, True), (GROUP_APPROVER, True), (REQUESTER, False), (GROUP_REQUESTER, False)],
+)
+def test_policy_read_report(actor: Actor, allowed: bool) -> None:
+    assert may_read_report(RULES, actor).allowed is allowed
