@@ -150,21 +150,21 @@ def audit_verify(config: Config, witness: Path | None = None, bot: str | None = 
     pins the bot's user or bot id (default: the one app whose messages carry audit lines).
     """
     from bot import audit
-    from bot.db import connect
+    from bot.db import AuditFile
 
     if not config.database.exists():
         print(f"No database at {config.database}.", file=sys.stderr)
         return 2
-    conn = connect(config.database)
+    log_file = AuditFile(config.database)
     try:
-        result = audit.verify(conn)
+        result = log_file.verify()
         if result.ok and witness is not None:
             try:
                 seen = audit.read_witness(read_export(witness), bot)
             except (OSError, ValueError) as exc:
                 print(f"Cannot use the witness {witness}: {exc}", file=sys.stderr)
                 return 2
-            result = audit.check_against_witness(conn, seen.lines)
+            result = log_file.check_against_witness(seen.lines)
             print(f"Checked against {len(seen.lines)} lines posted by {seen.bot} in {witness}.")
             if seen.ignored:
                 print(f"Ignored {len(seen.ignored)} line(s) that read like audit lines:")
@@ -173,7 +173,7 @@ def audit_verify(config: Config, witness: Path | None = None, bot: str | None = 
             if len(seen.ignored) > MAX_IGNORED_SHOWN:
                 print(f"  … and {len(seen.ignored) - MAX_IGNORED_SHOWN} more")
     finally:
-        conn.close()
+        log_file.close()
     print(result.summary())
     return 0 if result.ok else 1
 

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -250,6 +250,26 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("ROLLBACK")
         raise
     return len(MIGRATIONS)
+
+
+class AuditFile:
+    """The audit log of a database file, read as it is (not migrated: offline verification
+    must not change the file it checks)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+
+    def verify(self) -> audit.Verification:
+        """Return the result of recomputing the hash chain."""
+        return audit.verify(self._conn)
+
+    def check_against_witness(self, witnessed: Iterable[tuple[int, str]]) -> audit.Verification:
+        """Return the chain verification where every witnessed (seq, hash prefix) must match."""
+        return audit.check_against_witness(self._conn, witnessed)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._conn.close()
 
 
 class Database:
