@@ -36,6 +36,25 @@ def walk(store: Store, conn: sqlite3.Connection, number: int, *path: Status) -> 
         assert store.transition(conn, number, to=to, by=by, actor="U0TEST"), (current, to)
 
 
+def store_request(
+    store: Store, conn: sqlite3.Connection, text: str = "export projects", *, status: Status
+) -> int:
+    """Store the request `text` types, parsed, in `status`, as the service stores it; return
+    its number."""
+    command = parser.parse(text)
+    assert isinstance(command, commands.Export | commands.Delete)
+    kind = RequestKind.EXPORT if isinstance(command, commands.Export) else RequestKind.DELETE
+    return store.create_request(
+        conn,
+        kind=kind,
+        command=command.to_dict(),
+        text=text,
+        requester=REQUESTER,
+        channel=CHANNEL,
+        status=status,
+    )
+
+
 @dataclass
 class JobHarness:
     cv: CustomVisionEmulator
@@ -50,20 +69,10 @@ class JobHarness:
     def p(self) -> str:
         return self.projects[0]
 
-    def store_request(self, text: str, *, kind: RequestKind, status: Status, job: JobKind) -> int:
+    def store_request(self, text: str, *, status: Status, job: JobKind) -> int:
         """Store a parsed request and queue its job, as the service does."""
-        command = parser.parse(text)
-        assert isinstance(command, commands.Export | commands.Delete)
         with self.store.write() as conn:
-            number = self.store.create_request(
-                conn,
-                kind=kind,
-                command=command.to_dict(),
-                text=text,
-                requester=REQUESTER,
-                channel=CHANNEL,
-                status=status,
-            )
+            number = store_request(self.store, conn, text, status=status)
             self.store.enqueue_job(conn, number, job)
         return number
 

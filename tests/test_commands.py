@@ -128,7 +128,8 @@ def test_commands_requests_survive_a_json_round_trip(text: str) -> None:
 
 def test_commands_to_dict_is_plain_json() -> None:
     command = parse(f"export images {P} --tag {T} --no-files --ticket DSR-1")
-    assert command.to_dict() == {  # type: ignore[union-attr]
+    assert isinstance(command, Export)
+    assert command.to_dict() == {
         "verb": "export",
         "kind": "images",
         "project_id": P,
@@ -145,7 +146,8 @@ def test_commands_to_dict_is_plain_json() -> None:
         "meta": {"ticket": "DSR-1", "reason": None},
     }
     delete = parse(f"delete predictions {P} --ids {M1}")
-    assert delete.to_dict() == {  # type: ignore[union-attr]
+    assert isinstance(delete, Delete)
+    assert delete.to_dict() == {
         "verb": "delete",
         "kind": "predictions",
         "project_id": P,

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -944,9 +944,9 @@ def test_emulator_cli_serves_until_interrupted() -> None:
     ("mode", "status"), [("drop", 0), ("500", 500), ("503", 503), ("504", 504)]
 )
 def test_fail_after_apply_applies_the_change_then_fails_the_answer(
-    make_rig: MakeRig, mode: str, status: int
+    make_rig: MakeRig, mode: Literal["drop", "500", "503", "504"], status: int
 ) -> None:
-    rig = make_rig(faults=Faults(fail_after_apply={"DeleteImages": mode}))  # type: ignore[dict-item]
+    rig = make_rig(faults=Faults(fail_after_apply={"DeleteImages": mode}))
     p = rig.project()
     image = rig.emu.data.image_ids(p)[0]
     try:

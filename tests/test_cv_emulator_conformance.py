@@ -132,7 +132,9 @@ KNOWN_BAD_EXAMPLES = {
 def test_spec_examples_validate_except_known_deviations() -> None:
     failing = set()
     for operation_id in EXAMPLE_IDS:
-        for status, response in example(operation_id)["responses"].items():  # type: ignore[index]
+        found = example(operation_id)
+        assert found is not None
+        for status, response in found["responses"].items():
             try:
                 validate_response(operation_id, int(status), response.get("body"))
             except SpecViolation:

@@ -38,7 +38,6 @@ from bot.lifecycle import (
     ItemStatus,
     JobKind,
     JobStatus,
-    RequestKind,
     RequestRecord,
     Role,
     Status,
@@ -249,9 +248,7 @@ class Harness(JobHarness):
 
     def submit(self, text: str) -> RequestRecord:
         """Store a deletion request as the service does, and run its preview job."""
-        number = self.store_request(
-            text, kind=RequestKind.DELETE, status=Status.PREVIEWING, job=JobKind.PREVIEW
-        )
+        number = self.store_request(text, status=Status.PREVIEWING, job=JobKind.PREVIEW)
         self.run_jobs()
         return self.store.get(number)
 

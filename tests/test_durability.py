@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from slack_sdk import WebClient
 
-from bot import audit, parser
+from bot import audit
 from bot.clock import SystemClock
 from bot.db import Database
 from bot.lifecycle import (
@@ -43,11 +43,10 @@ from bot.lifecycle import (
     ItemStatus,
     JobKind,
     JobStatus,
-    RequestKind,
     RequestRecord,
     Status,
 )
-from bot.runner import JobContext, JobInterrupted, Outcome, Runner, Settings
+from bot.runner import JobContext, JobHandler, JobInterrupted, Outcome, Runner, Settings
 from bot.store import Store
 from bot.training import TrainingClient
 from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
@@ -66,7 +65,7 @@ from emulators.stack import (
     start_stack,
 )
 from handlers.outbox import Deliverer
-from tests.harness import walk
+from tests.harness import store_request, walk
 
 SERVING = re.compile(r"serving \S+ on http://[0-9.]+:(\d+)/slack/events")
 REQUEST_ID = re.compile(r"\bR-\d+\b")
@@ -206,7 +205,7 @@ class Run:
             "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
         ).fetchone()[0]
         pending = conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'").fetchone()[0]
-        return open_requests == 0 and open_jobs == 0 and pending == 0
+        return int(open_requests) == 0 and int(open_jobs) == 0 and int(pending) == 0
 
     # -- acting through Slack --------------------------------------------------------------
 
@@ -559,7 +558,9 @@ def test_durability_sigkill_at_random_moments_deletes_once_and_posts_export_once
     finally:
         report("SIGKILL trials", run)
     assert any(RESUMED in t for t in thread_texts(run, deletion))
-    if run.store.job_for(run.record(export).number, JobKind.EXPORT).attempts > 1:  # type: ignore[union-attr]
+    export_job = run.store.job_for(run.record(export).number, JobKind.EXPORT)
+    assert export_job is not None
+    if export_job.attempts > 1:
         assert any(RESUMED in t for t in thread_texts(run, export))
     assert run.figures["kills during a delete job"] >= 1
 
@@ -789,15 +790,7 @@ class Outbox:
         """Store an export request with a posted announcement; return its number."""
         parent = self.web.chat_postMessage(channel=CHANNEL, text="R-? announcement")
         with self.store.write() as conn:
-            number = self.store.create_request(
-                conn,
-                kind=RequestKind.EXPORT,
-                command=parser.parse("export projects").to_dict(),
-                text="export projects",
-                requester=REQUESTER.user_id,
-                channel=CHANNEL,
-                status=Status.QUEUED,
-            )
+            number = store_request(self.store, conn, status=Status.QUEUED)
             walk(self.store, conn, number, *path)
             self.store.update_fields(conn, number, message_ts=str(parent["ts"]))
         return number
@@ -862,15 +855,7 @@ def test_durability_announcement_posted_before_a_crash_is_updated_not_posted_aga
     outbox: Outbox,
 ) -> None:
     with outbox.store.write() as conn:
-        number = outbox.store.create_request(
-            conn,
-            kind=RequestKind.EXPORT,
-            command=parser.parse("export projects").to_dict(),
-            text="export projects",
-            requester=REQUESTER.user_id,
-            channel=CHANNEL,
-            status=Status.QUEUED,
-        )
+        number = store_request(outbox.store, conn, status=Status.QUEUED)
         outbox.store.enqueue(
             conn,
             kind="announce",
@@ -938,19 +923,10 @@ def test_durability_outcome_whose_report_a_crash_lost_is_reported_at_start_up(
 ) -> None:
     db = Database(tmp_path / "cvdsr.db")
     store = Store(db, SystemClock())
-    command = parser.parse("export projects").to_dict()
     numbers = []
     with store.write() as conn:
         for _ in range(3):
-            number = store.create_request(
-                conn,
-                kind=RequestKind.EXPORT,
-                command=command,
-                text="export projects",
-                requester=REQUESTER.user_id,
-                channel=CHANNEL,
-                status=Status.QUEUED,
-            )
+            number = store_request(store, conn, status=Status.QUEUED)
             job = store.enqueue_job(conn, number, JobKind.EXPORT)
             store.finish_job(conn, job, JobStatus.DONE)
             walk(store, conn, number, Status.RUNNING, Status.DONE)
@@ -996,7 +972,7 @@ def test_durability_deletion_restarted_after_its_receipt_was_queued_posts_one_re
     stack = start_stack(tmp_path, seed=seed)
     try:
         runner = stack.bot.runner
-        delete = runner.handlers["delete"]
+        delete: JobHandler = runner.handlers["delete"]
 
         def stop_before_the_outcome_commits(ctx: JobContext) -> Outcome:
             outcome = delete(ctx)  # the receipt is queued

@@ -25,9 +25,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from bot.exporter import CACHE_DIR, COUNT_NOUNS, file_ext, not_found, run_export, summary
-from bot.lifecycle import JobKind, RequestKind, RequestRecord, Role, Status
+from bot.lifecycle import JobKind, RequestRecord, Role, Status
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
+from bot.training import ImageKind
 from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
 from tests.harness import REQUESTER, JobHarness, job_parts
@@ -113,9 +114,7 @@ class Harness(JobHarness):
 
     def submit(self, text: str, *, run: bool = True) -> RequestRecord:
         """Store an export request as the service does, and run its job."""
-        number = self.store_request(
-            text, kind=RequestKind.EXPORT, status=Status.QUEUED, job=JobKind.EXPORT
-        )
+        number = self.store_request(text, status=Status.QUEUED, job=JobKind.EXPORT)
         if run:
             self.run_jobs()
         return self.store.get(number)
@@ -451,11 +450,11 @@ def test_export_tags_and_tag_read_the_workspace_or_the_snapshot(
         ("--no-files", "all"),
     ],
 )
-def test_export_images_by_tagging(harness: Harness, options: str, kind: str) -> None:
+def test_export_images_by_tagging(harness: Harness, options: str, kind: ImageKind) -> None:
     h = harness
     p = h.p
     record, pkg = h.done(f"export images {p} {options}")
-    api = [unsigned(i.to_dict()) for i in h.client.iter_images(p, kind=kind)]  # type: ignore[arg-type]
+    api = [unsigned(i.to_dict()) for i in h.client.iter_images(p, kind=kind)]
     lines = pkg.lines("images.jsonl")
     assert [li["image"] for li in lines] == api
     assert {(li["scope"], li["iterationId"]) for li in lines} == {("workspace", None)}
@@ -632,7 +631,7 @@ def stop_when(
                 then(ctx)
             save(**updates)
 
-        ctx.save = checked  # type: ignore[method-assign]
+        ctx.save = checked  # type: ignore[method-assign]  # the test's hook around save
         return run_export(ctx)
 
     return handler
@@ -650,7 +649,8 @@ def test_export_resumes_without_downloading_anything_twice(big: Harness, damage:
     h.runner.run_one(job)
     record = h.store.get(record.number)
     assert record.status == "running", record.error
-    assert h.store.job_for(record.number, JobKind.EXPORT).status == "queued"  # type: ignore[union-attr]
+    queued = h.store.job_for(record.number, JobKind.EXPORT)
+    assert queued is not None and queued.status == "queued"
     first = h.blob_paths()
     assert len(first) >= 128
     folder = h.work_dir / record.id
@@ -701,7 +701,8 @@ def test_export_finished_before_a_crash_is_not_built_again(harness: Harness) -> 
     job = h.store.claim_job("test-worker", timedelta(minutes=5))
     assert job is not None
     h.runner.run_one(job)
-    assert h.store.job_for(record.number, JobKind.EXPORT).status == "queued"  # type: ignore[union-attr]
+    queued = h.store.job_for(record.number, JobKind.EXPORT)
+    assert queued is not None and queued.status == "queued"
     uploads = h.uploads(record.number)
     calls = len(h.cv.calls)
     h.handler[0] = run_export

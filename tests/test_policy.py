@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
+from bot.lifecycle import RequestKind, Status
 from bot.policy import (
     Actor,
     Audience,
     ChannelInfo,
+    Decision,
     Rules,
     Subject,
     approval_counts,
@@ -47,17 +52,18 @@ GROUP_REQUESTER = Actor("U0ANALYST", frozenset({"S0ANALYSTS"}))
 STRANGER = Actor("U0STRANGER")
 
 
-def pending(**changes: object) -> Subject:
-    values: dict[str, object] = {
-        "request_id": "R-1001",
-        "kind": "delete",
-        "status": "pending",
-        "requester": "U0REQ",
-        "approvals": (),
-        "expires_at": NOW + timedelta(hours=1),
-    }
-    values.update(changes)
-    return Subject(**values)  # type: ignore[arg-type]
+PENDING = Subject(
+    request_id="R-1001",
+    kind=RequestKind.DELETE,
+    status=Status.PENDING,
+    requester="U0REQ",
+    approvals=(),
+    expires_at=NOW + timedelta(hours=1),
+)
+
+
+def pending(**changes: Any) -> Subject:
+    return dataclasses.replace(PENDING, **changes)
 
 
 @pytest.mark.parametrize(
@@ -234,15 +240,17 @@ def test_policy_read_audit(actor: Actor, own: bool | None, allowed: bool) -> Non
         (lambda a, s: may_cancel(a, s, channel="C0ELSEWHERE"), REQUESTER),
     ],
 )
-def test_policy_clicks_count_only_from_the_requests_channel(decide: object, actor: Actor) -> None:
+def test_policy_clicks_count_only_from_the_requests_channel(
+    decide: Callable[[Actor, Subject], Decision], actor: Actor
+) -> None:
     subject = pending(channel="C0DSR")
-    decision = decide(actor, subject)  # type: ignore[operator]
+    decision = decide(actor, subject)
     assert (decision.allowed, decision.reason) == (
         False,
         "R-1001 was requested in another channel; it can only be decided from its own message "
         "there.",
     )
-    assert decide(actor, pending(channel="C0ELSEWHERE"))  # type: ignore[operator]
+    assert decide(actor, pending(channel="C0ELSEWHERE"))
 
 
 # --- recorded approvals: do they still stand, are they still in force --------------------------

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot import audit, parser
+from bot import audit
 from bot.clock import SystemClock, iso
 from bot.db import Database
-from bot.lifecycle import JobKind, RequestKind, Status
+from bot.lifecycle import JobKind, Status
 from bot.store import Store
 from emulators.customvision import Seed
-from emulators.stack import CHANNEL, REQUESTER, bot_env, start_emulators, start_stack
-from tests.harness import walk
+from emulators.stack import bot_env, start_emulators, start_stack
+from tests.harness import store_request, walk
 from tests.test_durability import BotProcess
 
 SEED = Seed(projects=1, iterations=1, tags=2, images=10, predictions=0, image_bytes=256)
@@ -102,15 +102,7 @@ def test_single_process_start_up_resumes_only_jobs_whose_lease_expired(tmp_path:
     store = Store(db, SystemClock())
     try:
         with store.write() as conn:
-            number = store.create_request(
-                conn,
-                kind=RequestKind.EXPORT,
-                command=parser.parse("export projects").to_dict(),
-                text="export projects",
-                requester=REQUESTER.user_id,
-                channel=CHANNEL,
-                status=Status.QUEUED,
-            )
+            number = store_request(store, conn, status=Status.QUEUED)
             walk(store, conn, number, Status.RUNNING)
             store.enqueue_job(conn, number, JobKind.EXPORT)
         # Another process (another host, or one the guard cannot see) holds it for an hour.
