@@ -233,7 +233,7 @@ def test_e2e_a_late_deletion_is_flagged_late_in_its_receipt(stack: Stack, clock:
     announced = next(b for b in stack.announcement(rid).blocks if b.get("block_id") == "deadline")
     assert announced["elements"][0]["text"] == f":calendar: {late}"
     trail = next(f for f in stack.slack.files(CHANNEL) if f.name == f"{rid}-audit-trail.jsonl")
-    assert late in trail.initial_comment
+    assert trail.initial_comment is not None and late in trail.initial_comment
 
 
 def test_e2e_the_report_rows_match_the_requests(stack: Stack, clock: FakeClock) -> None:
