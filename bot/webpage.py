@@ -148,7 +148,6 @@ class ProjectView:
     image_pages: tuple[PageLink, ...] = ()
     prediction_pages: tuple[PageLink, ...] = ()
     files: tuple[tuple[str, str], ...] = ()  # (package path, what it is): COCO, labels.csv
-    counts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -320,7 +319,6 @@ def _project(n: int, p: ProjectView) -> str:
         _facts(
             (k, v) for k, v in (("Id", p.id), ("Type", p.kind), ("Description", p.description)) if v
         ),
-        _facts(p.counts),
     ]
     if p.iterations:
         out.append(f'<h3 id="project-{n}-iterations">Iterations and their performance</h3>')
