@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from bot import audit
+from bot import audit, db
 from bot.clock import FakeClock
 from bot.db import Database
 from bot.lifecycle import DeletionItem, ItemStatus, JobKind, RequestKind, Role, Status
@@ -166,3 +168,36 @@ def test_store_plan_comes_back_typed_and_in_order(store: Store) -> None:
     assert items[1].at is not None and items[1].operation is None
     assert store.deletion_items(number, batch=2) == [plan[2]]
     assert store.deletion_items(number, status=ItemStatus.DELETED)[0].target_id == "i2"
+
+
+def test_db_commits_leave_the_wal_checkpoint_to_the_checkpointer(tmp_path: Path) -> None:
+    # SQLite's own checkpoint runs inside the COMMIT that crosses 1,000 pages of WAL, while
+    # every other writer waits: here no commit copies the WAL back, the checkpointer does.
+    path = tmp_path / "bot.db"
+    database = Database(path)
+
+    def in_the_database_file() -> int | None:
+        """Rows of `t` in the database file itself, the WAL ignored (None: no table there)."""
+        reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(reader.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            reader.close()
+
+    try:
+        with database.write() as conn:
+            conn.execute("CREATE TABLE t (b BLOB)")
+        for _ in range(db.CHECKPOINT_EVERY - 2):  # each 6 pages: far over 1,000 pages in all
+            with database.write() as conn:
+                conn.execute("INSERT INTO t VALUES (?)", (b"x" * 24_000,))
+        assert in_the_database_file() is None
+        with database.write() as conn:
+            conn.execute("INSERT INTO t VALUES (?)", (b"x" * 24_000,))
+        deadline = time.monotonic() + 10
+        while in_the_database_file() != db.CHECKPOINT_EVERY - 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert in_the_database_file() == db.CHECKPOINT_EVERY - 1
+    finally:
+        database.close()
