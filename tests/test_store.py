@@ -201,3 +201,21 @@ def test_db_commits_leave_the_wal_checkpoint_to_the_checkpointer(tmp_path: Path)
         assert in_the_database_file() == db.CHECKPOINT_EVERY - 1
     finally:
         database.close()
+
+
+def test_store_reads_of_the_ack_path_never_read_the_schema(store: Store) -> None:
+    # `status` and every refusal read requests this way, inside Slack's 3 seconds: sqlite-utils
+    # would add a query of sqlite_master or a PRAGMA table_info to each read.
+    number = new_request(store)
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        record = store.get(number)
+        listed = store.requests_of("U0REQ", limit=20)
+        counted = store.count_requests_of("U0REQ")
+        store.status_of(number)
+        store.held_deliveries(number)
+    finally:
+        store.db.conn.set_trace_callback(None)
+    assert (record.id, [r.id for r in listed], counted) == ("R-1001", ["R-1001"], 1)
+    assert [s for s in statements if "sqlite_master" in s or "PRAGMA" in s.upper()] == []

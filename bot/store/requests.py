@@ -10,8 +10,6 @@ from collections.abc import Collection, Mapping
 from datetime import date, datetime
 from typing import Any
 
-from sqlite_utils.db import NotFoundError
-
 from bot.clock import iso, parse_iso
 from bot.deadline import Deadline
 from bot.errors import RequestStateError
@@ -103,14 +101,12 @@ class Requests(StoreBase):
         `conn` is accepted inside a transaction; reads use this thread's connection anyway.
         """
         number = request if isinstance(request, int) else parse_request_id(request)
-        try:
-            if number is None:
-                raise NotFoundError
-            row = self.table("requests").get(number)
-        except NotFoundError:
+        # rows_where, not get(): get() reads the table's schema on every call.
+        rows = [] if number is None else list(self.table("requests").rows_where("id = ?", [number]))
+        if not rows:
             shown = request if isinstance(request, str) else format_request_id(request)
-            raise RequestStateError(f"There is no request {shown}.") from None
-        return self._record(row)
+            raise RequestStateError(f"There is no request {shown}.")
+        return self._record(rows[0])
 
     def _record(self, r: Mapping[str, Any]) -> RequestRecord:
         approvals = self.approval_times(r["id"])
