@@ -4,6 +4,8 @@
     ├── ConfigError               missing or malformed configuration (lists every problem)
     ├── ParseError                a command the parser rejects (carries the right usage)
     ├── RequestStateError         the request is not in a state that allows this
+    │   └── TransitionRefused     a status change the lifecycle table does not list
+    │                             (defined beside the table, in bot.lifecycle)
     ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
     ├── DatabaseBusy              another process held the database's lock for too long
     ├── WorkDirFull               the work directory's file system is full
