@@ -1046,21 +1046,8 @@ class Service:
                 )
             return
         path = self.work_dir / "audit" / f"{record.id}-audit-trail.jsonl"
-        # Written aside and renamed: the runner's sweep may make the same report at once.
-        partial = path.with_name(f"{path.name}.{threading.get_ident()}.partial")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with partial.open("w", encoding="utf-8") as fp:
-                count = audit.write_jsonl(self.store.audit_events(request_id=record.id), fp)
-            partial.replace(path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            if not is_disk_full(exc):
-                raise
-            if record.id not in self._trails_waiting:
-                full = WorkDirFull(self.work_dir, "It is posted once there is room.")
-                log.warning("audit trail of %s not written yet: %s", record.id, full.user_message)
-                self._trails_waiting.add(record.id)
+        count = self._write_trail(record, path)
+        if count is None:
             return
         # The chain's head, not a full verification: that is O(log size) on every request's
         # end; `audit verify` recomputes the whole chain on demand.
@@ -1082,6 +1069,27 @@ class Service:
                 request=record.number,
                 key=f"trail:{record.number}:{record.status}",
             )
+
+    def _write_trail(self, record: RequestRecord, path: Path) -> int | None:
+        """Write `record`'s audit events to `path`; return how many, or None when the work
+        directory is full (logged once per request; the runner's sweep tries again)."""
+        # Written aside and renamed: the runner's sweep may make the same report at once.
+        partial = path.with_name(f"{path.name}.{threading.get_ident()}.partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("w", encoding="utf-8") as fp:
+                count = audit.write_jsonl(self.store.audit_events(request_id=record.id), fp)
+            partial.replace(path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if not is_disk_full(exc):
+                raise
+            if record.id not in self._trails_waiting:
+                full = WorkDirFull(self.work_dir, "It is posted once there is room.")
+                log.warning("audit trail of %s not written yet: %s", record.id, full.user_message)
+                self._trails_waiting.add(record.id)
+            return None
+        return count
 
     def audit_verify(self, user_id: str, channel_id: str) -> Reply:
         """Recompute the audit chain and report the result."""
