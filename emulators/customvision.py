@@ -18,6 +18,48 @@ the service rules live in emulators.cvdata; this module owns the wire:
 Every request is recorded as a `Call`; `hooks` see every exchange in full (tests use one to
 check each response against the spec). Fault randomness comes from a seeded random.Random,
 so a run is reproducible.
+
+Where the live service is less kind than the spec, the emulator behaves like it (issue 15).
+Each behaviour is a `Faults` field; the evidence for it ("recorded" = the response recordings
+of Microsoft's .NET SDK tests, azure-sdk-for-net sdk/cognitiveservices/
+Vision.CustomVision.Training/tests/SessionRecords/TrainingTests/<name>.json):
+- Links expire (`link_lifetime`, default 24 h: recorded in UpdateImageMetadata.json and
+  GetImagesAndCount.json, `se` = the answer's Date + 24 h). `se` is covered by the signature.
+  After it, storage answers 403 AuthenticationFailed with an XML body whose detail reads
+  "Signature not valid in the specified time frame" (inferred from Azure Storage's documented
+  SAS behaviour and public reports; no recording).
+- 202 deletions are asynchronous (`async_delete_*`): the spec says only that allIterations /
+  allImages "return a 202 response to indicate the images are being deleted"; the lags are
+  unknown, so they are configurable per project, per snapshot and for the workspace.
+- Exports queue (`export_seconds`, `export_repeat`): recorded in ExportTests.json
+  (ExportIteration answers "Exporting" with downloadUri null and flavor null, GetExports keeps
+  it so for seconds). A repeat is refused with BadRequestExportAlreadyInProgress, "<id> is
+  already queued for export" (azure-sdk-for-python issue 23922, azure-sdk-for-js issue 10331;
+  whether a finished export may be repeated is unclear there: both variants).
+- Iterations in every state (EmulatorData.add_iteration(status=...)): recorded in
+  TrainAndPublishProject.json, a "Training" iteration has no trainedAt and null exportableTo,
+  domainId, classificationType, publishName, originalPublishResourceId. New and Failed look
+  the same (inferred). Changing an iteration in training (`training_iteration_changes`) is
+  refused with BadRequestTrainingAlreadyInProgress (inferred) or allowed.
+- `real_quirks` (default on): zone-less timestamps with seven fractional digits and absent
+  empty `regions` / `metadata` on images (recorded: UpdateImageMetadata.json), null
+  publishName of an unpublished iteration (recorded: TrainAndPublishProject.json), null
+  thumbnailUri of an empty project (NOTES-customvision.md).
+- The quota 403 (`quota_exhausted`, `quota_wording`): APIM's `{"statusCode": 403, "message":
+  "Out of call volume quota. Quota will be replenished in 2.03:14:07."}` as public reports
+  quote it (MicrosoftDocs/azure-docs issue 16282, goferito/node-bing-api issue 34), or the
+  Cognitive Services form "... Please retry after N days ..." (inferred); Retry-After is sent
+  (inferred).
+- Image metadata and `$filter` (emulators.metadatafilter): the spec's UpdateImageMetadata
+  (<= 64 images, 200/207 with per-image status; shape recorded in UpdateImageMetadata.json)
+  and `$filter` on GetImages / GetImageCount. The limits differ by source: 10 pairs, key 128,
+  value 256 (Microsoft's docs, SDK model docs) or 50 / 256 / 512 (the v3.3 spec's
+  descriptions): `metadata_limits` plays either.
+- GetImagePerformances and its count (spec operations; the figures are made up).
+- The service path matches case-insensitively ("/customvision/v3.3/Training/", as Microsoft's
+  docs write it; ASP.NET routing is case-insensitive).
+- The two guessed error codes are variants with no public source: `unpublish_unpublished`
+  and `delete_published`.
 """
 
 from __future__ import annotations
@@ -25,6 +67,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import email.utils
 import json
 import math
 import random
@@ -35,12 +78,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from emulators.cvdata import CvError, EmulatorData, Links, Seed, TaggingStatus
+from emulators.cvdata import CvError, EmulatorData, LinkExpired, Links, Seed, TaggingStatus
+from emulators.metadatafilter import Expr, FilterError, parse
 
 __all__ = [
     "API_BASE",
@@ -70,6 +115,9 @@ GATEWAY_401_INVALID = (
     "a valid key for an active subscription and use a correct regional API endpoint for your "
     "resource."
 )
+
+METADATA_LIMITS = {"docs": (10, 128, 256), "spec": (50, 256, 512)}
+MAX_METADATA_IMAGES = 64
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SEGMENT = r"([^/]+)"
@@ -117,6 +165,47 @@ class Faults:
     # (and proxies re-serialising .NET Guids with "D" upper format) do answer in upper case;
     # the client must not depend on the case.
     upper_case_ids: bool = False
+
+    # ---- Azure's timing and states (issue 15). Evidence for each in the module docstring.
+    # Seconds an image/export/prediction link stays valid after the answer that carried it
+    # (its `se`); None: 100 years. Recorded: 24 h.
+    link_lifetime: float | None = 86_400.0
+    # Seconds before a 202 DeleteImages leaves the workspace (0: at once).
+    async_delete_workspace_delay: float = 0.0
+    # Per-scope lags overriding the two above: "<iteration-id>" for that snapshot,
+    # "<project-id>" for every snapshot of the project, "<project-id>/workspace" for its
+    # workspace.
+    async_delete_delays: dict[str, float] = field(default_factory=dict)
+    # Seconds a new ExportIteration stays "Exporting" with downloadUri null (0: Done at once).
+    export_seconds: float = 0.0
+    # A repeated ExportIteration of the same platform and flavor is refused while one is
+    # queued ("while-queued"), or at any time ("always").
+    export_repeat: Literal["while-queued", "always"] = "while-queued"
+    # Seconds until the call volume quota replenishes; while set, every Training API call is
+    # the gateway's 403 "Out of call volume quota". None: quota available.
+    quota_exhausted: float | None = None
+    # The 403's form: APIM's `{"statusCode": 403, "message": "... replenished in d.hh:mm:ss."}`
+    # or Cognitive Services' `{"error": {"code": "403", "message": "... retry after N days"}}`.
+    quota_wording: Literal["apim", "cognitive"] = "apim"
+    # Answer as recorded real responses do where they depart from the spec: zone-less
+    # timestamps, nulls (publishName, thumbnailUri), absent empty regions/metadata.
+    real_quirks: bool = True
+    # Image metadata limits (pairs per image, key length, value length): Microsoft's docs and
+    # the SDK model docs say 10/128/256 ("docs"), the v3.3 spec's descriptions 50/256/512.
+    metadata_limits: Literal["docs", "spec"] = "docs"
+    # UnpublishIteration of an iteration that is not published (no public source): 400
+    # BadRequestIterationNotPublished, 400 with the generic BadRequest code, or 204.
+    unpublish_unpublished: Literal["BadRequestIterationNotPublished", "BadRequest", "204"] = (
+        "BadRequestIterationNotPublished"
+    )
+    # DeleteIteration of a published iteration, or DeleteProject with one (no public source):
+    # 400 BadRequestIterationIsPublished, 400 BadRequest, or 409 with ConflictInvalid.
+    delete_published: Literal["BadRequestIterationIsPublished", "BadRequest", "ConflictInvalid"] = (
+        "BadRequestIterationIsPublished"
+    )
+    # DeleteIteration / UnpublishIteration of an iteration in training (no public source):
+    # refused with 400 BadRequestTrainingAlreadyInProgress, or carried out.
+    training_iteration_changes: Literal["refused", "allowed"] = "refused"
 
 
 @dataclass(frozen=True)
@@ -370,7 +459,14 @@ def _route(method: str, template: str, operation_id: str) -> Callable[[RouteHand
 
     def register(handler: RouteHandler) -> RouteHandler:
         _ROUTES.append(
-            _Route(method, template, re.compile(f"^{regex}$"), operation_id, handler, names)
+            _Route(
+                method,
+                template,
+                re.compile(f"^{regex}$", re.IGNORECASE),
+                operation_id,
+                handler,
+                names,
+            )
         )
         return handler
 
@@ -483,7 +579,14 @@ class CustomVisionEmulator:
     # ------------------------------------------------------------------ dispatch
 
     def _links(self) -> Links:
-        return self.data.links(self.endpoint, self.faults.vnet)
+        return self.data.links(self.endpoint, self.faults.vnet, self.faults.link_lifetime)
+
+    def _delete_delay(self, project_id: str, iteration_id: str | None) -> float:
+        faults = self.faults
+        lags = faults.async_delete_delays
+        if iteration_id is None:
+            return lags.get(f"{project_id}/workspace", faults.async_delete_workspace_delay)
+        return lags.get(iteration_id, lags.get(project_id, faults.async_delete_delay))
 
     def _record(
         self, operation_id: str, request: _Request, answer: _Answer, key_sent: bool
@@ -546,7 +649,9 @@ class CustomVisionEmulator:
         return answer
 
     def _match(self, method: str, path: str, request: _Request) -> _Route | None:
-        if not path.startswith(API_BASE + "/"):
+        # Case-insensitive, as ASP.NET routes are and Microsoft's docs write the base
+        # (".../customvision/v3.3/Training/projects"); inferred from the docs' spelling.
+        if not path.lower().startswith(API_BASE.lower() + "/"):
             return None
         rest = path[len(API_BASE) :]
         for route in _ROUTES:
@@ -564,9 +669,12 @@ class CustomVisionEmulator:
             return _gateway(401, GATEWAY_401_MISSING)
         if request.key != self._key:
             return _gateway(401, GATEWAY_401_INVALID)
+        if faults.quota_exhausted is not None:
+            return _quota_403(faults.quota_exhausted, faults.quota_wording)
         throttled = self._throttle(route.operation_id, faults)
         if throttled is not None:
             return throttled
+        self.data.real_quirks = faults.real_quirks
         if faults.latency > 0:
             time.sleep(faults.latency)
         with self._lock:
@@ -643,13 +751,25 @@ class CustomVisionEmulator:
         if roll_drop < faults.drop_rate:
             return _Answer(0, drop=True, origin="blob")
         try:
-            found = self.data.blob(relpath, query.get("sig"))
+            found = self.data.blob(relpath, query.get("sig"), query.get("se"))
+        except LinkExpired as expired:
+            # Storage's answer to a SAS used after its expiry (inferred from public reports
+            # of Azure Storage; the detail names the window).
+            return _storage_error(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the request. Make sure the value of "
+                "Authorization header is formed correctly including the signature.",
+                "Signature not valid in the specified time frame: Start [] - Expiry "
+                f"[{_http_date(expired.expiry)}] - Current [{_http_date(expired.now)}]",
+            )
         except PermissionError:
             return _storage_error(
                 403,
                 "AuthenticationFailed",
                 "Server failed to authenticate the request. Make sure the value of "
                 "Authorization header is formed correctly including the signature.",
+                "Signature did not match.",
             )
         if found is None:
             return _storage_error(404, "BlobNotFound", "The specified blob does not exist.")
@@ -685,10 +805,37 @@ def _upper_guids(body: Any) -> Any:
     return body
 
 
-def _storage_error(status: int, code: str, message: str) -> _Answer:
+def _http_date(moment: datetime) -> str:
+    return email.utils.format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+def _quota_403(seconds: float, wording: str) -> _Answer:
+    """The gateway's answer once the call volume quota is used up (see Faults.quota_*)."""
+    wait = max(1, math.ceil(seconds))
+    headers = {"Retry-After": str(wait)}
+    if wording == "cognitive":
+        days = max(1, math.ceil(wait / 86_400))
+        message = (
+            "Out of call volume quota for CustomVision.Training F0 pricing tier. Please retry "
+            f"after {days} day{'s' if days != 1 else ''}. To increase your call volume switch "
+            "to a paid tier."
+        )
+        return _gateway(403, message, headers)
+    days, rest = divmod(wait, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    span = f"{hours:02}:{minutes:02}:{secs:02}"
+    if days:
+        span = f"{days}.{span}"  # .NET's TimeSpan form, as the gateway writes it
+    message = f"Out of call volume quota. Quota will be replenished in {span}."
+    return _Answer(403, {"statusCode": 403, "message": message}, headers, origin="gateway")
+
+
+def _storage_error(status: int, code: str, message: str, detail: str | None = None) -> _Answer:
+    extra = f"<AuthenticationErrorDetail>{detail}</AuthenticationErrorDetail>" if detail else ""
     body = (
         '<?xml version="1.0" encoding="utf-8"?>'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{extra}</Error>"
     ).encode()
     return _Answer(
         status,
@@ -722,9 +869,33 @@ def _get_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     return _ok(emu.data.api_project(req.params["projectId"], emu._links()))
 
 
+def _published_variant(emu: CustomVisionEmulator, error: CvError) -> CvError:
+    """The refusal of deleting something published, as Faults.delete_published chooses."""
+    variant = emu.faults.delete_published
+    if error.code != "BadRequestIterationIsPublished" or variant == error.code:
+        return error
+    if variant == "BadRequest":
+        return CvError(400, "BadRequest", error.message)
+    return CvError(409, "ConflictInvalid", error.message)
+
+
+def _refuse_while_training(emu: CustomVisionEmulator, project_id: str, iteration_id: str) -> None:
+    if emu.faults.training_iteration_changes != "refused":
+        return
+    if emu.data.iteration_status(project_id, iteration_id) == "Training":
+        raise CvError(
+            400,
+            "BadRequestTrainingAlreadyInProgress",
+            f"Iteration {iteration_id} is training; try again when it has finished.",
+        )
+
+
 @_route("DELETE", "/projects/{projectId}", "DeleteProject")
 def _delete_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
-    emu.data.api_delete_project(req.params["projectId"])
+    try:
+        emu.data.api_delete_project(req.params["projectId"])
+    except CvError as error:
+        raise _published_variant(emu, error) from None
     return _Answer(204)
 
 
@@ -758,7 +929,13 @@ def _get_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
 
 @_route("DELETE", "/projects/{projectId}/iterations/{iterationId}", "DeleteIteration")
 def _delete_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
-    emu.data.api_delete_iteration(req.params["projectId"], req.params["iterationId"])
+    project_id, iteration_id = req.params["projectId"], req.params["iterationId"]
+    if iteration_id != emu.data.workspace_id(project_id):
+        _refuse_while_training(emu, project_id, iteration_id)
+    try:
+        emu.data.api_delete_iteration(project_id, iteration_id)
+    except CvError as error:
+        raise _published_variant(emu, error) from None
     return _Answer(204)
 
 
@@ -786,7 +963,17 @@ def _publish(emu: CustomVisionEmulator, req: _Request) -> _Answer:
 
 @_route("DELETE", "/projects/{projectId}/iterations/{iterationId}/publish", "UnpublishIteration")
 def _unpublish(emu: CustomVisionEmulator, req: _Request) -> _Answer:
-    emu.data.api_unpublish(req.params["projectId"], req.params["iterationId"])
+    project_id, iteration_id = req.params["projectId"], req.params["iterationId"]
+    _refuse_while_training(emu, project_id, iteration_id)
+    try:
+        emu.data.api_unpublish(project_id, iteration_id)
+    except CvError as error:
+        variant = emu.faults.unpublish_unpublished
+        if error.code != "BadRequestIterationNotPublished" or variant == error.code:
+            raise
+        if variant == "204":
+            return _Answer(204)
+        raise CvError(400, "BadRequest", error.message) from None
     return _Answer(204)
 
 
@@ -809,7 +996,15 @@ def _export_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     flavor = _choice(req.query, "flavor", _FLAVORS, "") or None
     project_id, iteration_id = req.params["projectId"], req.params["iterationId"]
     return _ok(
-        emu.data.api_export_iteration(project_id, iteration_id, platform, flavor, emu._links())
+        emu.data.api_export_iteration(
+            project_id,
+            iteration_id,
+            platform,
+            flavor,
+            emu._links(),
+            queue_seconds=emu.faults.export_seconds,
+            refuse_repeat=emu.faults.export_repeat == "always",
+        )
     )
 
 
@@ -831,7 +1026,11 @@ def _delete_tag(emu: CustomVisionEmulator, req: _Request) -> _Answer:
 
 
 def _list_images(
-    emu: CustomVisionEmulator, req: _Request, status: TaggingStatus, with_tags: bool
+    emu: CustomVisionEmulator,
+    req: _Request,
+    status: TaggingStatus,
+    with_tags: bool,
+    status_from_query: bool = False,
 ) -> _Answer:
     iteration_id = _opt_guid(req.query, "iterationId")
     tag_ids = (
@@ -842,8 +1041,9 @@ def _list_images(
     newest = _choice(req.query, "orderBy", ("Newest", "Oldest"), "Newest") == "Newest"
     take = _int(req.query, "take", DEFAULT_TAKE, 0, MAX_TAKE)
     skip = _int(req.query, "skip", 0, 0, None)
-    if req.query.get("$filter"):
-        raise _bad("BadRequestNotSupported", "The emulator does not support $filter.")
+    # Only GetImages takes $filter (spec); the tagged/untagged lists ignore unknown
+    # parameters, as ASP.NET does (inferred).
+    where = _filter(req.query) if status_from_query else None
     images = emu.data.api_images(
         req.params["projectId"],
         emu._links(),
@@ -853,8 +1053,20 @@ def _list_images(
         newest_first=newest,
         skip=skip,
         take=take,
+        where=where,
     )
     return _ok(images)
+
+
+def _filter(query: dict[str, str]) -> Expr | None:
+    text = query.get("$filter")
+    if text is None or text == "":
+        return None
+    try:
+        return parse(text)
+    except FilterError as error:
+        # Inferred: the spec names no code for a malformed expression; its generic one.
+        raise _bad("BadRequestInvalid", f"Invalid $filter: {error}.") from None
 
 
 def _tagging_status(query: dict[str, str]) -> TaggingStatus:
@@ -864,7 +1076,7 @@ def _tagging_status(query: dict[str, str]) -> TaggingStatus:
 
 @_route("GET", "/projects/{projectId}/images", "GetImages")
 def _get_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
-    return _list_images(emu, req, _tagging_status(req.query), True)
+    return _list_images(emu, req, _tagging_status(req.query), True, status_from_query=True)
 
 
 @_route("GET", "/projects/{projectId}/images/tagged", "GetTaggedImages")
@@ -877,22 +1089,27 @@ def _get_untagged_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     return _list_images(emu, req, "Untagged", False)
 
 
-def _count(emu: CustomVisionEmulator, req: _Request, status: TaggingStatus, tags: bool) -> _Answer:
-    if req.query.get("$filter"):
-        raise _bad("BadRequestNotSupported", "The emulator does not support $filter.")
+def _count(
+    emu: CustomVisionEmulator,
+    req: _Request,
+    status: TaggingStatus,
+    tags: bool,
+    filtered: bool = False,
+) -> _Answer:
     count = emu.data.api_image_count(
         req.params["projectId"],
         iteration_id=_opt_guid(req.query, "iterationId"),
         status=status,
         # The spec sets no cap on tagIds for the count operations.
         tag_ids=_guid_list(req.query, "tagIds", None, "") if tags else [],
+        where=_filter(req.query) if filtered else None,
     )
     return _ok(count)
 
 
 @_route("GET", "/projects/{projectId}/images/count", "GetImageCount")
 def _get_image_count(emu: CustomVisionEmulator, req: _Request) -> _Answer:
-    return _count(emu, req, _tagging_status(req.query), True)
+    return _count(emu, req, _tagging_status(req.query), True, filtered=True)
 
 
 @_route("GET", "/projects/{projectId}/images/tagged/count", "GetTaggedImageCount")
@@ -924,11 +1141,74 @@ def _delete_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
         ids,
         all_images=all_images,
         all_iterations=all_iterations,
-        delay=emu.faults.async_delete_delay,
+        delay=emu._delete_delay,
     )
     with emu._lock:
         emu._deleted_images.update(removed)
     return _Answer(202 if all_images or all_iterations else 204)
+
+
+def _metadata_limits(emu: CustomVisionEmulator) -> tuple[int, int, int]:
+    return METADATA_LIMITS[emu.faults.metadata_limits]
+
+
+@_route("POST", "/projects/{projectId}/images/metadata", "UpdateImageMetadata")
+def _update_metadata(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    ids = _guid_list(req.query, "imageIds", MAX_METADATA_IMAGES, "BadRequestExceededBatchSize")
+    if not ids:
+        raise _bad("BadRequestRequiredParamIsNull", "'imageIds' is required.")
+    pairs = req.body if isinstance(req.body, dict) else None
+    if pairs is None:
+        raise _bad("BadRequestRequiredParamIsNull", "The metadata body is required.")
+    status, body = emu.data.api_update_metadata(
+        req.params["projectId"], ids, pairs, _metadata_limits(emu)
+    )
+    return _Answer(status, body)
+
+
+@_route("POST", "/projects/{projectId}/images/files", "CreateImagesFromFiles")
+def _create_images(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    status, body = emu.data.api_create_images(
+        req.params["projectId"], req.body, _metadata_limits(emu), emu._links()
+    )
+    return _Answer(status, body)
+
+
+@_route(
+    "GET",
+    "/projects/{projectId}/iterations/{iterationId}/performance/images",
+    "GetImagePerformances",
+)
+def _get_image_performances(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    tag_ids = _guid_list(req.query, "tagIds", MAX_TAG_IDS, "BadRequestExceededBatchSize")
+    newest = _choice(req.query, "orderBy", ("Newest", "Oldest"), "Newest") == "Newest"
+    take = _int(req.query, "take", DEFAULT_TAKE, 0, MAX_TAKE)
+    skip = _int(req.query, "skip", 0, 0, None)
+    return _ok(
+        emu.data.api_image_performances(
+            req.params["projectId"],
+            req.params["iterationId"],
+            emu._links(),
+            tag_ids=tag_ids,
+            newest_first=newest,
+            skip=skip,
+            take=take,
+        )
+    )
+
+
+@_route(
+    "GET",
+    "/projects/{projectId}/iterations/{iterationId}/performance/images/count",
+    "GetImagePerformanceCount",
+)
+def _get_image_performance_count(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    tag_ids = _guid_list(req.query, "tagIds", None, "")
+    return _ok(
+        emu.data.api_image_performance_count(
+            req.params["projectId"], req.params["iterationId"], tag_ids
+        )
+    )
 
 
 @_route("POST", "/projects/{projectId}/predictions/query", "QueryPredictions")

@@ -16,9 +16,14 @@ Layout, chosen so that 100,000 images in one project cost a few megabytes:
 - An image exists (its blobs are served) while any set of its project holds it.
 
 Service rules implemented (see /work/shared/NOTES-customvision.md):
-- DeleteImages with only imageIds removes from the workspace; allIterations removes from every
-  iteration as well, the iteration part becoming visible `delay` seconds later (the service
-  answers 202 and works asynchronously).
+- DeleteImages with only imageIds removes from the workspace at once; a 202 delete
+  (allIterations / allImages) removes from the workspace and, with allIterations, from every
+  iteration's snapshot, each part becoming visible after its own lag (the service works
+  asynchronously; the lags are the caller's choice, see emulators.customvision).
+- Links carry an expiry (`se`) covered by their signature; blob() refuses them afterwards.
+- Exports may be queued ("Exporting", no link) and iterations may be in training; both move
+  on by the clock.
+- Image metadata belongs to the image (shared by the workspace and the snapshots: inferred).
 - Deleting a published iteration, or a project that has one, fails with
   BadRequestIterationIsPublished; the workspace id fails with BadRequestWorkspaceNotDeletable.
 - Deleting an iteration drops the images only it used; DeleteTag strips the tag from
@@ -33,6 +38,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -44,12 +50,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from emulators.metadatafilter import Expr
 from emulators.pngbytes import png
 
 __all__ = [
     "DOMAINS",
     "CvError",
     "EmulatorData",
+    "LinkExpired",
     "Links",
     "Seed",
     "TagDef",
@@ -161,23 +169,45 @@ class TagDef:
     created: datetime
 
 
+class LinkExpired(PermissionError):
+    """A correctly signed blob link used after its `se` (storage's 403 AuthenticationFailed)."""
+
+    def __init__(self, expiry: datetime, now: datetime) -> None:
+        super().__init__("link expired")
+        self.expiry = expiry
+        self.now = now
+
+
+def sas_time(moment: datetime) -> str:
+    """A SAS time as storage writes it: whole seconds, UTC, "Z"."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True)
 class Links:
-    """Turns blob paths into what the API shows: absolute signed URLs, or (VNET) relative."""
+    """Turns blob paths into what the API shows: absolute signed URLs, or (VNET) relative.
+
+    Every absolute link carries `se` (its expiry), and the signature covers the path and `se`,
+    so a link cannot be extended by editing it. The parameters come in the order of the
+    recorded responses (`sv, sr, sig, se, sp`: azure-sdk-for-net SessionRecords
+    TrainingTests/UpdateImageMetadata.json, where `se` is the listing's Date + 24 h).
+    """
 
     base: str
     vnet: bool
-    sign: Callable[[str], str]
+    sign: Callable[[str, str], str]
+    expires: datetime
 
     def uri(self, relpath: str) -> str:
         """Return the URI the API shows for the blob at `relpath`."""
         if self.vnet:
             return relpath
+        se = sas_time(self.expires)
         # A SAS signature is base64, percent-encoded in the URL as Azure storage does.
-        sig = self.sign(relpath).replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+        sig = self.sign(relpath, se).replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
         return (
-            f"{self.base}/blob/{relpath}?sv=2020-04-08&st=2025-01-01T00%3A00%3A00Z"
-            f"&se=2099-01-01T00%3A00%3A00Z&sr=b&sp=r&sig={sig}"
+            f"{self.base}/blob/{relpath}?sv=2017-04-17&sr=b&sig={sig}"
+            f"&se={se.replace(':', '%3A')}&sp=r"
         )
 
 
@@ -193,11 +223,13 @@ def _digest64(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def _when(moment: datetime, fraction: bool = False) -> str:
-    """The service's timestamp forms: whole seconds, or .NET's seven fractional digits."""
+def _when(moment: datetime, fraction: bool = False, zone: bool = True) -> str:
+    """The service's timestamp forms: whole seconds, or .NET's seven fractional digits;
+    with "Z", or (as real responses show for some fields) without any zone."""
+    suffix = "Z" if zone else ""
     if fraction:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0" + suffix
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + suffix
 
 
 def _bits(mask: int) -> Iterable[int]:
@@ -271,6 +303,7 @@ class _Export:
     platform: str
     flavor: str | None
     status: str = "Done"
+    ready_at: float = -math.inf  # clock time when an "Exporting" export becomes "Done"
 
 
 @dataclass
@@ -286,6 +319,8 @@ class _Iteration:
     publish_resource: str = ""
     last_modified: datetime | None = None
     exports: list[_Export] = field(default_factory=list)
+    status: str = "Completed"  # New | Training | Completed | Failed
+    ready_at: float = math.inf  # clock time when a "Training" iteration becomes "Completed"
 
 
 @dataclass(frozen=True)
@@ -320,7 +355,9 @@ class _Project:
     tag_slot: dict[str, int] = field(default_factory=dict)
     iterations: dict[str, _Iteration] = field(default_factory=dict)
     predictions: dict[str, _Prediction] = field(default_factory=dict)
-    pending: list[tuple[float, tuple[int, ...]]] = field(default_factory=list)
+    # Asynchronous removals not yet visible: (due at, set key, image indices); the set key is
+    # "" for the workspace, else an iteration id.
+    pending: list[tuple[float, str, tuple[int, ...]]] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -356,8 +393,14 @@ class _Project:
             return True
         return any(it.images.has(index) for it in self.iterations.values())
 
-    def pending_indices(self) -> set[int]:
-        return {i for _, batch in self.pending for i in batch}
+    def pending_in(self, key: str) -> set[int]:
+        return {i for _, k, batch in self.pending if k == key for i in batch}
+
+    def image_set(self, key: str) -> _ImageSet | None:
+        if key == "":
+            return self.workspace
+        iteration = self.iterations.get(key)
+        return None if iteration is None else iteration.images
 
     def next_guid(self, kind: str) -> str:
         self.counters[kind] += 1
@@ -383,6 +426,11 @@ class EmulatorData:
         self.seed_value = seed.seed if seed else 0
         self.image_bytes_target = seed.image_bytes if seed else 2048
         self._sign_key = hashlib.sha256(f"cv-emulator-sas/{self.seed_value}".encode()).digest()
+        self._wall_start = datetime.now(UTC).replace(microsecond=0)
+        self._clock_start = clock()
+        # Answer as the live service does where it departs from the spec (set by the server
+        # from Faults.real_quirks): zone-less timestamps, nulls, absent empty fields.
+        self.real_quirks = False
         self._projects: dict[str, _Project] = {}
         self._added_projects = 0
         self._made_projects = 0
@@ -573,7 +621,17 @@ class EmulatorData:
         iteration = project.iterations.get(iteration_id.lower())
         if iteration is None:
             raise CvError(404, "NotFoundIteration", f"Iteration {iteration_id} not found.")
+        self._advance(iteration)
         return iteration
+
+    def _advance(self, iteration: _Iteration) -> None:
+        """Finish the training and the exports whose time has come."""
+        now = self.clock()
+        if iteration.status == "Training" and now >= iteration.ready_at:
+            iteration.status = "Completed"
+        for export in iteration.exports:
+            if export.status == "Exporting" and now >= export.ready_at:
+                export.status = "Done"
 
     def _set(self, project: _Project, iteration_id: str | None) -> _ImageSet:
         # Inference: the workspace's own id reads as the workspace.
@@ -592,14 +650,15 @@ class EmulatorData:
         if not project.pending:
             return
         now = self.clock()
-        due = [batch for at, batch in project.pending if at <= now]
+        due = [(key, batch) for at, key, batch in project.pending if at <= now]
         if not due:
             return
-        project.pending = [(at, batch) for at, batch in project.pending if at > now]
-        for batch in due:
-            for iteration in project.iterations.values():
+        project.pending = [entry for entry in project.pending if entry[0] > now]
+        for key, batch in due:
+            image_set = project.image_set(key)
+            if image_set is not None:  # None: the iteration was deleted meanwhile
                 for index in batch:
-                    iteration.images.remove(index)
+                    image_set.remove(index)
 
     # ------------------------------------------------------------ test helpers
 
@@ -690,7 +749,7 @@ class EmulatorData:
         """Make every pending asynchronous removal visible now."""
         with self.lock:
             for project in self._projects.values():
-                project.pending = [(float("-inf"), batch) for _, batch in project.pending]
+                project.pending = [(float("-inf"), k, b) for _, k, b in project.pending]
                 self._settle(project)
 
     def add_project(
@@ -766,17 +825,43 @@ class EmulatorData:
                 workspace.masks[index] = mask | bit
             workspace.touch()
 
-    def add_iteration(self, project_id: str, *, publish_name: str | None = None) -> str:
-        """Train an iteration: snapshot the workspace's images and tags; return its id."""
+    def add_iteration(
+        self,
+        project_id: str,
+        *,
+        publish_name: str | None = None,
+        status: str = "Completed",
+        train_seconds: float | None = None,
+    ) -> str:
+        """Train an iteration: snapshot the workspace's images and tags; return its id.
+
+        `status` "Training" stays so for `train_seconds` (None: until told otherwise), then
+        is "Completed"; "New" and "Failed" stay as they are.
+        """
         with self.lock:
             project = self._project(project_id)
             snapshot = list(project.workspace.masks)
             iteration = self._make_iteration(
                 project, snapshot, set(project.workspace.tags), project.slots
             )
+            iteration.status = status
+            if status == "Training" and train_seconds is not None:
+                iteration.ready_at = self.clock() + train_seconds
             if publish_name:
                 self._publish(project, iteration, publish_name)
             return iteration.id
+
+    def set_iteration_status(self, project_id: str, iteration_id: str, status: str) -> None:
+        """Move an iteration to `status` (a training that finishes or fails meanwhile)."""
+        with self.lock:
+            project = self._project(project_id)
+            self._iteration(project, iteration_id).status = status
+
+    def iteration_status(self, project_id: str, iteration_id: str) -> str:
+        """Return an iteration's status now."""
+        with self.lock:
+            project = self._project(project_id)
+            return self._iteration(project, iteration_id).status
 
     def publish(self, project_id: str, iteration_id: str, name: str) -> None:
         """Publish an iteration under `name`."""
@@ -797,11 +882,14 @@ class EmulatorData:
         platform: str = "TensorFlow",
         flavor: str | None = None,
         status: str = "Done",
+        ready_after: float | None = None,
     ) -> None:
-        """Record an export of an iteration."""
+        """Record an export of an iteration; an "Exporting" one is Done after `ready_after` s."""
         with self.lock:
             project = self._project(project_id)
-            self._iteration(project, iteration_id).exports.append(_Export(platform, flavor, status))
+            ready_at = math.inf if ready_after is None else self.clock() + ready_after
+            export = _Export(platform, flavor, status, ready_at)
+            self._iteration(project, iteration_id).exports.append(export)
 
     def add_predictions(
         self, project_id: str, n: int, *, iteration_id: str | None = None
@@ -813,12 +901,23 @@ class EmulatorData:
                 iteration_id = next(iter(project.iterations), project.workspace_id)
             return self._add_predictions(project, n, iteration_id.lower())
 
-    def links(self, base: str, vnet: bool) -> Links:
-        """Return the URI maker for responses served at `base`."""
-        return Links(base=base, vnet=vnet, sign=self._sign)
+    def links(self, base: str, vnet: bool, lifetime: float | None = None) -> Links:
+        """Return the URI maker for responses served at `base`; links live `lifetime` seconds.
 
-    def _sign(self, relpath: str) -> str:
-        mac = hashlib.blake2b(relpath.encode("utf-8"), key=self._sign_key, digest_size=32)
+        None: links expire in 100 years (a test that does not care about expiry).
+        """
+        seconds = 100 * 365 * 86_400.0 if lifetime is None else lifetime
+        # Storage compares whole seconds; round up so a lifetime never comes out shorter.
+        expires = self.now() + timedelta(seconds=math.ceil(seconds))
+        return Links(base=base, vnet=vnet, sign=self._sign, expires=expires)
+
+    def now(self) -> datetime:
+        """The emulator's wall time: the start time moved on by the clock (fake clocks too)."""
+        return self._wall_start + timedelta(seconds=self.clock() - self._clock_start)
+
+    def _sign(self, relpath: str, se: str) -> str:
+        message = f"{relpath}\n{se}".encode()
+        mac = hashlib.blake2b(message, key=self._sign_key, digest_size=32)
         return base64.b64encode(mac.digest()).decode("ascii")
 
     # ---------------------------------------------------------------- rendering
@@ -833,10 +932,12 @@ class EmulatorData:
         mask = image_set.mask(index) or 0
         tags = []
         regions: list[dict[str, Json]] | None = [] if project.detection else None
+        quirks = self.real_quirks
         for slot in _bits(mask):
             tag = project.tag_defs[slot]
             tagged = created + timedelta(seconds=2)
-            tags.append({"tagId": tag.id, "tagName": tag.name, "created": _when(tagged)})
+            stamp = _when(tagged, fraction=True, zone=False) if quirks else _when(tagged)
+            tags.append({"tagId": tag.id, "tagName": tag.name, "created": stamp})
             if regions is not None:
                 r = _mix(project.image_hash(index) ^ (slot + 1))
                 left, top = (r % 500) / 1000, ((r >> 12) % 500) / 1000
@@ -844,7 +945,7 @@ class EmulatorData:
                     {
                         "regionId": str(uuid.UUID(int=(_mix(r) << 64) | r, version=4)),
                         "tagName": tag.name,
-                        "created": _when(tagged),
+                        "created": stamp,
                         "tagId": tag.id,
                         "left": left,
                         "top": top,
@@ -853,9 +954,11 @@ class EmulatorData:
                     }
                 )
         base = f"i-{project.hex}/"
-        return {
+        image: dict[str, Json] = {
             "id": guid,
-            "created": _when(created, fraction=True),
+            # Recorded: seven fractional digits and no time zone ("2020-11-06T18:23:45.5635527",
+            # azure-sdk-for-net TrainingTests/UpdateImageMetadata.json, GetImagesAndCount.json).
+            "created": _when(created, fraction=True, zone=not quirks),
             "width": width,
             "height": height,
             "resizedImageUri": links.uri(f"{base}i-{ghex}"),
@@ -865,10 +968,19 @@ class EmulatorData:
             "regions": regions,
             "metadata": dict(project.metadata.get(index, {})),
         }
+        if quirks:
+            # Recorded (same files): a classification image has no "regions" key, and an
+            # image without metadata no "metadata" key.
+            if regions is None:
+                del image["regions"]
+            if not image["metadata"]:
+                del image["metadata"]
+        return image
 
     def _project_json(self, project: _Project, links: Links) -> dict[str, Json]:
         listing = project.workspace.listing("All", 0)
-        thumbnail = ""
+        # Recorded nulls (NOTES-customvision.md): an empty project's thumbnailUri is null.
+        thumbnail: str | None = None if self.real_quirks else ""
         if listing:
             ghex = project.image_guid(listing[0]).replace("-", "")
             thumbnail = links.uri(f"i-{project.hex}/t-{ghex}")
@@ -897,7 +1009,33 @@ class EmulatorData:
         }
 
     def _iteration_json(self, project: _Project, iteration: _Iteration) -> dict[str, Json]:
+        self._advance(iteration)
         exportable = project.domain_id in _COMPACT
+        published = bool(iteration.publish_name)
+        if iteration.status != "Completed":
+            # As recorded for an iteration in training (azure-sdk-for-net SessionRecords
+            # TrainingTests/TrainAndPublishProject.json): no trainedAt at all, nulls for what
+            # training decides. Inferred: New and Failed iterations look the same.
+            return {
+                "id": iteration.id,
+                "name": iteration.name,
+                "status": iteration.status,
+                "created": _when(iteration.created),
+                "lastModified": _when(iteration.last_modified or iteration.created),
+                "projectId": project.id,
+                "exportable": False,
+                "exportableTo": None,
+                "domainId": None,
+                "classificationType": None,
+                "trainingType": "Regular",
+                "reservedBudgetInHours": 0,
+                "trainingTimeInMinutes": 0,
+                "publishName": None,
+                "originalPublishResourceId": None,
+            }
+        # Recorded (TrainAndPublishProject.json): an unpublished iteration's publishName and
+        # originalPublishResourceId are null, not "" as the spec's example shows.
+        unpublished = None if self.real_quirks else ""
         return {
             "id": iteration.id,
             "name": iteration.name,
@@ -913,8 +1051,8 @@ class EmulatorData:
             "trainingType": "Regular",
             "reservedBudgetInHours": 0,
             "trainingTimeInMinutes": iteration.training_minutes,
-            "publishName": iteration.publish_name,
-            "originalPublishResourceId": iteration.publish_resource,
+            "publishName": iteration.publish_name if published else unpublished,
+            "originalPublishResourceId": iteration.publish_resource if published else unpublished,
         }
 
     def _tag_json(self, project: _Project, image_set: _ImageSet, slot: int) -> dict[str, Json]:
@@ -938,9 +1076,10 @@ class EmulatorData:
         return {
             "platform": export.platform,
             "status": export.status,
+            # Recorded: null while Exporting (azure-sdk-for-net TrainingTests/ExportTests.json).
             "downloadUri": links.uri(self._export_relpath(project, iteration, export))
             if done
-            else "",
+            else None,
             "flavor": export.flavor,
             "newerVersionAvailable": False,
         }
@@ -1090,6 +1229,72 @@ class EmulatorData:
                 "averagePrecision": mean("averagePrecision") if project.detection else None,
             }
 
+    def api_image_performances(
+        self,
+        project_id: str,
+        iteration_id: str,
+        links: Links,
+        *,
+        tag_ids: Sequence[str],
+        newest_first: bool,
+        skip: int,
+        take: int,
+    ) -> list[dict[str, Json]]:
+        """GetImagePerformances: the snapshot's tagged images, each with its predictions.
+
+        Inferred: every tagged image of the snapshot counts as evaluated (the service holds
+        out a share it does not name); probabilities are derived from the image and tag.
+        """
+        with self.lock:
+            project = self._project(project_id)
+            iteration = self._iteration(project, iteration_id)
+            image_set = iteration.images
+            found = self._filtered(project, image_set, "Tagged", tag_ids)
+            if newest_first:
+                end = len(found) - skip
+                page = found[max(0, end - take) : max(0, end)][::-1]
+            else:
+                page = found[skip : skip + take]
+            result = []
+            for index in page:
+                image = self._image_json(project, image_set, index, links)
+                predictions = []
+                for slot in sorted(image_set.tags):
+                    tag = project.tag_defs[slot]
+                    r = _mix(project.image_hash(index) ^ (slot << 8) ^ iteration.ordinal)
+                    predictions.append(
+                        {
+                            "probability": round((r % 10_000) / 10_000, 4),
+                            "tagId": tag.id,
+                            "tagName": tag.name,
+                            "boundingBox": None,
+                            "tagType": "Regular",
+                        }
+                    )
+                result.append(
+                    {
+                        "predictions": predictions,
+                        "id": image["id"],
+                        "created": image["created"],
+                        "width": image["width"],
+                        "height": image["height"],
+                        "imageUri": image["resizedImageUri"],
+                        "thumbnailUri": image["thumbnailUri"],
+                        "tags": image["tags"],
+                        "regions": image.get("regions"),
+                    }
+                )
+            return result
+
+    def api_image_performance_count(
+        self, project_id: str, iteration_id: str, tag_ids: Sequence[str]
+    ) -> int:
+        """GetImagePerformanceCount: how many images GetImagePerformances lists."""
+        with self.lock:
+            project = self._project(project_id)
+            iteration = self._iteration(project, iteration_id)
+            return len(self._filtered(project, iteration.images, "Tagged", tag_ids))
+
     def api_publish(self, project_id: str, iteration_id: str, name: str) -> bool:
         """PublishIteration."""
         with self.lock:
@@ -1119,26 +1324,57 @@ class EmulatorData:
     def api_exports(
         self, project_id: str, iteration_id: str, links: Links
     ) -> list[dict[str, Json]]:
-        """GetExports."""
+        """GetExports: an "Exporting" export shows downloadUri null (recorded)."""
         with self.lock:
             project = self._project(project_id)
             iteration = self._iteration(project, iteration_id)
             return [self._export_json(project, iteration, e, links) for e in iteration.exports]
 
     def api_export_iteration(
-        self, project_id: str, iteration_id: str, platform: str, flavor: str | None, links: Links
+        self,
+        project_id: str,
+        iteration_id: str,
+        platform: str,
+        flavor: str | None,
+        links: Links,
+        *,
+        queue_seconds: float = 0.0,
+        refuse_repeat: bool = False,
     ) -> dict[str, Json]:
-        """ExportIteration: the export is Done at once (the emulator has nothing to build)."""
+        """ExportIteration: queued ("Exporting", no link) for `queue_seconds`, then Done.
+
+        A second request for the same platform and flavor while one is queued (with
+        `refuse_repeat`, at any time) is refused with BadRequestExportAlreadyInProgress, "<id>
+        is already queued for export" (azure-sdk-for-python issue 23922, azure-sdk-for-js issue
+        10331; the code from third-party sample code handling that answer; the status 400 is
+        inferred). A new export replaces a finished one of the same platform and flavor.
+        """
         with self.lock:
             project = self._project(project_id)
             iteration = self._iteration(project, iteration_id)
+            if iteration.status != "Completed":
+                # Inferred: the spec's code for an iteration that is not trained.
+                message = f"Iteration {iteration.id} is not trained."
+                raise CvError(400, "BadRequestIterationIsNotTrained", message)
             if project.domain_id not in _COMPACT:
                 raise CvError(
                     400,
                     "BadRequestProjectUnsupportedExportPlatform",
                     "The project's domain cannot be exported.",
                 )
-            export = _Export(platform, flavor)
+            same = [e for e in iteration.exports if (e.platform, e.flavor) == (platform, flavor)]
+            if any(e.status == "Exporting" for e in same) or (same and refuse_repeat):
+                raise CvError(
+                    400,
+                    "BadRequestExportAlreadyInProgress",
+                    f"{iteration.id} is already queued for export",
+                )
+            for old in same:
+                iteration.exports.remove(old)
+            if queue_seconds > 0:
+                export = _Export(platform, flavor, "Exporting", self.clock() + queue_seconds)
+            else:
+                export = _Export(platform, flavor)
             iteration.exports.append(export)
             return self._export_json(project, iteration, export, links)
 
@@ -1182,11 +1418,18 @@ class EmulatorData:
         image_set: _ImageSet,
         status: TaggingStatus,
         tag_ids: Sequence[str],
+        where: Expr | None = None,
     ) -> list[int]:
         if tag_ids and status != "Untagged":
             mask = self._tag_mask(project, image_set, tag_ids)
-            return image_set.listing(status, mask) if mask else []
-        return image_set.listing(status, 0)
+            found = image_set.listing(status, mask) if mask else []
+        else:
+            found = image_set.listing(status, 0)
+        if where is None:
+            return found
+        # Inferred: metadata belongs to the image, so a snapshot filters on the same pairs.
+        empty: dict[str, str] = {}
+        return [i for i in found if where.matches(project.metadata.get(i, empty))]
 
     def api_images(
         self,
@@ -1199,12 +1442,13 @@ class EmulatorData:
         newest_first: bool,
         skip: int,
         take: int,
+        where: Expr | None = None,
     ) -> list[dict[str, Json]]:
         """GetImages / GetTaggedImages / GetUntaggedImages: one offset page."""
         with self.lock:
             project = self._project(project_id)
             image_set = self._set(project, iteration_id)
-            found = self._filtered(project, image_set, status, tag_ids)
+            found = self._filtered(project, image_set, status, tag_ids, where)
             if newest_first:
                 end = len(found) - skip
                 page = found[max(0, end - take) : max(0, end)][::-1]
@@ -1219,12 +1463,100 @@ class EmulatorData:
         iteration_id: str | None,
         status: TaggingStatus,
         tag_ids: Sequence[str],
+        where: Expr | None = None,
     ) -> int:
         """GetImageCount / GetTaggedImageCount / GetUntaggedImageCount."""
         with self.lock:
             project = self._project(project_id)
             image_set = self._set(project, iteration_id)
-            return len(self._filtered(project, image_set, status, tag_ids))
+            return len(self._filtered(project, image_set, status, tag_ids, where))
+
+    def api_update_metadata(
+        self,
+        project_id: str,
+        image_ids: Sequence[str],
+        pairs: dict[str, str],
+        limits: tuple[int, int, int],
+    ) -> tuple[int, dict[str, Json]]:
+        """UpdateImageMetadata: merge `pairs` into each workspace image's metadata.
+
+        Return (200 or 207, ImageMetadataUpdateSummary). The shape is recorded
+        (azure-sdk-for-net TrainingTests/UpdateImageMetadata.json); inferred: pairs are merged
+        (an "update"), an image that would exceed `limits[0]` pairs or is not in the
+        workspace gets its own error status and the answer is 207 (the spec's statuses).
+        """
+        with self.lock:
+            project = self._project(project_id)
+            _check_metadata(pairs, limits)
+            results: list[dict[str, Json]] = []
+            for image_id in dict.fromkeys(i.lower() for i in image_ids):
+                index = project.image_index(image_id)
+                if index is None or not project.workspace.has(index):
+                    results.append(
+                        {"imageId": image_id, "status": "ErrorImageNotFound", "metadata": None}
+                    )
+                    continue
+                merged = {**project.metadata.get(index, {}), **pairs}
+                if len(merged) > limits[0]:
+                    results.append(
+                        {"imageId": image_id, "status": "ErrorLimitExceed", "metadata": None}
+                    )
+                    continue
+                project.metadata[index] = merged
+                results.append({"imageId": image_id, "status": "OK", "metadata": dict(merged)})
+            ok = all(r["status"] == "OK" for r in results)
+            return (200 if ok else 207), {"isBatchSuccessful": ok, "images": results}
+
+    def api_create_images(
+        self, project_id: str, batch: Json, limits: tuple[int, int, int], links: Links
+    ) -> tuple[int, dict[str, Json]]:
+        """CreateImagesFromFiles: new workspace images with tags and metadata.
+
+        Return (200, ImageCreateSummary). The bytes sent are not kept: the emulator serves
+        generated bytes for every image, as for seeded ones; regions follow the tags.
+        Limits (spec): 64 images and 20 tags per batch.
+        """
+        if not isinstance(batch, dict) or not isinstance(batch.get("images"), list):
+            raise CvError(400, "BadRequestImageBatch", "The batch must list images.")
+        entries = batch["images"]
+        if not entries or len(entries) > 64:
+            raise CvError(400, "BadRequestImageBatch", "A batch holds 1 to 64 images.")
+        metadata = batch.get("metadata") or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise CvError(400, "BadRequestImageBatch", "metadata must map strings to strings.")
+        if metadata:
+            _check_metadata(metadata, limits)
+        if len(metadata) > limits[0]:
+            # Inferred: the batch is refused as a whole (no per-image status fits better).
+            raise CvError(400, "BadRequestImageBatch", f"At most {limits[0]} metadata pairs.")
+        with self.lock:
+            project = self._project(project_id)
+            results = []
+            for entry in entries:
+                if not isinstance(entry, dict):
+                    raise CvError(400, "BadRequestImageBatch", "Each image must be an object.")
+                tag_ids = [*(batch.get("tagIds") or []), *(entry.get("tagIds") or [])]
+                if len(tag_ids) > 20:
+                    raise CvError(400, "BadRequestImageBatch", "At most 20 tags per image.")
+                mask = 0
+                for tag_id in tag_ids:
+                    mask |= 1 << self._tag_slot(project, str(tag_id), project.workspace)
+                masks = project.workspace.masks
+                masks.extend([None] * (project.slots - len(masks)))
+                index = project.slots
+                masks.append(mask)
+                project.slots += 1
+                if metadata:
+                    project.metadata[index] = dict(metadata)
+                project.workspace.touch()
+                results.append(
+                    {
+                        "sourceUrl": str(entry.get("name") or ""),
+                        "status": "OK",
+                        "image": self._image_json(project, project.workspace, index, links),
+                    }
+                )
+            return 200, {"isBatchSuccessful": True, "images": results}
 
     def api_images_by_ids(
         self, project_id: str, image_ids: Sequence[str], iteration_id: str | None, links: Links
@@ -1247,13 +1579,15 @@ class EmulatorData:
         *,
         all_images: bool,
         all_iterations: bool,
-        delay: float,
+        delay: Callable[[str, str | None], float],
     ) -> list[str]:
         """DeleteImages; return the ids this call removed from somewhere (each once).
 
-        The workspace loses them at once; with `all_iterations` every iteration loses them
-        `delay` seconds later. Ids removed from nowhere (unknown, already gone, already
-        pending) are not returned.
+        A plain delete (204) empties the workspace at once. An asynchronous one (202:
+        `all_images` or `all_iterations`) removes from the workspace after
+        `delay(project_id, None)` seconds and, with `all_iterations`, from each iteration's
+        snapshot after `delay(project_id, iteration_id)` seconds (0: at once). Ids removed
+        from nowhere (unknown, already gone, already pending there) are not returned.
         """
         with self.lock:
             project = self._project(project_id)
@@ -1265,22 +1599,25 @@ class EmulatorData:
                     index = project.image_index(image_id)
                     if index is not None:
                         indices.append(index)
-            removed: list[int] = []
-            pending = project.pending_indices() if all_iterations else set()
-            later: list[int] = []
-            for index in indices:
-                gone = project.workspace.remove(index)
-                if all_iterations and index not in pending:
-                    in_iterations = any(it.images.has(index) for it in project.iterations.values())
-                    if in_iterations:
-                        later.append(index)
-                        gone = True
-                if gone:
-                    removed.append(index)
-            if later:
-                project.pending.append((self.clock() + delay, tuple(later)))
-                self._settle(project)
-            return [project.image_guid(i) for i in removed]
+            asynchronous = all_images or all_iterations
+            keys = [""] + (list(project.iterations) if all_iterations else [])
+            removed: set[int] = set()
+            now = self.clock()
+            for key in keys:
+                image_set = project.image_set(key)
+                assert image_set is not None
+                lag = delay(project.id, key or None) if asynchronous else 0.0
+                waiting = project.pending_in(key)
+                batch = [i for i in indices if image_set.has(i) and i not in waiting]
+                if not batch:
+                    continue
+                removed.update(batch)
+                if lag <= 0:
+                    for index in batch:
+                        image_set.remove(index)
+                else:
+                    project.pending.append((now + lag, key, tuple(batch)))
+            return [project.image_guid(i) for i in indices if i in removed]
 
     def api_query_predictions(
         self, project_id: str, query: dict[str, Json], links: Links
@@ -1323,13 +1660,18 @@ class EmulatorData:
 
     # ----------------------------------------------------------------- blobs
 
-    def blob(self, relpath: str, sig: str | None) -> tuple[bytes, str] | None:
+    def blob(self, relpath: str, sig: str | None, se: str | None) -> tuple[bytes, str] | None:
         """Return (bytes, content type) for a signed blob URL's path, or None (404).
 
-        Raises PermissionError when the signature is missing or wrong (storage's 403).
+        Raises PermissionError when the signature is missing or wrong, or `se` missing or
+        edited, and LinkExpired after `se` (storage's 403 either way).
         """
-        if sig is None or not hmac.compare_digest(sig, self._sign(relpath)):
+        if sig is None or se is None or not hmac.compare_digest(sig, self._sign(relpath, se)):
             raise PermissionError("signature mismatch")
+        expiry = datetime.strptime(se, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        now = self.now()
+        if now > expiry:
+            raise LinkExpired(expiry, now)
         return self.artifact(None, relpath)
 
     def artifact(self, project_id: str | None, relpath: str) -> tuple[bytes, str] | None:
@@ -1363,7 +1705,10 @@ class EmulatorData:
                 iteration = project.iterations.get(str(uuid.UUID(match.group(2))))
                 if iteration is None:
                     return None
+                self._advance(iteration)
                 for export in iteration.exports:
+                    if export.status != "Done":
+                        continue
                     if self._export_relpath(project, iteration, export) == relpath:
                         names = [project.tag_defs[s].name for s in sorted(iteration.images.tags)]
                         return self._export_zip(relpath, names), "application/zip"
@@ -1408,6 +1753,30 @@ class EmulatorData:
                     width, height = project.image_size(index)
                     return self._image_bytes(str(uuid.UUID(image_id)), "o", width, height)
             raise KeyError(image_id)
+
+
+def _check_metadata(pairs: Json, limits: tuple[int, int, int]) -> None:
+    """Raise CvError unless `pairs` is a string map within the key and value lengths.
+
+    Codes from the spec's list (BadRequestImageMetadataKey / ...Value); their use here is
+    inferred.
+    """
+    if not isinstance(pairs, dict) or not pairs:
+        raise CvError(400, "BadRequestRequiredParamIsNull", "The metadata body is required.")
+    _, key_limit, value_limit = limits
+    for key, value in pairs.items():
+        if not key or len(key) > key_limit:
+            raise CvError(
+                400,
+                "BadRequestImageMetadataKey",
+                f"A metadata key must have 1 to {key_limit} characters.",
+            )
+        if not isinstance(value, str) or len(value) > value_limit:
+            raise CvError(
+                400,
+                "BadRequestImageMetadataValue",
+                f"A metadata value must be a string of at most {value_limit} characters.",
+            )
 
 
 def _prediction_key(prediction: _Prediction) -> tuple[str, str]:

@@ -5,8 +5,10 @@ Every service answer in these tests is also checked against the spec (strict) by
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -17,8 +19,10 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -83,6 +87,10 @@ def make_rig() -> Iterator[MakeRig]:
 
     def make(seed: Seed | None = SMALL, faults: Faults | None = None) -> Rig:
         clock = FakeClock()
+        faults = faults or Faults()
+        # These tests hold every answer to the spec; the live service's departures from it
+        # (Faults.real_quirks) have tests of their own with a lenient checker.
+        faults.real_quirks = False
         emu = CustomVisionEmulator(KEY, seed=seed, faults=faults, clock=clock).start()
         checker = SpecChecker(strict=True)
         emu.hooks.append(checker)
@@ -299,7 +307,6 @@ def test_emulator_take_defaults_to_50(rig: Rig) -> None:
         ({"iterationId": "not-a-guid"}, "BadRequestInvalidIds"),
         ({"tagIds": "1234"}, "BadRequestInvalidIds"),
         ({"tagIds": ",".join(["00000000-0000-4000-8000-000000000000"] * 21)}, None),
-        ({"$filter": "key eq 'v'"}, "BadRequestNotSupported"),
     ],
 )
 def test_emulator_rejects_bad_listing_parameters(
@@ -449,7 +456,9 @@ def test_emulator_async_deletion_becomes_visible_in_real_time() -> None:
     data = EmulatorData(SMALL)
     p = data.project_ids()[0]
     victim = data.image_ids(p)[0]
-    data.api_delete_images(p, [victim], all_images=False, all_iterations=True, delay=0.05)
+    data.api_delete_images(
+        p, [victim], all_images=False, all_iterations=True, delay=lambda p, i: 0.05
+    )
     gone = threading.Event()
     while not gone.wait(0.01):
         if data.pending_deletions() == 0:
@@ -971,3 +980,443 @@ def test_upper_case_ids_answers_every_guid_in_upper_case_and_accepts_any_case(
     assert [i["id"] for i in rig.get(f"/projects/{p}/iterations").json()] == [
         i.upper() for i in rig.emu.data.iteration_ids(p)
     ]
+
+
+# ------------------------------------------------ Azure's timing and states (issue 15)
+
+
+def _query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def test_links_carry_a_signed_expiry_a_day_after_the_listing(rig: Rig) -> None:
+    image = rig.get(f"/projects/{rig.project()}/images", take=1).json()[0]
+    sas = _query(image["originalImageUri"])
+    assert list(sas) == ["sv", "sr", "sig", "se", "sp"]  # the recorded order
+    expiry = datetime.strptime(sas["se"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert expiry - rig.emu.data.now() == timedelta(days=1)
+    later = image["originalImageUri"].replace(sas["se"][:4], str(int(sas["se"][:4]) + 1), 1)
+    with requests.get(later) as response:  # a longer se is not signed
+        assert response.status_code == 403
+        assert b"Signature did not match" in response.content
+
+
+def test_expired_link_answers_storage_403_and_a_fresh_listing_works(make_rig: MakeRig) -> None:
+    rig = make_rig(faults=Faults(link_lifetime=60.0))
+    p = rig.project()
+    image = rig.get(f"/projects/{p}/images", take=1).json()[0]
+    export = rig.get(f"/projects/{p}/iterations/{rig.emu.data.iteration_ids(p)[0]}/export")
+    links = [image["originalImageUri"], image["thumbnailUri"], export.json()[0]["downloadUri"]]
+    rig.clock.now += 60.0
+    for url in links:  # valid up to and including the second of se
+        with requests.get(url) as response:
+            assert response.status_code == 200
+    rig.clock.now += 1.0
+    for url in links:
+        with requests.get(url) as response:
+            assert response.status_code == 403
+            assert response.headers["x-ms-error-code"] == "AuthenticationFailed"
+            assert response.headers["Content-Type"] == "application/xml"
+            body = response.content.decode()
+            assert "<Code>AuthenticationFailed</Code>" in body
+            assert "Signature not valid in the specified time frame" in body
+    fresh = rig.get(f"/projects/{p}/images/id", imageIds=image["id"]).json()[0]
+    with requests.get(fresh["originalImageUri"]) as response:
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("delays", "workspace", "snapshots"),
+    [
+        ({}, 0.0, 0.2),  # the defaults: the workspace at once, the snapshots shortly after
+        ({"async_delete_workspace_delay": 30.0, "async_delete_delay": 90.0}, 30.0, 90.0),
+    ],
+)
+def test_async_deletion_lags_are_configurable(
+    make_rig: MakeRig, delays: dict[str, float], workspace: float, snapshots: float
+) -> None:
+    rig = make_rig(faults=Faults(**delays))
+    p, data = rig.project(), rig.emu.data
+    victim = data.image_ids(p)[0]
+    iterations = data.iteration_ids(p)
+    assert (
+        rig.delete(f"/projects/{p}/images", imageIds=victim, allIterations="true").status_code
+        == 202
+    )
+    start = rig.clock.now
+
+    def present() -> list[bool]:
+        return [data.has_image(p, victim)] + [data.has_image(p, victim, i) for i in iterations]
+
+    rig.clock.now = start + workspace - 0.01
+    assert present()[1:] == [True, True]
+    rig.clock.now = start + workspace
+    assert present()[0] is False
+    rig.clock.now = start + snapshots - 0.01
+    assert present()[1:] == [True, True]
+    rig.clock.now = start + snapshots
+    assert present() == [False, False, False]
+
+
+def test_async_deletion_lag_per_project_and_per_snapshot(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    data = rig.emu.data
+    p, q = rig.project(0), rig.project(1)
+    first, second = data.iteration_ids(p)
+    rig.emu.faults.async_delete_delays = {
+        f"{p}/workspace": 10.0,
+        p: 100.0,
+        second: 1000.0,
+    }
+    victim, bystander = data.image_ids(p)[0], data.image_ids(q)[0]
+    for project, image in ((p, victim), (q, bystander)):
+        rig.delete(f"/projects/{project}/images", imageIds=image, allIterations="true")
+    start = rig.clock.now
+    assert not data.has_image(q, bystander)  # other projects keep the defaults
+    for at, workspace, in_first, in_second in (
+        (9.9, True, True, True),
+        (10.0, False, True, True),
+        (100.0, False, False, True),
+        (1000.0, False, False, False),
+    ):
+        rig.clock.now = start + at
+        assert [
+            data.has_image(p, victim),
+            data.has_image(p, victim, first),
+            data.has_image(p, victim, second),
+        ] == [workspace, in_first, in_second], at
+    # While the workspace part is pending, a second delete counts nothing new.
+    assert rig.emu.deleted_image_counts()[victim] == 1
+
+
+def test_export_is_queued_with_a_null_link_and_a_repeat_is_refused(make_rig: MakeRig) -> None:
+    rig = make_rig(faults=Faults(export_seconds=30.0))
+    rig.emu.hooks.remove(rig.checker)  # recorded: downloadUri null, which the spec does not allow
+    p, data = rig.project(), rig.emu.data
+    iteration = data.iteration_ids(p)[1]
+    path = f"/projects/{p}/iterations/{iteration}/export"
+    queued = rig.post(path, platform="ONNX")
+    assert queued.status_code == 200
+    assert queued.json() == {
+        "platform": "ONNX",
+        "status": "Exporting",
+        "downloadUri": None,
+        "flavor": None,
+        "newerVersionAvailable": False,
+    }
+    repeat = rig.post(path, platform="ONNX")
+    assert error(repeat) == (400, "BadRequestExportAlreadyInProgress")
+    assert repeat.json()["message"] == f"{iteration} is already queued for export"
+    assert rig.post(path, platform="CoreML").status_code == 200  # another platform queues too
+    listed = {e["platform"]: e for e in rig.get(path).json()}
+    assert (listed["ONNX"]["status"], listed["ONNX"]["downloadUri"]) == ("Exporting", None)
+    rig.clock.now += 30.0
+    done = {e["platform"]: e for e in rig.get(path).json()}["ONNX"]
+    assert done["status"] == "Done"
+    with requests.get(done["downloadUri"]) as response:
+        assert response.content[:2] == b"PK"
+    again = rig.post(path, platform="ONNX")  # once done, it may be exported again
+    assert again.json()["status"] == "Exporting"
+    rig.emu.faults.export_repeat = "always"
+    rig.clock.now += 30.0
+    assert error(rig.post(path, platform="ONNX")) == (400, "BadRequestExportAlreadyInProgress")
+
+
+@pytest.mark.parametrize("status", ["New", "Training", "Failed"])
+def test_iterations_not_completed_carry_the_recorded_nulls(rig: Rig, status: str) -> None:
+    p, data = rig.project(), rig.emu.data
+    rig.emu.hooks.remove(rig.checker)  # the recorded shape breaks the spec (exportableTo null)
+    iteration = data.add_iteration(p, status=status)
+    answer = rig.get(f"/projects/{p}/iterations/{iteration}").json()
+    assert "trainedAt" not in answer
+    assert {k: answer[k] for k in ("status", "exportable", "trainingTimeInMinutes")} == {
+        "status": status,
+        "exportable": False,
+        "trainingTimeInMinutes": 0,
+    }
+    for key in (
+        "exportableTo",
+        "domainId",
+        "classificationType",
+        "publishName",
+        "originalPublishResourceId",
+    ):
+        assert answer[key] is None, key
+    assert answer in rig.get(f"/projects/{p}/iterations").json()
+    export = rig.post(f"/projects/{p}/iterations/{iteration}/export", platform="ONNX")
+    assert error(export) == (400, "BadRequestIterationIsNotTrained")
+
+
+def test_training_iteration_completes_and_refuses_changes_meanwhile(rig: Rig) -> None:
+    p, data = rig.project(), rig.emu.data
+    rig.emu.hooks.remove(rig.checker)
+    iteration = data.add_iteration(p, status="Training", train_seconds=120.0)
+    refused = (400, "BadRequestTrainingAlreadyInProgress")
+    assert error(rig.delete(f"/projects/{p}/iterations/{iteration}")) == refused
+    assert error(rig.delete(f"/projects/{p}/iterations/{iteration}/publish")) == refused
+    rig.clock.now += 120.0
+    answer = rig.get(f"/projects/{p}/iterations/{iteration}").json()
+    assert answer["status"] == "Completed" and answer["trainedAt"]
+    rig.emu.faults.training_iteration_changes = "allowed"
+    other = data.add_iteration(p, status="Training")
+    assert rig.delete(f"/projects/{p}/iterations/{other}").status_code == 204
+
+
+def test_real_quirks_zone_less_timestamps_nulls_and_absent_fields(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    rig.emu.hooks.remove(rig.checker)
+    rig.emu.faults.real_quirks = True
+    data = rig.emu.data
+    p = rig.project(0)  # classification
+    image = rig.get(f"/projects/{p}/images/tagged", take=1).json()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}", image["created"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}", image["tags"][0]["created"])
+    assert "regions" not in image and "metadata" not in image
+    detection = rig.get(f"/projects/{rig.project(1)}/images/tagged", take=1).json()[0]
+    assert detection["regions"] and "Z" not in detection["regions"][0]["created"]
+    unpublished = rig.get(f"/projects/{p}/iterations/{data.iteration_ids(p)[1]}").json()
+    assert (unpublished["publishName"], unpublished["originalPublishResourceId"]) == (None, None)
+    empty = data.add_project("Empty")
+    assert rig.get(f"/projects/{empty}").json()["thumbnailUri"] is None
+    rig.emu.faults.real_quirks = False
+    image = rig.get(f"/projects/{p}/images/tagged", take=1).json()[0]
+    assert image["created"].endswith("Z") and image["metadata"] == {} and "regions" in image
+
+
+@pytest.mark.parametrize(
+    ("wording", "seconds", "message", "body_shape"),
+    [
+        (
+            "apim",
+            2 * 86_400 + 3 * 3600 + 14 * 60 + 7,
+            "Out of call volume quota. Quota will be replenished in 2.03:14:07.",
+            "statusCode",
+        ),
+        (
+            "apim",
+            3 * 3600 + 5,
+            "Out of call volume quota. Quota will be replenished in 03:00:05.",
+            "statusCode",
+        ),
+        (
+            "cognitive",
+            6 * 86_400 + 1,
+            "Out of call volume quota for CustomVision.Training F0 pricing tier. Please retry "
+            "after 7 days. To increase your call volume switch to a paid tier.",
+            "error",
+        ),
+    ],
+)
+def test_quota_403_answers_every_call_with_retry_after(
+    make_rig: MakeRig, wording: str, seconds: float, message: str, body_shape: str
+) -> None:
+    rig = make_rig(faults=Faults(quota_exhausted=seconds, quota_wording=wording))  # type: ignore[arg-type]
+    for path in ("/projects", f"/projects/{rig.project()}/images"):
+        response = rig.get(path)
+        assert response.status_code == 403
+        assert response.headers["Retry-After"] == str(int(seconds))
+        body = response.json()
+        if body_shape == "statusCode":
+            assert body == {"statusCode": 403, "message": message}
+        else:
+            assert body == {"error": {"code": "403", "message": message}}
+    rig.emu.faults.quota_exhausted = None
+    assert rig.get("/projects").status_code == 200
+
+
+def test_update_image_metadata_merges_and_reports_per_image(rig: Rig) -> None:
+    p, data = rig.project(), rig.emu.data
+    first, second = data.image_ids(p)[:2]
+    unknown = "00000000-0000-4000-8000-0000000000ab"
+    response = rig.post(f"/projects/{p}/images/metadata", {"person": "4711"}, imageIds=first)
+    assert response.status_code == 200
+    assert response.json() == {
+        "isBatchSuccessful": True,
+        "images": [{"imageId": first, "status": "OK", "metadata": {"person": "4711"}}],
+    }
+    response = rig.post(
+        f"/projects/{p}/images/metadata", {"site": "B"}, imageIds=f"{first},{unknown}"
+    )
+    assert response.status_code == 207
+    assert response.json()["images"] == [
+        {"imageId": first, "status": "OK", "metadata": {"person": "4711", "site": "B"}},
+        {"imageId": unknown, "status": "ErrorImageNotFound", "metadata": None},
+    ]
+    snapshot = data.iteration_ids(p)[0]
+    listed = rig.get(f"/projects/{p}/images/id", imageIds=first, iterationId=snapshot).json()
+    assert listed[0]["metadata"] == {"person": "4711", "site": "B"}
+    assert rig.get(f"/projects/{p}/images/id", imageIds=second).json()[0]["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    ("limits", "pairs", "key", "value"), [("docs", 10, 128, 256), ("spec", 50, 256, 512)]
+)
+def test_metadata_limits_follow_the_chosen_source(
+    make_rig: MakeRig, limits: str, pairs: int, key: int, value: int
+) -> None:
+    rig = make_rig(faults=Faults(metadata_limits=limits))  # type: ignore[arg-type]
+    p = rig.project()
+    image = rig.emu.data.image_ids(p)[0]
+    path = f"/projects/{p}/images/metadata"
+    full = {f"k{n}": "v" for n in range(pairs)}
+    assert rig.post(path, full, imageIds=image).status_code == 200
+    over = rig.post(path, {"one-more": "v"}, imageIds=image)
+    assert over.status_code == 207
+    assert over.json()["images"][0]["status"] == "ErrorLimitExceed"
+    assert rig.post(path, {"k" * key: "v" * value}, imageIds=rig.emu.data.image_ids(p)[1]).ok
+    assert error(rig.post(path, {"k" * (key + 1): "v"}, imageIds=image)) == (
+        400,
+        "BadRequestImageMetadataKey",
+    )
+    assert error(rig.post(path, {"k": "v" * (value + 1)}, imageIds=image)) == (
+        400,
+        "BadRequestImageMetadataValue",
+    )
+    ids_65 = ",".join(f"00000000-0000-4000-8000-{n:012d}" for n in range(65))
+    assert error(rig.post(path, {"k": "v"}, imageIds=ids_65)) == (
+        400,
+        "BadRequestExceededBatchSize",
+    )
+
+
+def test_upload_sets_metadata_and_tags(rig: Rig) -> None:
+    p, data = rig.project(), rig.emu.data
+    tag = data.tag_ids(p)[0]
+    contents = base64.b64encode(png(40, 30, "upload", 300)).decode()
+    batch = {
+        "images": [
+            {"name": "a.png", "contents": contents},
+            {"name": "b.png", "contents": contents},
+        ],
+        "tagIds": [tag],
+        "metadata": {"person": "4711"},
+    }
+    response = rig.post(f"/projects/{p}/images/files", batch)
+    assert response.status_code == 200
+    summary = response.json()
+    assert summary["isBatchSuccessful"] is True
+    assert [r["status"] for r in summary["images"]] == ["OK", "OK"]
+    made = [r["image"]["id"] for r in summary["images"]]
+    assert all(r["image"]["metadata"] == {"person": "4711"} for r in summary["images"])
+    assert data.image_tag_ids(p, made[0]) == [tag]
+    found = rig.get(f"/projects/{p}/images", **{"$filter": "person eq '4711'"}).json()
+    assert sorted(ids(found)) == sorted(made)
+    too_many = {**batch, "metadata": {f"k{n}": "v" for n in range(11)}}
+    assert error(rig.post(f"/projects/{p}/images/files", too_many)) == (400, "BadRequestImageBatch")
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("person eq '4711'", {"a", "b"}),
+        ("person ne '4711'", {"c", "none"}),
+        ("person eq '4711' and site eq 'B'", {"b"}),
+        ("site eq 'B' or person eq 'O''Brien'", {"b", "c"}),
+        ("(person eq '4711' or person eq 'O''Brien') and site ne 'B'", {"a", "c"}),
+        ("person eq 'nobody'", set()),
+    ],
+)
+def test_filter_selects_by_metadata_in_listings_and_counts(
+    rig: Rig, expression: str, expected: set[str]
+) -> None:
+    p, data = rig.project(2), rig.emu.data
+    names: dict[str, str] = {}
+    for name, metadata in (
+        ("a", {"person": "4711", "site": "A"}),
+        ("b", {"person": "4711", "site": "B"}),
+        ("c", {"person": "O'Brien"}),
+        ("none", {"other": "x"}),
+    ):
+        (image,) = data.add_images(p, 1, metadata=metadata)
+        names[image] = name
+    everything = {**{i: "seeded" for i in data.image_ids(p)}, **names}
+    found = rig.get(f"/projects/{p}/images", take=256, **{"$filter": expression}).json()
+    got = {everything[i] for i in ids(found)}
+    if expression.startswith("person ne"):
+        expected = expected | {"seeded"}  # images without the key match ne
+    assert got == expected
+    count = rig.get(f"/projects/{p}/images/count", **{"$filter": expression}).json()
+    assert count == len(found)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "person eq 4711",
+        "person eq '4711",
+        "person gt '1'",
+        "person eq '1' and",
+        "(person eq '1'",
+        "person eq '1')",
+        "eq '1'",
+        "person eq '1' xor site eq '2'",
+    ],
+)
+def test_malformed_filter_is_refused(rig: Rig, expression: str) -> None:
+    p = rig.project()
+    for suffix in ("/images", "/images/count"):
+        response = rig.get(f"/projects/{p}{suffix}", **{"$filter": expression})
+        assert error(response) == (400, "BadRequestInvalid")
+        assert response.json()["message"].startswith("Invalid $filter: ")
+
+
+def test_image_performances_and_their_count(rig: Rig) -> None:
+    p, data = rig.project(1), rig.emu.data
+    iteration = data.iteration_ids(p)[0]
+    path = f"/projects/{p}/iterations/{iteration}/performance/images"
+    count = rig.get(path + "/count").json()
+    assert count == rig.get(f"/projects/{p}/images/tagged/count", iterationId=iteration).json()
+    pages = [rig.get(path, take=20, skip=s, orderBy="Oldest").json() for s in range(0, count, 20)]
+    listed = [image for page in pages for image in page]
+    assert len({i["id"] for i in listed}) == count
+    first = listed[0]
+    assert set(first) >= {"id", "created", "width", "height", "imageUri", "thumbnailUri"}
+    assert {pr["tagId"] for pr in first["predictions"]} == set(data.tag_ids(p, iteration))
+    tag = data.tag_ids(p, iteration)[0]
+    assert rig.get(path + "/count", tagIds=tag).json() == len(
+        rig.get(path, tagIds=tag, take=256).json()
+    )
+
+
+@pytest.mark.parametrize("base", ["/customvision/v3.3/Training", "/CustomVision/V3.3/training"])
+def test_service_path_matches_case_insensitively(rig: Rig, base: str) -> None:
+    p = rig.project()
+    response = rig.http.get(f"{rig.emu.endpoint}{base}/Projects/{p}/images/count")
+    assert response.status_code == 200 and response.json() == len(rig.emu.data.image_ids(p))
+
+
+@pytest.mark.parametrize(
+    ("variant", "answer"),
+    [
+        ("BadRequestIterationNotPublished", (400, "BadRequestIterationNotPublished")),
+        ("BadRequest", (400, "BadRequest")),
+        ("204", (204, None)),
+    ],
+)
+def test_unpublishing_an_unpublished_iteration_plays_each_variant(
+    rig: Rig, variant: str, answer: tuple[int, str | None]
+) -> None:
+    p = rig.project()
+    rig.emu.faults.unpublish_unpublished = variant  # type: ignore[assignment]
+    unpublished = rig.emu.data.iteration_ids(p)[1]
+    response = rig.delete(f"/projects/{p}/iterations/{unpublished}/publish")
+    got = (response.status_code, response.json()["code"] if response.content else None)
+    assert got == answer
+
+
+@pytest.mark.parametrize(
+    ("variant", "answer"),
+    [
+        ("BadRequestIterationIsPublished", (400, "BadRequestIterationIsPublished")),
+        ("BadRequest", (400, "BadRequest")),
+        ("ConflictInvalid", (409, "ConflictInvalid")),
+    ],
+)
+def test_deleting_a_published_iteration_plays_each_variant(
+    rig: Rig, variant: str, answer: tuple[int, str]
+) -> None:
+    p = rig.project()
+    rig.emu.faults.delete_published = variant  # type: ignore[assignment]
+    published = rig.emu.data.iteration_ids(p)[0]
+    assert error(rig.delete(f"/projects/{p}/iterations/{published}")) == answer
+    assert error(rig.delete(f"/projects/{p}")) == answer

@@ -264,7 +264,9 @@ def test_emulator_routes_every_operation_the_client_uses() -> None:
 @pytest.fixture
 def emulator() -> Iterator[tuple[CustomVisionEmulator, SpecChecker]]:
     checker = SpecChecker(strict=True, check_requests=True)
-    emu = CustomVisionEmulator(KEY, seed=SEED, faults=Faults(async_delete_delay=0.0)).start()
+    emu = CustomVisionEmulator(
+        KEY, seed=SEED, faults=Faults(async_delete_delay=0.0, real_quirks=False)
+    ).start()
     emu.hooks.append(checker)
     try:
         yield emu, checker

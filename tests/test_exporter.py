@@ -589,7 +589,7 @@ def test_export_notes_a_file_deleted_after_it_was_listed(harness: Harness) -> No
 
     def delete_once(exchange: Exchange) -> None:
         if exchange.operation_id == "GetImages" and h.cv.data.has_image(p, gone):
-            h.cv.data.api_delete_images(p, [gone], all_images=False, all_iterations=True, delay=0.0)
+            h.cv.data.api_delete_images(p, [gone], all_images=False, all_iterations=True, delay=lambda p, i: 0.0)
 
     h.cv.hooks.append(delete_once)
     record, pkg = h.done(f"export images {p}")
