@@ -177,7 +177,7 @@ class Faults:
     # workspace.
     async_delete_delays: dict[str, float] = field(default_factory=dict)
     # Seconds a new ExportIteration stays "Exporting" with downloadUri null (0: Done at once).
-    export_seconds: float = 0.0
+    export_seconds: float = 2.0
     # A repeated ExportIteration of the same platform and flavor is refused while one is
     # queued ("while-queued"), or at any time ("always").
     export_repeat: Literal["while-queued", "always"] = "while-queued"
@@ -1248,6 +1248,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--vnet", action="store_true")
+    parser.add_argument(
+        "--link-lifetime", type=float, default=Faults.link_lifetime, help="seconds a link lives"
+    )
+    parser.add_argument(
+        "--delete-lag",
+        type=float,
+        default=Faults.async_delete_delay,
+        help="seconds before a 202 deletion leaves the iteration snapshots",
+    )
+    parser.add_argument(
+        "--workspace-delete-lag",
+        type=float,
+        default=Faults.async_delete_workspace_delay,
+        help="seconds before a 202 deletion leaves the workspace",
+    )
+    parser.add_argument(
+        "--export-seconds",
+        type=float,
+        default=Faults.export_seconds,
+        help="seconds a new model export stays Exporting",
+    )
+    parser.add_argument(
+        "--quota-exhausted",
+        type=float,
+        default=None,
+        help="answer every call with the quota 403, replenished in this many seconds",
+    )
+    parser.add_argument(
+        "--spec-only", action="store_true", help="answer as the spec says, without real quirks"
+    )
     args = parser.parse_args(argv)
     seed = Seed(
         projects=args.projects,
@@ -1258,7 +1288,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
     )
     faults = Faults(
-        tps_cap=args.tps_cap, latency=args.latency, error_rate=args.error_rate, vnet=args.vnet
+        tps_cap=args.tps_cap,
+        latency=args.latency,
+        error_rate=args.error_rate,
+        vnet=args.vnet,
+        link_lifetime=args.link_lifetime,
+        async_delete_delay=args.delete_lag,
+        async_delete_workspace_delay=args.workspace_delete_lag,
+        export_seconds=args.export_seconds,
+        quota_exhausted=args.quota_exhausted,
+        real_quirks=not args.spec_only,
     )
     emulator = CustomVisionEmulator(
         args.key, seed=seed, faults=faults, host=args.host, port=args.port

@@ -883,7 +883,15 @@ def test_emulator_publish_and_export_iteration(rig: Rig) -> None:
     assert published.json() is True
     assert rig.emu.data.publish_name(p, iteration) == "canary"
     export = rig.post(f"/projects/{p}/iterations/{iteration}/export", platform="CoreML").json()
-    assert export["status"] == "Done" and export["platform"] == "CoreML"
+    assert (export["status"], export["platform"], export["downloadUri"]) == (
+        "Exporting",
+        "CoreML",
+        "",  # the spec's example; the live service sends null (real_quirks)
+    )
+    rig.clock.now += 2.0  # Faults.export_seconds
+    listed = rig.get(f"/projects/{p}/iterations/{iteration}/export").json()
+    export = {e["platform"]: e for e in listed}["CoreML"]
+    assert export["status"] == "Done"
     with requests.get(export["downloadUri"]) as response:
         assert response.content[:2] == b"PK"
     assert error(rig.post(f"/projects/{p}/iterations/{iteration}/export")) == (
@@ -1092,6 +1100,7 @@ def test_async_deletion_lag_per_project_and_per_snapshot(make_rig: MakeRig) -> N
 def test_export_is_queued_with_a_null_link_and_a_repeat_is_refused(make_rig: MakeRig) -> None:
     rig = make_rig(faults=Faults(export_seconds=30.0))
     rig.emu.hooks.remove(rig.checker)  # recorded: downloadUri null, which the spec does not allow
+    rig.emu.faults.real_quirks = True
     p, data = rig.project(), rig.emu.data
     iteration = data.iteration_ids(p)[1]
     path = f"/projects/{p}/iterations/{iteration}/export"
