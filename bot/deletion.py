@@ -862,10 +862,23 @@ def _iteration_of(unpublish: DeletionItem) -> str:
     return unpublish.parent_id
 
 
-def _already_gone(kind: str, exc: TrainingApiError) -> bool:
+def _already_gone(
+    client: TrainingClient, p: str, kind: str, item: DeletionItem, exc: TrainingApiError
+) -> bool:
+    """True when a refused call's target was already gone, so nothing is left to do.
+
+    No public source gives the code for unpublishing an iteration that is not published
+    (BadRequestIterationNotPublished is a guess; 400 BadRequest or even 204 are as
+    plausible), so an unpublish refused with any 4xx is settled by reading the iteration back.
+    """
     if isinstance(exc, NotFound):
         return True
-    return kind == "unpublish" and exc.code == "BadRequestIterationNotPublished"
+    if kind != "unpublish" or exc.status is None or not 400 <= exc.status < 500:
+        return False
+    try:
+        return not client.get_iteration(p, _iteration_of(item)).publish_name
+    except NotFound:
+        return True
 
 
 class _BatchFailed(Exception):
@@ -950,7 +963,7 @@ def _run_batch(ctx: JobContext, batch: Sequence[DeletionItem], *, resolve_timeou
         try:
             status = _call(ctx.client, p, kind, first, targets)
         except ServiceError as exc:
-            if not _already_gone(kind, exc):
+            if not _already_gone(ctx.client, p, kind, first, exc):
                 raise
             _mark(
                 ctx,

@@ -14,6 +14,7 @@
         │   └── NotFound          NotFound* codes
         ├── Unauthorized          401: bad key or endpoint
         ├── Throttled             429 after every retry
+        ├── QuotaExhausted        403: the resource's call volume quota is used up (not retried)
         ├── TransportError        timeouts and dropped connections after every retry
         └── MalformedResponse     a body that is not what the spec promises
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 class BotError(Exception):
@@ -134,6 +136,17 @@ class Unauthorized(TrainingApiError):
 
 class Throttled(TrainingApiError):
     """429 answers persisted after every retry."""
+
+
+class QuotaExhausted(TrainingApiError):
+    """403 from the gateway: the call volume quota is used up until `retry_after` seconds pass.
+
+    Retrying before then only fails again, so the client never retries it.
+    """
+
+    def __init__(self, user_message: str, *, retry_after: float | None, **kwargs: Any) -> None:
+        super().__init__(user_message, **kwargs)
+        self.retry_after = retry_after
 
 
 class TransportError(TrainingApiError):

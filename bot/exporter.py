@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,13 +70,13 @@ from bot import browse, commands, package, parser
 from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
-from bot.errors import NotFound
+from bot.errors import NotFound, ServiceError
 from bot.lifecycle import Status
-from bot.models import Image, Iteration, Tag
+from bot.models import Export, Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
 from bot.runner import JobCancelled, JobContext, Outcome
-from bot.training import API_VERSION, MAX_TAKE
-from bot.wording import count, describe_counts, human_size, short_ids
+from bot.training import API_VERSION, BLOB_OPERATION, MAX_IMAGE_IDS, MAX_TAKE, Download
+from bot.wording import count, describe_counts, describe_wait, human_size, short_ids
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ LIMITS = {
     "iterations_per_project": 20,
     "projects": 100,
 }
+# How long `export exports --download` waits for queued model exports ("Exporting", no link
+# yet) to finish; real ones take minutes (azure-sdk-for-net ExportTests.json records them
+# "Exporting" for seconds at least). What is still exporting then is listed, not downloaded.
+EXPORT_WAIT = 600.0
 FILES_PER_CHECKPOINT = 64
 WINDOW_PER_THREAD = 4  # downloads queued per download thread
 MAX_WAITING_LINES = 4096  # listing lines held while their files download
@@ -167,7 +172,17 @@ def summary(request_id: str, counts: Mapping[str, int], files: Sequence[Mapping[
             f"\u2022 {f['name']}: {human_size(int(f['size']))} ({int(f['size']):,} bytes),"
             f" SHA-256 {f['sha256']}"
         )
+    exporting = counts.get("models_exporting", 0)
+    if exporting:
+        lines.append(
+            f"{count(exporting, 'model export')} still exporting, so not downloaded (the "
+            "package's notes name them): run the export again later."
+        )
     return "\n".join(lines)
+
+
+def _exporting(export: Export) -> bool:
+    return (export.status or "").lower() == "exporting"
 
 
 def _trained(iteration: Iteration) -> bool:
@@ -262,16 +277,111 @@ class DownloadCache:
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """Where a fresh link for a file comes from once its link has expired.
+
+    kind "image": GetImagesByIds of `scope` (None: the workspace) for image `item`;
+    "prediction": a re-list of the stored predictions (no read by id exists);
+    "model": GetExports of iteration `scope`, the export whose platform:flavor is `item`.
+    """
+
+    kind: str
+    scope: str | None
+    item: str
+
+
+@dataclass(frozen=True)
 class FileJob:
-    """One file to put in the package: where to fetch it and how to name it."""
+    """One file to put in the package: where to fetch it, how to name it, how to renew it."""
 
     key: str  # cache key, e.g. "image:<id>"
     uri: str
     project_id: str
     name: Callable[[str], str]  # extension -> package name
+    renewal: Renewal | None = None
 
 
 FileResult = tuple[str | None, str]  # (package name or None when gone, how it was obtained)
+
+
+def link_expired(exc: ServiceError) -> bool:
+    """True when storage refused a blob link: its SAS expired (403 AuthenticationFailed).
+
+    Storage answers every refused SAS with 403; a link the API handed out only stops working
+    when it ages (`se`), so any 403 of a blob download is treated as an aged link.
+    """
+    return exc.operation == BLOB_OPERATION and exc.status == 403
+
+
+class Links:
+    """Fresh links for files whose link expired before their download (I/O: the client).
+
+    Real links expire a day after the listing that carried them, and a large export can take
+    longer. On the first 403, one GetImagesByIds renews the links of up to 256 images of the
+    same scope still waiting for download, so the others use their fresh link at once
+    instead of failing first; predictions are re-listed once; a model's link is read again
+    from GetExports. Thread-safe: download threads call it.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._fresh: dict[str, str] = {}  # file key -> the newest link known
+        self._waiting: dict[tuple[str, str | None], dict[str, str]] = {}  # scope -> id -> key
+
+    def queued(self, job: FileJob) -> None:
+        """Note a file waiting for download (its link may be renewed with others)."""
+        r = job.renewal
+        if r is not None and r.kind == "image":
+            with self._lock:
+                self._waiting.setdefault((job.project_id, r.scope), {})[r.item] = job.key
+
+    def settled(self, job: FileJob) -> None:
+        """Forget a file that is in the package (or gone)."""
+        r = job.renewal
+        with self._lock:
+            self._fresh.pop(job.key, None)
+            if r is not None and r.kind == "image":
+                self._waiting.get((job.project_id, r.scope), {}).pop(r.item, None)
+
+    def current(self, job: FileJob) -> str:
+        """Return the newest link known for the file."""
+        with self._lock:
+            return self._fresh.get(job.key, job.uri)
+
+    def renew(self, job: FileJob, failed: str) -> str | None:
+        """Return a fresh link for the file whose link `failed`, or None when it is gone."""
+        r = job.renewal
+        if r is None:
+            return None
+        with self._lock:  # one renewal at a time: the threads behind it find its links
+            known = self._fresh.get(job.key)
+            if known is not None and known != failed:
+                return known
+            p = job.project_id
+            if r.kind == "image":
+                waiting = self._waiting.get((p, r.scope), {})
+                others = [i for i in waiting if i != r.item][: MAX_IMAGE_IDS - 1]
+                found = self._client.get_images_by_ids(p, [r.item, *others], r.scope)
+                for image in found:
+                    uri = image.original_image_uri or image.resized_image_uri
+                    key = waiting.get(image.id) or waiting.get(image.id.lower())
+                    if image.id.lower() == r.item.lower():
+                        key = job.key
+                    if uri and key:
+                        self._fresh[key] = uri
+            elif r.kind == "prediction":
+                for prediction in self._client.iter_predictions(p):
+                    uri = prediction.original_image_uri or prediction.resized_image_uri
+                    if uri:
+                        self._fresh[f"prediction:{prediction.id.lower()}"] = uri
+            else:
+                assert r.scope is not None
+                for e in self._client.get_exports(p, r.scope):
+                    if f"{e.platform}:{e.flavor}" == r.item and e.download_uri:
+                        self._fresh[job.key] = e.download_uri
+            fresh = self._fresh.get(job.key)
+            return None if fresh is None or fresh == failed else fresh
 
 
 class Downloads:
@@ -296,6 +406,7 @@ class Downloads:
         self._on_batch = on_batch
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"export-{ctx.request.id}")
         self._window = threads * WINDOW_PER_THREAD
+        self._links = Links(ctx.client)
         self._pending: dict[Future[FileResult], str] = {}
         self._futures: dict[str, Future[FileResult]] = {}
         self.resolved: dict[str, str | None] = {}
@@ -313,6 +424,7 @@ class Downloads:
             return
         while len(self._pending) >= self._window:
             self._collect(block=True)
+        self._links.queued(job)
         future = self._pool.submit(self._fetch, job)
         self._pending[future] = job.key
         self._futures[job.key] = future
@@ -347,6 +459,33 @@ class Downloads:
             self._on_batch()
 
     def _fetch(self, job: FileJob) -> FileResult:
+        try:
+            return self._fetch_once(job)
+        finally:
+            self._links.settled(job)
+
+    def _download(self, job: FileJob, dest: Path) -> Download | None:
+        """Download the file (renewing an expired link once); None when it no longer exists."""
+        uri = self._links.current(job)
+        try:
+            return self._client.download(uri, dest, project_id=job.project_id)
+        except NotFound:
+            return None  # deleted since it was listed
+        except ServiceError as exc:
+            if not link_expired(exc):
+                raise
+            fresh = self._links.renew(job, uri)
+            if fresh is None:
+                if job.renewal is None:
+                    raise
+                return None  # no longer listed: deleted since
+            log.info("%s: the link expired; downloading through a renewed link", job.key)
+        try:
+            return self._client.download(fresh, dest, project_id=job.project_id)
+        except NotFound:
+            return None
+
+    def _fetch_once(self, job: FileJob) -> FileResult:
         known = self._cache.known(job.key)
         if known is not None and self._writer.has(job.name(known.ext)):
             return job.name(known.ext), "kept"  # in a part a previous attempt closed
@@ -355,10 +494,9 @@ class Downloads:
         if cached is None:
             how = "downloaded"
             dest = self._cache.path(job.key)
-            try:
-                got = self._client.download(job.uri, dest, project_id=job.project_id)
-            except NotFound:
-                return None, "missing"  # deleted since it was listed
+            got = self._download(job, dest)
+            if got is None:
+                return None, "missing"
             with dest.open("rb") as f:
                 head = f.read(16)
             cached = Cached(file_ext(head, job.uri), got.size, got.sha256)
@@ -424,8 +562,11 @@ class _Build:
         export: commands.Export,
         writer: PackageWriter,
         cache: DownloadCache,
+        *,
+        export_wait: float = EXPORT_WAIT,
     ) -> None:
         self.ctx = ctx
+        self.export_wait = export_wait
         self.client = ctx.client
         self.export = export
         self.writer = writer
@@ -502,12 +643,22 @@ class _Build:
         listed: dict[str, Any] = {}
         for it in iterations:
             exports = self.client.get_exports(p, it.id)
+            if download:
+                exports = self._finished_exports(p, it.id, exports)
             listed[it.id] = [e.to_dict() for e in exports]
             self.counts["exports"] = self.counts.get("exports", 0) + len(exports)
             if not download:
                 continue
             for e in exports:
                 label = f"{e.platform or 'unknown'}{f' ({e.flavor})' if e.flavor else ''}"
+                if _exporting(e):
+                    self.counts["models_exporting"] = self.counts.get("models_exporting", 0) + 1
+                    self.writer.note(
+                        f"Model export {label} of iteration {it.id} is still Exporting after "
+                        f"waiting {describe_wait(self.export_wait)}: not downloaded. Run the "
+                        "export again once it is Done."
+                    )
+                    continue
                 if (e.status or "").lower() != "done" or not e.download_uri:
                     self.writer.note(
                         f"Model export {label} of iteration {it.id} is {e.status or 'unknown'}:"
@@ -520,6 +671,7 @@ class _Build:
                         uri=e.download_uri,
                         project_id=p,
                         name=partial(package.model_path, it.id, e.platform or "model", e.flavor),
+                        renewal=Renewal("model", it.id, f"{e.platform}:{e.flavor}"),
                     )
                 )
         self.json("exports.json", listed)
@@ -528,6 +680,23 @@ class _Build:
             self.downloads.drain()
             self.counts["model_files"] = self._settled("model:")
         self.section("exports")
+
+    def _finished_exports(self, p: str, i: str, exports: list[Export]) -> list[Export]:
+        """Re-read the exports of iteration `i` until none is Exporting, for at most
+        `export_wait` seconds (backing off up to 15 s); return the last answer."""
+        deadline = time.monotonic() + self.export_wait
+        delay = 0.1
+        while any(_exporting(e) for e in exports):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.ctx.progress(0, None, "waiting for model exports to finish")
+            if self.ctx.runner.stopping.wait(min(delay, left)):
+                self.ctx.check()  # stopping: resume later from the checkpoint
+            self.ctx.check()
+            delay = min(delay * 2, 15.0)
+            exports = self.client.get_exports(p, i)
+        return exports
 
     def tags(self, p: str, scopes: Sequence[str | None]) -> dict[str | None, list[Tag]]:
         found: dict[str | None, list[Tag]] = {}
@@ -603,7 +772,8 @@ class _Build:
         key = f"image:{image.id.lower()}"
         # The first scope listing an image names its folder: the workspace is listed first.
         name = partial(package.image_path, image.id, scope)
-        self.downloads.submit(FileJob(key=key, uri=uri, project_id=p, name=name))
+        renewal = Renewal("image", scope, image.id)
+        self.downloads.submit(FileJob(key, uri, p, name, renewal))
         return key
 
     def predictions(self, p: str, *, files: bool) -> None:
@@ -617,7 +787,8 @@ class _Build:
                 if files and uri:
                     key = f"prediction:{prediction.id.lower()}"
                     name = partial(package.prediction_image_path, prediction.id)
-                    self.downloads.submit(FileJob(key=key, uri=uri, project_id=p, name=name))
+                    renewal = Renewal("prediction", None, prediction.id)
+                    self.downloads.submit(FileJob(key, uri, p, name, renewal))
                 lines.add({"prediction": prediction.to_dict(), "file": None}, key)
                 self._listed()
             self.phase = "downloading files"
@@ -823,7 +994,7 @@ def _tags_json(found: Mapping[str | None, Sequence[Tag]]) -> dict[str, Any]:
 # The handler
 
 
-def run_export(ctx: JobContext) -> Outcome:
+def run_export(ctx: JobContext, *, export_wait: float = EXPORT_WAIT) -> Outcome:
     """Build the request's package and queue its parts; return the outcome (raise BotError)."""
     finished = ctx.checkpoint.get("finished")
     if finished:
@@ -846,7 +1017,7 @@ def run_export(ctx: JobContext) -> Outcome:
         deadline=ctx.request.deadline,
     )
     try:
-        parts, counts = _build(ctx, export, info)
+        parts, counts = _build(ctx, export, info, export_wait)
     except JobCancelled:
         # Cancelled: nothing will be posted, so the downloaded personal data goes now.
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
@@ -859,7 +1030,7 @@ def run_export(ctx: JobContext) -> Outcome:
 
 
 def _build(
-    ctx: JobContext, export: commands.Export, info: PackageInfo
+    ctx: JobContext, export: commands.Export, info: PackageInfo, export_wait: float
 ) -> tuple[list[Part], dict[str, int]]:
     with PackageWriter(
         ctx.work_dir, info, max_part_bytes=ctx.settings.max_file_bytes, clock=ctx.clock.now
@@ -868,7 +1039,7 @@ def _build(
             # finish() ran before a crash; only the queueing was left.
             return writer.finish(), dict(ctx.checkpoint.get("counts") or {})
         cache = DownloadCache(ctx.work_dir / CACHE_DIR)
-        build = _Build(ctx, export, writer, cache)
+        build = _Build(ctx, export, writer, cache, export_wait=export_wait)
         try:
             counts = build.run()
         finally:

@@ -13,11 +13,12 @@ Retries live in one place, `TrainingClient._retrying`, with the rules:
 - deletes are idempotent in effect, so they are retried like reads. But when an attempt may
   have reached the service (timeout, dropped connection, 5xx), its effect is unknown: a retry
   of DeleteProject / DeleteIteration / DeleteTag may then answer NotFound because the first
-  attempt did delete it, and a retry of UnpublishIteration may answer
-  BadRequestIterationNotPublished. After such an attempt those answers mean "already done" and
-  the call returns 204. After a 429 (the gateway refused the call, nothing ran) or on the first
-  attempt they stay errors: the object really was not there. DeleteImages / DeletePrediction
-  ignore ids that are already gone, so a plain retry is enough for them.
+  attempt did delete it, and a retry of UnpublishIteration may be refused (with a code no
+  public source confirms, so the iteration is read back: not published means done). After
+  such an attempt those answers mean "already done" and the call returns 204. After a 429
+  (the gateway refused the call, nothing ran) or on the first attempt they stay errors: the
+  object really was not there. DeleteImages / DeletePrediction ignore ids that are already
+  gone, so a plain retry is enough for them.
 
 Rate limiting: every attempt (retries too) of a Training API call first takes a slot from a
 RateLimiter shared by every client of the process for the same endpoint (`shared_limiter`).
@@ -61,6 +62,7 @@ from bot import wording
 from bot.errors import (
     MalformedResponse,
     NotFound,
+    QuotaExhausted,
     ServiceError,
     Throttled,
     TrainingApiError,
@@ -84,6 +86,7 @@ from bot.models import (
 
 __all__ = [
     "API_VERSION",
+    "BLOB_OPERATION",
     "DOWNLOAD_CHUNK",
     "HEADROOM",
     "MAX_IMAGE_IDS",
@@ -96,6 +99,7 @@ __all__ = [
     "TrainingClient",
     "backoff_delay",
     "chunks",
+    "quota_wait",
     "retry_after_hint",
     "shared_limiter",
 ]
@@ -123,7 +127,8 @@ _IMAGE_COUNTS: dict[str, tuple[str, str]] = {
     "untagged": ("GetUntaggedImageCount", "/images/untagged/count"),
 }
 _ORDERS = ("Newest", "Oldest")
-_BLOB = "BlobDownload"  # the operation name used in messages for absolute-URI downloads
+BLOB_OPERATION = "BlobDownload"  # the operation name of absolute-URI (blob link) downloads
+_BLOB = BLOB_OPERATION
 _MAX_REDIRECTS = 3
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII: what a header value may carry
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,100}$")
@@ -166,6 +171,33 @@ def retry_after_hint(
         match = _RETRY_TEXT.search(message)
         if match:
             return float(match.group(1))
+    return None
+
+
+_QUOTA_TEXT = re.compile(r"out of call volume quota", re.IGNORECASE)
+_REPLENISHED = re.compile(r"replenished in\s+(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})", re.IGNORECASE)
+_RETRY_UNITS = re.compile(r"retry after\s+(\d+)\s*(day|hour|minute|second)", re.IGNORECASE)
+_UNIT_SECONDS = {"day": 86_400, "hour": 3600, "minute": 60, "second": 1}
+
+
+def quota_wait(header: str | None, message: str | None) -> float | None:
+    """Return the seconds until a used-up call volume quota is replenished, or None.
+
+    From the Retry-After header, else the gateway's message: APIM's "Quota will be replenished
+    in 2.03:14:07" (.NET TimeSpan, d.hh:mm:ss) or Cognitive Services' "Please retry after 7
+    days".
+    """
+    hint = retry_after_hint(header, None)
+    if hint is not None:
+        return hint
+    text = message or ""
+    match = _REPLENISHED.search(text)
+    if match:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    match = _RETRY_UNITS.search(text)
+    if match:
+        return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
     return None
 
 
@@ -688,7 +720,17 @@ class TrainingClient:
         p = _require_guid("project_id", project_id)
         i = _require_guid("iteration_id", iteration_id)
         path = f"/projects/{p}/iterations/{i}/publish"
-        return self._change("UnpublishIteration", path, None, done_if=_is_not_published)
+
+        def unpublished(error: TrainingApiError) -> bool:
+            # The code for "not published" has no public source: read the iteration back.
+            if error.status is None or not 400 <= error.status < 500:
+                return False
+            try:
+                return not self.get_iteration(p, i).publish_name
+            except NotFound:
+                return True
+
+        return self._change("UnpublishIteration", path, None, done_if=unpublished)
 
     def delete_tag(self, project_id: str, tag_id: str) -> int:
         """Delete a tag; return 204 (also when a retry finds it already deleted)."""
@@ -978,6 +1020,20 @@ class TrainingClient:
                 ref=ref,
                 maybe_applied=True,
             )
+        if status == 403 and message and _QUOTA_TEXT.search(message):
+            wait = quota_wait(headers.get("Retry-After"), message)
+            when = (
+                f"it is replenished in {wording.describe_wait(wait)}"
+                if wait is not None
+                else ("Custom Vision did not say when it is replenished")
+            )
+            text = (
+                f"Custom Vision's call volume quota for this resource is used up (HTTP 403 on "
+                f"{operation}): {when}. Nothing more was sent; try again after that.{ref}"
+            )
+            return QuotaExhausted(
+                text, retry_after=wait, status=status, code=code, operation=operation
+            )
         if status == 401:
             text = (
                 f"Custom Vision refused the training key for {operation} (HTTP 401). "
@@ -1098,7 +1154,3 @@ class TrainingClient:
 
 def _is_not_found(error: TrainingApiError) -> bool:
     return isinstance(error, NotFound)
-
-
-def _is_not_published(error: TrainingApiError) -> bool:
-    return error.code == "BadRequestIterationNotPublished"

@@ -4,13 +4,15 @@ One style everywhere:
 - counts carry a thousands separator and the noun agrees: `1 image`, `1,200 images`;
 - lists read `a`, `a and b`, `a, b and c` (no comma before the "and");
 - sizes are binary with one decimal: `512 bytes`, `1.5 KB`, `12.3 MB`;
-- ids are shown by their first 8 characters and an ellipsis: `6c1f2a3b…`.
+- ids are shown by their first 8 characters and an ellipsis: `6c1f2a3b…`;
+- waits are rounded up to the minute: `40 seconds`, `2 days 3 hours 15 minutes`.
 
 Each domain module keeps its own nouns (what its counts are of); this module only words them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 
@@ -67,3 +69,15 @@ def short_ids(ids: Sequence[str], shown: int = 3) -> str:
     if len(ids) > shown:
         words.append(f"{len(ids) - shown:,} more")
     return join_words(words)
+
+
+def describe_wait(seconds: float) -> str:
+    """Return a wait as people say it, rounded up: `40 seconds`, `2 days 3 hours 15 minutes`."""
+    whole = max(0, math.ceil(seconds))
+    if whole < 60:
+        return count(whole, "second")
+    minutes_total = -(-whole // 60)  # rounded up: never say less than the real wait
+    days, rest = divmod(minutes_total, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = ((days, "day"), (hours, "hour"), (minutes, "minute"))
+    return " ".join(count(n, unit) for n, unit in parts if n)

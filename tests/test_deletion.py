@@ -802,3 +802,41 @@ def test_a_concluded_outcome_comes_back_typed_from_its_checkpoint_json() -> None
     assert back == outcome
     assert type(back.request_status) is Status and type(back.job_status) is JobStatus
     assert back.new_plan is not None and all(isinstance(i, DeletionItem) for i in back.new_plan)
+
+
+# -- error codes no public source confirms (issue 15) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "status"),
+    [
+        ("BadRequestIterationNotPublished", "gone"),
+        ("BadRequest", "gone"),
+        ("204", "deleted"),
+    ],
+)
+def test_unpublish_race_is_settled_by_reading_the_iteration_back_whatever_the_code(
+    harness: Harness, variant: str, status: str
+) -> None:
+    """Someone unpublishes the iteration between the bot's probe and its UnpublishIteration:
+    whatever the service answers then, the bot reads the iteration back instead of trusting
+    the (guessed) code, and the deletion goes on."""
+    h, p = harness, harness.p
+    data = h.cv.data
+    it1, it2 = data.iteration_ids(p)
+    h.cv.faults.unpublish_unpublished = variant  # type: ignore[assignment]
+    record = h.submit(f"delete iteration {p} {it1}")
+    probes: list[int] = []
+
+    def unpublish_after_probe(exchange: Exchange) -> None:
+        if exchange.operation_id == "GetIteration" and not probes:
+            probes.append(1)
+            data.unpublish(p, it1)  # the portal, meanwhile
+
+    h.cv.hooks.append(unpublish_after_probe)
+    record = h.approve(record.number)
+    assert record.status == "done", record.error
+    assert probes == [1]
+    assert data.iteration_ids(p) == [it2]
+    unpublish = [i for i in h.items(record.number) if i.kind == "unpublish"]
+    assert [str(i.status) for i in unpublish] == [status]

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -589,7 +590,9 @@ def test_export_notes_a_file_deleted_after_it_was_listed(harness: Harness) -> No
 
     def delete_once(exchange: Exchange) -> None:
         if exchange.operation_id == "GetImages" and h.cv.data.has_image(p, gone):
-            h.cv.data.api_delete_images(p, [gone], all_images=False, all_iterations=True, delay=lambda p, i: 0.0)
+            h.cv.data.api_delete_images(
+                p, [gone], all_images=False, all_iterations=True, delay=lambda p, i: 0.0
+            )
 
     h.cv.hooks.append(delete_once)
     record, pkg = h.done(f"export images {p}")
@@ -758,3 +761,142 @@ def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
     assert record.status == "cancelled"
     assert not (h.work_dir / record.id).exists()
     assert h.uploads(record.number) == {}
+
+
+# -- links that age (issue 15) -------------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+def age_links_at_first_download(h: Harness, operation: str = "Blob") -> list[int]:
+    """Once, when the first file download arrives, move the emulator a day and more on: every
+    link listed so far has expired (storage answers 403). Return a list that records it."""
+    fired: list[int] = []
+
+    def age(exchange: Exchange) -> None:
+        if exchange.operation_id == operation and not fired:
+            fired.append(1)
+            h.cv.data.travel(DAY + 60)
+
+    h.cv.hooks.insert(0, age)
+    return fired
+
+
+@pytest.mark.parametrize(
+    ("command", "files", "after"),
+    [
+        ("export images {p}", "images/", "Blob"),
+        ("export images {p} --iteration {i}", "images/", "Blob"),
+        ("export predictions {p}", "images/predictions/", "Blob"),
+        ("export exports {p} {i} --download", "models/", "GetExports"),
+    ],
+)
+def test_export_renews_links_that_expired_before_their_download(
+    harness: Harness, command: str, files: str, after: str
+) -> None:
+    h = harness
+    p = h.p
+    fired = age_links_at_first_download(h, after)
+    record, pkg = h.done(command.format(p=p, i=h.cv.data.iteration_ids(p)[0]))
+    assert fired == [1]
+    expired = [c for c in h.cv.calls_to("Blob") if c.status == 403]
+    assert expired, "no link expired: the test did not test anything"
+    assert pkg.names(files) and all(pkg.files[n] for n in pkg.names(files))
+    assert record.result is not None
+    assert "files_missing" not in record.result["counts"]
+
+
+def test_export_renews_image_links_in_batches_of_256(tmp_path: Path) -> None:
+    seed = Seed(projects=1, iterations=1, tags=2, images=600, predictions=0, image_bytes=128)
+    for h in make_harness(tmp_path, seed=seed):
+        p = h.p
+        age_links_at_first_download(h)
+        _, pkg = h.done(f"export images {p}")
+        images = len(h.cv.data.image_ids(p))
+        assert len(pkg.names("images/")) == images
+        renewals = h.cv.calls_to("GetImagesByIds")
+        refused = [c for c in h.cv.calls_to("Blob") if c.status == 403]
+        # One renewal serves every file waiting for download, not one call per link; and
+        # once renewed, the others use their fresh link without failing first.
+        assert renewals and len(renewals) <= images // 8, len(renewals)
+        assert len(refused) <= images // 8, len(refused)
+        assert all(len(c.query["imageIds"].split(",")) <= 256 for c in renewals)
+
+
+def test_resumed_export_renews_links_that_aged_meanwhile(big: Harness) -> None:
+    h = big
+    p = h.p
+    h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 64)
+    record = h.submit(f"export images {p}", run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    h.runner.run_one(job)
+    assert h.store.get(record.number).status == "running"
+    h.cv.data.travel(2 * DAY)  # the bot was down for two days
+    fired = age_links_at_first_download(h)  # and the links of the resumed listing age too
+    h.handler[0] = run_export
+    h.run_jobs()
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    assert fired == [1] and any(c.status == 403 for c in h.cv.calls_to("Blob"))
+    pkg = h.package(record)
+    assert len(pkg.names("images/")) == len(h.cv.data.image_ids(p))
+
+
+# -- the quota 403 (issue 15) --------------------------------------------------------------------
+
+
+def test_export_fails_at_once_when_the_quota_is_used_up_and_says_when_it_resets(
+    harness: Harness,
+) -> None:
+    h = harness
+    h.cv.faults.quota_exhausted = 2 * DAY + 3 * 3600 + 14 * 60 + 7
+    record = h.submit(f"export images {h.p}")
+    assert record.status == "failed"
+    assert record.error == (
+        "Custom Vision's call volume quota for this resource is used up (HTTP 403 on "
+        "GetProject): it is replenished in 2 days 3 hours 15 minutes. Nothing more was sent; "
+        "try again after that."
+    )
+    assert len(h.cv.calls) == 1  # no retries: they would only burn time and log noise
+
+
+# -- queued model exports (issue 15) -------------------------------------------------------------
+
+
+def test_export_download_waits_for_a_queued_model_export(harness: Harness) -> None:
+    h = harness
+    p = h.p
+    iteration = h.cv.data.iteration_ids(p)[0]
+    h.cv.data.add_export(p, iteration, "ONNX", "ONNX12", status="Exporting", ready_after=0.3)
+    record, pkg = h.done(f"export exports {p} {iteration} --download")
+    assert sorted(pkg.names("models/")) == [
+        f"models/{iteration}/ONNX-ONNX12.zip",
+        f"models/{iteration}/TensorFlow-TensorFlowNormal.zip",
+    ]
+    assert record.result is not None
+    assert record.result["counts"]["model_files"] == 2
+    listed = pkg.json("exports.json")[iteration]
+    assert {e["platform"]: e["status"] for e in listed} == {"TensorFlow": "Done", "ONNX": "Done"}
+
+
+def test_export_download_waits_bounded_and_lists_what_is_still_exporting(
+    harness: Harness,
+) -> None:
+    h = harness
+    p = h.p
+    iteration = h.cv.data.iteration_ids(p)[0]
+    h.cv.data.add_export(p, iteration, "ONNX", "ONNX12", status="Exporting")  # never finishes
+    h.handler[0] = partial(run_export, export_wait=0.3)
+    record, pkg = h.done(f"export exports {p} {iteration} --download")
+    assert pkg.names("models/") == {f"models/{iteration}/TensorFlow-TensorFlowNormal.zip"}
+    assert f"Model export ONNX (ONNX12) of iteration {iteration} is still Exporting" in "\n".join(
+        pkg.manifest["notes"]
+    )
+    assert record.result is not None
+    assert record.result["counts"]["models_exporting"] == 1
+    assert h.events(record.number, "request.completed")
+    assert not [c for c in h.cv.calls_to("Blob") if "ONNX" in c.path]
+    assert len(h.cv.calls_to("GetExports")) >= 2  # it asked again before giving up
+    message = h.store.get(record.number)
+    assert message.status == "done"

@@ -27,6 +27,7 @@ import requests
 from bot.errors import (
     MalformedResponse,
     NotFound,
+    QuotaExhausted,
     ServiceError,
     Throttled,
     TrainingApiError,
@@ -41,9 +42,11 @@ from bot.training import (
     TrainingClient,
     backoff_delay,
     chunks,
+    quota_wait,
     retry_after_hint,
     shared_limiter,
 )
+from bot.wording import describe_wait
 from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
 from tests.test_client_conformance import Sent, check_all, check_calls, recording_session
 
@@ -667,6 +670,12 @@ def _ambiguous(rig: Rig, faults: Faults, operation: str) -> Callable[[float], No
             lambda c, d, p: c.unpublish_iteration(p, d.iteration_ids(p)[0]),
             (204, 400),
         ),
+        (
+            # The code of "not published" is a guess; the generic one must work as well.
+            "UnpublishIteration/BadRequest",
+            lambda c, d, p: c.unpublish_iteration(p, d.iteration_ids(p)[0]),
+            (204, 400),
+        ),
     ],
 )
 def test_training_client_delete_retry_finding_it_gone_counts_as_done(
@@ -675,7 +684,8 @@ def test_training_client_delete_retry_finding_it_gone_counts_as_done(
     call: Callable[[TrainingClient, Any, str], int],
     first_then_retry: tuple[int, int],
 ) -> None:
-    faults = Faults()
+    operation, _, variant = operation.partition("/")
+    faults = Faults(unpublish_unpublished=variant or "BadRequestIterationNotPublished")  # type: ignore[arg-type]
     holder: list[Rig] = []
     rig = make_rig(
         faults=faults,
@@ -1052,3 +1062,55 @@ def test_training_client_download_errors_from_storage_are_typed(
     assert (gone.value.status, gone.value.code) == (404, "BlobNotFound")
     assert len(rig.emu.calls_to("Blob")) == 2  # 403 and 404 are final
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the quota 403 (issue 15) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "message", "seconds"),
+    [
+        ("7200", "Out of call volume quota.", 7200.0),
+        (None, "Out of call volume quota. Quota will be replenished in 2.03:14:07.", 184_447.0),
+        (None, "Out of call volume quota. Quota will be replenished in 03:30:56.", 12_656.0),
+        (
+            None,
+            "Out of call volume quota for CustomVision F0. Please retry after 7 days.",
+            604_800.0,
+        ),
+        (None, "Out of call volume quota. Please retry after 2 hours.", 7200.0),
+        (None, "Out of call volume quota.", None),
+    ],
+)
+def test_quota_wait_reads_header_then_either_wording(
+    header: str | None, message: str, seconds: float | None
+) -> None:
+    assert quota_wait(header, message) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (1, "1 second"),
+        (59.2, "1 minute"),
+        (61, "2 minutes"),
+        (3600, "1 hour"),
+        (184_447, "2 days 3 hours 15 minutes"),
+        (604_800, "7 days"),
+    ],
+)
+def test_describe_wait_reads_as_people_say_it(seconds: float, text: str) -> None:
+    assert describe_wait(seconds) == text
+
+
+@pytest.mark.parametrize("wording", ["apim", "cognitive"])
+def test_training_client_quota_403_fails_at_once_saying_when_it_resets(
+    make_rig: MakeRig, wording: str
+) -> None:
+    rig = make_rig(faults=Faults(quota_exhausted=6 * 86_400 + 1, quota_wording=wording))  # type: ignore[arg-type]
+    with pytest.raises(QuotaExhausted) as caught:
+        rig.client.get_projects()
+    assert caught.value.retry_after == 6 * 86_400 + 1  # the Retry-After header wins
+    assert caught.value.status == 403 and not caught.value.maybe_applied
+    assert "replenished in 6 days 1 minute" in caught.value.user_message
+    assert rig.statuses("GetProjects") == [403] and rig.sleeps == []
