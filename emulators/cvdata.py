@@ -1256,11 +1256,7 @@ class EmulatorData:
             iteration = self._iteration(project, iteration_id)
             image_set = iteration.images
             found = self._filtered(project, image_set, "Tagged", tag_ids)
-            if newest_first:
-                end = len(found) - skip
-                page = found[max(0, end - take) : max(0, end)][::-1]
-            else:
-                page = found[skip : skip + take]
+            page = _page(found, newest_first=newest_first, skip=skip, take=take)
             result = []
             for index in page:
                 image = self._image_json(project, image_set, index, links)
@@ -1455,11 +1451,7 @@ class EmulatorData:
             project = self._project(project_id)
             image_set = self._set(project, iteration_id)
             found = self._filtered(project, image_set, status, tag_ids, where)
-            if newest_first:
-                end = len(found) - skip
-                page = found[max(0, end - take) : max(0, end)][::-1]
-            else:
-                page = found[skip : skip + take]
+            page = _page(found, newest_first=newest_first, skip=skip, take=take)
             return [self._image_json(project, image_set, i, links) for i in page]
 
     def api_image_count(
@@ -1759,6 +1751,14 @@ class EmulatorData:
                     width, height = project.image_size(index)
                     return self._image_bytes(str(uuid.UUID(image_id)), "o", width, height)
             raise KeyError(image_id)
+
+
+def _page(found: list[int], *, newest_first: bool, skip: int, take: int) -> list[int]:
+    """One offset page of `found` (oldest first), newest first when asked."""
+    if newest_first:
+        end = len(found) - skip
+        return found[max(0, end - take) : max(0, end)][::-1]
+    return found[skip : skip + take]
 
 
 def _check_metadata(pairs: Json, limits: tuple[int, int, int]) -> None:
