@@ -73,6 +73,7 @@ from bot.errors import (
     is_disk_full,
 )
 from bot.lifecycle import DeletionItem, ItemStatus, JobStatus, Status
+from bot.models import Iteration
 from bot.runner import JobContext, Outcome
 from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
 
@@ -635,6 +636,23 @@ def _image_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -
     )
 
 
+def _refuse_training(project_name: str, iterations: Sequence[Iteration]) -> None:
+    """Raise BotError when the plan would delete or unpublish an iteration still training.
+
+    The service refuses to change an iteration while it trains (the emulator plays both
+    answers; the code is not public), so such a plan would fail mid-way: it is refused at the
+    preview, before anything is sent, and the person asks again once training has ended.
+    """
+    for it in iterations:
+        if (it.status or "").lower() == "training":
+            raise BotError(
+                f"Iteration {_quoted(it.name)} ({it.id}) of project {_quoted(project_name)} is "
+                "still training: Custom Vision refuses to delete or unpublish it until training "
+                "ends. Ask again once it has finished (the Custom Vision portal shows its "
+                "progress)."
+            )
+
+
 def _iteration_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
     client = ctx.client
     listed = client.get_iterations(p)
@@ -650,6 +668,7 @@ def _iteration_facts(ctx: JobContext, command: commands.Delete, p: str, name: st
         removed = list(listed)
         if not removed:
             raise BotError(f"Project {_quoted(name)} has no trained iterations: nothing to delete.")
+    _refuse_training(name, removed)
     gone = {it.id for it in removed}
     # Images that survive elsewhere: in the workspace or a snapshot the plan keeps.
     kept = set(_ids(client, p, None))
@@ -693,7 +712,9 @@ def _project_facts(ctx: JobContext, command: commands.Delete, p: str, name: str)
     union = dict.fromkeys(workspace)
     tags = {t.id: TagFacts(t.id, t.name, t.image_count or 0) for t in client.get_tags(p)}
     iterations = []
-    for it in client.get_iterations(p):
+    listed = client.get_iterations(p)
+    _refuse_training(name, listed)
+    for it in listed:
         ctx.check()
         held = _ids(client, p, it.id)
         union.update(dict.fromkeys(held))

@@ -840,3 +840,24 @@ def test_unpublish_race_is_settled_by_reading_the_iteration_back_whatever_the_co
     assert data.iteration_ids(p) == [it2]
     unpublish = [i for i in h.items(record.number) if i.kind == "unpublish"]
     assert [str(i.status) for i in unpublish] == [status]
+
+
+# -- iterations still training (issue 15) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", ["delete iteration {p} {t}", "delete iterations {p}", "delete project {p}"]
+)
+def test_deletion_of_an_iteration_in_training_stops_at_the_preview_with_a_clear_answer(
+    harness: Harness, command: str
+) -> None:
+    h, p = harness, harness.p
+    training = h.cv.data.add_iteration(p, status="Training")  # the service refuses changes
+    record = h.submit(command.format(p=p, t=training))
+    assert record.status == "failed"
+    assert record.error == (
+        f'Iteration "Iteration 3" ({training}) of project "Seed project 1" is still training: '
+        "Custom Vision refuses to delete or unpublish it until training ends. Ask again once "
+        "it has finished (the Custom Vision portal shows its progress)."
+    )
+    assert [c for c in h.cv.calls if c.method == "DELETE"] == []
