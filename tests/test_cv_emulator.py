@@ -1034,16 +1034,16 @@ def test_expired_link_answers_storage_403_and_a_fresh_listing_works(make_rig: Ma
 
 
 @pytest.mark.parametrize(
-    ("delays", "workspace", "snapshots"),
+    ("faults", "workspace", "snapshots"),
     [
-        ({}, 0.0, 0.2),  # the defaults: the workspace at once, the snapshots shortly after
-        ({"async_delete_workspace_delay": 30.0, "async_delete_delay": 90.0}, 30.0, 90.0),
+        (Faults(), 0.0, 0.2),  # the defaults: the workspace at once, the snapshots shortly after
+        (Faults(async_delete_workspace_delay=30.0, async_delete_delay=90.0), 30.0, 90.0),
     ],
 )
 def test_async_deletion_lags_are_configurable(
-    make_rig: MakeRig, delays: dict[str, float], workspace: float, snapshots: float
+    make_rig: MakeRig, faults: Faults, workspace: float, snapshots: float
 ) -> None:
-    rig = make_rig(faults=Faults(**delays))
+    rig = make_rig(faults=faults)
     p, data = rig.project(), rig.emu.data
     victim = data.image_ids(p)[0]
     iterations = data.iteration_ids(p)

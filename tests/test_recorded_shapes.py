@@ -18,6 +18,7 @@ They reach the client through a transport adapter (no network), as the service s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -118,7 +119,15 @@ ANSWERS: dict[str, Any] = {
 class RecordedAnswers(BaseAdapter):
     """A transport that answers GETs from ANSWERS (404 for anything else)."""
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         response = requests.Response()
         path = (request.path_url or "").split("?")[0]
         body = ANSWERS.get(path)
