@@ -33,6 +33,7 @@ class Tracked:
     status: str
     deadline: Deadline | None  # None: stored before the clock existed
     held: bool = False  # a delivery of it that Slack refused waits for `resend`
+    message_ts: str | None = None  # its announcement, the parent of its thread (once posted)
 
     @property
     def waits_on(self) -> str:
@@ -58,6 +59,7 @@ def tracked_of(record: RequestRecord, *, held: bool = False) -> Tracked:
         status=str(record.status),
         deadline=record.deadline,
         held=held,
+        message_ts=record.message_ts,
     )
 
 

@@ -85,6 +85,7 @@ def test_store_tracked_answers_the_dashboards_questions(store: Store) -> None:
         (ids[pending], "approval"),
         (ids[running], "running"),
     ]
+    assert mine[0].channel == "C0DSR" and mine[0].message_ts is None  # not announced yet
     # everything waiting for an approval
     waiting = store.tracked(statuses=(Status.PENDING,))
     assert [t.request_id for t in waiting] == [ids[pending], ids[later]]
