@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,43 +71,35 @@ def test_spec_copy_matches_its_manifest_and_the_shared_original() -> None:
 
 
 @pytest.mark.parametrize(
-    ("damage", "problems"),
+    ("folder", "name", "content", "problem"),
     [
+        # content None: the file is deleted
+        ("copy", "examples-v3.3/GetTag.json", b"{}", "differs from the manifest's sha256"),
+        ("copy", "training-v3.3.json", None, "listed in the manifest, missing"),
+        ("copy", "examples-v3.3/Extra.json", b"{}", "not in the manifest"),
         (
-            lambda copy, original: (copy / "examples-v3.3/GetTag.json").write_bytes(b"{}"),
-            ["examples-v3.3/GetTag.json: differs from the manifest's sha256"],
+            "original",
+            "examples-v3.3/GetTags.json",
+            b"[]",
+            "the original's sha256 differs from the manifest's",
         ),
-        (
-            lambda copy, original: (copy / "training-v3.3.json").unlink(),
-            ["training-v3.3.json: listed in the manifest, missing"],
-        ),
-        (
-            lambda copy, original: (copy / "examples-v3.3/Extra.json").write_bytes(b"{}"),
-            ["examples-v3.3/Extra.json: not in the manifest"],
-        ),
-        (
-            lambda copy, original: (original / "examples-v3.3/GetTags.json").write_bytes(b"[]"),
-            ["examples-v3.3/GetTags.json: the original's sha256 differs from the manifest's"],
-        ),
-        (
-            lambda copy, original: (original / "examples-v3.3/GetTags.json").unlink(),
-            ["examples-v3.3/GetTags.json: not in the original"],
-        ),
-        (
-            lambda copy, original: (original / "examples-v3.3/New.json").write_bytes(b"{}"),
-            ["examples-v3.3/New.json: in the original, not copied"],
-        ),
+        ("original", "examples-v3.3/GetTags.json", None, "not in the original"),
+        ("original", "examples-v3.3/New.json", b"{}", "in the original, not copied"),
     ],
 )
 def test_spec_copy_problems_names_each_difference(
-    tmp_path: Path, damage: Callable[[Path, Path], object], problems: list[str]
+    tmp_path: Path, folder: str, name: str, content: bytes | None, problem: str
 ) -> None:
     copy, original = tmp_path / "copy", tmp_path / "original"
-    for folder in (copy, original):
-        shutil.copytree(SPEC_DIR, folder)
+    for each in (copy, original):
+        shutil.copytree(SPEC_DIR, each)
     assert spec_copy_problems(copy, read_manifest(), original) == []
-    damage(copy, original)
-    assert spec_copy_problems(copy, read_manifest(), original) == problems
+    changed = tmp_path / folder / name
+    if content is None:
+        changed.unlink()
+    else:
+        changed.write_bytes(content)
+    assert spec_copy_problems(copy, read_manifest(), original) == [f"{name}: {problem}"]
 
 
 def test_read_manifest_refuses_a_malformed_line(tmp_path: Path) -> None:
