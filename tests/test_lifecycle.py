@@ -26,6 +26,7 @@ from bot.lifecycle import (
     allowed,
     sources,
 )
+from bot.policy import CANCELLABLE
 from bot.store import Store
 from tests.harness import walk
 
@@ -191,3 +192,12 @@ def test_lifecycle_labels_cover_every_status() -> None:
         S.EXPIRED: "Expired",
         S.ANSWERED: "Answered (manual steps)",
     }
+
+
+def test_lifecycle_table_and_policy_agree_on_who_may_cancel_and_retry() -> None:
+    # The two documents a reviewer reads: policy says who may act, the table what it changes.
+    cancellable = set().union(*CANCELLABLE.values())
+    assert sources(S.CANCELLED, Role.REQUESTER) == cancellable
+    retried = {to for (c, to), roles in TRANSITIONS.items() if c == S.FAILED}
+    assert retried == {S.QUEUED, S.APPROVED, S.PREVIEWING}
+    assert all({Role.REQUESTER, Role.APPROVER} <= TRANSITIONS[(S.FAILED, to)] for to in retried)
