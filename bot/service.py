@@ -409,13 +409,14 @@ class Service:
                 f"`{self.command} status --all` posts every one as a file, `{self.command} "
                 "status <request-id>` shows one:"
             )
-        lines = [header, *(self._status_line(r, now) for r in records)]
+        holding = self.store.held_requests([r.number for r in records])
+        lines = [header, *(self._status_line(r, now, r.number in holding) for r in records)]
         return Reply("\n".join(lines))
 
-    def _status_line(self, record: RequestRecord, now: datetime) -> str:
+    def _status_line(self, record: RequestRecord, now: datetime, held: bool) -> str:
         """Return a request's line in the `status` list, saying when a delivery is held."""
         line = _status_line(record, now, short=True)
-        if self.store.held_deliveries(record.number):
+        if held:
             line += f" · held: `{self.command} resend {record.id}`"
         return line
 

@@ -205,17 +205,22 @@ def test_db_commits_leave_the_wal_checkpoint_to_the_checkpointer(tmp_path: Path)
 
 def test_store_reads_of_the_ack_path_never_read_the_schema(store: Store) -> None:
     # `status` and every refusal read requests this way, inside Slack's 3 seconds: sqlite-utils
-    # would add a query of sqlite_master or a PRAGMA table_info to each read.
-    number = new_request(store)
+    # would add a query of sqlite_master or a PRAGMA table_info to each read, and a list read
+    # request by request would cost three queries per line.
+    numbers = [new_request(store) for _ in range(5)]
     statements: list[str] = []
     store.db.conn.set_trace_callback(statements.append)
     try:
-        record = store.get(number)
+        record = store.get(numbers[0])
         listed = store.requests_of("U0REQ", limit=20)
         counted = store.count_requests_of("U0REQ")
-        store.status_of(number)
-        store.held_deliveries(number)
+        store.status_of(numbers[0])
+        store.held_deliveries(numbers[0])
+        held = store.held_requests(numbers)
     finally:
         store.db.conn.set_trace_callback(None)
-    assert (record.id, [r.id for r in listed], counted) == ("R-1001", ["R-1001"], 1)
+    assert (record.id, counted, held) == ("R-1001", 5, set())
+    assert [r.number for r in listed] == numbers[::-1]
     assert [s for s in statements if "sqlite_master" in s or "PRAGMA" in s.upper()] == []
+    # get: the request, its approvals, its clock; the list: the same three for all five.
+    assert len(statements) == 3 + 3 + 1 + 1 + 1 + 1, statements

@@ -260,6 +260,14 @@ class Outbox(StoreBase):
         )
         return held > 0
 
+    def held_requests(self, numbers: Sequence[int]) -> set[int]:
+        """Return which of these requests have a held delivery (one query for a whole list)."""
+        marks = ",".join("?" * len(numbers))
+        rows = self.table("outbox").rows_where(
+            f"status = 'held' AND request_id IN ({marks})", list(numbers), select="request_id"
+        )
+        return {int(r["request_id"]) for r in rows}
+
     def held_deliveries(
         self, number: int, conn: sqlite3.Connection | None = None
     ) -> list[HeldDelivery]:
