@@ -206,6 +206,16 @@ def test_e2e_an_approver_extends_the_deadline_audited_and_reminded(
     assert stack.bot.store.get(rid).deadline.months == 2
     assert "due 2027-01-04, extended by 1 month (in 30 days)" in reply(stack, f"status {rid}")
 
+    # the audit trail export names the clock too, and holds the extension with its reason
+    reply(stack, f"audit --request {rid} --format jsonl", APPROVER)
+    stack.wait_delivered()
+    trail = next(f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"audit-{rid}-"))
+    assert (
+        f"audit log: {len(actions(stack, rid)) - 1} events; received 2026-11-04 · due 2027-01-04,"
+        " extended by 1 month (in 30 days)."
+    ) in (trail.initial_comment or ""), trail.initial_comment
+    assert '"action":"request.extended"' in trail.data.decode("utf-8").replace(" ", "")
+
 
 def test_e2e_a_late_deletion_is_flagged_late_in_its_receipt(stack: Stack, clock: FakeClock) -> None:
     rid = deletion(stack, "2026-10-30")  # due Monday 30 November: already overdue
