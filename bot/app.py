@@ -38,6 +38,7 @@ from bot.store import Store
 from bot.training import TrainingClient
 from handlers.decider import Decider
 from handlers.directory import SlackDirectory
+from handlers.home import Workspace
 from handlers.listeners import register
 from handlers.outbox import Deliverer
 from handlers.webapi import BotIdentity, web_client
@@ -212,7 +213,12 @@ def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider)
         raise ConfigError(
             ["SLACK_CLIENT_ID/SLACK_CLIENT_SECRET are set: this single-workspace bot needs neither"]
         )
-    register(app, service, command=config.bot_command, decider=decider)
+
+    def workspace() -> Workspace:
+        ids = identity.wait(2.0)
+        return Workspace(url=ids.get("url") or None, team_id=ids.get("team_id") or None)
+
+    register(app, service, command=config.bot_command, decider=decider, workspace=workspace)
     return app
 
 

@@ -34,6 +34,9 @@ of a channel), asks one function here, and records a refusal's reason in the aud
 |             | alone (`may_extend`)                                 | (`bot.deadline.extension_ |
 |             |                                                      | problem`)                 |
 | report      | BOT_APPROVERS (`may_read_report`)                    | as audit files            |
+| dashboard   | everyone: their own open requests; BOT_APPROVERS     | the App Home tab, seen    |
+| (App Home)  | also every request waiting for an approval and every | only by the person        |
+|             | one due within 7 days or overdue (`may_see_queue`)   |                           |
 | read audit  | approvers: everything; requesters: their own         | the file goes only into a |
 |             | requests                                             | channel the bot is in     |
 |             |                                                      | (`in_a_channel`,          |
@@ -501,3 +504,11 @@ def may_read_report(rules: Rules, actor: Actor) -> Decision:
         "Only approvers (BOT_APPROVERS) may have the report of every request;"
         " `status` shows your own.",
     )
+
+
+def may_see_queue(rules: Rules, actor: Actor) -> Decision:
+    """Return whether `actor` sees, beside their own requests, every request waiting for an
+    approval and every one due soon or overdue (the approvers' part of the App Home)."""
+    if actor.listed_in(rules.approvers):
+        return ALLOW
+    return Decision(False, "Only approvers (BOT_APPROVERS) see every open request.")

@@ -16,7 +16,7 @@ from datetime import date, datetime
 
 from bot import parser, wording
 from bot.deadline import DUE_SOON_DAYS, Deadline, days_left, due_soon, waiting_on
-from bot.lifecycle import RequestRecord
+from bot.lifecycle import RequestRecord, Status
 
 # A digest lists at most this many requests (Slack's 4,000 characters), then how many more.
 DIGEST_SHOWN = 25
@@ -39,6 +39,11 @@ class Tracked:
     def waits_on(self) -> str:
         """Return what it waits on: approval, running, failed or delivery held."""
         return waiting_on(self.status, held=self.held)
+
+    @property
+    def status_label(self) -> str:
+        """Return its status as people read it ("Waiting for approval")."""
+        return Status(self.status).label
 
 
 def summary_of(record: RequestRecord) -> str:

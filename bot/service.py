@@ -22,7 +22,9 @@ from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
 from bot import audit, commands, parser, wording
 from bot.clock import Clock, iso
+from bot.dashboard import DASHBOARD_SHOWN, Dashboard, Listing
 from bot.deadline import (
+    DUE_SOON_DAYS,
     Deadline,
     deadline_of,
     describe_left,
@@ -72,6 +74,7 @@ from bot.policy import (
     may_resend,
     may_resume,
     may_retry,
+    may_see_queue,
     may_see_status,
     may_submit_here,
     preview_shown,
@@ -469,6 +472,46 @@ class Service:
             comment=f"<@{user_id}> your {len(records)} open requests.",
         )
         return Reply(f"Posting your {len(records)} open requests here as `{name}`.")
+
+    def dashboard(self, user_id: str) -> Dashboard:
+        """Return what `user_id`'s App Home shows: their open requests and, for an approver,
+        everything waiting for an approval and everything due within a week or overdue.
+
+        Read-only. When Slack does not say whether the person is in an approvers' user group,
+        their own requests are shown with a note instead of the approvers' lists.
+        """
+        now = self.clock.now()
+        note = None
+        try:
+            actor = self.actor(user_id)
+        except SlackLookupError:
+            actor = Actor(user_id)
+            note = (
+                "Slack did not say in time whether you are in an approvers' user group, so only"
+                " your own requests are shown. Open this tab again in a moment."
+            )
+        mine = Listing(
+            tuple(self.store.tracked(requester=user_id, limit=DASHBOARD_SHOWN)),
+            self.store.count_tracked(requester=user_id),
+        )
+        if not may_see_queue(self.rules, actor):
+            return Dashboard(user_id, now, mine, note=note)
+        pending = (Status.PENDING,)
+        due_by = now.date() + timedelta(days=DUE_SOON_DAYS)
+        return Dashboard(
+            user_id,
+            now,
+            mine,
+            awaiting_approval=Listing(
+                tuple(self.store.tracked(statuses=pending, limit=DASHBOARD_SHOWN)),
+                self.store.count_tracked(statuses=pending),
+            ),
+            due_soon=Listing(
+                tuple(self.store.tracked(due_by=due_by, limit=DASHBOARD_SHOWN)),
+                self.store.count_tracked(due_by=due_by),
+            ),
+            note=note,
+        )
 
     # -- decisions -------------------------------------------------------------------------------
 

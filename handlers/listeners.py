@@ -1,5 +1,9 @@
 """Bolt listeners: ack, pull plain values out of the payload, call one Service method, reply.
 
+Besides the slash command, the buttons and the rejection dialog, one Events API event:
+`app_home_opened` on the Home tab publishes the person's dashboard (views.publish, after the
+ack; a retried delivery of an event already taken does nothing: handlers.events).
+
 No rule lives here: who may do what is bot.policy, what happens is bot.service. Every
 listener acknowledges within Slack's 3 seconds: decisions run through handlers.decider, which
 acks with the decision's answer when it is quick and otherwise with a holding answer, the
@@ -16,13 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import Ack, App, BoltResponse, Respond
+from slack_bolt import Ack, App, BoltRequest, BoltResponse, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.service import Reply, Service
-from handlers import blocks
+from handlers import blocks, home
 from handlers.decider import Decider
+from handlers.events import SeenEvents
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ UNKNOWN_ACTION = (
     "That button is not one this bot knows (it may come from an older version of the bot). "
     "Nothing was done. `{command} status` shows your requests."
 )
-KNOWN_ACTIONS = ("request.approve", "request.reject", "request.cancel")
+KNOWN_ACTIONS = ("request.approve", "request.reject", "request.cancel", home.OPEN_THREAD)
 HOLDING_COMMAND = (
     "Working on it: the database or Slack is slow right now. My answer follows here in a "
     "moment; until then this is neither recorded nor refused, so please do not type it again."
@@ -81,8 +86,21 @@ def catch_all(known: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("^(?!(?:" + "|".join(re.escape(k) for k in known) + ")$)")
 
 
-def register(app: App, service: Service, *, command: str, decider: Decider) -> None:
-    """Attach the slash command, the buttons and the rejection dialog to `app`."""
+def register(
+    app: App,
+    service: Service,
+    *,
+    command: str,
+    decider: Decider,
+    workspace: Callable[[], home.Workspace] = home.Workspace,
+    seen: SeenEvents | None = None,
+) -> None:
+    """Attach the slash command, the buttons, the rejection dialog and the App Home to `app`.
+
+    `workspace`: where the App Home's thread links point (may wait for auth.test: it is only
+    called after an ack); `seen`: the Events API event ids already taken.
+    """
+    seen = seen or SeenEvents()
 
     @app.middleware
     def stamp_arrival(context: dict[str, Any], next_: Callable[[], Any]) -> Any:
@@ -199,6 +217,43 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
             late=tell,
         )
 
+    @app.event("app_home_opened")
+    def on_home_opened(
+        ack: Ack,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        request: BoltRequest,
+        client: WebClient,
+    ) -> None:
+        ack()  # Slack's 3 seconds: the view is published after the answer
+        user = _id(event.get("user"))
+        if event.get("tab") != "home" or not user:
+            return  # the Messages tab: nothing to show there
+        event_id = str(body.get("event_id") or "")
+        if event_id and not seen.first(event_id):
+            log.info(
+                "event %s delivered again (retry %s, %s): already taken",
+                event_id[:40],
+                _header(request, "x-slack-retry-num"),
+                _header(request, "x-slack-retry-reason"),
+            )
+            return
+        decider.after(lambda: _publish_home(client, user))
+
+    def _publish_home(client: WebClient, user: str) -> None:
+        view = home.home_view(service.dashboard(user), workspace(), command=command)
+        try:
+            client.views_publish(user_id=user, view=view)
+        except SlackApiError as exc:
+            # Nobody to tell: the tab shows its previous view; reopening it tries again.
+            log.warning(
+                "views.publish for %s failed: %s", user, exc.response.get("error") or "error"
+            )
+
+    @app.action(home.OPEN_THREAD)
+    def on_open_thread(ack: Ack) -> None:
+        ack()  # a link button: Slack opens the link and still sends the click, to be acked
+
     # Registered last: Bolt runs the first listener that matches, so these only see what the
     # ones above do not handle, and answer it instead of Bolt's bare 404.
     @app.action(catch_all(KNOWN_ACTIONS))
@@ -230,6 +285,11 @@ def register(app: App, service: Service, *, command: str, decider: Decider) -> N
     def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
         log.error("unhandled error in a listener", exc_info=error)
         return BoltResponse(status=500, body="")
+
+
+def _header(request: BoltRequest, name: str) -> str:
+    values = request.headers.get(name) or [""]
+    return str(values[0])[:20]
 
 
 def _follow_up(respond: Respond, reply: Reply) -> None:

@@ -4,7 +4,8 @@
 it retries connection errors and 5xx (429s are rescheduled by the outbox). `SlackCalls` wraps it
 for `handlers.checks`: Slack's errors come back as a `SlackAnswer`, no answer at all as
 `SlackUnreachable`. `BotIdentity` fetches the bot's own ids (auth.test) for Bolt's `authorize`
-in the background, so no listener ever waits for it.
+in the background, so no listener ever waits for it; the workspace's URL and id it also
+answers are where the App Home's thread links point.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ class BotIdentity:
     """The bot's own user and bot ids (auth.test), fetched in the background.
 
     Bolt's `authorize` runs before every listener, inside Slack's 3 seconds: it must never
-    wait for Slack. Nothing the listeners do needs these ids (Bolt uses them to ignore the
-    bot's own events, which this app does not subscribe to).
+    wait for Slack. Nothing the listeners do needs the bot's ids (Bolt uses them to ignore
+    the bot's own events); the App Home's publisher, after the ack, may `wait` for the
+    workspace's `url` and `team_id`.
     """
 
     def __init__(self, web: WebClient) -> None:
@@ -103,6 +105,7 @@ class BotIdentity:
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
         self._fetching = False
+        self._tried = threading.Event()  # a fetch ended (whether it got the ids or not)
 
     def get(self) -> dict[str, str]:
         """Return the ids known so far ({} at first); start fetching them if needed."""
@@ -116,10 +119,27 @@ class BotIdentity:
     def _fetch(self) -> None:
         try:
             me = self.web.auth_test()
-            ids = {"user_id": str(me["user_id"]), "bot_id": str(me.get("bot_id") or "")}
+            ids = {
+                "user_id": str(me["user_id"]),
+                "bot_id": str(me.get("bot_id") or ""),
+                "url": str(me.get("url") or ""),
+                "team_id": str(me.get("team_id") or ""),
+            }
         except (SlackApiError, OSError, KeyError) as exc:
             log.warning("auth.test failed (%s); retried on the next request", type(exc).__name__)
             ids = {}
         with self._lock:
             self._ids.update(ids)
             self._fetching = False
+        self._tried.set()
+
+    def wait(self, timeout: float) -> dict[str, str]:
+        """Return the ids, waiting up to `timeout` s for a first fetch ({} when it failed).
+
+        Never call it before an ack: it may wait for Slack.
+        """
+        ids = self.get()
+        if not ids:
+            self._tried.wait(timeout)
+            ids = self.get()
+        return ids

@@ -74,8 +74,9 @@ def payload_problem(body: object) -> str | None:
     """Return what makes a parsed body unlike anything Slack sends to this app, or None. Pure.
 
     Checks the parts Bolt and the listeners index into without checking: the top level is an
-    object, a click carries a non-empty list of actions with an `action_id`, a view submission
-    a view with a `callback_id`, and the nested user/channel/team objects are objects.
+    object, an Events API callback an event object with a type and an event_id, a click a
+    non-empty list of actions with an `action_id`, a view submission a view with a
+    `callback_id`, and the nested user/channel/team objects are objects.
     """
     if not isinstance(body, dict):
         return "the payload is not a JSON object"
@@ -87,12 +88,19 @@ def payload_problem(body: object) -> str | None:
     for key in ("user", "channel", "team", "enterprise", "container", "message"):
         if body.get(key) is not None and not isinstance(body[key], dict | str):
             return f"`{key}` is neither an object nor a string"
-    for key in ("event", "authorizations"):
-        if key in body:
-            return f"`{key}`: Events API payloads are not used by this app"
+    kind = body.get("type")
+    if "event" in body and not isinstance(body["event"], dict):
+        return "`event` is not an object"
+    if "authorizations" in body and not isinstance(body["authorizations"], list):
+        return "`authorizations` is not a list"
+    if kind == "event_callback":
+        event = body.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return "an event_callback without an event type"
+        if not isinstance(body.get("event_id"), str):
+            return "an event_callback without an event_id"
     if "command" in body and not (body.get("user_id") and body.get("channel_id")):
         return "a slash command without user_id or channel_id"
-    kind = body.get("type")
     if kind in ("block_actions", "view_submission") and not _user_id(body.get("user")):
         return f"a {kind} payload without a user id"
     if kind == "block_actions":

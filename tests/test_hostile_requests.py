@@ -284,10 +284,28 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
         "callback_id",
     ),
     (
-        "event payload",
-        json.dumps({"type": "event_callback", "event": "x"}).encode(),
+        "event not an object",
+        json.dumps({"type": "event_callback", "event": "x", "event_id": "Ev1"}).encode(),
         "json",
-        "Events API",
+        "`event` is not an object",
+    ),
+    (
+        "event without a type",
+        json.dumps({"type": "event_callback", "event": {"user": "U1"}, "event_id": "E"}).encode(),
+        "json",
+        "without an event type",
+    ),
+    (
+        "event without an id",
+        json.dumps({"type": "event_callback", "event": {"type": "app_home_opened"}}).encode(),
+        "json",
+        "without an event_id",
+    ),
+    (
+        "authorizations not a list",
+        json.dumps({"type": "event_callback", "authorizations": {"team_id": "T"}}).encode(),
+        "json",
+        "`authorizations` is not a list",
     ),
 ]
 
@@ -321,6 +339,7 @@ KEYS = [
     "trigger_id", "api_app_id", "token", "state", "command", "text", "user_id", "channel_id",
     "is_enterprise_install", "callback_id", "private_metadata", "authorizations", "event",
     "submission", "action_id", "block_id", "value", "challenge", "ssl_check", "function_data",
+    "event_id", "tab",
     "bot_access_token", "enterprise_id", "team_id", "is_ext_shared_channel",
 ]  # fmt: skip
 TYPES = [
@@ -342,6 +361,12 @@ def payloads(draw: st.DrawFn) -> Any:
         if draw(st.booleans()):
             action["action_id"] = draw(st.sampled_from(["request.approve", "request.cancel", "x"]))
         body["actions"] = [action]
+    if draw(st.booleans()):
+        event = draw(st.dictionaries(st.sampled_from(["user", "tab", "channel", "view"]), JSON))
+        event["type"] = draw(st.sampled_from(["app_home_opened", "message", "x"]))
+        if draw(st.booleans()):
+            event["tab"] = "home"
+        body["event"] = event
     return body
 
 

@@ -37,6 +37,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "usergroups.users.list": frozenset({"usergroups:read"}),
     "users.info": frozenset({"users:read"}),
     "views.open": frozenset(),
+    "views.publish": frozenset(),
 }
 # The slash command itself.
 FEATURE_SCOPES = frozenset({"commands"})
@@ -118,6 +119,7 @@ def test_manifest_socket_mode_needs_no_url() -> None:
     manifest = load(SOCKET)
     assert manifest["settings"]["socket_mode_enabled"] is True
     assert manifest["settings"]["interactivity"] == {"is_enabled": True}
+    assert manifest["settings"]["event_subscriptions"] == {"bot_events": ["app_home_opened"]}
     assert all("url" not in c for c in manifest["features"]["slash_commands"])
 
 
@@ -126,6 +128,10 @@ def test_manifest_http_points_command_and_buttons_at_the_bot_route() -> None:
     assert manifest["settings"]["socket_mode_enabled"] is False
     assert manifest["settings"]["interactivity"] == {"is_enabled": True, "request_url": EVENTS_URL}
     assert [c["url"] for c in manifest["features"]["slash_commands"]] == [EVENTS_URL]
+    assert manifest["settings"]["event_subscriptions"] == {
+        "request_url": EVENTS_URL,
+        "bot_events": ["app_home_opened"],
+    }
     # The route the bot serves (handlers/wsgi.py, wsgi_app).
     assert 'path == "/slack/events"' in (ROOT / "handlers" / "wsgi.py").read_text(encoding="utf-8")
 
@@ -135,6 +141,9 @@ def test_manifest_files_differ_only_in_the_transport() -> None:
         settings = dict(manifest["settings"])
         settings.pop("socket_mode_enabled")
         settings["interactivity"] = {"is_enabled": settings["interactivity"]["is_enabled"]}
+        settings["event_subscriptions"] = {
+            k: v for k, v in settings["event_subscriptions"].items() if k != "request_url"
+        }
         commands = [
             {k: v for k, v in c.items() if k != "url"}
             for c in manifest["features"]["slash_commands"]
@@ -146,6 +155,22 @@ def test_manifest_files_differ_only_in_the_transport() -> None:
         }
 
     assert without_transport(load(SOCKET)) == without_transport(load(HTTP))
+
+
+@pytest.mark.parametrize("path", [SOCKET, HTTP], ids=["socket", "http"])
+def test_manifest_enables_the_home_tab_and_the_event_the_bot_listens_to(path: Path) -> None:
+    manifest = load(path)
+    assert manifest["features"]["app_home"] == {
+        "home_tab_enabled": True,
+        "messages_tab_enabled": True,
+        "messages_tab_read_only_enabled": True,
+    }
+    # Exactly the events a listener handles (handlers/listeners.py).
+    listened = set(
+        re.findall(r'@app\.event\("([a-z_]+)"\)', (ROOT / "handlers" / "listeners.py").read_text())
+    )
+    assert listened == {"app_home_opened"}
+    assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == listened
 
 
 def test_manifest_fits_slack_limits() -> None:

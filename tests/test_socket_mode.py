@@ -215,3 +215,23 @@ def read_frame(stream: Any) -> tuple[int, bytes]:
     if size == 126:
         size = int.from_bytes(stream.read(2), "big")
     return head[0] & 0x0F, stream.read(size)
+
+
+def test_socket_home_opened_publishes_once_whatever_the_retries(stack: SocketStack) -> None:
+    # The same listener as over HTTP: an events_api envelope, acked, then views.publish.
+    body = stack.driver.home_opened_body(REQUESTER.user_id)
+    assert [(a.retry, a.outcome) for a in stack.driver.socket_event(body)] == [(0, "ok")]
+    assert stack.slack.wait_for(lambda: len(stack.slack.published(REQUESTER.user_id)) == 1)
+    view = stack.slack.published(REQUESTER.user_id)[0]
+    assert [b["text"]["text"] for b in view.blocks if b["type"] == "header"] == [
+        "Data-subject requests",
+        "Your open requests (0)",
+    ]
+
+    # Slack sends the envelope again (retry_attempt 1, "timeout"): acked, nothing published.
+    again = stack.driver.events_envelope(body, retry_attempt=1, retry_reason="timeout")
+    assert stack.driver.socket_envelope(again) == {}
+    other = stack.driver.home_opened_body(REQUESTER.user_id)  # a new opening of the tab
+    stack.driver.socket_event(other)
+    assert stack.slack.wait_for(lambda: len(stack.slack.published(REQUESTER.user_id)) >= 2)
+    assert len(stack.slack.calls_to("views.publish")) == 2

@@ -7,8 +7,8 @@ path can finish a request without it. An extension is a compare-and-set on the p
 so two approvers extending at once extend once. The digest's day is recorded in the transaction
 that queues its posts (`mark_digest`), so a restart neither repeats nor skips a day.
 
-Reads for the digest and the dashboard (`tracked`, `report_entries`) return plain values of
-`bot.reminders` and `bot.report`.
+Reads for the digest, the App Home dashboard and the report (`tracked`, `count_tracked`,
+`due_soon`, `report_entries`) return plain values of `bot.reminders` and `bot.report`.
 """
 
 from __future__ import annotations
@@ -57,21 +57,13 @@ class Deadlines(Requests):
 
     # -- reads for the digest, the dashboard and the report -------------------------------------
 
-    def tracked(
+    def _tracked_where(
         self,
-        *,
-        requester: str | None = None,
-        statuses: tuple[Status, ...] | None = None,
-        due_by: date | None = None,
-    ) -> list[Tracked]:
-        """Return the requests whose clock runs (not completed, not cancelled, rejected or
-        expired), oldest due first, each with what it waits on.
-
-        `requester`: only that person's; `statuses`: only those (e.g. (Status.PENDING,) for
-        everything waiting for an approval); `due_by`: only those due on that day or before
-        (today + DUE_SOON_DAYS: due within a week, or overdue). Requests stored before the
-        clock existed have no due date: they are listed (last) unless `due_by` is given.
-        """
+        requester: str | None,
+        statuses: tuple[Status, ...] | None,
+        due_by: date | None,
+    ) -> tuple[str, list[Any]]:
+        """Return the WHERE clause and arguments of `tracked`'s filters."""
         stopped = ",".join("?" * len(_STOPPED))
         running = ",".join("?" * len(OPEN))
         where = [
@@ -89,18 +81,56 @@ class Deadlines(Requests):
         if due_by is not None:
             where.append("d.due <= ?")
             args.append(due_by.isoformat())
+        return " AND ".join(where), args
+
+    def tracked(
+        self,
+        *,
+        requester: str | None = None,
+        statuses: tuple[Status, ...] | None = None,
+        due_by: date | None = None,
+        limit: int | None = None,
+    ) -> list[Tracked]:
+        """Return the requests whose clock runs (not completed, not cancelled, rejected or
+        expired), oldest due first, each with what it waits on.
+
+        `requester`: only that person's; `statuses`: only those (e.g. (Status.PENDING,) for
+        everything waiting for an approval); `due_by`: only those due on that day or before
+        (today + DUE_SOON_DAYS: due within a week, or overdue); `limit`: at most that many
+        (`count_tracked` says how many there are). Requests stored before the clock existed
+        have no due date: they are listed (last) unless `due_by` is given.
+        """
+        where, args = self._tracked_where(requester, statuses, due_by)
+        if limit is not None:
+            args.append(limit)
         # By hand: a read across requests, deadlines and the outbox.
         cursor = self.db.conn.execute(
             "SELECT r.*, EXISTS (SELECT 1 FROM outbox AS o WHERE o.request_id = r.id"  # noqa: S608
             "  AND o.status = 'held') AS held"
             " FROM requests AS r LEFT JOIN deadlines AS d ON d.request_id = r.id"
-            f" WHERE {' AND '.join(where)}"
-            " ORDER BY d.due IS NULL, d.due, r.id",
+            f" WHERE {where}"
+            " ORDER BY d.due IS NULL, d.due, r.id" + ("" if limit is None else " LIMIT ?"),
             args,
         )
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         return [tracked_of(self._record(row), held=bool(row["held"])) for row in rows]
+
+    def count_tracked(
+        self,
+        *,
+        requester: str | None = None,
+        statuses: tuple[Status, ...] | None = None,
+        due_by: date | None = None,
+    ) -> int:
+        """Return how many requests `tracked` with the same filters (and no limit) returns."""
+        where, args = self._tracked_where(requester, statuses, due_by)
+        row = self.db.conn.execute(
+            "SELECT COUNT(*) FROM requests AS r"  # noqa: S608
+            f" LEFT JOIN deadlines AS d ON d.request_id = r.id WHERE {where}",
+            args,
+        ).fetchone()
+        return int(row[0])
 
     def due_soon(self, today: date) -> list[Tracked]:
         """Return the running clocks due within DUE_SOON_DAYS of `today`, or overdue."""

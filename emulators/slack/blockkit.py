@@ -2,10 +2,11 @@
 can plausibly break, with Slack's own error messages.
 
 Pure functions over JSON values: `block_problems` (message blocks), `view_problems` (a modal
-for views.open) return Slack-style `[ERROR] ... [json-pointer:...]` lines, empty when valid;
-`units` and `blocks_text_units` count lengths as Slack does; `with_block_ids` returns blocks
-as Slack stores them. The Web API (webapi.py) turns problems into `invalid_blocks`,
-`msg_too_long` and `msg_blocks_too_long`.
+for views.open) and `home_view_problems` (an App Home tab for views.publish) return Slack-style
+`[ERROR] ... [json-pointer:...]` lines, empty when valid; `units` and `blocks_text_units` count
+lengths as Slack does; `with_block_ids` returns blocks as Slack stores them. The Web API
+(webapi.py) turns problems into `invalid_blocks`, `invalid_arguments`, `msg_too_long` and
+`msg_blocks_too_long`.
 
 Evidence: the limits are from Slack's Block Kit reference (blocks, block elements, composition
 objects, views); where Slack documents none, the comment next to the limit says "inferred".
@@ -21,11 +22,13 @@ from emulators.slack.records import JsonObject
 
 __all__ = [
     "MAX_BLOCKS_TEXT",
+    "MAX_HOME_BLOCKS",
     "MAX_MESSAGE_BLOCKS",
     "MAX_MODAL_BLOCKS",
     "MAX_TEXT",
     "block_problems",
     "blocks_text_units",
+    "home_view_problems",
     "units",
     "view_problems",
     "with_block_ids",
@@ -35,6 +38,8 @@ MAX_TEXT = 40_000
 MAX_BLOCKS_TEXT = 12_000  # msg_blocks_too_long, "about 12,000" (see "Lengths as Slack counts")
 MAX_MESSAGE_BLOCKS = 50
 MAX_MODAL_BLOCKS = 100
+# "Home tabs ... up to 100 blocks" (Block Kit reference, "Surfaces: App Home"; views.publish).
+MAX_HOME_BLOCKS = 100
 
 _BLOCK_TYPES = frozenset(
     {
@@ -91,6 +96,9 @@ def _check_element(obj: Any, where: str, problems: list[str]) -> None:
         style = obj.get("style")
         if style is not None and style not in ("primary", "danger"):
             problems.append(f"[ERROR] must be one of primary, danger [json-pointer:{where}/style]")
+        url = obj.get("url")  # a link button: "Maximum length ... is 3000 characters"
+        if url is not None and (not isinstance(url, str) or not url or units(url) > 3000):
+            problems.append(f"[ERROR] must be less than 3001 characters [json-pointer:{where}/url]")
     _check_limits_of_element(obj, where, problems)
 
 
@@ -283,4 +291,39 @@ def view_problems(view: JsonObject) -> list[str]:
         )
     if len(str(view.get("callback_id") or "")) > 255:
         problems.append("[ERROR] must be less than 256 characters [json-pointer:/view/callback_id]")
+    return problems
+
+
+def home_view_problems(view: JsonObject, *, max_text: int | None = MAX_BLOCKS_TEXT) -> list[str]:
+    """Return Slack-style messages for what views.publish refuses in a Home tab (empty: valid).
+
+    A home view is `type: home` (views.publish reference), has at most MAX_HOME_BLOCKS blocks,
+    and the same block and text limits as messages and modals. `max_text`: the total of its
+    block text; Slack documents no such total for views (only msg_blocks_too_long for
+    messages), so whether one applies is unknown: the strict variant (the messages' total) is
+    the default, None the lenient one (inferred either way).
+    """
+    problems: list[str] = []
+    if view.get("type") != "home":
+        problems.append("[ERROR] must be home [json-pointer:/view/type]")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list):
+        problems.append("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
+    else:
+        problems.extend(
+            p.replace("[json-pointer:/blocks", "[json-pointer:/view/blocks")
+            for p in block_problems(blocks, limit=MAX_HOME_BLOCKS)
+        )
+        if max_text is not None and blocks_text_units(blocks) > max_text:
+            problems.append(
+                f"[ERROR] the text of the view's blocks must be less than {max_text + 1}"
+                " characters in all [json-pointer:/view/blocks]"
+            )
+    if units(str(view.get("private_metadata") or "")) > 3000:
+        problems.append(
+            "[ERROR] must be less than 3001 characters [json-pointer:/view/private_metadata]"
+        )
+    for key in ("callback_id", "external_id"):
+        if len(str(view.get(key) or "")) > 255:
+            problems.append(f"[ERROR] must be less than 256 characters [json-pointer:/view/{key}]")
     return problems

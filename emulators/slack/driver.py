@@ -1,4 +1,5 @@
-"""Sends the bot what Slack sends it: signed slash commands, button clicks, modal submissions.
+"""Sends the bot what Slack sends it: signed slash commands, button clicks, modal submissions,
+and Events API events.
 
 Bodies are built field for field like the recorded Slack payloads in specs/slack/ (form fields
 in Slack's order; interactive payloads as `payload=<url-encoded compact JSON>`), with ids,
@@ -6,8 +7,18 @@ names and messages taken from the `SlackEmulator`, which also issues the trigger
 response_urls the bot then uses. `signature()` is pure; the driver does HTTP with requests.
 
 In Socket Mode the same payloads travel as envelopes over the emulator's WebSocket
-(`socket_command`, `socket_click`, `socket_submit_view`); bot_url and the signing secret are
-then unused.
+(`socket_command`, `socket_click`, `socket_submit_view`, `socket_event`); bot_url and the
+signing secret are then unused.
+
+Events (`home_opened`: a person opens the app's Home tab) are delivered as Slack delivers them
+(docs.slack.dev/apis/events-api/, "Retries" and "Failure conditions"): a signed JSON
+`event_callback` with a unique `event_id`; a delivery that gets no HTTP 2xx within 3 seconds,
+or no connection, is sent again, up to 3 times, with `X-Slack-Retry-Num` (1, 2, 3) and
+`X-Slack-Retry-Reason` (`http_timeout`, `http_error`, `connection_failed`); the same body, so
+the same event_id. Slack waits about a minute and then five before the 2nd and 3rd retries;
+`retry_delays` scales that (tests: no wait). An answer carrying `X-Slack-No-Retry: 1` stops
+the retries. Over Socket Mode an unacknowledged envelope is sent again with `retry_attempt`
+and `retry_reason` (specs/slack/06: `retry_reason: "timeout"`).
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,9 +38,22 @@ import requests
 from emulators.slack.records import Channel
 from emulators.slack.webapi import SlackEmulator
 
-__all__ = ["SlackDriver", "signature"]
+__all__ = ["Delivery", "SlackDriver", "signature"]
 
 JsonObject = dict[str, Any]
+EVENT_TIMEOUT = 3.0  # seconds Slack waits for an event's HTTP 2xx (or a Socket Mode ack)
+EVENT_RETRIES = 3
+SLACK_RETRY_DELAYS = (0.0, 60.0, 300.0)  # before retries 1, 2, 3: "nearly immediately", 1, 5 min
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to deliver an event: its retry number (0: the first) and what came back."""
+
+    retry: int
+    reason: str | None  # the X-Slack-Retry-Reason sent with it (None on the first attempt)
+    status: int | None  # the HTTP status (None: no answer within the time, or no connection)
+    outcome: str  # "ok", or the reason the next attempt will give
 
 
 def signature(signing_secret: str, timestamp: int | str, body: bytes) -> str:
@@ -265,6 +290,107 @@ class SlackDriver:
             "enterprise": self._enterprise(),
         }
 
+    def event_body(self, event: Mapping[str, Any]) -> JsonObject:
+        """Return an Events API `event_callback` body wrapping `event`, with a new event_id."""
+        now = self._clock()
+        body: JsonObject = {
+            "token": self.verification_token,
+            "team_id": self.emulator.team_id,
+            "api_app_id": self.emulator.app_id,
+            "event": dict(event),
+            "type": "event_callback",
+            "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}",
+            "event_time": int(now),
+            "authorizations": [
+                {
+                    "enterprise_id": self.emulator.enterprise_id,
+                    "team_id": self.emulator.team_id,
+                    "user_id": self.emulator.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+        }
+        if self.emulator.enterprise_id:
+            body["enterprise_id"] = self.emulator.enterprise_id
+        return body
+
+    def home_opened_body(self, user_id: str, tab: str = "home") -> JsonObject:
+        """Return the event_callback of `user_id` opening the app's `tab` (home or messages).
+
+        The event carries the Home tab's current view once one was published (app_home_opened
+        reference); `channel` is the app's DM with the person.
+        """
+        event: JsonObject = {
+            "type": "app_home_opened",
+            "user": user_id,
+            "channel": self.emulator.app_dm(user_id),
+            "tab": tab,
+            "event_ts": f"{self._clock():.6f}",
+        }
+        current = self.emulator.home(user_id)
+        if current is not None and tab == "home":
+            event["view"] = current.view
+        return self.event_body(event)
+
+    def post_event(
+        self,
+        body: Mapping[str, Any],
+        *,
+        retry: int = 0,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """POST one delivery of an event (JSON, signed), as retry `retry` when > 0."""
+        raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers = self.headers(raw, content_type="application/json")
+        if retry:
+            headers["X-Slack-Retry-Num"] = str(retry)
+            headers["X-Slack-Retry-Reason"] = reason or "http_error"
+        return requests.post(
+            self.bot_url, data=raw, headers=headers, timeout=timeout or self.timeout
+        )
+
+    def deliver_event(
+        self,
+        body: Mapping[str, Any],
+        *,
+        answer_within: float = EVENT_TIMEOUT,
+        retry_delays: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> list[Delivery]:
+        """Deliver an event as Slack does, retrying until a 2xx; return every attempt.
+
+        `retry_delays`: the waits before retries 1 to 3 (Slack: SLACK_RETRY_DELAYS).
+        """
+        attempts: list[Delivery] = []
+        reason: str | None = None
+        for retry in range(EVENT_RETRIES + 1):
+            if retry:
+                time.sleep(retry_delays[retry - 1])
+            try:
+                response = self.post_event(body, retry=retry, reason=reason, timeout=answer_within)
+            except requests.Timeout:
+                attempts.append(Delivery(retry, reason, None, "http_timeout"))
+                reason = "http_timeout"
+                continue
+            except requests.ConnectionError:
+                attempts.append(Delivery(retry, reason, None, "connection_failed"))
+                reason = "connection_failed"
+                continue
+            if 200 <= response.status_code < 300:
+                attempts.append(Delivery(retry, reason, response.status_code, "ok"))
+                break
+            attempts.append(Delivery(retry, reason, response.status_code, "http_error"))
+            if response.headers.get("X-Slack-No-Retry") == "1":
+                break
+            reason = "http_error"
+        return attempts
+
+    def home_opened(self, user_id: str, tab: str = "home") -> list[Delivery]:
+        """Deliver `user_id` opening the app's Home tab (with Slack's retries); the attempts."""
+        return self.deliver_event(self.home_opened_body(user_id, tab))
+
     # -- Socket Mode -----------------------------------------------------------------------
 
     def command_envelope(self, user_id: str, channel_id: str, text: str) -> JsonObject:
@@ -285,6 +411,36 @@ class SlackDriver:
             "type": "interactive",
             "accepts_response_payload": payload.get("type") == "view_submission",
         }
+
+    @staticmethod
+    def events_envelope(
+        body: Mapping[str, Any], *, retry_attempt: int = 0, retry_reason: str = ""
+    ) -> JsonObject:
+        """Return the Socket Mode envelope of an Events API body (specs/slack/06)."""
+        return {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": dict(body),
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": retry_attempt,
+            "retry_reason": retry_reason,
+        }
+
+    def socket_event(self, body: Mapping[str, Any]) -> list[Delivery]:
+        """Deliver an event over Socket Mode, sending it again (up to 3 times, `retry_attempt`,
+        `retry_reason: timeout`) while no ack comes within 3 s; return every attempt."""
+        attempts: list[Delivery] = []
+        reason = ""
+        for retry in range(EVENT_RETRIES + 1):
+            envelope = self.events_envelope(body, retry_attempt=retry, retry_reason=reason)
+            envelope_id = self.emulator.socket_mode.send(envelope, timeout=self.timeout)
+            acked = self.emulator.socket_mode.ack(envelope_id, timeout=EVENT_TIMEOUT)
+            if acked is not None:
+                attempts.append(Delivery(retry, reason or None, 200, "ok"))
+                break
+            attempts.append(Delivery(retry, reason or None, None, "timeout"))
+            reason = "timeout"
+        return attempts
 
     def socket_envelope(self, envelope: Mapping[str, Any]) -> JsonObject:
         """Push an envelope over Socket Mode; return the ack's payload ({} when it has none).

@@ -125,6 +125,22 @@ class OpenedView:
 
 
 @dataclass(frozen=True)
+class PublishedView:
+    """A Home tab published with views.publish, as Slack returned it (id, hash filled in)."""
+
+    id: str
+    user: str
+    view: JsonObject
+    time: float
+
+    @property
+    def blocks(self) -> list[JsonObject]:
+        """Return the view's blocks as Slack stores them (block_ids filled in)."""
+        blocks = self.view.get("blocks")
+        return list(blocks) if isinstance(blocks, list) else []
+
+
+@dataclass(frozen=True)
 class Channel:
     """A conversation the emulator knows: channel, private channel, IM or MPIM."""
 

@@ -16,6 +16,10 @@ Routes (all on one server, server.py, 127.0.0.1, port 0 by default):
   `Retry-After` when rate limited.
 - `/upload/v1/<secret>`: the `upload_url` of files.getUploadURLExternal; raw bytes, no auth.
 - `/commands/...` and `/actions/...`: response_urls handed out by `response_url()`.
+- App Home: `views.publish` replaces a person's Home tab (type home, at most 100 blocks, the
+  block and text limits of blockkit.py; `hash_conflict` when a `hash` sent is not the current
+  one); `homes`/`home()` read what each person sees. The events Slack sends the app (the
+  `app_home_opened` of a person opening the tab) are the driver's (driver.py).
 - `/socket/<ticket>`: Socket Mode (socket_mode.py), reached through `emulator.socket_mode`;
   apps.connections.open (app-level token `xapp-...`) hands out the single-use URL.
 
@@ -45,6 +49,7 @@ from emulators.slack.blockkit import (
     MAX_TEXT,
     block_problems,
     blocks_text_units,
+    home_view_problems,
     units,
     view_problems,
     with_block_ids,
@@ -57,6 +62,7 @@ from emulators.slack.records import (
     Message,
     MessageVersion,
     OpenedView,
+    PublishedView,
     UploadedFile,
     User,
 )
@@ -120,6 +126,7 @@ RATE_TIERS: dict[str, RateTier] = {
     "usergroups.users.list": TIER2,
     "conversations.info": TIER3,
     "views.open": TIER4,
+    "views.publish": TIER4,
 }
 # files.completeUploadExternal posts a message in the channel: inferred to spend the channel's
 # posting budget too.
@@ -284,6 +291,9 @@ class SlackEmulator:
         # bolt-js issue 2867: respond() accepted blocks that chat.postMessage refused as
         # msg_blocks_too_long. Both variants are plausible; True is the stricter one.
         self.response_url_blocks_total = True
+        # Slack documents no total of block text for a Home tab; True holds it to the
+        # messages' total (the stricter variant), False lets any total through.
+        self.home_blocks_total = True
         # Enterprise Grid: payloads then carry `enterprise` / `enterprise_id` (see the driver)
         self.enterprise_id: str | None = None
         self.enterprise_name = "Emulator Org"
@@ -304,6 +314,8 @@ class SlackEmulator:
         self._files: dict[str, _File] = {}
         self._uploads: dict[str, str] = {}  # upload secret -> file id
         self._views: list[OpenedView] = []
+        self._published: list[PublishedView] = []  # every views.publish accepted, in order
+        self._homes: dict[str, PublishedView] = {}  # user -> the Home tab they see now
         self._triggers: dict[str, _Trigger] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._faults: dict[str, deque[_Fault]] = {}
@@ -332,6 +344,7 @@ class SlackEmulator:
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
             "views.open": self._views_open,
+            "views.publish": self._views_publish,
             "apps.connections.open": self._apps_connections_open,
         }
         self._users[self.bot_user_id] = User(
@@ -782,6 +795,21 @@ class SlackEmulator:
         """Return the modals opened, oldest first, optionally only those for one user."""
         with self._lock:
             return copy.deepcopy([v for v in self._views if user_id in (None, v.user)])
+
+    def published(self, user_id: str | None = None) -> list[PublishedView]:
+        """Return every Home tab published (views.publish), oldest first, or one user's."""
+        with self._lock:
+            return copy.deepcopy([v for v in self._published if user_id in (None, v.user)])
+
+    def app_dm(self, user_id: str) -> str:
+        """Return the id of the app's DM with `user_id` (its Messages tab), made on first use."""
+        with self._lock:
+            return self._im_with(user_id).id
+
+    def home(self, user_id: str) -> PublishedView | None:
+        """Return the Home tab `user_id` sees now (None: none was published for them)."""
+        with self._lock:
+            return copy.deepcopy(self._homes.get(user_id))
 
     def channel(self, channel_id: str) -> Channel | None:
         """Return a conversation, or None."""
@@ -1431,6 +1459,55 @@ class SlackEmulator:
             "bot_id": self.bot_id,
         }
         self._views.append(OpenedView(view_id, trigger_id, trigger.user, stored, self._clock()))
+        return {"view": copy.deepcopy(stored)}
+
+    def _views_publish(self, params: JsonObject) -> JsonObject:
+        """views.publish: replace a person's Home tab.
+
+        Evidence: api.slack.com/methods/views.publish (user_id and view required, view a
+        JSON-encoded string; optional hash, `hash_conflict` when it is not the stored one;
+        `invalid_arguments` for a view Slack refuses, with the reasons in
+        response_metadata.messages as for views.open). An unknown user is answered
+        `user_not_found` (inferred). The view comes back with its id and a new hash.
+        """
+        user_id = _text(params.get("user_id"))
+        raw_view = params.get("view")
+        if not user_id or raw_view is None or raw_view == "":
+            raise _ApiError("invalid_arguments")
+        view = _json_field(raw_view, "invalid_arguments")
+        if not isinstance(view, dict):
+            raise _ApiError("invalid_arguments")
+        user = self._users.get(user_id)
+        if user is None or user.deleted:
+            raise _ApiError("user_not_found")
+        current = self._homes.get(user_id)
+        sent_hash = _text(params.get("hash"))
+        if sent_hash and (current is None or current.view.get("hash") != sent_hash):
+            raise _ApiError("hash_conflict")
+        total = self.max_blocks_text if self.home_blocks_total else None
+        problems = home_view_problems(view, max_text=total)
+        if problems:
+            raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
+        view_id = current.id if current is not None else self._next_id("V")
+        stored: JsonObject = {
+            "id": view_id,
+            "team_id": self.team_id,
+            "type": "home",
+            "blocks": with_block_ids(view.get("blocks") or [], view_id),
+            "private_metadata": _text(view.get("private_metadata")),
+            "callback_id": _text(view.get("callback_id")),
+            "state": {"values": {}},
+            "hash": f"{int(self._clock())}.{secrets.token_hex(4)}",
+            "previous_view_id": None,
+            "root_view_id": view_id,
+            "app_id": self.app_id,
+            "external_id": _text(view.get("external_id")),
+            "app_installed_team_id": self.team_id,
+            "bot_id": self.bot_id,
+        }
+        published = PublishedView(view_id, user_id, stored, self._clock())
+        self._published.append(published)
+        self._homes[user_id] = published
         return {"view": copy.deepcopy(stored)}
 
     def _apps_connections_open(self, params: JsonObject) -> JsonObject:
