@@ -29,36 +29,11 @@ from tests.spec_schema import (
     spec_copy_problems,
     validate_response,
 )
+from tests.test_client_conformance import CLIENT_OPERATIONS
 
 KEY = "conformance-key-81c2"
 SEED = Seed(projects=2, iterations=3, tags=3, images=30, predictions=5, image_bytes=300)
 EXAMPLE_IDS = sorted(path.stem for path in EXAMPLES_DIR.glob("*.json"))
-CLIENT_OPERATIONS = [
-    "GetDomains",
-    "GetProjects",
-    "GetProject",
-    "DeleteProject",
-    "GetIterations",
-    "GetIteration",
-    "DeleteIteration",
-    "GetIterationPerformance",
-    "UnpublishIteration",
-    "GetExports",
-    "GetTags",
-    "GetTag",
-    "DeleteTag",
-    "GetImages",
-    "GetTaggedImages",
-    "GetUntaggedImages",
-    "GetImageCount",
-    "GetTaggedImageCount",
-    "GetUntaggedImageCount",
-    "GetImagesByIds",
-    "DeleteImages",
-    "QueryPredictions",
-    "DeletePrediction",
-    "GetArtifact",
-]
 
 
 # ------------------------------------------------------------- the spec copy
@@ -250,7 +225,7 @@ def test_emulator_routes_are_spec_operations() -> None:
 
 
 def test_emulator_routes_every_operation_the_client_uses() -> None:
-    assert set(CLIENT_OPERATIONS) <= {operation_id for _, _, operation_id in routes()}
+    assert {operation_id for _, _, operation_id in routes()} >= CLIENT_OPERATIONS
 
 
 @pytest.fixture
