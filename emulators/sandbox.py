@@ -73,6 +73,8 @@ EMOJI = {
     ":hourglass:": "⌛",
     ":hourglass_flowing_sand:": "⏳",
     ":raised_hand:": "✋",
+    ":red_circle:": "🔴",
+    ":large_orange_circle:": "🟠",
 }
 
 
@@ -94,7 +96,7 @@ def slack_text(text: str, names: Mapping[str, str]) -> str:
         if sigil == "@":
             return "@" + names.get(target, label or target)
         if sigil == "#":
-            return "#" + (label or target)
+            return "#" + (label or names.get(target, target))
         if sigil == "!":
             return "@" + (label or target.split("^")[0])
         return label or target
@@ -128,6 +130,9 @@ def render_blocks(
             fields = [_text_of(f, names) for f in block.get("fields") or []]
             if fields:
                 lines.append(" | ".join(fields))
+            accessory = block.get("accessory")
+            if isinstance(accessory, dict) and accessory.get("type") == "button":
+                lines.append(button(accessory))
         elif kind == "context":
             lines.append(" · ".join(_text_of(e, names) for e in block.get("elements") or []))
         elif kind == "actions":
@@ -160,7 +165,8 @@ def clock(ts: str) -> str:
 class Line:
     """One parsed line of the interactive prompt."""
 
-    action: str  # command | press | user | channel | ids | wait | help | quit | nothing | unknown
+    action: str  # command | press | user | channel | home | ids | wait | help | quit | nothing
+    # | unknown
     user: str | None = None  # "as bob: ..." acts as bob once
     text: str = ""  # the command text after /cv, or the user/channel name
     number: int = 0  # press N
@@ -180,7 +186,7 @@ def parse_line(line: str, command: str = "/cv") -> Line:
         return Line("quit", user)
     if lowered in ("help", "?"):
         return Line("help", user)
-    if lowered in ("ids", "wait"):
+    if lowered in ("ids", "wait", "home"):
         return Line(lowered, user)
     press = re.match(r"^(?:press|click)\s+#?(\d+)$", lowered)
     if press:
@@ -199,6 +205,7 @@ Type a slash command as the current person, e.g. `/cv help` or `/cv status`.
   as bob: /cv status      one command as someone else (alice, bob, carol, mallory)
   user bob                switch the current person
   press 2                 press the button numbered 2 (as the current person)
+  home                    open the bot's Home tab: your dashboard of open requests
   channel general         switch channel (privacy-requests, general, random)
   ids                     show the projects, tags and image ids to type
   wait                    wait for the bot to finish and show what it posted
@@ -266,6 +273,26 @@ class Transcript:
         now = datetime.now().strftime("%H:%M:%S")
         confirm = f' and confirmed "{button.confirm}"' if button.confirm else ""
         self.say(f"[{now}] {person.name} pressed [{button.label}] on {request}{confirm}")
+
+    def home(self, person: Person) -> bool:
+        """Open the bot's Home tab as `person` and print the view the bot published; return
+        False when none came."""
+        driver = self.stack.driver
+        assert driver is not None
+        before = len(self.stack.slack.published(person.user_id))
+        now = datetime.now().strftime("%H:%M:%S")
+        self._last_channel = None
+        self.say(f"[{now}] {person.name} opened the Home tab of the bot:")
+        driver.home_opened(person.user_id)
+        slack = self.stack.slack
+        if not slack.wait_for(lambda: len(slack.published(person.user_id)) > before, 10.0):
+            self.say("    (nothing was published: the tab shows what it showed before)")
+            return False
+        view = slack.published(person.user_id)[-1]
+        channels = {c: self.channel_name(c).lstrip("#") for c in (*WATCHED, AUDIT_CHANNEL)}
+        for line in render_blocks(view.blocks, {**self.names, **channels}):
+            self.say(f"    {line}")
+        return True
 
     def _channel_header(self, channel: str) -> None:
         if channel != self._last_channel:
@@ -719,11 +746,14 @@ def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     settle(t.stack)
     t.flush()
 
-    t.step(5, "bob approves: the deletion runs, is verified, and the receipt is posted")
+    t.step(5, "bob opens the bot's Home tab: what waits for him and what is due")
+    _expect(t.home(APPROVER), "bob's Home tab was not published")
+
+    t.step(6, "bob approves: the deletion runs, is verified, and the receipt is posted")
     _press(t, APPROVER, delete_id, "approve")
     _wait(t, delete_id, "done")
 
-    t.step(6, "bob verifies the audit log")
+    t.step(7, "bob verifies the audit log")
     _command(t, APPROVER, "audit verify")
     settle(t.stack)
     t.flush()
@@ -777,6 +807,8 @@ def _interactive(t: Transcript, demo: Demo, stdin: IO[str]) -> int:
                 t.say(f"No such channel: {line.text}. Channels: {', '.join(channels)}.")
             else:
                 channel = channels[line.text]
+        elif line.action == "home":
+            t.home(actor)
         elif line.action == "wait":
             if not settle(t.stack):
                 t.say("(the bot is still working; type `wait` again)")

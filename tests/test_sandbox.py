@@ -59,6 +59,10 @@ def test_sandbox_scripted_session_reads_like_the_channel(
         "08:00 UTC: the daily digest lists what is due within 7 days",
         "Statutory deadlines, ",
         "• R-1002 delete images with tag ",
+        "bob opened the Home tab of the bot:",
+        "    Waiting for an approval (1)\n    🟠 R-1002 · delete images with tag ",
+        "    Waiting for approval · @alice in #privacy-requests\n    [Open thread]",
+        "    Due within 7 days or overdue (1)\n    🟠 R-1002 · delete images with tag ",
         "bob pressed [Approve] on R-1002",
         "deleted and verified gone",
         "📎 R-1002-receipt.csv (",
@@ -138,6 +142,7 @@ def test_sandbox_interactive_session_from_a_script(tmp_path: Path) -> None:
             "press 1",  # alice approves her own request
             "as bob: press 1",
             "wait",
+            "as carol: home",
             f"/cv delete images {project} --untagged",
             "user carol",
             "press 5",  # Reject on the second request opens the reason dialog
@@ -158,12 +163,15 @@ def test_sandbox_interactive_session_from_a_script(tmp_path: Path) -> None:
         text,
         f'project "Seed project 1" {project}',  # ids shown to copy
         "press 2                 press the button numbered 2",
+        "home                    open the bot's Home tab",
         "alice in #privacy-requests> /cv export projects",
         "R-1001 · Export requested by @alice · Done",
         "[1 Approve] [2 Reject] [3 Cancel (requester)]",
         "(only visible to alice): You cannot approve your own request: a second person must.",
         "bob pressed [Approve] on R-1002",
         "deleted and verified gone",
+        "carol opened the Home tab of the bot:",
+        "    Waiting for an approval (0)\n    Nothing waits for an approval.",
         "[4 Approve] [5 Reject] [6 Cancel (requester)]",
         'carol sees a dialog "Reject request"',
         "Why is R-1003 rejected? (empty closes the dialog)> duplicate of an earlier request",
@@ -204,6 +212,8 @@ def test_sandbox_refuses_an_output_it_cannot_write(tmp_path: Path) -> None:
         ("in random", Line("channel", text="random")),
         ("ids", Line("ids")),
         ("wait", Line("wait")),
+        ("home", Line("home")),
+        ("as bob: home", Line("home", user="bob")),
         ("?", Line("help")),
         ("exit", Line("quit")),
         ("", Line("nothing")),
@@ -242,6 +252,11 @@ def test_sandbox_render_blocks_shows_sections_fields_context_and_buttons() -> No
         {"type": "section", "text": {"type": "mrkdwn", "text": "*R-1* by <@U0A>"}},
         {"type": "section", "text": plain("line one\nline *two*")},
         {"type": "section", "fields": [plain("Ticket: —"), plain("Reason: x")]},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "in <#C0DSR>"},
+            "accessory": {"type": "button", "text": plain("Open thread"), "url": "https://x"},
+        },
         {"type": "context", "elements": [{"type": "mrkdwn", "text": "a"}, plain("b")]},
         {"type": "divider"},
         {
@@ -252,11 +267,13 @@ def test_sandbox_render_blocks_shows_sections_fields_context_and_buttons() -> No
             ],
         },
     ]
-    assert render_blocks(blocks, {"U0A": "alice"}) == [
+    assert render_blocks(blocks, {"U0A": "alice", "C0DSR": "privacy-requests"}) == [
         "R-1 by @alice",
         "line one",
         "line *two*",  # plain_text is never formatted
         "Ticket: — | Reason: x",
+        "in #privacy-requests",
+        "[Open thread]",
         "a · b",
         "─" * 20,
         "[Approve] [Reject]",
