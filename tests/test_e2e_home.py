@@ -333,3 +333,40 @@ def test_e2e_home_with_many_requests_stays_within_100_blocks_and_says_so(stack: 
     assert headers(mine)[1] == "Your open requests (70)"
     note = next(b for b in mine.blocks if b["block_id"] == "mine:more")["elements"][0]["text"]
     assert note.endswith("`/cv status --all` posts every one of yours as a file.")
+
+
+def test_e2e_home_when_slack_does_not_say_who_is_an_approver_shows_their_own_with_a_note(
+    stack: Stack,
+) -> None:
+    # carol is an approver through the user group only; Slack fails to list its members (the
+    # first lookup of the group: nothing is cached yet).
+    stack.slack.inject_error("usergroups.users.list", "fatal_error")
+    view = open_home(stack, GROUP_APPROVER)
+    assert texts(view)[2] == (
+        ":warning: Slack did not say in time whether you are in an approvers' user group, so"
+        " only your own requests are shown. Open this tab again in a moment."
+    )
+    assert headers(view) == ["Data-subject requests", "Your open requests (0)"]
+    view = open_home(stack, GROUP_APPROVER)  # Slack answers again: the approvers' lists
+    assert headers(view)[2:] == ["Waiting for an approval (0)", "Due within 7 days or overdue (0)"]
+    assert not any(":warning:" in text for text in texts(view))
+
+
+def test_e2e_home_a_refused_publish_is_logged_and_the_next_opening_publishes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert stack.driver is not None
+    caplog.set_level(logging.WARNING, logger="handlers.listeners")
+    stack.slack.inject_error("views.publish", "fatal_error")
+    assert stack.driver.home_opened(REQUESTER.user_id) == [Delivery(0, None, 200, "ok")]
+    assert stack.slack.wait_for(
+        lambda: any(c.error == "fatal_error" for c in stack.slack.calls_to("views.publish"))
+    )
+    assert stack.slack.wait_for(
+        lambda: any("views.publish" in r.getMessage() for r in caplog.records)
+    )
+    assert [r.getMessage() for r in caplog.records if "views.publish" in r.getMessage()] == [
+        f"views.publish for {REQUESTER.user_id} failed: fatal_error"
+    ]
+    assert stack.slack.home(REQUESTER.user_id) is None
+    assert headers(open_home(stack, REQUESTER))[1] == "Your open requests (0)"

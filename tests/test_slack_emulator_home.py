@@ -150,7 +150,9 @@ def test_emulator_views_publish_answers_an_unknown_user_and_missing_arguments(
 
 
 class _Bot(BaseHTTPRequestHandler):
-    """Answers each delivery as `plan` says: (status, seconds to wait first); records it."""
+    """Answers each delivery as `plan` says: (status, seconds to wait first); records it.
+
+    A status of 0 stands for a 500 carrying `X-Slack-No-Retry: 1`."""
 
     plan: list[tuple[int, float]]
     seen: list[tuple[dict[str, str], bytes]]
@@ -164,7 +166,9 @@ class _Bot(BaseHTTPRequestHandler):
         status, wait = self.plan.pop(0) if self.plan else (200, 0.0)
         if wait:
             self.release.wait(wait)
-        self.send_response(status)
+        self.send_response(status or 500)
+        if not status:
+            self.send_header("X-Slack-No-Retry", "1")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -254,6 +258,10 @@ def test_driver_gives_up_after_three_retries_and_on_no_retry(
     driver = _driver(emulator, bot.url)
     attempts = driver.deliver_event(driver.home_opened_body("U1"))
     assert [(a.retry, a.status) for a in attempts] == [(0, 503), (1, 503), (2, 503), (3, 503)]
+
+    bot.plan = [(0, 0.0)]  # "X-Slack-No-Retry: 1": Slack does not retry
+    attempts = driver.deliver_event(driver.home_opened_body("U1"))
+    assert attempts == [Delivery(0, None, 500, "http_error")]
 
     closed = _driver(emulator, "http://127.0.0.1:9/slack/events")  # nothing listens there
     attempts = closed.deliver_event(closed.home_opened_body("U1"))
