@@ -48,6 +48,14 @@ def request_pending(
     return rid
 
 
+def deletion_received(stack: Stack, received: str, first: int = 0) -> str:
+    """Type a deletion of two images of the first project (from the `first`-th), received on
+    `received`; wait until it awaits approval; return its request id."""
+    project = stack.cv.data.project_ids()[0]
+    images = ",".join(stack.cv.data.image_ids(project)[first : first + 2])
+    return request_pending(stack, f"delete images {project} --ids {images} --received {received}")
+
+
 def exported(stack: Stack, text: str) -> tuple[str, list[UploadedFile]]:
     """Run an export typed in Slack to its end; return its request id and its parts, in order."""
     rid = stack.request_id(stack.command(REQUESTER, text))

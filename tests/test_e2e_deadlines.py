@@ -22,7 +22,7 @@ from bot.clock import FakeClock
 from bot.parser import slack_unescape
 from emulators.customvision import Seed
 from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, STRANGER, Stack
-from tests.conftest import StartStack, request_pending
+from tests.conftest import StartStack, deletion_received
 
 SEED = Seed(projects=2, iterations=1, tags=2, images=12, predictions=2, image_bytes=256)
 # Wednesday 2 December 2026, 07:00 UTC: an hour before the reminder hour.
@@ -48,13 +48,6 @@ def reply(stack: Stack, text: str, person: Any = REQUESTER, channel: str = CHANN
     response = stack.command(person, text, channel)
     assert response.status_code == 200
     return slack_unescape(str(response.json()["text"]))  # as the person reads it
-
-
-def deletion(stack: Stack, received: str, first: int = 0) -> str:
-    """A deletion of two images, received on `received`, waiting for approval."""
-    project = stack.cv.data.project_ids()[0]
-    images = ",".join(stack.cv.data.image_ids(project)[first : first + 2])
-    return request_pending(stack, f"delete images {project} --ids {images} --received {received}")
 
 
 def digests(stack: Stack) -> list[str]:
@@ -96,7 +89,7 @@ def test_e2e_a_request_received_28_days_ago_is_due_in_2_days_and_in_the_digest(
     assert (received[2]["received"], received[2]["due"]) == ("2026-11-04", "2026-12-04")
 
     # a request due later than a week is not in the digest; nothing before the hour
-    later = deletion(stack, "2026-11-30", first=4)
+    later = deletion_received(stack, "2026-11-30", first=4)
     assert "due 2026-12-30 (in 28 days)" in reply(stack, f"status {later}")
     clock.advance(minutes=59)
     stack.bot.service.housekeeping()
@@ -136,7 +129,7 @@ def test_e2e_nothing_is_posted_when_nothing_is_due(stack: Stack, clock: FakeCloc
 def test_e2e_an_approver_extends_the_deadline_audited_and_reminded(
     stack: Stack, clock: FakeClock
 ) -> None:
-    rid = deletion(stack, "2026-11-04")
+    rid = deletion_received(stack, "2026-11-04")
 
     refused = reply(stack, f'extend {rid} --months 2 --reason "14 projects"')  # the requester
     assert refused == (
@@ -218,7 +211,7 @@ def test_e2e_an_approver_extends_the_deadline_audited_and_reminded(
 
 
 def test_e2e_a_late_deletion_is_flagged_late_in_its_receipt(stack: Stack, clock: FakeClock) -> None:
-    rid = deletion(stack, "2026-10-30")  # due Monday 30 November: already overdue
+    rid = deletion_received(stack, "2026-10-30")  # due Monday 30 November: already overdue
     assert "due 2026-11-30 (overdue by 2 days)" in reply(stack, f"status {rid}")
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
@@ -247,10 +240,10 @@ def test_e2e_a_late_deletion_is_flagged_late_in_its_receipt(stack: Stack, clock:
 
 
 def test_e2e_the_report_rows_match_the_requests(stack: Stack, clock: FakeClock) -> None:
-    overdue = deletion(stack, "2026-10-30")
+    overdue = deletion_received(stack, "2026-10-30")
     exported = stack.request_id(stack.command(REQUESTER, "export projects --received 2026-11-20"))
     assert stack.wait_status(exported, "done", "failed", timeout=60) == "done"
-    cancelled = deletion(stack, "2026-11-25", first=4)
+    cancelled = deletion_received(stack, "2026-11-25", first=4)
     reply(stack, f"cancel {cancelled}")
     assert reply(stack, f'extend {exported} --months 1 --reason "x"', APPROVER) == (
         f"{exported} cannot be extended: it was completed 2026-12-02, 12 days after receipt,"
@@ -344,7 +337,7 @@ def test_e2e_a_restart_around_the_reminder_hour_neither_skips_nor_repeats_the_di
 ) -> None:
     clock.advance(minutes=50)  # 07:50
     stack = stacks(seed=SEED, env=ENV, clock=clock)
-    rid = deletion(stack, "2026-11-04")
+    rid = deletion_received(stack, "2026-11-04")
     stack.bot.service.housekeeping()
     assert digests(stack) == []
 

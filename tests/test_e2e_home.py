@@ -35,7 +35,7 @@ from emulators.stack import (
     Person,
     Stack,
 )
-from tests.conftest import StartStack, request_pending
+from tests.conftest import StartStack, deletion_received
 from tests.harness import walk
 
 SEED = Seed(projects=2, iterations=1, tags=2, images=12, predictions=2, image_bytes=256)
@@ -52,13 +52,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def stack(stacks: StartStack, clock: FakeClock) -> Stack:
     return stacks(seed=SEED, env=ENV, clock=clock)
-
-
-def deletion(stack: Stack, received: str, first: int = 0) -> str:
-    """A deletion of two images, received on `received`, waiting for approval."""
-    project = stack.cv.data.project_ids()[0]
-    images = ",".join(stack.cv.data.image_ids(project)[first : first + 2])
-    return request_pending(stack, f"delete images {project} --ids {images} --received {received}")
 
 
 def published(stack: Stack, person: Person) -> list[PublishedView]:
@@ -110,8 +103,8 @@ def permalink(stack: Stack, rid: str) -> str:
 def test_e2e_home_shows_a_requester_their_open_requests_with_the_clock(
     stack: Stack, clock: FakeClock
 ) -> None:
-    soon = deletion(stack, "2026-11-04")  # due Friday 4 December
-    later = deletion(stack, "2026-11-30", first=4)  # due Wednesday 30 December
+    soon = deletion_received(stack, "2026-11-04")  # due Friday 4 December
+    later = deletion_received(stack, "2026-11-30", first=4)  # due Wednesday 30 December
     project = stack.cv.data.project_ids()[0][:8]
 
     view = open_home(stack, REQUESTER)
@@ -150,8 +143,8 @@ def test_e2e_home_shows_a_requester_their_open_requests_with_the_clock(
 def test_e2e_home_shows_an_approver_what_waits_and_what_is_due(
     stack: Stack, approver: Person
 ) -> None:
-    soon = deletion(stack, "2026-11-04")  # due in 2 days
-    later = deletion(stack, "2026-11-30", first=4)  # due in 28 days
+    soon = deletion_received(stack, "2026-11-04")  # due in 2 days
+    later = deletion_received(stack, "2026-11-30", first=4)  # due in 28 days
     project = stack.cv.data.project_ids()[0][:8]
 
     view = open_home(stack, approver)
@@ -175,7 +168,7 @@ def test_e2e_home_shows_an_approver_what_waits_and_what_is_due(
 
 
 def test_e2e_home_shows_an_extension_and_what_is_no_longer_due(stack: Stack) -> None:
-    rid = deletion(stack, "2026-11-04")
+    rid = deletion_received(stack, "2026-11-04")
     response = stack.command(APPROVER, f'extend {rid} --months 1 --reason "Many at once"')
     assert response.status_code == 200
     assert response.json()["text"].startswith(f"Extended {rid} by 1 month")
@@ -195,7 +188,7 @@ def test_e2e_home_a_retried_event_is_answered_without_a_second_publish(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert stack.driver is not None
-    rid = deletion(stack, "2026-11-04")
+    rid = deletion_received(stack, "2026-11-04")
     body = stack.driver.home_opened_body(REQUESTER.user_id)
     assert stack.driver.post_event(body).status_code == 200
     first = wait_published(stack, REQUESTER, 1)
@@ -255,7 +248,7 @@ def test_e2e_home_link_button_click_is_acknowledged_quietly(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert stack.driver is not None
-    rid = deletion(stack, "2026-11-04")
+    rid = deletion_received(stack, "2026-11-04")
     view = open_home(stack, REQUESTER)
     block = item(view, "mine", rid)
     payload = {

@@ -274,23 +274,36 @@ def view_problems(view: JsonObject) -> list[str]:
     for key, limit in (("submit", 24), ("close", 24)):
         if view.get(key) is not None:
             _check_text_object(view[key], f"/view/{key}", problems, limit=limit, plain_only=True)
+    blocks = _view_blocks(view, MAX_MODAL_BLOCKS, problems)
+    has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in blocks)
+    if has_input and view.get("submit") is None:
+        problems.append("[ERROR] submit is required with input blocks [json-pointer:/view]")
+    return problems + _view_field_problems(view)
+
+
+def _view_blocks(view: JsonObject, limit: int, problems: list[str]) -> list[Any]:
+    """Add the problems of a view's blocks (at most `limit`) to `problems`; return them."""
     blocks = view.get("blocks")
     if not isinstance(blocks, list):
         problems.append("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
-    else:
-        problems.extend(
-            p.replace("[json-pointer:/blocks", "[json-pointer:/view/blocks")
-            for p in block_problems(blocks, limit=MAX_MODAL_BLOCKS)
-        )
-        has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in blocks)
-        if has_input and view.get("submit") is None:
-            problems.append("[ERROR] submit is required with input blocks [json-pointer:/view]")
+        return []
+    problems.extend(
+        p.replace("[json-pointer:/blocks", "[json-pointer:/view/blocks")
+        for p in block_problems(blocks, limit=limit)
+    )
+    return blocks
+
+
+def _view_field_problems(view: JsonObject) -> list[str]:
+    """Return the problems of a view's private_metadata, callback_id and external_id."""
+    problems = []
     if units(str(view.get("private_metadata") or "")) > 3000:
         problems.append(
             "[ERROR] must be less than 3001 characters [json-pointer:/view/private_metadata]"
         )
-    if len(str(view.get("callback_id") or "")) > 255:
-        problems.append("[ERROR] must be less than 256 characters [json-pointer:/view/callback_id]")
+    for key in ("callback_id", "external_id"):
+        if len(str(view.get(key) or "")) > 255:
+            problems.append(f"[ERROR] must be less than 256 characters [json-pointer:/view/{key}]")
     return problems
 
 
@@ -306,24 +319,10 @@ def home_view_problems(view: JsonObject, *, max_text: int | None = MAX_BLOCKS_TE
     problems: list[str] = []
     if view.get("type") != "home":
         problems.append("[ERROR] must be home [json-pointer:/view/type]")
-    blocks = view.get("blocks")
-    if not isinstance(blocks, list):
-        problems.append("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
-    else:
-        problems.extend(
-            p.replace("[json-pointer:/blocks", "[json-pointer:/view/blocks")
-            for p in block_problems(blocks, limit=MAX_HOME_BLOCKS)
-        )
-        if max_text is not None and blocks_text_units(blocks) > max_text:
-            problems.append(
-                f"[ERROR] the text of the view's blocks must be less than {max_text + 1}"
-                " characters in all [json-pointer:/view/blocks]"
-            )
-    if units(str(view.get("private_metadata") or "")) > 3000:
+    blocks = _view_blocks(view, MAX_HOME_BLOCKS, problems)
+    if max_text is not None and blocks_text_units(blocks) > max_text:
         problems.append(
-            "[ERROR] must be less than 3001 characters [json-pointer:/view/private_metadata]"
+            f"[ERROR] the text of the view's blocks must be less than {max_text + 1}"
+            " characters in all [json-pointer:/view/blocks]"
         )
-    for key in ("callback_id", "external_id"):
-        if len(str(view.get(key) or "")) > 255:
-            problems.append(f"[ERROR] must be less than 256 characters [json-pointer:/view/{key}]")
-    return problems
+    return problems + _view_field_problems(view)

@@ -227,6 +227,18 @@ def _parse_blocks(value: Any, *, limit: int = MAX_MESSAGE_BLOCKS) -> list[JsonOb
     return blocks
 
 
+def _view_argument(params: JsonObject, *, required: str) -> JsonObject:
+    """Return the `view` argument of views.open/views.publish (with `required`, the other
+    argument they need); raise invalid_arguments when either is missing or not an object."""
+    raw_view = params.get("view")
+    if not required or raw_view is None or raw_view == "":
+        raise _ApiError("invalid_arguments")
+    view = _json_field(raw_view, "invalid_arguments")
+    if not isinstance(view, dict):
+        raise _ApiError("invalid_arguments")
+    return view
+
+
 def _parse_params(
     verb: str, content_type: str, query: str, body: bytes
 ) -> tuple[JsonObject, str | None, str | None]:
@@ -1419,12 +1431,7 @@ class SlackEmulator:
 
     def _views_open(self, params: JsonObject) -> JsonObject:
         trigger_id = _text(params.get("trigger_id"))
-        raw_view = params.get("view")
-        if not trigger_id or raw_view is None or raw_view == "":
-            raise _ApiError("invalid_arguments")
-        view = _json_field(raw_view, "invalid_arguments")
-        if not isinstance(view, dict):
-            raise _ApiError("invalid_arguments")
+        view = _view_argument(params, required=trigger_id)
         trigger = self._triggers.get(trigger_id)
         if trigger is None:
             raise _ApiError("invalid_trigger_id")
@@ -1437,7 +1444,21 @@ class SlackEmulator:
             raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
         trigger.used = True
         view_id = self._next_id("V")
-        stored: JsonObject = {
+        modal = {
+            "title": view.get("title"),
+            "clear_on_close": bool(view.get("clear_on_close", False)),
+            "notify_on_close": bool(view.get("notify_on_close", False)),
+            "close": view.get("close"),
+            "submit": view.get("submit"),
+        }
+        stored = self._stored_view(view, view_id, modal)
+        self._views.append(OpenedView(view_id, trigger_id, trigger.user, stored, self._clock()))
+        return {"view": copy.deepcopy(stored)}
+
+    def _stored_view(self, view: JsonObject, view_id: str, extra: JsonObject) -> JsonObject:
+        """Return `view` as Slack stores and answers it (ids, block_ids and a new hash filled
+        in), with `extra` (a modal's title, buttons and close flags) after the hash."""
+        return {
             "id": view_id,
             "team_id": self.team_id,
             "type": view["type"],
@@ -1446,11 +1467,7 @@ class SlackEmulator:
             "callback_id": _text(view.get("callback_id")),
             "state": {"values": {}},
             "hash": f"{int(self._clock())}.{secrets.token_hex(4)}",
-            "title": view.get("title"),
-            "clear_on_close": bool(view.get("clear_on_close", False)),
-            "notify_on_close": bool(view.get("notify_on_close", False)),
-            "close": view.get("close"),
-            "submit": view.get("submit"),
+            **extra,
             "previous_view_id": None,
             "root_view_id": view_id,
             "app_id": self.app_id,
@@ -1458,8 +1475,6 @@ class SlackEmulator:
             "app_installed_team_id": self.team_id,
             "bot_id": self.bot_id,
         }
-        self._views.append(OpenedView(view_id, trigger_id, trigger.user, stored, self._clock()))
-        return {"view": copy.deepcopy(stored)}
 
     def _views_publish(self, params: JsonObject) -> JsonObject:
         """views.publish: replace a person's Home tab.
@@ -1471,12 +1486,7 @@ class SlackEmulator:
         `user_not_found` (inferred). The view comes back with its id and a new hash.
         """
         user_id = _text(params.get("user_id"))
-        raw_view = params.get("view")
-        if not user_id or raw_view is None or raw_view == "":
-            raise _ApiError("invalid_arguments")
-        view = _json_field(raw_view, "invalid_arguments")
-        if not isinstance(view, dict):
-            raise _ApiError("invalid_arguments")
+        view = _view_argument(params, required=user_id)
         user = self._users.get(user_id)
         if user is None or user.deleted:
             raise _ApiError("user_not_found")
@@ -1489,22 +1499,7 @@ class SlackEmulator:
         if problems:
             raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
         view_id = current.id if current is not None else self._next_id("V")
-        stored: JsonObject = {
-            "id": view_id,
-            "team_id": self.team_id,
-            "type": "home",
-            "blocks": with_block_ids(view.get("blocks") or [], view_id),
-            "private_metadata": _text(view.get("private_metadata")),
-            "callback_id": _text(view.get("callback_id")),
-            "state": {"values": {}},
-            "hash": f"{int(self._clock())}.{secrets.token_hex(4)}",
-            "previous_view_id": None,
-            "root_view_id": view_id,
-            "app_id": self.app_id,
-            "external_id": _text(view.get("external_id")),
-            "app_installed_team_id": self.team_id,
-            "bot_id": self.bot_id,
-        }
+        stored = self._stored_view(view, view_id, {})
         published = PublishedView(view_id, user_id, stored, self._clock())
         self._published.append(published)
         self._homes[user_id] = published
