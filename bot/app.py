@@ -134,7 +134,11 @@ def build_bot(
         {
             "export": exporter.run_export,
             "preview": lambda ctx: deletion.run_preview(ctx),
-            "delete": lambda ctx: deletion.run_delete(ctx, verify_timeout=verify_timeout),
+            "delete": lambda ctx: deletion.run_delete(
+                ctx,
+                verify_timeout=verify_timeout,
+                verify_patience=config.verify_max_hours * 3600,
+            ),
         },
         clock=clock,
         work_dir=config.work_dir,

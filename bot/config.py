@@ -55,6 +55,9 @@ NUMBERS: dict[str, Bounds] = {
     "BOT_HEALTH_MAX_QUEUE_SECONDS": Bounds(1, 86400, "seconds", whole=True),
     "BOT_JOB_LEASE_SECONDS": Bounds(5, 3600, "seconds", whole=True),
     "BOT_REMINDER_HOUR_UTC": Bounds(0, 23, "hour of the day, UTC", whole=True),
+    # Custom Vision empties trained iterations after a 202 with no documented delay; a week
+    # covers any outage the bot should wait out, 0 gives the receipt after the first window.
+    "BOT_VERIFY_MAX_HOURS": Bounds(0, 168, "hours", whole=True),
 }
 
 
@@ -104,6 +107,7 @@ class Config:
     allowed_channels: tuple[str, ...] = ()
     audit_channel: str | None = None
     approval_ttl_hours: float = 24.0
+    verify_max_hours: int = 24
     required_approvals: int = 1
     allow_public_exports: bool = False
     allow_shared_exports: bool = False
@@ -313,6 +317,7 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
             "BOT_AUDIT_CHANNEL", None, _channel_id, "expected one channel id (C... or G...)"
         ),
         approval_ttl_hours=r.number("BOT_APPROVAL_TTL_HOURS", 24.0),
+        verify_max_hours=r.number("BOT_VERIFY_MAX_HOURS", 24),
         required_approvals=r.number("BOT_REQUIRED_APPROVALS", 1),
         allow_public_exports=r.parsed(
             "BOT_ALLOW_PUBLIC_EXPORTS", False, _boolean, "expected true or false"

@@ -57,12 +57,12 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bot import commands, parser, webpage, wording
-from bot.clock import iso
+from bot.clock import iso, parse_iso
 from bot.deadline import Deadline, deadline_fields
 from bot.errors import (
     BotError,
@@ -78,6 +78,11 @@ from bot.runner import JobContext, Outcome
 from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
 
 DEFAULT_VERIFY_TIMEOUT = 60.0  # seconds to wait for the asynchronous image deletion (202)
+# After that first window, verification goes on for up to this long (the bot's setting
+# BOT_VERIFY_MAX_HOURS); 0: the receipt comes after the first window.
+DEFAULT_VERIFY_PATIENCE = 0.0
+PATIENT_POLL_CAP = 300.0  # seconds between re-reads once the first window has passed
+PATIENT_PHASE = "deleted, verifying: confirmed gone"
 
 OPERATIONS = {
     "unpublish": "UnpublishIteration",
@@ -1182,32 +1187,83 @@ def verify(
     items: Sequence[DeletionItem],
     *,
     timeout: float,
-    sleep: Callable[[float], None] = time.sleep,
+    patience: float = 0.0,
+    sleep: Callable[[float], None] | None = None,
 ) -> set[int]:
-    """Re-read until every item is gone or `timeout` seconds passed; store verdicts.
+    """Re-read until every item is gone or the verification's time is up; store verdicts.
 
     Returns the seq of the survivors. Polls with backoff because DeleteImages with
-    allIterations=true answers 202 and removes the images asynchronously.
+    allIterations=true answers 202 and removes the images asynchronously, with undocumented
+    timing. The first window is `timeout` seconds of this attempt; if targets remain then,
+    the request says "deleted, verifying" in its thread and verification goes on, backing off
+    up to PATIENT_POLL_CAP between reads, until `patience` seconds after verification first
+    started in this round (ctx.clock, kept in the checkpoint: a restart resumes the same
+    wait and re-reads only what is not confirmed gone yet).
     """
-    deadline = time.monotonic() + timeout
+    wait = sleep if sleep is not None else _stoppable_sleep(ctx)
+    started = _verification_started(ctx)
+    give_up_at = started + timedelta(seconds=max(patience, 0.0))
+    window_end = time.monotonic() + timeout
     delay = 0.05
     # Verdicts of gone are final (stored per round); a resumed job re-reads only the rest.
     remaining = [i for i in items if i.verified != "gone"]
     total = len(items)
+    phase = "verifying"
     while True:
-        ctx.progress(total - len(remaining), total, "verifying")
+        ctx.progress(total - len(remaining), total, phase)
         left = survivors(ctx.client, remaining)
         gone = [i for i in remaining if i.seq not in left]
         _store_verdicts(ctx, gone, "gone")
         remaining = [i for i in remaining if i.seq in left]
-        if not remaining or time.monotonic() >= deadline:
+        if not remaining:
             break
+        in_window = time.monotonic() < window_end
+        if not in_window and ctx.clock.now() >= give_up_at:
+            break
+        if not in_window and phase == "verifying":
+            phase = PATIENT_PHASE
+            _say_still_verifying(ctx, total - len(remaining), total, patience)
         ctx.check()
-        sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 5.0)
+        cap = 5.0 if in_window else PATIENT_POLL_CAP
+        pause = min(delay, cap)
+        if in_window:
+            pause = min(pause, max(0.0, window_end - time.monotonic()))
+        wait(pause)
+        ctx.check()
+        delay = min(delay * 2, cap)
     _store_verdicts(ctx, remaining, "survived")
-    ctx.progress(total - len(remaining), total, "verifying", force=True)
+    ctx.progress(total - len(remaining), total, phase, force=True)
     return {i.seq for i in remaining}
+
+
+def _stoppable_sleep(ctx: JobContext) -> Callable[[float], None]:
+    """Sleep that ends early when the bot stops (the job then resumes at its checkpoint)."""
+
+    def wait(seconds: float) -> None:
+        ctx.runner.stopping.wait(seconds)
+
+    return wait
+
+
+def _verification_started(ctx: JobContext) -> datetime:
+    """Return when this round's verification began (saved once, so restarts keep it)."""
+    saved = ctx.checkpoint.get("verify_started")
+    if isinstance(saved, dict) and saved.get("round") == ctx.round:
+        return parse_iso(str(saved["at"]))
+    now = ctx.clock.now()
+    ctx.save(verify_started={"round": ctx.round, "at": iso(now)})
+    return now
+
+
+def _say_still_verifying(ctx: JobContext, gone: int, total: int, patience: float) -> None:
+    """Tell the thread, once per round, that the deletion is done and verification goes on."""
+    ctx.post(
+        f"{ctx.request.id}: deleted; Custom Vision removes images from trained iterations "
+        f"asynchronously. Verifying: {gone:,} of {total:,} confirmed gone so far. The receipt "
+        f"follows once everything is confirmed gone, or after "
+        f"{wording.describe_wait(patience)} at the most, listing what still exists.",
+        key=f"verifying:{ctx.request.number}:{ctx.round}",
+    )
 
 
 def _store_verdicts(ctx: JobContext, items: Sequence[DeletionItem], verdict: str) -> None:
@@ -1412,7 +1468,13 @@ def _replanned(
     return outcome
 
 
-def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT) -> Outcome:
+def run_delete(
+    ctx: JobContext,
+    *,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+    verify_patience: float = DEFAULT_VERIFY_PATIENCE,
+    sleep: Callable[[float], None] | None = None,
+) -> Outcome:
     """Execute the frozen plan, verify, post the receipt; return the request's outcome."""
     record = ctx.request
     items = ctx.plan()
@@ -1450,7 +1512,7 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
     ctx.progress(total, total, "verifying", force=True)
     items = ctx.plan()
     try:
-        left = verify(ctx, items, timeout=verify_timeout)
+        left = verify(ctx, items, timeout=verify_timeout, patience=verify_patience, sleep=sleep)
     except TrainingApiError as exc:
         note = f"verification could not finish: {exc.user_message}"
         unverified = _outcome_failed(
@@ -1470,7 +1532,8 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
         listed = "; ".join(shown[:SURVIVORS_SHOWN])
         more = f" and {len(shown) - SURVIVORS_SHOWN} more" if len(shown) > SURVIVORS_SHOWN else ""
         note = (
-            f"{len(alive)} of {total} targets still exist after {verify_timeout:g} s: "
+            f"{len(alive)} of {total} targets still exist after "
+            f"{_verified_for(verify_timeout, verify_patience)}: "
             f"{listed}{more}. They are listed as survived in the receipt."
         )
         survived = _outcome_failed(
@@ -1499,6 +1562,12 @@ def run_delete(ctx: JobContext, *, verify_timeout: float = DEFAULT_VERIFY_TIMEOU
     return write_receipt(
         ctx, outcome="done", started_at=started_at, note=f"{summary}.", then=finished
     )
+
+
+def _verified_for(timeout: float, patience: float) -> str:
+    if patience > timeout:
+        return f"{wording.describe_wait(patience)} of verification"
+    return f"{timeout:g} s"
 
 
 def _outcome_failed(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -241,6 +243,8 @@ class Harness(JobHarness):
     """A bot without Slack: store, runner (not started) and client against the emulator."""
 
     verify_timeout: float = 5.0
+    verify_patience: float = 0.0
+    verify_sleep: Callable[[float], None] | None = None
 
     @property
     def other(self) -> str:
@@ -306,7 +310,13 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     made: list[Harness] = []
 
     def delete(ctx: JobContext) -> Outcome:
-        return run_delete(ctx, verify_timeout=made[0].verify_timeout)
+        h = made[0]
+        return run_delete(
+            ctx,
+            verify_timeout=h.verify_timeout,
+            verify_patience=h.verify_patience,
+            sleep=h.verify_sleep,
+        )
 
     handlers = {"preview": run_preview, "delete": delete}
     faults = Faults(async_delete_delay=0.05)
@@ -861,3 +871,84 @@ def test_deletion_of_an_iteration_in_training_stops_at_the_preview_with_a_clear_
         "it has finished (the Custom Vision portal shows its progress)."
     )
     assert [c for c in h.cv.calls if c.method == "DELETE"] == []
+
+
+# -- patient verification (issue 15) -------------------------------------------------------------
+
+
+def test_verification_outlasts_a_202_lag_longer_than_its_first_window_across_a_restart(
+    harness: Harness,
+) -> None:
+    h, p = harness, harness.p
+    wanted = h.snapshot(p)[None][:5]
+    record = h.submit(f"delete images {p} --ids {','.join(wanted)}")
+    n = record.number
+    h.cv.faults.async_delete_delay = 1.5  # the snapshots empty long after the first window
+    h.verify_timeout = 0.2
+    h.verify_patience = 3600.0
+    reads: list[float] = []
+
+    restarted: list[int] = []
+
+    def restart_while_verifying(exchange: Exchange) -> None:
+        # A stop once verification has gone past its first window: the process restarts.
+        if exchange.operation_id == "GetImagesByIds":
+            reads.append(time.monotonic())
+            if reads[-1] - reads[0] > 0.5 and not restarted:
+                restarted.append(1)
+                h.runner.stopping.set()
+
+    h.cv.hooks.append(restart_while_verifying)
+    h.approve(n, run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    h.runner.run_one(job)
+    record = h.store.get(n)
+    assert restarted == [1]
+    assert record.status == "running"  # stopped at a checkpoint, verifying
+    started = h.store.job_for(n, JobKind.DELETE).checkpoint["verify_started"]  # type: ignore[union-attr]
+    h.runner.stopping.clear()
+    h.run_jobs()
+
+    record = h.store.get(n)
+    assert record.status == "done", record.error
+    job = h.store.job_for(n, JobKind.DELETE)
+    assert job is not None and job.checkpoint["verify_started"] == started  # the same wait
+    said = [t for t in h.posts(n) if "deleted; Custom Vision removes images" in t]
+    assert len(said) == 1, said  # once per round, not once per restart
+    assert re.search(r"Verifying: \d of 5 confirmed gone so far", said[0])
+    assert "after 1 hour at the most" in said[0]
+    document, rows = h.receipt(n)
+    assert document["outcome"] == "done"
+    assert {(r["status"], r["verified"]) for r in rows} == {("deleted", "gone")}
+    assert Counter(sent_ids(h.cv.calls_to("DeleteImages"))) == Counter(dict.fromkeys(wanted, 1))
+
+
+def test_verification_gives_up_at_its_maximum_and_lists_the_survivors(harness: Harness) -> None:
+    h, p = harness, harness.p
+    wanted = h.snapshot(p)[None][:3]
+    record = h.submit(f"delete images {p} --ids {','.join(wanted)}")
+    h.cv.faults.async_delete_delay = 10 * 3600.0  # longer than the bot waits
+    h.verify_timeout = 0.1
+    h.verify_patience = 2 * 3600.0
+    waited: list[float] = []
+
+    def fake_wait(seconds: float) -> None:
+        waited.append(seconds)
+        time.sleep(min(seconds, 0.02))  # the first window is real time
+        h.clock.advance(seconds=seconds)  # the bot's clock: hours pass at once
+
+    h.verify_sleep = fake_wait
+    record = h.approve(record.number)
+
+    assert record.status == "failed"
+    assert record.error is not None
+    assert record.error.startswith(
+        "Not every target was removed: 3 of 3 targets still exist after 2 hours of verification: "
+    )
+    assert max(waited) == 300.0  # backed off to five minutes between reads, no faster
+    # Re-reads back off: about one every five minutes over the two hours, not a read storm.
+    assert len(waited) < 2 * 3600 / 300 + 20, len(waited)
+    document, rows = h.receipt(record.number)
+    assert document["outcome"] == "survivors"
+    assert {(r["status"], r["verified"]) for r in rows} == {("deleted", "survived")}
