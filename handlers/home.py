@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -176,6 +176,26 @@ def _fit(
             blocks_left -= 1
             units_left -= size
     return chosen
+
+
+def problem_view(problem: str, at: datetime, *, command: str = "/cv") -> Block:
+    """Return the `home` view that says why the dashboard could not be read at `at`."""
+    stamp = at.strftime("%Y-%m-%d %H:%M UTC")
+    return {
+        "type": "home",
+        "callback_id": "home",
+        "blocks": [
+            {"type": "header", "text": plain("Data-subject requests", limits.MAX_HEADER_TEXT)},
+            {
+                "type": "section",
+                "block_id": "problem",
+                "text": mrkdwn(
+                    f":warning: {slack_escape(problem)} (at {stamp}). Reopen this tab in a"
+                    f" moment; `{command} status` shows your requests meanwhile."
+                ),
+            },
+        ],
+    }
 
 
 def home_view(

@@ -60,6 +60,10 @@ UNKNOWN_ACTION = (
     "Nothing was done. `{command} status` shows your requests."
 )
 KNOWN_ACTIONS = ("request.approve", "request.reject", "request.cancel", home.OPEN_THREAD)
+HOME_PROBLEM = (
+    "Something went wrong on my side while reading the requests for this tab (it is logged),"
+    " so it shows none of them"
+)
 HOLDING_COMMAND = (
     "Working on it: the database or Slack is slow right now. My answer follows here in a "
     "moment; until then this is neither recorded nor refused, so please do not type it again."
@@ -241,7 +245,12 @@ def register(
         decider.after(lambda: _publish_home(client, user))
 
     def _publish_home(client: WebClient, user: str) -> None:
-        view = home.home_view(service.dashboard(user), workspace(), command=command)
+        try:
+            view = home.home_view(service.dashboard(user), workspace(), command=command)
+        except Exception:
+            # The person sees the tab, not the log: say that this view is not the answer.
+            log.exception("could not read the App Home dashboard of %s", user)
+            view = home.problem_view(HOME_PROBLEM, service.clock.now(), command=command)
         try:
             client.views_publish(user_id=user, view=view)
         except SlackApiError as exc:

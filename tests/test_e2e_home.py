@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -363,3 +364,29 @@ def test_e2e_home_a_refused_publish_is_logged_and_the_next_opening_publishes(
     ]
     assert stack.slack.home(REQUESTER.user_id) is None
     assert headers(open_home(stack, REQUESTER))[1] == "Your open requests (0)"
+
+
+def test_e2e_home_when_the_requests_cannot_be_read_says_so_and_recovers(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    deletion_received(stack, "2026-11-04")
+    # A fault the bot cannot read past: its deadlines table is gone (renamed behind its back).
+    conn = sqlite3.connect(stack.config.database)
+    try:
+        conn.execute("ALTER TABLE deadlines RENAME TO deadlines_away")
+        conn.commit()
+        caplog.set_level(logging.ERROR, logger="handlers.listeners")
+        view = open_home(stack, REQUESTER)
+        assert texts(view) == [
+            "Data-subject requests",
+            ":warning: Something went wrong on my side while reading the requests for this tab"
+            " (it is logged), so it shows none of them (at 2026-12-02 07:00 UTC). Reopen this"
+            " tab in a moment; `/cv status` shows your requests meanwhile.",
+        ]
+        [logged] = [r for r in caplog.records if "App Home dashboard" in r.getMessage()]
+        assert logged.exc_info is not None  # with its traceback
+        conn.execute("ALTER TABLE deadlines_away RENAME TO deadlines")
+        conn.commit()
+    finally:
+        conn.close()
+    assert headers(open_home(stack, REQUESTER))[1] == "Your open requests (1)"
