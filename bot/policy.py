@@ -367,11 +367,8 @@ def approvals_in_force(
     stale = [d.reason for a in approvers if not (d := approval_counts(rules, a, subject))]
     standing = len(approvers) - len(stale)
     if standing < rules.required_approvals:
-        return Decision(
-            False,
-            " ".join(stale)
-            + f" {standing} of the {rules.required_approvals} required approval(s) stand.",
-        )
+        count = f"{standing} of the {rules.required_approvals} required approval(s) stand."
+        return Decision(False, " ".join([*stale, count]))
     return ALLOW
 
 

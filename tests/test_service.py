@@ -9,7 +9,7 @@ real Runner, synchronously, with handlers that return scripted outcomes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -710,6 +710,11 @@ def test_service_retry_resumes_a_deletion_while_its_approvals_are_in_force(bot: 
             f"<@{GROUPIE}> is no longer an approver (BOT_APPROVERS and its user groups), so "
             "their approval of R-1001 no longer counts. 1 of the 2 required approval(s) stand.",
         ),
+        (
+            # restarted with a stricter BOT_REQUIRED_APPROVALS: no approval dropped, too few
+            "required",
+            "2 of the 3 required approval(s) stand.",
+        ),
     ],
 )
 def test_service_retry_sends_a_deletion_back_to_a_new_preview_once_its_approvals_lapse(
@@ -718,8 +723,10 @@ def test_service_retry_sends_a_deletion_back_to_a_new_preview_once_its_approvals
     _failed_deletion(bot)
     if change == "age":
         bot.clock.advance(hours=24)
-    else:
+    elif change == "group":
         bot.directory.groups["S0PRIVACY"] = set()
+    else:
+        bot.service.rules = replace(bot.service.rules, required_approvals=3)
     bot.wakes.clear()
 
     reply = bot.command(REQUESTER, PRIVATE, "retry R-1001")
