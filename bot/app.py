@@ -53,7 +53,8 @@ class Bot:
     config: Config
     db: Database
     store: Store
-    client: TrainingClient
+    client: TrainingClient  # the first resource's, which the jobs use
+    clients: dict[str, TrainingClient]  # every resource's, by name
     service: Service
     runner: Runner
     deliverer: Deliverer
@@ -73,7 +74,8 @@ class Bot:
         self.directory.close()
         self.runner.stop()
         self.deliverer.stop()
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
         self.db.close()
 
 
@@ -89,12 +91,14 @@ def build_bot(
     db = Database(config.database)
     store = Store(db, clock, secrets=config.secrets())
     store.audit_channel = config.audit_channel
-    client = TrainingClient(
-        config.custom_vision_endpoint,
-        config.custom_vision_training_key.reveal(),
-        session=session,
-        tps=config.custom_vision_tps,
-    )
+    # One client per resource, each with its own rate limiter (10 calls/s is per resource).
+    clients = {
+        resource.name: TrainingClient(
+            resource.endpoint, resource.training_key.reveal(), session=session, tps=resource.tps
+        )
+        for resource in config.resources
+    }
+    client = clients[config.resources[0].name]
     web = web_client(config)
     rules = Rules(
         approvers=frozenset(config.approvers),
@@ -119,7 +123,7 @@ def build_bot(
     settings = Settings(
         max_file_bytes=config.max_file_bytes,
         download_concurrency=config.download_concurrency,
-        endpoint_host=urlparse(config.custom_vision_endpoint).netloc,
+        endpoint_host=urlparse(config.resources[0].endpoint).netloc,
         approval_ttl=timedelta(hours=config.approval_ttl_hours),
         command=config.bot_command,
     )
@@ -159,7 +163,9 @@ def build_bot(
     store.on_enqueue = deliverer.wake.set
     decider = Decider(command=config.bot_command)
     app = bolt_app(config, web, service, decider)
-    return Bot(config, db, store, client, service, runner, deliverer, app, web, directory, decider)
+    return Bot(
+        config, db, store, client, clients, service, runner, deliverer, app, web, directory, decider
+    )
 
 
 def _bolt_logger() -> logging.Logger:

@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import IO, TypeAlias
-from urllib.parse import urlsplit
 
-from bot.config import Config
+from bot.config import Config, Resource
 from bot.db import Database
 from bot.errors import MalformedResponse, Throttled, TrainingApiError, TransportError, Unauthorized
 from bot.training import TrainingClient
@@ -82,24 +81,30 @@ def check_configuration(config: Config) -> Check:
     )
 
 
-def check_training_key(config: Config) -> Check:
-    """Return whether the training key works against the endpoint (GetProjects, read-only)."""
-    host = urlsplit(config.custom_vision_endpoint).netloc or "(no endpoint)"
-    name = "Custom Vision training key"
+def check_training_keys(config: Config) -> list[Check]:
+    """Return one check per configured Custom Vision resource."""
+    return [check_training_key(resource) for resource in config.resources]
+
+
+def check_training_key(resource: Resource) -> Check:
+    """Return whether a resource's key works against its endpoint (GetProjects, read-only)."""
+    host = resource.host
+    endpoint_var, key_var = resource.endpoint_variable, resource.key_variable
+    name = "Custom Vision training key" + (f" ({resource.name})" if resource.suffix else "")
     try:
         # Its own client, not the bot's: one retry and short timeouts, so a wrong endpoint
         # fails the check in seconds instead of after the bot's long backoff.
         client = TrainingClient(
-            config.custom_vision_endpoint,
-            config.custom_vision_training_key.reveal(),
-            tps=config.custom_vision_tps,
+            resource.endpoint,
+            resource.training_key.reveal(),
+            tps=resource.tps,
             timeout=TRAINING_TIMEOUT,
             max_attempts=2,
             backoff_base=0.2,
             backoff_cap=1.0,
         )
     except ValueError as exc:
-        return Check(name, False, str(exc), "check CUSTOM_VISION_ENDPOINT and the key's value")
+        return Check(name, False, str(exc), f"check {endpoint_var} and the key's value")
     try:
         projects = client.get_projects()
     except Unauthorized:
@@ -107,7 +112,7 @@ def check_training_key(config: Config) -> Check:
             name,
             False,
             f"{host} refused the key (HTTP 401)",
-            "check CUSTOM_VISION_TRAINING_KEY and that CUSTOM_VISION_ENDPOINT is the endpoint "
+            f"check {key_var} and that {endpoint_var} is the endpoint "
             "of the same resource (Azure portal > the training resource > Keys and Endpoint)",
         )
     except TransportError as exc:
@@ -115,7 +120,7 @@ def check_training_key(config: Config) -> Check:
             name,
             False,
             f"could not reach {host}: {exc.user_message}",
-            "check CUSTOM_VISION_ENDPOINT (https://<name>.cognitiveservices.azure.com) and "
+            f"check {endpoint_var} (https://<name>.cognitiveservices.azure.com) and "
             "that this machine can reach it (proxy, firewall, private endpoint)",
         )
     except Throttled:
@@ -127,7 +132,7 @@ def check_training_key(config: Config) -> Check:
             name,
             False,
             exc.user_message,
-            "check CUSTOM_VISION_ENDPOINT: it must be the resource endpoint, without a path",
+            f"check {endpoint_var}: it must be the resource endpoint, without a path",
         )
     except TrainingApiError as exc:
         return Check(name, False, exc.user_message, "check the resource in the Azure portal")
@@ -206,7 +211,7 @@ def run_checks(config: Config, slack: SlackChecks, *, db: Database | None = None
     """
     checks = [check_configuration(config)]
     checks += slack(config)
-    checks.append(check_training_key(config))
+    checks.extend(check_training_keys(config))
     checks += check_database(config, db)
     checks.append(check_work_dir(config))
     scrub = _scrubber(config.secrets())

@@ -3,6 +3,12 @@
 `load_config` reports every missing or malformed variable at once, each with a hint. Secrets
 are wrapped in `Secret`, whose repr and str never show the value. `.env.example` lists every
 variable read here (tests hold the two together).
+
+Custom Vision resources: `CUSTOM_VISION_RESOURCES=prod,dev` names several, each read from
+`CUSTOM_VISION_ENDPOINT_<NAME>`, `CUSTOM_VISION_TRAINING_KEY_<NAME>` and optionally
+`CUSTOM_VISION_TPS_<NAME>` (NAME upper-cased). Without it, the single
+`CUSTOM_VISION_ENDPOINT`/`CUSTOM_VISION_TRAINING_KEY` pair is the resource named `default`.
+`CUSTOM_VISION_TPS` is every resource's cap unless its own variable says otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from dotenv import dotenv_values
 
 _SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+# A resource's name is a suffix of variable names, so only letters, digits and underscores.
+_RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+DEFAULT_RESOURCE = "default"
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,37 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class Resource:
+    """One Custom Vision training resource: its name in commands, endpoint, key and rate cap."""
+
+    name: str
+    endpoint: str = ""
+    training_key: Secret = field(default_factory=lambda: Secret(""))
+    tps: float = 10.0
+    # What its variables end with: `_PROD` for a resource of CUSTOM_VISION_RESOURCES, empty
+    # for the legacy single pair (so messages name the variable to fix).
+    suffix: str = ""
+
+    @property
+    def endpoint_variable(self) -> str:
+        """Return the name of the variable holding this resource's endpoint."""
+        return f"CUSTOM_VISION_ENDPOINT{self.suffix}"
+
+    @property
+    def key_variable(self) -> str:
+        """Return the name of the variable holding this resource's training key."""
+        return f"CUSTOM_VISION_TRAINING_KEY{self.suffix}"
+
+    def __repr__(self) -> str:
+        return f"Resource(name={self.name!r}, endpoint={self.endpoint!r}, tps={self.tps:g})"
+
+    @property
+    def host(self) -> str:
+        """Return the endpoint's host name (what messages show), or `(no endpoint)`."""
+        return urlparse(self.endpoint).netloc or "(no endpoint)"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the bot reads from its environment."""
 
@@ -96,8 +136,7 @@ class Config:
     slack_signing_secret: Secret = field(default_factory=lambda: Secret(""))
     slack_app_token: Secret = field(default_factory=lambda: Secret(""))
     slack_api_url: str = "https://slack.com/api/"
-    custom_vision_endpoint: str = ""
-    custom_vision_training_key: Secret = field(default_factory=lambda: Secret(""))
+    resources: tuple[Resource, ...] = (Resource(DEFAULT_RESOURCE),)
     custom_vision_tps: float = 10.0
     bot_command: str = "/cv"
     database: Path = Path("./data/cvdsr.db")
@@ -136,9 +175,13 @@ class Config:
             self.slack_bot_token,
             self.slack_signing_secret,
             self.slack_app_token,
-            self.custom_vision_training_key,
+            *(resource.training_key for resource in self.resources),
         )
         return tuple(s.reveal() for s in values if s)
+
+    def resource(self, name: str) -> Resource | None:
+        """Return the resource called `name` (any case), or None."""
+        return next((r for r in self.resources if r.name.lower() == name.lower()), None)
 
 
 def read_environment(env_file: Path | None = Path(".env")) -> dict[str, str]:
@@ -248,8 +291,6 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
     bot_token = r.text("SLACK_BOT_TOKEN")
     signing_secret = r.text("SLACK_SIGNING_SECRET")
     app_token = r.text("SLACK_APP_TOKEN")
-    endpoint = r.text("CUSTOM_VISION_ENDPOINT").rstrip("/")
-    training_key = r.text("CUSTOM_VISION_TRAINING_KEY")
     if serve:
         if not bot_token:
             r.problems.append(
@@ -264,23 +305,8 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
                 "SLACK_SIGNING_SECRET is missing: HTTP mode needs it (Basic Information page), "
                 "or set SLACK_APP_TOKEN for Socket Mode"
             )
-        if not endpoint:
-            r.problems.append(
-                "CUSTOM_VISION_ENDPOINT is missing: the resource endpoint, "
-                "e.g. https://<name>.cognitiveservices.azure.com"
-            )
-        if not training_key:
-            r.problems.append(
-                "CUSTOM_VISION_TRAINING_KEY is missing: Azure portal > resource > Keys and Endpoint"
-            )
-    if endpoint:
-        try:
-            _url(endpoint)
-        except ValueError:
-            r.problems.append(
-                f"CUSTOM_VISION_ENDPOINT={endpoint!r} is malformed: "
-                "expected https://<name>.cognitiveservices.azure.com"
-            )
+    tps = r.number("CUSTOM_VISION_TPS", 10.0)
+    resources = _resources(r, tps, serve=serve)
     api_url = r.parsed(
         "SLACK_API_URL",
         "https://slack.com/api/",
@@ -300,9 +326,8 @@ def load_config(env: Mapping[str, str], *, serve: bool = True) -> Config:
         slack_signing_secret=Secret(signing_secret),
         slack_app_token=Secret(app_token),
         slack_api_url=api_url,
-        custom_vision_endpoint=endpoint,
-        custom_vision_training_key=Secret(training_key),
-        custom_vision_tps=r.number("CUSTOM_VISION_TPS", 10.0),
+        resources=resources,
+        custom_vision_tps=tps,
         bot_command=command,
         database=Path(r.text("BOT_DATABASE", "./data/cvdsr.db")),
         work_dir=Path(r.text("BOT_WORK_DIR", "./data/work")),
@@ -343,3 +368,83 @@ def _channel_id(raw: str) -> str:
     if not _CHANNEL_ID.match(raw):
         raise ValueError(raw)
     return raw
+
+
+_ENDPOINT_HINT = "expected https://<name>.cognitiveservices.azure.com"
+
+
+def _resource(r: _Reader, name: str, suffix: str, tps: float, *, serve: bool) -> Resource:
+    """Return the resource read from the variables ending in `suffix`; note its problems."""
+    endpoint_var = Resource(name, suffix=suffix).endpoint_variable
+    key_var = Resource(name, suffix=suffix).key_variable
+    endpoint = r.text(endpoint_var).rstrip("/")
+    key = r.text(key_var)
+    if serve and not endpoint:
+        r.problems.append(
+            f"{endpoint_var} is missing: the resource endpoint, "
+            "e.g. https://<name>.cognitiveservices.azure.com"
+        )
+    if serve and not key:
+        r.problems.append(f"{key_var} is missing: Azure portal > resource > Keys and Endpoint")
+    if endpoint:
+        try:
+            _url(endpoint)
+        except ValueError:
+            r.problems.append(f"{endpoint_var}={endpoint!r} is malformed: {_ENDPOINT_HINT}")
+            endpoint = ""
+    if suffix:
+        tps_var = f"CUSTOM_VISION_TPS{suffix}"
+        bounds = NUMBERS["CUSTOM_VISION_TPS"]
+        raw = r.text(tps_var)
+        if raw:
+            try:
+                own = float(raw)
+                if not bounds.low <= own <= bounds.high:  # also refuses nan
+                    raise ValueError(raw)
+                tps = own
+            except ValueError:
+                r.problems.append(
+                    f"{tps_var}={raw!r} is malformed: expected a number from {bounds.text} "
+                    f"({bounds.unit})"
+                )
+    return Resource(name, endpoint, Secret(key), tps, suffix)
+
+
+def _resources(r: _Reader, tps: float, *, serve: bool) -> tuple[Resource, ...]:
+    """Return the configured resources (the legacy single pair is `default`); note problems."""
+    listed = r.text("CUSTOM_VISION_RESOURCES")
+    if not listed:
+        return (_resource(r, DEFAULT_RESOURCE, "", tps, serve=serve),)
+    for legacy in ("CUSTOM_VISION_ENDPOINT", "CUSTOM_VISION_TRAINING_KEY"):
+        if r.text(legacy):
+            r.problems.append(
+                f"{legacy} is set but CUSTOM_VISION_RESOURCES is too: move it to "
+                f"{legacy}_<NAME> of the resource it belongs to"
+            )
+    names = [part.strip() for part in listed.split(",")]
+    bad = [repr(n) for n in names if not _RESOURCE_NAME.match(n)]
+    if bad:
+        r.problems.append(
+            f"CUSTOM_VISION_RESOURCES has malformed names {', '.join(bad)}: expected names of "
+            "letters, digits and underscores (starting with a letter, at most 32), "
+            "comma-separated, e.g. prod,dev"
+        )
+    seen: dict[str, str] = {}
+    resources: list[Resource] = []
+    for name in (n for n in names if _RESOURCE_NAME.match(n)):
+        if name.lower() in seen:
+            r.problems.append(f"CUSTOM_VISION_RESOURCES names {name!r} twice (names ignore case)")
+            continue
+        seen[name.lower()] = name
+        resources.append(_resource(r, name, f"_{name.upper()}", tps, serve=serve))
+    by_endpoint: dict[str, str] = {}
+    for resource in resources:
+        if not resource.endpoint:
+            continue
+        other = by_endpoint.setdefault(resource.endpoint.lower(), resource.name)
+        if other != resource.name:
+            r.problems.append(
+                f"{resource.endpoint_variable} is the endpoint of resource "
+                f"{other!r} too: each resource has its own endpoint"
+            )
+    return tuple(resources)

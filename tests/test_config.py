@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.config import NUMBERS, Config, Secret, load_config, read_environment
+from bot.config import NUMBERS, Config, Resource, Secret, load_config, read_environment
 from bot.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +57,9 @@ def test_config_reports_every_problem_at_once() -> None:
     assert [p.split(" ")[0].split("=")[0] for p in problems] == [
         "SLACK_BOT_TOKEN",
         "SLACK_SIGNING_SECRET",
+        "CUSTOM_VISION_TPS",
         "CUSTOM_VISION_TRAINING_KEY",
         "CUSTOM_VISION_ENDPOINT",
-        "CUSTOM_VISION_TPS",
         "BOT_APPROVERS",
         "BOT_AUDIT_CHANNEL",
         "BOT_REQUIRED_APPROVALS",
@@ -125,8 +125,17 @@ def test_env_example_lists_every_variable_the_code_reads() -> None:
     declared = re.findall(r"^([A-Z_]+)=", example, re.MULTILINE)
     source = (ROOT / "bot" / "config.py").read_text(encoding="utf-8")
     read = set(re.findall(r'r\.(?:text|parsed|ids|number|dates)\(\s*"([A-Z_]+)"', source))
+    # A resource's variables: the bare name is the legacy pair's, `<NAME>` each listed one's.
+    per_resource = set(re.findall(r'f"([A-Z_]+)\{(?:self\.)?suffix\}"', source))
     assert read, "the pattern must find the variables"
-    assert set(declared) == read
+    assert per_resource == {
+        "CUSTOM_VISION_ENDPOINT",
+        "CUSTOM_VISION_TRAINING_KEY",
+        "CUSTOM_VISION_TPS",
+    }
+    assert set(declared) == read | per_resource
+    for name in per_resource:
+        assert re.search(rf"^#\s+{name}_<NAME>=", example, re.MULTILINE), name
     assert len(declared) == len(set(declared))
     for name in declared:  # a one-line comment right above each variable
         before = example.split(f"\n{name}=")[0].rstrip().splitlines()[-1]
@@ -305,4 +314,108 @@ def test_public_holidays_report_every_malformed_date_at_once_with_the_other_prob
         " 'christmas': expected ISO dates like 2026-12-25, comma-separated",
         "BOT_REMINDER_HOUR_UTC='24' is out of range: expected a whole number from 0 to 23"
         " (hour of the day, UTC)",
+    ]
+
+
+# --- several Custom Vision resources ------------------------------------------------------------
+
+SLACK = {k: v for k, v in VALID.items() if k.startswith("SLACK_")}
+
+
+def test_config_legacy_pair_is_the_resource_named_default() -> None:
+    config = load_config(VALID)
+    assert config.resources == (
+        Resource(
+            "default",
+            "https://demo.cognitiveservices.azure.com",
+            Secret("training-key-value"),
+            10.0,
+        ),
+    )
+    assert config.resource("DEFAULT") is config.resources[0]
+    assert config.resources[0].key_variable == "CUSTOM_VISION_TRAINING_KEY"
+
+
+def test_config_reads_every_listed_resource_with_its_own_key_and_cap() -> None:
+    env = {
+        **SLACK,
+        "CUSTOM_VISION_RESOURCES": " prod , dev_eu",
+        "CUSTOM_VISION_TPS": "8",
+        "CUSTOM_VISION_ENDPOINT_PROD": "https://prod.cognitiveservices.azure.com/",
+        "CUSTOM_VISION_TRAINING_KEY_PROD": "prod-key-value",
+        "CUSTOM_VISION_ENDPOINT_DEV_EU": "https://dev.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TRAINING_KEY_DEV_EU": "dev-key-value",
+        "CUSTOM_VISION_TPS_DEV_EU": "2.5",
+    }
+    config = load_config(env)
+    assert config.resources == (
+        Resource(
+            "prod",
+            "https://prod.cognitiveservices.azure.com",
+            Secret("prod-key-value"),
+            8.0,
+            "_PROD",
+        ),
+        Resource(
+            "dev_eu",
+            "https://dev.cognitiveservices.azure.com",
+            Secret("dev-key-value"),
+            2.5,
+            "_DEV_EU",
+        ),
+    )
+    assert config.resource("Dev_EU") is config.resources[1]
+    assert config.resource("default") is None
+    assert set(config.secrets()) >= {"prod-key-value", "dev-key-value"}
+    shown = repr(config) + str(config.resources)
+    assert "prod-key-value" not in shown and "dev-key-value" not in shown
+
+
+def test_config_reports_every_resource_problem_at_once() -> None:
+    env = {
+        **SLACK,
+        "CUSTOM_VISION_ENDPOINT": "https://legacy.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TRAINING_KEY": "legacy-key-value",
+        "CUSTOM_VISION_RESOURCES": "prod,dev,PROD,bad-name,,9lives,same",
+        "CUSTOM_VISION_ENDPOINT_PROD": "https://prod.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TPS_PROD": "100000",
+        "CUSTOM_VISION_ENDPOINT_DEV": "not a url",
+        "CUSTOM_VISION_TRAINING_KEY_DEV": "dev-key-value",
+        "CUSTOM_VISION_TPS_DEV": "nan",
+        "CUSTOM_VISION_ENDPOINT_SAME": "https://PROD.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TRAINING_KEY_SAME": "same-key-value",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(env)
+    assert caught.value.problems == [
+        "CUSTOM_VISION_ENDPOINT is set but CUSTOM_VISION_RESOURCES is too: move it to "
+        "CUSTOM_VISION_ENDPOINT_<NAME> of the resource it belongs to",
+        "CUSTOM_VISION_TRAINING_KEY is set but CUSTOM_VISION_RESOURCES is too: move it to "
+        "CUSTOM_VISION_TRAINING_KEY_<NAME> of the resource it belongs to",
+        "CUSTOM_VISION_RESOURCES has malformed names 'bad-name', '', '9lives': expected names "
+        "of letters, digits and underscores (starting with a letter, at most 32), "
+        "comma-separated, e.g. prod,dev",
+        "CUSTOM_VISION_TRAINING_KEY_PROD is missing: Azure portal > resource > Keys and Endpoint",
+        "CUSTOM_VISION_TPS_PROD='100000' is malformed: expected a number from 0.1 to 1000 "
+        "(calls per second)",
+        "CUSTOM_VISION_ENDPOINT_DEV='not a url' is malformed: "
+        "expected https://<name>.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TPS_DEV='nan' is malformed: expected a number from 0.1 to 1000 "
+        "(calls per second)",
+        "CUSTOM_VISION_RESOURCES names 'PROD' twice (names ignore case)",
+        "CUSTOM_VISION_ENDPOINT_SAME is the endpoint of resource 'prod' too: "
+        "each resource has its own endpoint",
+    ]
+    text = "\n".join(caught.value.problems)
+    for key in ("legacy-key-value", "dev-key-value", "same-key-value"):
+        assert key not in text
+
+
+def test_config_missing_resource_variables_name_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({**SLACK, "CUSTOM_VISION_RESOURCES": "prod"})
+    assert caught.value.problems == [
+        "CUSTOM_VISION_ENDPOINT_PROD is missing: the resource endpoint, "
+        "e.g. https://<name>.cognitiveservices.azure.com",
+        "CUSTOM_VISION_TRAINING_KEY_PROD is missing: Azure portal > resource > Keys and Endpoint",
     ]
