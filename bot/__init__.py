@@ -8,6 +8,7 @@ The product without Slack. Where things are:
 - the commands: `commands.py` (what `/cv` asks for, as data, and its stored form), `parser.py`
   (the text in, a command out), `help.py` (the forms and the help);
 - what happens: `service.py` orchestrates a command or a click (facts, policy, one transaction);
+  `subject.py` finds one data subject's images across projects and snapshots (`find`);
 - the statutory clock: `deadline.py` (due dates, extensions), `reminders.py` (the daily digest),
   `report.py` (the data-protection officer's report), `dashboard.py` (what the App Home shows);
 - the jobs: `runner.py` (workers, leases, checkpoints, `JobContext`), `exporter.py` with

@@ -20,6 +20,10 @@ from bot.wording import count, join_words, plural, short_id
 
 MAX_TICKET = 100
 MAX_REASON = 1000
+# Image metadata limits of Custom Vision v3.3 (NOTES-customvision.md, "Image metadata").
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 256
+MAX_METADATA_PAIRS = 10  # per image: more ANDed pairs than that can match nothing
 
 Tagging: TypeAlias = Literal["all", "tagged", "untagged"]
 Selector: TypeAlias = Literal["ids", "tag", "untagged", "all"]
@@ -113,6 +117,42 @@ class Report:
 
     since: date | None = None
     until: date | None = None
+
+
+@dataclass(frozen=True)
+class Selectors:
+    """Which images belong to one data subject, and where to look (`bot.subject`).
+
+    Metadata pairs are ANDed; tag names are alternatives (any tag of that name, matched
+    case-insensitively), ANDed with the pairs; `project_ids` narrows the scope (empty: every
+    project).
+    """
+
+    metadata: tuple[tuple[str, str], ...] = ()
+    tag_names: tuple[str, ...] = ()
+    project_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """Return the selector in words, e.g. `metadata customer=4711 and tag named "Jane"`."""
+        parts: list[str] = []
+        if self.metadata:
+            pairs = " and ".join(f"{key}={value}" for key, value in self.metadata)
+            parts.append(f"metadata {pairs}")
+        if self.tag_names:
+            names = " or ".join(f'"{name}"' for name in self.tag_names)
+            parts.append(f"{plural(len(self.tag_names), 'tag')} named {names}")
+        text = " and ".join(parts)
+        if self.project_ids:
+            projects = join_words(short_id(p) for p in self.project_ids)
+            text += f" in {plural(len(self.project_ids), 'project')} {projects}"
+        return text
+
+
+@dataclass(frozen=True)
+class Find:
+    """Count one data subject's images in every project and trained iteration searched."""
+
+    selectors: Selectors
 
 
 @dataclass(frozen=True)
@@ -254,6 +294,7 @@ Command: TypeAlias = (
     | AuditVerify
     | Extend
     | Report
+    | Find
     | Export
     | Delete
 )

@@ -185,11 +185,6 @@ def _exporting(export: Export) -> bool:
     return (export.status or "").lower() == "exporting"
 
 
-def _trained(iteration: Iteration) -> bool:
-    # Only a completed iteration has a snapshot, performance and exports to read.
-    return iteration.status is None or iteration.status.lower() == "completed"
-
-
 # ---------------------------------------------------------------------------------------------
 # The download cache (I/O under <work_dir>/cache)
 
@@ -837,7 +832,7 @@ class _Build:
         elif kind is ExportKind.ITERATION:
             it = self.iteration(p)
             self.section("iteration")
-            if _trained(it):
+            if it.is_trained:
                 self.performance(p, [it])
             else:
                 self.writer.note(f"Iteration {it.id} is {it.status}: it has no performance.")
@@ -896,9 +891,9 @@ class _Build:
         iterations = self.client.get_iterations(p)
         self.json("iterations.json", [it.to_dict() for it in iterations])
         self.counts["iterations"] = len(iterations)
-        trained = [it for it in iterations if _trained(it)]
+        trained = [it for it in iterations if it.is_trained]
         for it in iterations:
-            if not _trained(it):
+            if not it.is_trained:
                 self.writer.note(
                     f"Iteration {it.id} is {it.status}: it has no performance, exports, tags or "
                     "images of its own yet."

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.commands import MAX_REASON, MAX_TICKET, DeleteKind, ExportKind
+from bot.commands import (
+    MAX_METADATA_KEY,
+    MAX_METADATA_VALUE,
+    MAX_REASON,
+    MAX_TICKET,
+    DeleteKind,
+    ExportKind,
+)
 
 _META_USAGE = ' [--ticket <ref>] [--reason "<text>"] [--received YYYY-MM-DD]'
 
@@ -48,6 +55,25 @@ _M2 = "a0516273-8d9e-4fa0-b1b2-d3e4f5061728"
 _APPROVAL = "Nothing is deleted until a second person approves the request."
 _ITERATION_OPTION = ("--iteration <iteration-id>", "as the tags were in that trained iteration")
 
+_SELECTORS_USAGE = "[--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
+_SELECTOR_OPTIONS = (
+    (
+        "--metadata KEY=VALUE",
+        f"images whose metadata has KEY with exactly VALUE (key at most {MAX_METADATA_KEY}"
+        f" characters, value at most {MAX_METADATA_VALUE}); repeated, every pair must match",
+    ),
+    (
+        "--tag-name NAME",
+        "images with a tag of that name (any case), in each project and snapshot; repeated,"
+        " any of the names",
+    ),
+    ("--project <project-id>", "search only these projects (repeated); every project unless given"),
+)
+_SELECTOR_NOTES = (
+    "Give at least one --metadata or --tag-name; when both are given, an image must match both.",
+    "Stored predictions carry no metadata and no tag names, so this search cannot find them.",
+)
+
 _FORM_LIST: tuple[Form, ...] = (
     Form(
         "help",
@@ -56,6 +82,22 @@ _FORM_LIST: tuple[Form, ...] = (
         "Show this help, or the help of one command.",
         examples=("help", "help export images"),
         optional_args=1,
+    ),
+    Form(
+        "find",
+        (),
+        f"find {_SELECTORS_USAGE}",
+        "Count one person's images, privately: per project, in the workspace and in each"
+        " trained iteration, with the tag names that matched. Changes nothing.",
+        flags=("--metadata", "--tag-name", "--project"),
+        options=_SELECTOR_OPTIONS,
+        notes=_SELECTOR_NOTES,
+        examples=(
+            "find --metadata customer=4711",
+            'find --metadata customer=4711 --metadata "name=O\'Brien"',
+            f'find --tag-name "Jane Doe" --project {_P}',
+        ),
+        repeatable=("--metadata", "--tag-name", "--project"),
     ),
     Form(
         "export account",
@@ -357,6 +399,7 @@ _FORM_LIST: tuple[Form, ...] = (
 FORMS: dict[str, Form] = {form.path: form for form in _FORM_LIST}
 VERBS = (
     "help",
+    "find",
     "export",
     "delete",
     "status",
@@ -387,6 +430,7 @@ def usage(verb_path: str) -> str:
         return "\n".join(
             [
                 FORMS["help"].usage_line,
+                FORMS["find"].usage_line,
                 f"export <kind> ... (kinds: {', '.join(KINDS['export'])})",
                 f"delete <kind> ... (kinds: {', '.join(KINDS['delete'])})",
                 *(
@@ -421,6 +465,7 @@ def help_text(topic: str | None = None, *, command: str = "/cv") -> str:
             "",
         ]
         for title, verbs in (
+            ("Find a person's images (counts only, shown to you):", ("find",)),
             ("Export (a zip package posted here):", ("export",)),
             ("Delete:", ("delete",)),
             ("Requests:", ("status", "cancel", "retry", "resend")),

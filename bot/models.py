@@ -354,6 +354,11 @@ class Iteration(Model):
         """True when the iteration is published (its publishName is non-empty)."""
         return bool(self.publish_name)
 
+    @property
+    def is_trained(self) -> bool:
+        """True when training completed: only then is there a snapshot, performance, exports."""
+        return self.status is None or self.status.lower() == "completed"
+
     @classmethod
     def _fields(cls, r: _Reader) -> dict[str, Any]:
         return {

@@ -60,6 +60,9 @@ from datetime import date
 from typing import Any, TypeVar
 
 from bot.commands import (
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
     MAX_REASON,
     MAX_TICKET,
     SELECTORS,
@@ -73,12 +76,14 @@ from bot.commands import (
     Export,
     ExportKind,
     Extend,
+    Find,
     Help,
     Meta,
     Report,
     Resend,
     Retry,
     Selector,
+    Selectors,
     Status,
     Tagging,
     request_from_dict,
@@ -122,10 +127,25 @@ _VALUE_FLAGS: dict[str, str] = {  # flag -> what it needs, for "<flag> needs ...
     "--received": "the date the request was received, like 2026-01-31",
     "--months": "1 or 2",
     "--format": "csv or jsonl",
+    "--metadata": "a KEY=VALUE pair",
+    "--tag-name": "a tag name",
+    "--project": "<project-id>",
 }
 _BOOL_FLAGS = ("--no-images", "--tagged", "--untagged", "--no-files", "--download", "--all")
 _ALL_FLAGS = (*_VALUE_FLAGS, *_BOOL_FLAGS, "--help")
 _META_FLAGS = ("--ticket", "--reason", "--received")
+
+# A $filter key is an OData member name (emulators/metadatafilter.py cites the rule); the
+# operators are its reserved words.
+_FILTER_KEY = re.compile(r"[A-Za-z_][\w.\-]*")
+_FILTER_WORDS = frozenset({"and", "or", "eq", "ne"})
+# $filter compares exact values: a wildcard would be looked for literally, and what the person
+# meant (every image) is not a selector of one person.
+_WILDCARDS = frozenset({"*", "%", "?", ".*"})
+_MATCHES_ALL = (
+    "{what} would match every image, not one person's: $filter compares exact values, with"
+    " no wildcards; give the value the person's images carry"
+)
 
 _FORMATS: dict[str, AuditFormat] = {"csv": "csv", "jsonl": "jsonl"}
 
@@ -493,6 +513,8 @@ class _Parser:
             return self._export(ExportKind(form.path.split()[1]), args)
         if verb == "delete":
             return self._delete(DeleteKind(form.path.split()[1]), args)
+        if form.path == "find":
+            return Find(self._selectors())
         if form.path == "audit verify":
             return AuditVerify()
         if form.path == "audit":
@@ -718,6 +740,69 @@ class _Parser:
             prediction_ids=ids if kind is DeleteKind.PREDICTIONS else (),
             meta=meta,
         )
+
+    def _selectors(self) -> Selectors:
+        """Return the data-subject selectors; refuse any the service could not search."""
+        pairs: dict[str, str] = {}
+        for text in self._values("--metadata"):
+            key, value = self._pair(text)
+            if pairs.get(key, value) != value:
+                raise self.fail(
+                    f"--metadata gives {_show(key)} twice with different values: an image has"
+                    " one value per key, so nothing could match"
+                )
+            pairs[key] = value
+        if len(pairs) > MAX_METADATA_PAIRS:
+            raise self.fail(
+                f"{len(pairs)} --metadata pairs: an image has at most {MAX_METADATA_PAIRS},"
+                " so nothing could match"
+            )
+        names: dict[str, str] = {}
+        for text in self._values("--tag-name"):
+            name = text.strip()
+            if not name:
+                raise self.fail(f"--tag-name needs {_VALUE_FLAGS['--tag-name']}")
+            if name in _WILDCARDS:
+                raise self.fail(_MATCHES_ALL.format(what=f"--tag-name {name}"))
+            names.setdefault(name.casefold(), name)
+        given = self._values("--project")
+        projects = tuple(dict.fromkeys(self._guid(v, "project id") for v in given))
+        if not pairs and not names:
+            raise self.fail(
+                f"{self.form.path} needs a selector: --metadata KEY=VALUE or --tag-name NAME"
+                " (--project only narrows where to look)"
+            )
+        return Selectors(tuple(pairs.items()), tuple(names.values()), projects)
+
+    def _pair(self, text: str) -> tuple[str, str]:
+        key, eq, value = text.partition("=")
+        if not eq:
+            raise self.fail(f"--metadata needs KEY=VALUE: {_show(text)} has no '='")
+        key = key.strip()
+        if not key:
+            raise self.fail(f"--metadata {_show(text)} has an empty key")
+        if len(key) > MAX_METADATA_KEY:
+            raise self.fail(
+                f"--metadata key is too long: {len(key)} characters (Custom Vision allows at most"
+                f" {MAX_METADATA_KEY})"
+            )
+        if not _FILTER_KEY.fullmatch(key) or key in _FILTER_WORDS:
+            raise self.fail(
+                f"--metadata key {_show(key)} cannot be searched: a $filter key is letters, digits,"
+                " '_', '-' and '.', does not start with a digit, and is not and, or, eq or ne"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise self.fail(
+                f"--metadata value of {_show(key)} is too long: {len(value)} characters (Custom"
+                f" Vision allows at most {MAX_METADATA_VALUE})"
+            )
+        if not value:
+            raise self.fail(
+                f"--metadata {_show(text)} has an empty value: give the value the images carry"
+            )
+        if value in _WILDCARDS:
+            raise self.fail(_MATCHES_ALL.format(what=f"--metadata {key}={value}"))
+        return key, value
 
     def _audit(self) -> AuditExport:
         request = self._value("--request")

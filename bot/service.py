@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TextIO, TypeVar
 
-from bot import audit, commands, parser, wording
+from bot import audit, commands, parser, subject, wording
 from bot.clock import Clock, iso
 from bot.dashboard import DASHBOARD_SHOWN, Dashboard, Listing
 from bot.deadline import (
@@ -84,6 +84,7 @@ from bot.report import csv_text as report_csv
 from bot.report import period as report_period
 from bot.report import summary as report_summary
 from bot.store import HeldDelivery, Store
+from bot.training import TrainingClient
 
 log = logging.getLogger(__name__)
 # An approval decision reads group membership fresh: a cached "yes" older than this is asked
@@ -199,8 +200,11 @@ class Service:
         wake: Callable[[], None] = lambda: None,
         holidays: frozenset[date] = frozenset(),
         reminder_hour: int = 8,
+        resources: Mapping[str, TrainingClient] | None = None,
     ) -> None:
         self.store = store
+        # The Custom Vision resources a person's images are searched in, by name
+        self.resources: Mapping[str, TrainingClient] = resources or {}
         self.holidays = holidays  # BOT_PUBLIC_HOLIDAYS: move a due date like a weekend
         self.reminder_hour = reminder_hour  # BOT_REMINDER_HOUR_UTC
         self.rules = rules
@@ -298,9 +302,33 @@ class Service:
             return self.extend(user_id, command)
         if isinstance(command, commands.Report):
             return self.report(user_id, channel_id, command)
+        if isinstance(command, commands.Find):
+            return self.find(user_id, channel_id, command)
         if isinstance(command, commands.Export | commands.Delete):
             return self.submit(user_id, channel_id, text, command)
         raise AssertionError(f"unhandled command {command!r}")
+
+    def find(self, user_id: str, channel_id: str, command: commands.Find) -> Reply:
+        """Count one person's images in every resource, project and trained iteration; change
+        nothing. The search is audited (who looked, for what, how much was found)."""
+        decision = may_request(self.rules, self.actor(user_id), channel_id, deletion=False)
+        if not decision:
+            return self._refused(user_id, "find", decision)
+        result = subject.find(self.resources, command.selectors)
+        with self.store.write() as conn:
+            self.store.audit(
+                conn,
+                user_id,
+                "find",
+                targets=tuple(p.place.project_id for p in result.projects if p.matched),
+                outcome="ok" if subject.complete(result) else "incomplete",
+                details={
+                    "selector": command.selectors.describe(),
+                    "projects": len(result.projects),
+                    "workspace_images": subject.workspace_images(result),
+                },
+            )
+        return Reply(subject.describe_find(result))
 
     def submit(
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete

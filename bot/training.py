@@ -553,9 +553,13 @@ class TrainingClient:
         skip: int = 0,
         take: int = MAX_TAKE,
         order_by: str = "Oldest",
+        where: str | None = None,
     ) -> list[Image]:
-        """Return one page of images (GetImages / GetTaggedImages / GetUntaggedImages)."""
-        operation, path, params = self._image_query(project_id, kind, iteration_id, tag_ids)
+        """Return one page of images (GetImages / GetTaggedImages / GetUntaggedImages).
+
+        `where`: a metadata `$filter` (`bot.subject.metadata_filter`), GetImages only.
+        """
+        operation, path, params = self._image_query(project_id, kind, iteration_id, tag_ids, where)
         _check_page_size("take", take)
         _check_skip(skip)
         if order_by not in _ORDERS:
@@ -572,9 +576,10 @@ class TrainingClient:
         tag_ids: Sequence[str] = (),
         skip: int = 0,
         page_size: int = MAX_TAKE,
+        where: str | None = None,
     ) -> Iterator[Image]:
         """Return an iterator over every image, oldest first, page by page until a short page."""
-        self._image_query(project_id, kind, iteration_id, tag_ids)  # validate now, not lazily
+        self._image_query(project_id, kind, iteration_id, tag_ids, where)  # validate now
         _check_page_size("page_size", page_size)
         _check_skip(skip)
         tags = list(tag_ids)
@@ -591,6 +596,7 @@ class TrainingClient:
                     skip=offset,
                     take=page_size,
                     order_by="Oldest",
+                    where=where,
                 )
                 yield from page
                 if len(page) < page_size:
@@ -606,9 +612,13 @@ class TrainingClient:
         kind: ImageKind = "all",
         iteration_id: str | None = None,
         tag_ids: Sequence[str] = (),
+        where: str | None = None,
     ) -> int:
-        """Return the number of images (GetImageCount / GetTagged... / GetUntaggedImageCount)."""
-        _, _, params = self._image_query(project_id, kind, iteration_id, tag_ids)
+        """Return the number of images (GetImageCount / GetTagged... / GetUntaggedImageCount).
+
+        `where`: a metadata `$filter`, GetImageCount only (kind "all").
+        """
+        _, _, params = self._image_query(project_id, kind, iteration_id, tag_ids, where)
         operation, suffix = _IMAGE_COUNTS[kind]
         data = self._json(operation, "GET", f"/projects/{project_id}{suffix}", params)
         count = _parse_count(data)
@@ -771,11 +781,20 @@ class TrainingClient:
         kind: str,
         iteration_id: str | None,
         tag_ids: Sequence[str],
+        where: str | None = None,
     ) -> tuple[str, str, dict[str, str]]:
         p = _require_guid("project_id", project_id)
         if kind not in _IMAGE_LISTS:
             raise ValueError(f"kind must be one of {tuple(_IMAGE_LISTS)}, got {kind!r}")
         params = self._iteration_param(iteration_id)
+        if where is not None:
+            # The spec gives $filter to GetImages and GetImageCount only; the tagged and
+            # untagged operations would ignore it and answer every image.
+            if kind != "all":
+                raise ValueError("a $filter needs kind 'all' (GetImages / GetImageCount)")
+            if not where.strip():
+                raise ValueError("an empty $filter would match every image")
+            params["$filter"] = where
         tags = _require_guids("tag_ids", tag_ids, limit=MAX_TAG_IDS)
         if tags:
             if kind == "untagged":

@@ -65,8 +65,9 @@ HOME_PROBLEM = (
     " so it shows none of them"
 )
 HOLDING_COMMAND = (
-    "Working on it: the database or Slack is slow right now. My answer follows here in a "
-    "moment; until then this is neither recorded nor refused, so please do not type it again."
+    "Working on it: this takes longer than usual (a search across projects, or the database or"
+    " Slack is slow). My answer follows here in a moment; until then this is neither recorded"
+    " nor refused, so please do not type it again."
 )
 HOLDING_CLICK = (
     "Working on your click on {request_id}: the database or Slack is slow right now. My "

@@ -87,6 +87,7 @@ U_EXPORT_ALL = "\n".join(
 U_ALL = "\n".join(
     [
         "help [<verb> [<kind>]]",
+        "find [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]...",
         "export <kind> ... (kinds: account, projects, project, iterations, iteration, performance,"
         " tags, tag, images, exports, predictions)",
         "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"
@@ -397,8 +398,8 @@ ERRORS: list[tuple[str, str, str]] = [
     ("help exprot", "no help on 'exprot'; did you mean 'export'?", U_HELP),
     (
         "help xyzzy",
-        "no help on 'xyzzy'; topics: help, export, delete, status, cancel, retry, resend, extend,"
-        " report, audit",
+        "no help on 'xyzzy'; topics: help, find, export, delete, status, cancel, retry, resend,"
+        " extend, report, audit",
         U_HELP,
     ),
     ("help export imgs", "unknown kind 'imgs' for export; did you mean 'images'?", U_HELP),

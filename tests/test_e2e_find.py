@@ -1,0 +1,170 @@
+"""End to end over signed HTTP: `/cv find` counts one person's images across projects and
+trained iterations, with the real Training API client against the Custom Vision emulator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import pytest
+
+from bot import audit
+from emulators.stack import CHANNEL, REQUESTER, STRANGER, Stack
+
+DONE = "Nothing was changed."
+
+
+@dataclass(frozen=True)
+class Person:
+    """Where the seeded data subject (customer 4711, tag "Jane Doe") is."""
+
+    first: str  # project: 3 images tagged and with metadata, 1 deleted from the workspace
+    iteration: str  # trained (published) after they were added: holds all 3
+    second: str  # project: 2 images with the metadata, in the workspace only
+    gone: str  # the image only the snapshot still holds
+
+
+def seed_person(stack: Stack) -> Person:
+    """Spread customer 4711 over two projects, one image held only by a published snapshot."""
+    data = stack.cv.data
+    first, second = data.project_ids()[:2]
+    jane = data.add_tag(first, "Jane Doe")
+    mine = data.add_images(first, 3, tag_ids=[jane], metadata={"customer": "4711"})
+    data.add_images(first, 2, metadata={"customer": "4712"})  # someone else
+    data.add_images(first, 1, metadata={"name": "O'Brien"})
+    iteration = data.add_iteration(first, publish_name="faces-prod")
+    data.api_delete_images(
+        first, mine[:1], all_images=False, all_iterations=False, delay=lambda *_: 0.0
+    )
+    data.add_images(second, 2, metadata={"customer": "4711", "site": "Berlin"})
+    return Person(first, iteration, second, mine[0])
+
+
+def find(stack: Stack, text: str) -> str:
+    """Type `text` as the requester; return the find's answer (inline, or through the
+    response_url after a holding answer), checking that it was private."""
+    shown = len(stack.slack.ephemerals(user_id=REQUESTER.user_id))
+    response = stack.command(REQUESTER, text)
+    assert response.status_code == 200
+    assert response.json()["response_type"] == "ephemeral"
+
+    def answers() -> list[str]:
+        fresh = stack.slack.ephemerals(user_id=REQUESTER.user_id)[shown:]
+        return [e.text for e in fresh if DONE in e.text or "Usage:" in e.text]
+
+    assert stack.slack.wait_for(lambda: bool(answers()), timeout=30), text
+    return answers()[0]
+
+
+def test_e2e_find_counts_a_person_across_projects_and_snapshots(stack: Stack) -> None:
+    person = seed_person(stack)
+    projects = {p.id: p.name for p in stack.bot.client.get_projects()}
+    posted = len(stack.slack.messages(CHANNEL))
+    answer = find(stack, "find --metadata customer=4711")
+    assert answer.startswith("Found images in 2 projects (4 images in the workspaces); 2 projects")
+    first = next(line for line in answer.splitlines() if projects[person.first] in line)
+    assert first.endswith(
+        'workspace: 2 images; iteration "Iteration 3" (published as "faces-prod"): 3 images'
+    ), first
+    second = next(line for line in answer.splitlines() if projects[person.second] in line)
+    assert second.endswith("workspace: 2 images"), second
+    assert person.gone not in answer and "http" not in answer
+    assert len(stack.slack.messages(CHANNEL)) == posted, "find posts nothing in the channel"
+    counts = stack.cv.calls_to("GetImageCount")
+    assert {c.query["$filter"] for c in counts} == {"customer eq '4711'"}
+    assert not stack.cv.calls_to("GetImages"), "find counts, it never lists images"
+
+
+def test_e2e_find_tag_name_any_case_anded_with_metadata(stack: Stack) -> None:
+    person = seed_person(stack)
+    answer = find(stack, 'find --tag-name "jane DOE" --metadata customer=4711')
+    assert answer.startswith("Found images in 1 project (2 images in the workspaces)"), answer
+    assert '(tag "Jane Doe")' in answer
+    tagged = [c for c in stack.cv.calls_to("GetImageCount") if "tagIds" in c.query]
+    assert tagged and all(c.query["$filter"] == "customer eq '4711'" for c in tagged)
+    assert all(c.path.split("/")[-3] == person.first for c in tagged)
+
+
+def test_e2e_find_quotes_a_value_with_a_quote_as_odata_requires(stack: Stack) -> None:
+    seed_person(stack)
+    answer = find(stack, 'find --metadata "name=O\'Brien"')
+    assert "workspace: 1 image;" in answer
+    filters = {c.query["$filter"] for c in stack.cv.calls_to("GetImageCount")}
+    assert filters == {"name eq 'O''Brien'"}
+    assert all(c.status == 200 for c in stack.cv.calls_to("GetImageCount"))
+
+
+def test_e2e_find_no_match_says_so_and_stores_nothing(stack: Stack) -> None:
+    seed_person(stack)
+    answer = find(stack, "find --metadata customer=9999")
+    assert answer.startswith("No images match: 2 projects and "), answer
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+
+
+def test_e2e_find_narrowed_to_one_project_and_unknown_project(stack: Stack) -> None:
+    person = seed_person(stack)
+    missing = "0b0b0b0b-0000-4000-8000-000000000000"
+    answer = find(
+        stack, f"find --metadata customer=4711 --project {person.second} --project {missing}"
+    )
+    assert answer.startswith("Found images in 1 project (2 images in the workspaces); 1 project")
+    assert f"No project `{missing}` found." in answer
+    assert {c.path.split("/")[-3] for c in stack.cv.calls_to("GetImageCount")} == {person.second}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("find", "find needs a selector: --metadata KEY=VALUE or --tag-name NAME"),
+        (
+            "find --project 6c1f2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b",
+            "find needs a selector: --metadata KEY=VALUE or --tag-name NAME",
+        ),
+        ("find --metadata customer", "--metadata needs KEY=VALUE: 'customer' has no '='"),
+        ("find --metadata =4711", "--metadata '=4711' has an empty key"),
+        ("find --metadata customer=", "--metadata 'customer=' has an empty value"),
+        ("find --metadata customer=*", "--metadata customer=* would match every image"),
+        ("find --tag-name *", "--tag-name * would match every image"),
+        (f"find --metadata {'k' * 129}=1", "--metadata key is too long: 129 characters"),
+        (f"find --metadata k={'v' * 257}", "value of 'k' is too long: 257 characters"),
+        ("find --metadata a=1 --metadata a=2", "--metadata gives 'a' twice with different"),
+        ("find --metadata 'a b=1'", "--metadata key 'a b' cannot be searched"),
+        ("find --metadata customer=4711 --project nope", "'nope' is not a valid project id"),
+    ],
+)
+def test_e2e_find_bad_input_answers_and_calls_nothing(
+    stack: Stack, text: str, problem: str
+) -> None:
+    before = len(stack.cv.calls)
+    answer = find(stack, text)
+    assert problem in answer
+    assert "Usage: `/cv find [--metadata KEY=VALUE]..." in answer
+    time.sleep(0.2)
+    assert len(stack.cv.calls) == before
+
+
+def test_e2e_find_needs_a_requester_and_audits_the_search(stack: Stack) -> None:
+    seed_person(stack)
+    service = stack.bot.service
+    service.rules = replace(service.rules, requesters=frozenset({REQUESTER.user_id}))
+    before = len(stack.cv.calls)
+    refused = stack.command(STRANGER, "find --metadata customer=4711").json()["text"]
+    assert "BOT_REQUESTERS" in refused
+    assert len(stack.cv.calls) == before
+    find(stack, "find --metadata customer=4711")
+    events = [e for e in audit.events(stack.bot.db.conn) if e.action.startswith("find")]
+    assert [(e.actor, e.action, e.outcome) for e in events] == [
+        (STRANGER.user_id, "find.refused", "refused"),
+        (REQUESTER.user_id, "find", "ok"),
+    ]
+    assert events[1].details == {
+        "selector": "metadata customer=4711",
+        "projects": 2,
+        "workspace_images": 4,
+    }
+
+
+def test_e2e_help_find(stack: Stack) -> None:
+    text = stack.command(REQUESTER, "help find").json()["text"]
+    assert text.startswith("/cv find [--metadata KEY=VALUE]... [--tag-name NAME]...")
+    assert "Stored predictions carry no metadata" in text
