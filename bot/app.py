@@ -35,7 +35,6 @@ from bot.policy import Rules
 from bot.runner import Runner, Settings
 from bot.service import Service
 from bot.store import Store
-from bot.subject import DEFAULT_RESOURCE
 from bot.training import TrainingClient
 from handlers.decider import Decider
 from handlers.directory import SlackDirectory
@@ -120,7 +119,7 @@ def build_bot(
         command=config.bot_command,
         holidays=config.public_holidays,
         reminder_hour=config.reminder_hour_utc,
-        resources={DEFAULT_RESOURCE: client},
+        resources=clients,
     )
     settings = Settings(
         max_file_bytes=config.max_file_bytes,

@@ -6,9 +6,10 @@ are that person's (metadata pairs, tag names); this module looks for them where 
 - `metadata_filter` (pure) writes the pairs as the one `$filter` string GetImages and
   GetImageCount take: `key eq 'value'` joined by ` and `, each value quoted as OData requires
   (single quotes, an embedded quote doubled: `'O''Brien'`).
-- A scope is a list of `Place`s, (resource, project) pairs; today's single Custom Vision
-  resource is the one named `default` (`DEFAULT_RESOURCE`). `resolve_scope` lists every project
-  of every resource, or the `--project` ones, and names the ids found nowhere.
+- A scope is a list of `Place`s, (resource, project) pairs, over the configured resources
+  (`bot.config`: CUSTOM_VISION_RESOURCES, or the single pair named `default`). `resolve_scope`
+  lists every project of every resource, or the `--project` ones, and names the ids found
+  nowhere.
 - `find` counts, per place, the matching images in the workspace and in each trained iteration
   snapshot, with GetImageCount (`$filter`, `tagIds`, `iterationId`): counts, never listings,
   so a search costs a few calls per project whatever the project's size. Tag names are matched
@@ -33,8 +34,6 @@ from bot.errors import TrainingApiError
 from bot.models import Tag
 from bot.training import TrainingClient
 from bot.wording import count, join_words, plural, short_id
-
-DEFAULT_RESOURCE = "default"
 
 
 def odata_string(value: str) -> str:
