@@ -113,7 +113,7 @@ def build_pages(images: int, folder: Path) -> dict[str, float]:
     """Build a package of `images` images and its index pages; return peak RSS and seconds."""
     from bot import browse
     from bot.package import PackageInfo, PackageWriter, image_path
-    from emulators.pngbytes import png
+    from bot.pngbytes import png
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     project = str(uuid.UUID(int=7))

@@ -37,6 +37,7 @@ Pure (no I/O): chunks, retry_after_hint, backoff_delay and the error-body parsin
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
 import json
@@ -109,6 +110,8 @@ MAX_IMAGE_IDS = 256  # imageIds per DeleteImages / GetImagesByIds call
 MAX_PREDICTION_IDS = 64  # ids per DeletePrediction call
 MAX_TAG_IDS = 20  # tagIds per image listing
 MAX_TAKE = 256  # images per page
+MAX_UPLOAD_IMAGES = 64  # images per CreateImagesFromFiles batch
+MAX_METADATA_IMAGES = 64  # imageIds per UpdateImageMetadata call
 DOWNLOAD_CHUNK = 64 * 1024
 
 log = logging.getLogger(__name__)
@@ -766,6 +769,100 @@ class TrainingClient:
         if not ids:
             raise ValueError("prediction_ids is empty: nothing to delete")
         return self._change("DeletePrediction", f"/projects/{p}/predictions", {"ids": _csv(ids)})
+
+    # -- creation (the live trial's scratch project; the bot itself never creates) -----------
+
+    def create_project(
+        self, name: str, *, description: str = "", domain_id: str | None = None
+    ) -> Project:
+        """Create an empty project (CreateProject); return it."""
+        params = {"name": name, "description": description}
+        if domain_id is not None:
+            params["domainId"] = _require_guid("domain_id", domain_id)
+        data = self._json("CreateProject", "POST", "/projects", params)
+        return self._model("CreateProject", Project, data)
+
+    def create_tag(self, project_id: str, name: str) -> Tag:
+        """Create a workspace tag (CreateTag); return it."""
+        p = _require_guid("project_id", project_id)
+        data = self._json("CreateTag", "POST", f"/projects/{p}/tags", {"name": name})
+        return self._model("CreateTag", Tag, data)
+
+    def create_images(
+        self,
+        project_id: str,
+        images: Sequence[tuple[str, bytes, Sequence[str]]],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Upload up to 64 images (CreateImagesFromFiles), each (name, bytes, tag ids); return
+        the new image ids in order. Raise MalformedResponse when the batch is not all OK."""
+        p = _require_guid("project_id", project_id)
+        if not 1 <= len(images) <= MAX_UPLOAD_IMAGES:
+            raise ValueError(f"a batch holds 1 to {MAX_UPLOAD_IMAGES} images, got {len(images)}")
+        body: dict[str, Any] = {
+            "images": [
+                {
+                    "name": name,
+                    "contents": base64.b64encode(content).decode("ascii"),
+                    "tagIds": _require_guids("tag_ids", tags, limit=MAX_TAG_IDS),
+                }
+                for name, content, tags in images
+            ]
+        }
+        if metadata:
+            body["metadata"] = dict(metadata)
+        answer = self._call(
+            "CreateImagesFromFiles", "POST", f"/projects/{p}/images/files", None, body
+        )
+        try:
+            data = json.loads(answer.content)
+            ids = [str(entry["image"]["id"]) for entry in data["images"] if entry["status"] == "OK"]
+        except (ValueError, KeyError, TypeError):
+            raise self._malformed("CreateImagesFromFiles", "no image ids", answer.status) from None
+        if len(ids) != len(images):
+            raise self._malformed(
+                "CreateImagesFromFiles", f"{len(images) - len(ids)} image(s) not created", 200
+            )
+        return ids
+
+    def update_image_metadata(
+        self, project_id: str, image_ids: Sequence[str], metadata: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Merge `metadata` into up to 64 images (UpdateImageMetadata); return each image id's
+        status ("OK" or the service's reason)."""
+        p = _require_guid("project_id", project_id)
+        ids = _require_guids("image_ids", image_ids, limit=MAX_METADATA_IMAGES)
+        answer = self._call(
+            "UpdateImageMetadata",
+            "POST",
+            f"/projects/{p}/images/metadata",
+            {"imageIds": _csv(ids)},
+            dict(metadata),
+        )
+        try:
+            data = json.loads(answer.content)
+            return {str(e["imageId"]): str(e["status"]) for e in data["images"]}
+        except (ValueError, KeyError, TypeError):
+            raise self._malformed(
+                "UpdateImageMetadata", "no per-image status", answer.status
+            ) from None
+
+    def train_project(self, project_id: str) -> Iteration:
+        """Start training a new iteration (TrainProject, billed by Azure); return it."""
+        p = _require_guid("project_id", project_id)
+        data = self._json("TrainProject", "POST", f"/projects/{p}/train", None)
+        return self._model("TrainProject", Iteration, data)
+
+    def publish_iteration(
+        self, project_id: str, iteration_id: str, name: str, prediction_resource_id: str
+    ) -> bool:
+        """Publish an iteration under `name` to a prediction resource; return the answer."""
+        p = _require_guid("project_id", project_id)
+        i = _require_guid("iteration_id", iteration_id)
+        params = {"publishName": name, "predictionId": prediction_resource_id}
+        path = f"/projects/{p}/iterations/{i}/publish"
+        return bool(self._json("PublishIteration", "POST", path, params))
 
     # -- request building ----------------------------------------------------------------------
 

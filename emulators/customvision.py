@@ -4,9 +4,10 @@ I/O module: a ThreadingHTTPServer on 127.0.0.1 (port 0 by default). The data mod
 the service rules live in emulators.cvdata; this module owns the wire:
 
 - Routes under /customvision/v3.3/training for the operations the bot uses (plus
-  PublishIteration, ExportIteration and ExportProject), with the spec's query parameters:
-  csv arrays, lowercase booleans, caps (256 imageIds, 20 tagIds, 64 prediction ids),
-  take <= 256, orderBy Newest|Oldest (default Newest), GUIDs checked.
+  PublishIteration, ExportIteration, ExportProject, and the CreateProject, CreateTag,
+  CreateImagesFromFiles, UpdateImageMetadata and TrainProject the live trial uses), with
+  the spec's query parameters: csv arrays, lowercase booleans, caps (256 imageIds, 20
+  tagIds, 64 prediction ids), take <= 256, orderBy Newest|Oldest (default Newest), GUIDs checked.
 - The gateway in front of it: Training-Key check (401), unknown routes (404), rate limit
   (429), dropped connections, 5xx. Gateway bodies are `{"error": {"code", "message"}}`;
   service errors are `{"code": <CustomVisionErrorCodes>, "message"}`.
@@ -181,6 +182,10 @@ class Faults:
     # A repeated ExportIteration of the same platform and flavor is refused while one is
     # queued ("while-queued"), or at any time ("always").
     export_repeat: Literal["while-queued", "always"] = "while-queued"
+    # Seconds a TrainProject iteration stays "Training" before "Completed" (recorded in
+    # TrainAndPublishProject.json: the SDK test polls it for seconds; real trainings of
+    # larger sets take minutes).
+    train_seconds: float = 2.0
     # Seconds until the call volume quota replenishes; while set, every Training API call is
     # the gateway's 403 "Out of call volume quota". None: quota available.
     quota_exhausted: float | None = None
@@ -864,6 +869,24 @@ def _get_projects(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     return _ok(emu.data.api_projects(emu._links()))
 
 
+@_route("POST", "/projects", "CreateProject")
+def _create_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    name = req.query.get("name")
+    if name is None:
+        raise _bad("BadRequestRequiredParamIsNull", "'name' is required.")
+    domain = req.query.get("domainId")
+    kind = _choice(req.query, "classificationType", ("Multiclass", "Multilabel"), "") or None
+    return _ok(
+        emu.data.api_create_project(
+            name,
+            emu._links(),
+            description=req.query.get("description", ""),
+            domain_id=None if domain is None else _guid(domain, "domainId"),
+            classification_type=kind,
+        )
+    )
+
+
 @_route("GET", "/projects/{projectId}", "GetProject")
 def _get_project(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     return _ok(emu.data.api_project(req.params["projectId"], emu._links()))
@@ -915,6 +938,13 @@ def _get_artifact(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     if found is None:
         raise CvError(404, "NotFound", "The artifact does not exist.")
     return _Answer(200, found[0], content_type="application/octet-stream")
+
+
+@_route("POST", "/projects/{projectId}/train", "TrainProject")
+def _train(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    _choice(req.query, "trainingType", ("Regular", "Advanced"), "Regular")
+    _bool(req.query, "forceTrain")
+    return _ok(emu.data.api_train(req.params["projectId"], emu.faults.train_seconds))
 
 
 @_route("GET", "/projects/{projectId}/iterations", "GetIterations")
@@ -1011,6 +1041,22 @@ def _export_iteration(emu: CustomVisionEmulator, req: _Request) -> _Answer:
 @_route("GET", "/projects/{projectId}/tags", "GetTags")
 def _get_tags(emu: CustomVisionEmulator, req: _Request) -> _Answer:
     return _ok(emu.data.api_tags(req.params["projectId"], _opt_guid(req.query, "iterationId")))
+
+
+@_route("POST", "/projects/{projectId}/tags", "CreateTag")
+def _create_tag(emu: CustomVisionEmulator, req: _Request) -> _Answer:
+    name = req.query.get("name")
+    if name is None:
+        raise _bad("BadRequestRequiredParamIsNull", "'name' is required.")
+    tag_type = _choice(req.query, "type", ("Regular", "Negative"), "Regular")
+    return _ok(
+        emu.data.api_create_tag(
+            req.params["projectId"],
+            name,
+            description=req.query.get("description"),
+            tag_type=tag_type,
+        )
+    )
 
 
 @_route("GET", "/projects/{projectId}/tags/{tagId}", "GetTag")

@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from emulators.metadatafilter import Expr
-from emulators.pngbytes import png
+from bot.pngbytes import png
 
 __all__ = [
     "DOMAINS",
@@ -1124,6 +1124,46 @@ class EmulatorData:
         """GetDomains."""
         return [{**d, "exportable": d["id"] in _COMPACT, "enabled": True} for d in DOMAINS]
 
+    def api_create_project(
+        self,
+        name: str,
+        links: Links,
+        *,
+        description: str = "",
+        domain_id: str | None = None,
+        classification_type: str | None = None,
+    ) -> dict[str, Json]:
+        """CreateProject: an empty project; the domain's type makes it object detection.
+
+        Spec: name required, domainId / classificationType optional (General and Multiclass
+        when absent, inferred). Refusals (spec codes; which one Azure picks is inferred):
+        an empty or over-long name BadRequestProjectName, a taken name
+        BadRequestProjectNameNotUnique, an unknown domain BadRequestProjectUnknownDomain.
+        """
+        if not name.strip() or len(name) > 255:
+            raise CvError(400, "BadRequestProjectName", "The project name is not valid.")
+        domain = (
+            DOMAINS[0]
+            if domain_id is None
+            else next((d for d in DOMAINS if str(d["id"]).lower() == domain_id.lower()), None)
+        )
+        if domain is None:
+            raise CvError(400, "BadRequestProjectUnknownDomain", f"Unknown domain {domain_id}.")
+        with self.lock:
+            if any(p.name == name for p in self._projects.values()):
+                raise CvError(
+                    400, "BadRequestProjectNameNotUnique", f"A project named {name} exists."
+                )
+        detection = domain["type"] == "ObjectDetection"
+        project_id = self.add_project(
+            name,
+            description=description,
+            object_detection=detection,
+            classification_type=classification_type or "Multiclass",
+            domain_id=str(domain["id"]),
+        )
+        return self.api_project(project_id, links)
+
     def api_projects(self, links: Links) -> list[dict[str, Json]]:
         """GetProjects."""
         with self.lock:
@@ -1386,6 +1426,53 @@ class EmulatorData:
             project = self._project(project_id)
             image_set = self._set(project, iteration_id)
             return [self._tag_json(project, image_set, s) for s in sorted(image_set.tags)]
+
+    def api_create_tag(
+        self, project_id: str, name: str, *, description: str | None, tag_type: str
+    ) -> dict[str, Json]:
+        """CreateTag: a workspace tag (spec codes BadRequestTagName, BadRequestTagNameNotUnique)."""
+        if not name.strip() or len(name) > 255:
+            raise CvError(400, "BadRequestTagName", "The tag name is not valid.")
+        with self.lock:
+            project = self._project(project_id)
+            if any(t.name == name for t in project.tag_defs):
+                raise CvError(400, "BadRequestTagNameNotUnique", f"A tag named {name} exists.")
+            tag = self._define_tag(project, name, description, tag_type)
+            return self._tag_json(project, project.workspace, tag.slot)
+
+    def api_train(self, project_id: str, train_seconds: float) -> dict[str, Json]:
+        """TrainProject: a new iteration "Training" for `train_seconds`, then "Completed".
+
+        Refused (spec codes, conditions from Microsoft's docs: at least 5 images per tag for
+        classification, 15 for object detection, two tags for classification) with
+        BadRequestTrainingValidationFailed, or BadRequestTrainingAlreadyInProgress while
+        another iteration trains (inferred).
+        """
+        with self.lock:
+            project = self._project(project_id)
+            for iteration in project.iterations.values():
+                self._advance(iteration)
+                if iteration.status == "Training":
+                    raise CvError(
+                        400, "BadRequestTrainingAlreadyInProgress", "A training is in progress."
+                    )
+            counts = project.workspace.tag_counts()
+            least = 15 if project.detection else 5
+            used = [s for s in project.workspace.tags if counts.get(s, 0)]
+            if (
+                not used
+                or (not project.detection and len(used) < 2)
+                or any(counts[s] < least for s in used)
+            ):
+                raise CvError(
+                    400,
+                    "BadRequestTrainingValidationFailed",
+                    f"Each tag needs at least {least} images.",
+                )
+        iteration_id = self.add_iteration(
+            project_id, status="Training", train_seconds=train_seconds
+        )
+        return self.api_iteration(project_id, iteration_id)
 
     def api_tag(self, project_id: str, tag_id: str, iteration_id: str | None) -> dict[str, Json]:
         """GetTag."""

@@ -35,7 +35,7 @@ from emulators.customvision import (
     Seed,
 )
 from emulators.cvdata import EmulatorData
-from emulators.pngbytes import png, png_size
+from bot.pngbytes import png, png_size
 from tests.spec_schema import SpecChecker
 
 KEY = "test-training-key-3f9a"

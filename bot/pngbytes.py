@@ -1,7 +1,8 @@
 """Deterministic, valid PNG files of a given size in pixels and (roughly) in bytes. Pure.
 
 The emulator never stores image bytes: it regenerates them from a key (the blob's name) every
-time, so the same key always yields the same bytes. Pixels are a two-colour checkerboard
+time, so the same key always yields the same bytes; the live trial (bot.trial) uploads such
+files to its scratch project, which is why this lives in bot/ and not in the test rig. Pixels are a two-colour checkerboard
 (1-bit indexed colour compresses to almost nothing, so even 1600x1200 costs microseconds);
 the file is padded to the wanted byte size with a `tEXt` comment of pseudo-random hex, which
 keeps it a valid PNG that any decoder accepts.
