@@ -2,10 +2,10 @@
 
 The emulator never stores image bytes: it regenerates them from a key (the blob's name) every
 time, so the same key always yields the same bytes; the live trial (bot.trial) uploads such
-files to its scratch project, which is why this lives in bot/ and not in the test rig. Pixels are a two-colour checkerboard
-(1-bit indexed colour compresses to almost nothing, so even 1600x1200 costs microseconds);
-the file is padded to the wanted byte size with a `tEXt` comment of pseudo-random hex, which
-keeps it a valid PNG that any decoder accepts.
+files to its scratch project, which is why this lives in bot/ and not in the test rig.
+Pixels are a two-colour checkerboard (1-bit indexed colour compresses to almost nothing, so
+even 1600x1200 costs microseconds); the file is padded to the wanted byte size with a `tEXt`
+comment of pseudo-random hex, which keeps it a valid PNG that any decoder accepts.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from emulators.metadatafilter import Expr
 from bot.pngbytes import png
+from emulators.metadatafilter import Expr
 
 __all__ = [
     "DOMAINS",

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from bot.pngbytes import png, png_size
 from emulators.customvision import (
     GATEWAY_401_INVALID,
     GATEWAY_401_MISSING,
@@ -35,7 +36,6 @@ from emulators.customvision import (
     Seed,
 )
 from emulators.cvdata import EmulatorData
-from bot.pngbytes import png, png_size
 from tests.spec_schema import SpecChecker
 
 KEY = "test-training-key-3f9a"
