@@ -1,4 +1,4 @@
-"""Command line: `python -m bot run | serve | sandbox | check | audit verify`.
+"""Command line: `python -m bot run | serve | sandbox | check | audit verify | trial`.
 
 `run` is the README's main job: the real bot when credentials are configured, otherwise the
 sandbox (local emulators, no credentials).
@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -178,6 +179,51 @@ def audit_verify(config: Config, witness: Path | None = None, bot: str | None = 
     return 0 if result.ok else 1
 
 
+def trial(config: Config, args: argparse.Namespace) -> int:
+    """Run the live trial (bot.trial) on the configured resource; return the exit code."""
+    from bot.trial import run_trial, summary
+
+    problems = [
+        f"{name} is missing: the trial needs the Custom Vision resource to try"
+        for name, value in (
+            ("CUSTOM_VISION_ENDPOINT", config.custom_vision_endpoint),
+            ("CUSTOM_VISION_TRAINING_KEY", config.custom_vision_training_key.reveal()),
+        )
+        if not value
+    ]
+    if args.train and not args.prediction_resource_id:
+        problems.append(
+            "--train needs --prediction-resource-id (the prediction resource's Resource ID, "
+            "Azure portal > prediction resource > Properties) to publish the iteration"
+        )
+    if problems:
+        raise ConfigError(problems)
+    output = args.output / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(f"Live trial: a scratch project on {config.custom_vision_endpoint}; output in {output}")
+    try:
+        report = run_trial(
+            config.custom_vision_endpoint,
+            config.custom_vision_training_key.reveal(),
+            output,
+            train=args.train,
+            prediction_resource_id=args.prediction_resource_id,
+            reuse_delay=args.reuse_delay,
+            verify_timeout=args.verify_timeout,
+            poll=args.poll,
+            tps=config.custom_vision_tps,
+        )
+    except Exception as exc:
+        written = output / "trial-report.json"
+        if not written.exists():
+            print(f"The trial could not start: {exc}", file=sys.stderr)
+            return 1
+        report = json.loads(written.read_text(encoding="utf-8"))
+    print(summary(report))
+    print(f"Report: {output / 'trial-report.json'} (no keys, no image links). Please attach it")
+    print("to a GitHub issue of cv-dsr-bot titled 'Live trial report' (see README).")
+    return 1 if report["failed"] else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; return the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
@@ -203,6 +249,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the bot's user id (U...) or bot id (B...) whose lines count (default: the only app "
         "that posted audit lines)",
     )
+    from bot.trial import TRAIN_COST
+
+    trial_parser = sub.add_parser(
+        "trial",
+        help="try the bot on your Custom Vision resource in a scratch project it then deletes",
+        description="Creates a scratch project (cv-dsr-bot-trial-<time>-<random>), uploads 20 "
+        "generated images, runs the bot's export and deletion on it, measures Azure's timing "
+        "and error codes, writes trial-report.json and deletes the project. Needs only "
+        "CUSTOM_VISION_ENDPOINT and CUSTOM_VISION_TRAINING_KEY; touches no other project. "
+        "Without --train it costs nothing beyond a few hundred API calls. " + TRAIN_COST,
+    )
+    trial_parser.add_argument("--output", type=Path, default=Path("trial-output"))
+    trial_parser.add_argument("--train", action="store_true", help=TRAIN_COST)
+    trial_parser.add_argument("--prediction-resource-id", metavar="ID")
+    trial_parser.add_argument(
+        "--reuse-delay",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="download a link again this long after it was listed (default 5)",
+    )
+    trial_parser.add_argument(
+        "--verify-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for deleted images to disappear (default 600)",
+    )
+    trial_parser.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     env = read_environment(args.env_file)
@@ -222,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.log_format, config.secrets())
         if command == "serve":
             return serve(config)
+        if command == "trial":
+            return trial(config, args)
         if command == "check":
             from bot.checks import print_checks
             from handlers.checks import slack_checks
