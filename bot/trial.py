@@ -477,14 +477,17 @@ def run_trial(
     verify_timeout: float = 600.0,
     poll: float = 1.0,
     tps: float = 10.0,
+    client_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the trial, write output/trial-report.json; return the report. The scratch project
-    is deleted whatever fails; a failure is recorded in the report, then raised."""
+    is deleted whatever fails; a failure is recorded in the report, then raised.
+    `client_options` go to the TrainingClient (tests: fewer, quicker retries)."""
     output.mkdir(parents=True, exist_ok=True)
     counter = CallCounter()
     session = requests.Session()
     session.hooks["response"].append(counter.hook)
-    client = TrainingClient(endpoint, training_key, session=session, tps=tps)
+    options = client_options or {}
+    client = TrainingClient(endpoint, training_key, session=session, tps=tps, **options)
     trial = Trial(
         client,
         session,
