@@ -183,11 +183,15 @@ def trial(config: Config, args: argparse.Namespace) -> int:
     """Run the live trial (bot.trial) on the configured resource; return the exit code."""
     from bot.trial import run_trial, summary
 
+    resource = config.resource(args.resource) if args.resource else config.resources[0]
+    if resource is None:
+        names = ", ".join(r.name for r in config.resources)
+        raise ConfigError([f"--resource {args.resource} is not configured (configured: {names})"])
     problems = [
         f"{name} is missing: the trial needs the Custom Vision resource to try"
         for name, value in (
-            ("CUSTOM_VISION_ENDPOINT", config.custom_vision_endpoint),
-            ("CUSTOM_VISION_TRAINING_KEY", config.custom_vision_training_key.reveal()),
+            (resource.endpoint_variable, resource.endpoint),
+            (resource.key_variable, resource.training_key.reveal()),
         )
         if not value
     ]
@@ -199,18 +203,18 @@ def trial(config: Config, args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     output = args.output / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    print(f"Live trial: a scratch project on {config.custom_vision_endpoint}; output in {output}")
+    print(f"Live trial: a scratch project on {resource.host}; output in {output}")
     try:
         report = run_trial(
-            config.custom_vision_endpoint,
-            config.custom_vision_training_key.reveal(),
+            resource.endpoint,
+            resource.training_key.reveal(),
             output,
             train=args.train,
             prediction_resource_id=args.prediction_resource_id,
             reuse_delay=args.reuse_delay,
             verify_timeout=args.verify_timeout,
             poll=args.poll,
-            tps=config.custom_vision_tps,
+            tps=resource.tps,
         )
     except Exception as exc:
         written = output / "trial-report.json"
@@ -262,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     trial_parser.add_argument("--output", type=Path, default=Path("trial-output"))
     trial_parser.add_argument("--train", action="store_true", help=TRAIN_COST)
+    trial_parser.add_argument(
+        "--resource",
+        metavar="NAME",
+        help="which of CUSTOM_VISION_RESOURCES to try (default: the first, or the single pair)",
+    )
     trial_parser.add_argument("--prediction-resource-id", metavar="ID")
     trial_parser.add_argument(
         "--reuse-delay",

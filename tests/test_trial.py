@@ -174,7 +174,7 @@ def test_trial_runs_as_users_run_it_and_touches_nothing_else(
     assert report["measured"]["scratch_project_deleted"] is True
     assert report["calls"]["total"] > 50 and report["calls"]["throttled"] == 0
     # On the emulator every assumption holds: it is what the assumptions describe.
-    held = dict.fromkeys(ASSUMPTIONS, True)
+    held: dict[str, bool | None] = dict.fromkeys(ASSUMPTIONS, True)
     if not real_quirks:
         held["unpublish_while_training"] = None  # never seen training: not measured
     assert {r["assumption"]: r["held"] for r in report["assumptions"]} == held
