@@ -184,16 +184,20 @@ class Trial:
                     raise
                 self.project_id = found[0].id
             entry["project_id"] = self.project_id
+            entry["domain"] = None if domain is None else f"{domain.name} ({domain.type})"
         p = self.project_id
+        detection = domain is not None
         with self.step("create tags and images") as entry:
             tags = [self.client.create_tag(p, f"trial-{n}").id for n in ("a", "b")]
             images = [
                 (f"trial-{n}.png", png(64, 48, f"trial/{n}", 600), tags)
                 for n in range(TRIAL_IMAGES)
             ]
-            ids = self.client.create_images(p, images, metadata={"trial": "cv-dsr-bot"})
+            ids = self.client.create_images(
+                p, images, metadata={"trial": "cv-dsr-bot"}, regions=detection
+            )
             statuses = self.client.update_image_metadata(p, ids[:5], {"subject": "trial-subject"})
-            entry.update(images=len(ids), tags=len(tags), metadata=statuses)
+            entry.update(images=len(ids), tags=len(tags), regions=detection, metadata=statuses)
         return p, tags, ids
 
     def links(self, p: str, keep: set[str]) -> str | None:

@@ -1476,3 +1476,32 @@ def test_train_refuses_while_an_iteration_trains(make_rig: MakeRig) -> None:
     again = rig.post(f"/projects/{p}/train")
     assert (again.status_code, again.json()["code"]) == (400, "BadRequestTrainingAlreadyInProgress")
     rig.checker.problems.clear()  # a training iteration carries recorded nulls off the spec
+
+
+def test_create_images_with_regions_tags_them_and_refuses_bad_boxes(make_rig: MakeRig) -> None:
+    rig = make_rig(seed=None)
+    data = rig.emu.data
+    detection = data.add_project("boxes", object_detection=True)
+    classes = data.add_project("classes")
+    tag, other = data.add_tag(detection, "a"), data.add_tag(classes, "b")
+    content = base64.b64encode(png(8, 8, "x")).decode("ascii")
+
+    def upload(p: str, region: dict[str, Any]) -> requests.Response:
+        entry = {"name": "x.png", "contents": content, "regions": [region]}
+        return rig.post(f"/projects/{p}/images/files", {"images": [entry]})
+
+    box = {"left": 0.1, "top": 0.1, "width": 0.5, "height": 0.5}
+    made = upload(detection, {"tagId": tag, **box})
+    assert made.status_code == 200
+    image = made.json()["images"][0]["image"]
+    assert [t["tagId"] for t in image["tags"]] == [tag]
+    assert [r["tagId"] for r in image["regions"]] == [tag]
+    refused = [
+        upload(classes, {"tagId": other, **box}),
+        upload(detection, {"tagId": tag, **box, "width": 0.95}),
+        upload(detection, {"tagId": tag, **box, "left": -0.1}),
+        upload(detection, {**box}),
+    ]
+    assert [(r.status_code, r.json()["code"]) for r in refused] == [
+        (400, "BadRequestImageRegions")
+    ] * 4
