@@ -32,6 +32,7 @@ from bot.db import Database
 from bot.errors import ConfigError
 from bot.lifecycle import TERMINAL
 from bot.policy import Rules
+from bot.resources import Resources
 from bot.runner import Runner, Settings
 from bot.service import Service
 from bot.store import Store
@@ -54,7 +55,7 @@ class Bot:
     db: Database
     store: Store
     client: TrainingClient  # the first resource's, which the jobs use
-    clients: dict[str, TrainingClient]  # every resource's, by name
+    clients: Resources  # every resource's, by name
     service: Service
     runner: Runner
     deliverer: Deliverer
@@ -98,7 +99,8 @@ def build_bot(
         )
         for resource in config.resources
     }
-    client = clients[config.resources[0].name]
+    resources = Resources(clients)
+    client = clients[resources.first]
     web = web_client(config)
     rules = Rules(
         approvers=frozenset(config.approvers),
@@ -119,7 +121,7 @@ def build_bot(
         command=config.bot_command,
         holidays=config.public_holidays,
         reminder_hour=config.reminder_hour_utc,
-        resources=clients,
+        resources=resources,
     )
     settings = Settings(
         max_file_bytes=config.max_file_bytes,
@@ -152,6 +154,7 @@ def build_bot(
         lease=timedelta(seconds=config.job_lease_seconds),
         on_finish=on_finish,
         housekeeping=service.housekeeping,
+        resources=resources,
     )
     service.wake = runner.notify
     deliverer = Deliverer(
@@ -165,7 +168,18 @@ def build_bot(
     decider = Decider(command=config.bot_command)
     app = bolt_app(config, web, service, decider)
     return Bot(
-        config, db, store, client, clients, service, runner, deliverer, app, web, directory, decider
+        config,
+        db,
+        store,
+        client,
+        resources,
+        service,
+        runner,
+        deliverer,
+        app,
+        web,
+        directory,
+        decider,
     )
 
 

@@ -170,6 +170,9 @@ class Export:
     threshold: float | None = None
     overlap: float | None = None
     meta: Meta = field(default_factory=Meta)
+    # The Custom Vision resource holding project_id (lower-cased name): --resource, or the
+    # one the bot found it on when it stored the request. None: the first resource.
+    resource: str | None = None
 
     @property
     def personal(self) -> bool:
@@ -213,6 +216,8 @@ class Export:
             "threshold": self.threshold,
             "overlap": self.overlap,
             "meta": _meta_to_dict(self.meta),
+            # Only when set: a request on the first resource is stored as before.
+            **({"resource": self.resource} if self.resource is not None else {}),
         }
 
     @classmethod
@@ -233,6 +238,7 @@ class Export:
             threshold=values.number("threshold"),
             overlap=values.number("overlap"),
             meta=values.meta(),
+            resource=values.resource(),
         )
         return export
 
@@ -247,6 +253,7 @@ class Delete:
     image_ids: tuple[str, ...] = ()
     prediction_ids: tuple[str, ...] = ()
     meta: Meta = field(default_factory=Meta)
+    resource: str | None = None  # as Export.resource
 
     def describe(self) -> str:
         """Return a plain one-line summary, e.g. `delete untagged images of project 1234abcd…`."""
@@ -264,6 +271,8 @@ class Delete:
             "image_ids": list(self.image_ids),
             "prediction_ids": list(self.prediction_ids),
             "meta": _meta_to_dict(self.meta),
+            # Only when set: a request on the first resource is stored as before.
+            **({"resource": self.resource} if self.resource is not None else {}),
         }
 
     @classmethod
@@ -280,6 +289,7 @@ class Delete:
             image_ids=values.guids("image_ids"),
             prediction_ids=values.guids("prediction_ids"),
             meta=values.meta(),
+            resource=values.resource(),
         )
         return delete
 
@@ -411,8 +421,8 @@ def _meta_to_dict(meta: Meta) -> dict[str, Any]:
     return stored
 
 
-_EXPORT_KEYS = frozenset(Export(ExportKind.ACCOUNT).to_dict())
-_DELETE_KEYS = frozenset(Delete(DeleteKind.ACCOUNT).to_dict())
+_EXPORT_KEYS = frozenset(Export(ExportKind.ACCOUNT, resource="r").to_dict())
+_DELETE_KEYS = frozenset(Delete(DeleteKind.ACCOUNT, resource="r").to_dict())
 
 
 class _Fields:
@@ -469,6 +479,15 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{key}: not a number: {value!r:.60}")
         return float(value)
+
+    def resource(self) -> str | None:
+        # Absent in requests stored before several resources: the first resource's.
+        value = self.data.get("resource")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"resource: not a resource name: {value!r:.60}")
+        return value
 
     def meta(self) -> Meta:
         meta = self.data.get("meta", {})

@@ -40,6 +40,11 @@ class Form:
         return self.path.startswith(("export ", "delete "))
 
     @property
+    def resource(self) -> bool:
+        """True for the forms on one project, which take --resource <name>."""
+        return self.meta and "project-id" in self.args
+
+    @property
     def usage(self) -> str:
         return self.usage_line + (_META_USAGE if self.meta else "")
 
@@ -509,6 +514,11 @@ def help_text(topic: str | None = None, *, command: str = "/cv") -> str:
     if form.options or form.meta:
         lines.append("Options:")
         lines += [f"  {shown}: {what}" for shown, what in form.options]
+        if form.resource:
+            lines.append(
+                "  --resource <name>: the Custom Vision resource holding the project (needed"
+                " only when its id is on two)"
+            )
         if form.meta:
             lines += [
                 f"  --ticket <ref>: a ticket reference, recorded (at most {MAX_TICKET} characters)",

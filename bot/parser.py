@@ -130,6 +130,7 @@ _VALUE_FLAGS: dict[str, str] = {  # flag -> what it needs, for "<flag> needs ...
     "--metadata": "a KEY=VALUE pair",
     "--tag-name": "a tag name",
     "--project": "<project-id>",
+    "--resource": "the name of a Custom Vision resource",
 }
 _BOOL_FLAGS = ("--no-images", "--tagged", "--untagged", "--no-files", "--download", "--all")
 _ALL_FLAGS = (*_VALUE_FLAGS, *_BOOL_FLAGS, "--help")
@@ -474,7 +475,12 @@ def _topic(words: list[str]) -> str | None:
 
 def _check_options(form: Form, options: list[_Option]) -> None:
     """Raise ParseError for the first option that is unknown, out of place or malformed."""
-    allowed = (*form.flags, *(_META_FLAGS if form.meta else ()), "--help")
+    allowed = (
+        *form.flags,
+        *(_META_FLAGS if form.meta else ()),
+        *(("--resource",) if form.resource else ()),
+        "--help",
+    )
     seen: set[str] = set()
     for option in options:
         if option.name not in _ALL_FLAGS:
@@ -663,6 +669,17 @@ class _Parser:
         except ValueError:
             raise self.fail(f"{name}: {text} is not a real date") from None
 
+    def _resource(self) -> str | None:
+        name = self._value("--resource")
+        if name is None:
+            return None
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", name.strip()):
+            raise self.fail(
+                f"{_show(name)} is not a resource name: expected letters, digits and underscores,"
+                " as in CUSTOM_VISION_RESOURCES"
+            )
+        return name.strip().lower()
+
     def _reason(self) -> str | None:
         reason = self._value("--reason")
         if reason is None:
@@ -705,6 +722,7 @@ class _Parser:
             threshold=self._fraction("--threshold"),
             overlap=self._fraction("--overlap"),
             meta=self._meta(),
+            resource=self._resource(),
         )
         self._conflict("--tagged", "--untagged")
         self._conflict("--tag", "--untagged")
@@ -739,6 +757,7 @@ class _Parser:
             image_ids=ids if kind is DeleteKind.IMAGES else (),
             prediction_ids=ids if kind is DeleteKind.PREDICTIONS else (),
             meta=meta,
+            resource=self._resource(),
         )
 
     def _selectors(self) -> Selectors:
@@ -889,6 +908,8 @@ def _wire_text(request: Export | Delete) -> str:
             words += [flag, quote(text)]
     if request.meta.received is not None:
         words += ["--received", request.meta.received.isoformat()]
+    if request.resource is not None:
+        words += ["--resource", request.resource]
     return " ".join(word for word in words if word)
 
 

@@ -38,6 +38,7 @@ from bot.lifecycle import (
     Status,
 )
 from bot.logs import request_context
+from bot.resources import Resources
 from bot.store import Store
 from bot.training import TrainingClient
 
@@ -195,7 +196,6 @@ class JobContext:
         self.job = job
         self.request = request
         self._store = runner.store
-        self.client = runner.client
         self.clock = runner.clock
         self.work_dir = runner.work_dir / request.id
         self.settings = runner.settings
@@ -205,6 +205,13 @@ class JobContext:
         # within its round. Kept in the checkpoint under "round".
         self.round = int(job.checkpoint.get("round", 1))
         self._last_progress: Any = None
+
+    @property
+    def client(self) -> TrainingClient:
+        """Return the client of the resource the request is on (stored with it; the first
+        resource for a request without one); raise ResourceError when it is not configured
+        any more (the job fails saying so)."""
+        return self.runner.resources.client(self.request.command.get("resource"))
 
     def check(self) -> None:
         """Raise JobInterrupted when stopping, JobCancelled when the request was cancelled."""
@@ -298,9 +305,11 @@ class Runner:
         poll_interval: float = 0.05,
         on_finish: Callable[[RequestRecord], None] | None = None,
         housekeeping: Callable[[], object] | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.store = store
-        self.client = client
+        self.client = client  # the first resource's
+        self.resources = resources or Resources({"default": client})
         self.handlers = dict(handlers)
         self.clock = clock
         self.work_dir = work_dir

@@ -83,8 +83,8 @@ from bot.reminders import digest_day, digests
 from bot.report import csv_text as report_csv
 from bot.report import period as report_period
 from bot.report import summary as report_summary
+from bot.resources import ResourceError, Resources
 from bot.store import HeldDelivery, Store
-from bot.training import TrainingClient
 
 log = logging.getLogger(__name__)
 # An approval decision reads group membership fresh: a cached "yes" older than this is asked
@@ -200,11 +200,11 @@ class Service:
         wake: Callable[[], None] = lambda: None,
         holidays: frozenset[date] = frozenset(),
         reminder_hour: int = 8,
-        resources: Mapping[str, TrainingClient] | None = None,
+        resources: Resources,
     ) -> None:
         self.store = store
-        # The Custom Vision resources a person's images are searched in, by name
-        self.resources: Mapping[str, TrainingClient] = resources or {}
+        # The Custom Vision resources, by name: which one holds a project (bot.resources)
+        self.resources = resources
         self.holidays = holidays  # BOT_PUBLIC_HOLIDAYS: move a due date like a weekend
         self.reminder_hour = reminder_hour  # BOT_REMINDER_HOUR_UTC
         self.rules = rules
@@ -340,9 +340,22 @@ class Service:
         if problem is not None:  # bad input: answered before anything is asked or stored
             form = FORMS[f"{command.to_dict()['verb']} {command.kind.value}"]
             return Reply(f"{problem}\nUsage: `{self.command} {form.usage}`")
+        try:  # an unknown --resource is bad input: answered before any call
+            self.resources.name_of(command.resource)
+        except ResourceError as error:
+            return Reply(error.user_message)
         decision = self._may_submit(user_id, channel_id, text, command)
         if not decision:
             return self._refused(user_id, "command", decision)
+        if command.project_id is not None:
+            try:
+                located = self.resources.locate(command.project_id, command.resource)
+            except ResourceError as error:
+                return Reply(error.user_message)
+            # Stored with the request, so every job (and a retry after a restart) uses the
+            # resource found now; a request on the only resource is stored as before.
+            if command.resource is not None or len(self.resources) > 1:
+                command = replace(command, resource=located.lower())
         number, deadline = self._store_request(user_id, channel_id, text, command, received)
         self.wake()
         submitted = _submitted(format_request_id(number), command)

@@ -3,13 +3,18 @@
 Tests, benchmarks and the sandbox start the same stack, so what they exercise is what runs in
 production: the real config loader, the real Training API client over HTTP, the unmodified
 slack-sdk client against the Slack emulator, and signed requests into Bolt.
+
+Several Custom Vision resources are several emulators, as they are several endpoints in Azure:
+each has its own key, data, rate limit and record of calls. `start_stack(more_resources=...)`
+starts one more per name and configures the bot with CUSTOM_VISION_RESOURCES (the first
+resource is then named `main`); without it the bot gets the single legacy pair (`default`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,12 @@ from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
 SIGNING_SECRET = "emulator-signing-secret-0f9c2b"
 BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"
 TRAINING_KEY = "emulator-training-key-7a3c"
+MAIN_RESOURCE = "main"  # the first emulator's name when there are several
+
+
+def resource_key(name: str) -> str:
+    """Return the training key of the emulated resource `name` (the first one's: TRAINING_KEY)."""
+    return TRAINING_KEY if name == MAIN_RESOURCE else f"emulator-training-key-{name}-4b8e"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Stack:
     slack: SlackEmulator
     config: Config
     env: dict[str, str] = field(repr=False)  # holds the (test) secrets
+    # Every emulated resource by name, `cv` first (only `cv` without more_resources).
+    cvs: dict[str, CustomVisionEmulator] = field(default_factory=dict)
     bot: Any = None  # bot.app.Bot when started in-process
     server: Any = None  # handlers.wsgi.HttpServer
     driver: SlackDriver | None = None
@@ -173,6 +186,24 @@ def bot_env(
     return env
 
 
+def resources_env(
+    env: Mapping[str, str], cv: CustomVisionEmulator, more: Mapping[str, CustomVisionEmulator]
+) -> dict[str, str]:
+    """Return `env` with CUSTOM_VISION_RESOURCES naming `cv` (as `main`) and `more` instead of
+    the single pair."""
+    changed = {
+        k: v
+        for k, v in env.items()
+        if k not in ("CUSTOM_VISION_ENDPOINT", "CUSTOM_VISION_TRAINING_KEY")
+    }
+    named = {MAIN_RESOURCE: cv, **more}
+    changed["CUSTOM_VISION_RESOURCES"] = ",".join(named)
+    for name, emulator in named.items():
+        changed[f"CUSTOM_VISION_ENDPOINT_{name.upper()}"] = emulator.endpoint
+        changed[f"CUSTOM_VISION_TRAINING_KEY_{name.upper()}"] = resource_key(name)
+    return changed
+
+
 def populate_slack(slack: SlackEmulator) -> None:
     """Add the demo cast: people, a user group, channels with and without the bot."""
     for person in (REQUESTER, APPROVER, GROUP_APPROVER, STRANGER):
@@ -207,6 +238,7 @@ def start_stack(
     start_bot: bool = True,
     rate_tiers: bool = False,
     clock: Clock | None = None,
+    more_resources: Mapping[str, Seed] | None = None,
 ) -> Stack:
     """Start the emulators and, unless `start_bot` is False, the bot in-process over HTTP.
 
@@ -215,13 +247,31 @@ def start_stack(
     pairing of a kinder Slack with a bot that need not pace itself.
 
     `clock` (a FakeClock in tests) is the bot's time: approval windows, expiry, leases.
+
+    `more_resources` (name -> Seed) starts one more Custom Vision emulator per name, each with
+    its own key and a copy of `faults` (so its own rate limit).
     """
     cv, slack = start_emulators(seed, faults)
+    more = {
+        name: CustomVisionEmulator(
+            resource_key(name), seed=more_seed, faults=replace(faults) if faults else None
+        ).start()
+        for name, more_seed in (more_resources or {}).items()
+    }
     if rate_tiers:
         slack.enable_rate_tiers()
-    full_env = bot_env(cv, slack, data_dir, **dict(env or {}))
-    stack = Stack(cv=cv, slack=slack, config=load_config(full_env), env=full_env)
-    stack._closers.extend([cv.stop, slack.stop])
+    full_env = bot_env(cv, slack, data_dir)
+    if more:
+        full_env = resources_env(full_env, cv, more)
+    full_env.update(env or {})
+    stack = Stack(
+        cv=cv,
+        slack=slack,
+        config=load_config(full_env),
+        env=full_env,
+        cvs={MAIN_RESOURCE if more else "default": cv, **more},
+    )
+    stack._closers.extend([cv.stop, slack.stop, *(e.stop for e in more.values())])
     if start_bot:
         _start_bot(stack, verify_timeout, clock, rate_tiers)
     return stack

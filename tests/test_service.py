@@ -20,6 +20,7 @@ from bot.db import Database
 from bot.errors import BotError, SlackLookupError
 from bot.lifecycle import JobKind, Status
 from bot.policy import ChannelInfo, Rules
+from bot.resources import Resources
 from bot.runner import JobContext, JobHandler, Outcome, Runner, Settings
 from bot.service import FRESH_FOR_APPROVALS, MANUAL_STEPS, Service
 from bot.store import Store
@@ -170,6 +171,7 @@ def make_bot(tmp_path: Path, rules: Rules = RULES) -> Iterator[Bot]:
         approval_ttl=TTL,
         work_dir=work_dir,
         wake=lambda: wakes.append(None),
+        resources=Resources({"default": client}),
     )
     try:
         yield Bot(service, store, directory, clock, runner, jobs, work_dir, wakes)
