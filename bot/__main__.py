@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generated images, runs the bot's export and deletion on it, measures Azure's timing "
         "and error codes, writes trial-report.json and deletes the project. Needs only "
         "CUSTOM_VISION_ENDPOINT and CUSTOM_VISION_TRAINING_KEY; touches no other project. "
-        "Without --train it costs nothing beyond a few hundred API calls. " + TRAIN_COST,
+        "Without --train it costs nothing but about 100 API calls. " + TRAIN_COST,
     )
     trial_parser.add_argument("--output", type=Path, default=Path("trial-output"))
     trial_parser.add_argument("--train", action="store_true", help=TRAIN_COST)

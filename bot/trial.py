@@ -388,7 +388,9 @@ class Trial:
     # -- raw probes ----------------------------------------------------------------------
 
     def _probe(self, method: str, path: str) -> dict[str, Any]:
-        """Send one call and return its status and error code, as the service answered."""
+        """Send one call (a change: only in the scratch project) and return its status and
+        error code, as the service answered."""
+        require_scratch(path.split("/")[2], self.project_id)
         url = f"{self.endpoint}/customvision/{API_VERSION}/training{path}"
         self.client.limiter.acquire()
         response = self.session.request(

@@ -18,8 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from bot.trial import ASSUMPTIONS, TrialRefused, compare, require_scratch, run_trial, scratch_name
+from bot.training import TrainingClient
+from bot.trial import (
+    ASSUMPTIONS,
+    Trial,
+    TrialRefused,
+    compare,
+    require_scratch,
+    run_trial,
+    scratch_name,
+)
 from emulators.customvision import CustomVisionEmulator, Faults, Seed
 from tests.spec_schema import SpecChecker
 
@@ -233,3 +243,18 @@ def test_trial_deletes_the_scratch_project_when_a_step_fails(
     assert failed == [failed_step]
     assert report["steps"][-1]["step"] == "delete scratch project"
     assert report["measured"]["scratch_project_deleted"] is True
+
+
+def test_trial_probes_refuse_any_project_but_the_scratch_one(tmp_path: Path) -> None:
+    with CustomVisionEmulator(KEY, seed=SEED) as emu:
+        seeded = emu.data.project_ids()
+        client = TrainingClient(emu.endpoint, KEY, tps=1000.0)
+        with requests.Session() as session, client:
+            trial = Trial(
+                client, session, client.endpoint, KEY, tmp_path, 0.0, False, None, 1.0, 0.01
+            )
+            trial.project_id = P
+            iteration = emu.data.iteration_ids(seeded[0])[0]
+            with pytest.raises(TrialRefused):
+                trial._probe("DELETE", f"/projects/{seeded[0]}/iterations/{iteration}")
+        assert emu.calls_to("DeleteIteration") == []
