@@ -114,8 +114,19 @@ class CallCounter:
     calls: int = 0
     throttled: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+
+    def peak(self) -> int:
+        """Return the most answers received within any one second."""
+        best, start = 0, 0
+        for end, moment in enumerate(self.times):
+            while moment - self.times[start] >= 1.0:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
     def hook(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.times.append(time.monotonic())
         self.calls += 1
         self.statuses[str(response.status_code)] = (
             self.statuses.get(str(response.status_code), 0) + 1
@@ -454,7 +465,9 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  {mark} {step['step']} ({step['seconds']} s){extra}")
     lines.append(
         f"Calls: {report['calls']['total']} in {report['seconds']} s "
-        f"({report['calls']['per_second']}/s), {report['calls']['throttled']} answered 429."
+        f"({report['calls']['per_second']}/s on average, at most "
+        f"{report['calls']['peak_per_second']} in one second, the bot's cap "
+        f"{report['calls']['client_rate_cap']}/s), {report['calls']['throttled']} answered 429."
     )
     lines.append("Emulator assumptions:")
     for row in report["assumptions"]:
@@ -538,6 +551,8 @@ def run_trial(
         "calls": {
             "total": counter.calls,
             "per_second": round(counter.calls / seconds, 2) if seconds else None,
+            "peak_per_second": counter.peak(),
+            "client_rate_cap": tps,
             "throttled": counter.throttled,
             "statuses": counter.statuses,
         },

@@ -1316,6 +1316,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds a new model export stays Exporting",
     )
     parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=Faults.train_seconds,
+        help="seconds a TrainProject iteration stays Training",
+    )
+    parser.add_argument(
         "--quota-exhausted",
         type=float,
         default=None,
@@ -1342,6 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         async_delete_delay=args.delete_lag,
         async_delete_workspace_delay=args.workspace_delete_lag,
         export_seconds=args.export_seconds,
+        train_seconds=args.train_seconds,
         quota_exhausted=args.quota_exhausted,
         real_quirks=not args.spec_only,
     )

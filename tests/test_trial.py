@@ -23,6 +23,7 @@ import requests
 from bot.training import TrainingClient
 from bot.trial import (
     ASSUMPTIONS,
+    CallCounter,
     Trial,
     TrialRefused,
     compare,
@@ -258,3 +259,9 @@ def test_trial_probes_refuse_any_project_but_the_scratch_one(tmp_path: Path) -> 
             with pytest.raises(TrialRefused):
                 trial._probe("DELETE", f"/projects/{seeded[0]}/iterations/{iteration}")
         assert emu.calls_to("DeleteIteration") == []
+
+
+def test_call_counter_peak_is_the_busiest_second() -> None:
+    counter = CallCounter(times=[0.0, 0.2, 0.9, 1.0, 1.05, 1.1, 1.95, 3.0])
+    assert counter.peak() == 5  # 0.2 .. 1.1
+    assert CallCounter().peak() == 0
