@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import ack, auditlog, burst, deletion, export, memory, report
+from bench import ack, auditlog, burst, deletion, export, memory, report, resources
 from bench.report import Result
 
 BENCHMARKS: dict[str, Callable[..., Result]] = {
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "ack": ack.run,
     "audit": auditlog.run,
     "burst": burst.run,
+    "resources": resources.run,
 }
 
 

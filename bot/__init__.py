@@ -15,7 +15,8 @@ The product without Slack. Where things are:
 - the jobs: `runner.py` (workers, leases, checkpoints, `JobContext`), `exporter.py` with
   `package.py`, `browse.py`, `coco.py` and `webpage.py` (the export package), `deletion.py`
   (preview, plan, execution, receipt);
-- the adapters: `training.py` (the Training API client, over `models.py`), `store/` (SQLite,
+- the adapters: `training.py` (the Training API client, over `models.py`), `resources.py` (a
+  client per Custom Vision resource, and which resource holds a project), `store/` (SQLite,
   one module per concept, over `db.py`), `audit.py` (the hash-chained audit log);
 - the wording people read: `wording.py`; errors: `errors.py`; config: `config.py`;
 - the wiring: `app.py` builds the bot, `__main__.py` is the command line, `checks.py` the

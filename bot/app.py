@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 import requests
 from slack_bolt import App
@@ -126,7 +125,6 @@ def build_bot(
     settings = Settings(
         max_file_bytes=config.max_file_bytes,
         download_concurrency=config.download_concurrency,
-        endpoint_host=urlparse(config.resources[0].endpoint).netloc,
         approval_ttl=timedelta(hours=config.approval_ttl_hours),
         command=config.bot_command,
     )

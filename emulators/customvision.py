@@ -61,6 +61,10 @@ Vision.CustomVision.Training/tests/SessionRecords/TrainingTests/<name>.json):
   docs write it; ASP.NET routing is case-insensitive).
 - The two guessed error codes are variants with no public source: `unpublish_unpublished`
   and `delete_published`.
+- Several resources are several emulators (emulators.stack `more_resources`): in Azure each
+  resource has its own endpoint and key (the portal's Keys and Endpoint page, per resource)
+  and its own limit of 10 Training API calls per second (NOTES-customvision.md, "10 per second
+  per resource"), so each emulator has its own key, data, `tps_cap` window and call record.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ack, auditlog, burst, deletion, export, memory, report
+from bench import ack, auditlog, burst, deletion, export, memory, report, resources
 from bench.report import Result, Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +168,13 @@ def test_bench_render_marks_checks_and_counts_targets_met() -> None:
     assert "|  | missed | 9 \\| 10 | 0 | FAIL |" in table
     assert "1 of 2 targets met." in table
     assert not result.ok
+
+
+def test_bench_resources_smoke_runs_both_resources_at_once_and_each_alone() -> None:
+    result = resources.run(smoke=True)
+    well_formed(result, "resources")
+    f = result.figures
+    # The same search: as many calls at once as both alone together.
+    assert f["calls_together"] == f["calls_apart"] > 0
+    assert f["together_s"] > 0 and f["apart_s"] > 0
+    assert f["ratio"] == f["together_s"] / f["apart_s"]

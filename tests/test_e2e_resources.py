@@ -7,8 +7,11 @@ records the calls it got, so a test sees which resource each request reached.
 from __future__ import annotations
 
 import io
+import json
 import logging
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,15 @@ DEV = Seed(projects=1, iterations=1, tags=2, images=10, predictions=2, image_byt
 @pytest.fixture
 def stack(stacks: StartStack) -> Stack:
     return stacks(seed=MAIN, more_resources={"dev": DEV})
+
+
+def exported_manifest(stack: Stack, rid: str) -> dict[str, Any]:
+    stack.wait_delivered()
+    part = next(f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export"))
+    with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+        data = json.loads(archive.read("manifest.json"))
+    assert isinstance(data, dict)
+    return data
 
 
 def operations(cv: CustomVisionEmulator) -> list[str]:
@@ -87,6 +99,8 @@ def test_e2e_resources_export_of_a_project_on_the_second_resource_uses_its_clien
         rid
     ).error
     assert stack.bot.store.get(rid).command["resource"] == "dev"
+    manifest = exported_manifest(stack, rid)
+    assert manifest["source"]["endpoint_host"] == dev.endpoint.split("//")[1]
     # main was only asked for its project list (where is this project?), never about it.
     assert operations(main) == ["GetProjects"]
     assert "GetProject" in operations(dev) and "GetImages" in operations(dev)
