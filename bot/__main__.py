@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING
 from bot.config import Config, load_config, read_environment
 from bot.errors import ConfigError
 from bot.logs import setup_logging
+from bot.wording import count
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -168,7 +169,7 @@ def audit_verify(config: Config, witness: Path | None = None, bot: str | None = 
             result = log_file.check_against_witness(seen.lines)
             print(f"Checked against {len(seen.lines)} lines posted by {seen.bot} in {witness}.")
             if seen.ignored:
-                print(f"Ignored {len(seen.ignored)} line(s) that read like audit lines:")
+                print(f"Ignored {count(len(seen.ignored), 'line')} that read like audit lines:")
             for line in seen.ignored[:MAX_IGNORED_SHOWN]:
                 print(f"  ts {line.ts} by {line.author}: {line.reason}: {line.text[:80]!r}")
             if len(seen.ignored) > MAX_IGNORED_SHOWN:

@@ -433,7 +433,9 @@ class _Fields:
             raise ValueError(f"a stored {verb} must be an object, not {type(data).__name__}")
         unknown = sorted(str(key) for key in data if key not in keys)
         if unknown:
-            raise ValueError(f"unknown field(s) in a stored {verb}: {', '.join(unknown)}")
+            raise ValueError(
+                f"unknown {plural(len(unknown), 'field')} in a stored {verb}: {join_words(unknown)}"
+            )
         if data.get("verb") != verb:
             raise ValueError(f"not a stored {verb}: verb is {data.get('verb')!r}")
         self.data = data

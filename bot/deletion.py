@@ -315,12 +315,12 @@ def summary_of(facts: Facts) -> str:
             f"{wording.count(len(held), 'trained iteration snapshot')}."
         )
         if facts.images_not_found:
-            text += f" {len(facts.images_not_found)} requested id(s) not found."
+            text += f" {wording.count(len(facts.images_not_found), 'requested id')} not found."
     else:
         predictions = wording.count(len(facts.predictions), *NOUNS["prediction"])
         text = f"Deletes {predictions} of {project}."
         if facts.predictions_not_found:
-            text += f" {len(facts.predictions_not_found)} requested id(s) not found."
+            text += f" {wording.count(len(facts.predictions_not_found), 'requested id')} not found."
     if published:
         stop = "that prediction endpoint stops" if len(published) == 1 else "those endpoints stop"
         text += f" Unpublishes {wording.join_words(published)} first: {stop} working."
@@ -332,13 +332,15 @@ def nothing_to_delete(facts: Facts) -> str:
     text = f"Nothing to delete: project {_quoted(facts.project_name)} holds "
     if facts.kind == commands.DeleteKind.IMAGES:
         if facts.selector == "ids":
-            text += f"none of the {len(facts.images_not_found)} requested image id(s)"
+            text += (
+                f"none of the {wording.count(len(facts.images_not_found), 'requested image id')}"
+            )
         else:
             text += "no " + images_phrase(facts, 0).removeprefix("all ").removeprefix("0 ")
     else:
         text += "no stored predictions"
         if facts.predictions_not_found:
-            text += f" with the {len(facts.predictions_not_found)} requested id(s)"
+            text += f" with the {wording.count(len(facts.predictions_not_found), 'requested id')}"
     return text + "."
 
 

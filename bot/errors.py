@@ -30,6 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bot.wording import count
+
 
 class BotError(Exception):
     """Base class: `user_message` is safe to show in Slack (never holds a secret)."""
@@ -45,7 +47,7 @@ class ConfigError(BotError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"Configuration has {len(self.problems)} problem(s):\n{lines}")
+        super().__init__(f"Configuration has {count(len(self.problems), 'problem')}:\n{lines}")
 
 
 class ParseError(BotError, ValueError):

@@ -817,8 +817,8 @@ class _Build:
         if missing:
             self.counts["files_missing"] = missing
             self.writer.note(
-                f"{missing} file(s) no longer existed when the export downloaded them (deleted "
-                'since they were listed): their lines say "file": null.'
+                f"{count(missing, 'file')} no longer existed when the export downloaded them "
+                '(deleted since they were listed): their lines say "file": null.'
             )
         return self.counts
 

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.lifecycle import RequestKind, Status
+from bot.wording import count
 
 
 @dataclass(frozen=True)
@@ -367,8 +368,10 @@ def approvals_in_force(
     stale = [d.reason for a in approvers if not (d := approval_counts(rules, a, subject))]
     standing = len(approvers) - len(stale)
     if standing < rules.required_approvals:
-        count = f"{standing} of the {rules.required_approvals} required approval(s) stand."
-        return Decision(False, " ".join([*stale, count]))
+        stand = "stands" if standing == 1 else "stand"
+        required = count(rules.required_approvals, "required approval")
+        tally = f"{standing:,} of the {required} {stand}."
+        return Decision(False, " ".join([*stale, tally]))
     return ALLOW
 
 

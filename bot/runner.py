@@ -41,6 +41,7 @@ from bot.logs import request_context
 from bot.resources import Resources
 from bot.store import Store
 from bot.training import TrainingClient
+from bot.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ class Runner:
                 self.stopping.wait(_backoff(failures))
                 continue
             if failures:
-                log.info("claiming jobs works again after %d failed attempt(s)", failures)
+                log.info("claiming jobs works again after %s", count(failures, "failed attempt"))
                 failures = 0
             if job is None:
                 self.wake.wait(self.poll_interval)

@@ -510,9 +510,11 @@ class Service:
             action="status.exported",
             details={"requests": len(records), "file": name, "channel": channel_id},
             title=f"Open requests of <@{user_id}> ({len(records)})",
-            comment=f"<@{user_id}> your {len(records)} open requests.",
+            comment=f"<@{user_id}> your {wording.count(len(records), 'open request')}.",
         )
-        return Reply(f"Posting your {len(records)} open requests here as `{name}`.")
+        return Reply(
+            f"Posting your {wording.count(len(records), 'open request')} here as `{name}`."
+        )
 
     def dashboard(self, user_id: str) -> Dashboard:
         """Return what `user_id`'s App Home shows: their open requests and, for an approver,
@@ -613,7 +615,11 @@ class Service:
                     record.number,
                     record.channel,
                     " ".join(dropped)
-                    + ("" if started else f" {record.id} needs {missing} more approval(s)."),
+                    + (
+                        ""
+                        if started
+                        else f" {record.id} needs {wording.count(missing, 'more approval')}."
+                    ),
                 )
             self.store.announce(conn, record.number, record.channel)
         stale = (" " + " ".join(dropped)) if dropped else ""
@@ -623,7 +629,9 @@ class Service:
                 f"You approved {record.id}.{stale} The deletion starts now; the receipt will "
                 "be posted in its thread."
             )
-        return Reply(f"You approved {record.id}.{stale} {missing} more approval(s) needed.")
+        return Reply(
+            f"You approved {record.id}.{stale} {wording.count(missing, 'more approval')} needed."
+        )
 
     def _drop_lapsed_approvals(
         self,
@@ -904,7 +912,8 @@ class Service:
             [h.name for h in held[:5]] + ([f"{len(held) - 5:,} more"] if len(held) > 5 else [])
         )
         return Reply(
-            f"Posting {len(held)} held delivery(ies) of {record.id} again: {names}. If Slack "
+            f"Posting {wording.count(len(held), 'held delivery', 'held deliveries')} of "
+            f"{record.id} again: {names}. If Slack "
             "refuses again, you will be told why."
         )
 
@@ -1237,10 +1246,11 @@ class Service:
                 "since": str(command.since) if command.since else None,
                 "file": name,
             },
-            title=f"Audit log ({count} events)",
-            comment=f"<@{user_id}> audit log: {count} events{clock}. {verification.summary()}",
+            title=f"Audit log ({wording.count(count, 'event')})",
+            comment=f"<@{user_id}> audit log: {wording.count(count, 'event')}{clock}. "
+            f"{verification.summary()}",
         )
-        return Reply(f"Posting {count} audit events as `{name}`.")
+        return Reply(f"Posting {wording.count(count, 'audit event')} as `{name}`.")
 
     def _file_refused(
         self,

@@ -838,7 +838,9 @@ class TrainingClient:
             raise self._malformed("CreateImagesFromFiles", "no image ids", answer.status) from None
         if len(ids) != len(images):
             raise self._malformed(
-                "CreateImagesFromFiles", f"{len(images) - len(ids)} image(s) not created", 200
+                "CreateImagesFromFiles",
+                f"{wording.count(len(images) - len(ids), 'image')} not created",
+                200,
             )
         return ids
 

@@ -17,7 +17,7 @@ from typing import Any
 from bot import parser
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.parser import slack_escape
-from bot.wording import join_words
+from bot.wording import count, join_words
 from handlers import limits
 
 Block = dict[str, Any]
@@ -58,7 +58,7 @@ def message_text(text: str) -> str:
     return limits.fit_lines(
         bot_text(text).split("\n"),
         limits.MAX_REPLY_TEXT,
-        "… ({n} more line(s) did not fit in one Slack message)",
+        lambda n: f"… ({count(n, 'more line')} did not fit in one Slack message)",
     )
 
 
@@ -193,7 +193,7 @@ def _preview_warnings(preview: Mapping[str, Any]) -> list[str]:
         lines.append(f"Stored predictions: {preview['predictions']}")
     missing = preview.get("images_not_found") or []
     if missing:
-        lines.append(f"Not found (not targeted): {len(missing)} id(s)")
+        lines.append(f"Not found (not targeted): {count(len(missing), 'id')}")
     missing_predictions = preview.get("predictions_not_found") or []
     if missing_predictions:
         lines.append(f"Prediction ids not found (not targeted): {len(missing_predictions)}")
@@ -294,7 +294,9 @@ def preview_blocks(
         ]
         if preview_file is not None:
             lines.append(_file_note(preview_file))
-    text = limits.fit_lines(lines, limits.MAX_SECTION_TEXT, "… {n} more line(s) in the file")
+    text = limits.fit_lines(
+        lines, limits.MAX_SECTION_TEXT, lambda n: f"… {count(n, 'more line')} in the file"
+    )
     blocks: list[Block] = [{"type": "section", "block_id": "preview", "text": plain(text)}]
     warning = _unpublish_warning(preview)
     if warning:

@@ -11,7 +11,7 @@ characters in practice; we stay well under).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 MAX_REPLY_TEXT = 4_000  # Slack asks for message text under 4,000 characters
@@ -53,8 +53,8 @@ def cut(text: str, limit: int, marker: str = ELLIPSIS) -> str:
     return "".join(head) + marker
 
 
-def fit_lines(lines: Sequence[str], limit: int, more: str) -> str:
-    """Return as many whole lines as fit in `limit` units, then `more` (formatted with `{n}`).
+def fit_lines(lines: Sequence[str], limit: int, more: Callable[[int], str]) -> str:
+    """Return as many whole lines as fit in `limit` units, then `more(n)` for the `n` left out.
 
     `more` says how many lines were left out and where to find them, so nothing is dropped
     silently; a single line longer than the limit is cut with an ellipsis.
@@ -64,7 +64,7 @@ def fit_lines(lines: Sequence[str], limit: int, more: str) -> str:
         return text
     kept: list[str] = []
     for index, line in enumerate(lines):
-        note = more.format(n=len(lines) - index)
+        note = more(len(lines) - index)
         candidate = "\n".join([*kept, line])
         if units(candidate) + 1 + units(note) > limit:
             if not kept:

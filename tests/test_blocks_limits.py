@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.lifecycle import RequestKind, RequestRecord, Status
+from bot.wording import count
 from emulators.slack.webapi import SlackEmulator
 from handlers import blocks, limits
 
@@ -164,7 +165,8 @@ def test_preview_keeps_every_warning(preview: dict[str, Any]) -> None:
     if preview["predictions"]:
         assert f"Stored predictions: {preview['predictions']}" in text
     if preview["images_not_found"]:
-        assert f"Not found (not targeted): {len(preview['images_not_found'])} id(s)" in text
+        missing = count(len(preview["images_not_found"]), "id")
+        assert f"Not found (not targeted): {missing}" in text
     if preview["predictions_not_found"]:
         assert f"not found (not targeted): {len(preview['predictions_not_found'])}" in text
     if preview["unpublish"]:
@@ -213,5 +215,8 @@ def test_cut_counts_utf16_units(text: str, limit: int, expected: str) -> None:
 
 def test_fit_lines_names_what_it_left_out() -> None:
     lines = [f"line {n:02d}" for n in range(10)]  # 7 units each
-    assert limits.fit_lines(lines, 40, "+{n} more") == "line 00\nline 01\nline 02\nline 03\n+6 more"
-    assert limits.fit_lines(lines[:2], 40, "+{n} more") == "line 00\nline 01"
+    assert (
+        limits.fit_lines(lines, 40, lambda n: f"+{n} more")
+        == "line 00\nline 01\nline 02\nline 03\n+6 more"
+    )
+    assert limits.fit_lines(lines[:2], 40, lambda n: f"+{n} more") == "line 00\nline 01"

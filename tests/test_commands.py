@@ -170,7 +170,7 @@ def _delete(**changes: Any) -> dict[str, Any]:
 
 BAD_STORED = [
     ({**_export(), "verb": "status"}, "not a stored export or delete (verb 'status')"),
-    (_export(colour="red"), "unknown field(s) in a stored export: colour"),
+    (_export(colour="red"), "unknown field in a stored export: colour"),
     (_export(kind="everything"), "kind: not a valid kind: 'everything'"),
     (_export(project_id="p1"), "project_id: not a GUID: 'p1'"),
     (_export(project_id=None), "not a valid export: export images needs <project-id>"),

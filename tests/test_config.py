@@ -67,7 +67,7 @@ def test_config_reports_every_problem_at_once() -> None:
         "PORT",
     ]
     assert "alice" in problems[5]
-    assert str(caught.value).startswith("Configuration has 10 problem(s):")
+    assert str(caught.value).startswith("Configuration has 10 problems:")
 
 
 def test_config_socket_mode_needs_no_signing_secret() -> None:
@@ -267,7 +267,7 @@ def test_bot_process_refuses_out_of_range_settings_naming_them(
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "OverflowError" not in done.stderr
-    assert "Configuration has 3 problem(s)" in done.stderr
+    assert "Configuration has 3 problems" in done.stderr
     for name in ("BOT_APPROVAL_TTL_HOURS", "BOT_WORKERS", "BOT_DOWNLOAD_CONCURRENCY"):
         assert f"{name}=" in done.stderr
         assert NUMBERS[name].text in done.stderr

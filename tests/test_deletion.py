@@ -441,7 +441,7 @@ def test_delete_images_by_id_lists_unknown_ids_and_reaches_iteration_only_images
     assert preview is not None
     assert (preview["images_targeted"], preview["workspace_images"]) == (4, 3)
     assert preview["images_not_found"] == [unknown]
-    assert "1 requested id(s) not found" in preview["summary"]
+    assert "1 requested id not found." in preview["summary"]
 
     h.approve(record.number)
 
@@ -456,9 +456,9 @@ def test_delete_images_by_id_lists_unknown_ids_and_reaches_iteration_only_images
         ("images {p} --all", "no images"),
         ("images {p} --untagged", "no untagged images"),
         ("images {p} --tag {tag}", 'no images tagged "alice"'),
-        ("images {p} --ids {unknown}", "none of the 1 requested image id(s)"),
+        ("images {p} --ids {unknown}", "none of the 1 requested image id"),
         ("predictions {p}", "no stored predictions"),
-        ("predictions {p} --ids {unknown}", "no stored predictions with the 1 requested id(s)"),
+        ("predictions {p} --ids {unknown}", "no stored predictions with the 1 requested id"),
     ],
 )
 def test_a_deletion_matching_nothing_fails_at_the_preview(

@@ -67,12 +67,12 @@ def test_approvers_a_removed_approver_no_longer_counts(
     stack: Stack, first: Person, remove: Callable[[Stack], None], second: Person
 ) -> None:
     rid = request_pending(stack, tag_deletion(stack))
-    assert "1 more approval(s) needed" in click_answer(stack, first, rid, "approve")
+    assert "1 more approval needed" in click_answer(stack, first, rid, "approve")
     remove(stack)
 
     answer = click_answer(stack, second, rid, "approve")
     assert f"<@{first.user_id}> is no longer an approver" in answer, answer
-    assert "1 more approval(s) needed" in answer
+    assert "1 more approval needed" in answer
     assert stack.status(rid) == "pending"
     assert stack.bot.store.get(rid).approvals == (second.user_id,)
     said = [t for t in thread(stack, rid) if "no longer an approver" in t]

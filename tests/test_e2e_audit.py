@@ -178,7 +178,7 @@ def test_e2e_witness_trusts_only_the_bots_own_lines(stack: Stack) -> None:
     assert "Audit log intact" in result.stdout
     kept = sum(len(audit.parse_mirror_lines(m.text)) for m in mirror if m.ts != edited.ts)
     assert f"Checked against {kept} lines posted by U0BOT (bot B0BOT)" in result.stdout
-    assert "Ignored 6 line(s)" in result.stdout
+    assert "Ignored 6 lines that read like audit lines:" in result.stdout
     for reason in (
         f"by {STRANGER.user_id}: posted by a person, not the bot",
         "by U0OTHERAPP (bot B0OTHER): posted by another app, not the bot",
@@ -201,7 +201,7 @@ def test_e2e_witness_without_other_apps_finds_the_bot_and_still_catches_truncati
     folder = export_folder(stack)
     result = offline_verify(stack, "--witness", str(folder))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Ignored 1 line(s)" in result.stdout
+    assert "Ignored 1 line that read like audit lines:" in result.stdout
     (count,) = stack.bot.db.conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
     tamper(stack.config.database, f"DELETE FROM audit_events WHERE seq > {count - 2}")
     caught = offline_verify(stack, "--witness", str(folder))

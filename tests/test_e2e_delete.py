@@ -145,7 +145,7 @@ def test_e2e_group_approver_and_two_required_approvals(stacks: StartStack) -> No
     project = stack.cv.data.project_ids()[0]
     image = stack.cv.data.image_ids(project)[0]
     rid = request_pending(stack, f"delete images {project} --ids {image}")
-    assert "1 more approval(s) needed" in click_answer(stack, GROUP_APPROVER, rid, "approve")
+    assert "1 more approval needed" in click_answer(stack, GROUP_APPROVER, rid, "approve")
     # The same person twice counts once.
     assert "already approved" in click_answer(stack, GROUP_APPROVER, rid, "approve")
     assert stack.status(rid) == "pending"

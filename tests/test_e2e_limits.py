@@ -216,7 +216,7 @@ def test_e2e_thread_post_longer_than_a_message_says_what_it_left_out(stack: Stac
     assert units(posted.text) <= MAX_REPLY_TEXT
     kept = posted.text.count("• part-")
     assert 0 < kept < 120
-    assert f"… ({120 - kept} more line(s) did not fit in one Slack message)" in posted.text
+    assert f"… ({120 - kept} more lines did not fit in one Slack message)" in posted.text
 
 
 def test_e2e_status_with_emoji_tickets_still_shows_20_whole_lines(stacks: StartStack) -> None:

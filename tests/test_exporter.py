@@ -603,7 +603,7 @@ def test_export_notes_a_file_deleted_after_it_was_listed(harness: Harness) -> No
     assert record.result is not None
     assert record.result["counts"]["files_missing"] == 1
     assert record.result["counts"]["image_files"] == len(lines) - 1
-    assert any("no longer existed" in n for n in pkg.manifest["notes"])
+    assert any(n.startswith("1 file no longer existed") for n in pkg.manifest["notes"])
 
 
 # -- resuming ------------------------------------------------------------------------------------

@@ -504,7 +504,7 @@ def test_policy_approvals_in_force_counts_only_recorded_approvers() -> None:
     decision = approvals_in_force(RULES, subject, [APPROVER, GROUP_APPROVER], NOW, TTL)
     assert (decision.allowed, decision.reason.strip()) == (
         False,
-        "1 of the 2 required approval(s) stand.",
+        "1 of the 2 required approvals stands.",
     )
 
 

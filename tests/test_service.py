@@ -502,7 +502,7 @@ def test_service_status_file_is_written_and_queued(bot: Bot) -> None:
     reply = bot.command(REQUESTER, PRIVATE, "status --all")
 
     [path] = (bot.work_dir / "status").iterdir()
-    assert reply == f"Posting your 1 open requests here as `{path.name}`."
+    assert reply == f"Posting your 1 open request here as `{path.name}`."
     assert path.read_text(encoding="utf-8") == (
         f"Open requests of {REQUESTER} at 2026-11-27 09:00 UTC: 1\n"
         "\n"
@@ -530,7 +530,7 @@ def test_service_approval_needs_two_other_people_then_starts_the_deletion(bot: B
         "there."
     )
     assert bot.service.approve(APPROVER, "R-1001", PRIVATE).text == (
-        "You approved R-1001. 1 more approval(s) needed."
+        "You approved R-1001. 1 more approval needed."
     )
     assert bot.status() == "pending"
     assert bot.wakes == []
@@ -559,7 +559,7 @@ def test_service_approval_needs_two_other_people_then_starts_the_deletion(bot: B
 def test_service_an_approval_counts_only_while_its_approver_still_is_one(bot: Bot) -> None:
     pending_deletion(bot)
     assert bot.service.approve(GROUPIE, "R-1001", PRIVATE).text == (
-        "You approved R-1001. 1 more approval(s) needed."
+        "You approved R-1001. 1 more approval needed."
     )
     bot.directory.groups["S0PRIVACY"] = set()  # the groupie left the approver group
     bot.directory.max_ages.clear()
@@ -570,11 +570,11 @@ def test_service_an_approval_counts_only_while_its_approver_still_is_one(bot: Bo
         f"<@{GROUPIE}> is no longer an approver (BOT_APPROVERS and its user groups), so their "
         "approval of R-1001 no longer counts."
     )
-    assert reply == f"You approved R-1001. {dropped} 1 more approval(s) needed."
+    assert reply == f"You approved R-1001. {dropped} 1 more approval needed."
     assert bot.status() == "pending"
     assert bot.store.get(1001).approvals == (APPROVER,)
     assert bot.actions("R-1001")[-2:] == ["approval.granted", "approval.dropped"]
-    assert f"{dropped} R-1001 needs 1 more approval(s)." in bot.posts()
+    assert f"{dropped} R-1001 needs 1 more approval." in bot.posts()
     # Approval decisions read group membership fresh, not from a five-minute cache.
     assert set(bot.directory.max_ages) == {FRESH_FOR_APPROVALS}
 
@@ -710,12 +710,12 @@ def test_service_retry_resumes_a_deletion_while_its_approvals_are_in_force(bot: 
         (
             "group",
             f"<@{GROUPIE}> is no longer an approver (BOT_APPROVERS and its user groups), so "
-            "their approval of R-1001 no longer counts. 1 of the 2 required approval(s) stand.",
+            "their approval of R-1001 no longer counts. 1 of the 2 required approvals stands.",
         ),
         (
             # restarted with a stricter BOT_REQUIRED_APPROVALS: no approval dropped, too few
             "required",
-            "2 of the 3 required approval(s) stand.",
+            "2 of the 3 required approvals stand.",
         ),
     ],
 )
