@@ -75,7 +75,14 @@ from bot.lifecycle import Status
 from bot.models import Export, Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
 from bot.runner import JobCancelled, JobContext, Outcome
-from bot.training import API_VERSION, BLOB_OPERATION, MAX_IMAGE_IDS, MAX_TAKE, Download
+from bot.training import (
+    API_VERSION,
+    BLOB_OPERATION,
+    MAX_IMAGE_IDS,
+    MAX_TAKE,
+    Download,
+    TrainingClient,
+)
 from bot.wording import count, describe_counts, describe_wait, human_size, short_ids
 
 log = logging.getLogger(__name__)
@@ -907,27 +914,55 @@ class _Build:
         self.predictions(p, files=self.export.images)
 
     def account(self) -> None:
+        resources = self.ctx.resources
+        if len(resources) == 1:
+            self._account(self.client, "")
+        else:
+            # One section per resource, each read with its own client; the summary at the root.
+            summary = []
+            for name, client in resources.items():
+                prefix = package.resource_path(name, "")
+                summary.append(
+                    {
+                        "name": name,
+                        "endpoint_host": client.endpoint_host,
+                        **self._account(client, prefix, resource=name),
+                    }
+                )
+            self.json("resources.json", summary)
+            self.counts["resources"] = len(summary)
+        for text in ACCOUNT_NOTES:
+            self.writer.note(text)
+
+    def _account(
+        self, client: TrainingClient, prefix: str, *, resource: str | None = None
+    ) -> dict[str, int]:
+        """Write one resource's domains, projects and per-project counts under `prefix`;
+        return its counts of domains and projects."""
         ctx = self.ctx
-        domains = self.client.get_domains()
-        self.json("domains.json", [d.to_dict() for d in domains])
-        projects = self.client.get_projects()
-        self.json("projects.json", [pr.to_dict() for pr in projects])
-        self.counts.update(domains=len(domains), projects=len(projects))
-        self.section("projects")
+        domains = client.get_domains()
+        self.json(prefix + "domains.json", [d.to_dict() for d in domains])
+        projects = client.get_projects()
+        self.json(prefix + "projects.json", [pr.to_dict() for pr in projects])
+        for key, n in (("domains", len(domains)), ("projects", len(projects))):
+            self.counts[key] = self.counts.get(key, 0) + n
+        where = f"{resource}:" if resource else ""
+        self.section(f"{where}projects")
         rows: list[dict[str, Any]] = []
-        self.phase = "counting per project"
+        self.phase = f"counting per project of {resource}" if resource else "counting per project"
         for n, pr in enumerate(projects):
             ctx.progress(n, len(projects), self.phase)
             counts = {
-                kind: self.client.count_images(pr.id, kind=kind)
+                kind: client.count_images(pr.id, kind=kind)
                 for kind in ("all", "tagged", "untagged")
             }
-            tags = self.client.get_tags(pr.id)
-            iterations = self.client.get_iterations(pr.id)
+            tags = client.get_tags(pr.id)
+            iterations = client.get_iterations(pr.id)
             self.json(
-                package.project_path(pr.id, "iterations.json"), [i.to_dict() for i in iterations]
+                prefix + package.project_path(pr.id, "iterations.json"),
+                [i.to_dict() for i in iterations],
             )
-            self.json(package.project_path(pr.id, "tags.json"), _tags_json({None: tags}))
+            self.json(prefix + package.project_path(pr.id, "tags.json"), _tags_json({None: tags}))
             rows.append(
                 {
                     "id": pr.id,
@@ -942,19 +977,18 @@ class _Build:
             )
             # The per-project counts stay in account.json: the package holds no image or tag
             # of its own, and a summary saying "120 images" would suggest it did.
-            ctx.save(section=f"account:{n + 1}", counts=self.counts)
+            ctx.save(section=f"account:{where}{n + 1}", counts=self.counts)
         self.json(
-            "account.json",
+            prefix + "account.json",
             {
-                "endpoint_host": ctx.settings.endpoint_host or self.client.endpoint_host,
+                "endpoint_host": client.endpoint_host,
                 "api_version": API_VERSION,
                 "tier_limits": {"tier": "S0", **LIMITS},
                 "projects": {"count": len(projects), "limit": LIMITS["projects"]},
                 "per_project": rows,
             },
         )
-        for text in ACCOUNT_NOTES:
-            self.writer.note(text)
+        return {"domains": len(domains), "projects": len(projects)}
 
 
 ACCOUNT_NOTES = (

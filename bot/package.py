@@ -16,6 +16,8 @@ Layout (every name comes from an id or `safe_name`; `check_arcname` enforces it 
     images/predictions/<prediction-id>.<ext>         the image a stored prediction was made on
     models/<iteration-id>/<platform>[-<flavor>].<ext> exported model files (--download)
     projects/<project-id>/<name>       `project_path`: per-project data of a multi-project export
+    resources/<name>/<file>            `resource_path`: one resource's part of an account export
+                                       of several resources (resources.json lists them)
     index.html, index/<stem>-NNNN.html the browsable index and its pages (bot.browse)
     annotations/<project-id>.coco.json `coco_path`: COCO annotations of a project's images
     labels.csv                         image-level labels of a classification project
@@ -329,6 +331,13 @@ def model_path(iteration_id: str, platform: str, flavor: str | None, ext: str) -
     return f"models/{_id(iteration_id)}/{stem}.{_ext(ext)}"
 
 
+def resource_path(resource: str, name: str) -> str:
+    """Return `name` placed in a Custom Vision resource's folder (an account export of several
+    resources); with an empty `name`, the folder's prefix, ending in `/`."""
+    folder = f"resources/{safe_name(resource, 'resource')}/"
+    return folder if not name else check_arcname(folder + name)
+
+
 def project_path(project_id: str, name: str) -> str:
     """Return `name` placed in the project's folder (exports that span several projects)."""
     return check_arcname(f"projects/{_id(project_id)}/{name}")
@@ -469,6 +478,7 @@ def render_manifest(
 
 
 _PROJECT_PREFIX = re.compile(r"projects/[^/]+/")
+_RESOURCE_PREFIX = re.compile(r"resources/[^/]+/")
 
 # (pattern on the name, label shown, what the file holds); first match wins.
 FILE_KINDS: tuple[tuple[str, str, str], ...] = (
@@ -519,6 +529,12 @@ FILE_KINDS: tuple[tuple[str, str, str], ...] = (
         "type, target export platforms), creation and modification times, as returned.",
     ),
     (r"domains\.json", "domains.json", "The domains (model types) the resource offers."),
+    (
+        r"resources\.json",
+        "resources.json",
+        "The Custom Vision resources this account export covers: each one's name, endpoint and "
+        "counts; each has its own folder resources/<name>/ with the files below.",
+    ),
     (
         r"account\.json",
         "account.json",
@@ -591,9 +607,12 @@ _OTHER = "Other data the Custom Vision Training API returned, as returned."
 
 def _kind(name: str) -> tuple[str, str]:
     prefix = ""
+    match = _RESOURCE_PREFIX.match(name)
+    if match and name != match.group(0):
+        prefix, name = "resources/<name>/", name[match.end() :]
     match = _PROJECT_PREFIX.match(name)
     if match and name != match.group(0):
-        prefix, name = "projects/<project-id>/", name[match.end() :]
+        prefix, name = prefix + "projects/<project-id>/", name[match.end() :]
     for pattern, label, text in _KIND_PATTERNS:
         if pattern.fullmatch(name):
             return prefix + label, text

@@ -208,6 +208,11 @@ class JobContext:
         self._last_progress: Any = None
 
     @property
+    def resources(self) -> Resources:
+        """Return every configured resource's client, by name (work spanning resources)."""
+        return self.runner.resources
+
+    @property
     def client(self) -> TrainingClient:
         """Return the client of the resource the request is on (stored with it; the first
         resource for a request without one); raise ResourceError when it is not configured

@@ -195,3 +195,32 @@ def test_e2e_resources_no_key_in_any_message_file_or_log(
     texts += [p.read_bytes().decode("latin-1") for p in database.parent.glob("*.db*")]
     for key in keys:
         assert all(key not in text for text in texts), key
+
+
+def test_e2e_resources_export_account_covers_each_resource(stack: Stack) -> None:
+    main, dev = stack.cvs["main"], stack.cvs["dev"]
+    rid = stack.request_id(stack.command(REQUESTER, "export account --ticket T-8"))
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
+        rid
+    ).error
+    stack.wait_delivered()
+    part = next(f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export"))
+    with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+        names = set(archive.namelist())
+        summary = json.loads(archive.read("resources.json"))
+        accounts = {
+            name: json.loads(archive.read(f"resources/{name}/account.json"))
+            for name in ("main", "dev")
+        }
+        readme = archive.read("README.txt").decode()
+    assert [(r["name"], r["projects"]) for r in summary] == [("main", 2), ("dev", 1)]
+    for name, cv in (("main", main), ("dev", dev)):
+        assert accounts[name]["endpoint_host"] == cv.endpoint.split("//")[1]
+        assert [p["id"] for p in accounts[name]["per_project"]] == cv.data.project_ids()
+        assert {"GetDomains", "GetProjects", "GetImageCount"} <= set(operations(cv))
+        assert f"resources/{name}/domains.json" in names
+        for project in cv.data.project_ids():
+            assert f"resources/{name}/projects/{project}/tags.json" in names
+    assert "resources/<name>/account.json" in readme
+    manifest = exported_manifest(stack, rid)
+    assert manifest["counts"]["resources"] == 2 and manifest["counts"]["projects"] == 3
