@@ -336,10 +336,14 @@ def add_views(
         image_pages: list[PageLink] = []
         prediction_pages: list[PageLink] = []
         files: list[tuple[str, str]] = []
-        if mine and writer.has("images.jsonl"):
-            has_regions = any(r.get("image", {}).get("regions") for r in v.lines("images.jsonl"))
+        # A data subject's package holds the images of several projects, each in its folder.
+        listing = package.project_path(project.id, "images.jsonl")
+        if not writer.has(listing):
+            listing = "images.jsonl" if mine else ""
+        if listing and writer.has(listing):
+            has_regions = any(r.get("image", {}).get("regions") for r in v.lines(listing))
             detection = _is_detection(project, has_regions)
-            image_pages, files = _images(v, info, project, tags, detection)
+            image_pages, files = _images(v, info, project, tags, detection, listing)
         else:
             detection = _is_detection(project, False)
         if mine and writer.has("predictions.jsonl"):
@@ -403,10 +407,22 @@ def add_views(
 
 
 def _images(
-    v: _Views, info: PackageInfo, project: Project, tags: Sequence[Tag], detection: bool
+    v: _Views,
+    info: PackageInfo,
+    project: Project,
+    tags: Sequence[Tag],
+    detection: bool,
+    listing: str,
 ) -> tuple[list[PageLink], list[tuple[str, str]]]:
-    """Write the image pages, the COCO file and (classification) labels.csv in one pass."""
+    """Write the image pages, the COCO file and (classification) labels.csv in one pass.
+
+    `listing` is the project's images.jsonl; one in a project's folder gets that project's
+    own page names and labels.csv (a package of several projects' images).
+    """
     writer = v.writer
+    nested = listing != "images.jsonl"
+    stem = f"images-{project.id.lower()}" if nested else "images"
+    labels_name = package.project_path(project.id, LABELS_NAME) if nested else LABELS_NAME
     name = package.coco_path(project.id)
     work = writer.temp_dir / f"coco-{project.id.lower()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -454,8 +470,8 @@ def _images(
                 labels.write(coco.label_row(file, image.id, [n for _, n in tag_pairs]))
 
         pages = v.paged(
-            "images.jsonl",
-            "images",
+            listing,
+            stem,
             "Images",
             lambda r: r.get("iterationId"),
             v.image_card,
@@ -481,7 +497,7 @@ def _images(
     if detection:
         labels_path.unlink()
     else:
-        if not writer.has(LABELS_NAME):
-            writer.add_file(LABELS_NAME, labels_path)
-        files.append((LABELS_NAME, "the tags of each image, one line per image (CSV)"))
+        if not writer.has(labels_name):
+            writer.add_file(labels_name, labels_path)
+        files.append((labels_name, "the tags of each image, one line per image (CSV)"))
     return pages, files

@@ -42,6 +42,7 @@ class ExportKind(StrEnum):
     IMAGES = "images"
     EXPORTS = "exports"
     PREDICTIONS = "predictions"
+    SUBJECT = "subject"  # one person's images, found by Selectors in every project
 
 
 class DeleteKind(StrEnum):
@@ -147,6 +148,14 @@ class Selectors:
             text += f" in {plural(len(self.project_ids), 'project')} {projects}"
         return text
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict; `_Fields.selectors` reads it back."""
+        return {
+            "metadata": [list(pair) for pair in self.metadata],
+            "tag_names": list(self.tag_names),
+            "project_ids": list(self.project_ids),
+        }
+
 
 @dataclass(frozen=True)
 class Find:
@@ -173,6 +182,7 @@ class Export:
     # The Custom Vision resource holding project_id (lower-cased name): --resource, or the
     # one the bot found it on when it stored the request. None: the first resource.
     resource: str | None = None
+    selectors: Selectors | None = None  # subject: whose images
 
     @property
     def personal(self) -> bool:
@@ -188,7 +198,8 @@ class Export:
         """Return True when the package would hold image files."""
         if self.kind is ExportKind.PROJECT:
             return self.images
-        return self.kind in (ExportKind.IMAGES, ExportKind.PREDICTIONS) and self.files
+        kinds = (ExportKind.IMAGES, ExportKind.PREDICTIONS, ExportKind.SUBJECT)
+        return self.kind in kinds and self.files
 
     @property
     def needs_files(self) -> bool:
@@ -218,6 +229,8 @@ class Export:
             "meta": _meta_to_dict(self.meta),
             # Only when set: a request on the first resource is stored as before.
             **({"resource": self.resource} if self.resource is not None else {}),
+            # Only for a subject: every other request is stored as before.
+            **({} if self.selectors is None else {"selectors": self.selectors.to_dict()}),
         }
 
     @classmethod
@@ -239,6 +252,7 @@ class Export:
             overlap=values.number("overlap"),
             meta=values.meta(),
             resource=values.resource(),
+            selectors=values.selectors(),
         )
         return export
 
@@ -379,6 +393,11 @@ def _describe_export(export: Export) -> str:
         text = f"export model exports of iteration {iteration} of project {project}"
         if export.download:
             details.append("with the exported files")
+    elif kind is ExportKind.SUBJECT:
+        assert export.selectors is not None  # a subject is parsed with its selectors
+        text = f"export the images of one person: {export.selectors.describe()}"
+        if not export.files:
+            details.append("without files")
     else:
         text = f"export stored predictions of project {project}"
         if not export.files:
@@ -421,8 +440,9 @@ def _meta_to_dict(meta: Meta) -> dict[str, Any]:
     return stored
 
 
-_EXPORT_KEYS = frozenset(Export(ExportKind.ACCOUNT, resource="r").to_dict())
+_EXPORT_KEYS = frozenset(Export(ExportKind.SUBJECT, resource="r", selectors=Selectors()).to_dict())
 _DELETE_KEYS = frozenset(Delete(DeleteKind.ACCOUNT, resource="r").to_dict())
+_IDS = frozenset({"verb", "ids"})
 
 
 class _Fields:
@@ -490,6 +510,25 @@ class _Fields:
         if not isinstance(value, str) or not value:
             raise ValueError(f"resource: not a resource name: {value!r:.60}")
         return value
+
+    def selectors(self) -> Selectors | None:
+        value = self.data.get("selectors")
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or set(value) != {"metadata", "tag_names", "project_ids"}:
+            raise ValueError("selectors: must be an object with metadata, tag_names, project_ids")
+        pairs, names = value["metadata"], value["tag_names"]
+        if not isinstance(pairs, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            for pair in pairs
+        ):
+            raise ValueError("selectors: metadata must be a list of [key, value] strings")
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError("selectors: tag_names must be a list of strings")
+        projects = _Fields({"verb": "selectors", "ids": value["project_ids"]}, "selectors", _IDS)
+        return Selectors(
+            tuple((key, text) for key, text in pairs), tuple(names), projects.guids("ids")
+        )
 
     def meta(self) -> Meta:
         meta = self.data.get("meta", {})

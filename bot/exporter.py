@@ -24,6 +24,11 @@ it, unknown fields included; every object the export read is in the package):
     exports      projects.json, iterations.json, exports.json, and with --download the model
                  files models/<iteration-id>/<platform>-<flavor>.<ext> (status Done only)
     predictions  projects.json, predictions.jsonl, image files unless --no-files
+    subject      projects.json (the projects holding matches), per such project
+                 projects/<id>/images.jsonl, iterations.json (trained ones searched) and
+                 tags.json (matched tags, with --tag-name), image files unless --no-files; the
+                 scope searched (bot.subject.frozen_scope) is fixed in the job's checkpoint
+                 at its first attempt and goes to the manifest and README
 
 tags.json is {"workspace": [...], "iterations": {"<id>": [...]}} (the scopes read);
 exports.json is {"<iteration-id>": [...]}. images.jsonl has one line per image per scope,
@@ -66,11 +71,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from bot import browse, commands, package, parser
+from bot import browse, commands, package, parser, subject
 from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
-from bot.errors import NotFound, ServiceError
+from bot.errors import ConfigError, NotFound, ServiceError
 from bot.lifecycle import Status
 from bot.models import Export, Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
@@ -325,8 +330,9 @@ class Links:
     from GetExports. Thread-safe: download threads call it.
     """
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self, client: Any, routes: Mapping[str, Any]) -> None:
+        self._default = client
+        self._routes = routes  # project id -> the client of its resource (a subject export)
         self._lock = threading.Lock()
         self._fresh: dict[str, str] = {}  # file key -> the newest link known
         self._waiting: dict[tuple[str, str | None], dict[str, str]] = {}  # scope -> id -> key
@@ -361,10 +367,11 @@ class Links:
             if known is not None and known != failed:
                 return known
             p = job.project_id
+            client = self._routes.get(p, self._default)
             if r.kind == "image":
                 waiting = self._waiting.get((p, r.scope), {})
                 others = [i for i in waiting if i != r.item][: MAX_IMAGE_IDS - 1]
-                found = self._client.get_images_by_ids(p, [r.item, *others], r.scope)
+                found = client.get_images_by_ids(p, [r.item, *others], r.scope)
                 for image in found:
                     uri = image.original_image_uri or image.resized_image_uri
                     key = waiting.get(image.id) or waiting.get(image.id.lower())
@@ -373,13 +380,13 @@ class Links:
                     if uri and key:
                         self._fresh[key] = uri
             elif r.kind == "prediction":
-                for prediction in self._client.iter_predictions(p):
+                for prediction in client.iter_predictions(p):
                     uri = prediction.original_image_uri or prediction.resized_image_uri
                     if uri:
                         self._fresh[f"prediction:{prediction.id.lower()}"] = uri
             else:
                 assert r.scope is not None
-                for e in self._client.get_exports(p, r.scope):
+                for e in client.get_exports(p, r.scope):
                     if f"{e.platform}:{e.flavor}" == r.item and e.download_uri:
                         self._fresh[job.key] = e.download_uri
             fresh = self._fresh.get(job.key)
@@ -403,17 +410,24 @@ class Downloads:
     ) -> None:
         threads = max(1, int(ctx.settings.download_concurrency))
         self._client = ctx.client
+        # A subject export reads projects of several resources: each project's files come
+        # through its own resource's client (`route`).
+        self._routes: dict[str, TrainingClient] = {}
         self._writer = writer
         self._cache = cache
         self._on_batch = on_batch
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"export-{ctx.request.id}")
         self._window = threads * WINDOW_PER_THREAD
-        self._links = Links(ctx.client)
+        self._links = Links(ctx.client, self._routes)
         self._pending: dict[Future[FileResult], str] = {}
         self._futures: dict[str, Future[FileResult]] = {}
         self.resolved: dict[str, str | None] = {}
         self.how: dict[str, int] = {}
         self.submitted = 0
+
+    def route(self, project_id: str, client: TrainingClient) -> None:
+        """Fetch (and renew) the files of `project_id` through `client`."""
+        self._routes[project_id] = client
 
     @property
     def done(self) -> int:
@@ -469,8 +483,9 @@ class Downloads:
     def _download(self, job: FileJob, dest: Path) -> Download | None:
         """Download the file (renewing an expired link once); None when it no longer exists."""
         uri = self._links.current(job)
+        client: TrainingClient = self._routes.get(job.project_id, self._client)
         try:
-            return self._client.download(uri, dest, project_id=job.project_id)
+            return client.download(uri, dest, project_id=job.project_id)
         except NotFound:
             return None  # deleted since it was listed
         except ServiceError as exc:
@@ -483,7 +498,7 @@ class Downloads:
                 return None  # no longer listed: deleted since
             log.info("%s: the link expired; downloading through a renewed link", job.key)
         try:
-            return self._client.download(fresh, dest, project_id=job.project_id)
+            return client.download(fresh, dest, project_id=job.project_id)
         except NotFound:
             return None
 
@@ -713,31 +728,37 @@ class _Build:
     def images(
         self,
         p: str,
-        scopes: Sequence[str | None],
+        scopes: Sequence[tuple[str | None, Sequence[str]]],
         *,
         files: bool,
         kind: commands.Tagging = "all",
-        tag_ids: Sequence[str] = (),
         image_ids: Sequence[str] = (),
+        where: str | None = None,
+        name: str = "images.jsonl",
+        section: str = "images",
     ) -> None:
+        """List the images of each (scope, tag ids) into `name`, queueing their files.
+
+        `where`: a metadata `$filter`. The counts add up over calls (a subject's projects).
+        """
         self.phase, self.listed = "listing images", 0
         if image_ids:
             self.list_total = len(image_ids)
         else:
             self.list_total = sum(
-                self.client.count_images(p, kind=kind, iteration_id=s, tag_ids=tag_ids)
-                for s in scopes
+                self.client.count_images(p, kind=kind, iteration_id=s, tag_ids=t, where=where)
+                for s, t in scopes
             )
         self.ctx.progress(0, self.list_total, self.phase, force=True)
         distinct: set[str] = set()
-        with self.jsonl("images.jsonl") as sink:
+        with self.jsonl(name) as sink:
             lines = Lines(sink, self.downloads if files else None)
-            for scope in scopes:
+            for scope, tag_ids in scopes:
                 if image_ids:
                     listing: Iterable[Image] = self._by_ids(p, image_ids, scope)
                 else:
                     listing = self.client.iter_images(
-                        p, kind=kind, iteration_id=scope, tag_ids=tag_ids
+                        p, kind=kind, iteration_id=scope, tag_ids=tag_ids, where=where
                     )
                 for image in listing:
                     distinct.add(image.id.lower())
@@ -753,11 +774,11 @@ class _Build:
             self.phase = "downloading files"
             self.ctx.progress(self.downloads.done, self.downloads.submitted, self.phase)
             lines.finish()
-        self.counts["images"] = len(distinct)
-        self.counts["image_records"] = lines.count
+        self.counts["images"] = self.counts.get("images", 0) + len(distinct)
+        self.counts["image_records"] = self.counts.get("image_records", 0) + lines.count
         if files:
             self.counts["image_files"] = self._settled("image:")
-        self.section("images")
+        self.section(section)
 
     def _by_ids(self, p: str, image_ids: Sequence[str], scope: str | None) -> list[Image]:
         found = self.client.get_images_by_ids(p, image_ids, scope)
@@ -816,6 +837,8 @@ class _Build:
             self.counts["projects"] = len(projects)
         elif kind is ExportKind.PROJECT:
             self.whole_project()
+        elif kind is ExportKind.SUBJECT:
+            self.subject()
         else:
             p = self.project()
             self.section("project")
@@ -886,10 +909,9 @@ class _Build:
                 raise not_found("Tag", missing, "NotFoundTag", operation="GetTags")
         self.images(
             p,
-            [scope],
+            [(scope, export.tag_ids)],
             files=export.files,
             kind=export.tagging,
-            tag_ids=export.tag_ids,
             image_ids=export.image_ids,
         )
 
@@ -910,8 +932,60 @@ class _Build:
         self.exports(p, trained, download=False)
         scopes: list[str | None] = [None, *(it.id for it in trained)]
         self.tags(p, scopes)
-        self.images(p, scopes, files=self.export.images)
+        self.images(p, [(scope, ()) for scope in scopes], files=self.export.images)
         self.predictions(p, files=self.export.images)
+
+    def subject(self) -> None:
+        """One person's images in every project of the frozen scope that holds any."""
+        selectors = self.export.selectors
+        assert selectors is not None  # a subject export is parsed with its selectors
+        search = self.ctx.checkpoint["search"]
+        where = search["filter"]
+        held: list[dict[str, Any]] = []
+        searched = 0
+        for resource in search["resources"]:
+            client = self.ctx.clients.get(resource["name"])
+            if client is None:
+                raise ConfigError(
+                    [f"resource {resource['name']} was searched but is not configured any more"]
+                )
+            self.client = client  # every section below reads this resource
+            for project in resource["projects"]:
+                searched += 1
+                p = project["id"]
+                scopes: list[tuple[str | None, Sequence[str]]] = []
+                tags: dict[str | None, list[Tag]] = {}
+                for scope in [None, *(it["id"] for it in project["iterations"])]:
+                    found, possible = subject.matching_tag_ids(
+                        client, p, scope, selectors.tag_names
+                    )
+                    ids = [tag.id for tag in found]
+                    if possible and client.count_images(
+                        p, iteration_id=scope, tag_ids=ids, where=where
+                    ):
+                        scopes.append((scope, ids))
+                        tags[scope] = found
+                if not scopes:
+                    continue
+                self.downloads.route(p, client)
+                held.append(client.get_project(p).to_dict())
+                wanted = {it["id"] for it in project["iterations"]}
+                iterations = [it for it in client.get_iterations(p) if it.id in wanted]
+                self.json(
+                    package.project_path(p, "iterations.json"), [i.to_dict() for i in iterations]
+                )
+                if selectors.tag_names:
+                    self.json(package.project_path(p, "tags.json"), _tags_json(tags))
+                self.images(
+                    p,
+                    scopes,
+                    files=self.export.files,
+                    where=where,
+                    name=package.project_path(p, "images.jsonl"),
+                    section=f"subject:{p}",
+                )
+        self.json("projects.json", held)
+        self.counts.update(projects=len(held), projects_searched=searched)
 
     def account(self) -> None:
         resources = self.ctx.resources
@@ -1033,6 +1107,7 @@ def run_export(ctx: JobContext, *, export_wait: float = EXPORT_WAIT) -> Outcome:
     if not started:
         started = iso(ctx.clock.now())
         ctx.save(started_at=started)
+    search = _subject_scope(ctx, export)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     info = PackageInfo(
         request_id=ctx.request.id,
@@ -1044,6 +1119,7 @@ def run_export(ctx: JobContext, *, export_wait: float = EXPORT_WAIT) -> Outcome:
         api_version=API_VERSION,
         started_at=parse_iso(started),
         deadline=ctx.request.deadline,
+        search=search,
     )
     try:
         parts, counts = _build(ctx, export, info, export_wait)
@@ -1056,6 +1132,20 @@ def run_export(ctx: JobContext, *, export_wait: float = EXPORT_WAIT) -> Outcome:
     finished = _queue_uploads(ctx, export, parts, counts)
     shutil.rmtree(ctx.work_dir / CACHE_DIR, ignore_errors=True)
     return _outcome(ctx, finished)
+
+
+def _subject_scope(ctx: JobContext, export: commands.Export) -> dict[str, Any] | None:
+    """Return the scope a subject export searches, fixed at its first attempt (a resumed job
+    reads the same resources, projects and iterations); None for other kinds."""
+    if export.selectors is None:
+        return None
+    search = ctx.checkpoint.get("search")
+    if not isinstance(search, dict):
+        search = subject.frozen_scope(ctx.clients, export.selectors)
+        ctx.save(search=search)
+    if search["unknown_projects"]:
+        raise not_found("Project", search["unknown_projects"], "NotFoundProject")
+    return search
 
 
 def _build(

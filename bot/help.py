@@ -218,6 +218,26 @@ _FORM_LIST: tuple[Form, ...] = (
         examples=(f"export predictions {_P} --no-files",),
     ),
     Form(
+        "export subject",
+        (),
+        f"export subject {_SELECTORS_USAGE} [--no-files]",
+        "One person's images across every project searched, in one package: per project the"
+        " matching images' records (tags, regions, metadata, which trained iterations hold"
+        " them) and their files, from a trained iteration where only it still holds one.",
+        flags=("--metadata", "--tag-name", "--project", "--no-files"),
+        options=(*_SELECTOR_OPTIONS, ("--no-files", "leave the image files out")),
+        notes=(
+            *_SELECTOR_NOTES,
+            "The manifest and README.txt record the selector and every resource, project and"
+            " iteration searched.",
+        ),
+        examples=(
+            "export subject --metadata customer=4711 --ticket DSR-1042",
+            'export subject --tag-name "Jane Doe" --no-files --ticket DSR-1042',
+        ),
+        repeatable=("--metadata", "--tag-name", "--project"),
+    ),
+    Form(
         "delete project",
         ("project-id",),
         "delete project <project-id>",

@@ -163,6 +163,9 @@ class PackageInfo:
     api_version: str
     started_at: datetime  # aware, UTC
     deadline: Deadline | None = None  # the statutory clock, where known
+    # A data subject's export: the selector and every resource, project and trained iteration
+    # searched (bot.subject.frozen_scope); None for every other export.
+    search: Mapping[str, Any] | None = None
 
     def clock(self, today: date) -> str:
         """Return the request's clock as people read it on `today`, or "-" when unknown."""
@@ -457,6 +460,7 @@ def render_manifest(
             "scope": info.scope,
             **deadline_fields(info.deadline),
             "clock": info.clock(finished_at.date()),
+            **({} if info.search is None else {"search": dict(info.search)}),
         },
         "source": {"endpoint_host": info.endpoint_host, "api_version": info.api_version},
         "started_at": iso(info.started_at),
@@ -682,12 +686,49 @@ def render_readme(
         "`sha256sum <file>` (Linux), `shasum -a 256 <file>` (macOS) or "
         "`certutil -hashfile <file> SHA256` (Windows).",
     ]
+    if info.search is not None:
+        lines += _section("What was searched")
+        lines += search_lines(info.search)
     lines += _section("Links")
     lines.append(SIGNED_LINKS_NOTE)
     if notes:
         lines += _section("Notes")
         lines += [f"- {note}" for note in notes]
     return str(unsigned("\n".join(lines) + "\n"))
+
+
+def search_lines(search: Mapping[str, Any]) -> list[str]:
+    """Return README.txt's account of a data subject's search: what, where, and its limits."""
+    lines = [
+        f"The person's images were found by {search['description']}.",
+        "Metadata pairs must all match (the service's $filter: "
+        f"{search['filter'] or 'none'}); tag names are matched in any case; both together must"
+        " match. Searched, in every project the workspace and every trained iteration:",
+    ]
+    for resource in search["resources"]:
+        lines.append(f"  Custom Vision resource {resource['name']}:")
+        if not resource["projects"]:
+            lines.append("    (no project)")
+        for project in resource["projects"]:
+            iterations = ", ".join(
+                it["name"] + (f" (published as {it['publishName']})" if it["publishName"] else "")
+                for it in project["iterations"]
+            )
+            lines.append(
+                f"    project {project['name']} ({project['id']}): the workspace"
+                + (f", iterations {iterations}" if iterations else ", no trained iteration")
+            )
+    lines += [
+        "The folder projects/<project-id>/ of a project holding matches has images.jsonl (one"
+        " line per image per image set holding it: the workspace, or a trained iteration, whose"
+        " copy stays until that iteration is deleted), the matched tags (tags.json) and the"
+        " iterations searched (iterations.json). A project without matches has no folder.",
+        "What cannot be found this way: stored predictions (images sent to a published"
+        " iteration for prediction) carry no metadata and no tags, so no search by person finds"
+        " them; images of the person that carry neither the metadata nor the tag searched for"
+        " are not found either.",
+    ]
+    return lines
 
 
 # --- the writer (I/O) -----------------------------------------------------------------------

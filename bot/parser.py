@@ -723,6 +723,7 @@ class _Parser:
             overlap=self._fraction("--overlap"),
             meta=self._meta(),
             resource=self._resource(),
+            selectors=self._selectors() if kind is ExportKind.SUBJECT else None,
         )
         self._conflict("--tagged", "--untagged")
         self._conflict("--tag", "--untagged")
@@ -893,6 +894,8 @@ def _wire_text(request: Export | Delete) -> str:
         for flag, number in (("--threshold", request.threshold), ("--overlap", request.overlap)):
             if number is not None:
                 words += [flag, repr(number)]
+        if request.selectors is not None:
+            words += _selector_words(request.selectors)
     else:
         if request.tag_id and "tag-id" not in form.args:
             words += ["--tag", request.tag_id]
@@ -911,6 +914,18 @@ def _wire_text(request: Export | Delete) -> str:
     if request.resource is not None:
         words += ["--resource", request.resource]
     return " ".join(word for word in words if word)
+
+
+def _selector_words(selectors: Selectors) -> list[str]:
+    """Return the options that parse back to `selectors`."""
+    words: list[str] = []
+    for key, value in selectors.metadata:
+        words += ["--metadata", quote(f"{key}={value}")]
+    for name in selectors.tag_names:
+        words += ["--tag-name", quote(name)]
+    for project in selectors.project_ids:
+        words += ["--project", project]
+    return words
 
 
 _Request = TypeVar("_Request", Export, Delete)

@@ -219,6 +219,11 @@ class JobContext:
         any more (the job fails saying so)."""
         return self.runner.resources.client(self.request.command.get("resource"))
 
+    @property
+    def clients(self) -> Mapping[str, TrainingClient]:
+        """Return every configured resource's client, by name (a data-subject search)."""
+        return self.runner.resources
+
     def check(self) -> None:
         """Raise JobInterrupted when stopping, JobCancelled when the request was cancelled."""
         if self.runner.stopping.is_set():

@@ -1351,6 +1351,7 @@ def _targets(parsed: Mapping[str, Any]) -> list[str]:
     found = [str(parsed[k]) for k in keys if parsed.get(k)]
     for key in ("image_ids", "prediction_ids", "tag_ids"):
         found.extend(str(v) for v in parsed.get(key) or ())
+    found.extend(str(v) for v in (parsed.get("selectors") or {}).get("project_ids") or ())
     return found
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from bot.commands import Selectors
 from bot.errors import TrainingApiError
@@ -116,6 +117,49 @@ def resolve_scope(
     return places, unknown, unreadable
 
 
+def frozen_scope(clients: Mapping[str, TrainingClient], selectors: Selectors) -> dict[str, Any]:
+    """Return the scope of a subject export or deletion as stored with its job (JSON-ready):
+    the selector, its `$filter`, and every resource, project and trained iteration searched.
+
+    A resource that cannot be read raises its TrainingApiError (the job fails and resumes),
+    so no scope is ever recorded with a resource silently left out.
+    """
+    resources: list[dict[str, Any]] = []
+    found: set[str] = set()
+    wanted = set(selectors.project_ids)
+    for resource, client in clients.items():
+        projects: list[dict[str, Any]] = []
+        for project in client.get_projects():
+            if wanted and project.id not in wanted:
+                continue
+            found.add(project.id)
+            iterations = [
+                {"id": it.id, "name": it.name, "publishName": it.publish_name or None}
+                for it in client.get_iterations(project.id)
+                if it.is_trained
+            ]
+            projects.append({"id": project.id, "name": project.name, "iterations": iterations})
+        resources.append({"name": resource, "projects": projects})
+    return {
+        "selector": selectors.to_dict(),
+        "description": selectors.describe(),
+        "filter": metadata_filter(selectors.metadata),
+        "resources": resources,
+        "unknown_projects": [p for p in selectors.project_ids if p not in found],
+    }
+
+
+def matching_tag_ids(
+    client: TrainingClient, project_id: str, iteration_id: str | None, names: Sequence[str]
+) -> tuple[list[Tag], bool]:
+    """Return the tags named like `names` in one image set, and whether the set can match at
+    all (False: tag names were asked for and none is there, so nothing needs listing)."""
+    if not names:
+        return [], True
+    tags = _matching_tags(client.get_tags(project_id, iteration_id), names)
+    return tags, bool(tags)
+
+
 def _matching_tags(tags: Sequence[Tag], names: Sequence[str]) -> list[Tag]:
     wanted = {name.casefold() for name in names}
     return [tag for tag in tags if tag.name.casefold() in wanted]
@@ -130,16 +174,12 @@ def search_project(client: TrainingClient, place: Place, selectors: Selectors) -
         sets: list[ImageSet] = []
         for iteration in (None, *snapshots):
             iteration_id = None if iteration is None else iteration.id
-            tag_ids: list[str] = []
-            names: tuple[str, ...] = ()
-            if selectors.tag_names:
-                tags = _matching_tags(client.get_tags(p, iteration_id), selectors.tag_names)
-                tag_ids = [tag.id for tag in tags]
-                names = tuple(tag.name for tag in tags)
+            tags, possible = matching_tag_ids(client, p, iteration_id, selectors.tag_names)
+            names = tuple(tag.name for tag in tags)
             images = 0
-            if tag_ids or not selectors.tag_names:  # no such tag here: nothing to count
+            if possible:  # else no such tag here: nothing to count
                 images = client.count_images(
-                    p, iteration_id=iteration_id, tag_ids=tag_ids, where=where
+                    p, iteration_id=iteration_id, tag_ids=[t.id for t in tags], where=where
                 )
             sets.append(
                 ImageSet(

@@ -3,13 +3,20 @@ trained iterations, with the real Training API client against the Custom Vision 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import time
+import zipfile
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 
 from bot import audit
+from emulators.slack.records import UploadedFile
 from emulators.stack import CHANNEL, REQUESTER, STRANGER, Stack
+from tests.conftest import exported
 
 DONE = "Nothing was changed."
 
@@ -168,3 +175,80 @@ def test_e2e_help_find(stack: Stack) -> None:
     text = stack.command(REQUESTER, "help find").json()["text"]
     assert text.startswith("/cv find [--metadata KEY=VALUE]... [--tag-name NAME]...")
     assert "Stored predictions carry no metadata" in text
+
+
+def unzip(parts: list[UploadedFile]) -> dict[str, bytes]:
+    content: dict[str, bytes] = {}
+    for part in parts:
+        with zipfile.ZipFile(io.BytesIO(part.data)) as archive:
+            content.update({name: archive.read(name) for name in archive.namelist()})
+    return content
+
+
+def lines_of(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def test_e2e_export_subject_packages_every_project_and_the_snapshot_copy(stack: Stack) -> None:
+    person = seed_person(stack)
+    rid, parts = exported(
+        stack, "export subject --metadata customer=4711 --ticket DSR-4711 --reason 'Art. 15'"
+    )
+    content = unzip(parts)
+    manifest = json.loads(content["manifest.json"])
+    for entry in manifest["files"]:
+        assert hashlib.sha256(content[entry["name"]]).hexdigest() == entry["sha256"]
+    search = manifest["request"]["search"]
+    assert search["selector"] == {
+        "metadata": [["customer", "4711"]],
+        "tag_names": [],
+        "project_ids": [],
+    }
+    assert search["filter"] == "customer eq '4711'"
+    [resource] = search["resources"]
+    assert resource["name"] == "default"
+    searched = {p["id"]: [i["id"] for i in p["iterations"]] for p in resource["projects"]}
+    assert set(stack.cv.data.project_ids()) == set(searched)
+    assert person.iteration in searched[person.first]
+    projects = {p["id"] for p in json.loads(content["projects.json"])}
+    assert projects == {person.first, person.second}
+
+    first = lines_of(content[f"projects/{person.first}/images.jsonl"])
+    held = {(r["image"]["id"], r["iterationId"]) for r in first}
+    mine = stack.cv.data.image_ids(person.first, person.iteration)
+    assert person.gone not in stack.cv.data.image_ids(person.first)
+    assert (person.gone, person.iteration) in held
+    assert (person.gone, None) not in held
+    assert all(r["image"]["metadata"] == {"customer": "4711"} for r in first)
+    assert {i for i, _ in held} <= set(mine) and len({i for i, _ in held}) == 3
+    # The image only the snapshot holds comes from the snapshot's folder, byte for byte.
+    gone = next(r for r in first if r["image"]["id"] == person.gone)
+    assert gone["file"].startswith(f"images/iterations/{person.iteration}/")
+    assert content[gone["file"]] == stack.cv.image_bytes(person.gone)
+    second = lines_of(content[f"projects/{person.second}/images.jsonl"])
+    assert [(r["scope"], r["image"]["metadata"]["site"]) for r in second] == [
+        ("workspace", "Berlin"),
+        ("workspace", "Berlin"),
+    ]
+    assert all(content[r["file"]] == stack.cv.image_bytes(r["image"]["id"]) for r in second)
+    assert manifest["counts"]["images"] == 5
+    assert manifest["counts"]["projects_searched"] == 2
+    readme = content["README.txt"].decode("utf-8")
+    assert "The person's images were found by metadata customer=4711." in readme
+    assert "stored predictions (images sent to a published iteration for prediction)" in readme
+    assert "published as faces-prod" in readme
+    index = content["index.html"].decode("utf-8")
+    assert f"index/images-{person.first}-0001.html" in index
+    assert f"index/images-{person.second}-0001.html" in index
+    assert f"annotations/{person.second}.coco.json" in content
+    assert stack.bot.store.get(rid).status == "done"
+
+
+def test_e2e_export_subject_matching_nothing_says_so(stack: Stack) -> None:
+    seed_person(stack)
+    _, parts = exported(stack, "export subject --tag-name nobody --ticket DSR-1")
+    content = unzip(parts)
+    manifest = json.loads(content["manifest.json"])
+    assert json.loads(content["projects.json"]) == []
+    assert manifest["counts"]["projects_searched"] == 2
+    assert not [n for n in content if n.startswith("images/")]

@@ -82,6 +82,8 @@ U_EXPORT_ALL = "\n".join(
         " [--ids <id,id,...>] [--iteration <iteration-id>] [--no-files]",
         "export exports <project-id> <iteration-id> [--download]",
         "export predictions <project-id> [--no-files]",
+        "export subject [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
+        " [--no-files]",
     ]
 )
 U_ALL = "\n".join(
@@ -89,7 +91,7 @@ U_ALL = "\n".join(
         "help [<verb> [<kind>]]",
         "find [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]...",
         "export <kind> ... (kinds: account, projects, project, iterations, iteration, performance,"
-        " tags, tag, images, exports, predictions)",
+        " tags, tag, images, exports, predictions, subject)",
         "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"
         " account, exports)",
         "status [<request-id>] [--all]",
@@ -104,7 +106,7 @@ U_ALL = "\n".join(
 )
 KINDS_EXPORT = (
     "account, projects, project, iterations, iteration, performance, tags, tag, images, exports,"
-    " predictions"
+    " predictions, subject"
 )
 GUID_HINT = "expected a GUID (8-4-4-4-12 hex digits)"
 

@@ -29,6 +29,7 @@ from bot.commands import (
     Help,
     Meta,
     Retry,
+    Selectors,
     Status,
 )
 from bot.errors import ParseError
@@ -218,8 +219,13 @@ def build_export(spec: Spec, kind: ExportKind) -> Export:
         ExportKind.EXPORTS: "iteration_id",
         ExportKind.TAG: "tag_id",
     }
-    if kind not in (ExportKind.ACCOUNT, ExportKind.PROJECTS):
+    if kind not in (ExportKind.ACCOUNT, ExportKind.PROJECTS, ExportKind.SUBJECT):
         values["project_id"] = spec.guid()
+    if kind is ExportKind.SUBJECT:
+        key = spec.draw(st.sampled_from(["customer", "name", "employee_id"]))
+        value = spec.draw(st.sampled_from(["4711", "O'Brien", "Jane Doe", "a=b", "\u00e9t\u00e9"]))
+        spec.flag("metadata", spec.draw(quoted(f"{key}={value}")))
+        values["selectors"] = Selectors(((key, value),))
     if kind in two:
         values[two[kind]] = spec.guid()
     if kind is ExportKind.PROJECT and spec.maybe():
@@ -249,7 +255,7 @@ def build_export(spec: Spec, kind: ExportKind) -> Export:
         else:
             spec.flag("untagged")
             values["tagging"] = "untagged"
-    if kind in (ExportKind.IMAGES, ExportKind.PREDICTIONS) and spec.maybe():
+    if kind in (ExportKind.IMAGES, ExportKind.PREDICTIONS, ExportKind.SUBJECT) and spec.maybe():
         spec.flag("no-files")
         values["files"] = False
     if kind is ExportKind.EXPORTS and spec.maybe():
