@@ -1,5 +1,6 @@
-"""End to end over signed HTTP: `/cv find` counts one person's images across projects and
-trained iterations, with the real Training API client against the Custom Vision emulator."""
+"""End to end over signed HTTP: `/cv find` and `/cv export subject` look for one person in every
+project and trained iteration of two Custom Vision resources (`main` and `dev`, each its own
+emulator with its own key and record of calls), through the real Training API client."""
 
 from __future__ import annotations
 
@@ -14,27 +15,46 @@ from typing import Any
 import pytest
 
 from bot import audit
+from emulators.customvision import Call, Seed
 from emulators.slack.records import UploadedFile
 from emulators.stack import CHANNEL, REQUESTER, STRANGER, Stack
-from tests.conftest import exported
+from tests.conftest import SMALL, StartStack, exported
 
 DONE = "Nothing was changed."
+DEV = Seed(projects=1, iterations=1, tags=2, images=10, predictions=2, image_bytes=256, seed=2)
+
+
+@pytest.fixture
+def stack(stacks: StartStack) -> Stack:
+    return stacks(seed=SMALL, more_resources={"dev": DEV})
+
+
+def calls_to(stack: Stack, operation: str) -> list[Call]:
+    """Return the calls of `operation` that reached any resource."""
+    return [c for cv in stack.cvs.values() for c in cv.calls_to(operation)]
+
+
+def all_calls(stack: Stack) -> int:
+    return sum(len(cv.calls) for cv in stack.cvs.values())
 
 
 @dataclass(frozen=True)
 class Person:
     """Where the seeded data subject (customer 4711, tag "Jane Doe") is."""
 
-    first: str  # project: 3 images tagged and with metadata, 1 deleted from the workspace
+    first: str  # project on main: 3 images tagged and with metadata, 1 deleted from the workspace
     iteration: str  # trained (published) after they were added: holds all 3
-    second: str  # project: 2 images with the metadata, in the workspace only
+    second: str  # project on dev: 2 images with the metadata, in the workspace only
     gone: str  # the image only the snapshot still holds
 
 
 def seed_person(stack: Stack) -> Person:
-    """Spread customer 4711 over two projects, one image held only by a published snapshot."""
+    """Spread customer 4711 over two projects on two resources, one image held only by a
+    published snapshot."""
     data = stack.cv.data
-    first, second = data.project_ids()[:2]
+    first = data.project_ids()[0]
+    dev = stack.cvs["dev"].data
+    second = dev.project_ids()[0]
     jane = data.add_tag(first, "Jane Doe")
     mine = data.add_images(first, 3, tag_ids=[jane], metadata={"customer": "4711"})
     data.add_images(first, 2, metadata={"customer": "4712"})  # someone else
@@ -43,7 +63,7 @@ def seed_person(stack: Stack) -> Person:
     data.api_delete_images(
         first, mine[:1], all_images=False, all_iterations=False, delay=lambda *_: 0.0
     )
-    data.add_images(second, 2, metadata={"customer": "4711", "site": "Berlin"})
+    dev.add_images(second, 2, metadata={"customer": "4711", "site": "Berlin"})
     return Person(first, iteration, second, mine[0])
 
 
@@ -65,21 +85,24 @@ def find(stack: Stack, text: str) -> str:
 
 def test_e2e_find_counts_a_person_across_projects_and_snapshots(stack: Stack) -> None:
     person = seed_person(stack)
-    projects = {p.id: p.name for p in stack.bot.client.get_projects()}
     posted = len(stack.slack.messages(CHANNEL))
     answer = find(stack, "find --metadata customer=4711")
-    assert answer.startswith("Found images in 2 projects (4 images in the workspaces); 2 projects")
-    first = next(line for line in answer.splitlines() if projects[person.first] in line)
+    assert answer.startswith(
+        "Found images in 2 projects (4 images in the workspaces); 3 projects and 6 trained"
+        " iterations searched for metadata customer=4711:"
+    ), answer
+    first = next(line for line in answer.splitlines() if f"{person.first[:8]}… on main" in line)
     assert first.endswith(
         'workspace: 2 images; iteration "Iteration 3" (published as "faces-prod"): 3 images'
     ), first
-    second = next(line for line in answer.splitlines() if projects[person.second] in line)
+    second = next(line for line in answer.splitlines() if f"{person.second[:8]}… on dev" in line)
     assert second.endswith("workspace: 2 images"), second
     assert person.gone not in answer and "http" not in answer
     assert len(stack.slack.messages(CHANNEL)) == posted, "find posts nothing in the channel"
-    counts = stack.cv.calls_to("GetImageCount")
+    counts = calls_to(stack, "GetImageCount")
     assert {c.query["$filter"] for c in counts} == {"customer eq '4711'"}
-    assert not stack.cv.calls_to("GetImages"), "find counts, it never lists images"
+    assert stack.cvs["dev"].calls_to("GetImageCount"), "the second resource was searched"
+    assert not calls_to(stack, "GetImages"), "find counts, it never lists images"
 
 
 def test_e2e_find_tag_name_any_case_anded_with_metadata(stack: Stack) -> None:
@@ -87,7 +110,7 @@ def test_e2e_find_tag_name_any_case_anded_with_metadata(stack: Stack) -> None:
     answer = find(stack, 'find --tag-name "jane DOE" --metadata customer=4711')
     assert answer.startswith("Found images in 1 project (2 images in the workspaces)"), answer
     assert '(tag "Jane Doe")' in answer
-    tagged = [c for c in stack.cv.calls_to("GetImageCount") if "tagIds" in c.query]
+    tagged = [c for c in calls_to(stack, "GetImageCount") if "tagIds" in c.query]
     assert tagged and all(c.query["$filter"] == "customer eq '4711'" for c in tagged)
     assert all(c.path.split("/")[-3] == person.first for c in tagged)
 
@@ -96,15 +119,17 @@ def test_e2e_find_quotes_a_value_with_a_quote_as_odata_requires(stack: Stack) ->
     seed_person(stack)
     answer = find(stack, 'find --metadata "name=O\'Brien"')
     assert "workspace: 1 image;" in answer
-    filters = {c.query["$filter"] for c in stack.cv.calls_to("GetImageCount")}
+    filters = {c.query["$filter"] for c in calls_to(stack, "GetImageCount")}
     assert filters == {"name eq 'O''Brien'"}
-    assert all(c.status == 200 for c in stack.cv.calls_to("GetImageCount"))
+    assert all(c.status == 200 for c in calls_to(stack, "GetImageCount"))
 
 
 def test_e2e_find_no_match_says_so_and_stores_nothing(stack: Stack) -> None:
     seed_person(stack)
     answer = find(stack, "find --metadata customer=9999")
-    assert answer.startswith("No images match: 2 projects and "), answer
+    assert answer.startswith("No images match: 3 projects and 6 trained iterations searched"), (
+        answer
+    )
     assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
 
 
@@ -116,7 +141,8 @@ def test_e2e_find_narrowed_to_one_project_and_unknown_project(stack: Stack) -> N
     )
     assert answer.startswith("Found images in 1 project (2 images in the workspaces); 1 project")
     assert f"No project `{missing}` found." in answer
-    assert {c.path.split("/")[-3] for c in stack.cv.calls_to("GetImageCount")} == {person.second}
+    assert {c.path.split("/")[-3] for c in calls_to(stack, "GetImageCount")} == {person.second}
+    assert not stack.cv.calls_to("GetImageCount"), "main holds none of the projects asked for"
 
 
 @pytest.mark.parametrize(
@@ -142,22 +168,22 @@ def test_e2e_find_narrowed_to_one_project_and_unknown_project(stack: Stack) -> N
 def test_e2e_find_bad_input_answers_and_calls_nothing(
     stack: Stack, text: str, problem: str
 ) -> None:
-    before = len(stack.cv.calls)
+    before = all_calls(stack)
     answer = find(stack, text)
     assert problem in answer
     assert "Usage: `/cv find [--metadata KEY=VALUE]..." in answer
     time.sleep(0.2)
-    assert len(stack.cv.calls) == before
+    assert all_calls(stack) == before
 
 
 def test_e2e_find_needs_a_requester_and_audits_the_search(stack: Stack) -> None:
     seed_person(stack)
     service = stack.bot.service
     service.rules = replace(service.rules, requesters=frozenset({REQUESTER.user_id}))
-    before = len(stack.cv.calls)
+    before = all_calls(stack)
     refused = stack.command(STRANGER, "find --metadata customer=4711").json()["text"]
     assert "BOT_REQUESTERS" in refused
-    assert len(stack.cv.calls) == before
+    assert all_calls(stack) == before
     find(stack, "find --metadata customer=4711")
     events = [e for e in audit.events(stack.bot.db.conn) if e.action.startswith("find")]
     assert [(e.actor, e.action, e.outcome) for e in events] == [
@@ -166,7 +192,7 @@ def test_e2e_find_needs_a_requester_and_audits_the_search(stack: Stack) -> None:
     ]
     assert events[1].details == {
         "selector": "metadata customer=4711",
-        "projects": 2,
+        "projects": 3,
         "workspace_images": 4,
     }
 
@@ -205,10 +231,14 @@ def test_e2e_export_subject_packages_every_project_and_the_snapshot_copy(stack: 
         "project_ids": [],
     }
     assert search["filter"] == "customer eq '4711'"
-    [resource] = search["resources"]
-    assert resource["name"] == "default"
-    searched = {p["id"]: [i["id"] for i in p["iterations"]] for p in resource["projects"]}
-    assert set(stack.cv.data.project_ids()) == set(searched)
+    assert [r["name"] for r in search["resources"]] == ["main", "dev"]
+    searched = {
+        p["id"]: [i["id"] for i in p["iterations"]]
+        for r in search["resources"]
+        for p in r["projects"]
+    }
+    every = [*stack.cv.data.project_ids(), *stack.cvs["dev"].data.project_ids()]
+    assert set(every) == set(searched)
     assert person.iteration in searched[person.first]
     projects = {p["id"] for p in json.loads(content["projects.json"])}
     assert projects == {person.first, person.second}
@@ -230,9 +260,10 @@ def test_e2e_export_subject_packages_every_project_and_the_snapshot_copy(stack: 
         ("workspace", "Berlin"),
         ("workspace", "Berlin"),
     ]
-    assert all(content[r["file"]] == stack.cv.image_bytes(r["image"]["id"]) for r in second)
+    dev = stack.cvs["dev"]
+    assert all(content[r["file"]] == dev.image_bytes(r["image"]["id"]) for r in second)
     assert manifest["counts"]["images"] == 5
-    assert manifest["counts"]["projects_searched"] == 2
+    assert manifest["counts"]["projects_searched"] == 3
     readme = content["README.txt"].decode("utf-8")
     assert "The person's images were found by metadata customer=4711." in readme
     assert "stored predictions (images sent to a published iteration for prediction)" in readme
@@ -250,5 +281,5 @@ def test_e2e_export_subject_matching_nothing_says_so(stack: Stack) -> None:
     content = unzip(parts)
     manifest = json.loads(content["manifest.json"])
     assert json.loads(content["projects.json"]) == []
-    assert manifest["counts"]["projects_searched"] == 2
+    assert manifest["counts"]["projects_searched"] == 3
     assert not [n for n in content if n.startswith("images/")]
