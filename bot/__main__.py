@@ -293,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = read_environment(args.env_file)
     command = args.command
     if command == "run":
-        has_credentials = bool(env.get("SLACK_BOT_TOKEN") or env.get("CUSTOM_VISION_TRAINING_KEY"))
+        # Any credential means a real deployment (its problems are reported, not sandboxed).
+        has_credentials = any(
+            env.get(name)
+            for name in ("SLACK_BOT_TOKEN", "CUSTOM_VISION_TRAINING_KEY", "CUSTOM_VISION_RESOURCES")
+        )
         command = "serve" if has_credentials else "sandbox"
         args.interactive, args.output = False, Path("sandbox-output")
     try:

@@ -419,3 +419,31 @@ def test_config_missing_resource_variables_name_the_variable() -> None:
         "e.g. https://<name>.cognitiveservices.azure.com",
         "CUSTOM_VISION_TRAINING_KEY_PROD is missing: Azure portal > resource > Keys and Endpoint",
     ]
+
+
+def test_bot_run_with_only_resources_configured_reports_them_instead_of_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    """`python -m bot run` starts the sandbox only when nothing is configured: a deployment
+    that names its resources (and nothing else yet) is told what is missing."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "CUSTOM_VISION_RESOURCES": "prod",
+        "CUSTOM_VISION_ENDPOINT_PROD": "http://127.0.0.1:9",
+        "CUSTOM_VISION_TRAINING_KEY_PROD": "prod-key-run-6666",
+        "BOT_DATABASE": str(tmp_path / "cvdsr.db"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "SLACK_BOT_TOKEN is missing" in done.stderr
+    assert "prod-key-run-6666" not in done.stdout + done.stderr
+    assert not (tmp_path / "sandbox-output").exists()
