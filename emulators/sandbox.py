@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 SANDBOX_SEED = Seed(
     projects=2, iterations=2, tags=4, images=150, predictions=10, image_bytes=2048, seed=7
 )
+# A second Custom Vision resource (another region, say), holding one project: a request names
+# a project id and the bot finds which resource holds it.
+SANDBOX_MORE = {
+    "eu": Seed(projects=1, iterations=1, tags=3, images=40, predictions=0, image_bytes=1024, seed=8)
+}
 # The hour (UTC) of the daily digest of deadlines in the sandbox (BOT_REMINDER_HOUR_UTC).
 DIGEST_HOUR = 8
 PEOPLE: dict[str, Person] = {p.name: p for p in (REQUESTER, APPROVER, GROUP_APPROVER, STRANGER)}
@@ -493,21 +498,26 @@ class Demo:
     tags: dict[str, list[tuple[str, str, int]]]  # project id -> (tag id, name, images)
     images: dict[str, list[str]]  # project id -> a few image ids
     published: dict[str, list[str]]  # project id -> publish names
+    resource: dict[str, str]  # project id -> the resource holding it
 
 
 def read_demo(stack: Stack) -> Demo:
-    """Return what the emulated resource holds, read through the bot's Training API client."""
-    client = stack.bot.client
-    projects, tags, images, published = [], {}, {}, {}
-    for project in client.get_projects():
-        count = client.count_images(project.id)
-        projects.append((project.id, project.name, count))
-        tags[project.id] = [(t.id, t.name, t.image_count or 0) for t in client.get_tags(project.id)]
-        images[project.id] = [i.id for i in client.get_images_page(project.id, take=3)]
-        published[project.id] = [
-            str(i.publish_name) for i in client.get_iterations(project.id) if i.publish_name
-        ]
-    return Demo(projects, tags, images, published)
+    """Return what the emulated resources hold (the first one's projects first), read through
+    the bot's Training API clients."""
+    projects, tags, images, published, resource = [], {}, {}, {}, {}
+    for name, client in stack.bot.clients.items():
+        for project in client.get_projects():
+            resource[project.id] = name
+            count = client.count_images(project.id)
+            projects.append((project.id, project.name, count))
+            tags[project.id] = [
+                (t.id, t.name, t.image_count or 0) for t in client.get_tags(project.id)
+            ]
+            images[project.id] = [i.id for i in client.get_images_page(project.id, take=3)]
+            published[project.id] = [
+                str(i.publish_name) for i in client.get_iterations(project.id) if i.publish_name
+            ]
+    return Demo(projects, tags, images, published, resource)
 
 
 def describe_demo(demo: Demo, *, ids: bool) -> list[str]:
@@ -519,8 +529,8 @@ def describe_demo(demo: Demo, *, ids: bool) -> list[str]:
         lines.append(
             # What the workspace holds: an export also holds the images and tags that only
             # trained iterations still have, and the bot's messages count those too.
-            f'  project "{name}" {project_id}: {count:,} images in the workspace, '
-            f"{len(tags)} tags, published as {published}"
+            f'  {demo.resource[project_id]}: project "{name}" {project_id}: {count:,} images in '
+            f"the workspace, {len(tags)} tags, published as {published}"
         )
         if ids:
             for tag_id, tag_name, tag_images in tags:
@@ -550,7 +560,9 @@ def run_sandbox(
         clock = None if interactive else FakeClock(_morning(datetime.now(UTC)))
         env = {"BOT_APPROVERS": APPROVERS, "BOT_REMINDER_HOUR_UTC": str(DIGEST_HOUR)}
         try:
-            stack = start_stack(Path(data), seed=SANDBOX_SEED, env=env, clock=clock)
+            stack = start_stack(
+                Path(data), seed=SANDBOX_SEED, env=env, clock=clock, more_resources=SANDBOX_MORE
+            )
         except Exception as exc:  # whatever stops the start-up, say what it was
             print(f"The sandbox could not start: {type(exc).__name__}: {exc}", file=out)
             return 2
@@ -583,7 +595,8 @@ def run_sandbox(
 def _introduce(transcript: Transcript, demo: Demo, *, interactive: bool) -> None:
     say = transcript.say
     say("cv-dsr-bot sandbox: the real bot between emulated Slack and Custom Vision, all local.")
-    say("Custom Vision resource (emulated):")
+    names = list(dict.fromkeys(demo.resource.values()))
+    say(f"Custom Vision resources (emulated, each its own endpoint and key): {', '.join(names)}")
     for line in describe_demo(demo, ids=interactive):
         say(line)
     say(
