@@ -426,23 +426,25 @@ def _images(
     name = package.coco_path(project.id)
     work = writer.temp_dir / f"coco-{project.id.lower()}"
     work.mkdir(parents=True, exist_ok=True)
-    coco_file = coco.CocoFile(
-        work,
-        info={
-            "description": f"Custom Vision project {project.name}",
-            "cv_project_id": project.id,
-            "cv_request": info.request_id,
-            "date_created": iso(v.built_at),
-            "convention": "object detection: one annotation per region, bbox in pixels"
-            if detection
-            else "classification: one annotation per image tag, without bbox",
-        },
-        categories=[(t.id, t.name) for t in tags],
-        detection=detection,
-    )
     labels_path = work / "labels.csv"
     seen: set[int] = set()
-    with labels_path.open("w", encoding="utf-8", newline="") as labels:
+    with (
+        coco.CocoFile(
+            work,
+            info={
+                "description": f"Custom Vision project {project.name}",
+                "cv_project_id": project.id,
+                "cv_request": info.request_id,
+                "date_created": iso(v.built_at),
+                "convention": "object detection: one annotation per region, bbox in pixels"
+                if detection
+                else "classification: one annotation per image tag, without bbox",
+            },
+            categories=[(t.id, t.name) for t in tags],
+            detection=detection,
+        ) as coco_file,
+        labels_path.open("w", encoding="utf-8", newline="") as labels,
+    ):
         labels.write(coco.label_header())
 
         def add(record: Mapping[str, Any]) -> None:

@@ -23,9 +23,12 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, suppress
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, Self
 
+COCO_NAME = "coco.json"  # in the folder given to CocoFile
 NO_FILE_NOTE = "no file in this package (exported without files, or deleted since it was listed)"
 LABEL_COLUMNS = ("file", "image_id", "tags")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -78,10 +81,12 @@ class CocoFile:
         for tag_id, name in categories:
             self.category(tag_id, name)
         self._parts = (folder / "coco-images.part", folder / "coco-annotations.part")
-        self._files: tuple[IO[str], IO[str]] = (
-            self._parts[0].open("w", encoding="utf-8"),
-            self._parts[1].open("w", encoding="utf-8"),
-        )
+        with ExitStack() as opening:
+            self._files: tuple[IO[str], IO[str]] = (
+                opening.enter_context(self._parts[0].open("w", encoding="utf-8")),
+                opening.enter_context(self._parts[1].open("w", encoding="utf-8")),
+            )
+            self._open = opening.pop_all()  # closed by close() or discard()
 
     def category(self, tag_id: str, name: str) -> int:
         """Return the COCO id of a tag, adding it (a tag only an image names) when new."""
@@ -147,14 +152,43 @@ class CocoFile:
                 )
 
     def close(self) -> Path:
-        """Return the finished COCO file (in `folder`); the temporary parts are removed."""
-        for handle in self._files:
-            handle.close()
+        """Return the finished COCO file (in `folder`); the temporary parts are removed.
+
+        On an error (a full disk) nothing is left open and no COCO file is left behind.
+        """
+        try:
+            return self._join()
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close and delete the temporary parts (idempotent); no COCO file is written."""
+        with suppress(OSError):  # flushing what is dropped may fail; the handles close anyway
+            self._open.close()
+        for part_path in self._parts:
+            part_path.unlink(missing_ok=True)
+        (self.folder / COCO_NAME).unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def _join(self) -> Path:
+        self._open.close()
         categories = [
             {"id": number, "name": name, "supercategory": "", "cv_tag_id": tag_id}
             for tag_id, (number, name) in self._categories.items()
         ]
-        path = self.folder / "coco.json"
+        path = self.folder / COCO_NAME
         with path.open("w", encoding="utf-8", newline="\n") as out:
             out.write('{\n"info": ' + json.dumps(self._info, ensure_ascii=False) + ",\n")
             out.write('"licenses": [],\n"images": [')

@@ -62,6 +62,7 @@ import threading
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -853,10 +854,14 @@ class JsonlWriter:
         with self._lock:
             if self._file is None:
                 return
-            self._file.close()
-            self._file = None
-        self._path.unlink(missing_ok=True)
-        self._owner._release_jsonl(self)
+            file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass  # flushing what is dropped failed (a full disk); the handle is closed anyway
+        finally:
+            self._path.unlink(missing_ok=True)
+            self._owner._release_jsonl(self)
 
     def __enter__(self) -> Self:
         return self
@@ -917,6 +922,7 @@ class PackageWriter:
         self._notes: list[str] = []
         self._jsonl: dict[str, JsonlWriter] = {}
         self._final: list[Part] | None = None
+        self._failure: BaseException | None = None  # what failed the writer
         self._recover()
 
     # -- public -----------------------------------------------------------------------------
@@ -1024,27 +1030,27 @@ class PackageWriter:
                 raise RuntimeError(f"still open: {', '.join(sorted(self._jsonl))}")
             try:
                 return self._finish()
-            except BaseException:
-                self._state = "failed"
+            except BaseException as exc:
+                self._fail(exc)
                 raise
 
     def close(self) -> None:
-        """Close the open part, keeping it for a resume; later adds raise RuntimeError."""
+        """Close the open part, keeping it for a resume; later adds raise RuntimeError.
+
+        Every file the writer holds open is closed whichever of them fails to close (a full
+        disk): the ExitStack runs each step and raises the first error afterwards.
+        """
         with self._lock:
-            for writer in list(self._jsonl.values()):
-                writer.discard()
-            part, self._current = self._current, None
-            if part is not None:
-                if self._state == "open" and part.entries:
-                    try:
-                        self._close_part(part)
-                    except BaseException:
-                        self._state = "failed"
-                        raise
-                else:
-                    self._abandon_part(part)
-            if self._state == "open":
-                self._state = "closed"
+            try:
+                with ExitStack() as closing:
+                    part, self._current = self._current, None
+                    if part is not None:
+                        closing.callback(self._end_part, part)
+                    for writer in list(self._jsonl.values()):
+                        closing.callback(writer.discard)
+            finally:
+                if self._state == "open":
+                    self._state = "closed"
 
     def __enter__(self) -> Self:
         return self
@@ -1056,6 +1062,17 @@ class PackageWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _end_part(self, part: _OpenPart) -> None:
+        # Kept for a resume only when everything written to it so far was written.
+        if self._state == "open" and part.entries:
+            try:
+                self._close_part(part)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+        else:
+            self._abandon_part(part)
 
     # -- names ------------------------------------------------------------------------------
 
@@ -1085,8 +1102,17 @@ class PackageWriter:
         self._taken.discard(name.casefold())
 
     def _require_open(self) -> None:
+        failure = self._failure
+        if self._state == "failed" and isinstance(failure, OSError) and failure.errno:
+            # Another thread's write failed the package: this add fails for the same reason, so
+            # whichever error the job sees first says what happened (a full disk, not a bug).
+            raise OSError(failure.errno, f"the package writer failed: {failure.strerror}")
         if self._state != "open":
             raise RuntimeError(f"the package writer is {self._state}")
+
+    def _fail(self, exc: BaseException) -> None:
+        self._state = "failed"
+        self._failure = self._failure or exc
 
     # -- adding -----------------------------------------------------------------------------
 
@@ -1141,10 +1167,10 @@ class PackageWriter:
         plan, pieces = self._prepare(name, size)
         try:
             return self._write_entry(name, src, size, plan, pieces)
-        except BaseException:
+        except BaseException as exc:
             # Whatever reached the open part is suspect: it is dropped, never journaled, and a
             # new writer resumes from the parts closed before.
-            self._state = "failed"
+            self._fail(exc)
             raise
 
     def _part(self) -> _OpenPart:
@@ -1236,10 +1262,15 @@ class PackageWriter:
     # -- parts and journal ------------------------------------------------------------------
 
     def _close_part(self, part: _OpenPart) -> None:
-        part.zf.close()
-        part.raw.flush()
-        os.fsync(part.raw.fileno())
-        part.raw.close()
+        """Close `part` and journal it; on a write error it is deleted (never half kept)."""
+        try:
+            part.zf.close()
+            part.raw.flush()
+            os.fsync(part.raw.fileno())
+            part.raw.close()
+        except BaseException:
+            self._abandon_part(part)
+            raise
         size = part.path.stat().st_size
         if size > self.max_part_bytes:  # the planning is conservative: this is a bug
             raise RuntimeError(f"part {part.index} is {size} bytes, over {self.max_part_bytes}")
@@ -1259,13 +1290,12 @@ class PackageWriter:
         self._closed.append(closed)
 
     def _abandon_part(self, part: _OpenPart) -> None:
-        try:
+        # The part is deleted: errors writing its end (a full disk) change nothing.
+        with suppress(OSError, ValueError):
             part.zf.close()
-        except (OSError, ValueError):
-            pass  # the part is deleted anyway
-        finally:
-            part.raw.close()
-            part.path.unlink(missing_ok=True)
+        with suppress(OSError):
+            part.raw.close()  # closes the handle even when the flush fails
+        part.path.unlink(missing_ok=True)
 
     def _journal(self, record: Mapping[str, Any], *, sync: bool = False) -> None:
         with (self._staging / _JOURNAL).open("a", encoding="utf-8") as f:

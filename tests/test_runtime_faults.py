@@ -8,10 +8,16 @@ against both emulators (the `stacks` fixture); `/healthz` is read over HTTP.
 
 from __future__ import annotations
 
+import gc
+import io
 import json
+import re
 import time
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -218,3 +224,84 @@ def test_runtime_cancel_click_with_a_full_disk_answers_and_posts_the_trail_later
     assert "work directory full: 0 MB free" in export.json()["text"]
     filler.unlink()
     wait_until("the audit trail", lambda: any("audit-trail" in n for n in files_of(stack, rid)))
+
+
+def _open_under(folder: Path) -> list[str]:
+    """Return the files under `folder` this process holds open (its /proc/self/fd links)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink()
+        except OSError:
+            continue  # closed while listing
+        if target.is_relative_to(folder):
+            held.append(str(target))
+    return held
+
+
+# Room left on the disk when an export starts, every 8 KB up to more than its package (about
+# 480 KB): the crash lands at each write in turn (a temp file, a download, a zip part, a JSON-lines
+# listing, the COCO parts, the index pages, the README and manifest), then exports finish.
+ROOMS = range(0, 560 * 1024, 24 * 1024)
+
+
+@pytest.fixture
+def roomy_work_dir(tmp_path: Path) -> Iterator[Path]:
+    """The work directory of the first stack on a 64 MB tmpfs: room for many crashed exports."""
+    with mount_small_filesystem(tmp_path / "stack-0" / "work", 64) as folder:
+        yield folder
+
+
+def test_runtime_exports_crashing_on_a_full_disk_leave_no_open_file_and_retry_completes(
+    stacks: StartStack, roomy_work_dir: Path
+) -> None:
+    stack = stacks(seed=SEED)
+    project = stack.cv.data.project_ids()[0]
+    failed = []
+    for room in ROOMS:
+        # Full again (the crashed exports keep their work for the retry), then `room` free.
+        filler = fill(roomy_work_dir)
+        with filler.open("r+b") as f:
+            f.truncate(filler.stat().st_size - room)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rid = stack.request_id(stack.command(REQUESTER, f"export project {project}"))
+            status = stack.wait_status(rid, "done", "failed", timeout=WAIT)
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == [], room
+        if status == "failed":  # (a finished package is open while it is uploaded)
+            failed.append(rid)
+            assert _open_under(roomy_work_dir / rid) == [], room
+            assert "work directory full" in (stack.bot.store.get(rid).error or ""), room
+            # A crashed package never looks complete: no finished part is left in its folder.
+            assert not list((roomy_work_dir / rid).glob(f"{rid}-export*.zip")), room
+    assert len(failed) >= len(ROOMS) // 2, failed  # the sweep really crashed most exports
+    filler.unlink()
+    for rid in failed:
+        stack.command(REQUESTER, f"retry {rid}")
+        assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done", rid
+    # Whole packages, built on what the crashes left (a kept part and the rest, so sometimes
+    # two parts), checked for the first crashes and the last: uploads go at Slack's pace.
+    for rid in {*failed[:3], failed[-1]}:
+        wait_until(f"{rid}'s package", lambda rid=rid: _package(stack, rid) is not None)
+        manifest = _package(stack, rid)
+        assert manifest is not None
+        assert {f["name"] for f in manifest["files"]} >= {"images.jsonl", "index.html"}, rid
+
+
+def _package(stack: Stack, rid: str) -> dict[str, Any] | None:
+    """Return the manifest of `rid`'s package once Slack holds every part of it, all sound."""
+    parts = {
+        f.name: f.data for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")
+    }
+    totals = {int(m.group(1)) for name in parts if (m := re.search(r"-of-(\d+)\.zip$", name))}
+    total = max(totals, default=1)
+    if not parts or len(parts) != total:
+        return None
+    manifest = None
+    for data in parts.values():
+        with zipfile.ZipFile(io.BytesIO(data)) as part:
+            assert part.testzip() is None
+            if "manifest.json" in part.namelist():
+                manifest = json.loads(part.read("manifest.json"))
+    return manifest
