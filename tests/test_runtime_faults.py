@@ -8,6 +8,7 @@ against both emulators (the `stacks` fixture); `/healthz` is read over HTTP.
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import json
@@ -283,10 +284,14 @@ def test_runtime_exports_crashing_on_a_full_disk_leave_no_open_file_and_retry_co
     # Whole packages, built on what the crashes left (a kept part and the rest, so sometimes
     # two parts), checked for the first crashes and the last: uploads go at Slack's pace.
     for rid in {*failed[:3], failed[-1]}:
-        wait_until(f"{rid}'s package", lambda rid=rid: _package(stack, rid) is not None)
+        wait_until(f"{rid}'s package", functools.partial(_has_package, stack, rid))
         manifest = _package(stack, rid)
         assert manifest is not None
         assert {f["name"] for f in manifest["files"]} >= {"images.jsonl", "index.html"}, rid
+
+
+def _has_package(stack: Stack, rid: str) -> bool:
+    return _package(stack, rid) is not None
 
 
 def _package(stack: Stack, rid: str) -> dict[str, Any] | None:
