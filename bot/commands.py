@@ -380,6 +380,8 @@ def _describe_export(export: Export) -> str:
         text = f"export images of project {project}"
         if export.image_ids:
             details.append(count(len(export.image_ids), "image id"))
+        if export.selectors is not None:
+            details.append(export.selectors.describe())
         if export.tag_ids:
             tags = join_words(short_id(t) for t in export.tag_ids)
             details.append(f"with {plural(len(export.tag_ids), 'tag')} {tags}")

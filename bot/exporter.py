@@ -907,6 +907,19 @@ class _Build:
             missing = [t for t in export.tag_ids if t.lower() not in known]
             if missing:
                 raise not_found("Tag", missing, "NotFoundTag", operation="GetTags")
+        if export.selectors is not None:  # one person's images, as `find` counts them
+            found, possible = subject.matching_tag_ids(
+                self.client, p, scope, export.selectors.tag_names
+            )
+            if found:
+                self.json("tags.json", _tags_json({scope: found}))
+            self.images(
+                p,
+                [(scope, [tag.id for tag in found])] if possible else [],
+                files=export.files,
+                where=subject.metadata_filter(export.selectors.metadata),
+            )
+            return
         self.images(
             p,
             [(scope, export.tag_ids)],

@@ -182,22 +182,38 @@ _FORM_LIST: tuple[Form, ...] = (
         "export images",
         ("project-id",),
         "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]..."
-        " [--ids <id,id,...>] [--iteration <iteration-id>] [--no-files]",
+        " [--ids <id,id,...>] [--metadata KEY=VALUE]... [--tag-name NAME]..."
+        " [--iteration <iteration-id>] [--no-files]",
         "Images of a project with their tags and regions, and the image files.",
-        flags=("--tagged", "--untagged", "--tag", "--ids", "--iteration", "--no-files"),
+        flags=(
+            "--tagged",
+            "--untagged",
+            "--tag",
+            "--ids",
+            "--metadata",
+            "--tag-name",
+            "--iteration",
+            "--no-files",
+        ),
         options=(
             ("--tagged / --untagged", "only tagged / only untagged images"),
             ("--tag <tag-id>", "only images with this tag; repeat it for more tags"),
             ("--ids <id,id,...>", "only these images (comma-separated image ids)"),
+            *_SELECTOR_OPTIONS[:2],
             ("--iteration <iteration-id>", "the images of that trained iteration"),
             ("--no-files", "leave the image files out"),
+        ),
+        notes=(
+            "--metadata and --tag-name pick one person's images, as find does; they go with"
+            " neither --ids, --tag, --tagged nor --untagged.",
         ),
         examples=(
             f"export images {_P} --tagged --iteration {_I} --no-files",
             f"export images {_P} --tag {_T} --tag {_T2}",
             f"export images {_P} --ids {_M1},{_M2} --ticket DSR-1042",
+            f"export images {_P} --metadata customer=4711 --ticket DSR-1042",
         ),
-        repeatable=("--tag",),
+        repeatable=("--tag", "--metadata", "--tag-name"),
     ),
     Form(
         "export exports",

@@ -723,13 +723,20 @@ class _Parser:
             overlap=self._fraction("--overlap"),
             meta=self._meta(),
             resource=self._resource(),
-            selectors=self._selectors() if kind is ExportKind.SUBJECT else None,
+            selectors=self._selectors() if self._picks_a_person(kind) else None,
         )
         self._conflict("--tagged", "--untagged")
         self._conflict("--tag", "--untagged")
         for other in ("--tagged", "--untagged", "--tag"):
             self._conflict("--ids", other)
+        for selector in ("--metadata", "--tag-name"):
+            for other in ("--ids", "--tag", "--tagged", "--untagged"):
+                self._conflict(selector, other)
         return export
+
+    def _picks_a_person(self, kind: ExportKind) -> bool:
+        """True when the request's images are one person's (subject, or selectors given)."""
+        return kind is ExportKind.SUBJECT or self._has("--metadata") or self._has("--tag-name")
 
     def _delete(self, kind: DeleteKind, args: dict[str, str]) -> Delete:
         tag = self._value("--tag")

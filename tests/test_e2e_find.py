@@ -283,3 +283,17 @@ def test_e2e_export_subject_matching_nothing_says_so(stack: Stack) -> None:
     assert json.loads(content["projects.json"]) == []
     assert manifest["counts"]["projects_searched"] == 3
     assert not [n for n in content if n.startswith("images/")]
+
+
+def test_e2e_export_images_of_one_project_by_the_same_selectors(stack: Stack) -> None:
+    person = seed_person(stack)
+    first = f"export images {person.first} --metadata customer=4711"
+    _, parts = exported(stack, f"{first} --tag-name 'JANE DOE' --ticket DSR-2")
+    workspace = lines_of(unzip(parts)["images.jsonl"])
+    assert len(workspace) == 2 and person.gone not in {r["image"]["id"] for r in workspace}
+    _, parts = exported(stack, f"{first} --iteration {person.iteration} --no-files")
+    snapshot = lines_of(unzip(parts)["images.jsonl"])
+    assert {r["image"]["id"] for r in snapshot} >= {person.gone}
+    assert [r["file"] for r in snapshot] == [None, None, None]
+    filters = {c.query.get("$filter") for c in calls_to(stack, "GetImages")}
+    assert filters == {"customer eq '4711'"}

@@ -52,6 +52,7 @@ U_EXPORT_TAGS = (
 )
 U_EXPORT_IMAGES = (
     "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]... [--ids <id,id,...>]"
+    " [--metadata KEY=VALUE]... [--tag-name NAME]..."
     ' [--iteration <iteration-id>] [--no-files] [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_DELETE_IMAGES = (
@@ -79,7 +80,8 @@ U_EXPORT_ALL = "\n".join(
         "export tags <project-id> [--iteration <iteration-id>]",
         "export tag <project-id> <tag-id> [--iteration <iteration-id>]",
         "export images <project-id> [--tagged | --untagged] [--tag <tag-id>]..."
-        " [--ids <id,id,...>] [--iteration <iteration-id>] [--no-files]",
+        " [--ids <id,id,...>] [--metadata KEY=VALUE]... [--tag-name NAME]..."
+        " [--iteration <iteration-id>] [--no-files]",
         "export exports <project-id> <iteration-id> [--download]",
         "export predictions <project-id> [--no-files]",
         "export subject [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
