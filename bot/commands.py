@@ -346,8 +346,14 @@ SELECTORS: dict[str | None, Selector] = {
 # --- describing and storing -----------------------------------------------------------------
 
 
+def _on(resource: str | None) -> str:
+    """Return where a project is, as its summary says it with several resources."""
+    return "" if resource is None else f" (on {resource})"
+
+
 def _describe_export(export: Export) -> str:
     project, iteration = short_id(export.project_id), short_id(export.iteration_id)
+    project += _on(export.resource)
     details: list[str] = []
     kind = export.kind
     if kind is ExportKind.ACCOUNT:
@@ -409,6 +415,7 @@ def _describe_export(export: Export) -> str:
 
 def _describe_delete(delete: Delete) -> str:
     project, iteration = short_id(delete.project_id), short_id(delete.iteration_id)
+    project += _on(delete.resource)
     kind = delete.kind
     if kind is DeleteKind.PROJECT:
         return f"delete project {project}"

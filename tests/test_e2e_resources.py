@@ -94,7 +94,11 @@ def test_e2e_resources_export_of_a_project_on_the_second_resource_uses_its_clien
 ) -> None:
     main, dev = stack.cvs["main"], stack.cvs["dev"]
     project = dev.data.project_ids()[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"export project {project} --ticket T-1"))
+    queued = stack.command(REQUESTER, f"export project {project} --ticket T-1")
+    rid = stack.request_id(queued)
+    assert queued.json()["text"].startswith(
+        f"{rid} queued: export project {project[:8]}… (on dev)."
+    )
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
         rid
     ).error
@@ -116,6 +120,8 @@ def test_e2e_resources_deletion_on_the_second_resource_runs_there(stack: Stack) 
     project = dev.data.project_ids()[0]
     images = dev.data.image_ids(project)[:2]
     rid = request_pending(stack, f"delete images {project} --ids {','.join(images)} --ticket T-3")
+    # A restart between the request and its approval: the stored request keeps its resource.
+    stack.restart_bot()
     click_answer(stack, APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done", stack.bot.store.get(
         rid
