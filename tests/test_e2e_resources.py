@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bot.checks import print_checks, run_checks
-from emulators.customvision import CustomVisionEmulator, Seed
+from emulators.customvision import CustomVisionEmulator, Faults, Seed
 from emulators.stack import (
     APPROVER,
     CHANNEL,
@@ -230,3 +230,24 @@ def test_e2e_resources_export_account_covers_each_resource(stack: Stack) -> None
     assert "resources/<name>/account.json" in readme
     manifest = exported_manifest(stack, rid)
     assert manifest["counts"]["resources"] == 2 and manifest["counts"]["projects"] == 3
+
+
+def test_e2e_resources_a_resource_that_cannot_be_asked_is_named_and_nothing_stored(
+    stack: Stack,
+) -> None:
+    stack.cvs["dev"].faults = Faults(quota_exhausted=3600.0)
+    project = stack.cv.data.project_ids()[0]
+    answer = stack.command(REQUESTER, f"export project {project} --ticket T-9").json()["text"]
+    assert answer.startswith(
+        f"Could not tell which Custom Vision resource holds project {project}; it is on main, "
+        "but these resources could not be asked: dev: "
+    ), answer
+    assert answer.endswith(
+        "Try again later, or say which with --resource &lt;name&gt;; nothing was done."
+    )
+    assert stack.bot.store.count_requests_of(REQUESTER.user_id) == 0
+    # Once dev answers again, the same command goes through.
+    stack.cvs["dev"].faults = Faults()
+    rid = stack.request_id(stack.command(REQUESTER, f"export tags {project} --ticket T-9"))
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    assert stack.bot.store.get(rid).command["resource"] == "main"
