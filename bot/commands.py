@@ -26,7 +26,7 @@ MAX_METADATA_VALUE = 256
 MAX_METADATA_PAIRS = 10  # per image: more ANDed pairs than that can match nothing
 
 Tagging: TypeAlias = Literal["all", "tagged", "untagged"]
-Selector: TypeAlias = Literal["ids", "tag", "untagged", "all"]
+Selector: TypeAlias = Literal["ids", "tag", "untagged", "all", "subject"]
 AuditFormat: TypeAlias = Literal["csv", "jsonl"]
 
 
@@ -268,6 +268,7 @@ class Delete:
     prediction_ids: tuple[str, ...] = ()
     meta: Meta = field(default_factory=Meta)
     resource: str | None = None  # as Export.resource
+    selectors: Selectors | None = None  # images with selector "subject": whose images
 
     def describe(self) -> str:
         """Return a plain one-line summary, e.g. `delete untagged images of project 1234abcd…`."""
@@ -287,6 +288,7 @@ class Delete:
             "meta": _meta_to_dict(self.meta),
             # Only when set: a request on the first resource is stored as before.
             **({"resource": self.resource} if self.resource is not None else {}),
+            **({} if self.selectors is None else {"selectors": self.selectors.to_dict()}),
         }
 
     @classmethod
@@ -304,6 +306,7 @@ class Delete:
             prediction_ids=values.guids("prediction_ids"),
             meta=values.meta(),
             resource=values.resource(),
+            selectors=values.selectors(),
         )
         return delete
 
@@ -340,6 +343,7 @@ SELECTORS: dict[str | None, Selector] = {
     "tag": "tag",
     "untagged": "untagged",
     "all": "all",
+    "subject": "subject",  # one person's images: Delete.selectors
 }
 
 
@@ -430,6 +434,7 @@ def _describe_delete(delete: Delete) -> str:
             "ids": count(len(delete.image_ids), "image"),
             "tag": f"images with tag {short_id(delete.tag_id)}",
             "untagged": "untagged images",
+            "subject": f"images of one person ({(delete.selectors or Selectors()).describe()})",
         }.get(delete.selector or "all", "all images")
         return f"delete {which} of project {project}"
     if kind is DeleteKind.PREDICTIONS:
@@ -450,7 +455,7 @@ def _meta_to_dict(meta: Meta) -> dict[str, Any]:
 
 
 _EXPORT_KEYS = frozenset(Export(ExportKind.SUBJECT, resource="r", selectors=Selectors()).to_dict())
-_DELETE_KEYS = frozenset(Delete(DeleteKind.ACCOUNT, resource="r").to_dict())
+_DELETE_KEYS = frozenset(Delete(DeleteKind.ACCOUNT, resource="r", selectors=Selectors()).to_dict())
 _IDS = frozenset({"verb", "ids"})
 
 

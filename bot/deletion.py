@@ -61,7 +61,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot import commands, parser, webpage, wording
+from bot import commands, parser, subject, webpage, wording
 from bot.clock import iso, parse_iso
 from bot.deadline import Deadline, deadline_fields
 from bot.errors import (
@@ -193,7 +193,8 @@ class Facts:
     tags: tuple[TagFacts, ...] = ()  # tags removed
     predictions: tuple[str, ...] = ()
     predictions_not_found: tuple[str, ...] = ()
-    selector: str = ""  # images: the command's selector (ids | tag | untagged | all)
+    selector: str = ""  # images: the command's selector (ids | tag | untagged | all | subject)
+    matching: str = ""  # images of one person (subject): the selectors in words
     tag_name: str = ""  # images --tag: the tag's name (its id when the workspace lacks it)
 
     @property
@@ -270,6 +271,8 @@ def images_phrase(facts: Facts, count: int) -> str:
         return f"{images} tagged {_quoted(facts.tag_name)}"
     if facts.selector == "untagged":
         return images.replace(" image", " untagged image", 1)
+    if facts.selector == "subject":
+        return f"{images} matching {facts.matching}"
     return f"all {images}"
 
 
@@ -600,6 +603,19 @@ def _selected(
             found = client.iter_images(p, kind="untagged", iteration_id=iteration_id)
         elif command.selector == "ids":
             found = iter(client.get_images_by_ids(p, command.image_ids, iteration_id))
+        elif command.selector == "subject":  # one person's images, as `find` counts them
+            assert command.selectors is not None
+            tags, possible = subject.matching_tag_ids(
+                client, p, iteration_id, command.selectors.tag_names
+            )
+            if not possible:
+                return []
+            found = client.iter_images(
+                p,
+                iteration_id=iteration_id,
+                tag_ids=[tag.id for tag in tags],
+                where=subject.metadata_filter(command.selectors.metadata),
+            )
         else:
             found = client.iter_images(p, iteration_id=iteration_id)
         return [image.id for image in found]
@@ -640,6 +656,7 @@ def _image_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -
         images_not_found=not_found,
         selector=command.selector or "all",
         tag_name=tag_name,
+        matching="" if command.selectors is None else command.selectors.describe(),
     )
 
 

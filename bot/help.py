@@ -291,20 +291,25 @@ _FORM_LIST: tuple[Form, ...] = (
     Form(
         "delete images",
         ("project-id",),
-        "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all)",
-        "Delete images of a project; say which with exactly one option.",
-        flags=("--ids", "--tag", "--untagged", "--all"),
+        "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all"
+        " | [--metadata KEY=VALUE]... [--tag-name NAME]...)",
+        "Delete images of a project; say which with exactly one option (or one person's"
+        " selectors).",
+        flags=("--ids", "--tag", "--untagged", "--all", "--metadata", "--tag-name"),
         options=(
             ("--ids <id,id,...>", "these images (comma-separated image ids)"),
             ("--tag <tag-id>", "every image with this tag"),
             ("--untagged", "every untagged image"),
             ("--all", "every image of the project"),
+            *_SELECTOR_OPTIONS[:2],
         ),
-        notes=(_APPROVAL,),
+        notes=(_APPROVAL, "With --metadata or --tag-name: one person's images, as find counts."),
         examples=(
             f'delete images {_P} --ids {_M1},{_M2} --reason "Erasure request of a customer"',
             f"delete images {_P} --untagged",
+            f"delete images {_P} --metadata customer=4711 --ticket DSR-1042",
         ),
+        repeatable=("--metadata", "--tag-name"),
     ),
     Form(
         "delete predictions",

@@ -744,16 +744,22 @@ class _Parser:
         ids = self._ids("prediction id" if kind is DeleteKind.PREDICTIONS else "image id")
         meta = self._meta()
         selector: Selector | None = None
+        selectors: Selectors | None = None
         if kind is DeleteKind.IMAGES:
             given = [name for name in ("--ids", "--tag", "--untagged", "--all") if self._has(name)]
-            choices = "--ids, --tag, --untagged or --all"
+            person = [name for name in ("--metadata", "--tag-name") if self._has(name)]
+            given += [" and ".join(person)] if person else []
+            choices = "--ids, --tag, --untagged, --all or --metadata/--tag-name"
             if not given:
                 raise self.fail(f"delete images needs one of {choices}")
             if len(given) > 1:
                 raise self.fail(
                     f"delete images takes only one of {choices} (got {' and '.join(given)})"
                 )
-            selector = SELECTORS[given[0][2:]]
+            if person:
+                selector, selectors = "subject", self._selectors()
+            else:
+                selector = SELECTORS[given[0][2:]]
         elif kind is DeleteKind.PREDICTIONS:
             selector = "ids" if ids else "all"
         return Delete(
@@ -766,6 +772,7 @@ class _Parser:
             prediction_ids=ids if kind is DeleteKind.PREDICTIONS else (),
             meta=meta,
             resource=self._resource(),
+            selectors=selectors,
         )
 
     def _selectors(self) -> Selectors:
@@ -908,6 +915,8 @@ def _wire_text(request: Export | Delete) -> str:
             words += ["--tag", request.tag_id]
         if request.kind is DeleteKind.IMAGES and request.selector in ("untagged", "all"):
             words.append(f"--{request.selector}")
+        if request.selectors is not None:
+            words += _selector_words(request.selectors)
         if request.image_ids and request.prediction_ids:
             words += ["--ids", ",".join(request.image_ids)]
         ids = request.image_ids or request.prediction_ids

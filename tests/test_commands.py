@@ -207,15 +207,18 @@ BAD_STORED = [
     ),
     (
         _delete(selector=None),
-        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
+        "not a valid delete: delete images needs one of --ids, --tag, --untagged, --all or"
+        " --metadata/--tag-name",
     ),
     (
         _delete(selector="everything"),
-        "selector: must be one of ('ids', 'tag', 'untagged', 'all', None), not 'everything'",
+        "selector: must be one of ('ids', 'tag', 'untagged', 'all', 'subject', None), not"
+        " 'everything'",
     ),
     (
         _delete(selector="ids"),
-        "not a valid delete: delete images needs one of --ids, --tag, --untagged or --all",
+        "not a valid delete: delete images needs one of --ids, --tag, --untagged, --all or"
+        " --metadata/--tag-name",
     ),
     (
         _delete(selector="ids", prediction_ids=[M1]),

@@ -17,8 +17,8 @@ import pytest
 from bot import audit
 from emulators.customvision import Call, Seed
 from emulators.slack.records import UploadedFile
-from emulators.stack import CHANNEL, REQUESTER, STRANGER, Stack
-from tests.conftest import SMALL, StartStack, exported
+from emulators.stack import APPROVER, CHANNEL, REQUESTER, STRANGER, Stack
+from tests.conftest import SMALL, StartStack, click_answer, exported, request_pending
 
 DONE = "Nothing was changed."
 DEV = Seed(projects=1, iterations=1, tags=2, images=10, predictions=2, image_bytes=256, seed=2)
@@ -46,6 +46,7 @@ class Person:
     iteration: str  # trained (published) after they were added: holds all 3
     second: str  # project on dev: 2 images with the metadata, in the workspace only
     gone: str  # the image only the snapshot still holds
+    mine: tuple[str, ...]  # the 3 images of the person in the first project (gone included)
 
 
 def seed_person(stack: Stack) -> Person:
@@ -64,7 +65,7 @@ def seed_person(stack: Stack) -> Person:
         first, mine[:1], all_images=False, all_iterations=False, delay=lambda *_: 0.0
     )
     dev.add_images(second, 2, metadata={"customer": "4711", "site": "Berlin"})
-    return Person(first, iteration, second, mine[0])
+    return Person(first, iteration, second, mine[0], tuple(mine))
 
 
 def find(stack: Stack, text: str) -> str:
@@ -297,3 +298,37 @@ def test_e2e_export_images_of_one_project_by_the_same_selectors(stack: Stack) ->
     assert [r["file"] for r in snapshot] == [None, None, None]
     filters = {c.query.get("$filter") for c in calls_to(stack, "GetImages")}
     assert filters == {"customer eq '4711'"}
+
+
+def test_e2e_delete_images_of_one_person_with_four_eyes_and_snapshots(stack: Stack) -> None:
+    person = seed_person(stack)
+    data = stack.cv.data
+    targeted = set(person.mine)
+    rid = request_pending(
+        stack, f"delete images {person.first} --metadata customer=4711 --ticket DSR-3"
+    )
+    shown = json.dumps(stack.announcement(rid).blocks)
+    assert "3 images matching metadata customer=4711" in shown, shown
+    assert "2 in the workspace" in shown and "faces-prod" in shown
+    assert "cannot approve your own request" in click_answer(stack, REQUESTER, rid, "approve")
+    assert stack.cv.deleted_image_counts() == {}
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+    assert set(stack.cv.deleted_image_counts()) == targeted
+    calls = stack.cv.calls_to("DeleteImages")
+    assert calls and all(c.query.get("allIterations") == "true" for c in calls)
+    assert not stack.cvs["dev"].calls_to("DeleteImages"), "the other resource is untouched"
+    left = set(data.image_ids(person.first)) | set(data.image_ids(person.first, person.iteration))
+    assert not left & targeted
+
+
+def test_e2e_delete_images_of_nobody_says_nothing_to_delete(stack: Stack) -> None:
+    person = seed_person(stack)
+    rid = stack.request_id(
+        stack.command(REQUESTER, f"delete images {person.first} --tag-name nobody --ticket T")
+    )
+    assert stack.wait_status(rid, "answered", "done", "failed", "pending") != "pending"
+    stack.wait_delivered()
+    texts = json.dumps([m.blocks or m.text for m in stack.slack.messages(CHANNEL)])
+    assert "Nothing to delete" in texts and "no images matching" in texts, texts
+    assert not stack.cv.calls_to("DeleteImages")

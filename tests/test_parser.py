@@ -56,7 +56,8 @@ U_EXPORT_IMAGES = (
     ' [--iteration <iteration-id>] [--no-files] [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_DELETE_IMAGES = (
-    "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all)"
+    "delete images <project-id> (--ids <id,id,...> | --tag <tag-id> | --untagged | --all"
+    " | [--metadata KEY=VALUE]... [--tag-name NAME]...)"
     ' [--ticket <ref>] [--reason "<text>"]' + RECEIVED
 )
 U_DELETE_PREDICTIONS = (
@@ -552,12 +553,12 @@ ERRORS: list[tuple[str, str, str]] = [
     ),
     (
         f"delete images {P}",
-        "delete images needs one of --ids, --tag, --untagged or --all",
+        "delete images needs one of --ids, --tag, --untagged, --all or --metadata/--tag-name",
         U_DELETE_IMAGES,
     ),
     (
         f"delete images {P} --all --untagged",
-        "delete images takes only one of --ids, --tag, --untagged or --all"
+        "delete images takes only one of --ids, --tag, --untagged, --all or --metadata/--tag-name"
         " (got --untagged and --all)",
         U_DELETE_IMAGES,
     ),
