@@ -58,9 +58,12 @@ is the transitions table of `bot.lifecycle`, which the store enforces.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.lifecycle import RequestKind, Status
 from bot.wording import count
@@ -249,13 +252,21 @@ def _decidable(subject: Subject, now: datetime) -> Decision:
     return ALLOW
 
 
-def preview_shown(file_status: str | None) -> bool:
-    """Return whether the whole preview of a deletion is in front of its approvers.
+def preview_digest(preview: Mapping[str, Any] | None) -> str:
+    """Return the fingerprint of a deletion's frozen preview (its plan as approvers read it)."""
+    text = json.dumps(preview, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
-    `file_status` is the delivery status of the preview's file: None when the preview fit its
-    message and has no file, "sent" once Slack took the file.
+
+def preview_shown(shown: str | None, preview: Mapping[str, Any] | None) -> bool:
+    """Return whether the whole preview of a deletion's current plan is in front of its
+    approvers.
+
+    `shown`: the fingerprint (`preview_digest`) of the preview the bot posted with the Approve
+    button since the plan was last frozen (the store's `shown_preview`), None when it has not
+    posted one: the whole preview in the message, or its file confirmed by Slack first.
     """
-    return file_status in (None, "sent")
+    return preview is not None and shown == preview_digest(preview)
 
 
 def may_approve(
@@ -285,8 +296,9 @@ def may_approve(
     if not preview_shown:
         return Decision(
             False,
-            f"The full preview of {subject.request_id} is not in its thread yet, so it cannot "
-            "be approved. The Approve button appears once the file is posted.",
+            f"The preview of {subject.request_id}'s current plan has not been posted with its "
+            "Approve button yet, so it cannot be approved. Approve from the request's message "
+            "once it shows the preview.",
         )
     return ALLOW
 

@@ -592,7 +592,7 @@ class Service:
                 subject,
                 now,
                 channel=channel_id,
-                preview_shown=preview_shown(self.store.preview_file_status(record.number)),
+                preview_shown=preview_shown(self.store.shown_preview(record.id), record.preview),
             )
             if not decision:
                 return self._refused(

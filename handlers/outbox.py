@@ -43,6 +43,7 @@ from bot.digest import sha256_file
 from bot.ids import format_request_id
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.logs import request_context
+from bot.policy import preview_digest
 from bot.store import (
     OutboxItem,
     Store,
@@ -518,8 +519,20 @@ class Deliverer:
             with self.store.write() as conn:
                 self.store.update_fields(conn, record.number, message_ts=ts)
         shown = preview_file is None or preview_file.status == "sent"
-        if record.status == Status.PENDING and shown and not previous.get("approval_posted"):
-            details = {"channel": item.channel, "ts": ts, "expires_at": str(record.expires_at)}
+        digest = preview_digest(record.preview)
+        if (
+            record.status == Status.PENDING
+            and shown
+            and self.store.shown_preview(record.id) != digest
+        ):
+            # The stored fact an approval needs (policy.preview_shown): this plan's preview
+            # is in front of the approvers, with the Approve button.
+            details = {
+                "channel": item.channel,
+                "ts": ts,
+                "expires_at": str(record.expires_at),
+                "preview": digest,
+            }
 
             def posted(conn: sqlite3.Connection) -> None:
                 self.store.audit(

@@ -235,3 +235,42 @@ def test_e2e_status_with_emoji_tickets_still_shows_20_whole_lines(stacks: StartS
     assert units(text) <= MAX_REPLY_TEXT, units(text)
     assert text.count("• R-") == 20 and "showing 20 of 21" in text
     assert "did not fit" not in text
+
+
+def test_e2e_a_crafted_approval_before_the_preview_is_posted_counts_nothing(
+    stack: Stack,
+) -> None:
+    # A message of the channel to craft the click on: another request's announcement.
+    other = stack.request_id(stack.command(REQUESTER, "export projects"))
+    stack.wait_status(other, "done", "failed")
+    stack.wait_delivered()
+    # The announcement that shows the preview and the Approve button is held up.
+    for method in ("chat.postMessage", "chat.update"):
+        stack.slack.inject_latency(method, 8.0, times=None)
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project, None)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+
+    # A signed click that reaches the bot anyway (a forged payload, a stale client) approves
+    # nothing: the button carries only the request id.
+    assert stack.driver is not None
+    ts = stack.bot.store.get(rid).message_ts or stack.bot.store.get(other).message_ts
+    assert ts is not None
+    answer = stack.driver.click(APPROVER.user_id, CHANNEL, ts, "request.approve", rid)
+    assert answer.status_code == 200, answer.text
+
+    def refusals() -> list[str]:
+        events = stack.bot.store.audit_events(request_id=rid)
+        return [str(e.details["reason"]) for e in events if e.action == "approval.refused"]
+
+    assert stack.slack.wait_for(lambda: bool(refusals()))
+    assert "has not been posted with its Approve button yet" in refusals()[0]
+    assert stack.status(rid) == "pending"
+    assert stack.bot.store.get(rid).approvals == ()
+
+    stack.slack.clear_latency()
+    stack.wait_delivered()
+    assert _has_approve(stack.announcement(rid).blocks)
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"

@@ -35,6 +35,7 @@ from bot.policy import (
     may_retry,
     may_see_status,
     may_submit_here,
+    preview_digest,
     preview_shown,
 )
 
@@ -459,20 +460,32 @@ def test_policy_see_status_and_resend(actor: Actor, allowed: bool) -> None:
 # --- approving what was seen, and when a deletion starts ----------------------------------------
 
 
+PLAN = {"images": 3, "iterations": ["it-1"]}
+NEW_PLAN = {"images": 2, "iterations": ["it-1"]}
+
+
 @pytest.mark.parametrize(
-    ("file_status", "shown"),
-    [(None, True), ("sent", True), ("pending", False), ("held", False), ("failed", False)],
+    ("shown", "preview", "result"),
+    [
+        (preview_digest(PLAN), PLAN, True),
+        (None, PLAN, False),  # pending, its preview not posted with the button yet
+        (preview_digest(PLAN), NEW_PLAN, False),  # a new plan; the old preview was shown
+        (preview_digest(PLAN), None, False),
+    ],
 )
-def test_policy_preview_shown(file_status: str | None, shown: bool) -> None:
-    assert preview_shown(file_status) is shown
+def test_policy_preview_shown(
+    shown: str | None, preview: dict[str, object] | None, result: bool
+) -> None:
+    assert preview_shown(shown, preview) is result
 
 
 def test_policy_no_approval_before_the_whole_preview_is_shown() -> None:
     decision = may_approve(RULES, APPROVER, pending(), NOW, preview_shown=False)
     assert (decision.allowed, decision.reason) == (
         False,
-        "The full preview of R-1001 is not in its thread yet, so it cannot be approved. The "
-        "Approve button appears once the file is posted.",
+        "The preview of R-1001's current plan has not been posted with its Approve button yet, "
+        "so it cannot be approved. Approve from the request's message once it shows the "
+        "preview.",
     )
     # Any other refusal comes first: it says what the person can do about it.
     assert (

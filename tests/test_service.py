@@ -19,7 +19,7 @@ from bot.clock import FakeClock, iso
 from bot.db import Database
 from bot.errors import BotError, SlackLookupError
 from bot.lifecycle import JobKind, Status
-from bot.policy import ChannelInfo, Rules
+from bot.policy import ChannelInfo, Rules, preview_digest
 from bot.resources import Resources
 from bot.runner import JobContext, JobHandler, Outcome, Runner, Settings
 from bot.service import FRESH_FOR_APPROVALS, MANUAL_STEPS, Service
@@ -131,6 +131,11 @@ class Bot:
     def status(self, number: int = 1001) -> str:
         return self.store.get(number).status
 
+    def show_preview(self, number: int = 1001) -> None:
+        """Record what the outbox records when it posts the Approve button with the preview."""
+        preview = preview_digest(self.store.get(number).preview)
+        self.store.record("bot", "approval.posted", request=number, details={"preview": preview})
+
     def actions(self, request: str | None = None) -> list[str]:
         return [e.action for e in self.store.audit_events(request_id=request)]
 
@@ -190,6 +195,7 @@ def pending_deletion(bot: Bot) -> None:
     assert bot.command(REQUESTER, PRIVATE, DELETE).startswith("R-1001 recorded")
     bot.run_jobs()
     assert bot.status() == "pending"
+    bot.show_preview()
 
 
 # --- submitting ---------------------------------------------------------------------------------
@@ -546,6 +552,7 @@ def test_service_approval_needs_two_other_people_then_starts_the_deletion(bot: B
     assert bot.store.job_for(1001, JobKind.DELETE) is not None
     assert bot.wakes == [None]
     assert [a for a in bot.actions("R-1001") if a.startswith(("approval", "request.a"))] == [
+        "approval.posted",
         "approval.refused",
         "approval.refused",
         "approval.refused",
@@ -554,6 +561,46 @@ def test_service_approval_needs_two_other_people_then_starts_the_deletion(bot: B
         "approval.granted",
         "request.approved",
     ]
+
+
+NOT_SHOWN = (
+    "The preview of R-1001's current plan has not been posted with its Approve button yet, so "
+    "it cannot be approved. Approve from the request's message once it shows the preview."
+)
+
+
+def test_service_no_approval_counts_before_the_preview_is_posted_with_its_button(
+    bot: Bot,
+) -> None:
+    assert bot.command(REQUESTER, PRIVATE, DELETE).startswith("R-1001 recorded")
+    bot.run_jobs()
+    assert bot.status() == "pending"  # the announcement with the preview is still queued
+
+    assert bot.service.approve(APPROVER, "R-1001", PRIVATE).text == NOT_SHOWN
+
+    assert bot.store.get(1001).approvals == ()
+    bot.show_preview()
+    assert bot.service.approve(APPROVER, "R-1001", PRIVATE).text == (
+        "You approved R-1001. 1 more approval needed."
+    )
+
+
+def test_service_after_a_new_preview_the_old_one_shown_does_not_let_an_approval_count(
+    bot: Bot,
+) -> None:
+    _failed_deletion(bot)
+    bot.clock.advance(hours=24)
+    bot.command(REQUESTER, PRIVATE, "retry R-1001")  # approvals lapsed: a new preview
+    bot.run_jobs()
+    assert bot.status() == "pending"  # the same plan, frozen again, not yet posted
+
+    assert bot.service.approve(APPROVER, "R-1001", PRIVATE).text == NOT_SHOWN
+
+    assert bot.store.get(1001).approvals == ()
+    bot.show_preview()
+    assert bot.service.approve(APPROVER, "R-1001", PRIVATE).text == (
+        "You approved R-1001. 1 more approval needed."
+    )
 
 
 def test_service_an_approval_counts_only_while_its_approver_still_is_one(bot: Bot) -> None:

@@ -91,16 +91,17 @@ class Outbox(StoreBase):
         rows = self.table("outbox").rows_where("key = ?", [key], select="status")
         return next((str(row["status"]) for row in rows), None)
 
-    def preview_file_status(self, number: int) -> str | None:
-        """Return the delivery status of the request's latest preview file (None: no file)."""
-        rows = self.table("outbox").rows_where(
-            "request_id = ? AND key LIKE ?",
-            [number, preview_file_key(number, "%")],
-            select="status",
-            order_by="id DESC",
-            limit=1,
-        )
-        return next((str(row["status"]) for row in rows), None)
+    def shown_preview(self, request_id: str) -> str | None:
+        """Return the fingerprint of the preview posted with the request's Approve button since
+        its plan was last frozen (the `approval.posted` audit event after the last
+        `request.reapproval`), or None when none was posted for this plan."""
+        shown = None
+        for event in self.audit_events(request_id=request_id):
+            if event.action == "request.reapproval":
+                shown = None  # a new plan: what was shown before is not its preview
+            elif event.action == "approval.posted":
+                shown = event.details.get("preview")
+        return shown if isinstance(shown, str) else None
 
     def announce(self, conn: sqlite3.Connection, number: int, channel: str) -> None:
         """Queue the request's announcement: posted once, then updated in place from its state."""
