@@ -36,6 +36,19 @@ def walk(store: Store, conn: sqlite3.Connection, number: int, *path: Status) -> 
         assert store.transition(conn, number, to=to, by=by, actor="U0TEST"), (current, to)
 
 
+def stored_deletion(store: Store, conn: sqlite3.Connection, requester: str = "U0REQ") -> int:
+    """Store a bare deletion of images (previewing) in C0DSR; return its number."""
+    return store.create_request(
+        conn,
+        kind=RequestKind.DELETE,
+        command={"verb": "delete"},
+        text="delete images",
+        requester=requester,
+        channel="C0DSR",
+        status=Status.PREVIEWING,
+    )
+
+
 def store_request(
     store: Store, conn: sqlite3.Connection, text: str = "export projects", *, status: Status
 ) -> int:

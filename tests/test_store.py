@@ -15,7 +15,7 @@ from bot.clock import FakeClock
 from bot.db import Database
 from bot.lifecycle import DeletionItem, ItemStatus, JobKind, RequestKind, Role, Status
 from bot.store import Store
-from tests.harness import walk
+from tests.harness import stored_deletion, walk
 
 
 @pytest.fixture
@@ -30,15 +30,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def new_request(store: Store, *path: Status) -> int:
     """Store a deletion (previewing) and move it along `path` (default: to pending)."""
     with store.write() as conn:
-        number = store.create_request(
-            conn,
-            kind=RequestKind.DELETE,
-            command={"verb": "delete"},
-            text="delete images",
-            requester="U0REQ",
-            channel="C0DSR",
-            status=Status.PREVIEWING,
-        )
+        number = stored_deletion(store, conn)
         walk(store, conn, number, *(path or (Status.PENDING,)))
     return number
 

@@ -12,9 +12,9 @@ import pytest
 from bot.clock import FakeClock
 from bot.db import Database
 from bot.deadline import deadline_of
-from bot.lifecycle import RequestKind, Role, Status
+from bot.lifecycle import Role, Status
 from bot.store import Store
-from tests.harness import walk
+from tests.harness import stored_deletion, walk
 
 D = date.fromisoformat
 TODAY = D("2026-12-02")
@@ -32,15 +32,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def new_request(store: Store, received: str | None, *path: Status, requester: str = "U0REQ") -> int:
     """Store a deletion received on `received` (None: no clock, as before version 4)."""
     with store.write() as conn:
-        number = store.create_request(
-            conn,
-            kind=RequestKind.DELETE,
-            command={"verb": "delete"},
-            text="delete images",
-            requester=requester,
-            channel="C0DSR",
-            status=Status.PREVIEWING,
-        )
+        number = stored_deletion(store, conn, requester)
         if received is not None:
             store.start_clock(conn, number, deadline_of(D(received)))
         walk(store, conn, number, *path)
