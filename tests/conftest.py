@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_sdk import WebClient
 
 from emulators.customvision import Seed
 from emulators.slack.records import UploadedFile
+from emulators.slack.webapi import SlackEmulator
 from emulators.stack import CHANNEL, REQUESTER, Person, Stack, start_stack
 
 SMALL = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=512)
@@ -96,3 +98,22 @@ def click_answer(stack: Stack, person: Person, rid: str, action: str) -> str:
     if len(stack.slack.ephemerals(user_id=person.user_id)) == seen:
         return DIALOG_OPENED
     return stack.slack.ephemerals(user_id=person.user_id)[-1].text
+
+
+SLACK_TOKEN = "xoxb-emulator-bot-token"
+
+
+@pytest.fixture
+def emulator() -> Iterator[SlackEmulator]:
+    """A bare Slack emulator with alice and #dsr-requests (a suite needing more overrides it)."""
+    with SlackEmulator() as emulator:
+        emulator.add_user("U1", "alice")
+        emulator.add_channel("C1", "dsr-requests")
+        yield emulator
+        assert emulator.internal_errors == []
+
+
+@pytest.fixture
+def client(emulator: SlackEmulator) -> WebClient:
+    """The unmodified slack-sdk client, against whichever `emulator` the suite uses."""
+    return WebClient(token=SLACK_TOKEN, base_url=emulator.api_url, timeout=10)

@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError
 
 from emulators.slack.webapi import RATE_TIERS, RateTier, SlackEmulator
 from handlers.outbox import POST_BUDGET, UPDATE_BUDGET, Budget, Pacer, slack_budget
-from tests.test_slack_emulator import TOKEN, FakeTime
+from tests.test_slack_emulator import FakeTime
 
 
 @pytest.fixture
@@ -27,11 +27,6 @@ def emulator(clock: FakeTime) -> Iterator[SlackEmulator]:
         emulator.add_usergroup("S1", "dsr-approvers", [])
         yield emulator
         assert emulator.internal_errors == []
-
-
-@pytest.fixture
-def client(emulator: SlackEmulator) -> WebClient:
-    return WebClient(token=TOKEN, base_url=emulator.api_url, timeout=10)
 
 
 def _post(client: WebClient, channel: str) -> tuple[int, str | None, str | None]:

@@ -18,8 +18,7 @@ from slack_sdk.webhook import WebhookClient
 
 from emulators.slack.records import Sharing
 from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
-
-TOKEN = "xoxb-emulator-bot-token"
+from tests.conftest import SLACK_TOKEN as TOKEN
 
 
 class FakeTime:
@@ -52,11 +51,6 @@ def emulator() -> Iterator[SlackEmulator]:
     with SlackEmulator() as emulator:
         yield _workspace(emulator)
         assert emulator.internal_errors == []
-
-
-@pytest.fixture
-def client(emulator: SlackEmulator) -> WebClient:
-    return WebClient(token=TOKEN, base_url=emulator.api_url, timeout=10)
 
 
 def _error(call: Any) -> str:

@@ -22,22 +22,7 @@ from emulators.slack.blockkit import MAX_HOME_BLOCKS
 from emulators.slack.driver import Delivery, SlackDriver
 from emulators.slack.webapi import SlackEmulator
 
-TOKEN = "xoxb-emulator-bot-token"
 SECRET = "home-test-signing-secret"
-
-
-@pytest.fixture
-def emulator() -> Iterator[SlackEmulator]:
-    with SlackEmulator() as emulator:
-        emulator.add_user("U1", "alice")
-        emulator.add_channel("C1", "dsr-requests")
-        yield emulator
-        assert emulator.internal_errors == []
-
-
-@pytest.fixture
-def client(emulator: SlackEmulator) -> WebClient:
-    return WebClient(token=TOKEN, base_url=emulator.api_url, timeout=10)
 
 
 def _section(text: str) -> dict[str, Any]:

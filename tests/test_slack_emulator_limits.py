@@ -7,7 +7,6 @@ Each case is something an older bot did (or could do) that real Slack refuses: t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,22 +17,7 @@ from slack_sdk.webhook import WebhookClient
 from emulators.slack.blockkit import MAX_BLOCKS_TEXT
 from emulators.slack.webapi import SlackEmulator
 
-TOKEN = "xoxb-emulator-bot-token"
 EMOJI = "🙂"  # one character, two UTF-16 units
-
-
-@pytest.fixture
-def emulator() -> Iterator[SlackEmulator]:
-    with SlackEmulator() as emulator:
-        emulator.add_user("U1", "alice")
-        emulator.add_channel("C1", "dsr-requests")
-        yield emulator
-        assert emulator.internal_errors == []
-
-
-@pytest.fixture
-def client(emulator: SlackEmulator) -> WebClient:
-    return WebClient(token=TOKEN, base_url=emulator.api_url, timeout=10)
 
 
 def _section(text: str) -> dict[str, Any]:
