@@ -125,13 +125,14 @@ class Selectors:
     """Which images belong to one data subject, and where to look (`bot.subject`).
 
     Metadata pairs are ANDed; tag names are alternatives (any tag of that name, matched
-    case-insensitively), ANDed with the pairs; `project_ids` narrows the scope (empty: every
-    project).
+    case-insensitively), ANDed with the pairs; `project_ids` and `resources` (lower-cased
+    names) narrow the scope (empty: every project, every configured resource).
     """
 
     metadata: tuple[tuple[str, str], ...] = ()
     tag_names: tuple[str, ...] = ()
     project_ids: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """Return the selector in words, e.g. `metadata customer=4711 and tag named "Jane"`."""
@@ -146,6 +147,8 @@ class Selectors:
         if self.project_ids:
             projects = join_words(short_id(p) for p in self.project_ids)
             text += f" in {plural(len(self.project_ids), 'project')} {projects}"
+        if self.resources:
+            text += f" on {plural(len(self.resources), 'resource')} {join_words(self.resources)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +157,8 @@ class Selectors:
             "metadata": [list(pair) for pair in self.metadata],
             "tag_names": list(self.tag_names),
             "project_ids": list(self.project_ids),
+            # Only when narrowed: a request searching every resource is stored as before.
+            **({"resources": list(self.resources)} if self.resources else {}),
         }
 
 
@@ -529,9 +534,13 @@ class _Fields:
         value = self.data.get("selectors")
         if value is None:
             return None
-        if not isinstance(value, Mapping) or set(value) != {"metadata", "tag_names", "project_ids"}:
-            raise ValueError("selectors: must be an object with metadata, tag_names, project_ids")
+        keys = {"metadata", "tag_names", "project_ids"}
+        if not isinstance(value, Mapping) or set(value) - {"resources"} != keys:
+            raise ValueError(
+                "selectors: must be an object with metadata, tag_names, project_ids (and resources)"
+            )
         pairs, names = value["metadata"], value["tag_names"]
+        resources = value.get("resources", [])
         if not isinstance(pairs, list) or not all(
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
             for pair in pairs
@@ -539,9 +548,16 @@ class _Fields:
             raise ValueError("selectors: metadata must be a list of [key, value] strings")
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise ValueError("selectors: tag_names must be a list of strings")
+        if not isinstance(resources, list) or not all(
+            isinstance(name, str) and name for name in resources
+        ):
+            raise ValueError("selectors: resources must be a list of resource names")
         projects = _Fields({"verb": "selectors", "ids": value["project_ids"]}, "selectors", _IDS)
         return Selectors(
-            tuple((key, text) for key, text in pairs), tuple(names), projects.guids("ids")
+            tuple((key, text) for key, text in pairs),
+            tuple(names),
+            projects.guids("ids"),
+            tuple(resources),
         )
 
     def meta(self) -> Meta:

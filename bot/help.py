@@ -60,7 +60,11 @@ _M2 = "a0516273-8d9e-4fa0-b1b2-d3e4f5061728"
 _APPROVAL = "Nothing is deleted until a second person approves the request."
 _ITERATION_OPTION = ("--iteration <iteration-id>", "as the tags were in that trained iteration")
 
-_SELECTORS_USAGE = "[--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
+_SELECTORS_USAGE = (
+    "[--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
+    " [--resource <name>]..."
+)
+_SELECTOR_FLAGS = ("--metadata", "--tag-name", "--project", "--resource")
 _SELECTOR_OPTIONS = (
     (
         "--metadata KEY=VALUE",
@@ -73,6 +77,11 @@ _SELECTOR_OPTIONS = (
         " any of the names",
     ),
     ("--project <project-id>", "search only these projects (repeated); every project unless given"),
+    (
+        "--resource <name>",
+        "search only these Custom Vision resources (repeated; the names of"
+        " CUSTOM_VISION_RESOURCES); every configured resource unless given",
+    ),
 )
 _SELECTOR_NOTES = (
     "Give at least one --metadata or --tag-name; when both are given, an image must match both.",
@@ -94,15 +103,16 @@ _FORM_LIST: tuple[Form, ...] = (
         f"find {_SELECTORS_USAGE}",
         "Count one person's images, privately: per project, in the workspace and in each"
         " trained iteration, with the tag names that matched. Changes nothing.",
-        flags=("--metadata", "--tag-name", "--project"),
+        flags=_SELECTOR_FLAGS,
         options=_SELECTOR_OPTIONS,
         notes=_SELECTOR_NOTES,
         examples=(
             "find --metadata customer=4711",
             'find --metadata customer=4711 --metadata "name=O\'Brien"',
             f'find --tag-name "Jane Doe" --project {_P}',
+            "find --metadata customer=4711 --resource prod --resource prod_eu",
         ),
-        repeatable=("--metadata", "--tag-name", "--project"),
+        repeatable=_SELECTOR_FLAGS,
     ),
     Form(
         "export account",
@@ -240,7 +250,7 @@ _FORM_LIST: tuple[Form, ...] = (
         "One person's images across every project searched, in one package: per project the"
         " matching images' records (tags, regions, metadata, which trained iterations hold"
         " them) and their files, from a trained iteration where only it still holds one.",
-        flags=("--metadata", "--tag-name", "--project", "--no-files"),
+        flags=(*_SELECTOR_FLAGS, "--no-files"),
         options=(*_SELECTOR_OPTIONS, ("--no-files", "leave the image files out")),
         notes=(
             *_SELECTOR_NOTES,
@@ -251,7 +261,7 @@ _FORM_LIST: tuple[Form, ...] = (
             "export subject --metadata customer=4711 --ticket DSR-1042",
             'export subject --tag-name "Jane Doe" --no-files --ticket DSR-1042',
         ),
-        repeatable=("--metadata", "--tag-name", "--project"),
+        repeatable=_SELECTOR_FLAGS,
     ),
     Form(
         "delete project",

@@ -670,9 +670,13 @@ class _Parser:
             raise self.fail(f"{name}: {text} is not a real date") from None
 
     def _resource(self) -> str | None:
+        """Return the --resource holding the project of a form on one project (else None)."""
         name = self._value("--resource")
-        if name is None:
+        if name is None or not self.form.resource:
             return None
+        return self._resource_name(name)
+
+    def _resource_name(self, name: str) -> str:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", name.strip()):
             raise self.fail(
                 f"{_show(name)} is not a resource name: expected letters, digits and underscores,"
@@ -801,12 +805,16 @@ class _Parser:
             names.setdefault(name.casefold(), name)
         given = self._values("--project")
         projects = tuple(dict.fromkeys(self._guid(v, "project id") for v in given))
+        # --resource narrows a search only on the forms across projects; on a form on one
+        # project it says which resource holds that project (`_resource`).
+        named = [] if self.form.resource else self._values("--resource")
+        resources = tuple(dict.fromkeys(self._resource_name(v) for v in named))
         if not pairs and not names:
             raise self.fail(
                 f"{self.form.path} needs a selector: --metadata KEY=VALUE or --tag-name NAME"
-                " (--project only narrows where to look)"
+                " (--project and --resource only narrow where to look)"
             )
-        return Selectors(tuple(pairs.items()), tuple(names.values()), projects)
+        return Selectors(tuple(pairs.items()), tuple(names.values()), projects, resources)
 
     def _pair(self, text: str) -> tuple[str, str]:
         key, eq, value = text.partition("=")
@@ -941,6 +949,8 @@ def _selector_words(selectors: Selectors) -> list[str]:
         words += ["--tag-name", quote(name)]
     for project in selectors.project_ids:
         words += ["--project", project]
+    for resource in selectors.resources:
+        words += ["--resource", resource]
     return words
 
 

@@ -8,13 +8,14 @@ parallel) and caches what it found, since a project never moves between resource
 
 A project id found on two resources is refused with the candidates listed (a GUID clash is
 unlikely, but an estate copied from dev to prod with the same ids is not), and so is one found
-nowhere, and a `--resource` name that is not configured (before any call).
+nowhere, and a `--resource` name that is not configured (before any call). `narrowed` keeps
+the resources a data-subject search names (`--resource`, repeatable), refusing the same way.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bot.errors import BotError, TrainingApiError
@@ -24,6 +25,29 @@ from bot.wording import join_words
 
 class ResourceError(BotError):
     """A project or resource the bot cannot pin to one configured resource; says why."""
+
+
+def unknown_resource(name: str, configured: Sequence[str]) -> ResourceError:
+    """Return the refusal of resource `name`, which is none of the `configured` ones."""
+    return ResourceError(
+        f"There is no Custom Vision resource named {name!r}: the configured ones are "
+        f"{join_words(list(configured))} (CUSTOM_VISION_RESOURCES)."
+    )
+
+
+def narrowed(
+    clients: Mapping[str, TrainingClient], names: Sequence[str]
+) -> dict[str, TrainingClient]:
+    """Return the clients of the resources `names` (any case; none: every one), in the
+    configured order; raise ResourceError for a name not configured (no call is made)."""
+    if not names:
+        return dict(clients)
+    configured = {name.lower() for name in clients}
+    for name in names:
+        if name.lower() not in configured:
+            raise unknown_resource(name, list(clients))
+    wanted = {name.lower() for name in names}
+    return {name: client for name, client in clients.items() if name.lower() in wanted}
 
 
 class Resources(Mapping[str, TrainingClient]):
@@ -58,10 +82,7 @@ class Resources(Mapping[str, TrainingClient]):
         for configured in self._clients:
             if configured.lower() == name.lower():
                 return configured
-        raise ResourceError(
-            f"There is no Custom Vision resource named {name!r}: the configured ones are "
-            f"{join_words(list(self._clients))} (CUSTOM_VISION_RESOURCES)."
-        )
+        raise unknown_resource(name, list(self._clients))
 
     def client(self, name: str | None) -> TrainingClient:
         """Return the client of resource `name` (None: the first); raise ResourceError."""

@@ -83,7 +83,7 @@ from bot.reminders import digest_day, digests
 from bot.report import csv_text as report_csv
 from bot.report import period as report_period
 from bot.report import summary as report_summary
-from bot.resources import ResourceError, Resources
+from bot.resources import ResourceError, Resources, narrowed
 from bot.store import HeldDelivery, Store
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,9 @@ class Service:
     def find(self, user_id: str, channel_id: str, command: commands.Find) -> Reply:
         """Count one person's images in every resource, project and trained iteration; change
         nothing. The search is audited (who looked, for what, how much was found)."""
+        unknown = self._unknown_resource(command.selectors, "find")
+        if unknown is not None:
+            return unknown
         decision = may_request(self.rules, self.actor(user_id), channel_id, deletion=False)
         if not decision:
             return self._refused(user_id, "find", decision)
@@ -344,6 +347,12 @@ class Service:
             self.resources.name_of(command.resource)
         except ResourceError as error:
             return Reply(error.user_message)
+        if command.selectors is not None:
+            unknown = self._unknown_resource(
+                command.selectors, f"{command.to_dict()['verb']} {command.kind.value}"
+            )
+            if unknown is not None:
+                return unknown
         decision = self._may_submit(user_id, channel_id, text, command)
         if not decision:
             return self._refused(user_id, "command", decision)
@@ -360,6 +369,15 @@ class Service:
         self.wake()
         submitted = _submitted(format_request_id(number), command)
         return Reply(f"{submitted}\nDeadline: {deadline.describe(today)}")
+
+    def _unknown_resource(self, selectors: commands.Selectors, form: str) -> Reply | None:
+        """Return the refusal of a search naming a resource that is not configured (bad
+        input: no call, nothing stored), with the form's usage; None when all are known."""
+        try:
+            narrowed(self.resources, selectors.resources)
+        except ResourceError as error:
+            return Reply(f"{error.user_message}\nUsage: `{self.command} {FORMS[form].usage}`")
+        return None
 
     def _may_submit(
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete

@@ -7,9 +7,9 @@ are that person's (metadata pairs, tag names); this module looks for them where 
   GetImageCount take: `key eq 'value'` joined by ` and `, each value quoted as OData requires
   (single quotes, an embedded quote doubled: `'O''Brien'`).
 - A scope is a list of `Place`s, (resource, project) pairs, over the configured resources
-  (`bot.config`: CUSTOM_VISION_RESOURCES, or the single pair named `default`). `resolve_scope`
-  lists every project of every resource, or the `--project` ones, and names the ids found
-  nowhere.
+  (`bot.config`: CUSTOM_VISION_RESOURCES, or the single pair named `default`), or the
+  `--resource` ones. `resolve_scope` lists every project of every resource, or the `--project`
+  ones, and names the ids found nowhere.
 - `find` counts, per place, the matching images in the workspace and in each trained iteration
   snapshot, with GetImageCount (`$filter`, `tagIds`, `iterationId`): counts, never listings,
   so a search costs a few calls per project whatever the project's size. Tag names are matched
@@ -33,6 +33,7 @@ from typing import Any
 from bot.commands import Selectors
 from bot.errors import TrainingApiError
 from bot.models import Tag
+from bot.resources import narrowed
 from bot.training import TrainingClient
 from bot.wording import count, join_words, plural, short_id
 
@@ -127,7 +128,7 @@ def frozen_scope(clients: Mapping[str, TrainingClient], selectors: Selectors) ->
     resources: list[dict[str, Any]] = []
     found: set[str] = set()
     wanted = set(selectors.project_ids)
-    for resource, client in clients.items():
+    for resource, client in narrowed(clients, selectors.resources).items():
         projects: list[dict[str, Any]] = []
         for project in client.get_projects():
             if wanted and project.id not in wanted:
@@ -196,7 +197,9 @@ def search_project(client: TrainingClient, place: Place, selectors: Selectors) -
 
 
 def find(clients: Mapping[str, TrainingClient], selectors: Selectors) -> FindResult:
-    """Return the matches of `selectors` in every place of the scope (resources in parallel)."""
+    """Return the matches of `selectors` in every place of the scope (resources in parallel);
+    raise ResourceError, before any call, when it names a resource not configured."""
+    clients = narrowed(clients, selectors.resources)
     places, unknown, unreadable = resolve_scope(clients, selectors.project_ids)
     by_resource: dict[str, list[Place]] = {}
     for place in places:

@@ -146,6 +146,62 @@ def test_e2e_find_narrowed_to_one_project_and_unknown_project(stack: Stack) -> N
     assert not stack.cv.calls_to("GetImageCount"), "main holds none of the projects asked for"
 
 
+def test_e2e_find_narrowed_to_named_resources(stack: Stack) -> None:
+    person = seed_person(stack)
+    answer = find(stack, "find --metadata customer=4711 --resource DEV")
+    assert answer.startswith(
+        "Found images in 1 project (2 images in the workspaces); 1 project and 1 trained"
+        " iteration searched for metadata customer=4711 on resource dev:"
+    ), answer
+    assert f"{person.second[:8]}…" in answer
+    assert stack.cv.calls == [], "main was not named: it is not asked anything"
+    both = find(stack, "find --metadata customer=4711 --resource dev --resource Main")
+    assert both.startswith("Found images in 2 projects (4 images in the workspaces); 3 projects")
+    assert "on resources dev and main:" in both.splitlines()[0]
+
+
+UNKNOWN_RESOURCE = (
+    "There is no Custom Vision resource named 'prod': the configured ones are main and dev"
+    " (CUSTOM_VISION_RESOURCES)."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "usage"),
+    [
+        ("find --metadata customer=4711 --resource dev --resource prod", "/cv find [--metadata"),
+        (
+            "export subject --metadata customer=4711 --resource prod --ticket T-1",
+            "/cv export subject [--metadata",
+        ),
+    ],
+)
+def test_e2e_find_and_export_subject_refuse_an_unknown_resource_before_any_call(
+    stack: Stack, text: str, usage: str
+) -> None:
+    seed_person(stack)
+    answer = stack.command(REQUESTER, text).json()
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"].startswith(f"{UNKNOWN_RESOURCE}\nUsage: `{usage}"), answer["text"]
+    time.sleep(0.2)
+    assert all_calls(stack) == 0
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+
+
+def test_e2e_export_subject_narrowed_to_one_resource(stack: Stack) -> None:
+    person = seed_person(stack)
+    rid, parts = exported(
+        stack, "export subject --metadata customer=4711 --resource dev --ticket T"
+    )
+    assert stack.bot.store.get(rid).command["selectors"]["resources"] == ["dev"]
+    content = unzip(parts)
+    search = json.loads(content["manifest.json"])["request"]["search"]
+    assert [r["name"] for r in search["resources"]] == ["dev"]
+    assert search["description"] == "metadata customer=4711 on resource dev"
+    assert {p["id"] for p in json.loads(content["projects.json"])} == {person.second}
+    assert stack.cv.calls == [], "main was not named: it is not asked anything"
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -164,6 +220,7 @@ def test_e2e_find_narrowed_to_one_project_and_unknown_project(stack: Stack) -> N
         ("find --metadata a=1 --metadata a=2", "--metadata gives 'a' twice with different"),
         ("find --metadata 'a b=1'", "--metadata key 'a b' cannot be searched"),
         ("find --metadata customer=4711 --project nope", "'nope' is not a valid project id"),
+        ("find --metadata customer=4711 --resource 'a b'", "'a b' is not a resource name"),
     ],
 )
 def test_e2e_find_bad_input_answers_and_calls_nothing(
@@ -200,7 +257,11 @@ def test_e2e_find_needs_a_requester_and_audits_the_search(stack: Stack) -> None:
 
 def test_e2e_help_find(stack: Stack) -> None:
     text = stack.command(REQUESTER, "help find").json()["text"]
-    assert text.startswith("/cv find [--metadata KEY=VALUE]... [--tag-name NAME]...")
+    assert text.startswith(
+        "/cv find [--metadata KEY=VALUE]... [--tag-name NAME]... [--project &lt;project-id&gt;]..."
+        " [--resource &lt;name&gt;]..."
+    ), text
+    assert "--resource &lt;name&gt;: search only these Custom Vision resources" in text
     assert "Stored predictions carry no metadata" in text
 
 

@@ -86,13 +86,14 @@ U_EXPORT_ALL = "\n".join(
         "export exports <project-id> <iteration-id> [--download]",
         "export predictions <project-id> [--no-files]",
         "export subject [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
-        " [--no-files]",
+        " [--resource <name>]... [--no-files]",
     ]
 )
 U_ALL = "\n".join(
     [
         "help [<verb> [<kind>]]",
-        "find [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]...",
+        "find [--metadata KEY=VALUE]... [--tag-name NAME]... [--project <project-id>]..."
+        " [--resource <name>]...",
         "export <kind> ... (kinds: account, projects, project, iterations, iteration, performance,"
         " tags, tag, images, exports, predictions, subject)",
         "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"

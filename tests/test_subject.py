@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import Find, Selectors
-from bot.parser import parse
+from bot.commands import Export, Find, Selectors
+from bot.parser import load_export, parse
 from bot.subject import FindResult, ImageSet, Place, ProjectFind, describe_find, metadata_filter
 
 P = "6c1f2a3b-4d5e-4f60-8a9b-0c1d2e3f4a5b"
@@ -43,10 +43,38 @@ def test_subject_metadata_filter_quotes_as_odata(
             Selectors((), ("x",), (P,)),
         ),
         ('find --metadata "name=O\'Brien"', Selectors((("name", "O'Brien"),))),
+        (
+            "find --tag-name x --resource DEV --resource main --resource dev",
+            Selectors((), ("x",), resources=("dev", "main")),
+        ),
     ],
 )
 def test_subject_parse_selectors(text: str, selectors: Selectors) -> None:
     assert parse(text) == Find(selectors)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "find --tag-name x --resource dev",
+        f"export subject --metadata k=v --resource dev --resource eu_2 --project {P} --ticket T",
+        "export subject --metadata k=v --no-files",
+    ],
+)
+def test_subject_resources_are_stored_and_read_back(text: str) -> None:
+    command = parse(text)
+    if isinstance(command, Find):
+        assert command.selectors.resources == ("dev",)
+        assert command.selectors.describe() == 'tag named "x" on resource dev'
+        return
+    assert isinstance(command, Export)
+    assert command.resource is None, "a subject's --resource narrows the search, not a project"
+    assert load_export(command.to_dict()) == command
+
+
+def test_subject_parse_refuses_a_malformed_resource_name() -> None:
+    with pytest.raises(ValueError, match="'no way' is not a resource name"):
+        parse("find --tag-name x --resource 'no way'")
 
 
 def test_subject_parse_refuses_more_pairs_than_an_image_can_hold() -> None:
