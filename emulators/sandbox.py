@@ -55,6 +55,11 @@ SANDBOX_SEED = Seed(
 SANDBOX_MORE = {
     "eu": Seed(projects=1, iterations=1, tags=3, images=40, predictions=0, image_bytes=1024, seed=8)
 }
+# The data subject of the subject requests: customer 4711 has images in the first resource's
+# second project (one of them since deleted from the workspace: only a trained snapshot still
+# holds it) and in the second resource's project.
+SUBJECT_KEY, SUBJECT_VALUE = "customer", "4711"
+SUBJECT_SELECTOR = f"--metadata {SUBJECT_KEY}={SUBJECT_VALUE}"
 # The hour (UTC) of the daily digest of deadlines in the sandbox (BOT_REMINDER_HOUR_UTC).
 DIGEST_HOUR = 8
 PEOPLE: dict[str, Person] = {p.name: p for p in (REQUESTER, APPROVER, GROUP_APPROVER, STRANGER)}
@@ -520,6 +525,60 @@ def read_demo(stack: Stack) -> Demo:
     return Demo(projects, tags, images, published, resource)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """Where the seeded data subject's images are (ids as the emulators hold them)."""
+
+    project: str  # on the first resource: `images` in its workspace and its new snapshot
+    iteration: str  # trained (and published) after the images were added
+    gone: str  # the image deleted from the workspace that only `iteration` still holds
+    images: tuple[str, ...]  # the subject's images in `project`, `gone` first
+    other_resource: str  # the second resource's name
+    other_project: str  # its project: `other_images` in the workspace only
+    other_images: tuple[str, ...]
+
+
+def seed_subject(stack: Stack) -> Subject:
+    """Spread customer 4711 over two projects on two resources, as an operator's uploads and a
+    later training would (seeded into the emulators directly: the sandbox is the test rig)."""
+    main = stack.cv.data
+    project = main.project_ids()[1]
+    tag = main.tag_ids(project)[0]
+    pairs = {SUBJECT_KEY: SUBJECT_VALUE}
+    images = main.add_images(project, 3, tag_ids=[tag], metadata=pairs)
+    iteration = main.add_iteration(project, publish_name="people-prod")
+    main.api_delete_images(
+        project, images[:1], all_images=False, all_iterations=False, delay=lambda *_: 0.0
+    )
+    other_resource, emulator = list(stack.cvs.items())[1]
+    other_project = emulator.data.project_ids()[0]
+    other_images = emulator.data.add_images(other_project, 2, metadata=pairs)
+    return Subject(
+        project,
+        iteration,
+        images[0],
+        tuple(images),
+        other_resource,
+        other_project,
+        tuple(other_images),
+    )
+
+
+def describe_subject(subject: Subject, demo: Demo) -> list[str]:
+    """Return the lines introducing the data subject and where their images are."""
+    names = {project_id: name for project_id, name, _ in demo.projects}
+    first, second = names[subject.project], names[subject.other_project]
+    resource = demo.resource[subject.project]
+    return [
+        f"A data subject (image metadata {SUBJECT_KEY}={SUBJECT_VALUE}) has images in two "
+        "projects:",
+        f'  {resource}: "{first}": {len(subject.images)} images, one of them deleted from the '
+        "workspace and still held by the snapshot of its newest trained iteration",
+        f'  {subject.other_resource}: "{second}": {len(subject.other_images)} images, in the '
+        "workspace only",
+    ]
+
+
 def describe_demo(demo: Demo, *, ids: bool) -> list[str]:
     """Return the lines introducing the resource (with every id when `ids`)."""
     lines = []
@@ -568,8 +627,9 @@ def run_sandbox(
             return 2
         transcript = Transcript(stack, out, output.resolve(), numbered=interactive)
         try:
+            subject = seed_subject(stack)
             demo = read_demo(stack)
-            _introduce(transcript, demo, interactive=interactive)
+            _introduce(transcript, demo, subject, interactive=interactive)
             if interactive:
                 code = _interactive(transcript, demo, stdin or sys.stdin)
             else:
@@ -592,12 +652,12 @@ def run_sandbox(
     return code
 
 
-def _introduce(transcript: Transcript, demo: Demo, *, interactive: bool) -> None:
+def _introduce(transcript: Transcript, demo: Demo, subject: Subject, *, interactive: bool) -> None:
     say = transcript.say
     say("cv-dsr-bot sandbox: the real bot between emulated Slack and Custom Vision, all local.")
     names = list(dict.fromkeys(demo.resource.values()))
     say(f"Custom Vision resources (emulated, each its own endpoint and key): {', '.join(names)}")
-    for line in describe_demo(demo, ids=interactive):
+    for line in [*describe_demo(demo, ids=interactive), *describe_subject(subject, demo)]:
         say(line)
     say(
         f"Slack workspace (emulated): requests are made in {transcript.channel_name(CHANNEL)} "
@@ -766,7 +826,27 @@ def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     _press(t, APPROVER, delete_id, "approve")
     _wait(t, delete_id, "done")
 
-    t.step(7, "bob verifies the audit log")
+    t.step(7, f"alice looks for a person ({SUBJECT_SELECTOR}) in every project of every resource")
+    _command(t, REQUESTER, f"find {SUBJECT_SELECTOR}")
+    _expect(settle(t.stack), "the bot was still busy after a minute")
+    t.flush()
+    answers = t.stack.slack.ephemerals(CHANNEL, user_id=REQUESTER.user_id)
+    _expect(
+        any(answer.text.startswith("Found images in 2 projects") for answer in answers),
+        "find did not find the person's images in both projects",
+    )
+
+    t.step(8, "alice asks for a copy of every image of that person: one package")
+    ack = _command(
+        t,
+        REQUESTER,
+        f"export subject {SUBJECT_SELECTOR} --ticket DSR-2043 "
+        '--reason "Access request (Art. 15) of customer 4711"',
+    )
+    subject_export = _request_id(ack)
+    _wait(t, subject_export, "done")
+
+    t.step(9, "bob verifies the audit log")
     _command(t, APPROVER, "audit verify")
     settle(t.stack)
     t.flush()
@@ -774,6 +854,7 @@ def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     verification = t.stack.bot.store.verify_audit()
     _expect(verification.ok, verification.summary())
     _expect(t.stack.status(export_id) == "done", f"{export_id} did not finish")
+    _expect(t.stack.status(subject_export) == "done", f"{subject_export} did not finish")
     mirror = t.stack.slack.messages(AUDIT_CHANNEL)
     t.say()
     t.say(

@@ -66,6 +66,12 @@ def test_sandbox_scripted_session_reads_like_the_channel(
         "bob pressed [Approve] on R-1002",
         "deleted and verified gone",
         "📎 R-1002-receipt.csv (",
+        "alice typed: /cv find --metadata customer=4711",
+        "(only visible to alice): Found images in 2 projects (4 images in the workspaces); "
+        "3 projects and 6 trained iterations searched for metadata customer=4711:",
+        "alice typed: /cv export subject --metadata customer=4711 --ticket DSR-2043",
+        "R-1003 · Export requested by @alice · Done",
+        "R-1003 export is ready: 2 projects, 5 images and 5 image files.",
         "bob typed: /cv audit verify",
         "cv-dsr-bot: Audit log intact: ",
         f"saved in {output}/:",
@@ -77,8 +83,34 @@ def test_sandbox_scripted_session_reads_like_the_channel(
     # Thread replies sit indented under their parent.
     assert "\n    ↳ [" in text
 
+    # The data subject: two projects on two resources, one image only a snapshot still holds.
+    assert "A data subject (image metadata customer=4711) has images in two projects:" in text
+    seeded = CustomVisionEmulator(seed=SANDBOX_SEED).data  # built, never served
+    second = seeded.project_ids()[1]
+    assert (
+        f"- Seed project 2 ({second[:8]}… on main): workspace: 2 images; "
+        'iteration "Iteration 3" (published as "people-prod"): 3 images\n'
+    ) in text
+    assert "- Seed project 1 (" in text and "… on eu): workspace: 2 images\n" in text
+    assert "No match in the other project.\n" in text
+    subject_package = output / "R-1003-export"
+    manifest = json.loads((subject_package / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["counts"]["images"] == 5
+    assert manifest["request"]["search"]["filter"] == "customer eq '4711'"
+    assert [r["name"] for r in manifest["request"]["search"]["resources"]] == ["main", "eu"]
+    records = [
+        json.loads(line)
+        for line in (subject_package / "projects" / second / "images.jsonl")
+        .read_text("utf-8")
+        .splitlines()
+    ]
+    only_snapshot = [r for r in records if r["file"].startswith("images/iterations/")]
+    assert len(only_snapshot) == 1 and (subject_package / only_snapshot[0]["file"]).is_file()
+    assert {r["image"]["metadata"]["customer"] for r in records} == {"4711"}
+
     saved = {p.name for p in output.iterdir() if p.is_file()}
     assert {
+        "R-1003-export.zip",
         "R-1001-export.zip",
         "R-1002-receipt.csv",
         "R-1002-receipt.json",
