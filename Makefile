@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck unit bench soak sandbox serve clean browser
+.PHONY: run test check lint typecheck unit bench bench-full soak sandbox serve clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,13 @@ test: lint typecheck unit
 
 check: test
 
+# Every benchmark 3 times at scaled sizes (under 15 minutes on 2 cores): the README's table.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The same benchmarks at the issues' full sizes (about an hour; see the README).
+bench-full: $(STAMP)
+	$(BIN)/python -m bench --full
 
 # The full fault soak (make test runs a shorter one); prints its figures.
 soak: $(STAMP)

@@ -26,6 +26,7 @@ from bench.harness import (
     wait_until,
 )
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.stack import GROUP_APPROVER, REQUESTER, STRANGER
@@ -44,8 +45,11 @@ class Size:
     concurrency: int
 
 
-FULL = Size(exports=8, images=1_000, blob_latency=0.030, commands=200, concurrency=20)
-SMOKE = Size(exports=2, images=40, blob_latency=0.005, commands=20, concurrency=5)
+SIZES: dict[Scale, Size] = {
+    "smoke": Size(exports=2, images=40, blob_latency=0.005, commands=20, concurrency=5),
+    "bench": Size(exports=8, images=1_000, blob_latency=0.030, commands=200, concurrency=20),
+    "full": Size(exports=8, images=1_000, blob_latency=0.030, commands=200, concurrency=20),
+}
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,9 @@ def _measure(process: BotProcess, projects: Sequence[str], size: Size, *, bot: b
     return LoadRun(tuple(answers), tuple(exports), busy)
 
 
-def run(*, smoke: bool = False) -> Result:
+def measure(scale: Scale) -> Figures:
     """Measure the bot, then the default-way Bolt app, under the same load; return figures."""
-    size = SMOKE if smoke else FULL
+    size = SIZES[scale]
     seed = Seed(projects=size.exports, iterations=1, tags=4, images=size.images, predictions=0)
     faults = Faults(tps_cap=TPS, blob_latency=size.blob_latency)
     emulators = Emulators.start(seed, faults)
@@ -118,64 +122,78 @@ def run(*, smoke: bool = False) -> Result:
                 theirs = _measure(process, projects, size, bot=False)
     finally:
         emulators.close()
-    return _result(size, ours, theirs)
+    mine, other = ours.latencies(), theirs.latencies()
+    bot_p99 = report.percentile(mine, 99)
+    bolt_p99 = report.percentile(other, 99)
+    return {
+        "exports": size.exports,
+        "images": size.images,
+        "blob_latency_s": size.blob_latency,
+        "concurrency": size.concurrency,
+        "commands": len(ours.answers),
+        "bot_p50_s": report.percentile(mine, 50),
+        "bot_p99_s": bot_p99,
+        "bot_max_s": max(mine),
+        "bot_missed": ours.missed(),
+        "bolt_commands": len(theirs.answers),
+        "bolt_p50_s": report.percentile(other, 50),
+        "bolt_p99_s": bolt_p99,
+        "bolt_max_s": max(other),
+        "bolt_missed": theirs.missed(),
+        "bolt_exports": len(theirs.export_answers),
+        "bolt_export_missed": sum(1 for a in theirs.export_answers if a.missed(ACK_LIMIT)),
+        "bolt_over_bot_p99": report.ratio(bolt_p99, bot_p99),
+        "bot_busy_after_load": float(ours.busy_after),
+    }
 
 
-def _result(size: Size, ours: LoadRun, theirs: LoadRun) -> Result:
-    our_p50 = report.percentile(ours.latencies(), 50)
-    our_p99 = report.percentile(ours.latencies(), 99)
-    their_p50 = report.percentile(theirs.latencies(), 50)
-    their_p99 = report.percentile(theirs.latencies(), 99)
-    n = len(ours.answers)
+def _latencies(f: Figures, app: str) -> str:
+    return " / ".join(report.millis(f[f"{app}_{p}_s"]) for p in ("p50", "p99", "max"))
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
     notes = []
-    if not ours.busy_after:
+    if not f["bot_busy_after_load"]:
         notes.append("the bot's exports had all finished before the load ended.")
-    their_export_misses = sum(1 for a in theirs.export_answers if a.missed(ACK_LIMIT))
+    n = f"{f['commands']:.0f}"
     return Result(
         key="ack",
         title="4. Acknowledgement latency",
         setup=(
-            f"{size.commands} slash commands, {size.concurrency} at a time, while "
-            f"{size.exports} exports of {size.images:,} images with files run "
-            f"({size.blob_latency * 1000:g} ms per blob, cap {TPS:g} calls/s)"
+            f"{n} slash commands, {f['concurrency']:.0f} at a time, while "
+            f"{f['exports']:.0f} exports of {f['images']:,.0f} images with files run "
+            f"({f['blob_latency_s'] * 1000:g} ms per blob, cap {TPS:g} calls/s)"
         ),
         rows=(
-            Row("cv-dsr-bot: p50 / p99 / max", report.spread(ours.latencies())),
+            Row("cv-dsr-bot: p50 / p99 / max", _latencies(f, "bot")),
             Row(
                 "cv-dsr-bot p99",
-                report.millis(our_p99),
+                report.millis(f["bot_p99_s"]),
                 f"< {P99_TARGET * 1000:g} ms",
-                our_p99 < P99_TARGET,
+                f["bot_p99_s"] < P99_TARGET,
             ),
             Row(
                 "cv-dsr-bot missed acknowledgements (> 3 s or not 200)",
-                f"{ours.missed()} of {n}",
+                f"{f['bot_missed']:.0f} of {n}",
                 "0",
-                ours.missed() == 0,
+                f["bot_missed"] == 0,
             ),
             Row(
                 "default Bolt app (lazy listener on Bolt's pool): p50 / p99 / max",
-                report.spread(theirs.latencies()),
+                _latencies(f, "bolt"),
             ),
             Row(
                 "default Bolt app missed acknowledgements",
-                f"{theirs.missed()} of {len(theirs.answers)} "
-                f"(and {their_export_misses} of its {len(theirs.export_answers)} export commands)",
+                f"{f['bolt_missed']:.0f} of {f['bolt_commands']:.0f} "
+                f"(and {f['bolt_export_missed']:.0f} of its {f['bolt_exports']:.0f} "
+                "export commands)",
             ),
-            Row("default p99 ÷ cv-dsr-bot p99", report.times(report.ratio(their_p99, our_p99))),
+            Row("default p99 ÷ cv-dsr-bot p99", report.times(f["bolt_over_bot_p99"])),
         ),
-        figures={
-            "commands": n,
-            "bot_p50_s": our_p50,
-            "bot_p99_s": our_p99,
-            "bot_max_s": max(ours.latencies()),
-            "bot_missed": ours.missed(),
-            "bolt_p50_s": their_p50,
-            "bolt_p99_s": their_p99,
-            "bolt_max_s": max(theirs.latencies()),
-            "bolt_missed": theirs.missed(),
-            "bolt_export_missed": their_export_misses,
-            "bot_busy_after_load": float(ours.busy_after),
-        },
+        figures=f,
         notes=tuple(notes),
     )
+
+
+BENCHMARK = Benchmark("ack", measure, present)

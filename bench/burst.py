@@ -36,6 +36,7 @@ from bench.harness import (
     wait_until,
 )
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from bot import audit
 from emulators.customvision import Faults, Seed
 from emulators.slack.driver import SlackDriver
@@ -54,17 +55,28 @@ class Size:
     idle_commands: int  # sent one at a time before the exports: the same run's baseline
 
 
-FULL = Size(
-    exports=8,
-    images=100,
-    commands=10_000,
-    concurrency=50,
-    catch_up_timeout=900.0,
-    idle_commands=300,
-)
-SMOKE = Size(
-    exports=2, images=10, commands=120, concurrency=10, catch_up_timeout=120.0, idle_commands=12
-)
+SIZES: dict[Scale, Size] = {
+    "smoke": Size(
+        exports=2, images=10, commands=120, concurrency=10, catch_up_timeout=120.0, idle_commands=12
+    ),
+    "bench": Size(
+        exports=8,
+        images=100,
+        commands=2_000,
+        concurrency=50,
+        catch_up_timeout=600.0,
+        idle_commands=100,
+    ),
+    "full": Size(
+        exports=8,
+        images=100,
+        commands=10_000,
+        concurrency=50,
+        catch_up_timeout=900.0,
+        idle_commands=300,
+    ),
+}
+LIMITED = "ratelimited:"  # figure key prefix: calls Slack answered `ratelimited`, per method
 
 
 def _bodies(driver: SlackDriver, count: int) -> list[bytes]:
@@ -103,7 +115,7 @@ class BurstRun:
     mirror_messages: int
     thread_lags: tuple[float, ...]  # export done -> its "ready" message, seconds
     rate_limited: int
-    limited_methods: tuple[str, ...]  # the methods Slack answered `ratelimited`, with counts
+    limited_methods: tuple[tuple[str, int], ...]  # methods Slack answered `ratelimited`, counts
     load_average: tuple[float, float]  # the machine's 1-minute load at the start and the end
 
 
@@ -162,8 +174,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
         thread_lags=tuple(lags),
         rate_limited=emulators.slack.rate_limited(),
         limited_methods=tuple(
-            f"{method}: {n}"
-            for method, n in collections.Counter(
+            collections.Counter(
                 c.method for c in emulators.slack.calls if c.error == "ratelimited"
             ).items()
         ),
@@ -171,92 +182,111 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
     )
 
 
-def run(*, smoke: bool = False) -> Result:
-    """Send the burst to the bot with Slack's rate tiers on; return the figures."""
-    size = SMOKE if smoke else FULL
+def measure(scale: Scale) -> Figures:
+    """Send the burst to the bot with Slack's rate tiers on; return one run's figures."""
+    size = SIZES[scale]
     seed = Seed(projects=size.exports, iterations=1, tags=3, images=size.images, predictions=0)
     emulators = Emulators.start(seed, Faults(blob_latency=0.005))
     emulators.slack.enable_rate_tiers()
     try:
         with scratch("burst") as folder, BotProcess(emulators, folder / "bot") as process:
-            measured = _measure(process, emulators, size)
+            run = _measure(process, emulators, size)
     finally:
         emulators.close()
-    return _result(size, measured)
-
-
-def _result(size: Size, run: BurstRun) -> Result:
     latencies = [a.latency for a in run.answers]
-    p99 = report.percentile(latencies, 99)
     idle = [a.latency for a in run.idle]
+    p99 = report.percentile(latencies, 99)
     idle_p99 = report.percentile(idle, 99)
-    missed = sum(1 for a in run.answers if a.missed(ACK_LIMIT))
-    n = len(run.answers)
-    per_message = run.events / max(1, run.mirror_messages)
+    return {
+        "commands": len(run.answers),
+        "concurrency": size.concurrency,
+        "exports": size.exports,
+        "load_s": run.load_s,
+        "p50_s": report.percentile(latencies, 50),
+        "p99_s": p99,
+        "max_s": max(latencies),
+        "idle_commands": len(idle),
+        "idle_p50_s": report.percentile(idle, 50),
+        "idle_p99_s": idle_p99,
+        "idle_max_s": max(idle),
+        "burst_over_idle_p99": report.ratio(p99, idle_p99),
+        "load_average_start": run.load_average[0],
+        "load_average_end": run.load_average[1],
+        "missed": sum(1 for a in run.answers if a.missed(ACK_LIMIT)),
+        "rate_limited": run.rate_limited,
+        "events": run.events,
+        "mirror_messages": run.mirror_messages,
+        "events_per_message": run.events / max(1, run.mirror_messages),
+        "backlog": run.backlog,
+        "catch_up_s": run.catch_up_s,
+        "thread_lag_max_s": max(run.thread_lags),
+        "thread_lag_over_catch_up": report.ratio(max(run.thread_lags), max(run.catch_up_s, 5.0)),
+        **{f"{LIMITED}{method}": n for method, n in run.limited_methods},
+    }
+
+
+def _latencies(f: Figures, prefix: str) -> str:
+    return " / ".join(report.millis(f[f"{prefix}{p}_s"]) for p in ("p50", "p99", "max"))
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
+    limited = [f"{key[len(LIMITED) :]}: {n:.0f}" for key, n in f.items() if key.startswith(LIMITED)]
+    n = f"{f['commands']:,.0f}"
     return Result(
         key="burst",
         title="6. A burst of commands at Slack's pace",
         setup=(
-            f"{n:,} slash commands, {size.concurrency} at a time, while {size.exports} exports "
-            f"run; Slack's rate tiers on; the audit channel mirrors every event"
+            f"{n} slash commands, {f['concurrency']:.0f} at a time, while {f['exports']:.0f} "
+            "exports run; Slack's rate tiers on; the audit channel mirrors every event"
         ),
         rows=(
-            Row("acknowledgements p50 / p99 / max", report.spread(latencies)),
+            Row("acknowledgements p50 / p99 / max", _latencies(f, "")),
             Row(
                 "acknowledgement p99",
-                report.millis(p99),
+                report.millis(f["p99_s"]),
                 f"< {P99_TARGET * 1000:g} ms",
-                p99 < P99_TARGET,
+                f["p99_s"] < P99_TARGET,
             ),
-            Row("acknowledgements over 3 s (or not 200)", f"{missed} of {n}", "0", missed == 0),
             Row(
-                f"idle acknowledgements p50 / p99 / max (the same run, {len(idle)} one at a time)",
-                report.spread(idle),
+                "acknowledgements over 3 s (or not 200)",
+                f"{f['missed']:.0f} of {n}",
+                "0",
+                f["missed"] == 0,
             ),
-            Row("burst p99 / idle p99 (the same run)", f"{p99 / idle_p99:.1f}x"),
+            Row(
+                f"idle acknowledgements p50 / p99 / max (the same run, "
+                f"{f['idle_commands']:.0f} one at a time)",
+                _latencies(f, "idle_"),
+            ),
+            Row("burst p99 / idle p99 (the same run)", report.times(f["burst_over_idle_p99"])),
             Row(
                 "machine load average (1 min) at the start / the end",
-                " / ".join(f"{load:.1f}" for load in run.load_average),
+                f"{f['load_average_start']:.1f} / {f['load_average_end']:.1f}",
             ),
             Row(
                 "calls Slack answered `ratelimited`",
-                report.count(run.rate_limited),
+                report.count(f["rate_limited"]),
                 "0",
-                run.rate_limited == 0,
+                f["rate_limited"] == 0,
             ),
             Row(
                 "audit events / mirror messages",
-                f"{run.events:,} / {run.mirror_messages:,} ({per_message:.1f} per message)",
+                f"{f['events']:,.0f} / {f['mirror_messages']:,.0f} "
+                f"({f['events_per_message']:.1f} per message)",
             ),
-            Row("mirror backlog when the burst ended", f"{run.backlog:,} events"),
-            Row("audit mirror caught up after the burst", report.seconds(run.catch_up_s)),
+            Row("mirror backlog when the burst ended", f"{f['backlog']:,.0f} events"),
+            Row("audit mirror caught up after the burst", report.seconds(f["catch_up_s"])),
             Row(
                 "export done -> its thread says ready (max)",
-                report.seconds(max(run.thread_lags)),
+                report.seconds(f["thread_lag_max_s"]),
                 "< mirror catch-up",
-                max(run.thread_lags) <= max(run.catch_up_s, 5.0),
+                f["thread_lag_over_catch_up"] <= 1,
             ),
         ),
-        figures={
-            "commands": n,
-            "load_s": run.load_s,
-            "p50_s": report.percentile(latencies, 50),
-            "p99_s": p99,
-            "max_s": max(latencies),
-            "idle_p50_s": report.percentile(idle, 50),
-            "idle_p99_s": idle_p99,
-            "burst_over_idle_p99": p99 / idle_p99,
-            "load_average_start": run.load_average[0],
-            "load_average_end": run.load_average[1],
-            "missed": missed,
-            "rate_limited": run.rate_limited,
-            "events": run.events,
-            "mirror_messages": run.mirror_messages,
-            "backlog": run.backlog,
-            "catch_up_s": run.catch_up_s,
-            "thread_lag_max_s": max(run.thread_lags),
-        },
-        notes=(f"answered `ratelimited`: {', '.join(run.limited_methods)}",)
-        if run.limited_methods
-        else (),
+        figures=f,
+        notes=(f"answered `ratelimited`: {', '.join(limited)}",) if limited else (),
     )
+
+
+BENCHMARK = Benchmark("burst", measure, present)

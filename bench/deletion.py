@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import report
 from bench.harness import BenchError, BotProcess, Emulators, request_id, scratch
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from bot.training import MAX_IMAGE_IDS
 from emulators.customvision import Faults, Seed
 from emulators.stack import APPROVER, CHANNEL, REQUESTER
@@ -31,13 +32,16 @@ class Size:
 
 # Seed(iterations=1) keeps every 20th image only in the trained iteration: 47,500 workspace
 # images make 50,000 distinct images to erase.
-FULL = Size(workspace=47_500)
-SMOKE = Size(workspace=570)
+SIZES: dict[Scale, Size] = {
+    "smoke": Size(workspace=570),
+    "bench": Size(workspace=9_500),
+    "full": Size(workspace=47_500),
+}
 
 
-def run(*, smoke: bool = False) -> Result:
-    """Preview, approve and execute the deletion; return the figures."""
-    size = SMOKE if smoke else FULL
+def measure(scale: Scale) -> Figures:
+    """Preview, approve and execute the deletion; return one run's figures."""
+    size = SIZES[scale]
     seed = Seed(projects=1, iterations=1, tags=4, images=size.workspace, predictions=0)
     emulators = Emulators.start(seed, Faults(tps_cap=TPS))
     try:
@@ -80,44 +84,57 @@ def run(*, smoke: bool = False) -> Result:
     deletes = [c for c in calls if c.operation_id == "DeleteImages" and c.status in (200, 202, 204)]
     if not deletes:
         raise BenchError("the bot sent no DeleteImages call")
-    delete_s = max(c.time for c in deletes) - approved_at
-    bound = len(deletes) / TPS
-    over_bound = report.ratio(delete_s, bound)
-    throttled = sum(1 for c in calls if c.status == 429)
-    throttled_deleting = sum(1 for c in calls if c.status == 429 and c.time >= approved_at)
     if deleted != len(targets):
         raise BenchError(f"{deleted} images deleted of {len(targets)}")
+    delete_s = max(c.time for c in deletes) - approved_at
+    bound = len(deletes) / TPS
+    return {
+        "images": deleted,
+        "batches": len(deletes),
+        "delete_s": delete_s,
+        "bound_s": bound,
+        "delete_over_bound": report.ratio(delete_s, bound),
+        "throttled": sum(1 for c in calls if c.status == 429),
+        "throttled_while_deleting": sum(
+            1 for c in calls if c.status == 429 and c.time >= approved_at
+        ),
+        "preview_s": preview_s,
+        "done_s": done_s,
+        "api_calls": sum(1 for c in calls if c.operation_id != "Blob"),
+    }
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
     return Result(
         key="deletion",
         title="3. Deletion throughput",
         setup=(
-            f"{len(targets):,} images (workspace and one trained iteration), cap {TPS:g} "
+            f"{f['images']:,.0f} images (workspace and one trained iteration), cap {TPS:g} "
             "Training API calls/s"
         ),
         rows=(
-            Row("images deleted (and verified gone)", report.count(deleted)),
-            Row("approval click → last DeleteImages answered", report.seconds(delete_s)),
-            Row(f"bound: {len(deletes)} batches of 256 ÷ {TPS:g}/s", report.seconds(bound)),
-            report.within("deletion ÷ bound", over_bound, BOUND_TARGET),
+            Row("images deleted (and verified gone)", report.count(f["images"])),
+            Row("approval click → last DeleteImages answered", report.seconds(f["delete_s"])),
+            Row(
+                f"bound: {f['batches']:.0f} batches of 256 ÷ {TPS:g}/s",
+                report.seconds(f["bound_s"]),
+            ),
+            report.within("deletion ÷ bound", f["delete_over_bound"], BOUND_TARGET),
             Row(
                 "429 answers provoked (preview, deletion and verification)",
-                report.count(throttled),
+                report.count(f["throttled"]),
                 "0",
-                throttled == 0,
+                f["throttled"] == 0,
             ),
-            Row("preview (command → pending, context)", report.seconds(preview_s)),
-            Row("approval click → done, with verification (context)", report.seconds(done_s)),
+            Row("preview (command → pending, context)", report.seconds(f["preview_s"])),
+            Row(
+                "approval click → done, with verification (context)",
+                report.seconds(f["done_s"]),
+            ),
         ),
-        figures={
-            "images": deleted,
-            "batches": len(deletes),
-            "delete_s": delete_s,
-            "bound_s": bound,
-            "delete_over_bound": over_bound,
-            "throttled": throttled,
-            "throttled_while_deleting": throttled_deleting,
-            "preview_s": preview_s,
-            "done_s": done_s,
-            "api_calls": sum(1 for c in calls if c.operation_id != "Blob"),
-        },
+        figures=f,
     )
+
+
+BENCHMARK = Benchmark("deletion", measure, present)

@@ -18,6 +18,7 @@ from bench import report
 from bench.baseline import export_sequentially
 from bench.harness import BenchError, BotProcess, Emulators, request_id, scratch
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from bot.config import Config
 from emulators.customvision import Faults, Seed
 from emulators.stack import CHANNEL, REQUESTER, TRAINING_KEY
@@ -34,13 +35,16 @@ class Size:
     blob_latency: float  # seconds added to every blob download
 
 
-FULL = Size(images=3_000, blob_latency=0.040)
-SMOKE = Size(images=60, blob_latency=0.005)
+SIZES: dict[Scale, Size] = {
+    "smoke": Size(images=60, blob_latency=0.005),
+    "bench": Size(images=3_000, blob_latency=0.040),
+    "full": Size(images=3_000, blob_latency=0.040),
+}
 
 
-def run(*, smoke: bool = False, concurrency: int | None = None) -> Result:
-    """Export with the bot, then with the baseline; return the figures."""
-    size = SMOKE if smoke else FULL
+def measure(scale: Scale, *, concurrency: int | None = None) -> Figures:
+    """Export with the bot, then with the baseline; return one run's figures."""
+    size = SIZES[scale]
     seed = Seed(projects=1, iterations=1, tags=4, images=size.images, predictions=0)
     faults = Faults(tps_cap=TPS, blob_latency=size.blob_latency)
     threads = concurrency or Config().download_concurrency
@@ -73,80 +77,87 @@ def run(*, smoke: bool = False, concurrency: int | None = None) -> Result:
 
     api = [c for c in calls if c.operation_id != "Blob"]
     answered = [c for c in api if c.status != 429]
-    pages = sum(1 for c in answered if c.operation_id in LISTINGS)
     blobs = [c.time for c in calls if c.operation_id == "Blob" and c.status == 200]
     downloads = len(blobs)
-    throttled = sum(1 for c in calls if c.status == 429)
-    baseline_throttled = sum(1 for c in baseline_calls if c.status == 429)
     if downloads < expected:
         raise BenchError(f"the bot downloaded {downloads} files of {expected} images")
-    first_download = min(blobs) - started
-    after_downloads = started + bot_s - max(blobs)
     api_bound = len(answered) / TPS
     download_bound = downloads * size.blob_latency / threads
     bound = max(api_bound, download_bound)
-    over_bound = report.ratio(bot_s, bound)
-    speedup = report.ratio(baseline.seconds, bot_s)
+    return {
+        "images": expected,
+        "bot_s": bot_s,
+        "bound_s": bound,
+        "api_bound_s": api_bound,
+        "download_bound_s": download_bound,
+        "api_calls": len(answered),
+        "pages": sum(1 for c in answered if c.operation_id in LISTINGS),
+        "downloads": downloads,
+        "concurrency": threads,
+        "blob_latency_s": size.blob_latency,
+        "bot_over_bound": report.ratio(bot_s, bound),
+        "first_download_s": min(blobs) - started,
+        "after_downloads_s": started + bot_s - max(blobs),
+        "baseline_s": baseline.seconds,
+        "baseline_pages": baseline.pages,
+        "baseline_downloads": baseline.downloads,
+        "baseline_over_bot": report.ratio(baseline.seconds, bot_s),
+        "throttled": sum(1 for c in calls if c.status == 429),
+        "baseline_throttled": sum(1 for c in baseline_calls if c.status == 429),
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
     notes = []
-    if baseline.downloads != downloads:
+    if f["baseline_downloads"] != f["downloads"]:
         notes.append(
-            f"the baseline downloaded {baseline.downloads:,} files, the bot {downloads:,} "
-            "(the bot also reads what the samples skip)."
+            f"the baseline downloaded {f['baseline_downloads']:,.0f} files, the bot "
+            f"{f['downloads']:,.0f} (the bot also reads what the samples skip)."
         )
-    delay_ms = size.blob_latency * 1000
+    delay_ms = f["blob_latency_s"] * 1000
     return Result(
         key="export",
         title="1. Export throughput",
         setup=(
-            f"{expected:,} images with files, {delay_ms:g} ms per blob download, "
+            f"{f['images']:,.0f} images with files, {delay_ms:g} ms per blob download, "
             f"cap {TPS:g} Training API calls/s"
         ),
         rows=(
-            Row("bot wall time (slash command → request done)", report.seconds(bot_s)),
+            Row("bot wall time (slash command → request done)", report.seconds(f["bot_s"])),
             Row(
-                f"lower bound: max({len(answered)} API calls ({pages} pages) ÷ {TPS:g}/s, "
-                f"{downloads:,} downloads {report.MUL} {delay_ms:g} ms ÷ {threads} threads)",
-                report.seconds(bound),
+                f"lower bound: max({f['api_calls']:.0f} API calls ({f['pages']:.0f} pages) ÷ "
+                f"{TPS:g}/s, {f['downloads']:,.0f} downloads {report.MUL} {delay_ms:g} ms ÷ "
+                f"{f['concurrency']:.0f} threads)",
+                report.seconds(f["bound_s"]),
             ),
-            report.within("bot ÷ bound", over_bound, BOUND_TARGET),
+            report.within("bot ÷ bound", f["bot_over_bound"], BOUND_TARGET),
             Row(
-                f"sequential baseline ({baseline.pages} pages of 50, one download at a time)",
-                report.seconds(baseline.seconds),
+                f"sequential baseline ({f['baseline_pages']:.0f} pages of 50, one download at "
+                "a time)",
+                report.seconds(f["baseline_s"]),
             ),
             Row(
                 "baseline ÷ bot",
-                report.times(speedup),
+                report.times(f["baseline_over_bot"]),
                 report.at_least(SPEEDUP_TARGET),
-                speedup >= SPEEDUP_TARGET,
+                f["baseline_over_bot"] >= SPEEDUP_TARGET,
             ),
             Row(
                 "bot timeline: first download answered / last download → done",
-                f"{report.seconds(first_download)} / {report.seconds(after_downloads)}",
+                f"{report.seconds(f['first_download_s'])} / "
+                f"{report.seconds(f['after_downloads_s'])}",
             ),
-            Row("429 answers: bot / baseline", f"{throttled} / {baseline_throttled}"),
-            Row("bot peak RSS", report.megabytes(peak_mb)),
+            Row(
+                "429 answers: bot / baseline",
+                f"{f['throttled']:.0f} / {f['baseline_throttled']:.0f}",
+            ),
+            Row("bot peak RSS", report.megabytes(f["peak_rss_mb"])),
         ),
-        figures={
-            "images": expected,
-            "bot_s": bot_s,
-            "bound_s": bound,
-            "api_bound_s": api_bound,
-            "download_bound_s": download_bound,
-            "api_calls": len(answered),
-            "pages": pages,
-            "downloads": downloads,
-            "concurrency": threads,
-            "blob_latency_s": size.blob_latency,
-            "bot_over_bound": over_bound,
-            "first_download_s": first_download,
-            "after_downloads_s": after_downloads,
-            "baseline_s": baseline.seconds,
-            "baseline_pages": baseline.pages,
-            "baseline_downloads": baseline.downloads,
-            "baseline_over_bot": speedup,
-            "throttled": throttled,
-            "baseline_throttled": baseline_throttled,
-            "peak_rss_mb": peak_mb,
-        },
+        figures=f,
         notes=tuple(notes),
     )
+
+
+BENCHMARK = Benchmark("export", measure, present)

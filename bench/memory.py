@@ -27,6 +27,7 @@ from pathlib import Path
 from bench import report
 from bench.harness import BotProcess, Emulators, child_env, peak_rss_mb, request_id, scratch
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed
 from emulators.stack import CHANNEL, REQUESTER
 
@@ -44,8 +45,11 @@ class Sizes:
     pages_large: int
 
 
-FULL = Sizes(small=2_000, large=100_000, files=3_000, pages_small=2_000, pages_large=20_000)
-SMOKE = Sizes(small=100, large=600, files=60, pages_small=50, pages_large=600)
+SIZES: dict[Scale, Sizes] = {
+    "smoke": Sizes(small=100, large=600, files=60, pages_small=50, pages_large=600),
+    "bench": Sizes(small=2_000, large=20_000, files=3_000, pages_small=2_000, pages_large=20_000),
+    "full": Sizes(small=2_000, large=100_000, files=3_000, pages_small=2_000, pages_large=20_000),
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Measured:
     seconds: float
 
 
-def measure(images: int, *, files: bool) -> Measured:
+def measure_export(images: int, *, files: bool) -> Measured:
     """Export `images` images (metadata only unless `files`) in a fresh bot; return its RSS."""
     seed = Seed(projects=1, iterations=1, tags=4, images=images, predictions=0)
     emulators = Emulators.start(seed, Faults(tps_cap=TPS))
@@ -185,16 +189,40 @@ def measure_pages(images: int) -> dict[str, float]:
     return figures
 
 
-def run(*, smoke: bool = False) -> Result:
-    """Measure the three exports; return the figures."""
-    sizes = SMOKE if smoke else FULL
-    small = measure(sizes.small, files=False)
-    large = measure(sizes.large, files=False)
-    with_files = measure(sizes.files, files=True)
+def measure(scale: Scale) -> Figures:
+    """Measure the three exports and the index pages; return one run's figures."""
+    sizes = SIZES[scale]
+    small = measure_export(sizes.small, files=False)
+    large = measure_export(sizes.large, files=False)
+    with_files = measure_export(sizes.files, files=True)
     pages_small = measure_pages(sizes.pages_small)
     pages_large = measure_pages(sizes.pages_large)
-    growth = large.peak_mb - small.peak_mb
-    pages_growth = max(0.0, pages_large["pages_mb"] - pages_small["pages_mb"])
+    return {
+        "small_images": small.images,
+        "large_images": large.images,
+        "files_images": with_files.images,
+        "small_mb": small.peak_mb,
+        "large_mb": large.peak_mb,
+        "files_mb": with_files.peak_mb,
+        "idle_mb": small.idle_mb,
+        "growth_mb": large.peak_mb - small.peak_mb,
+        "small_s": small.seconds,
+        "large_s": large.seconds,
+        "files_s": with_files.seconds,
+        "pages_small_images": sizes.pages_small,
+        "pages_large_images": sizes.pages_large,
+        "pages_small_mb": pages_small["pages_mb"],
+        "pages_large_mb": pages_large["pages_mb"],
+        "pages_growth_mb": max(0.0, pages_large["pages_mb"] - pages_small["pages_mb"]),
+        "pages_small_s": pages_small["seconds"],
+        "pages_large_s": pages_large["seconds"],
+    }
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
+    small, large = f"{f['small_images']:,.0f}", f"{f['large_images']:,.0f}"
+    pages_small, pages_large = f"{f['pages_small_images']:,.0f}", f"{f['pages_large_images']:,.0f}"
     return Result(
         key="memory",
         title="2. Memory",
@@ -203,63 +231,46 @@ def run(*, smoke: bool = False) -> Result:
         ),
         rows=(
             Row(
-                f"metadata of {small.images:,} images ({report.seconds(small.seconds)})",
-                report.megabytes(small.peak_mb),
+                f"metadata of {small} images ({report.seconds(f['small_s'])})",
+                report.megabytes(f["small_mb"]),
             ),
             Row(
-                f"metadata of {large.images:,} images ({report.seconds(large.seconds)})",
-                report.megabytes(large.peak_mb),
+                f"metadata of {large} images ({report.seconds(f['large_s'])})",
+                report.megabytes(f["large_mb"]),
             ),
             Row(
-                f"growth from {small.images:,} to {large.images:,} images",
-                report.megabytes(growth),
+                f"growth from {small} to {large} images",
+                report.megabytes(f["growth_mb"]),
                 f"< {GROWTH_TARGET_MB:g} MB",
-                growth < GROWTH_TARGET_MB,
+                f["growth_mb"] < GROWTH_TARGET_MB,
             ),
             Row(
-                f"files of {with_files.images:,} images ({report.seconds(with_files.seconds)})",
-                report.megabytes(with_files.peak_mb),
+                f"files of {f['files_images']:,.0f} images ({report.seconds(f['files_s'])})",
+                report.megabytes(f["files_mb"]),
             ),
-            Row("bot idle after start-up (context)", report.megabytes(small.idle_mb)),
+            Row("bot idle after start-up (context)", report.megabytes(f["idle_mb"])),
             Row(
-                f"index pages + COCO of {sizes.pages_small:,} images, peak above the "
-                f"package writer's ({report.seconds(pages_small['seconds'])})",
-                report.megabytes(pages_small["pages_mb"]),
-            ),
-            Row(
-                f"index pages + COCO of {sizes.pages_large:,} images, peak above the "
-                f"package writer's ({report.seconds(pages_large['seconds'])})",
-                report.megabytes(pages_large["pages_mb"]),
+                f"index pages + COCO of {pages_small} images, peak above the "
+                f"package writer's ({report.seconds(f['pages_small_s'])})",
+                report.megabytes(f["pages_small_mb"]),
             ),
             Row(
-                f"growth of the pages' peak from {sizes.pages_small:,} to "
-                f"{sizes.pages_large:,} images",
-                report.megabytes(pages_growth),
+                f"index pages + COCO of {pages_large} images, peak above the "
+                f"package writer's ({report.seconds(f['pages_large_s'])})",
+                report.megabytes(f["pages_large_mb"]),
+            ),
+            Row(
+                f"growth of the pages' peak from {pages_small} to {pages_large} images",
+                report.megabytes(f["pages_growth_mb"]),
                 f"< {PAGES_GROWTH_TARGET_MB:g} MB",
-                pages_growth < PAGES_GROWTH_TARGET_MB,
+                f["pages_growth_mb"] < PAGES_GROWTH_TARGET_MB,
             ),
         ),
-        figures={
-            "small_images": small.images,
-            "large_images": large.images,
-            "files_images": with_files.images,
-            "small_mb": small.peak_mb,
-            "large_mb": large.peak_mb,
-            "files_mb": with_files.peak_mb,
-            "idle_mb": small.idle_mb,
-            "growth_mb": growth,
-            "small_s": small.seconds,
-            "large_s": large.seconds,
-            "files_s": with_files.seconds,
-            "pages_small_images": sizes.pages_small,
-            "pages_large_images": sizes.pages_large,
-            "pages_small_mb": pages_small["pages_mb"],
-            "pages_large_mb": pages_large["pages_mb"],
-            "pages_growth_mb": pages_growth,
-            "pages_small_s": pages_small["seconds"],
-            "pages_large_s": pages_large["seconds"],
-        },
+        figures=f,
     )
+
+
+BENCHMARK = Benchmark("memory", measure, present)
 
 
 if __name__ == "__main__":  # python -m bench.memory pages N FOLDER (measure_pages' child)

@@ -1,9 +1,11 @@
 """Results and the table they are printed as. Pure, except `machine()` (reads /proc and the clock).
 
-A benchmark returns one `Result`: rows of figures, some of them checks against the issue's
-targets (`ok` True/False), the rest context (`ok` None), and the raw numbers in `figures` for
-`--json` and the smoke tests. `render` makes one markdown table of every result, headed by the
-machine facts, ready for the README.
+A benchmark's `present` turns figures (the median of its runs, see bench.runs) into one
+`Result`: rows, some of them checks against the issue's targets (`ok` True/False), the rest
+context (`ok` None), each with the spread of its value over the runs, and the numbers in
+`figures` (medians) and `samples` (every run's) for `--json` and the smoke tests. `render`
+makes one markdown table of every result, headed by the date, the machine and its load, ready
+for the README.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 PASS = "pass"
 MUL = "\u00d7"  # the multiplication sign of ratios, escaped for the linter
 FAIL = "FAIL"
+DASH = "\u2013"  # the en dash of ranges (min \u2013 max)
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,10 @@ class Row:
     """One line of the table: a measure, its value, and optionally a target and its verdict."""
 
     measure: str
-    value: str
+    value: str  # the median of the runs
     target: str = ""
-    ok: bool | None = None  # None: context, not a check
+    ok: bool | None = None  # None: context, not a check; a check is judged on the median
+    spread: str = ""  # the lowest and highest value over the runs ("" for one run)
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,14 @@ class Result:
     title: str  # "1. Export throughput"
     setup: str  # sizes and emulator settings, one line
     rows: tuple[Row, ...]
-    figures: Mapping[str, float] = field(default_factory=dict)
+    figures: Mapping[str, float] = field(default_factory=dict)  # medians over the runs
     notes: tuple[str, ...] = ()
+    samples: tuple[Mapping[str, float], ...] = ()  # every run's figures, in order
+
+    @property
+    def runs(self) -> int:
+        """Return how many runs the figures summarize."""
+        return max(1, len(self.samples))
 
     @property
     def checks(self) -> tuple[Row, ...]:
@@ -63,17 +73,29 @@ class Machine:
     cpu: str
     python: str
     system: str
+    load: tuple[float, ...] = ()  # 1-minute load averages seen during the run (start, end)
 
     def line(self) -> str:
         """Return the one-line description printed above the table."""
-        return (
+        text = (
             f"{self.date}, {self.cores} cores ({self.cpu}), {self.memory_gib:.1f} GiB RAM, "
             f"Python {self.python}, {self.system}"
         )
+        if self.load:
+            text += f", load average {' → '.join(f'{v:.1f}' for v in self.load)}"
+        return text
 
 
-def machine() -> Machine:
-    """Return the facts of this machine (reads /proc where it exists)."""
+def load_average() -> float:
+    """Return the machine's 1-minute load average (0 where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def machine(load: Sequence[float] = ()) -> Machine:
+    """Return the facts of this machine (reads /proc where it exists), with `load` seen."""
     memory = 0.0
     cpu = platform.processor() or platform.machine()
     try:
@@ -97,6 +119,7 @@ def machine() -> Machine:
         cpu=cpu or "unknown CPU",
         python=platform.python_version(),
         system=f"{platform.system()} {platform.release()}".strip(),
+        load=tuple(load),
     )
 
 
@@ -181,16 +204,23 @@ def _cell(text: str) -> str:
 
 
 def render(results: Sequence[Result], facts: Machine, *, smoke: bool = False) -> str:
-    """Return the markdown table of `results`, headed by the machine facts."""
+    """Return the markdown table of `results`, headed by the machine facts and the runs."""
+    runs = sorted({r.runs for r in results})
     lines = [f"Benchmarks measured {facts.line()}."]
+    if runs and runs != [1]:
+        told = "/".join(str(n) for n in runs)
+        lines.append(
+            f"Each value is the median of {told} runs, and each target is judged on it; "
+            "the spread is the lowest and the highest value of the runs."
+        )
     if smoke:
         lines.append(
             "SMOKE RUN: tiny sizes that only show the benchmarks work; the targets do not apply."
         )
     lines += [
         "",
-        "| Benchmark | Measure | Value | Target | Result |",
-        "|---|---|---:|---|---|",
+        "| Benchmark | Measure | Median | Spread | Target | Result |",
+        "|---|---|---:|---:|---|---|",
     ]
     for result in results:
         first = True
@@ -199,7 +229,7 @@ def render(results: Sequence[Result], facts: Machine, *, smoke: bool = False) ->
             verdict = "n/a" if smoke and row.ok is not None else _verdict(row)
             lines.append(
                 f"| {_cell(name)} | {_cell(row.measure)} | {_cell(row.value)} "
-                f"| {_cell(row.target)} | {verdict} |"
+                f"| {_cell(row.spread)} | {_cell(row.target)} | {verdict} |"
             )
             first = False
     notes = [f"- {result.title}: {note}" for result in results for note in result.notes]
@@ -224,7 +254,9 @@ def to_json(results: Sequence[Result], facts: Machine, *, smoke: bool) -> dict[s
                 "title": r.title,
                 "setup": r.setup,
                 "ok": r.ok,
+                "runs": r.runs,
                 "figures": dict(r.figures),
+                "samples": [dict(sample) for sample in r.samples],
                 "rows": [row.__dict__ for row in r.rows],
                 "notes": list(r.notes),
             }

@@ -6,12 +6,10 @@ Training API calls per second), each with the same number of projects. The reque
 answer. The baseline, measured in the same run: a bot configured with only the first resource,
 then one with only the second, one after the other (the sum of the two). Each resource has its
 own client and rate limiter, so the two together should take about as long as the slower one.
-Median of three runs of each.
 """
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,12 +19,12 @@ from pathlib import Path
 from bench import report
 from bench.harness import BenchError
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed
 from emulators.stack import REQUESTER, Stack, start_stack
 
 TPS = 10.0
 TARGET = 0.6
-RUNS = 3
 FIND = "find --metadata customer=4711"
 ANSWERED = "Nothing was changed."
 
@@ -37,8 +35,11 @@ class Size:
     iterations: int
 
 
-FULL = Size(projects=12, iterations=2)
-SMOKE = Size(projects=2, iterations=1)
+SIZES: dict[Scale, Size] = {
+    "smoke": Size(projects=2, iterations=1),
+    "bench": Size(projects=12, iterations=2),
+    "full": Size(projects=12, iterations=2),
+}
 
 
 def _seed(size: Size, number: int) -> Seed:
@@ -84,52 +85,53 @@ def _timed_find(folder: Path, first: Seed, more: Mapping[str, Seed]) -> tuple[fl
         stack.close()
 
 
-def run(*, smoke: bool = False) -> Result:
-    """Time the find on both resources at once and on each alone; return the figures."""
-    size = SMOKE if smoke else FULL
+def measure(scale: Scale) -> Figures:
+    """Time the find on both resources at once and on each alone; return one run's figures."""
+    size = SIZES[scale]
     main, dev = _seed(size, 1), _seed(size, 2)
-    together: list[float] = []
-    apart: list[float] = []
-    calls_together = calls_apart = throttled = 0
     with tempfile.TemporaryDirectory(prefix="bench-resources-") as scratch:
         folder = Path(scratch)
-        for n in range(1 if smoke else RUNS):  # interleaved, so load drift hits both alike
-            both, calls_together, t1 = _timed_find(folder / f"both-{n}", main, {"dev": dev})
-            alone_main, calls_main, t2 = _timed_find(folder / f"main-{n}", main, {})
-            alone_dev, calls_dev, t3 = _timed_find(folder / f"dev-{n}", dev, {})
-            throttled += t1 + t2 + t3
-            together.append(both)
-            apart.append(alone_main + alone_dev)
-            calls_apart = calls_main + calls_dev
-    both_s, apart_s = statistics.median(together), statistics.median(apart)
-    share = report.ratio(both_s, apart_s)
+        # Back to back, so load drift hits both alike.
+        both, calls_together, t1 = _timed_find(folder / "both", main, {"dev": dev})
+        alone_main, calls_main, t2 = _timed_find(folder / "main", main, {})
+        alone_dev, calls_dev, t3 = _timed_find(folder / "dev", dev, {})
+    apart = alone_main + alone_dev
+    return {
+        "projects": size.projects,
+        "iterations": size.iterations,
+        "together_s": both,
+        "apart_s": apart,
+        "ratio": report.ratio(both, apart),
+        "calls_together": calls_together,
+        "calls_apart": calls_main + calls_dev,
+        "throttled": t1 + t2 + t3,
+    }
+
+
+def present(f: Figures) -> Result:
+    """Return the table rows of `f`."""
     return Result(
         key="resources",
         title="7. Two resources",
         setup=(
-            f"`find --metadata` over {size.projects} projects {report.MUL} {size.iterations} "
-            f"trained iterations on each of 2 resources, cap {TPS:g} Training API calls/s per "
-            "resource, "
-            f"median of {len(together)}"
+            f"`find --metadata` over {f['projects']:.0f} projects {report.MUL} "
+            f"{f['iterations']:.0f} trained iterations on each of 2 resources, cap {TPS:g} "
+            "Training API calls/s per resource"
         ),
         rows=(
             Row(
-                f"both resources at once ({calls_together} calls)",
-                report.seconds(both_s),
+                f"both resources at once ({f['calls_together']:.0f} calls)",
+                report.seconds(f["together_s"]),
             ),
             Row(
-                f"one after the other: each resource alone, summed ({calls_apart} calls)",
-                report.seconds(apart_s),
+                f"one after the other: each resource alone, summed ({f['calls_apart']:.0f} calls)",
+                report.seconds(f["apart_s"]),
             ),
-            report.within("at once ÷ one after the other", share, TARGET),
-            Row("429 answers over every run (context; retried)", report.count(throttled)),
+            report.within("at once ÷ one after the other", f["ratio"], TARGET),
+            Row("429 answers per run (context; retried)", report.count(f["throttled"])),
         ),
-        figures={
-            "together_s": both_s,
-            "apart_s": apart_s,
-            "ratio": share,
-            "calls_together": calls_together,
-            "calls_apart": calls_apart,
-            "throttled": throttled,
-        },
+        figures=f,
     )
+
+
+BENCHMARK = Benchmark("resources", measure, present)

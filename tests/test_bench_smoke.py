@@ -1,7 +1,9 @@
 """The benchmarks at tiny sizes, so they cannot rot: each runs end to end and reports sane figures.
 
 No timing is asserted (the machine is shared): only that every benchmark drives the real bot
-through its surfaces, counts what it should, and yields a well-formed row set and table.
+through its surfaces, counts what it should, and yields a well-formed row set and table; and
+that several runs are summarized as medians with their spread, the targets judged on the
+median.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from bench import ack, auditlog, burst, deletion, export, memory, report, resources
 from bench.report import Result, Row
+from bench.runs import Benchmark, Figures, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,17 +31,17 @@ def well_formed(result: Result, key: str) -> None:
     assert all(value >= 0 for value in result.figures.values()), result.figures
     table = report.render([result], report.machine(), smoke=True)
     body = [line for line in table.splitlines() if line.startswith("| ")]
-    assert body[0] == "| Benchmark | Measure | Value | Target | Result |"
+    assert body[0] == "| Benchmark | Measure | Median | Spread | Target | Result |"
     assert len(body) == 1 + len(result.rows)
-    assert all(line.count(" | ") == 4 for line in body)
+    assert all(line.count(" | ") == 5 for line in body)
     assert f"**{result.title}**" in table
 
 
 def test_bench_export_smoke_downloads_every_image_and_runs_the_baseline() -> None:
-    result = export.run(smoke=True)
+    result = export.BENCHMARK.run()
     well_formed(result, "export")
     f = result.figures
-    assert f["images"] == export.SMOKE.images
+    assert f["images"] == export.SIZES["smoke"].images
     assert f["downloads"] >= f["images"]
     assert f["baseline_downloads"] == f["images"]
     assert f["baseline_pages"] == 2  # one short page of tagged, one of untagged images
@@ -49,7 +52,7 @@ def test_bench_export_smoke_downloads_every_image_and_runs_the_baseline() -> Non
 
 
 def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:
-    result = memory.run(smoke=True)
+    result = memory.BENCHMARK.run()
     well_formed(result, "memory")
     f = result.figures
     assert (f["small_images"], f["large_images"], f["files_images"]) == (100, 600, 60)
@@ -61,7 +64,7 @@ def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:
 
 
 def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:
-    result = deletion.run(smoke=True)
+    result = deletion.BENCHMARK.run()
     well_formed(result, "deletion")
     f = result.figures
     assert f["images"] == 600  # 570 workspace images + 30 kept only by the iteration
@@ -72,33 +75,33 @@ def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:
 
 
 def test_bench_ack_smoke_times_every_command_for_both_apps() -> None:
-    result = ack.run(smoke=True)
+    result = ack.BENCHMARK.run()
     well_formed(result, "ack")
     f = result.figures
-    assert f["commands"] == ack.SMOKE.commands
+    assert f["commands"] == ack.SIZES["smoke"].commands
     for app in ("bot", "bolt"):
         assert 0 < f[f"{app}_p50_s"] <= f[f"{app}_p99_s"] <= f[f"{app}_max_s"]
         assert 0 <= f[f"{app}_missed"] <= f["commands"]
 
 
 def test_bench_burst_smoke_mirrors_every_event_at_slacks_pace() -> None:
-    result = burst.run(smoke=True)
+    result = burst.BENCHMARK.run()
     well_formed(result, "burst")
     f = result.figures
-    assert f["commands"] == burst.SMOKE.commands
+    assert f["commands"] == burst.SIZES["smoke"].commands
     assert 0 < f["p50_s"] <= f["p99_s"] <= f["max_s"]
     assert 0 <= f["missed"] <= f["commands"]
     assert f["rate_limited"] == 0
     # Two thirds of the commands are refusals, each one audit event; all are in the mirror,
     # several to a message.
-    assert f["events"] >= burst.SMOKE.commands * 2 / 3
+    assert f["events"] >= burst.SIZES["smoke"].commands * 2 / 3
     assert f["mirror_messages"] < f["events"]
 
 
 def test_bench_audit_smoke_verifies_the_whole_chain() -> None:
-    result = auditlog.run(smoke=True)
+    result = auditlog.BENCHMARK.run()
     well_formed(result, "audit")
-    assert result.figures["events"] == auditlog.SMOKE_EVENTS
+    assert result.figures["events"] == auditlog.EVENTS["smoke"]
     assert result.figures["verify_s"] > 0 and result.figures["read_s"] > 0
 
 
@@ -115,9 +118,31 @@ def test_bench_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "| **5. Audit verification** (2,000 chained events" in done.stdout
     assert "SMOKE RUN" in done.stdout
+    assert "median of" not in done.stdout  # one run: nothing to take a median of
     data = json.loads(out.read_text("utf-8"))
     assert [r["key"] for r in data["results"]] == ["audit"]
-    assert data["smoke"] is True and data["failed"] == []
+    assert data["smoke"] is True and data["failed"] == [] and data["scale"] == "smoke"
+    assert data["results"][0]["runs"] == 1 and len(data["results"][0]["samples"]) == 1
+
+
+def test_bench_cli_runs_each_benchmark_as_often_as_asked(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    command = ["-m", "bench", "--smoke", "--runs", "3", "--only", "audit", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Each value is the median of 3 runs" in done.stdout
+    assert "load average" in done.stdout.splitlines()[0]
+    result = json.loads(out.read_text("utf-8"))["results"][0]
+    assert result["runs"] == 3 and len(result["samples"]) == 3
+    verify = sorted(sample["verify_s"] for sample in result["samples"])
+    assert result["figures"]["verify_s"] == verify[1]
 
 
 def test_bench_cli_refuses_unknown_benchmarks() -> None:
@@ -163,18 +188,61 @@ def test_bench_render_marks_checks_and_counts_targets_met() -> None:
     assert table.splitlines()[0] == (
         "Benchmarks measured 2026-11-27, 2 cores (CPU), 3.8 GiB RAM, Python 3.11.7, Linux."
     )
-    assert "| **9. Example** (tiny) | context | 1 s |  |  |" in table
-    assert "|  | met | 0.50\u00d7 | \u2264 1\u00d7 | pass |" in table
-    assert "|  | missed | 9 \\| 10 | 0 | FAIL |" in table
+    assert "| **9. Example** (tiny) | context | 1 s |  |  |  |" in table
+    assert "|  | met | 0.50\u00d7 |  | \u2264 1\u00d7 | pass |" in table
+    assert "|  | missed | 9 \\| 10 |  | 0 | FAIL |" in table
     assert "1 of 2 targets met." in table
     assert not result.ok
 
 
 def test_bench_resources_smoke_runs_both_resources_at_once_and_each_alone() -> None:
-    result = resources.run(smoke=True)
+    result = resources.BENCHMARK.run()
     well_formed(result, "resources")
     f = result.figures
     # The same search: as many calls at once as both alone together.
     assert f["calls_together"] == f["calls_apart"] > 0
     assert f["together_s"] > 0 and f["apart_s"] > 0
     assert f["ratio"] == f["together_s"] / f["apart_s"]
+
+
+def _example(f: Figures) -> Result:
+    return Result(
+        key="x",
+        title="9. Example",
+        setup=f"{f['images']:,.0f} images",
+        rows=(
+            Row("wall time", report.seconds(f["wall_s"])),
+            report.within("wall ÷ bound", f["over_bound"], 1.1),
+            Row("pages", report.count(f["pages"])),
+        ),
+        figures=f,
+    )
+
+
+def test_bench_runs_show_the_median_and_judge_the_target_on_it() -> None:
+    example = Benchmark("x", lambda scale: {}, _example)
+    samples = [
+        {"images": 500, "wall_s": 3.0, "over_bound": 1.5, "pages": 2},  # one slow run
+        {"images": 500, "wall_s": 2.0, "over_bound": 1.0, "pages": 2},
+        {"images": 500, "wall_s": 2.2, "over_bound": 1.05, "pages": 2},
+    ]
+    result = summarize(example, samples)
+    assert result.runs == 3 and result.samples == tuple(samples)
+    assert result.figures == {"images": 500, "wall_s": 2.2, "over_bound": 1.05, "pages": 2}
+    assert result.rows == (
+        Row("wall time", "2.20 s", spread="2.00 s \u2013 3.00 s"),
+        Row("wall ÷ bound", "1.05\u00d7", "\u2264 1.1\u00d7", True, "1.00\u00d7 \u2013 1.50\u00d7"),
+        Row("pages", "2"),  # the same in every run: no spread
+    )
+    assert result.ok  # the slow run alone would have missed the target
+    missed = summarize(example, [samples[0], samples[0], samples[1]])
+    assert not missed.ok and missed.rows[1].value == "1.50\u00d7"
+
+
+def test_bench_one_run_has_no_spread() -> None:
+    example = Benchmark(
+        "x", lambda scale: {"images": 9, "wall_s": 1, "over_bound": 2, "pages": 1}, _example
+    )
+    result = example.run("smoke", 1)
+    assert result.runs == 1 and all(row.spread == "" for row in result.rows)
+    assert not result.ok
