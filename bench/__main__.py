@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import ack, auditlog, burst, deletion, export, memory, report, resources
+from bench import ack, auditlog, burst, deletion, export, memory, report, resources, search
 from bench.report import Result
 from bench.runs import RUNS, Benchmark, Scale, stderr
 
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         auditlog.BENCHMARK,
         burst.BENCHMARK,
         resources.BENCHMARK,
+        search.BENCHMARK,
     )
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import ack, auditlog, burst, deletion, export, memory, report, resources
+from bench import ack, auditlog, burst, deletion, export, memory, report, resources, search
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, summarize
 
@@ -203,6 +203,21 @@ def test_bench_resources_smoke_runs_both_resources_at_once_and_each_alone() -> N
     assert f["calls_together"] == f["calls_apart"] > 0
     assert f["together_s"] > 0 and f["apart_s"] > 0
     assert f["ratio"] == f["together_s"] / f["apart_s"]
+
+
+def test_bench_search_smoke_counts_find_and_the_listing_script_on_the_same_images() -> None:
+    result = search.BENCHMARK.run()
+    well_formed(result, "search")
+    f = result.figures
+    size = search.SIZES["smoke"]
+    # GetProjects; per project GetIterations and one count per scope (workspace, iterations).
+    assert f["find_calls"] == f["least_calls"] == 1 + size.projects * (2 + size.iterations)
+    assert f["images"] == sum(sum(p) for p in size.person)
+    assert f["baseline_calls"] > f["find_calls"]
+    assert f["baseline_default_page_calls"] >= f["baseline_calls"]
+    assert f["bound_s"] == f["find_calls"] / search.TPS
+    assert f["calls_ratio"] == f["baseline_calls"] / f["find_calls"]
+    assert f["find_s"] > 0 and f["tag_s"] > 0
 
 
 def _example(f: Figures) -> Result:
