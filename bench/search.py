@@ -1,10 +1,11 @@
 """Benchmark 8: what one person's search costs, against the script that lists everything.
 
-I/O module. One Custom Vision resource of 50 projects (`--full`, the issue's size; `make bench`:
-20 projects of 1,000 images), each with 2,000 workspace images and 3 trained iterations (the emulator's seeded snapshots hold a third, two thirds and all of the
-images, plus some the workspace has since lost). One person, metadata customer=4711, is on 30
-images in 4 of the projects: images also held by snapshots, images added after the last
-training (workspace only), and images deleted from the workspace that only snapshots still hold.
+I/O module. One Custom Vision resource of 50 projects, each with 2,000 workspace images and 3
+trained iterations (`--full`, the issue's size; `make bench`: 20 projects of 1,000 images); the
+emulator's seeded snapshots hold a third, two thirds and all of the images, plus some the
+workspace has since lost. One person, metadata customer=4711, is on 30 images in 4 of the
+projects: images also held by snapshots, images added after the last training (workspace only),
+and images deleted from the workspace that only snapshots still hold.
 In those 4 projects the person's workspace images also carry a workspace tag "Customer 4711".
 
 The emulator plays the service's limit of 10 Training API calls per second (sliding one-second
