@@ -21,7 +21,18 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import ack, auditlog, burst, deletion, export, memory, report, resources, search
+from bench import (
+    ack,
+    auditlog,
+    burst,
+    deletion,
+    export,
+    memory,
+    project,
+    report,
+    resources,
+    search,
+)
 from bench.report import Result
 from bench.runs import RUNS, Benchmark, Scale, stderr
 
@@ -36,6 +47,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         burst.BENCHMARK,
         resources.BENCHMARK,
         search.BENCHMARK,
+        project.BENCHMARK,
     )
 }
 

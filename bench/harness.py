@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 import bot
+from bench.runs import Scale
 from bot.ids import parse_request_id
 from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
@@ -47,6 +48,22 @@ STOP_TIMEOUT = 30.0
 # Environment variables a child may inherit; everything else (SLACK_*, CUSTOM_VISION_*, ...)
 # comes from bot_env, so a developer's real credentials can never reach a benchmark.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "PYTHONHASHSEED")
+
+
+# The full-size project (emulators.cvdata.Seed.full_size) at each scale: `make bench-full`
+# seeds the S0 maximum, `make bench` a twentieth of it (the same 20 iterations), the smoke run
+# a few hundred images.
+FULL_SIZE_SCALE: dict[Scale, float] = {"smoke": 0.002, "bench": 0.05, "full": 1.0}
+
+
+def full_size_project(scale: Scale, *, seed: int = 1) -> Seed:
+    """Return the seed of one project as big as the service allows, scaled for `scale`.
+
+    Full: 100,000 images, 20 trained iterations whose snapshots hold 20,000 to 100,000
+    images, about 4,800 images only a snapshot still holds. Seeding takes a fraction of a
+    second and about 15 MB at full size (images are indices; bytes are generated on demand).
+    """
+    return Seed.full_size(FULL_SIZE_SCALE[scale], seed=seed)
 
 
 class BenchError(RuntimeError):

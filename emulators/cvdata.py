@@ -33,6 +33,7 @@ Inferences (undocumented service behaviour) are marked where they are made.
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
 import hmac
@@ -132,9 +133,16 @@ _BLOB_EXPORT = re.compile(r"^e-([0-9a-f]{32})/([0-9a-f]{32})-([A-Za-z]+)(?:-([A-
 class Seed:
     """What the emulator starts with; the same Seed always yields the same GUIDs, names, bytes.
 
-    `images` counts workspace images per project; the first iteration also holds a few images
-    since removed from the workspace (one in twenty), so "images only an iteration uses" exist.
-    Projects cycle through Multiclass, ObjectDetection and Multilabel.
+    `images` counts workspace images per project. Projects cycle through Multiclass,
+    ObjectDetection and Multilabel. Images were added one after another, some (one in twenty)
+    removed from the workspace since, and each iteration trained on the workspace of its day,
+    so "images only an iteration uses" exist. Two histories:
+    - `smallest_snapshot` 0: the iterations split the images evenly (the n-th of N holds the
+      first n/N of them), and only the first keeps the removed ones it had.
+    - `smallest_snapshot` S > 0 (with two iterations or more): the project grew from S images at
+      its first training to `images` at its last, which trained on today's workspace; an image
+      removed from the workspace was removed just after the one training that kept it, so each
+      of them is held by exactly one snapshot. `full_size()` is the S0 maximum this way.
     """
 
     projects: int = 2
@@ -145,6 +153,26 @@ class Seed:
     predictions: int = 10
     image_bytes: int = 2048
     seed: int = 1
+    smallest_snapshot: int = 0
+
+    @classmethod
+    def full_size(cls, scale: float = 1.0, *, seed: int = 1) -> Seed:
+        """Return one project as big as the service allows (S0), its sizes times `scale`.
+
+        At scale 1: 100,000 workspace images (Microsoft's "Limits and quotas": 100,000 images
+        per project on S0), 20 trained iterations (the limit) whose snapshots hold from 20,000
+        to 100,000 images, about 4,800 images that only a snapshot still holds, 50 tags and
+        100 stored predictions. Scaled: the same 20 iterations over fewer images.
+        """
+        return cls(
+            projects=1,
+            iterations=20,
+            tags=50,
+            images=max(40, round(100_000 * scale)),
+            predictions=100,
+            smallest_snapshot=max(2, round(20_000 * scale)),
+            seed=seed,
+        )
 
 
 class CvError(Exception):
@@ -265,24 +293,29 @@ class _ImageSet:
         self.touch()
         return True
 
-    def listing(self, status: str, tag_mask: int) -> list[int]:
-        """Indices (oldest first) matching the tagging status and any of the tag bits."""
+    def listing(self, status: str, tag_mask: int) -> Sequence[int]:
+        """Indices (oldest first) matching the tagging status and any of the tag bits.
+
+        Kept as a 4-byte array: a full-size project caches one per set it was asked about
+        (21 of them), which as lists of int objects would cost about 3.6 MB each.
+        """
         key = ("list", status, tag_mask)
         found = self._cache.get(key)
         if found is None:
             masks = self.masks
             if status == "Untagged":
-                found = [i for i, m in enumerate(masks) if m == 0]
+                picked = (i for i, m in enumerate(masks) if m == 0)
             elif tag_mask:
-                found = [i for i, m in enumerate(masks) if m is not None and m & tag_mask]
+                picked = (i for i, m in enumerate(masks) if m is not None and m & tag_mask)
             elif status == "Tagged":
-                found = [i for i, m in enumerate(masks) if m]
+                picked = (i for i, m in enumerate(masks) if m)
             else:
-                found = [i for i, m in enumerate(masks) if m is not None]
+                picked = (i for i, m in enumerate(masks) if m is not None)
+            found = array.array("I", picked)
             if len(self._cache) >= _MAX_CACHED_FILTERS:
                 self._cache.clear()
             self._cache[key] = found
-        result: list[int] = found
+        result: Sequence[int] = found
         return result
 
     def tag_counts(self) -> Counter[int]:
@@ -513,7 +546,20 @@ class EmulatorData:
             word = _TAG_WORDS[t % len(_TAG_WORDS)]
             name = word if t < len(_TAG_WORDS) else f"{word}-{t // len(_TAG_WORDS)}"
             self._define_tag(project, name, f"Images of a {word}", "Regular")
-        retire = seed.iterations > 0
+        growing = seed.smallest_snapshot > 0 and seed.iterations > 1
+        retire_below: int | None  # None: any image may have been removed
+        if growing:
+            # Where each training but the last cut the images added so far; the last trains
+            # on everything. Removals happen only before the last but one training's cut.
+            span = seed.images - seed.smallest_snapshot
+            cuts = [
+                seed.smallest_snapshot + span * n // (seed.iterations - 1)
+                for n in range(seed.iterations - 1)
+            ]
+            retire_below = cuts[-1]
+        else:
+            cuts = []
+            retire_below = None if seed.iterations > 0 else 0
         masks: list[int | None] = []
         retired: list[int] = []
         untagged_cut = int(seed.untagged_fraction * 10_000)
@@ -528,16 +574,21 @@ class EmulatorData:
                 if two_tags and (h >> 32) % 4 == 0:
                     mask |= 1 << ((first + 1 + (h >> 40) % (seed.tags - 1)) % seed.tags)
             masks.append(mask)
-            if retire and index % 20 == 7:
+            if index % 20 == 7 and (retire_below is None or index < retire_below):
                 retired.append(index)
         project.slots = len(masks)
         for n in range(seed.iterations):
-            cutoff = -(-len(masks) * (n + 1) // seed.iterations)
+            if growing:
+                cutoff = cuts[n] if n < len(cuts) else len(masks)
+                gone_before = cuts[n - 1] if n > 0 else 0  # removed after an earlier training
+            else:
+                cutoff = -(-len(masks) * (n + 1) // seed.iterations)
+                gone_before = cutoff if n > 0 else 0
             snapshot = masks[:cutoff]
-            if n > 0:
-                for index in retired:
-                    if index < cutoff:
-                        snapshot[index] = None
+            for index in retired:
+                if index >= gone_before:
+                    break
+                snapshot[index] = None
             self._make_iteration(project, snapshot, set(project.workspace.tags), cutoff)
         for index in retired:
             masks[index] = None
@@ -705,6 +756,15 @@ class EmulatorData:
             project = self._project(project_id)
             image_set = self._set(project, iteration_id)
             return [project.image_guid(i) for i in image_set.listing("All", 0)]
+
+    def snapshot_only_ids(self, project_id: str) -> list[str]:
+        """Return the ids of the images only iteration snapshots hold (not the workspace)."""
+        with self.lock:
+            project = self._project(project_id)
+            held: set[int] = set()
+            for iteration in project.iterations.values():
+                held.update(iteration.images.listing("All", 0))
+            return [project.image_guid(i) for i in sorted(held) if not project.workspace.has(i)]
 
     def image_tag_ids(
         self, project_id: str, image_id: str, iteration_id: str | None = None
@@ -1508,10 +1568,10 @@ class EmulatorData:
         status: TaggingStatus,
         tag_ids: Sequence[str],
         where: Expr | None = None,
-    ) -> list[int]:
+    ) -> Sequence[int]:
         if tag_ids and status != "Untagged":
             mask = self._tag_mask(project, image_set, tag_ids)
-            found = image_set.listing(status, mask) if mask else []
+            found = image_set.listing(status, mask) if mask else ()
         else:
             found = image_set.listing(status, 0)
         if where is None:
@@ -1844,7 +1904,7 @@ class EmulatorData:
             raise KeyError(image_id)
 
 
-def _page(found: list[int], *, newest_first: bool, skip: int, take: int) -> list[int]:
+def _page(found: Sequence[int], *, newest_first: bool, skip: int, take: int) -> Sequence[int]:
     """One offset page of `found` (oldest first), newest first when asked."""
     if newest_first:
         end = len(found) - skip

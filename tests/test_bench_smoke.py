@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from bench import ack, auditlog, burst, deletion, export, memory, report, resources, search
+from bench import (
+    ack,
+    auditlog,
+    burst,
+    deletion,
+    export,
+    memory,
+    project,
+    report,
+    resources,
+    search,
+)
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, summarize
 
@@ -72,6 +83,19 @@ def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:
     assert f["bound_s"] == pytest.approx(0.3)
     assert f["throttled"] >= f["throttled_while_deleting"] >= 0
     assert f["done_s"] >= f["delete_s"] > 0
+
+
+def test_bench_project_smoke_exports_a_full_size_shaped_project_against_its_least_calls() -> None:
+    result = project.BENCHMARK.run()
+    well_formed(result, "project")
+    f = result.figures
+    assert (f["images"], f["snapshots"], f["small_images"]) == (200, 20, 50)
+    assert f["snapshot_only"] > 0
+    # Workspace and 20 snapshots of 40 to 200 images: one short page each.
+    assert f["pages"] >= 21
+    assert f["calls"] >= f["least_calls"] == 2 + 2 * 20 + 21 + 21 + 1
+    assert f["bound_s"] == f["least_calls"] / project.SMOKE_TPS
+    assert f["growth_mb"] == f["peak_mb"] - f["small_peak_mb"]
 
 
 def test_bench_ack_smoke_times_every_command_for_both_apps() -> None:

@@ -936,6 +936,49 @@ def test_emulator_holds_100k_images_in_modest_memory(make_rig: MakeRig) -> None:
     assert peak < 60 * 1024 * 1024
 
 
+def test_emulator_full_size_project_is_the_s0_maximum_in_modest_memory(
+    make_rig: MakeRig,
+) -> None:
+    tracemalloc.start()
+    try:
+        rig = make_rig(seed=Seed.full_size())
+        p = rig.project()
+        iterations = [it["id"] for it in rig.get(f"/projects/{p}/iterations").json()]
+        sizes = [rig.get(f"/projects/{p}/images/count", iterationId=i).json() for i in iterations]
+        workspace = rig.get(f"/projects/{p}/images/count").json()
+        page = rig.get(
+            f"/projects/{p}/images", iterationId=iterations[3], skip=30_000, take=256
+        ).json()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert workspace == 100_000 and len(iterations) == 20
+    assert sizes[0] == 20_000 and sizes[-1] == 100_000
+    assert sizes == sorted(sizes) and len(set(sizes)) == 20
+    assert len(page) == 256
+    assert peak < 40 * 1024 * 1024
+    data = rig.emu.data
+    only = data.snapshot_only_ids(p)
+    assert 2_000 <= len(only) <= 10_000  # "a few thousand images only snapshots still hold"
+    # Each was removed just after the one training that kept it.
+    holders = {
+        image: [i for i in iterations if data.has_image(p, image, i)] for image in only[::50]
+    }
+    assert all(len(held) == 1 for held in holders.values())
+    assert not any(data.has_image(p, image) for image in holders)
+    # The last iteration trained on today's workspace.
+    assert data.image_ids(p, iterations[-1]) == data.image_ids(p)
+
+
+def test_emulator_scaled_full_size_project_keeps_its_shape() -> None:
+    data = EmulatorData(Seed.full_size(0.05))
+    p = data.project_ids()[0]
+    sizes = [len(data.image_ids(p, i)) for i in data.iteration_ids(p)]
+    assert len(data.image_ids(p)) == 5_000 and len(sizes) == 20
+    assert sizes[0] == 1_000 and sizes[-1] == 5_000 and sizes == sorted(sizes)
+    assert 100 <= len(data.snapshot_only_ids(p)) <= 500
+
+
 def test_emulator_cli_serves_until_interrupted() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "emulators.customvision", "--port", "0", "--key", KEY]
