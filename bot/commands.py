@@ -52,6 +52,7 @@ class DeleteKind(StrEnum):
     TAG = "tag"
     IMAGES = "images"
     PREDICTIONS = "predictions"
+    SUBJECT = "subject"  # one person's images, found by Selectors in every project
     ACCOUNT = "account"
     EXPORTS = "exports"
 
@@ -273,7 +274,8 @@ class Delete:
     prediction_ids: tuple[str, ...] = ()
     meta: Meta = field(default_factory=Meta)
     resource: str | None = None  # as Export.resource
-    selectors: Selectors | None = None  # images with selector "subject": whose images
+    # Whose images: kind subject (every project searched), or images with selector "subject"
+    selectors: Selectors | None = None
 
     def describe(self) -> str:
         """Return a plain one-line summary, e.g. `delete untagged images of project 1234abcd…`."""
@@ -442,6 +444,8 @@ def _describe_delete(delete: Delete) -> str:
             "subject": f"images of one person ({(delete.selectors or Selectors()).describe()})",
         }.get(delete.selector or "all", "all images")
         return f"delete {which} of project {project}"
+    if kind is DeleteKind.SUBJECT:
+        return f"delete the images of one person: {(delete.selectors or Selectors()).describe()}"
     if kind is DeleteKind.PREDICTIONS:
         if delete.selector == "ids":
             which = count(len(delete.prediction_ids), "stored prediction")

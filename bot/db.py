@@ -218,11 +218,19 @@ def _m004_statutory_clock(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m005_item_resource(conn: sqlite3.Connection) -> None:
+    # A plan spanning several projects (delete subject) names each item's Custom Vision
+    # resource, so a resumed job sends every call to the resource holding its project. NULL
+    # (every item stored before, and plans of one project): the request's own resource.
+    conn.execute("ALTER TABLE deletion_items ADD COLUMN resource TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_outbox_revision,
     _m003_outbox_held,
     _m004_statutory_clock,
+    _m005_item_resource,
 ]
 
 

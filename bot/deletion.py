@@ -37,11 +37,20 @@ connection, 5xx) is settled by re-reading at once. Verification then sets `verif
 gone | survived for every item. Receipts say each item's `result` in words and count the items
 per project and kind by the same table (RESULTS, `receipt_summary`); messages count by it too.
 
+A `delete subject` plan spans projects and resources: `_subject_facts` runs `find`'s count
+search over the scope, reads the ids in each project holding matches (`SubjectFacts`, one
+`Facts` per project), and `plan_for` numbers each project's image batches on, one after the
+other; every item carries its project and its `resource`, so each call (and every re-read,
+verification and resumed batch) goes to that project's own resource client (`_client_of`).
+One preview (`subject_preview`: the totals, then per project), one approval, one receipt.
+
 The plan is a promise: before the first call and before every container call (DeleteProject,
 DeleteIteration, DeleteTag remove whatever they hold at that moment) the live contents are read
 again (`collect_facts`) and compared with the frozen plan (`changes_since`). Anything new stops
 the request before the call with a new plan and preview (Outcome.new_plan): the request is
-pending again and every earlier approval is withdrawn.
+pending again and every earlier approval is withdrawn. An erasure of one person (selectors:
+`delete subject`, `delete images --metadata/--tag-name`) is compared before its first call
+too, across every project searched: an image of theirs found since the preview is new.
 
 The preview counts what the deletion removes: `workspace_images` the targeted images found in
 the workspace, `iterations[].images` the images it takes out of that snapshot (all of them when
@@ -74,6 +83,7 @@ from bot.errors import (
 )
 from bot.lifecycle import DeletionItem, ItemStatus, JobStatus, Status
 from bot.models import Iteration
+from bot.resources import narrowed
 from bot.runner import JobContext, Outcome
 from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
 
@@ -114,6 +124,7 @@ COUNT_ORDER = tuple(NOUNS)
 RECEIPT_COLUMNS = (
     "request_id",
     "project_id",
+    "resource",  # the project's resource when the plan spans several (delete subject)
     "kind",
     "target_id",
     "parent_id",
@@ -196,6 +207,7 @@ class Facts:
     selector: str = ""  # images: the command's selector (ids | tag | untagged | all | subject)
     matching: str = ""  # images of one person (subject): the selectors in words
     tag_name: str = ""  # images --tag: the tag's name (its id when the workspace lacks it)
+    resource: str | None = None  # the resource holding the project (delete subject), else None
 
     @property
     def images_targeted(self) -> int:
@@ -219,6 +231,7 @@ def plan_items(facts: Facts) -> list[DeletionItem]:
                 target_id=target,
                 parent_id=parent,
                 batch=batch,
+                resource=facts.resource,
             )
         )
 
@@ -255,6 +268,45 @@ def plan_items(facts: Facts) -> list[DeletionItem]:
             add("iteration", it.id)
             for image in it.own_images:
                 add("image", image, it.id)
+    return items
+
+
+@dataclass(frozen=True)
+class SubjectFacts:
+    """What the live API holds of one person's images across every project searched
+    (`delete subject`): one Facts (kind images, selector subject, its resource) per project
+    holding matches, and the scope searched."""
+
+    matching: str  # the selectors in words
+    projects: tuple[Facts, ...]
+    resources: tuple[str, ...]  # the resources searched, as configured
+    projects_searched: int
+    iterations_searched: int  # trained iterations searched
+    unknown_projects: tuple[str, ...] = ()  # --project ids found on no resource searched
+
+    @property
+    def workspace_images(self) -> int:
+        """Return how many of the person's images the workspaces hold."""
+        return sum(f.workspace_images for f in self.projects)
+
+    @property
+    def images_targeted(self) -> int:
+        """Return how many distinct images the deletion removes, over every project."""
+        return sum(f.images_targeted for f in self.projects)
+
+
+AnyFacts = Facts | SubjectFacts
+
+
+def plan_for(facts: AnyFacts) -> list[DeletionItem]:
+    """Return the plan of `facts`: a subject's is each project's plan in turn, numbered on."""
+    if isinstance(facts, Facts):
+        return plan_items(facts)
+    items: list[DeletionItem] = []
+    for project in facts.projects:
+        batches = items[-1].batch if items else 0
+        for item in plan_items(project):
+            items.append(replace(item, seq=len(items) + 1, batch=batches + item.batch))
     return items
 
 
@@ -330,8 +382,65 @@ def summary_of(facts: Facts) -> str:
     return text
 
 
-def nothing_to_delete(facts: Facts) -> str:
+def subject_summary(facts: SubjectFacts) -> str:
+    """Return a subject preview's one plain line: the totals across projects."""
+    projects = facts.projects
+    held = sum(1 for f in projects for it in f.iterations if it.images)
+    names = list(dict.fromkeys(f.resource or "" for f in projects))
+    where = wording.count(len(projects), "project")
+    if len(names) > 1:
+        where += f" on {wording.count(len(names), 'resource')} ({wording.join_words(names)})"
+    elif len(facts.resources) > 1:
+        where += f" on {names[0]}"
+    workspaces = "workspace" if len(projects) == 1 else "workspaces"
+    text = (
+        f"Deletes {wording.count(facts.images_targeted, 'image')} matching {facts.matching}"
+        f" everywhere, in {where}: {facts.workspace_images:,} in the {workspaces}, and from"
+        f" {wording.count(held, 'trained iteration snapshot')}."
+    )
+    published = [
+        _quoted(it.publish_name) for f in projects for it in f.iterations if it.publish_name
+    ]
+    if published:
+        text += f" Published iterations involved: {wording.join_words(published)}."
+    return text
+
+
+def subject_preview(facts: SubjectFacts) -> dict[str, Any]:
+    """Return the plain-data preview of a subject deletion: the totals, and per project
+    (with its resource) what `preview_of` shows of one project."""
+    return {
+        "kind": commands.DeleteKind.SUBJECT.value,
+        "matching": facts.matching,
+        "projects": [{**preview_of(f), "resource": f.resource} for f in facts.projects],
+        "workspace_images": facts.workspace_images,
+        "images_targeted": facts.images_targeted,
+        "iterations": [],
+        "images_not_found": [],
+        "tags": [],
+        "predictions": 0,
+        "predictions_not_found": [],
+        "unpublish": [],
+        "searched": {
+            "resources": list(facts.resources),
+            "projects": facts.projects_searched,
+            "iterations": facts.iterations_searched,
+        },
+        "unknown_projects": list(facts.unknown_projects),
+        "summary": subject_summary(facts),
+    }
+
+
+def preview_for(facts: AnyFacts) -> dict[str, Any]:
+    """Return the preview of `facts`, of one project or of a subject across projects."""
+    return preview_of(facts) if isinstance(facts, Facts) else subject_preview(facts)
+
+
+def nothing_to_delete(facts: AnyFacts) -> str:
     """Return the answer to a request that matches nothing."""
+    if isinstance(facts, SubjectFacts):
+        searched = wording.count(facts.projects_searched, "project")
+        return f"Nothing to delete: no images match {facts.matching} ({searched} searched)."
     text = f"Nothing to delete: project {_quoted(facts.project_name)} holds "
     if facts.kind == commands.DeleteKind.IMAGES:
         if facts.selector == "ids":
@@ -379,7 +488,7 @@ def preview_of(facts: Facts) -> dict[str, Any]:
 
 
 def changes_since(
-    frozen: Sequence[DeletionItem], preview: Mapping[str, Any], facts: Facts
+    frozen: Sequence[DeletionItem], preview: Mapping[str, Any], facts: AnyFacts
 ) -> dict[str, int]:
     """Return what the live `facts` would remove beyond the frozen plan, by kind (none: {}).
 
@@ -390,10 +499,10 @@ def changes_since(
     """
     known = {(i.kind, str(i.target_id).lower()) for i in frozen}
     new: dict[str, int] = {}
-    for item in plan_items(facts):
+    for item in plan_for(facts):
         if (item.kind, str(item.target_id).lower()) not in known:
             new[item.kind] = new.get(item.kind, 0) + 1
-    if facts.kind == commands.DeleteKind.TAG:
+    if isinstance(facts, Facts) and facts.kind == commands.DeleteKind.TAG:
         shown = {str(t["id"]).lower(): int(t["images"]) for t in preview.get("tags") or ()}
         more = sum(max(0, t.images - shown.get(t.id.lower(), 0)) for t in facts.tags)
         if more:
@@ -454,15 +563,22 @@ def with_outcome(items: Iterable[DeletionItem], outcome: str) -> dict[str, int]:
 
 
 def receipt_summary(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Return the receipt's summary rows: `project_id`, `kind` and the counts of SUMMARY_KEYS.
+    """Return the receipt's summary rows: `project_id`, `kind` and the counts of SUMMARY_KEYS
+    (and `resource`, first, when the rows name one: a plan across resources).
 
     One row per project and kind, in the order the receipt rows first name them.
     """
-    summary: dict[tuple[str, str], dict[str, Any]] = {}
+    summary: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
-        key = (str(row["project_id"]), str(row["kind"]))
+        resource = row.get("resource")
+        key = (str(resource or ""), str(row["project_id"]), str(row["kind"]))
         if key not in summary:
-            summary[key] = {"project_id": key[0], "kind": key[1], **dict.fromkeys(SUMMARY_KEYS, 0)}
+            summary[key] = {
+                **({"resource": resource} if resource else {}),
+                "project_id": key[1],
+                "kind": key[2],
+                **dict.fromkeys(SUMMARY_KEYS, 0),
+            }
         counts = summary[key]
         counts["planned"] += 1
         counts[outcome_of(row)] += 1
@@ -476,6 +592,7 @@ def receipt_rows(request_id: str, items: Sequence[DeletionItem]) -> list[dict[st
         {
             "request_id": request_id,
             "project_id": item.project_id,
+            "resource": item.resource,
             "kind": item.kind,
             "target_id": item.target_id,
             "parent_id": item.parent_id,
@@ -537,13 +654,21 @@ def receipt_view(
                 cell[1] += outcome_of(item) == "removed"
             else:
                 cell[2] = outcome_of(item) == "removed"
+    summary = receipt_summary(items)
+    # A plan across resources names each project's resource in a first column.
+    named = any("resource" in row for row in summary)
     summaries: list[tuple[str, list[str], list[list[str]]]] = [
         (
             "What was removed, per project",
-            ["Project", "What", *SUMMARY_KEYS.values()],
+            [*(["Resource"] if named else []), "Project", "What", *SUMMARY_KEYS.values()],
             [
-                [row["project_id"], NOUNS[row["kind"]][1], *(f"{row[k]:,}" for k in SUMMARY_KEYS)]
-                for row in receipt_summary(items)
+                [
+                    *([str(row.get("resource") or "")] if named else []),
+                    row["project_id"],
+                    NOUNS[row["kind"]][1],
+                    *(f"{row[k]:,}" for k in SUMMARY_KEYS),
+                ]
+                for row in summary
             ],
         ),
         (
@@ -623,8 +748,16 @@ def _selected(
         return []  # e.g. the tag is not in this snapshot
 
 
-def _image_facts(ctx: JobContext, command: commands.Delete, p: str, name: str) -> Facts:
-    client = ctx.client
+def _image_facts(
+    ctx: JobContext,
+    command: commands.Delete,
+    p: str,
+    name: str,
+    client: TrainingClient | None = None,
+) -> Facts:
+    """Return the facts of the images `command` picks in project `p` (on `client`'s resource;
+    None: the request's own)."""
+    client = client or ctx.client
     workspace = _selected(client, command, p, None)
     union = dict.fromkeys(workspace)
     iterations: list[IterationFacts] = []
@@ -812,8 +945,62 @@ _COLLECTORS: dict[str, Callable[[JobContext, commands.Delete, str, str], Facts]]
 }
 
 
-def collect_facts(ctx: JobContext, command: commands.Delete) -> Facts:
+def _subject_facts(ctx: JobContext, command: commands.Delete) -> SubjectFacts:
+    """Return one person's images in every project searched: `find`'s count search over the
+    scope (resources in parallel), then the ids in each project holding matches, read with
+    that project's own resource client.
+
+    Raises TrainingApiError when some project or resource could not be searched: a plan
+    made from a partial search would leave the person's images there and say it erased them.
+    """
+    selectors = command.selectors
+    assert selectors is not None  # a subject is parsed with its selectors
+    clients = narrowed(ctx.clients, selectors.resources)
+    result = subject.find(clients, selectors)
+    if not subject.complete(result):
+        failed = [
+            f"project {_quoted(p.place.project_name)} ({p.place.project_id}) on"
+            f" {p.place.resource}: {p.problem}"
+            for p in result.projects
+            if p.problem is not None
+        ]
+        failed += [f"resource {r}: {why}" for r, why in result.unreadable_resources]
+        raise TrainingApiError(
+            f"Could not search every project for {selectors.describe()}: {'; '.join(failed)}."
+            " No plan is made from a partial search; nothing was deleted by this search."
+            f" `retry {ctx.request.id}` searches again."
+        )
+    projects: list[Facts] = []
+    for found in result.projects:
+        if not found.matched:
+            continue
+        ctx.check()
+        place = found.place
+        one = replace(
+            command,
+            kind=commands.DeleteKind.IMAGES,
+            project_id=place.project_id,
+            selector="subject",
+        )
+        facts = _image_facts(
+            ctx, one, place.project_id, place.project_name, client=clients[place.resource]
+        )
+        if facts.images_targeted:
+            projects.append(replace(facts, resource=place.resource))
+    return SubjectFacts(
+        matching=selectors.describe(),
+        projects=tuple(projects),
+        resources=tuple(clients),
+        projects_searched=len(result.projects),
+        iterations_searched=sum(len(p.sets) - 1 for p in result.projects),
+        unknown_projects=result.unknown_projects,
+    )
+
+
+def collect_facts(ctx: JobContext, command: commands.Delete) -> AnyFacts:
     """Return what the live API holds for `command`; raise NotFound/BotError when nothing."""
+    if command.kind == commands.DeleteKind.SUBJECT:
+        return _subject_facts(ctx, command)
     collector = _COLLECTORS.get(command.kind)
     if collector is None or command.project_id is None:
         raise BotError(f"{command.describe()} is not something this job can delete.")
@@ -825,10 +1012,10 @@ def run_preview(ctx: JobContext) -> Outcome:
     """Compute the preview, freeze the plan as deletion items; the request becomes pending."""
     command = parser.load_delete(ctx.request.command)
     facts = collect_facts(ctx, command)
-    items = plan_items(facts)
+    items = plan_for(facts)
     if not items:
         raise BotError(nothing_to_delete(facts))
-    preview = preview_of(facts)
+    preview = preview_for(facts)
     counts = counts_of(items)
     ttl = ctx.settings.approval_ttl
     # The plan replaces any earlier one (a preview run again after a restart or a retry).
@@ -845,6 +1032,20 @@ def run_preview(ctx: JobContext) -> Outcome:
 
 # ---------------------------------------------------------------------------------------------
 # Execution (I/O)
+
+
+def _client_of(ctx: JobContext, item: DeletionItem) -> TrainingClient:
+    """Return the client of the resource holding the item's project (its own, in a plan
+    across resources; else the request's); raise ResourceError when not configured any more."""
+    return ctx.client if item.resource is None else ctx.resources.client(item.resource)
+
+
+def _per_project(items: Sequence[DeletionItem]) -> list[list[DeletionItem]]:
+    """Return the items grouped by resource and project, in plan order."""
+    grouped: dict[tuple[str | None, str], list[DeletionItem]] = {}
+    for item in items:
+        grouped.setdefault((item.resource, item.project_id), []).append(item)
+    return list(grouped.values())
 
 
 def _present_images(client: TrainingClient, p: str, ids: Sequence[str]) -> set[str]:
@@ -981,6 +1182,7 @@ def _run_batch(ctx: JobContext, batch: Sequence[DeletionItem], *, resolve_timeou
     open_items = [i for i in batch if i.status not in CONFIRMED]
     if not open_items:
         return
+    client = _client_of(ctx, first)
     targets = [i.target_id for i in open_items] if kind in MULTI else [first.target_id]
     step = "api.probe"
     try:
@@ -993,7 +1195,7 @@ def _run_batch(ctx: JobContext, batch: Sequence[DeletionItem], *, resolve_timeou
             or kind == "unpublish"
             or any(i.status != ItemStatus.PENDING for i in open_items)
         ):
-            present = _present(ctx.client, p, kind, first, targets)
+            present = _present(client, p, kind, first, targets)
             _settle_absent(ctx, batch, open_items, [t for t in targets if t not in present])
             targets = present
             if not targets:
@@ -1006,9 +1208,9 @@ def _run_batch(ctx: JobContext, batch: Sequence[DeletionItem], *, resolve_timeou
                 target_ids=targets if kind in MULTI else None,
             )
         try:
-            status = _call(ctx.client, p, kind, first, targets)
+            status = _call(client, p, kind, first, targets)
         except ServiceError as exc:
-            if not _already_gone(ctx.client, p, kind, first, exc):
+            if not _already_gone(client, p, kind, first, exc):
                 raise
             _mark(
                 ctx,
@@ -1107,12 +1309,13 @@ def _resolve(
     """
     first = batch[0]
     kind = first.kind
+    client = _client_of(ctx, first)
     deadline = time.monotonic() + timeout
     delay = 0.05
     present: list[str] = list(targets)
     try:
         while True:
-            present = _present(ctx.client, first.project_id, kind, first, targets)
+            present = _present(client, first.project_id, kind, first, targets)
             if not present or time.monotonic() >= deadline:
                 break
             sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -1230,7 +1433,11 @@ def verify(
     phase = "verifying"
     while True:
         ctx.progress(total - len(remaining), total, phase)
-        left = survivors(ctx.client, remaining)
+        left = {
+            seq
+            for group in _per_project(remaining)
+            for seq in survivors(_client_of(ctx, group[0]), group)
+        }
         gone = [i for i in remaining if i.seq not in left]
         _store_verdicts(ctx, gone, "gone")
         remaining = [i for i in remaining if i.seq in left]
@@ -1325,7 +1532,7 @@ def write_receipt(
     json_path = ctx.work_dir / f"receipt{suffix}.json"
     csv_path = ctx.work_dir / f"receipt{suffix}.csv"
     html_path = ctx.work_dir / f"receipt{suffix}.html"
-    endpoint = getattr(ctx.settings, "endpoint_host", "") or ctx.client.endpoint_host
+    endpoint = getattr(ctx.settings, "endpoint_host", "") or _endpoints(ctx, items)
     document = {
         "request_id": record.id,
         "outcome": outcome,
@@ -1380,6 +1587,15 @@ def write_receipt(
             )
         tx.save(concluded={"round": attempt, "outcome": asdict(then)})
     return then
+
+
+def _endpoints(ctx: JobContext, items: Sequence[DeletionItem]) -> str:
+    """Return the endpoint host the receipt names: the request's, or each resource's of a
+    plan across resources (`host (name)`, joined)."""
+    names = list(dict.fromkeys(i.resource for i in items if i.resource is not None))
+    if not names:
+        return ctx.client.endpoint_host
+    return ", ".join(f"{ctx.resources.client(n).endpoint_host} ({n})" for n in names)
 
 
 def _receipt_clock(deadline: Deadline | None, outcome: str, today: date) -> str:
@@ -1443,12 +1659,12 @@ def _compare_with_plan(
 
 
 def _replanned(
-    ctx: JobContext, facts: Facts, changes: Mapping[str, int], before: str, started_at: str
+    ctx: JobContext, facts: AnyFacts, changes: Mapping[str, int], before: str, started_at: str
 ) -> Outcome:
     """Stop before `before`: freeze a new plan from `facts`; its preview needs new approvals."""
     record = ctx.request
-    items = plan_items(facts)
-    preview = preview_of(facts)
+    items = plan_for(facts)
+    preview = preview_for(facts)
     done = with_outcome(ctx.plan(), "removed")
     what = describe_changes(changes)
     so_far = (
@@ -1511,8 +1727,11 @@ def run_delete(
     total = len(items)
     done = sum(1 for i in items if i.status in CONFIRMED)
     # Before the first call and before every container call, the live contents are compared
-    # with the frozen plan (a container's call removes whatever it holds at that moment).
-    containers = any(b[0].kind in CONTAINERS for b in batches if _is_open(b))
+    # with the frozen plan (a container's call removes whatever it holds at that moment). A
+    # person's erasure (selectors) promises every image of theirs, so it is compared before
+    # its first call too: one found since the preview means a new plan, not a partial erasure.
+    person = bool((record.command or {}).get("selectors"))
+    containers = person or any(b[0].kind in CONTAINERS for b in batches if _is_open(b))
     compared = False
     try:
         for batch in batches:

@@ -332,6 +332,27 @@ _FORM_LIST: tuple[Form, ...] = (
         examples=(f"delete predictions {_P} --ids {_M1}",),
     ),
     Form(
+        "delete subject",
+        (),
+        f"delete subject {_SELECTORS_USAGE}",
+        "Delete one person's images from every project searched, from the workspace and every"
+        " trained iteration: one preview across projects, one approval, one receipt.",
+        flags=_SELECTOR_FLAGS,
+        options=_SELECTOR_OPTIONS,
+        notes=(
+            *_SELECTOR_NOTES,
+            "The preview lists, per project, the images in the workspace and in each trained"
+            " iteration (and which are published); the plan is frozen per project once it is"
+            " shown, and anything new found before the first deletion means a new preview.",
+            _APPROVAL,
+        ),
+        examples=(
+            "delete subject --metadata customer=4711 --ticket DSR-1042 --reason 'Art. 17'",
+            'delete subject --tag-name "Jane Doe" --resource prod --ticket DSR-1042',
+        ),
+        repeatable=_SELECTOR_FLAGS,
+    ),
+    Form(
         "delete account",
         (),
         "delete account",

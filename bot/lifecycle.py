@@ -310,6 +310,8 @@ class DeletionItem:
     `kind` is unpublish | image | prediction | tag | iteration | project; `parent_id` is the
     iteration of an unpublish, the project or iteration whose snapshot holds an image, else
     None. Items run in `seq` order, a `batch` per call; `verified` is None, gone or survived.
+    `resource` names the Custom Vision resource holding `project_id` when the plan spans
+    several projects (`delete subject`); None: the request's own resource.
     """
 
     seq: int
@@ -323,6 +325,7 @@ class DeletionItem:
     operation: str | None = None
     at: str | None = None
     verified: str | None = None
+    resource: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", ItemStatus(self.status))

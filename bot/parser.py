@@ -766,6 +766,8 @@ class _Parser:
                 selector = SELECTORS[given[0][2:]]
         elif kind is DeleteKind.PREDICTIONS:
             selector = "ids" if ids else "all"
+        elif kind is DeleteKind.SUBJECT:
+            selectors = self._selectors()
         return Delete(
             kind=kind,
             project_id=args.get("project-id"),

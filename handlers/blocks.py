@@ -186,9 +186,51 @@ def _preview_head(preview: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _searched_line(preview: Mapping[str, Any]) -> list[str]:
+    """Return the scope a subject deletion searched, as one line (none for other kinds)."""
+    searched = preview.get("searched")
+    if not isinstance(searched, Mapping):
+        return []
+    resources = join_words(str(r) for r in searched.get("resources") or [])
+    return [
+        f"Searched: {count(int(searched.get('projects') or 0), 'project')} and"
+        f" {count(int(searched.get('iterations') or 0), 'trained iteration')} on {resources}"
+    ]
+
+
+def _subject_lines(preview: Mapping[str, Any]) -> list[str]:
+    """Return a subject deletion's lines per project (its resource named when several were
+    searched), each followed by the snapshots holding the person's images."""
+    searched = preview.get("searched") or {}
+    named = len(searched.get("resources") or []) > 1
+    lines = []
+    for project in preview.get("projects") or []:
+        info = project.get("project") or {}
+        where = f" on {project.get('resource')}" if named else ""
+        lines.append(
+            f"Project {info.get('name', '')} ({info.get('id', '')}){where}:"
+            f" {count(int(project.get('images_targeted') or 0), 'image')}"
+            f" ({project.get('workspace_images', 0)} in the workspace)"
+        )
+        lines += [f"  {_iteration_line(it)}" for it in project.get("iterations") or []]
+    return lines
+
+
+def _all_iterations(preview: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Return the iterations a preview names, those of each project of a subject too."""
+    projects = preview.get("projects") or []
+    nested = [it for project in projects for it in project.get("iterations") or []]
+    return [*(preview.get("iterations") or []), *nested]
+
+
 def _preview_warnings(preview: Mapping[str, Any]) -> list[str]:
     """Return the lines an approver must never miss: predictions and ids not found."""
     lines = []
+    unknown = preview.get("unknown_projects") or []
+    if unknown:
+        lines.append(
+            f"Not found on any resource searched (not searched): {count(len(unknown), 'project')}"
+        )
     if preview.get("predictions"):
         lines.append(f"Stored predictions: {preview['predictions']}")
     missing = preview.get("images_not_found") or []
@@ -202,8 +244,9 @@ def _preview_warnings(preview: Mapping[str, Any]) -> list[str]:
 
 def preview_lines(preview: Mapping[str, Any]) -> list[str]:
     """Return every line of a deletion preview: each iteration, each tag, every warning."""
-    lines = [str(preview.get("summary", "")), *_preview_head(preview)]
+    lines = [str(preview.get("summary", "")), *_preview_head(preview), *_searched_line(preview)]
     lines += [_iteration_line(iteration) for iteration in preview.get("iterations") or []]
+    lines += _subject_lines(preview)
     tags = preview.get("tags") or []
     if tags:
         lines.append(
@@ -244,13 +287,14 @@ def preview_file_text(record: RequestRecord) -> str:
     warning = _unpublish_warning(preview)
     if warning:
         lines += ["", warning]
-    lines += ["", "Iterations:"] + [
-        f"  {_iteration_line(i)}" for i in preview.get("iterations") or []
-    ]
-    lines += ["", "Tags (images in the workspace):"] + [
-        f"  {t.get('name', '')} ({t.get('id', '')}): {t.get('images', 0)}"
-        for t in preview.get("tags") or []
-    ]
+    if preview.get("projects") is None:  # a subject's lines above list them per project
+        lines += ["", "Iterations:"] + [
+            f"  {_iteration_line(i)}" for i in preview.get("iterations") or []
+        ]
+        lines += ["", "Tags (images in the workspace):"] + [
+            f"  {t.get('name', '')} ({t.get('id', '')}): {t.get('images', 0)}"
+            for t in preview.get("tags") or []
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -281,15 +325,18 @@ def preview_blocks(
     if preview_file is None and preview_fits(preview):
         lines = preview_lines(preview)
     else:
-        iterations = preview.get("iterations") or []
+        iterations = _all_iterations(preview)
         published = [str(i.get("publish_name")) for i in iterations if i.get("published")]
         shown = join_words(published)
+        projects = preview.get("projects")
         lines = [
             limits.cut(str(preview.get("summary", "")), 1500),
             *_preview_head(preview),
+            *_searched_line(preview),
+            *([] if projects is None else [f"Projects: {len(projects)}"]),
             f"Iterations: {len(iterations)}"
             + (f" ({len(published)} published: {limits.cut(shown, 300)})" if published else ""),
-            f"Tags: {len(preview.get('tags') or [])}",
+            *([f"Tags: {len(preview.get('tags') or [])}"] if projects is None else []),
             *_preview_warnings(preview),
         ]
         if preview_file is not None:

@@ -26,14 +26,17 @@ from bot.deletion import (
     NOUNS,
     Facts,
     IterationFacts,
+    SubjectFacts,
     TagFacts,
     changes_since,
     describe_changes,
+    plan_for,
     plan_items,
     preview_of,
     receipt_summary,
     run_delete,
     run_preview,
+    subject_summary,
 )
 from bot.lifecycle import (
     DeletionItem,
@@ -95,6 +98,63 @@ def project_facts(images: int, *, tags: int = 1, published: str = "") -> Facts:
         images=tuple(guid(1000 + n) for n in range(images)),
         tags=tuple(TagFacts(guid(20 + n), f"t{n}", 0) for n in range(tags)),
     )
+
+
+def person_in(project: int, resource: str, images: int, *, published: str = "") -> Facts:
+    """Return the facts of one person's `images` in one project of `resource`."""
+    p = guid(project)
+    ids = tuple(guid(project * 1000 + n) for n in range(images))
+    return Facts(
+        kind="images",
+        project_id=p,
+        project_name=f"faces-{project}",
+        workspace_images=images - 1,
+        iterations=(IterationFacts(guid(project + 50), "Iteration 1", published, images, False),),
+        images=ids,
+        selector="subject",
+        matching="metadata customer=4711",
+        resource=resource,
+    )
+
+
+def test_plan_for_a_subject_numbers_each_projects_batches_on_with_its_resource() -> None:
+    facts = SubjectFacts(
+        matching="metadata customer=4711",
+        projects=(person_in(2, "main", 300, published="prod"), person_in(3, "dev", 2)),
+        resources=("main", "dev"),
+        projects_searched=5,
+        iterations_searched=9,
+    )
+    items = plan_for(facts)
+    assert [i.seq for i in items] == list(range(1, 303))
+    batches = Counter((i.batch, i.resource, i.project_id) for i in items)
+    assert batches == {(1, "main", guid(2)): 256, (2, "main", guid(2)): 44, (3, "dev", guid(3)): 2}
+    assert {i.kind for i in items} == {"image"} and {i.parent_id for i in items} == {None}
+    assert subject_summary(facts) == (
+        "Deletes 302 images matching metadata customer=4711 everywhere, in 2 projects on 2"
+        " resources (main and dev): 300 in the workspaces, and from 2 trained iteration"
+        ' snapshots. Published iterations involved: "prod".'
+    )
+    # One more image of the person in the second project is new; one gone meanwhile is not.
+    grown = replace(
+        facts,
+        projects=(
+            replace(facts.projects[0], images=facts.projects[0].images[1:]),
+            replace(facts.projects[1], images=(*facts.projects[1].images, guid(9999))),
+        ),
+    )
+    assert changes_since(items, {}, grown) == {"image": 1}
+
+
+def test_subject_summary_of_one_resource_names_it_only_when_several_were_searched() -> None:
+    one = person_in(2, "dev", 1)
+    facts = SubjectFacts('tag named "x"', (one,), ("main", "dev"), 3, 3)
+    assert subject_summary(facts).startswith(
+        'Deletes 1 image matching tag named "x" everywhere, in 1 project on dev: 0 in the'
+        " workspace, and from 1 trained iteration snapshot."
+    )
+    alone = replace(facts, resources=("dev",))
+    assert "in 1 project: 0 in the workspace" in subject_summary(alone)
 
 
 def test_changes_since_counts_only_what_the_plan_would_now_remove_beyond_the_frozen_one() -> None:
@@ -205,6 +265,11 @@ def test_receipt_summary_counts_each_item_once_by_its_status_and_verdict() -> No
         {"project_id": "p", "kind": "image", "status": status, "verified": verified}
         for status, verified in statuses
     ] + [{"project_id": "q", "kind": "tag", "status": "gone", "verified": "gone"}]
+    across = [{**items[0], "resource": "dev"}, {**items[0], "project_id": "q", "resource": "eu"}]
+    assert [(r["resource"], r["project_id"], r["planned"]) for r in receipt_summary(across)] == [
+        ("dev", "p", 1),
+        ("eu", "q", 1),
+    ]
     assert receipt_summary(items) == [
         {
             "project_id": "p",

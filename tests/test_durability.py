@@ -28,7 +28,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ from emulators.stack import (
     SIGNING_SECRET,
     bot_env,
     populate_slack,
+    resource_key,
+    resources_env,
     start_emulators,
     start_stack,
 )
@@ -995,3 +997,70 @@ def test_durability_deletion_restarted_after_its_receipt_was_queued_posts_one_re
         assert receipts == [f"{rid}-receipt.csv", f"{rid}-receipt.html", f"{rid}-receipt.json"]
     finally:
         stack.close()
+
+
+@pytest.mark.slow
+def test_durability_sigkill_mid_subject_deletion_across_resources_deletes_each_image_once(
+    make_run: Callable[..., Run],
+) -> None:
+    # One person (customer 4711) on two resources: 700 images in a project on main, one of
+    # them only in a published snapshot, and 300 in a project on dev. The bot is killed at
+    # random moments while it deletes; each life resumes the same frozen plan, each call on
+    # the resource of its project.
+    run = make_run(SEED, rng_seed=16_016, faults=Faults(latency=0.01))
+    dev = CustomVisionEmulator(
+        resource_key("dev"), seed=replace(SEED, projects=1, seed=8), faults=Faults(latency=0.01)
+    ).start()
+    try:
+        run.bot.env = resources_env(run.bot.env, run.cv, {"dev": dev})
+        first, second = run.cv.data.project_ids()[0], dev.data.project_ids()[0]
+        person = {"customer": "4711"}
+        mine = run.cv.data.add_images(first, 700, metadata=person)
+        run.cv.data.add_iteration(first, publish_name="faces-prod")
+        run.cv.data.api_delete_images(
+            first, mine[:1], all_images=False, all_iterations=False, delay=lambda *_: 0.0
+        )
+        theirs = dev.data.add_images(second, 300, metadata=person)
+        targeted = {"main": {i.lower() for i in mine}, "dev": {i.lower() for i in theirs}}
+        for cv in (run.cv, dev):
+            hold_back_delete_answers(cv)
+        run.bot.start()
+
+        rid = run.approved_deletion("delete subject --metadata customer=4711 --ticket DSR-16")
+        kill_trials(run, 5, low=0.1, high=0.8)
+        run.wait_for("the deletion to finish and reach Slack", run.settled)
+        assert run.bot.terminate() == 0
+        run.figures["resumed jobs"] = resumed_jobs(run)
+        run.figures["lives"] = run.bot.lives
+
+        record = run.record(rid)
+        assert record.status == "done", record.error
+        items = run.store.deletion_items(record.number)
+        for name, cv in (("main", run.cv), ("dev", dev)):
+            deleted = {k.lower(): n for k, n in cv.deleted_image_counts().items()}
+            assert deleted == dict.fromkeys(targeted[name], 1), name
+            sent: collections.Counter[str] = collections.Counter()
+            for call in cv.calls_to("DeleteImages"):
+                if 200 <= call.status < 300:
+                    sent.update(i.lower() for i in call.query["imageIds"].split(","))
+            assert dict(sent) == dict.fromkeys(targeted[name], 1), f"{name}: sent again"
+            assert {i.target_id for i in items if i.resource == name} == targeted[name]
+        assert {(i.status, i.verified) for i in items} <= {("deleted", "gone"), ("gone", "gone")}
+        assert mine[0].lower() not in run.cv.data.image_ids(
+            first, run.cv.data.iteration_ids(first)[-1]
+        )
+        confirmed: collections.Counter[str] = collections.Counter()
+        for event in audit.events(run.conn, request_id=rid):
+            if event.action in ("api.call", "api.probe") and event.outcome in ("ok", "gone"):
+                confirmed.update(t.lower() for t in event.targets)
+        assert dict(confirmed) == dict.fromkeys(targeted["main"] | targeted["dev"], 1)
+        (receipt,) = receipts_of(run, rid)
+        assert receipt["outcome"] == "done"
+        assert {(i["resource"], i["target_id"]) for i in receipt["items"]} == {
+            (name, i) for name, ids in targeted.items() for i in ids
+        }
+        check_audit_and_nothing_stuck(run, [rid], [])
+    finally:
+        report("SIGKILL mid subject deletion across resources", run)
+        dev.stop()
+    assert run.figures["kills during a delete job"] >= 1

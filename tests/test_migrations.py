@@ -28,6 +28,7 @@ SHIPPED = {
     2: "0b4092f2a18d473c883b2530968575d4e622e66d054961b2e639f7339350e005",
     3: "8da2d66863184a881eb5baea844c3dba1fd75c8746bcc3294acff9b7332a6208",
     4: "7c4bffda88e2871ad115c55c68d65419696340b2c698706c14ac87d040b75e42",
+    5: "73af9768439a42d1726eb56dbf40f7fcfa58c1c3c8f4ad9bce71a6b6a9ecb8fc",
 }
 VERSIONS = list(range(1, len(MIGRATIONS) + 1))
 T0 = "2026-11-27T09:00:00.000000Z"
@@ -138,9 +139,10 @@ def test_migrations_an_older_database_opens_with_everything_it_held(
         )
         assert pending.preview == {"summary": "2 images"}
         assert pending.deadline is None  # stored before the statutory clock: unknown
-        assert [(i.seq, i.target_id, i.status) for i in store.deletion_items(1001)] == [
-            (1, "img-1", ItemStatus.PENDING),
-            (2, "img-2", ItemStatus.PENDING),
+        # Items stored before plans named their resource are on the request's own.
+        assert [(i.seq, i.target_id, i.status, i.resource) for i in store.deletion_items(1001)] == [
+            (1, "img-1", ItemStatus.PENDING, None),
+            (2, "img-2", ItemStatus.PENDING, None),
         ]
         (announcement,) = store.pending_outbox()
         assert (announcement.key, announcement.revision) == ("announce:1001", 0)

@@ -97,7 +97,7 @@ U_ALL = "\n".join(
         "export <kind> ... (kinds: account, projects, project, iterations, iteration, performance,"
         " tags, tag, images, exports, predictions, subject)",
         "delete <kind> ... (kinds: project, iteration, iterations, tag, images, predictions,"
-        " account, exports)",
+        " subject, account, exports)",
         "status [<request-id>] [--all]",
         "cancel <request-id>",
         "retry <request-id>",

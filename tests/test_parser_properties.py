@@ -211,6 +211,19 @@ class Spec:
         return prefix + "".join(w + s for w, s in zip(words, separators, strict=True))
 
 
+def person(spec: Spec) -> Selectors:
+    """Draw one person's selectors (a metadata pair, maybe a resource to search)."""
+    key = spec.draw(st.sampled_from(["customer", "name", "employee_id"]))
+    value = spec.draw(st.sampled_from(["4711", "O'Brien", "Jane Doe", "a=b", "\u00e9t\u00e9"]))
+    spec.flag("metadata", spec.draw(quoted(f"{key}={value}")))
+    resources: tuple[str, ...] = ()
+    if spec.maybe():
+        name = spec.draw(st.sampled_from(["dev", "prod_eu", "Main"]))
+        spec.flag("resource", name)
+        resources = (name.lower(),)
+    return Selectors(((key, value),), resources=resources)
+
+
 def build_export(spec: Spec, kind: ExportKind) -> Export:
     values: dict[str, Any] = {}
     two = {
@@ -222,10 +235,7 @@ def build_export(spec: Spec, kind: ExportKind) -> Export:
     if kind not in (ExportKind.ACCOUNT, ExportKind.PROJECTS, ExportKind.SUBJECT):
         values["project_id"] = spec.guid()
     if kind is ExportKind.SUBJECT:
-        key = spec.draw(st.sampled_from(["customer", "name", "employee_id"]))
-        value = spec.draw(st.sampled_from(["4711", "O'Brien", "Jane Doe", "a=b", "\u00e9t\u00e9"]))
-        spec.flag("metadata", spec.draw(quoted(f"{key}={value}")))
-        values["selectors"] = Selectors(((key, value),))
+        values["selectors"] = person(spec)
     if kind in two:
         values[two[kind]] = spec.guid()
     if kind is ExportKind.PROJECT and spec.maybe():
@@ -266,7 +276,9 @@ def build_export(spec: Spec, kind: ExportKind) -> Export:
 
 def build_delete(spec: Spec, kind: DeleteKind) -> Delete:
     values: dict[str, Any] = {}
-    if kind is not DeleteKind.ACCOUNT:
+    if kind is DeleteKind.SUBJECT:
+        values["selectors"] = person(spec)
+    elif kind is not DeleteKind.ACCOUNT:
         values["project_id"] = spec.guid()
     if kind in (DeleteKind.ITERATION, DeleteKind.EXPORTS):
         values["iteration_id"] = spec.guid()

@@ -31,6 +31,7 @@ class Plan(StoreBase):
                 "parent_id": i.parent_id,
                 "batch": i.batch,
                 "status": str(ItemStatus.PENDING),
+                "resource": i.resource,
             }
             for i in items
         )

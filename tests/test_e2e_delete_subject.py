@@ -1,0 +1,261 @@
+"""End to end over signed HTTP: `/cv delete subject` erases one person's images from every
+project of two Custom Vision resources (`main` and `dev`, each its own emulator with its own
+key and record of calls): one preview, one approval, a plan frozen per project, DeleteImages
+with allIterations=true on each project's own resource, verification everywhere, one receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from bot import audit
+from emulators.stack import APPROVER, CHANNEL, GROUP_APPROVER, REQUESTER, Stack
+from tests.conftest import SMALL, StartStack, click_answer
+from tests.test_e2e_find import DEV, Person, all_calls, calls_to, seed_person
+
+REQUEST = "delete subject --metadata customer=4711 --ticket DSR-4711 --reason 'Art. 17'"
+
+
+@pytest.fixture
+def stack(stacks: StartStack) -> Stack:
+    return stacks(seed=SMALL, more_resources={"dev": DEV})
+
+
+def answer_to(stack: Stack, text: str) -> str:
+    """Type `text` as the requester; return the bot's answer, inline or (after a holding
+    answer) through the response_url."""
+    shown = len(stack.slack.ephemerals(user_id=REQUESTER.user_id))
+    response = stack.command(REQUESTER, text)
+    assert response.status_code == 200
+    assert response.json()["response_type"] == "ephemeral"
+
+    def answers() -> list[str]:
+        fresh = stack.slack.ephemerals(user_id=REQUESTER.user_id)[shown:]
+        return [e.text for e in fresh if "Working on it" not in e.text]
+
+    assert stack.slack.wait_for(lambda: bool(answers()), timeout=30), text
+    return answers()[0]
+
+
+def subject_pending(stack: Stack, text: str = REQUEST) -> str:
+    """Request a subject deletion; wait until it awaits approval with its announcement
+    posted; return its request id."""
+    answer = answer_to(stack, text)
+    rid = next((w for w in answer.replace(":", " ").split() if w.startswith("R-")), None)
+    assert rid is not None, answer
+    assert stack.wait_status(rid, "pending", "failed") == "pending", stack.bot.store.get(rid).error
+    stack.wait_delivered()
+    return rid
+
+
+def receipt(stack: Stack, rid: str) -> dict[str, Any]:
+    stack.wait_delivered()
+    files = [
+        f
+        for f in stack.slack.files(CHANNEL)
+        if f.name.startswith(rid) and f.name.endswith("receipt.json")
+    ]
+    assert len(files) == 1, [f.name for f in stack.slack.files(CHANNEL)]
+    data = json.loads(files[0].data)
+    assert isinstance(data, dict)
+    return data
+
+
+def thread(stack: Stack, rid: str) -> str:
+    """Return the texts posted in the request's thread, as one string."""
+    ts = stack.bot.store.get(rid).message_ts
+    return json.dumps([m.text for m in stack.slack.messages(CHANNEL, ts)])
+
+
+def dev_images(stack: Stack) -> set[str]:
+    """Return the workspace images of the project on dev (the person's second project)."""
+    data = stack.cvs["dev"].data
+    return set(data.image_ids(data.project_ids()[0]))
+
+
+def seeded(stack: Stack) -> tuple[Person, set[str]]:
+    """Seed the person (`seed_person`); return where, and their 2 images on dev."""
+    before = dev_images(stack)
+    person = seed_person(stack)
+    return person, dev_images(stack) - before
+
+
+def test_e2e_delete_subject_across_two_resources_one_preview_one_approval_one_receipt(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=SMALL, more_resources={"dev": DEV}, env={"BOT_REQUIRED_APPROVALS": "2"})
+    person, theirs = seeded(stack)
+    main, dev = stack.cvs["main"], stack.cvs["dev"]
+    others = set(main.data.image_ids(person.first)) - set(person.mine)
+    rid = subject_pending(stack)
+
+    shown = json.dumps(stack.announcement(rid).blocks)
+    assert (
+        "Deletes 5 images matching metadata customer=4711 everywhere, in 2 projects on 2"
+        " resources (main and dev): 4 in the workspaces, and from 1 trained iteration snapshot."
+    ) in shown, shown
+    assert f"({person.first}) on main: 3 images (2 in the workspace)" in shown, shown
+    assert f"({person.second}) on dev: 2 images (2 in the workspace)" in shown, shown
+    assert "published as faces-prod" in shown
+    assert "Workspace images removed: 4" in shown
+    assert "Images to delete (workspace and every iteration): 5" in shown
+    assert person.gone not in shown, "the preview counts; it never lists an image"
+
+    # The approval rules are the deletion flow's: the requester cannot approve, the same
+    # approver twice counts once, nothing runs before the last approval.
+    assert "cannot approve your own request" in click_answer(stack, REQUESTER, rid, "approve")
+    assert "1 more approval needed" in click_answer(stack, GROUP_APPROVER, rid, "approve")
+    assert "already approved" in click_answer(stack, GROUP_APPROVER, rid, "approve")
+    assert stack.status(rid) == "pending"
+    assert not calls_to(stack, "DeleteImages")
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+
+    assert main.deleted_image_counts() == dict.fromkeys(person.mine, 1)
+    assert dev.deleted_image_counts() == dict.fromkeys(theirs, 1)
+    for cv in (main, dev):
+        deletes = cv.calls_to("DeleteImages")
+        assert deletes and all(c.query.get("allIterations") == "true" for c in deletes)
+    assert {c.path.split("/")[-2] for c in main.calls_to("DeleteImages")} == {person.first}
+    assert {c.path.split("/")[-2] for c in dev.calls_to("DeleteImages")} == {person.second}
+    # The image only the snapshot still held is gone from it too; everyone else's stay.
+    assert person.gone not in main.data.image_ids(person.first, person.iteration)
+    assert set(main.data.image_ids(person.first)) == others
+    assert not dev_images(stack) & theirs and len(dev_images(stack)) == 10
+
+    data = receipt(stack, rid)
+    assert data["outcome"] == "done"
+    assert data["approvers"] == [GROUP_APPROVER.user_id, APPROVER.user_id]
+    rows = {(i["resource"], i["project_id"], i["target_id"]) for i in data["items"]}
+    assert rows == {("main", person.first, i) for i in person.mine} | {
+        ("dev", person.second, i) for i in theirs
+    }
+    assert {i["verified"] for i in data["items"]} == {"gone"}
+    summary = [
+        (r["resource"], r["project_id"], r["planned"], r["removed"]) for r in data["summary"]
+    ]
+    assert summary == [("main", person.first, 3, 3), ("dev", person.second, 2, 2)]
+    hosts = data["endpoint_host"]
+    assert main.endpoint.split("//")[1] in hosts and dev.endpoint.split("//")[1] in hosts
+    texts = thread(stack, rid)
+    assert "5 images deleted and verified gone" in texts, texts
+    events = [e.action for e in audit.events(stack.bot.db.conn, request_id=rid)]
+    assert events.count("request.completed") == 1
+    assert audit.verify(stack.bot.db.conn).ok
+
+
+def test_e2e_delete_subject_quotes_a_value_with_a_quote_on_the_delete_path(stack: Stack) -> None:
+    person = seed_person(stack)
+    (darcy,) = stack.cvs["dev"].data.add_images(person.second, 1, metadata={"name": "D'Arcy"})
+    rid = subject_pending(stack, 'delete subject --metadata "name=D\'Arcy" --ticket T-1')
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+    assert stack.cvs["dev"].deleted_image_counts() == {darcy: 1}
+    assert stack.cv.deleted_image_counts() == {}
+    searches = calls_to(stack, "GetImageCount") + calls_to(stack, "GetImages")
+    filters = {c.query.get("$filter") for c in searches if "$filter" in c.query}
+    assert filters == {"name eq 'D''Arcy'"}
+    assert all(c.status == 200 for c in searches)
+
+
+def test_e2e_delete_subject_new_match_before_the_first_call_means_a_new_plan(
+    stack: Stack,
+) -> None:
+    person = seed_person(stack)
+    rid = subject_pending(stack)
+    assert stack.bot.store.get(rid).preview["images_targeted"] == 5
+    # Between preview and approval, one more image of the person arrives on the second
+    # resource: the approved plan no longer covers everything that would be deleted.
+    (late,) = stack.cvs["dev"].data.add_images(person.second, 1, metadata={"customer": "4711"})
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "pending", "done", "failed") == "pending"
+    stack.wait_delivered()
+    record = stack.bot.store.get(rid)
+    assert record.approvals == ()
+    assert record.preview["images_targeted"] == 6
+    assert not calls_to(stack, "DeleteImages"), "nothing is deleted on a plan that grew"
+    texts = thread(stack, rid)
+    assert "the contents changed since the preview (1 new image)" in texts, texts
+    assert "Nothing was deleted." in texts
+    assert "plan.changed" in [e.action for e in audit.events(stack.bot.db.conn, request_id=rid)]
+
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed") == "done", stack.bot.store.get(rid).error
+    assert stack.cvs["dev"].deleted_image_counts()[late] == 1
+    assert sum(stack.cv.deleted_image_counts().values()) == 3
+
+
+def test_e2e_delete_subject_fault_on_one_resource_then_retry_finishes_once(stack: Stack) -> None:
+    person, theirs = seeded(stack)
+    rid = subject_pending(stack)
+    stack.cvs["dev"].faults.fail_after["DeleteImages"] = 0  # dev refuses every DeleteImages
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "failed", "done", timeout=60) == "failed"
+    partial = receipt(stack, rid)
+    by_resource: dict[str, set[str]] = {}
+    for item in partial["items"]:
+        by_resource.setdefault(item["resource"], set()).add(item["status"])
+    assert by_resource == {"main": {"deleted"}, "dev": {"failed"}}, by_resource
+    assert stack.cv.deleted_image_counts() == dict.fromkeys(person.mine, 1)
+
+    stack.cvs["dev"].faults.fail_after.clear()
+    stack.command(APPROVER, f"retry {rid}")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    assert stack.cv.deleted_image_counts() == dict.fromkeys(person.mine, 1), "not sent again"
+    assert stack.cvs["dev"].deleted_image_counts() == dict.fromkeys(theirs, 1)
+
+
+def test_e2e_delete_subject_status_received_date_and_cancel(stack: Stack) -> None:
+    seed_person(stack)
+    today = stack.bot.service.clock.now().date()
+    rid = subject_pending(stack, f"{REQUEST} --received {today.isoformat()}")
+    status = stack.command(REQUESTER, f"status {rid}").json()["text"]
+    assert "pending" in status and "delete subject --metadata customer=4711" in status, status
+    assert stack.bot.store.get(rid).deadline.received == today
+    announcement = stack.announcement(rid).text
+    assert "delete the images of one person: metadata customer=4711" in announcement
+    stack.click(REQUESTER, rid, "cancel")
+    assert stack.wait_status(rid, "cancelled") == "cancelled"
+    assert not calls_to(stack, "DeleteImages")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("delete subject --ticket T", "delete subject needs a selector"),
+        ("delete subject --metadata customer --ticket T", "--metadata needs KEY=VALUE"),
+        ("delete subject --metadata customer=* --ticket T", "would match every image"),
+        ("delete subject --tag-name x --ids 1 --ticket T", "delete subject does not take --ids"),
+        (f"delete subject --metadata k={'v' * 257}", "value of 'k' is too long: 257 characters"),
+        (
+            "delete subject --metadata customer=4711 --resource prod",
+            "There is no Custom Vision resource named 'prod': the configured ones are main and"
+            " dev (CUSTOM_VISION_RESOURCES).",
+        ),
+    ],
+)
+def test_e2e_delete_subject_bad_input_answers_calls_nothing_stores_nothing(
+    stack: Stack, text: str, problem: str
+) -> None:
+    seed_person(stack)
+    before = all_calls(stack)
+    answer = stack.command(REQUESTER, text).json()
+    assert answer["response_type"] == "ephemeral"
+    assert problem in answer["text"], answer["text"]
+    assert "Usage: `/cv delete subject [--metadata KEY=VALUE]..." in answer["text"]
+    time.sleep(0.2)
+    assert all_calls(stack) == before
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+
+
+def test_e2e_help_delete_subject(stack: Stack) -> None:
+    text = stack.command(REQUESTER, "help delete subject").json()["text"]
+    assert text.startswith("/cv delete subject [--metadata KEY=VALUE]... [--tag-name NAME]..."), (
+        text
+    )
+    assert "--resource &lt;name&gt;: search only these Custom Vision resources" in text
+    assert "second person approves" in text
