@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlite_utils
 
 from bot import audit
-from bot.errors import DatabaseBusy
+from bot.errors import DatabaseBusy, DatabaseFull
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,26 @@ def is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and any(
         word in str(exc) for word in ("database is locked", "database is busy")
     )
+
+
+def is_full(exc: BaseException) -> bool:
+    """Return True for SQLITE_FULL: the disk holding the database (or its WAL) is full."""
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+    )
+
+
+def end_transaction(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction `conn` has open, if any.
+
+    After a failed statement or COMMIT the transaction may be gone (SQLite rolls the whole of
+    it back on a full disk or an I/O error, and a ROLLBACK then fails, hiding the cause) or
+    still open (a COMMIT answered SQLITE_BUSY or failing a deferred constraint, and the next
+    BEGIN then fails).
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def begin_immediate(conn: sqlite3.Connection, patience: float = LOCK_PATIENCE) -> None:
@@ -260,7 +280,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        end_transaction(conn)
         raise
     return len(MIGRATIONS)
 
@@ -335,12 +355,16 @@ class Database:
         try:
             conn.execute("CREATE TABLE _cvdsr_write_check (x INTEGER)")
         finally:
-            conn.execute("ROLLBACK")
+            end_transaction(conn)
         return version, audit.verify(conn)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """Yield this thread's connection inside BEGIN IMMEDIATE; commit, or roll back on error."""
+        """Yield this thread's connection inside BEGIN IMMEDIATE; commit, or roll back on error.
+
+        Raises DatabaseBusy (the lock stayed held) and DatabaseFull (no space; rolled back).
+        Whatever fails, the transaction is over when this returns: nothing of it was stored.
+        """
         conn = self.conn
         started = time.monotonic()
         if not self._writer.acquire(timeout=LOCK_PATIENCE):
@@ -349,10 +373,13 @@ class Database:
             begin_immediate(conn, LOCK_PATIENCE - (time.monotonic() - started))
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                end_transaction(conn)
+                if is_full(exc):
+                    log.error("a write to the database failed: %s", exc)
+                    raise DatabaseFull(self.path) from exc
                 raise
-            conn.execute("COMMIT")
             self._commits += 1
             if self._commits % CHECKPOINT_EVERY == 0:
                 self._request_checkpoint()

@@ -8,6 +8,7 @@
     │                             (defined beside the table, in bot.lifecycle)
     ├── SlackLookupError          Slack did not answer a lookup a decision needs, in time
     ├── DatabaseBusy              another process held the database's lock for too long
+    ├── DatabaseFull              the database's disk is full (the write was rolled back)
     ├── WorkDirFull               the work directory's file system is full
     └── TrainingApiError          the Training API failed (bot.training)
         ├── ServiceError          the service answered an error body ({code, message})
@@ -77,6 +78,18 @@ class DatabaseBusy(BotError):
         super().__init__(
             f"The bot's database was locked by another process for {waited:.0f} s; nothing was "
             "changed. Try again in a few minutes."
+        )
+
+
+class DatabaseFull(BotError):
+    """A write to the database failed for lack of space; SQLite rolled it back."""
+
+    def __init__(self, database: Path) -> None:
+        self.free_mb = free_mb(database.parent)
+        super().__init__(
+            f"The bot's database could not be written: the disk holding it is full "
+            f"({self.free_mb} MB free). Nothing was changed. An admin must free space on the "
+            "disk of BOT_DATABASE; then try again."
         )
 
 

@@ -1,9 +1,10 @@
 """The bot keeps running under faults of its own machine: a database locked by another process
-for longer than SQLite's busy timeout, and a full work directory.
+for longer than SQLite's busy timeout, a full work directory and a full database disk.
 
 Each fault is real: a second process holds `BEGIN IMMEDIATE` on the bot's database, and the
-work directory is a small tmpfs filled to the last byte. The bot runs in-process over HTTP
-against both emulators (the `stacks` fixture); `/healthz` is read over HTTP.
+work directory (or the database's folder) is a small tmpfs filled to the last byte. The bot
+runs in-process over HTTP against both emulators (the `stacks` fixture); `/healthz` is read
+over HTTP.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bot import audit, db
 from emulators.customvision import Faults, Seed
 from emulators.faults import fill, locked, mount_small_filesystem
 from emulators.stack import APPROVER, CHANNEL, REQUESTER, Stack
-from tests.conftest import StartStack
+from tests.conftest import StartStack, click_answer
 
 SEED = Seed(projects=2, iterations=2, tags=3, images=40, predictions=6, image_bytes=2048)
 # Longer than SQLite's busy timeout: a single wait for the lock gives up before it is released.
@@ -148,6 +149,50 @@ def test_runtime_healthz_reports_workers_and_the_oldest_queued_job(stacks: Start
     assert answer.status_code == 503
     assert answer.json()["workers"]["live"] == 0
     assert "no live worker" in answer.json()["problem"]
+
+
+# -- a full database disk ------------------------------------------------------------------------
+
+DATABASE_FULL = (
+    "The bot's database could not be written: the disk holding it is full (0 MB free). "
+    "Nothing was changed. An admin must free space on the disk of BOT_DATABASE; then try again."
+)
+
+
+@pytest.fixture
+def small_database_dir(tmp_path: Path) -> Iterator[Path]:
+    """The database folder of the first stack, on a 4 MB tmpfs (mounted before the bot starts,
+    so it is listed before `stacks`: unmounted after the bot closed its database)."""
+    with mount_small_filesystem(tmp_path / "stack-0" / "database", 4) as folder:
+        yield folder
+
+
+def test_runtime_full_database_disk_answers_exactly_stores_nothing_and_recovers(
+    small_database_dir: Path,
+    stacks: StartStack,  # mounted first, unmounted after the bot stops
+) -> None:
+    stack = stacks(seed=SEED, env={"BOT_DATABASE": str(small_database_dir / "cvdsr.db")})
+    rid, _ = pending_deletion(stack, 1)
+    project = stack.cv.data.project_ids()[0]
+    typed = f"export project {project} --no-images"
+    store = stack.bot.store
+    stored = len(store.requests_of(REQUESTER.user_id, open_only=False, limit=None))
+    filler = fill(small_database_dir)
+    # A command and a click whose writes fail: each is told exactly that, nothing is stored.
+    answer = stack.command(REQUESTER, typed)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text"] == DATABASE_FULL
+    assert click_answer(stack, APPROVER, rid, "approve") == DATABASE_FULL
+    assert len(store.requests_of(REQUESTER.user_id, open_only=False, limit=None)) == stored
+    assert store.get(rid).approvals == ()
+    assert health(stack).json()["workers"]["live"] == 2
+    # Room again: the very same command and click go through, and the deletion runs.
+    filler.unlink()
+    export = stack.request_id(stack.command(REQUESTER, typed))
+    assert stack.wait_status(export, "done", "failed", timeout=WAIT) == "done"
+    assert click_answer(stack, APPROVER, rid, "approve").startswith(f"You approved {rid}")
+    assert stack.wait_status(rid, "done", "failed", timeout=WAIT) == "done"
+    assert audit.verify(stack.bot.store.db.conn).ok
 
 
 # -- a full work directory ------------------------------------------------------------------------
