@@ -9,9 +9,10 @@ of a channel), asks one function here, and records a refusal's reason in the aud
 | (export,    | deletions also need BOT_APPROVERS to be configured   | BOT_ALLOWED_CHANNELS;     |
 | delete)     | (`may_request`)                                      | `may_submit_here`, below  |
 | submit here | a request goes only into a channel (not a DM or a    | the bot is a member; a    |
-|             | group DM: no approvers, no audit trail there) that   | personal-data export also |
-|             | the bot is a member of (`in_a_channel`, `bot_is_in`) | needs `may_post_personal_ |
-|             |                                                      | data`                     |
+|             | group DM: no approvers, no audit trail there) that   | personal-data export, and |
+|             | the bot is a member of (`in_a_channel`, `bot_is_in`) | every deletion (for its   |
+|             |                                                      | receipt), also needs      |
+|             |                                                      | `may_post_personal_data`  |
 | approve     | BOT_APPROVERS (user or group), never the requester,  | pending, not expired, the |
 |             | each approver once; an approval counts only while    | whole preview shown       |
 |             | its approver still is one (`approval_counts`)        | (`preview_shown`); starts |
@@ -210,9 +211,12 @@ def bot_is_in(channel: ChannelInfo, *, to_post: str, then: str) -> Decision:
     return Decision(False, f"I am not in this channel, so I cannot post {to_post} here. {then}")
 
 
-def may_submit_here(rules: Rules, channel: ChannelInfo, *, rerun: str, personal: bool) -> Decision:
+def may_submit_here(
+    rules: Rules, channel: ChannelInfo, *, rerun: str, personal: str | None
+) -> Decision:
     """Return whether a request (typed as `rerun`) may be made in `channel`: a channel the bot
-    is in and, for a request whose files hold personal data (`personal`), one they may go to."""
+    is in and, for a request whose files hold personal data (`personal` names them: "This
+    export", "This deletion's receipt"), one they may go to."""
     if not (here := in_a_channel(channel, rerun=rerun)):
         return here
     member = bot_is_in(
@@ -223,8 +227,8 @@ def may_submit_here(rules: Rules, channel: ChannelInfo, *, rerun: str, personal:
     )
     if not member:
         return member
-    if personal:
-        return may_post_personal_data(rules, channel.audience, what="This export")
+    if personal is not None:
+        return may_post_personal_data(rules, channel.audience, what=personal)
     return ALLOW
 
 

@@ -388,11 +388,18 @@ class Service:
         decision = may_request(self.rules, self.actor(user_id), channel_id, deletion=deletion)
         if not decision:
             return decision
+        # A deletion's preview and receipt list the person's image ids, tags and projects:
+        # evidence about a data subject, kept out of the channels a package is kept out of.
+        personal = None
+        if isinstance(command, commands.Delete):
+            personal = "This deletion's receipt"
+        elif command.personal:
+            personal = "This export"
         return may_submit_here(
             self.rules,
             self._conversation(channel_id),
             rerun=f"{self.command} {text.strip()}",
-            personal=isinstance(command, commands.Export) and command.personal,
+            personal=personal,
         )
 
     def _store_request(

@@ -67,6 +67,20 @@ def test_channels_images_refused_in_shared_channels(
     assert stored(stack) == 0
 
 
+def test_channels_deletions_refused_in_shared_channels(stack: Stack) -> None:
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    text = f"delete images {project} --ids {image}"
+    body = stack.command(REQUESTER, text, channel=SHARED).json()
+    assert body["text"].startswith(
+        "This deletion's receipt holds personal data, and this channel is shared with another "
+        "organisation (Slack Connect)"
+    ), body["text"]
+    assert "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true" in body["text"]
+    assert stored(stack) == 0
+    assert stack.slack.messages(SHARED) == []
+
+
 def test_channels_shared_channel_exports_allowed_by_the_setting(stacks: StartStack) -> None:
     stack = conversations(stacks(seed=SEED, env={"BOT_ALLOW_SHARED_CHANNEL_EXPORTS": "true"}))
     project = stack.cv.data.project_ids()[0]

@@ -168,6 +168,41 @@ def test_e2e_public_channel_refuses_personal_data_and_names_the_setting(stack: S
     assert len([n for n in posted if "-export" in n]) == 2, posted
 
 
+def test_e2e_public_channel_refuses_deletions_whose_receipt_holds_personal_data(
+    stack: Stack,
+) -> None:
+    # A deletion's preview and receipt list the person's image ids, tags and projects: a
+    # receipt is evidence about a data subject and goes only where packages may go.
+    data = stack.cv.data
+    project = data.project_ids()[0]
+    images = ",".join(data.image_ids(project)[:2])
+    for text in (f"delete images {project} --ids {images}", f"delete project {project}"):
+        body = stack.command(REQUESTER, text, channel=PUBLIC_CHANNEL).json()
+        assert body == {
+            "response_type": "ephemeral",
+            "text": "This deletion's receipt holds personal data, and this is a public channel. "
+            "Run it in a private channel, or ask an admin to set BOT_ALLOW_PUBLIC_EXPORTS=true.",
+        }
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+    assert stack.slack.messages(PUBLIC_CHANNEL) == []
+
+
+def test_e2e_public_deletion_allowed_by_the_setting_posts_its_receipt_there(
+    stacks: StartStack,
+) -> None:
+    stack = stacks(seed=SEED, env={"BOT_ALLOW_PUBLIC_EXPORTS": "true"})
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    typed = f"delete images {project} --ids {image}"
+    rid = stack.request_id(stack.command(REQUESTER, typed, channel=PUBLIC_CHANNEL))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+    stack.wait_delivered()
+    stack.click(APPROVER, rid, "approve", channel=PUBLIC_CHANNEL)
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    stack.wait_delivered()
+    assert f"{rid}-receipt.json" in [f.name for f in stack.slack.files(PUBLIC_CHANNEL)]
+
+
 def test_e2e_public_exports_allowed_by_the_setting(stacks: StartStack) -> None:
     stack = stacks(seed=SEED, env={"BOT_ALLOW_PUBLIC_EXPORTS": "true"})
     project = stack.cv.data.project_ids()[0]

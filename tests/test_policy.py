@@ -417,7 +417,7 @@ INVITE = (
     [
         (Rules(), PRIVATE, True, ""),
         (Rules(), PUBLIC, False, ""),  # nothing personal: a public channel is fine
-        (Rules(), PUBLIC, True, "this is a public channel"),
+        (Rules(), PUBLIC, True, "This export holds personal data, and this is a public channel"),
         (Rules(allow_public_exports=True), PUBLIC, True, ""),
         (Rules(), SHARED, True, "Slack Connect"),
         (Rules(), GRID, True, "Enterprise Grid"),
@@ -432,7 +432,9 @@ INVITE = (
 def test_policy_submit_here(
     rules: Rules, channel: ChannelInfo, personal: bool, reason_part: str
 ) -> None:
-    decision = may_submit_here(rules, channel, rerun="/cv export images p", personal=personal)
+    decision = may_submit_here(
+        rules, channel, rerun="/cv export images p", personal="This export" if personal else None
+    )
     assert decision.allowed is (not reason_part)
     assert reason_part in decision.reason
     if not personal and reason_part:
