@@ -72,6 +72,9 @@ from tests.harness import store_request, walk
 SERVING = re.compile(r"serving \S+ on http://[0-9.]+:(\d+)/slack/events")
 REQUEST_ID = re.compile(r"\bR-\d+\b")
 RESUMED = "resumed after a restart"
+# A record of the bot's text log starts with its time; the lines of a traceback do not.
+LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+CRASHES = ("crashed:", "a decision failed", "unhandled error", "hit an error; retrying")
 WAIT = 180.0  # generous: waits end as soon as the outcome is there
 SLOW_ANSWER = 0.2  # seconds a DeleteImages answer is held back after the images are deleted
 
@@ -146,6 +149,19 @@ class BotProcess:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def crashes(self) -> list[str]:
+        """Return every record of every life's log that reports a crash, with its traceback."""
+        found: list[str] = []
+        for life in sorted(self.folder.glob("bot-*.log")):
+            record: list[str] = []
+            for line in [*life.read_text(errors="replace").splitlines(), "0000-00-00 00:00:00"]:
+                if LOG_RECORD.match(line):
+                    if record and any(c in record[0] for c in CRASHES):
+                        found.append(f"{life.name}: " + "\n".join(record))
+                    record = []
+                record.append(line)
+        return found
+
 
 # -- one durability run: emulators, the bot, the database --------------------------------------
 
@@ -172,6 +188,9 @@ class Run:
 
     def close(self) -> None:
         self.bot.stop_hard()
+        # Captured output, shown when the test failed: the cause of an "internal error".
+        for crash in self.bot.crashes():
+            print(f"\nthe bot's log reports a crash: {crash}")
         if self._db is not None:
             self._db.close()
         self.cv.stop()
