@@ -52,8 +52,13 @@ def _get(
     raise RuntimeError(f"still throttled after {MAX_ATTEMPTS} attempts")
 
 
-def export_sequentially(endpoint: str, key: str, project_id: str, folder: Path) -> BaselineRun:
-    """List a project's images 50 at a time and download each file in turn; return the run."""
+def export_sequentially(
+    endpoint: str, key: str, project_id: str, folder: Path, *, limit: int | None = None
+) -> BaselineRun:
+    """List a project's images 50 at a time and download each file in turn; return the run.
+
+    `limit`: stop after that many images (one at a time, its time grows with the images).
+    """
     base = f"{endpoint}/customvision/{API_VERSION}/training/projects/{project_id}"
     folder.mkdir(parents=True, exist_ok=True)
     throttled = [0]
@@ -72,15 +77,19 @@ def export_sequentially(endpoint: str, key: str, project_id: str, folder: Path) 
                 )
                 pages += 1
                 found = json.loads(page)
+                if limit is not None:
+                    found = found[: limit - images]
                 for image in found:
                     images += 1
                     data = _get(storage, image["originalImageUri"], throttled)
                     (folder / f"{image['id']}.png").write_bytes(data)
                     downloads += 1
                     size += len(data)
-                if len(found) < PAGE:
+                if len(found) < PAGE or images == limit:
                     break
                 skip += PAGE
+            if images == limit:
+                break
     return BaselineRun(
         seconds=time.perf_counter() - started,
         pages=pages,

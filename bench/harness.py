@@ -103,6 +103,15 @@ def peak_rss_mb(pid: int) -> float:
     raise BenchError(f"no VmHWM for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) a live process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fp:
+        # The fields after the command name (which may hold spaces and parentheses); proc(5)'s
+        # fields 14 and 15 (utime, stime) are the 12th and 13th of them.
+        fields = fp.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def request_id(response: requests.Response) -> str:
     """Return the request id (R-1001) named in a command's acknowledgement; raise BenchError."""
     if response.status_code != 200:
@@ -228,6 +237,10 @@ class BotProcess:
     def peak_rss_mb(self) -> float:
         """Return the bot's peak RSS so far, in MB."""
         return peak_rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time (user + system) the bot has used so far, in seconds."""
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         """Stop the bot (SIGTERM, then SIGKILL after STOP_TIMEOUT) and close its log."""

@@ -48,18 +48,24 @@ def well_formed(result: Result, key: str) -> None:
     assert f"**{result.title}**" in table
 
 
-def test_bench_export_smoke_downloads_every_image_and_runs_the_baseline() -> None:
+def test_bench_export_smoke_downloads_every_image_and_runs_the_bare_fetch_and_baseline() -> None:
     result = export.BENCHMARK.run()
     well_formed(result, "export")
     f = result.figures
-    assert f["images"] == export.SIZES["smoke"].images
-    assert f["downloads"] >= f["images"]
-    assert f["baseline_downloads"] == f["images"]
+    size = export.SIZES["smoke"]
+    assert (f["images"], f["large_images"]) == (size.images, size.large)
+    assert f["baseline_images"] == f["images"]  # under SEQUENTIAL_IMAGES: all of them
     assert f["baseline_pages"] == 2  # one short page of tagged, one of untagged images
-    assert f["api_calls"] >= f["pages"] >= 1
-    assert f["bound_s"] == max(f["api_bound_s"], f["download_bound_s"])
-    assert f["bot_s"] > 0 and f["baseline_s"] > 0
-    assert f["peak_rss_mb"] > 10
+    assert f["baseline_s"] == f["baseline_measured_s"] > 0
+    for p in ("", "large_"):
+        assert f[p + "downloads"] >= f[p + "images"]
+        assert f[p + "api_calls"] >= f[p + "pages"] >= 1
+        assert f[p + "bound_s"] == max(f[p + "api_bound_s"], f[p + "download_bound_s"])
+        assert f[p + "bare_pages"] == f[p + "images"] // 256 + 1
+        assert f[p + "bot_s"] > 0 and f[p + "bare_s"] > 0
+        assert f[p + "bot_over_bare"] == f[p + "bot_s"] / f[p + "bare_s"]
+        assert f[p + "bot_cpu_per_1000"] > 0 and f[p + "bare_cpu_per_1000"] > 0
+        assert f[p + "peak_rss_mb"] > 10
 
 
 def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:

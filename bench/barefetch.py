@@ -1,0 +1,167 @@
+"""The bare parallel fetch: the least an export with files must do, as its own process.
+
+I/O module. `python -m bench.barefetch ENDPOINT PROJECT_ID --threads N` (the training key in
+CUSTOM_VISION_TRAINING_KEY) lists a project's workspace with GetImages, 256 images a page,
+oldest first, at most `--tps` calls a second (a 429 waits for its Retry-After), and hands each
+original-image link to a pool of N threads as soon as its page arrives; the listing runs ahead
+of the downloads. Each download is read and dropped: nothing is written, hashed or checkpointed.
+One HTTP connection per thread (the session's pool holds N). It prints one JSON object:
+seconds (first call to last byte), pages, downloads, bytes, throttled, cpu_s (user + system).
+
+It runs in a child process (`fetch`), as the bot does, so neither competes for the bench
+process's interpreter lock with the emulator that serves them both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from bench.harness import BenchError, child_env
+from bot.training import API_VERSION
+
+PAGE = 256
+TIMEOUT = 30.0
+MAX_ATTEMPTS = 10  # per request, so a run always ends
+KEY_VARIABLE = "CUSTOM_VISION_TRAINING_KEY"
+
+
+@dataclass(frozen=True)
+class BareRun:
+    """What the bare fetch did and how long it took."""
+
+    seconds: float
+    pages: int
+    downloads: int
+    bytes: int
+    throttled: int
+    cpu_s: float
+
+
+class _Gate:
+    """Call starts at most `tps` a second, spaced 5% wider, as the bot's limiter does (a
+    sliding window counts a call that the network delayed into the next second)."""
+
+    def __init__(self, tps: float) -> None:
+        self._gap = 1.05 / tps
+        self._next = 0.0
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if self._next > now:
+            time.sleep(self._next - now)
+        self._next = max(now, self._next) + self._gap
+
+
+def _get(session: requests.Session, url: str, throttled: list[int], **kwargs: object) -> bytes:
+    for _attempt in range(MAX_ATTEMPTS):
+        response = session.get(url, timeout=TIMEOUT, **kwargs)  # type: ignore[arg-type]
+        if response.status_code == 429:
+            with _LOCK:
+                throttled[0] += 1
+            time.sleep(float(response.headers.get("Retry-After") or 1))
+            continue
+        response.raise_for_status()
+        return response.content
+    raise RuntimeError(f"still throttled after {MAX_ATTEMPTS} attempts")
+
+
+def _size(session: requests.Session, url: str, throttled: list[int]) -> int:
+    return len(_get(session, url, throttled))
+
+
+_LOCK = threading.Lock()
+
+
+def fetch_all(endpoint: str, key: str, project_id: str, *, threads: int, tps: float) -> BareRun:
+    """List the workspace's images page by page and download every original; return the run."""
+    url = f"{endpoint}/customvision/{API_VERSION}/training/projects/{project_id}/images"
+    gate = _Gate(tps)
+    throttled = [0]
+    pages = 0
+    sizes: list[int] = []
+    cpu = time.process_time()
+    started = time.perf_counter()
+    with requests.Session() as session, ThreadPoolExecutor(threads) as pool:
+        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=threads))
+        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=threads))
+        headers = {"Training-Key": key, "Accept": "application/json"}
+        futures: list[Future[int]] = []
+        skip = 0
+        while True:
+            gate.wait()
+            params = {"take": str(PAGE), "skip": str(skip), "orderBy": "Oldest"}
+            page = json.loads(_get(session, url, throttled, params=params, headers=headers))
+            pages += 1
+            for image in page:
+                futures.append(pool.submit(_size, session, image["originalImageUri"], throttled))
+            if len(page) < PAGE:
+                break
+            skip += PAGE
+        sizes = [f.result() for f in futures]
+    return BareRun(
+        seconds=time.perf_counter() - started,
+        pages=pages,
+        downloads=len(sizes),
+        bytes=sum(sizes),
+        throttled=throttled[0],
+        cpu_s=time.process_time() - cpu,
+    )
+
+
+def fetch(endpoint: str, key: str, project_id: str, *, threads: int, tps: float) -> BareRun:
+    """Run the bare fetch in a child process; return its run (raise BenchError)."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.barefetch",
+        endpoint,
+        project_id,
+        f"--threads={threads}",
+        f"--tps={tps:g}",
+    ]
+    done = subprocess.run(
+        command,
+        env=child_env({KEY_VARIABLE: key}),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"the bare fetch failed:\n{done.stderr[-3000:]}")
+    return BareRun(**json.loads(done.stdout))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bare fetch in this process and print its figures as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.barefetch", description=__doc__)
+    parser.add_argument("endpoint")
+    parser.add_argument("project_id")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--tps", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    run = fetch_all(
+        args.endpoint.rstrip("/"),
+        os.environ[KEY_VARIABLE],
+        args.project_id,
+        threads=args.threads,
+        tps=args.tps,
+    )
+    print(json.dumps(run.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
