@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot import audit
+from emulators.customvision import Seed
 from emulators.stack import APPROVER, CHANNEL, GROUP_APPROVER, REQUESTER, Stack
 from tests.conftest import SMALL, StartStack, click_answer
 from tests.test_e2e_find import DEV, Person, all_calls, calls_to, seed_person
@@ -250,6 +251,42 @@ def test_e2e_delete_subject_bad_input_answers_calls_nothing_stores_nothing(
     time.sleep(0.2)
     assert all_calls(stack) == before
     assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+
+
+def test_e2e_delete_subject_long_preview_keeps_totals_and_warnings_and_goes_to_a_file(
+    stacks: StartStack,
+) -> None:
+    many = Seed(projects=30, iterations=0, tags=1, images=3, predictions=0, image_bytes=64)
+    stack = stacks(seed=many, more_resources={"dev": DEV})
+    data = stack.cv.data
+    projects = data.project_ids()
+    for n, project in enumerate(projects):
+        data.add_images(project, 1, metadata={"customer": "4711"})
+        data.add_iteration(project, publish_name=f"prod-{n}")
+    missing = "0b0b0b0b-0000-4000-8000-000000000000"
+    scope = " ".join(f"--project {p}" for p in [*projects, missing])
+    rid = subject_pending(stack, f"delete subject --metadata customer=4711 {scope} --ticket T")
+
+    message = stack.announcement(rid)
+    shown = "\n".join(str(block.get("text", {}).get("text", "")) for block in message.blocks)
+    assert shown.startswith("Deletes 30 images matching metadata customer=4711"), shown
+    for line in (
+        "Workspace images removed: 30",
+        "Images to delete (workspace and every iteration): 30",
+        "Searched: 30 projects and 30 trained iterations on main and dev",
+        "Projects: 30",
+        "Iterations: 30 (30 published:",
+        "Not found on any resource searched (not searched): 1 project",
+        f"{rid}-preview.txt",
+    ):
+        assert line in shown, (line, shown)
+    (file,) = [f for f in stack.slack.files(CHANNEL) if f.name == f"{rid}-preview.txt"]
+    full = file.data.decode("utf-8")
+    assert all(f"({p}) on main: 1 image (1 in the workspace)" in full for p in projects)
+    assert full.count("published as prod-") == 30
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    assert sum(stack.cv.deleted_image_counts().values()) == 30
 
 
 def test_e2e_help_delete_subject(stack: Stack) -> None:
