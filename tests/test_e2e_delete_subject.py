@@ -269,7 +269,7 @@ def test_e2e_delete_subject_long_preview_keeps_totals_and_warnings_and_goes_to_a
 
     message = stack.announcement(rid)
     shown = "\n".join(str(block.get("text", {}).get("text", "")) for block in message.blocks)
-    assert shown.startswith("Deletes 30 images matching metadata customer=4711"), shown
+    assert "\nDeletes 30 images matching metadata customer=4711 in projects" in shown, shown
     for line in (
         "Workspace images removed: 30",
         "Images to delete (workspace and every iteration): 30",
