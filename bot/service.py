@@ -365,10 +365,58 @@ class Service:
             # resource found now; a request on the only resource is stored as before.
             if command.resource is not None or len(self.resources) > 1:
                 command = replace(command, resource=located.lower())
+        if isinstance(command, commands.Delete) and command.selectors is not None:
+            unmatched = self._search_before_storing(user_id, command)
+            if unmatched is not None:
+                return unmatched
         number, deadline = self._store_request(user_id, channel_id, text, command, received)
         self.wake()
         submitted = _submitted(format_request_id(number), command)
         return Reply(f"{submitted}\nDeadline: {deadline.describe(today)}")
+
+    def _search_before_storing(self, user_id: str, command: commands.Delete) -> Reply | None:
+        """Count the person's images in the deletion's scope (`find`'s search: every project
+        searched, or the one project of `delete images`, on its resource); return the answer
+        when nothing matches or the search could not finish, so nothing is stored; None when
+        some image matches and the request may be stored.
+
+        This runs in the decision (handlers.decider): Slack has its answer within 3 s (this
+        one, or a holding answer and this one through the response_url). The search is
+        audited as `find` is.
+        """
+        selectors = command.selectors
+        assert selectors is not None
+        clients: Mapping[str, Any] = self.resources
+        if command.project_id is not None:
+            name = self.resources.name_of(command.resource)
+            clients = {name: self.resources[name]}
+            selectors = replace(selectors, project_ids=(command.project_id,))
+        result = subject.find(clients, selectors)
+        complete = subject.complete(result)
+        with self.store.write() as conn:
+            self.store.audit(
+                conn,
+                user_id,
+                "find",
+                targets=tuple(p.place.project_id for p in result.projects if p.matched),
+                outcome="ok" if complete else "incomplete",
+                details={
+                    "selector": selectors.describe(),
+                    "projects": len(result.projects),
+                    "workspace_images": subject.workspace_images(result),
+                    "for": f"delete {command.kind.value}",
+                },
+            )
+        if not complete:
+            return Reply(
+                "\n".join(subject.problems(result))
+                + "\nNothing was stored: no deletion is planned from a partial search. Type the"
+                " same command again once Custom Vision answers."
+            )
+        if any(p.matched for p in result.projects):
+            return None
+        searched = list(clients) if len(self.resources) > 1 else []
+        return Reply(subject.describe_no_match(result, searched))
 
     def _unknown_resource(self, selectors: commands.Selectors, form: str) -> Reply | None:
         """Return the refusal of a search naming a resource that is not configured (bad

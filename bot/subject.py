@@ -251,6 +251,36 @@ def _set_line(image_set: ImageSet) -> str:
     return text
 
 
+def problems(result: FindResult) -> list[str]:
+    """Return one line per place or resource that could not be searched, saying why."""
+    resources = {p.place.resource for p in result.projects}
+    lines = [
+        f"Could not search {_place_name(project.place, len(resources))}: {project.problem}"
+        for project in result.projects
+        if project.problem is not None
+    ]
+    for resource, why in result.unreadable_resources:
+        lines.append(f"Could not list the projects of resource {resource}: {why}")
+    return lines
+
+
+def describe_no_match(result: FindResult, searched: Sequence[str]) -> str:
+    """Return the answer to a deletion whose selector matched nothing in the whole scope (the
+    resources `searched`, none when there is only one): nothing is stored for it."""
+    snapshots = sum(len(p.sets) - 1 for p in result.projects)
+    scope = (
+        f"{count(len(result.projects), 'project')} and {count(snapshots, 'trained iteration')}"
+        " searched"
+    )
+    if searched:
+        scope += f" on {join_words(list(searched))}"
+    text = f"No images match {result.selectors.describe()}: {scope}."
+    if result.unknown_projects:
+        ids = join_words(f"`{p}`" for p in result.unknown_projects)
+        text += f" No {plural(len(result.unknown_projects), 'project')} {ids} found."
+    return text + " Nothing was stored."
+
+
 def describe_find(result: FindResult) -> str:
     """Return the answer to `find`: counts per project and image set, nothing personal."""
     selectors = result.selectors
@@ -283,13 +313,7 @@ def describe_find(result: FindResult) -> str:
             lines.append(f"No match in {others}.")
     else:
         lines.append(f"No images match: {scope}.")
-    for project in result.projects:
-        if project.problem is not None:
-            lines.append(
-                f"Could not search {_place_name(project.place, len(resources))}: {project.problem}"
-            )
-    for resource, why in result.unreadable_resources:
-        lines.append(f"Could not list the projects of resource {resource}: {why}")
+    lines += problems(result)
     if result.unknown_projects:
         ids = join_words(f"`{p}`" for p in result.unknown_projects)
         lines.append(f"No {plural(len(result.unknown_projects), 'project')} {ids} found.")

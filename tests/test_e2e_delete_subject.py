@@ -224,6 +224,58 @@ def test_e2e_delete_subject_status_received_date_and_cancel(stack: Stack) -> Non
     assert not calls_to(stack, "DeleteImages")
 
 
+def test_e2e_delete_subject_matching_nothing_says_so_and_stores_nothing(stack: Stack) -> None:
+    seed_person(stack)
+    answer = answer_to(stack, "delete subject --metadata customer=9999 --ticket T-1")
+    assert answer == (
+        "No images match metadata customer=9999: 3 projects and 6 trained iterations searched"
+        " on main and dev. Nothing was stored."
+    ), answer
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+    assert not calls_to(stack, "GetImages") and not calls_to(stack, "DeleteImages")
+    (event,) = [e for e in audit.events(stack.bot.db.conn) if e.action == "find"]
+    assert (event.actor, event.outcome, event.request_id) == (REQUESTER.user_id, "ok", None)
+    assert event.details == {
+        "selector": "metadata customer=9999",
+        "projects": 3,
+        "workspace_images": 0,
+        "for": "delete subject",
+    }
+
+
+def test_e2e_delete_images_of_one_project_matching_nothing_stores_nothing(stack: Stack) -> None:
+    person = seed_person(stack)
+    text = f"delete images {person.first} --tag-name nobody --ticket T-2"
+    answer = answer_to(stack, text)
+    assert answer.startswith(
+        f'No images match tag named "nobody" in project {person.first[:8]}…: 1 project and'
+        " 3 trained iterations searched on main. Nothing was stored."
+    ), answer
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+    assert not stack.cvs["dev"].calls_to("GetImageCount"), "only the project's resource"
+
+
+def test_e2e_delete_subject_search_fault_says_what_failed_and_stores_nothing(
+    stack: Stack,
+) -> None:
+    seed_person(stack)
+    stack.cvs["dev"].faults.fail_after["GetImageCount"] = 0  # dev's counts answer 500
+    answer = answer_to(stack, REQUEST)
+    dev_project = stack.cvs["dev"].data.project_ids()[0]
+    assert "Could not search *" in answer and f"({dev_project[:8]}… on dev):" in answer, answer
+    assert answer.endswith(
+        "Nothing was stored: no deletion is planned from a partial search. Type the same"
+        " command again once Custom Vision answers."
+    ), answer
+    assert stack.bot.store.requests_of(REQUESTER.user_id, open_only=False) == []
+    (event,) = [e for e in audit.events(stack.bot.db.conn) if e.action == "find"]
+    assert event.outcome == "incomplete"
+    # Once the resource answers, the same command goes through.
+    stack.cvs["dev"].faults.fail_after.clear()
+    rid = subject_pending(stack)
+    assert stack.bot.store.get(rid).preview["images_targeted"] == 5
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

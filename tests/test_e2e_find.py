@@ -381,15 +381,3 @@ def test_e2e_delete_images_of_one_person_with_four_eyes_and_snapshots(stack: Sta
     assert not stack.cvs["dev"].calls_to("DeleteImages"), "the other resource is untouched"
     left = set(data.image_ids(person.first)) | set(data.image_ids(person.first, person.iteration))
     assert not left & targeted
-
-
-def test_e2e_delete_images_of_nobody_says_nothing_to_delete(stack: Stack) -> None:
-    person = seed_person(stack)
-    rid = stack.request_id(
-        stack.command(REQUESTER, f"delete images {person.first} --tag-name nobody --ticket T")
-    )
-    assert stack.wait_status(rid, "answered", "done", "failed", "pending") != "pending"
-    stack.wait_delivered()
-    texts = json.dumps([m.blocks or m.text for m in stack.slack.messages(CHANNEL)])
-    assert "Nothing to delete" in texts and "no images matching" in texts, texts
-    assert not stack.cv.calls_to("DeleteImages")
