@@ -232,6 +232,9 @@ class Call:
     status: int
     time: float
     key_sent: bool = False
+    # Requests this emulator was serving when this one arrived, itself included: how many
+    # calls a client keeps in flight at once.
+    in_flight: int = 1
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ class _Request:
     query: dict[str, str]
     body: Any
     key: str | None
+    in_flight: int = 1
 
 
 @dataclass
@@ -518,6 +522,7 @@ class CustomVisionEmulator:
         self._deleted_images: collections.Counter[str] = collections.Counter()
         self._deleted_predictions: collections.Counter[str] = collections.Counter()
         self._request_ids = 0
+        self._in_flight = 0
         self.endpoint = ""
 
     def __repr__(self) -> str:
@@ -609,6 +614,7 @@ class CustomVisionEmulator:
             status,
             self.clock(),
             key_sent,
+            request.in_flight,
         )
         with self._lock:
             self.calls.append(call)
@@ -633,6 +639,18 @@ class CustomVisionEmulator:
                     self.hook_errors.append(exc)
 
     def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Answer:
+        with self._lock:
+            self._in_flight += 1
+            in_flight = self._in_flight
+        try:
+            return self._serve_one(method, target, headers, raw, in_flight)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _serve_one(
+        self, method: str, target: str, headers: dict[str, str], raw: bytes, in_flight: int
+    ) -> _Answer:
         parts = urlsplit(target)
         pairs = parse_qs(parts.query, keep_blank_values=True)
         query = {name: values[-1] for name, values in pairs.items()}
@@ -643,7 +661,7 @@ class CustomVisionEmulator:
                 body = json.loads(raw)
             except ValueError:
                 body = raw
-        request = _Request(method, parts.path, {}, query, body, key)
+        request = _Request(method, parts.path, {}, query, body, key, in_flight)
         if parts.path.startswith("/blob/"):
             answer = self._blob(parts.path[len("/blob/") :], query)
             self._record("Blob", request, answer, key is not None)

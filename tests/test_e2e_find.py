@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bot import audit
-from emulators.customvision import Call, Seed
+from bot.subject import SEARCHES_PER_RESOURCE
+from emulators.customvision import Call, Faults, Seed
 from emulators.slack.records import UploadedFile
 from emulators.stack import APPROVER, CHANNEL, REQUESTER, STRANGER, Stack
 from tests.conftest import SMALL, StartStack, click_answer, exported, request_pending
@@ -381,3 +382,15 @@ def test_e2e_delete_images_of_one_person_with_four_eyes_and_snapshots(stack: Sta
     assert not stack.cvs["dev"].calls_to("DeleteImages"), "the other resource is untouched"
     left = set(data.image_ids(person.first)) | set(data.image_ids(person.first, person.iteration))
     assert not left & targeted
+
+
+def test_e2e_find_keeps_a_few_projects_of_one_resource_in_flight(stacks: StartStack) -> None:
+    # Each call takes 200 ms, longer than the 100 ms a 10 calls/s limit allows per call: one
+    # project after another would leave the limit idle, so a few are searched at once.
+    seed = Seed(projects=6, iterations=1, tags=2, images=10, predictions=0, image_bytes=64)
+    stack = stacks(seed=seed, faults=Faults(latency=0.2))
+    answer = find(stack, "find --metadata customer=4711")
+    assert answer.startswith("No images match: 6 projects and 6 trained iterations searched")
+    searched = [c for c in stack.cv.calls if c.operation_id in ("GetIterations", "GetImageCount")]
+    assert len(searched) == 6 * 3
+    assert 1 < max(c.in_flight for c in searched) <= SEARCHES_PER_RESOURCE
