@@ -846,7 +846,19 @@ def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     subject_export = _request_id(ack)
     _wait(t, subject_export, "done")
 
-    t.step(9, "bob verifies the audit log")
+    t.step(9, "alice asks to erase that person's images everywhere; bob approves once")
+    ack = _command(
+        t,
+        REQUESTER,
+        f"delete subject {SUBJECT_SELECTOR} --ticket DSR-2044 "
+        '--reason "Erasure request (Art. 17) of customer 4711"',
+    )
+    subject_delete = _request_id(ack)
+    _wait(t, subject_delete, "pending")
+    _press(t, APPROVER, subject_delete, "approve")
+    _wait(t, subject_delete, "done")
+
+    t.step(10, "bob verifies the audit log")
     _command(t, APPROVER, "audit verify")
     settle(t.stack)
     t.flush()
@@ -855,6 +867,7 @@ def _scripted(t: Transcript, demo: Demo, clock: FakeClock) -> int:
     _expect(verification.ok, verification.summary())
     _expect(t.stack.status(export_id) == "done", f"{export_id} did not finish")
     _expect(t.stack.status(subject_export) == "done", f"{subject_export} did not finish")
+    _expect(t.stack.status(subject_delete) == "done", f"{subject_delete} did not finish")
     mirror = t.stack.slack.messages(AUDIT_CHANNEL)
     t.say()
     t.say(

@@ -72,6 +72,14 @@ def test_sandbox_scripted_session_reads_like_the_channel(
         "alice typed: /cv export subject --metadata customer=4711 --ticket DSR-2043",
         "R-1003 · Export requested by @alice · Done",
         "R-1003 export is ready: 2 projects, 5 images and 5 image files.",
+        "alice typed: /cv delete subject --metadata customer=4711 --ticket DSR-2044",
+        "R-1004 · Deletion requested by @alice · Waiting for approval",
+        "Deletes 5 images matching metadata customer=4711 everywhere, in 2 projects on 2"
+        " resources (main and eu): 4 in the workspaces, and from 1 trained iteration snapshot."
+        ' Published iterations involved: "people-prod".',
+        "bob pressed [Approve] on R-1004",
+        "R-1004 deletion receipt: 5 images deleted and verified gone.",
+        "📎 R-1004-receipt.csv (",
         "bob typed: /cv audit verify",
         "cv-dsr-bot: Audit log intact: ",
         f"saved in {output}/:",
@@ -130,6 +138,10 @@ def test_sandbox_scripted_session_reads_like_the_channel(
     with (output / "R-1002-receipt.csv").open(newline="", encoding="utf-8") as fp:
         rows = list(csv.DictReader(fp))
     assert len(rows) == deleted > 0
+    # The person's erasure: one receipt over both resources, the snapshot-only image too.
+    erased = json.loads((output / "R-1004-receipt.json").read_text(encoding="utf-8"))
+    assert [(r["resource"], r["removed"]) for r in erased["summary"]] == [("main", 3), ("eu", 2)]
+    assert {i["verified"] for i in erased["items"]} == {"gone"}
     receipt = json.loads((output / "R-1002-receipt.json").read_text(encoding="utf-8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no ./data
 
