@@ -1532,7 +1532,7 @@ def write_receipt(
     json_path = ctx.work_dir / f"receipt{suffix}.json"
     csv_path = ctx.work_dir / f"receipt{suffix}.csv"
     html_path = ctx.work_dir / f"receipt{suffix}.html"
-    endpoint = getattr(ctx.settings, "endpoint_host", "") or _endpoints(ctx, items)
+    endpoint = _endpoints(ctx, items)
     document = {
         "request_id": record.id,
         "outcome": outcome,

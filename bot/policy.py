@@ -273,6 +273,14 @@ def preview_shown(shown: str | None, preview: Mapping[str, Any] | None) -> bool:
     return preview is not None and shown == preview_digest(preview)
 
 
+def whole_preview_posted(*, file_needed: bool, file_status: str | None) -> bool:
+    """Return whether a deletion's whole preview is in front of its approvers, so that its
+    Approve button may show (and, once it did, `preview_shown` holds): the preview fits its
+    message (`file_needed` False), or its full-preview file's delivery (`file_status`) was
+    confirmed by Slack ("sent")."""
+    return not file_needed or file_status == "sent"
+
+
 def may_approve(
     rules: Rules,
     actor: Actor,

@@ -294,7 +294,6 @@ class Settings:
 
     max_file_bytes: int = 1000 * 1024 * 1024
     download_concurrency: int = 16
-    endpoint_host: str = ""  # tests only; the bot names the host of the request's own client
     approval_ttl: timedelta = timedelta(hours=24)
     command: str = "/cv"
 

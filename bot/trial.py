@@ -314,7 +314,7 @@ class Trial:
             },
             clock=clock,
             work_dir=self.output / "work",
-            settings=Settings(endpoint_host=self.client.endpoint_host),
+            settings=Settings(),
         )
 
         def run(text: str, status: Status, job: JobKind) -> int:

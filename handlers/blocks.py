@@ -17,6 +17,7 @@ from typing import Any
 from bot import parser
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.parser import slack_escape
+from bot.policy import whole_preview_posted
 from bot.wording import count, join_words
 from handlers import limits
 
@@ -104,6 +105,15 @@ class PreviewFile:
     status: str | None
 
 
+def approvable(preview_file: PreviewFile | None) -> bool:
+    """Return whether the Approve button shows beside a preview with this file (None: the
+    preview fits its message); the rule is policy.whole_preview_posted."""
+    return whole_preview_posted(
+        file_needed=preview_file is not None,
+        file_status=preview_file.status if preview_file is not None else None,
+    )
+
+
 def announcement(
     record: RequestRecord, required_approvals: int, preview_file: PreviewFile | None = None
 ) -> tuple[str, list[Block]]:
@@ -149,8 +159,9 @@ def announcement(
     if record.preview:
         blocks.extend(preview_blocks(record.preview, preview_file))
     if record.kind == RequestKind.DELETE:
-        approvable = preview_file is None or preview_file.status == "sent"
-        blocks.extend(_decision_blocks(record, required_approvals, approvable=approvable))
+        blocks.extend(
+            _decision_blocks(record, required_approvals, approvable=approvable(preview_file))
+        )
     if record.progress and record.status in {Status.RUNNING, Status.APPROVED, Status.QUEUED}:
         progress = plain(progress_text(record.progress), limits.MAX_CONTEXT_TEXT)
         blocks.append({"type": "context", "elements": [progress]})

@@ -518,7 +518,7 @@ class Deliverer:
             ts = str(response["ts"])
             with self.store.write() as conn:
                 self.store.update_fields(conn, record.number, message_ts=ts)
-        shown = preview_file is None or preview_file.status == "sent"
+        shown = blocks.approvable(preview_file)
         digest = preview_digest(record.preview)
         if (
             record.status == Status.PENDING

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bot import audit, commands, parser
 from bot.clock import FakeClock
@@ -127,7 +126,7 @@ def job_parts(
             handlers,
             clock=clock,
             work_dir=tmp_path / "work",
-            settings=Settings(endpoint_host=urlsplit(cv.endpoint).netloc, **(settings or {})),
+            settings=Settings(**(settings or {})),
         )
         try:
             yield cv, store, runner, client, clock

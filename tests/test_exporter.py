@@ -110,7 +110,6 @@ class Harness(JobHarness):
         self.runner.settings = Settings(
             max_file_bytes=changes.get("max_file_bytes", current.max_file_bytes),
             download_concurrency=changes.get("download_concurrency", current.download_concurrency),
-            endpoint_host=current.endpoint_host,
         )
 
     def submit(self, text: str, *, run: bool = True) -> RequestRecord:

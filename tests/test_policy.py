@@ -37,6 +37,7 @@ from bot.policy import (
     may_submit_here,
     preview_digest,
     preview_shown,
+    whole_preview_posted,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -557,3 +558,20 @@ def test_policy_extend(actor: Actor, subject: Subject, reason: str) -> None:
 )
 def test_policy_read_report(actor: Actor, allowed: bool) -> None:
     assert may_read_report(RULES, actor).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    ("file_needed", "file_status", "posted"),
+    [
+        (False, None, True),  # the whole preview is in the message
+        (True, None, False),  # its file is not even queued yet
+        (True, "pending", False),
+        (True, "held", False),  # Slack refused it: nobody can read the whole preview
+        (True, "failed", False),
+        (True, "sent", True),  # Slack confirmed the file
+    ],
+)
+def test_policy_approve_shows_only_once_the_whole_preview_is_posted(
+    file_needed: bool, file_status: str | None, posted: bool
+) -> None:
+    assert whole_preview_posted(file_needed=file_needed, file_status=file_status) is posted
