@@ -55,15 +55,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import queue
 import re
 import shutil
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -269,15 +268,6 @@ class DownloadCache:
                 f.write(line)
             self._state[key] = cached
 
-    def copy_into(self, key: str, folder: Path) -> Path:
-        """Return a new name for the cached file in `folder` (a hard link when possible)."""
-        target = folder / f"{uuid.uuid4().hex}.cached"
-        try:
-            os.link(self.path(key), target)
-        except OSError:
-            shutil.copyfile(self.path(key), target)
-        return target
-
 
 # ---------------------------------------------------------------------------------------------
 # Concurrent downloads into the package
@@ -308,7 +298,7 @@ class FileJob:
     renewal: Renewal | None = None
 
 
-FileResult = tuple[str | None, str]  # (package name or None when gone, how it was obtained)
+Fetched = tuple[Cached | None, str]  # (the cached file or None when gone, how it was obtained)
 
 
 def link_expired(exc: ServiceError) -> bool:
@@ -394,10 +384,13 @@ class Links:
 
 
 class Downloads:
-    """Downloads files on a thread pool, at most `window` queued, and adds them to the package.
+    """Downloads files on a thread pool, at most `window` in flight, and adds them to the package.
 
-    Only the job's thread calls submit/wait_for/drain (they collect results and raise the
-    first failure); the pool's threads only download, verify and add.
+    The pool's threads only download (or verify a cached copy) and report each file on a
+    queue. The job's thread, the only caller of submit/wait_for/drain, puts the reported files
+    in the package as it collects them and raises the first failure: one thread writes the
+    zip, so the download threads never wait for it or for each other, and collecting costs
+    one queue read per file whatever the window.
     """
 
     def __init__(
@@ -419,8 +412,10 @@ class Downloads:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"export-{ctx.request.id}")
         self._window = threads * WINDOW_PER_THREAD
         self._links = Links(ctx.client, self._routes)
-        self._pending: dict[Future[FileResult], str] = {}
-        self._futures: dict[str, Future[FileResult]] = {}
+        self._pending: dict[str, FileJob] = {}
+        self._reported: queue.SimpleQueue[tuple[FileJob, Fetched | BaseException]] = (
+            queue.SimpleQueue()
+        )
         self.resolved: dict[str, str | None] = {}
         self.how: dict[str, int] = {}
         self.submitted = 0
@@ -436,49 +431,70 @@ class Downloads:
 
     def submit(self, job: FileJob) -> None:
         """Queue a file (once per key), waiting while the window is full."""
-        if job.key in self.resolved or job.key in self._futures:
+        if job.key in self.resolved or job.key in self._pending:
+            return
+        self.submitted += 1
+        known = self._cache.known(job.key)
+        if known is not None and self._writer.has(job.name(known.ext)):
+            self._settle(job.key, job.name(known.ext), "kept")  # in a part kept from before
             return
         while len(self._pending) >= self._window:
-            self._collect(block=True)
+            self._collect()
         self._links.queued(job)
-        future = self._pool.submit(self._fetch, job)
-        self._pending[future] = job.key
-        self._futures[job.key] = future
-        self.submitted += 1
+        self._pending[job.key] = job
+        self._pool.submit(self._fetch, job)
 
     def wait_for(self, key: str) -> None:
         """Wait until the file of `key` is settled."""
-        while key in self._futures:
-            self._collect(block=True)
+        while key in self._pending:
+            self._collect()
 
     def drain(self) -> None:
         """Wait until every queued file is settled."""
         while self._pending:
-            self._collect(block=True)
+            self._collect()
 
     def close(self) -> None:
         """Drop what is still queued and wait for the downloads in flight."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _collect(self, *, block: bool) -> None:
-        finished, _ = wait(
-            list(self._pending), timeout=None if block else 0, return_when=FIRST_COMPLETED
-        )
+    def _collect(self) -> None:
+        """Wait for a file to be reported, then package every file reported so far."""
+        reported = [self._reported.get()]
+        while True:
+            try:
+                reported.append(self._reported.get_nowait())
+            except queue.Empty:
+                break
+        for job, fetched in reported:
+            del self._pending[job.key]
+            if isinstance(fetched, BaseException):
+                raise fetched  # the first failure stops the export
+            cached, how = fetched
+            name = None
+            if cached is not None:
+                name = job.name(cached.ext)
+                if not self._writer.has(name):
+                    self._writer.add_file(name, self._cache.path(job.key), keep_source=True)
+            self._settle(job.key, name, how)
+
+    def _settle(self, key: str, name: str | None, how: str) -> None:
         before = self.done
-        for future in finished:
-            key = self._pending.pop(future)
-            del self._futures[key]
-            name, how = future.result()  # the first failure stops the export
-            self.resolved[key] = name
-            self.how[how] = self.how.get(how, 0) + 1
+        self.resolved[key] = name
+        self.how[how] = self.how.get(how, 0) + 1
         if self.done // FILES_PER_CHECKPOINT != before // FILES_PER_CHECKPOINT:
             self._on_batch()
 
-    def _fetch(self, job: FileJob) -> FileResult:
+    def _fetch(self, job: FileJob) -> None:
+        """On a pool thread: obtain the file and report it (or the failure) to the job."""
+        fetched: Fetched | BaseException
         try:
-            return self._fetch_once(job)
+            fetched = self._obtain(job)
+        except BaseException as exc:  # reported to the job's thread, which raises it
+            fetched = exc
         finally:
             self._links.settled(job)
+        self._reported.put((job, fetched))
 
     def _download(self, job: FileJob, dest: Path) -> Download | None:
         """Download the file (renewing an expired link once); None when it no longer exists."""
@@ -502,26 +518,20 @@ class Downloads:
         except NotFound:
             return None
 
-    def _fetch_once(self, job: FileJob) -> FileResult:
-        known = self._cache.known(job.key)
-        if known is not None and self._writer.has(job.name(known.ext)):
-            return job.name(known.ext), "kept"  # in a part a previous attempt closed
-        how = "cached"
+    def _obtain(self, job: FileJob) -> Fetched:
+        """Return the file in the cache (verified, or downloaded now) and how it was obtained."""
         cached = self._cache.verified(job.key)
-        if cached is None:
-            how = "downloaded"
-            dest = self._cache.path(job.key)
-            got = self._download(job, dest)
-            if got is None:
-                return None, "missing"
-            with dest.open("rb") as f:
-                head = f.read(16)
-            cached = Cached(file_ext(head, job.uri), got.size, got.sha256)
-            self._cache.record(job.key, cached)
-        name = job.name(cached.ext)
-        if not self._writer.has(name):
-            self._writer.add_file(name, self._cache.copy_into(job.key, self._writer.temp_dir))
-        return name, how
+        if cached is not None:
+            return cached, "cached"
+        dest = self._cache.path(job.key)
+        got = self._download(job, dest)
+        if got is None:
+            return None, "missing"
+        with dest.open("rb") as f:
+            head = f.read(16)
+        cached = Cached(file_ext(head, job.uri), got.size, got.sha256)
+        self._cache.record(job.key, cached)
+        return cached, "downloaded"
 
 
 class Lines:

@@ -47,7 +47,7 @@ it. The blob's address stays; README.txt says so.
 
 Pure: `unsigned`, `safe_name`, `check_arcname`, the path helpers, `part_name`, `plan_entry`,
 `render_manifest`, `render_readme`. I/O: `PackageWriter` and `JsonlWriter`, which touch only
-files under `work_dir` (and delete each `src` they take in).
+files under `work_dir` (and delete each `src` they take in, unless told to keep it).
 """
 
 from __future__ import annotations
@@ -957,10 +957,11 @@ class PackageWriter:
             self._jsonl[name] = writer
         return writer
 
-    def add_file(self, name: str, src: Path) -> FileEntry:
-        """Return the entry of `src` streamed in under `name`; `src` is deleted afterwards."""
+    def add_file(self, name: str, src: Path, *, keep_source: bool = False) -> FileEntry:
+        """Return the entry of `src` streamed in under `name`; `src` is deleted afterwards
+        unless `keep_source` (a download cache keeps its files until the package is done)."""
         name = self._claim(name)
-        return self._add_claimed(name, src)
+        return self._add_claimed(name, src, keep_source=keep_source)
 
     @property
     def finished(self) -> bool:
@@ -1131,7 +1132,7 @@ class PackageWriter:
             if self._jsonl.pop(writer.name, None) is not None:
                 self._release(writer.name)
 
-    def _add_claimed(self, name: str, src: Path) -> FileEntry:
+    def _add_claimed(self, name: str, src: Path, *, keep_source: bool = False) -> FileEntry:
         with self._lock:
             try:
                 self._require_open()
@@ -1147,7 +1148,8 @@ class PackageWriter:
                 except BaseException:
                     self._release(name)
                     raise
-            src.unlink()
+            if not keep_source:
+                src.unlink()
             return entry
 
     def _keep(self, name: str, src: Path) -> None:
