@@ -91,10 +91,17 @@ def build_bot(
     db = Database(config.database)
     store = Store(db, clock, secrets=config.secrets())
     store.audit_channel = config.audit_channel
-    # One client per resource, each with its own rate limiter (10 calls/s is per resource).
+    # One client per resource, each with its own rate limiter (10 calls/s is per resource),
+    # keeping a connection for every thread that may call at once: each worker's job and its
+    # download threads, and a few Slack listeners.
+    connections = config.workers * (config.download_concurrency + 1) + 4
     clients = {
         resource.name: TrainingClient(
-            resource.endpoint, resource.training_key.reveal(), session=session, tps=resource.tps
+            resource.endpoint,
+            resource.training_key.reveal(),
+            session=session,
+            tps=resource.tps,
+            connections=connections,
         )
         for resource in config.resources
     }

@@ -24,6 +24,9 @@ Rate limiting: every attempt (retries too) of a Training API call first takes a 
 RateLimiter shared by every client of the process for the same endpoint (`shared_limiter`).
 Blob downloads of absolute URIs are not Training API calls and are not limited; GetArtifact is.
 
+Connections: a client that makes its own session keeps up to `connections` of them open per
+host, one for each thread that may call at once (the app counts its download threads).
+
 Downloads stream to a temporary file beside the destination in 64 KiB chunks, hashing as they
 go, and are renamed into place only when complete; a body shorter than its Content-Length is
 retried like a dropped connection and, if it persists, raised as MalformedResponse.
@@ -58,6 +61,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from bot import wording
 from bot.errors import (
@@ -445,6 +449,7 @@ class TrainingClient:
         tps: float = 10.0,
         limiter: RateLimiter | None = None,
         timeout: float = 30.0,
+        connections: int = 10,
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -466,8 +471,18 @@ class TrainingClient:
         self.endpoint_host: str = parts.netloc.rpartition("@")[2].lower()
         self._base = f"{self.endpoint}/customvision/{API_VERSION}/training"
         self._key = training_key
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, got {connections!r}")
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        if session is None:
+            session = requests.Session()
+            # One kept-alive connection per host for each thread that may call at once (the
+            # download threads): with fewer, every idle moment drops connections beyond the
+            # pool and the next downloads open them again (a TLS handshake each in Azure).
+            adapter = HTTPAdapter(pool_maxsize=connections)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self._session = session
         self._limiter = limiter if limiter is not None else shared_limiter(self.endpoint, tps)
         self._timeout = float(timeout)
         self._max_attempts = max_attempts

@@ -16,7 +16,8 @@ the service rules live in emulators.cvdata; this module owns the wire:
   signature is storage's 403, a deleted blob storage's 404. With `Faults.vnet` the API shows
   relative paths instead, served by GetArtifact with the key.
 
-Every request is recorded as a `Call`; `hooks` see every exchange in full (tests use one to
+Every request is recorded as a `Call` and every connection accepted is counted
+(`connections`); `hooks` see every exchange in full (tests use one to
 check each response against the spec). Fault randomness comes from a seeded random.Random,
 so a run is reproducible.
 
@@ -372,6 +373,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
             self._open.add(request)
+            self.emulator.connections += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -509,6 +511,7 @@ class CustomVisionEmulator:
         self.clock = clock  # rate-limit window, async deletions, Call.time
         self.data = EmulatorData(seed, clock=clock)
         self.calls: list[Call] = []
+        self.connections = 0  # TCP connections accepted (a client that reuses them opens few)
         self.hooks: list[Hook] = []
         self.hook_errors: list[BaseException] = []
         self._host = host

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from emulators.customvision import Seed
+from emulators.customvision import Faults, Seed
 from emulators.stack import CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack, exported
 
@@ -222,3 +222,23 @@ def test_e2e_work_files_are_removed_once_posted(stack: Stack) -> None:
     assert stack.bot.service.purge_work_files() == [rid] or not folder.exists()
     assert not folder.exists()
     assert [f for f in stack.slack.files(CHANNEL) if f.name.startswith(f"{rid}-export")]
+
+
+def test_e2e_downloads_keep_their_connections_open(stacks: StartStack) -> None:
+    """Every download thread keeps its HTTP connection: an export opens about as many
+    connections as it has threads, however many files it fetches. With a pool smaller than
+    the threads, every moment they idle together (here: each listing page takes 0.3 s) drops
+    the connections beyond the pool, and the next downloads open them again (a TLS handshake
+    each in Azure)."""
+    seed = Seed(projects=1, iterations=1, tags=2, images=400, predictions=0, image_bytes=200)
+    faults = Faults(blob_latency=0.01, latency=0.3)
+    stack = stacks(seed=seed, faults=faults, env={"BOT_DOWNLOAD_CONCURRENCY": "16"})
+    project = stack.cv.data.project_ids()[0]
+    before = stack.cv.connections
+    rid, content = export(stack, f"export images {project}")
+    assert len([n for n in content if n.startswith("images/")]) == 400
+    blobs = [c for c in stack.cv.calls if c.operation_id == "Blob" and c.status == 200]
+    assert len(blobs) == 400
+    # 16 download threads, the job's own calls, and a few from the Slack side.
+    opened = stack.cv.connections - before
+    assert opened <= 16 + 4, (rid, opened)
