@@ -318,6 +318,12 @@ class Service:
         if not decision:
             return self._refused(user_id, "find", decision)
         result = subject.find(self.resources, command.selectors)
+        self._audit_search(user_id, result)
+        return Reply(subject.describe_find(result))
+
+    def _audit_search(self, user_id: str, result: subject.FindResult, purpose: str = "") -> None:
+        """Record a search for one person: who looked, for what, how much was found (counts
+        and the projects holding matches, nothing personal), and for which deletion."""
         with self.store.write() as conn:
             self.store.audit(
                 conn,
@@ -326,12 +332,12 @@ class Service:
                 targets=tuple(p.place.project_id for p in result.projects if p.matched),
                 outcome="ok" if subject.complete(result) else "incomplete",
                 details={
-                    "selector": command.selectors.describe(),
+                    "selector": result.selectors.describe(),
                     "projects": len(result.projects),
                     "workspace_images": subject.workspace_images(result),
+                    **({"for": purpose} if purpose else {}),
                 },
             )
-        return Reply(subject.describe_find(result))
 
     def submit(
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
@@ -392,22 +398,8 @@ class Service:
             clients = {name: self.resources[name]}
             selectors = replace(selectors, project_ids=(command.project_id,))
         result = subject.find(clients, selectors)
-        complete = subject.complete(result)
-        with self.store.write() as conn:
-            self.store.audit(
-                conn,
-                user_id,
-                "find",
-                targets=tuple(p.place.project_id for p in result.projects if p.matched),
-                outcome="ok" if complete else "incomplete",
-                details={
-                    "selector": selectors.describe(),
-                    "projects": len(result.projects),
-                    "workspace_images": subject.workspace_images(result),
-                    "for": f"delete {command.kind.value}",
-                },
-            )
-        if not complete:
+        self._audit_search(user_id, result, f"delete {command.kind.value}")
+        if not subject.complete(result):
             return Reply(
                 "\n".join(subject.problems(result))
                 + "\nNothing was stored: no deletion is planned from a partial search. Type the"

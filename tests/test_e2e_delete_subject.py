@@ -16,7 +16,8 @@ from bot import audit
 from emulators.customvision import Seed
 from emulators.stack import APPROVER, CHANNEL, GROUP_APPROVER, REQUESTER, Stack
 from tests.conftest import SMALL, StartStack, click_answer
-from tests.test_e2e_find import DEV, Person, all_calls, calls_to, seed_person
+from tests.test_e2e_find import DEV, Person, all_calls, answer_to, calls_to, seed_person
+from tests.test_e2e_home import open_home, texts
 
 REQUEST = "delete subject --metadata customer=4711 --ticket DSR-4711 --reason 'Art. 17'"
 
@@ -24,22 +25,6 @@ REQUEST = "delete subject --metadata customer=4711 --ticket DSR-4711 --reason 'A
 @pytest.fixture
 def stack(stacks: StartStack) -> Stack:
     return stacks(seed=SMALL, more_resources={"dev": DEV})
-
-
-def answer_to(stack: Stack, text: str) -> str:
-    """Type `text` as the requester; return the bot's answer, inline or (after a holding
-    answer) through the response_url."""
-    shown = len(stack.slack.ephemerals(user_id=REQUESTER.user_id))
-    response = stack.command(REQUESTER, text)
-    assert response.status_code == 200
-    assert response.json()["response_type"] == "ephemeral"
-
-    def answers() -> list[str]:
-        fresh = stack.slack.ephemerals(user_id=REQUESTER.user_id)[shown:]
-        return [e.text for e in fresh if "Working on it" not in e.text]
-
-    assert stack.slack.wait_for(lambda: bool(answers()), timeout=30), text
-    return answers()[0]
 
 
 def subject_pending(stack: Stack, text: str = REQUEST) -> str:
@@ -210,6 +195,26 @@ def test_e2e_delete_subject_fault_on_one_resource_then_retry_finishes_once(stack
     assert stack.cvs["dev"].deleted_image_counts() == dict.fromkeys(theirs, 1)
 
 
+def test_e2e_delete_subject_preview_from_a_partial_search_fails_and_retry_searches_again(
+    stack: Stack,
+) -> None:
+    seed_person(stack)
+    # dev answers the two counts of the search before storing, then 500 to every count: the
+    # preview's own search cannot cover dev's project.
+    stack.cvs["dev"].faults.fail_after["GetImageCount"] = 2
+    answer = answer_to(stack, REQUEST)
+    rid = next(w for w in answer.replace(":", " ").split() if w.startswith("R-"))
+    assert stack.wait_status(rid, "failed", "pending", timeout=60) == "failed"
+    error = stack.bot.store.get(rid).error or ""
+    assert error.startswith("Could not search every project for metadata customer=4711: project")
+    assert "on dev:" in error and f"`retry {rid}` searches again." in error, error
+    assert not stack.bot.store.deletion_items(stack.bot.store.get(rid).number)
+    stack.cvs["dev"].faults.fail_after.clear()
+    stack.command(REQUESTER, f"retry {rid}")
+    assert stack.wait_status(rid, "pending", "failed", timeout=60) == "pending"
+    assert stack.bot.store.get(rid).preview["images_targeted"] == 5
+
+
 def test_e2e_delete_subject_status_received_date_and_cancel(stack: Stack) -> None:
     seed_person(stack)
     today = stack.bot.service.clock.now().date()
@@ -219,6 +224,9 @@ def test_e2e_delete_subject_status_received_date_and_cancel(stack: Stack) -> Non
     assert stack.bot.store.get(rid).deadline.received == today
     announcement = stack.announcement(rid).text
     assert "delete the images of one person: metadata customer=4711" in announcement
+    # bob's Home tab lists it among the requests waiting for his approval, described alike.
+    home = "\n".join(texts(open_home(stack, APPROVER)))
+    assert f"*{rid}* · delete the images of one person: metadata customer=4711" in home, home
     stack.click(REQUESTER, rid, "cancel")
     assert stack.wait_status(rid, "cancelled") == "cancelled"
     assert not calls_to(stack, "DeleteImages")

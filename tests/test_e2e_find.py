@@ -69,8 +69,8 @@ def seed_person(stack: Stack) -> Person:
     return Person(first, iteration, second, mine[0], tuple(mine))
 
 
-def find(stack: Stack, text: str) -> str:
-    """Type `text` as the requester; return the find's answer (inline, or through the
+def answer_to(stack: Stack, text: str) -> str:
+    """Type `text` as the requester; return the bot's answer (inline, or through the
     response_url after a holding answer), checking that it was private."""
     shown = len(stack.slack.ephemerals(user_id=REQUESTER.user_id))
     response = stack.command(REQUESTER, text)
@@ -79,10 +79,17 @@ def find(stack: Stack, text: str) -> str:
 
     def answers() -> list[str]:
         fresh = stack.slack.ephemerals(user_id=REQUESTER.user_id)[shown:]
-        return [e.text for e in fresh if DONE in e.text or "Usage:" in e.text]
+        return [e.text for e in fresh if not e.text.startswith("Working on it")]
 
     assert stack.slack.wait_for(lambda: bool(answers()), timeout=30), text
     return answers()[0]
+
+
+def find(stack: Stack, text: str) -> str:
+    """Type a find as the requester; return its private answer."""
+    answer = answer_to(stack, text)
+    assert DONE in answer or "Usage:" in answer, answer
+    return answer
 
 
 def test_e2e_find_counts_a_person_across_projects_and_snapshots(stack: Stack) -> None:
