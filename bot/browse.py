@@ -108,9 +108,14 @@ class _Views:
 
     # -- listings -----------------------------------------------------------------------------
 
-    def scopes(self, name: str, key_of: Any, label_of: Any, first_page: int) -> list[_Scope]:
+    def scopes(
+        self, name: str, key_of: Any, label_of: Any, first_page: int, seen: Any = None
+    ) -> list[_Scope]:
+        """Return the runs of lines of one scope in listing `name`; `seen` is shown each line."""
         runs: list[_Scope] = []
         for record in self.lines(name):
+            if seen is not None:
+                seen(record)
             key = key_of(record)
             if runs and runs[-1].key == key:
                 last = runs[-1]
@@ -132,10 +137,12 @@ class _Views:
         what: str,
         key_of: Any,
         card_of: Any,
-        on_record: Any = None,
         label_of: Any = None,
+        runs: list[_Scope] | None = None,
     ) -> list[PageLink]:
-        runs = self.scopes(listing, key_of, label_of or self.scope_label, 1)
+        """Add the pages of `listing`, a card a line; `runs`: its scopes, when already read."""
+        if runs is None:
+            runs = self.scopes(listing, key_of, label_of or self.scope_label, 1)
         if not runs:
             return []
         total = runs[-1].first_page + runs[-1].pages - 1
@@ -156,10 +163,7 @@ class _Views:
 
         def page_cards(count: int) -> Iterator[Card]:
             for _ in range(count):
-                record = next(records)
-                if on_record is not None:
-                    on_record(record)
-                yield card_of(record)
+                yield card_of(next(records))
 
         for run in runs:
             for i in range(run.pages):
@@ -184,8 +188,7 @@ class _Views:
                 )
         return links
 
-    def image_card(self, record: Mapping[str, Any]) -> Card:
-        image = Image.from_dict(record.get("image"))
+    def image_card(self, record: Mapping[str, Any], image: Image) -> Card:
         scope = self.scope_label(record.get("iterationId"))
         facts = [("created", image.created or "")] if image.created else []
         facts += sorted(image.metadata.items())
@@ -233,6 +236,23 @@ class _Views:
                 (x.tag_name or x.tag_id or "?", webpage.percent(x.probability)) for x in ranked
             ),
         )
+
+
+def _scope_of(record: Mapping[str, Any]) -> Any:
+    """Return the scope of an images.jsonl line: its iteration id, None for the workspace."""
+    return record.get("iterationId")
+
+
+def _image_scopes(v: _Views, listing: str) -> tuple[list[_Scope], bool]:
+    """Return the scopes of an images.jsonl and whether any of its images has regions (one
+    pass: each pass over the listing parses every line)."""
+    regions: list[bool] = []
+
+    def seen(record: Mapping[str, Any]) -> None:
+        if not regions and record.get("image", {}).get("regions"):
+            regions.append(True)
+
+    return v.scopes(listing, _scope_of, v.scope_label, 1, seen), bool(regions)
 
 
 def _kind(project: Project, detection: bool) -> str:
@@ -341,9 +361,9 @@ def add_views(
         if not writer.has(listing):
             listing = "images.jsonl" if mine else ""
         if listing and writer.has(listing):
-            has_regions = any(r.get("image", {}).get("regions") for r in v.lines(listing))
+            runs, has_regions = _image_scopes(v, listing)
             detection = _is_detection(project, has_regions)
-            image_pages, files = _images(v, info, project, tags, detection, listing)
+            image_pages, files = _images(v, info, project, tags, detection, listing, runs)
         else:
             detection = _is_detection(project, False)
         if mine and writer.has("predictions.jsonl"):
@@ -413,6 +433,7 @@ def _images(
     tags: Sequence[Tag],
     detection: bool,
     listing: str,
+    runs: list[_Scope],
 ) -> tuple[list[PageLink], list[tuple[str, str]]]:
     """Write the image pages, the COCO file and (classification) labels.csv in one pass.
 
@@ -447,8 +468,13 @@ def _images(
     ):
         labels.write(coco.label_header())
 
-        def add(record: Mapping[str, Any]) -> None:
+        def card(record: Mapping[str, Any]) -> Card:
+            # Each line is parsed once, for its card and for its COCO image and labels row.
             image = Image.from_dict(record.get("image"))
+            add(record, image)
+            return v.image_card(record, image)
+
+        def add(record: Mapping[str, Any], image: Image) -> None:
             key = uuid.UUID(image.id).int  # 128-bit ints: a small set even for 100,000 images
             if key in seen:
                 return  # one COCO image per distinct image: the first scope listing it
@@ -471,14 +497,7 @@ def _images(
             if not detection:
                 labels.write(coco.label_row(file, image.id, [n for _, n in tag_pairs]))
 
-        pages = v.paged(
-            listing,
-            stem,
-            "Images",
-            lambda r: r.get("iterationId"),
-            v.image_card,
-            on_record=add,
-        )
+        pages = v.paged(listing, stem, "Images", _scope_of, card, runs=runs)
     files: list[tuple[str, str]] = []
     convention = (
         "object detection: one annotation per region, bbox in pixels"
