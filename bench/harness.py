@@ -312,6 +312,20 @@ class BotProcess:
             raise BenchError(f"{rid} ended {found[0]}: {error}")
         return found[0]
 
+    def wait_approvable(self, rid: str, *, timeout: float = 30.0) -> None:
+        """Wait until the bot posted the request's preview with its Approve button (before
+        that, the bot refuses an approval: approvers must have seen what they approve)."""
+
+        def posted() -> bool:
+            with self._db() as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM audit_events WHERE request_id = ? AND action = ?",
+                    (rid, "approval.posted"),
+                ).fetchone()
+            return row is not None
+
+        wait_until(posted, timeout=timeout, what=f"the Approve button of {rid}")
+
     def message_ts(self, rid: str, *, timeout: float = 30.0) -> str:
         """Wait until the request's announcement is posted; return its ts."""
         wait_until(

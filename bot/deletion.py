@@ -44,6 +44,15 @@ other; every item carries its project and its `resource`, so each call (and ever
 verification and resumed batch) goes to that project's own resource client (`_client_of`).
 One preview (`subject_preview`: the totals, then per project), one approval, one receipt.
 
+Verification reads in the fewest calls that prove each answer. Images: the workspace by id
+(one GetImagesByIds per 256; its tags and metadata change, so no count there proves an image
+gone), then, for the ids not found there, each remaining snapshot the cheaper way: by id, or,
+when the preview froze the count that matches exactly what the selector picked in that
+snapshot (SnapshotCount: a tag, tag names, untagged, all; not ids or metadata, which can
+change on a snapshot's image), one count, plus a read by id of only the erased images the
+snapshot may hold without matching. A count of zero proves every picked image gone, because a
+snapshot never gains an image or a tag; a count above zero lists what it still finds.
+
 The plan is a promise: before the first call and before every container call (DeleteProject,
 DeleteIteration, DeleteTag remove whatever they hold at that moment) the live contents are read
 again (`collect_facts`) and compared with the frozen plan (`changes_since`). Anything new stops
@@ -61,12 +70,13 @@ carrying the tag.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +92,17 @@ from bot.errors import (
     is_disk_full,
 )
 from bot.lifecycle import DeletionItem, ItemStatus, JobStatus, Status
-from bot.models import Iteration
+from bot.models import Image, Iteration
 from bot.resources import narrowed
 from bot.runner import JobContext, Outcome
-from bot.training import MAX_IMAGE_IDS, MAX_PREDICTION_IDS, TrainingClient, chunks
+from bot.training import (
+    MAX_IMAGE_IDS,
+    MAX_PREDICTION_IDS,
+    MAX_TAG_IDS,
+    ImageKind,
+    TrainingClient,
+    chunks,
+)
 
 DEFAULT_VERIFY_TIMEOUT = 60.0  # seconds to wait for the asynchronous image deletion (202)
 # After that first window, verification goes on for up to this long (the bot's setting
@@ -191,6 +208,24 @@ class TagFacts:
 
 
 @dataclass(frozen=True)
+class SnapshotCount:
+    """How verification proves a selector's images gone from one trained snapshot.
+
+    `kind` and `tag_ids` are the count (GetImageCount with iterationId) that matches exactly
+    what the selector picked there at the preview; `possible` is False when nothing could
+    match there (the tag is not in that snapshot). `others` are the erased images the
+    snapshot may hold without matching (not picked there, uploaded before it was trained):
+    the count cannot see those, so they are read by id.
+    """
+
+    iteration_id: str
+    kind: ImageKind
+    tag_ids: tuple[str, ...]
+    possible: bool
+    others: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Facts:
     """What the live API says about the targets of one deletion request."""
 
@@ -208,6 +243,7 @@ class Facts:
     matching: str = ""  # images of one person (subject): the selectors in words
     tag_name: str = ""  # images --tag: the tag's name (its id when the workspace lacks it)
     resource: str | None = None  # the resource holding the project (delete subject), else None
+    counts: tuple[SnapshotCount, ...] = ()  # images: how verification proves each snapshot
 
     @property
     def images_targeted(self) -> int:
@@ -484,7 +520,79 @@ def preview_of(facts: Facts) -> dict[str, Any]:
             if it.removed and it.publish_name
         ],
         "summary": summary_of(facts),
+        **({"verification": verification_of(facts)} if facts.counts else {}),
     }
+
+
+def verification_of(facts: Facts) -> dict[str, Any]:
+    """Return what verification needs of the preview: the count of each snapshot (SnapshotCount),
+    its `others` as a bitmap over the erased image ids in sorted order (a few KB at 100,000)."""
+    order = sorted(facts.images)
+    return {
+        "images": len(order),
+        "snapshots": [
+            {
+                "iteration_id": c.iteration_id,
+                "kind": c.kind,
+                "tag_ids": list(c.tag_ids),
+                "possible": c.possible,
+                "others": _bitmap(order, c.others),
+            }
+            for c in facts.counts
+        ],
+    }
+
+
+def snapshot_counts(
+    preview: Mapping[str, Any] | None, items: Sequence[DeletionItem]
+) -> dict[str, SnapshotCount]:
+    """Return the preview's SnapshotCount per iteration id for these plan items.
+
+    A preview of several projects (`delete subject`) holds one per project. A project whose
+    preview does not describe exactly its planned images has none: its snapshots are read by
+    id.
+    """
+    preview = preview or {}
+    previews = [preview, *(preview.get("projects") or ())]
+    found: dict[str, SnapshotCount] = {}
+    for one in previews:
+        stored = one.get("verification")
+        if not isinstance(stored, Mapping):
+            continue
+        p = str((one.get("project") or {}).get("id"))
+        order = sorted({i.target_id for i in items if i.kind == "image" and i.project_id == p})
+        if stored.get("images") != len(order):
+            continue
+        counts: dict[str, SnapshotCount] = {}
+        for entry in stored.get("snapshots") or ():
+            others = _members(order, str(entry["others"]))
+            if others is None:
+                counts = {}
+                break
+            counts[str(entry["iteration_id"])] = SnapshotCount(
+                str(entry["iteration_id"]),
+                entry["kind"],
+                tuple(entry["tag_ids"]),
+                bool(entry["possible"]),
+                others,
+            )
+        found.update(counts)
+    return found
+
+
+def _bitmap(order: Sequence[str], members: frozenset[str]) -> str:
+    bits = bytearray((len(order) + 7) // 8)
+    for n, image in enumerate(order):
+        if image in members:
+            bits[n // 8] |= 1 << (n % 8)
+    return base64.b64encode(bytes(bits)).decode("ascii")
+
+
+def _members(order: Sequence[str], text: str) -> frozenset[str] | None:
+    bits = base64.b64decode(text)
+    if len(bits) != (len(order) + 7) // 8:
+        return None
+    return frozenset(image for n, image in enumerate(order) if bits[n // 8] >> (n % 8) & 1)
 
 
 def changes_since(
@@ -714,17 +822,31 @@ def _ids(client: TrainingClient, project_id: str, iteration_id: str | None) -> l
     return [image.id for image in client.iter_images(project_id, iteration_id=iteration_id)]
 
 
+@dataclass(frozen=True)
+class _Query:
+    """The count that matches what a selector picks in one image set (see SnapshotCount)."""
+
+    kind: ImageKind
+    tag_ids: tuple[str, ...] = ()
+    possible: bool = True
+
+
 def _selected(
     client: TrainingClient, command: commands.Delete, p: str, iteration_id: str | None
-) -> list[str]:
-    """Return the ids of the images the selector picks in the workspace or one snapshot."""
+) -> tuple[list[Image], _Query | None]:
+    """Return the images the selector picks in the workspace or one snapshot, and the count
+    that matches exactly those (None: no count can, as for ids or a metadata filter, which
+    someone may change on an image of a snapshot too)."""
+    query: _Query | None = None
     try:
         if command.selector == "tag":
             assert command.tag_id is not None
+            query = _Query("tagged", (command.tag_id,))
             found = client.iter_images(
                 p, kind="tagged", iteration_id=iteration_id, tag_ids=[command.tag_id]
             )
         elif command.selector == "untagged":
+            query = _Query("untagged")
             found = client.iter_images(p, kind="untagged", iteration_id=iteration_id)
         elif command.selector == "ids":
             found = iter(client.get_images_by_ids(p, command.image_ids, iteration_id))
@@ -733,19 +855,69 @@ def _selected(
             tags, possible = subject.matching_tag_ids(
                 client, p, iteration_id, command.selectors.tag_names
             )
+            ids = tuple(tag.id for tag in tags)
+            if not command.selectors.metadata and len(ids) <= MAX_TAG_IDS:
+                query = _Query("all", ids, possible)
             if not possible:
-                return []
+                return [], query
             found = client.iter_images(
                 p,
                 iteration_id=iteration_id,
-                tag_ids=[tag.id for tag in tags],
+                tag_ids=list(ids),
                 where=subject.metadata_filter(command.selectors.metadata),
             )
         else:
+            query = _Query("all")
             found = client.iter_images(p, iteration_id=iteration_id)
-        return [image.id for image in found]
+        return list(found), query
     except NotFound:
-        return []  # e.g. the tag is not in this snapshot
+        # e.g. the tag is not in this snapshot: nothing can match there
+        return [], None if query is None else replace(query, possible=False)
+
+
+def _service_time(text: str | None) -> datetime | None:
+    """Return a time the service wrote (zone-less ones are UTC), None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _trained_by(iteration: Iteration) -> datetime | None:
+    """Return the latest time an image can have joined this iteration's snapshot (None: unknown).
+
+    A trained iteration's snapshot is the workspace as training took it: an image uploaded
+    after training finished cannot be in it (inferred from what a snapshot is; the spec says
+    only that images are read "from the workspace unless iterationId is given").
+    """
+    times = [t for t in map(_service_time, (iteration.created, iteration.trained_at)) if t]
+    return max(times) if times else None
+
+
+def _snapshot_count(
+    iteration: Iteration,
+    query: _Query,
+    picked: Iterable[str],
+    images: Mapping[str, Image],
+) -> SnapshotCount:
+    """Return how verification proves `images` gone from this snapshot (SnapshotCount).
+
+    `picked`: what the selector picked there. A snapshot's images and their tags are fixed at
+    training (no operation adds an image or a tag to one; DeleteImages with allIterations and
+    DeleteIteration only take away), so once the count is zero every picked image is gone.
+    """
+    here = set(picked)
+    bound = _trained_by(iteration) if iteration.is_trained else None
+
+    def may_hold(image: Image) -> bool:
+        uploaded = _service_time(image.created)
+        return bound is None or uploaded is None or uploaded <= bound
+
+    others = frozenset(i for i, im in images.items() if i not in here and may_hold(im))
+    return SnapshotCount(iteration.id, query.kind, query.tag_ids, query.possible, others)
 
 
 def _image_facts(
@@ -758,17 +930,23 @@ def _image_facts(
     """Return the facts of the images `command` picks in project `p` (on `client`'s resource;
     None: the request's own)."""
     client = client or ctx.client
-    workspace = _selected(client, command, p, None)
-    union = dict.fromkeys(workspace)
+    workspace, _ = _selected(client, command, p, None)
+    union = {image.id: image for image in workspace}
     iterations: list[IterationFacts] = []
+    picked: list[tuple[Iteration, _Query | None, list[str]]] = []
     for it in client.get_iterations(p):
         ctx.check()
-        held = _selected(client, command, p, it.id)
-        union.update(dict.fromkeys(held))
+        held, query = _selected(client, command, p, it.id)
+        for image in held:
+            union.setdefault(image.id, image)
+        picked.append((it, query, [image.id for image in held]))
         if held:
             iterations.append(
                 IterationFacts(it.id, it.name, it.publish_name or "", len(held), removed=False)
             )
+    counts: tuple[SnapshotCount, ...] = ()
+    if all(query is not None for _, query, _ in picked):
+        counts = tuple(_snapshot_count(it, query, ids, union) for it, query, ids in picked if query)
     not_found: tuple[str, ...] = ()
     if command.selector == "ids":
         not_found = tuple(i for i in command.image_ids if i not in union)
@@ -790,6 +968,7 @@ def _image_facts(
         selector=command.selector or "all",
         tag_name=tag_name,
         matching="" if command.selectors is None else command.selectors.describe(),
+        counts=counts,
     )
 
 
@@ -1051,6 +1230,8 @@ def _per_project(items: Sequence[DeletionItem]) -> list[list[DeletionItem]]:
 def _present_images(client: TrainingClient, p: str, ids: Sequence[str]) -> set[str]:
     """Return which of `ids` the workspace or any remaining snapshot still holds."""
     present = {image.id for image in client.get_images_by_ids(p, ids)}
+    if len(present) == len(set(ids)):
+        return present  # all in the workspace: no snapshot needs reading
     for it in client.get_iterations(p):
         rest = [i for i in ids if i not in present]
         if not rest:
@@ -1360,8 +1541,16 @@ def _resolve(
 # Verification (I/O)
 
 
-def survivors(client: TrainingClient, items: Sequence[DeletionItem]) -> set[int]:
-    """Return the seq of every item whose target still exists (unpublish: still published)."""
+def survivors(
+    client: TrainingClient,
+    items: Sequence[DeletionItem],
+    counts: Mapping[str, SnapshotCount] | None = None,
+) -> set[int]:
+    """Return the seq of every item whose target still exists (unpublish: still published).
+
+    `counts`: how the preview lets a count prove images gone from each snapshot
+    (snapshot_counts); a snapshot without one is read id by id.
+    """
     if not items:
         return set()
     p = items[0].project_id
@@ -1374,12 +1563,16 @@ def survivors(client: TrainingClient, items: Sequence[DeletionItem]) -> set[int]
     images = [i for i in items if i.kind == "image"]
     if images:
         ids = [i.target_id for i in images]
+        # The workspace by id: its tags and metadata change, so no count there proves anything.
         present = {im.id for im in client.get_images_by_ids(p, ids)}
         for iteration_id in listed:
+            rest = [i for i in ids if i not in present]
+            if not rest:
+                break  # every one is still in the workspace: no snapshot can change that
             try:
-                present.update(im.id for im in client.get_images_by_ids(p, ids, iteration_id))
+                present |= _held(client, p, iteration_id, rest, (counts or {}).get(iteration_id))
             except NotFound:
-                continue
+                continue  # the iteration went meanwhile, with its snapshot
         left.update(i.seq for i in images if i.target_id in present)
     predictions = [i for i in items if i.kind == "prediction"]
     if predictions:
@@ -1402,6 +1595,45 @@ def survivors(client: TrainingClient, items: Sequence[DeletionItem]) -> set[int]
             except NotFound:
                 pass
     return left
+
+
+def _held(
+    client: TrainingClient,
+    p: str,
+    iteration_id: str,
+    ids: Sequence[str],
+    count: SnapshotCount | None,
+) -> set[str]:
+    """Return which of `ids` one snapshot still holds, in the fewest calls.
+
+    Reading every id costs one call per 256. With the preview's SnapshotCount it costs one
+    count, plus one call per 256 of the ids the count cannot see (`others`), plus, only when
+    the count is not zero, the listing of the images it still finds (each one an erased image:
+    a snapshot's picks never grow). The cheaper way is taken.
+    """
+    by_id = -(-len(ids) // MAX_IMAGE_IDS)
+    if count is None:
+        return {im.id for im in client.get_images_by_ids(p, ids, iteration_id)}
+    others = [i for i in ids if i in count.others]
+    if int(count.possible) + -(-len(others) // MAX_IMAGE_IDS) >= by_id:
+        return {im.id for im in client.get_images_by_ids(p, ids, iteration_id)}
+    found: set[str] = set()
+    if count.possible:
+        try:
+            left = client.count_images(
+                p, kind=count.kind, iteration_id=iteration_id, tag_ids=count.tag_ids
+            )
+            if left:
+                matching = client.iter_images(
+                    p, kind=count.kind, iteration_id=iteration_id, tag_ids=count.tag_ids
+                )
+                wanted = set(ids)
+                found.update(im.id for im in matching if im.id in wanted)
+        except NotFound:
+            pass  # the tag, or the iteration, is gone from it: nothing matches there
+    if others:
+        found.update(im.id for im in client.get_images_by_ids(p, others, iteration_id))
+    return found
 
 
 def verify(
@@ -1431,12 +1663,13 @@ def verify(
     remaining = [i for i in items if i.verified != "gone"]
     total = len(items)
     phase = "verifying"
+    counts = snapshot_counts(ctx.request.preview, items)
     while True:
         ctx.progress(total - len(remaining), total, phase)
         left = {
             seq
             for group in _per_project(remaining)
-            for seq in survivors(_client_of(ctx, group[0]), group)
+            for seq in survivors(_client_of(ctx, group[0]), group, counts)
         }
         gone = [i for i in remaining if i.seq not in left]
         _store_verdicts(ctx, gone, "gone")

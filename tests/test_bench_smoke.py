@@ -80,15 +80,21 @@ def test_bench_memory_smoke_measures_a_fresh_process_per_export() -> None:
     assert f["pages_large_s"] > 0
 
 
-def test_bench_deletion_smoke_deletes_every_image_in_batches_of_256() -> None:
+def test_bench_deletion_smoke_erases_a_tags_images_from_every_snapshot_phase_by_phase() -> None:
     result = deletion.BENCHMARK.run()
     well_formed(result, "deletion")
     f = result.figures
-    assert f["images"] == 600  # 570 workspace images + 30 kept only by the iteration
-    assert f["batches"] == 3
-    assert f["bound_s"] == pytest.approx(0.3)
-    assert f["throttled"] >= f["throttled_while_deleting"] >= 0
-    assert f["done_s"] >= f["delete_s"] > 0
+    assert f["snapshots"] == deletion.SIZES["smoke"].iterations
+    assert f["images"] > 0
+    assert f["batches"] == -(-f["images"] // 256)
+    for phase in ("preview", "delete", "verify"):
+        assert f[f"{phase}_calls"] > 0
+        assert f[f"{phase}_bound_s"] >= f[f"{phase}_calls"] / deletion.TPS
+        assert f[f"{phase}_s"] > 0
+    assert f["whole_bound_s"] == pytest.approx(
+        f["preview_bound_s"] + f["delete_bound_s"] + f["verify_bound_s"]
+    )
+    assert f["throttled"] >= 0
 
 
 def test_bench_project_smoke_exports_a_full_size_shaped_project_against_its_least_calls() -> None:
