@@ -37,9 +37,11 @@ exports.json is {"<iteration-id>": [...]}. images.jsonl has one line per image p
 when the workspace holds the image, else under the first iteration that does.
 predictions.jsonl lines are {"prediction": <as returned>, "file": name|null}.
 
-Speed: listings go page by page (256) and are streamed to the package; files download on
-`download_concurrency` threads fed through a bounded window, so memory stays flat whatever
-the size of the project. A line waits (in order) until its file is in the package, because a
+Speed: listings go page by page (256, no count first: a short page ends a scope) and are
+streamed to the package; without files the next pages are read ahead on a thread of their own
+(`prefetched`), so the calls keep pace with the rate limit. Files download on
+`download_concurrency` threads fed through a bounded window, so memory stays flat whatever the
+size of the project. A line waits (in order) until its file is in the package, because a
 file's name ends with its type, known only from its first bytes.
 
 Resuming: a checkpoint is saved per section, per page listed and per batch of files. A
@@ -61,7 +63,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -107,6 +109,7 @@ EXPORT_WAIT = 600.0
 FILES_PER_CHECKPOINT = 64
 WINDOW_PER_THREAD = 4  # downloads queued per download thread
 MAX_WAITING_LINES = 4096  # listing lines held while their files download
+PREFETCH_PAGES = 4  # listing pages read ahead of the package writing (~1 MB of JSON)
 CACHE_DIR = "cache"
 _STATE_FILE = "state.jsonl"
 _EXT = re.compile(r"[a-z0-9]{1,10}")
@@ -576,6 +579,51 @@ class Lines:
             raise RuntimeError("lines still wait for files after every download settled")
 
 
+def prefetched(source: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """Yield the items of `source`, read up to `depth` items ahead on a thread of its own.
+
+    The reading overlaps the caller's work on the items before: for pages of a listing, a
+    page's round trip and parsing hide behind the writing of the one before, so a listing
+    keeps pace with the rate limit instead of adding its own latency to every call. The order
+    is kept. An error in `source` is raised here, after the items read before it; closing the
+    iterator (the caller failed or was cancelled) stops the reading before its next item.
+    """
+    items: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in source:
+                if not put((True, item)):
+                    return
+        except BaseException as exc:  # handed to the caller, who decides
+            put((False, exc))
+            return
+        put((False, None))
+
+    reader = threading.Thread(target=read, name="prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            more, value = items.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+
+
 # ---------------------------------------------------------------------------------------------
 # The job
 
@@ -752,25 +800,20 @@ class _Build:
         `where`: a metadata `$filter`. The counts add up over calls (a subject's projects).
         """
         self.phase, self.listed = "listing images", 0
-        if image_ids:
-            self.list_total = len(image_ids)
-        else:
-            self.list_total = sum(
-                self.client.count_images(p, kind=kind, iteration_id=s, tag_ids=t, where=where)
-                for s, t in scopes
-            )
+        # No count first: the listing ends at a short page, and a count per scope would only
+        # cost calls under the rate limit (GetImageCount is as dear as a page).
+        self.list_total = len(image_ids) if image_ids else None
         self.ctx.progress(0, self.list_total, self.phase, force=True)
         distinct: set[str] = set()
+        pages = self._pages(p, scopes, kind=kind, image_ids=image_ids, where=where)
+        if not files:
+            # With files the download window paces the listing, and pages read ahead would
+            # only hold links that age while they wait.
+            pages = prefetched(pages, PREFETCH_PAGES)
         with self.jsonl(name) as sink:
             lines = Lines(sink, self.downloads if files else None)
-            for scope, tag_ids in scopes:
-                if image_ids:
-                    listing: Iterable[Image] = self._by_ids(p, image_ids, scope)
-                else:
-                    listing = self.client.iter_images(
-                        p, kind=kind, iteration_id=scope, tag_ids=tag_ids, where=where
-                    )
-                for image in listing:
+            for scope, page in pages:
+                for image in page:
                     distinct.add(image.id.lower())
                     key = self._image_file(p, image, scope) if files else None
                     record = {
@@ -789,6 +832,25 @@ class _Build:
         if files:
             self.counts["image_files"] = self._settled("image:")
         self.section(section)
+
+    def _pages(
+        self,
+        p: str,
+        scopes: Sequence[tuple[str | None, Sequence[str]]],
+        *,
+        kind: commands.Tagging,
+        image_ids: Sequence[str],
+        where: str | None,
+    ) -> Iterator[tuple[str | None, list[Image]]]:
+        """Yield (scope, page of images) for every scope in turn."""
+        for scope, tag_ids in scopes:
+            if image_ids:
+                yield scope, self._by_ids(p, image_ids, scope)
+                continue
+            for page in self.client.iter_image_pages(
+                p, kind=kind, iteration_id=scope, tag_ids=tag_ids, where=where
+            ):
+                yield scope, page
 
     def _by_ids(self, p: str, image_ids: Sequence[str], scope: str | None) -> list[Image]:
         found = self.client.get_images_by_ids(p, image_ids, scope)

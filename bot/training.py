@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -610,12 +611,36 @@ class TrainingClient:
         where: str | None = None,
     ) -> Iterator[Image]:
         """Return an iterator over every image, oldest first, page by page until a short page."""
+        pages = self.iter_image_pages(
+            project_id,
+            kind=kind,
+            iteration_id=iteration_id,
+            tag_ids=tag_ids,
+            skip=skip,
+            page_size=page_size,
+            where=where,
+        )
+        return itertools.chain.from_iterable(pages)
+
+    def iter_image_pages(
+        self,
+        project_id: str,
+        *,
+        kind: ImageKind = "all",
+        iteration_id: str | None = None,
+        tag_ids: Sequence[str] = (),
+        skip: int = 0,
+        page_size: int = MAX_TAKE,
+        where: str | None = None,
+    ) -> Iterator[list[Image]]:
+        """Return an iterator over the pages of images, oldest first, until a short page (the
+        last page may be empty)."""
         self._image_query(project_id, kind, iteration_id, tag_ids, where)  # validate now
         _check_page_size("page_size", page_size)
         _check_skip(skip)
         tags = list(tag_ids)
 
-        def pages() -> Iterator[Image]:
+        def pages() -> Iterator[list[Image]]:
             offset = skip
             while True:
                 # Oldest first: images added meanwhile land after the pages already read.
@@ -629,7 +654,7 @@ class TrainingClient:
                     order_by="Oldest",
                     where=where,
                 )
-                yield from page
+                yield page
                 if len(page) < page_size:
                     return
                 offset += len(page)

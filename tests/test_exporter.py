@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import shutil
+import threading
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +27,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bot.exporter import CACHE_DIR, COUNT_NOUNS, file_ext, not_found, run_export, summary
+from bot.exporter import (
+    CACHE_DIR,
+    COUNT_NOUNS,
+    file_ext,
+    not_found,
+    prefetched,
+    run_export,
+    summary,
+)
 from bot.lifecycle import JobKind, RequestRecord, Role, Status
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
@@ -330,6 +340,66 @@ def test_export_project_without_images_downloads_nothing(harness: Harness) -> No
     assert {li["file"] for li in pkg.lines("predictions.jsonl")} == {None}
     assert record.result is not None
     assert "image_files" not in record.result["counts"]
+
+
+def test_export_project_metadata_makes_only_the_calls_it_needs(tmp_path: Path) -> None:
+    # Scopes of 512 images (a full last page, then an empty one ends the listing) and of fewer;
+    # 300 stored predictions: two pages.
+    seed = Seed(
+        projects=1, iterations=3, tags=3, images=512, predictions=300, smallest_snapshot=256
+    )
+    for h in make_harness(tmp_path, seed=seed):
+        p, data = h.p, h.cv.data
+        iterations = data.iteration_ids(p)
+        sizes = [len(data.image_ids(p, scope)) for scope in [None, *iterations]]
+        assert sizes[0] == sizes[-1] == 512 and sizes[1] == 256
+        record, pkg = h.done(f"export project {p} --no-images")
+        made = Counter(c.operation_id for c in h.cv.calls if c.status == 200)
+        assert made == {
+            "GetProject": 1,
+            "GetIterations": 1,
+            "GetIterationPerformance": 3,
+            "GetExports": 3,
+            "GetTags": 4,
+            "GetImages": sum(n // 256 + 1 for n in sizes),
+            "QueryPredictions": 2,
+        }
+        assert len(pkg.lines("images.jsonl")) == sum(sizes)
+        assert record.result is not None
+        assert record.result["counts"]["image_records"] == sum(sizes)
+
+
+def test_prefetched_keeps_the_order_and_raises_where_the_source_failed() -> None:
+    def source() -> Iterator[int]:
+        yield from range(10)
+        raise ValueError("page 11 failed")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="page 11 failed"):
+        for item in prefetched(source(), 3):
+            got.append(item)
+    assert got == list(range(10))
+    assert list(prefetched(iter(range(600)), 4)) == list(range(600))
+
+
+def test_prefetched_stops_reading_once_the_caller_stops() -> None:
+    read: list[int] = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            read.append(n)
+            yield n
+            n += 1
+
+    items = prefetched(endless(), 2)
+    assert next(items) == 0
+    items.close()
+    deadline = time.monotonic() + 30
+    while any(t.name == "prefetch" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the reader went on reading"
+        time.sleep(0.01)
+    assert len(read) <= 1 + 2 + 2  # the one taken, a full queue, one waiting to go in
 
 
 # -- the other kinds -----------------------------------------------------------------------------
