@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,8 @@ from bot.package import INDEX_NAME, LABELS_NAME, PackageInfo, PackageWriter
 from bot.webpage import Box, Card, FileRef, PageLink
 
 IMAGES_PER_PAGE = 500
+# The start of an images.jsonl line (bot.exporter writes the record's keys in this order).
+_SCOPE_PREFIX = re.compile(r'\{"scope":"[a-z]+","iterationId":(null|"[^"\\]*"),')
 BOX_THRESHOLD = 0.5  # stored predictions: boxes drawn from this probability up
 
 
@@ -108,22 +111,9 @@ class _Views:
 
     # -- listings -----------------------------------------------------------------------------
 
-    def scopes(
-        self, name: str, key_of: Any, label_of: Any, first_page: int, seen: Any = None
-    ) -> list[_Scope]:
-        """Return the runs of lines of one scope in listing `name`; `seen` is shown each line."""
-        runs: list[_Scope] = []
-        for record in self.lines(name):
-            if seen is not None:
-                seen(record)
-            key = key_of(record)
-            if runs and runs[-1].key == key:
-                last = runs[-1]
-                runs[-1] = _Scope(last.key, last.label, last.lines + 1, last.first_page)
-            else:
-                page = runs[-1].first_page + runs[-1].pages if runs else first_page
-                runs.append(_Scope(key, label_of(key), 1, page))
-        return runs
+    def scopes(self, name: str, key_of: Any, label_of: Any, first_page: int) -> list[_Scope]:
+        """Return the runs of lines of one scope in listing `name`."""
+        return _runs((key_of(record) for record in self.lines(name)), label_of, first_page)
 
     def scope_label(self, key: str | None) -> str:
         if key is None:
@@ -243,16 +233,48 @@ def _scope_of(record: Mapping[str, Any]) -> Any:
     return record.get("iterationId")
 
 
+def _runs(keys: Iterable[Any], label_of: Any, first_page: int) -> list[_Scope]:
+    """Return the runs of equal keys (one scope's lines), numbering their pages on."""
+    runs: list[_Scope] = []
+    for key in keys:
+        if runs and runs[-1].key == key:
+            last = runs[-1]
+            runs[-1] = _Scope(last.key, last.label, last.lines + 1, last.first_page)
+        else:
+            page = runs[-1].first_page + runs[-1].pages if runs else first_page
+            runs.append(_Scope(key, label_of(key), 1, page))
+    return runs
+
+
 def _image_scopes(v: _Views, listing: str) -> tuple[list[_Scope], bool]:
-    """Return the scopes of an images.jsonl and whether any of its images has regions (one
-    pass: each pass over the listing parses every line)."""
+    """Return the scopes of an images.jsonl and whether any of its images has regions.
+
+    One pass that parses next to nothing: a line starts `{"scope":...,"iterationId":...,`
+    (bot.exporter writes its keys in that order), so its scope is read from that prefix; and
+    as lines are compact JSON, only a line holding `"regions":[{` can have a region.
+    """
     regions: list[bool] = []
 
-    def seen(record: Mapping[str, Any]) -> None:
-        if not regions and record.get("image", {}).get("regions"):
-            regions.append(True)
+    def keys(f: Iterable[str]) -> Iterator[Any]:
+        for line in f:
+            if not line.strip():
+                continue
+            match = _SCOPE_PREFIX.match(line)
+            record = None if match else json.loads(line)
+            if not regions and '"regions":[{' in line:
+                record = record or json.loads(line)
+                if record.get("image", {}).get("regions"):
+                    regions.append(True)
+            if match is None:
+                yield _scope_of(record or {})
+            else:
+                yield None if match.group(1) == "null" else match.group(1)[1:-1]
 
-    return v.scopes(listing, _scope_of, v.scope_label, 1, seen), bool(regions)
+    path = v.writer.kept(listing)
+    if path is None:
+        return [], False
+    with path.open(encoding="utf-8") as f:
+        return _runs(keys(f), v.scope_label, 1), bool(regions)
 
 
 def _kind(project: Project, detection: bool) -> str:
@@ -470,7 +492,7 @@ def _images(
 
         def card(record: Mapping[str, Any]) -> Card:
             # Each line is parsed once, for its card and for its COCO image and labels row.
-            image = Image.from_dict(record.get("image"))
+            image = Image.from_dict(record.get("image"), copy=False)  # the line is ours
             add(record, image)
             return v.image_card(record, image)
 

@@ -192,7 +192,7 @@ class _Reader:
             if required:
                 raise self._wrong(key, "an object", value)
             return None
-        return cls._parse(f"{self.path}.{key}", value)
+        return cls._parse(f"{self.path}.{key}", value, owned=True)
 
     def model(self, key: str, cls: type[M]) -> M:
         parsed = self.opt_model(key, cls, required=True)
@@ -205,7 +205,9 @@ class _Reader:
             return ()
         if not isinstance(value, list):
             raise self._wrong(key, "an array", value)
-        return tuple(cls._parse(f"{self.path}.{key}[{i}]", item) for i, item in enumerate(value))
+        return tuple(
+            cls._parse(f"{self.path}.{key}[{i}]", item, owned=True) for i, item in enumerate(value)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,14 +217,22 @@ class Model:
     raw: Mapping[str, Any] = field(repr=False, hash=False)
 
     @classmethod
-    def from_dict(cls, data: object) -> Self:
-        """Return the model for a JSON object; raise MalformedResponse for missing/wrong fields."""
-        return cls._parse(cls.__name__, data)
+    def from_dict(cls, data: object, *, copy: bool = True) -> Self:
+        """Return the model for a JSON object; raise MalformedResponse for missing/wrong fields.
+
+        copy=False: the model keeps `data` itself (a caller that parsed it for this alone and
+        never changes it saves the copy).
+        """
+        return cls._parse(cls.__name__, data, owned=not copy)
 
     @classmethod
-    def _parse(cls, path: str, data: object) -> Self:
+    def _parse(cls, path: str, data: object, *, owned: bool = False) -> Self:
+        # The reader reads the model's own copy; nested models (owned) keep their part of it,
+        # which nothing changes, instead of copying it again.
         reader = _Reader(path, data)
-        return cls(raw=copy_json(reader.data), **cls._fields(reader))
+        if not owned:
+            reader.data = copy_json(reader.data)
+        return cls(raw=reader.data, **cls._fields(reader))
 
     @classmethod
     def _fields(cls, r: _Reader) -> dict[str, Any]:
