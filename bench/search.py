@@ -355,7 +355,7 @@ def present(f: Figures) -> Result:
             Row(f"bound: find's calls ÷ {TPS:g}/s", report.seconds(f["bound_s"])),
             report.within("find ÷ bound", f["find_over_bound"], BOUND_TARGET),
             Row(
-                "429 answers to find (context; each costs its Retry-After, 1 s)",
+                "429 answers to find (context; each retried after its Retry-After)",
                 report.count(f["find_throttled"]),
             ),
             report.within(
