@@ -274,3 +274,51 @@ def test_e2e_a_crafted_approval_before_the_preview_is_posted_counts_nothing(
     assert _has_approve(stack.announcement(rid).blocks)
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+
+
+def test_e2e_a_crafted_approval_after_a_new_preview_before_it_is_posted_counts_nothing(
+    stacks: StartStack,
+) -> None:
+    # Window 2: the old preview (whole in its file, in the thread; that file's delivery the
+    # request's latest) was posted and approved; the run found the project changed and froze
+    # a new plan, whose preview is computed but not posted yet. A click on the old message
+    # (a stale client, a forged payload) approves nothing of the new plan.
+    stack = stacks(seed=BIG)
+    project = stack.cv.data.project_ids()[0]
+    rid = request_pending(stack, f"delete project {project}")
+    assert [f.name for f in stack.slack.files(CHANNEL)] == [f"{rid}-preview.txt"]
+    stack.cv.data.add_images(project, 7)
+    # The announcement that would show the new preview and its Approve button is held up.
+    for method in ("chat.postMessage", "chat.update"):
+        stack.slack.inject_latency(method, 8.0, times=None)
+    stack.click(APPROVER, rid, "approve")
+    stack.slack.wait_for(lambda: "plan.changed" in _actions(stack, rid))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+    assert stack.bot.store.get(rid).approvals == ()
+
+    assert stack.driver is not None
+    ts = stack.bot.store.get(rid).message_ts
+    assert ts is not None
+    answer = stack.driver.click(APPROVER.user_id, CHANNEL, ts, "request.approve", rid)
+    assert answer.status_code == 200, answer.text
+
+    def refusals() -> list[str]:
+        events = stack.bot.store.audit_events(request_id=rid)
+        return [str(e.details["reason"]) for e in events if e.action == "approval.refused"]
+
+    assert stack.slack.wait_for(lambda: bool(refusals()))
+    assert "has not been posted with its Approve button yet" in refusals()[-1]
+    assert stack.status(rid) == "pending"
+    assert stack.bot.store.get(rid).approvals == ()
+    assert project in stack.cv.data.project_ids()
+
+    stack.slack.clear_latency()
+    stack.wait_delivered(timeout=60)
+    assert _has_approve(stack.announcement(rid).blocks)
+    stack.click(APPROVER, rid, "approve")
+    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    assert project not in stack.cv.data.project_ids()
+
+
+def _actions(stack: Stack, rid: str) -> list[str]:
+    return [e.action for e in stack.bot.store.audit_events(request_id=rid)]
