@@ -237,26 +237,17 @@ def test_e2e_status_with_emoji_tickets_still_shows_20_whole_lines(stacks: StartS
     assert "did not fit" not in text
 
 
-def test_e2e_a_crafted_approval_before_the_preview_is_posted_counts_nothing(
-    stack: Stack,
-) -> None:
-    # A message of the channel to craft the click on: another request's announcement.
-    other = stack.request_id(stack.command(REQUESTER, "export projects"))
-    stack.wait_status(other, "done", "failed")
-    stack.wait_delivered()
-    # The announcement that shows the preview and the Approve button is held up.
+def _hold_announcements(stack: Stack) -> None:
+    """Hold up every post and update: the announcement showing the current preview and its
+    Approve button stays unposted until `_approved_once_posted`."""
     for method in ("chat.postMessage", "chat.update"):
         stack.slack.inject_latency(method, 8.0, times=None)
-    project = stack.cv.data.project_ids()[0]
-    image = stack.cv.data.image_ids(project, None)[0]
-    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
-    assert stack.wait_status(rid, "pending", "failed") == "pending"
 
-    # A signed click that reaches the bot anyway (a forged payload, a stale client) approves
-    # nothing: the button carries only the request id.
+
+def _crafted_approval_counts_nothing(stack: Stack, rid: str, ts: str) -> None:
+    """Send a signed Approve click for `rid` on the message `ts` (a forged payload, a stale
+    client: the button carries only the request id); it is refused and counts nothing."""
     assert stack.driver is not None
-    ts = stack.bot.store.get(rid).message_ts or stack.bot.store.get(other).message_ts
-    assert ts is not None
     answer = stack.driver.click(APPROVER.user_id, CHANNEL, ts, "request.approve", rid)
     assert answer.status_code == 200, answer.text
 
@@ -265,15 +256,36 @@ def test_e2e_a_crafted_approval_before_the_preview_is_posted_counts_nothing(
         return [str(e.details["reason"]) for e in events if e.action == "approval.refused"]
 
     assert stack.slack.wait_for(lambda: bool(refusals()))
-    assert "has not been posted with its Approve button yet" in refusals()[0]
+    assert "has not been posted with its Approve button yet" in refusals()[-1]
     assert stack.status(rid) == "pending"
     assert stack.bot.store.get(rid).approvals == ()
 
+
+def _approved_once_posted(stack: Stack, rid: str) -> None:
+    """Let the announcement through; its Approve button then approves, and the deletion runs."""
     stack.slack.clear_latency()
-    stack.wait_delivered()
+    stack.wait_delivered(timeout=60)
     assert _has_approve(stack.announcement(rid).blocks)
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+
+
+def test_e2e_a_crafted_approval_before_the_preview_is_posted_counts_nothing(
+    stack: Stack,
+) -> None:
+    # A message of the channel to craft the click on: another request's announcement.
+    other = stack.request_id(stack.command(REQUESTER, "export projects"))
+    stack.wait_status(other, "done", "failed")
+    stack.wait_delivered()
+    _hold_announcements(stack)
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project, None)[0]
+    rid = stack.request_id(stack.command(REQUESTER, f"delete images {project} --ids {image}"))
+    assert stack.wait_status(rid, "pending", "failed") == "pending"
+    ts = stack.bot.store.get(rid).message_ts or stack.bot.store.get(other).message_ts
+    assert ts is not None
+    _crafted_approval_counts_nothing(stack, rid, ts)
+    _approved_once_posted(stack, rid)
 
 
 def test_e2e_a_crafted_approval_after_a_new_preview_before_it_is_posted_counts_nothing(
@@ -288,35 +300,16 @@ def test_e2e_a_crafted_approval_after_a_new_preview_before_it_is_posted_counts_n
     rid = request_pending(stack, f"delete project {project}")
     assert [f.name for f in stack.slack.files(CHANNEL)] == [f"{rid}-preview.txt"]
     stack.cv.data.add_images(project, 7)
-    # The announcement that would show the new preview and its Approve button is held up.
-    for method in ("chat.postMessage", "chat.update"):
-        stack.slack.inject_latency(method, 8.0, times=None)
+    _hold_announcements(stack)
     stack.click(APPROVER, rid, "approve")
     stack.slack.wait_for(lambda: "plan.changed" in _actions(stack, rid))
     assert stack.wait_status(rid, "pending", "failed") == "pending"
     assert stack.bot.store.get(rid).approvals == ()
-
-    assert stack.driver is not None
     ts = stack.bot.store.get(rid).message_ts
     assert ts is not None
-    answer = stack.driver.click(APPROVER.user_id, CHANNEL, ts, "request.approve", rid)
-    assert answer.status_code == 200, answer.text
-
-    def refusals() -> list[str]:
-        events = stack.bot.store.audit_events(request_id=rid)
-        return [str(e.details["reason"]) for e in events if e.action == "approval.refused"]
-
-    assert stack.slack.wait_for(lambda: bool(refusals()))
-    assert "has not been posted with its Approve button yet" in refusals()[-1]
-    assert stack.status(rid) == "pending"
-    assert stack.bot.store.get(rid).approvals == ()
+    _crafted_approval_counts_nothing(stack, rid, ts)
     assert project in stack.cv.data.project_ids()
-
-    stack.slack.clear_latency()
-    stack.wait_delivered(timeout=60)
-    assert _has_approve(stack.announcement(rid).blocks)
-    stack.click(APPROVER, rid, "approve")
-    assert stack.wait_status(rid, "done", "failed", timeout=60) == "done"
+    _approved_once_posted(stack, rid)
     assert project not in stack.cv.data.project_ids()
 
 
