@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench import report
-from bench.harness import BenchError, BotProcess, Emulators, request_id, scratch
+from bench.harness import BenchError, BotProcess, Emulators, scratch
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed
@@ -79,14 +79,15 @@ def measure(scale: Scale) -> Figures:
             mark = emulators.mark()
             driver = bot.driver()
             asked = cv.clock()
-            rid = request_id(
-                driver.command(
-                    REQUESTER.user_id,
-                    CHANNEL,
-                    f'delete images {project} --tag-name "{name}" --ticket BENCH-3 '
-                    "--reason benchmark",
-                )
+            typed = driver.command(
+                REQUESTER.user_id,
+                CHANNEL,
+                f'delete images {project} --tag-name "{name}" --ticket BENCH-3 --reason benchmark',
             )
+            if typed.status_code != 200:
+                raise BenchError(f"the command was answered {typed.status_code}")
+            # The ack may come before the request is stored (the search of its selectors).
+            rid = bot.first_request(timeout=generous)
             bot.wait_status(rid, "pending", timeout=generous)
             pending = cv.clock()
             ts = bot.message_ts(rid)

@@ -33,7 +33,7 @@ import requests
 
 import bot
 from bench.runs import Scale
-from bot.ids import parse_request_id
+from bot.ids import format_request_id, parse_request_id
 from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
@@ -311,6 +311,23 @@ class BotProcess:
             error = self.request_row(rid).get("error")
             raise BenchError(f"{rid} ended {found[0]}: {error}")
         return found[0]
+
+    def first_request(self, *, timeout: float) -> str:
+        """Wait until the bot has stored a request; return the id of the first one.
+
+        For a command the bot answers "working on it" first (a search before storing: the
+        request id comes later, in a follow-up message).
+        """
+        found: list[int] = []
+
+        def stored() -> bool:
+            with self._db() as conn:
+                (number,) = conn.execute("SELECT MIN(id) FROM requests").fetchone()
+            found[:] = [] if number is None else [int(number)]
+            return bool(found)
+
+        wait_until(stored, timeout=timeout, what="a stored request")
+        return format_request_id(found[0])
 
     def wait_approvable(self, rid: str, *, timeout: float = 30.0) -> None:
         """Wait until the bot posted the request's preview with its Approve button (before

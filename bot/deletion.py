@@ -59,7 +59,9 @@ again (`collect_facts`) and compared with the frozen plan (`changes_since`). Any
 the request before the call with a new plan and preview (Outcome.new_plan): the request is
 pending again and every earlier approval is withdrawn. An erasure of one person (selectors:
 `delete subject`, `delete images --metadata/--tag-name`) is compared before its first call
-too, across every project searched: an image of theirs found since the preview is new.
+too, across every project searched: an image of theirs found since the preview is new. For
+`delete images` with a selector that first comparison lists only the workspace (and reads each
+snapshot's tags for tag names): a snapshot never gains an image (`_nothing_new`).
 
 The preview counts what the deletion removes: `workspace_images` the targeted images found in
 the workspace, `iterations[].images` the images it takes out of that snapshot (all of them when
@@ -73,12 +75,14 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot import commands, parser, subject, webpage, wording
 from bot.clock import iso, parse_iso
@@ -154,6 +158,10 @@ RECEIPT_COLUMNS = (
     "result",
 )
 SURVIVORS_SHOWN = 20
+# Reads in flight at once (preview listings, verification reads): while one answer is parsed
+# the next call is already on its way, so the client's spacing under the call cap, not the
+# time an answer takes, sets the pace. The rate limiter is shared, so this adds no calls.
+READS_IN_FLIGHT = 2
 CONTAINERS = frozenset({"project", "iteration", "tag"})  # their call removes what they hold
 # What this request did to an item, by its status: the receipt summary's column (SUMMARY_KEYS)
 # and the words of the item's `result`. Every count of a receipt or message comes from here.
@@ -804,6 +812,43 @@ def _shown(kind: str, target: str, parent: str | None) -> str:
     return f"{NOUNS[kind][0]} {target}"
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _overlapped(
+    read: Callable[[_T], _R], each: Sequence[_T], check: Callable[[], None] | None = None
+) -> list[_R]:
+    """Return [read(x) for x in each], READS_IN_FLIGHT reads at a time, in order.
+
+    `check` runs in this thread after each answer (a job's stop and cancel check); when it
+    raises, the reads not started yet are dropped and it raises once those under way end.
+    """
+    if len(each) < 2:
+        found = []
+        for x in each:
+            found.append(read(x))
+            if check is not None:
+                check()
+        return found
+    dropped = threading.Event()
+
+    def guarded(x: _T) -> _R | None:
+        return None if dropped.is_set() else read(x)
+
+    with ThreadPoolExecutor(READS_IN_FLIGHT, thread_name_prefix="deletion-read") as pool:
+        answers: list[_R] = []
+        try:
+            for answer in pool.map(guarded, each):
+                if check is not None:
+                    check()
+                answers.append(answer)  # type: ignore[arg-type]  # None only once dropped
+        except BaseException:
+            dropped.set()
+            raise
+        return answers
+
+
 # ---------------------------------------------------------------------------------------------
 # Preview (I/O): read the live project
 
@@ -930,13 +975,17 @@ def _image_facts(
     """Return the facts of the images `command` picks in project `p` (on `client`'s resource;
     None: the request's own)."""
     client = client or ctx.client
-    workspace, _ = _selected(client, command, p, None)
+    listed = client.get_iterations(p)
+
+    def read(iteration_id: str | None) -> tuple[list[Image], _Query | None]:
+        return _selected(client, command, p, iteration_id)
+
+    scopes = [None, *(it.id for it in listed)]
+    (workspace, _), *snapshots = _overlapped(read, scopes, ctx.check)
     union = {image.id: image for image in workspace}
     iterations: list[IterationFacts] = []
     picked: list[tuple[Iteration, _Query | None, list[str]]] = []
-    for it in client.get_iterations(p):
-        ctx.check()
-        held, query = _selected(client, command, p, it.id)
+    for it, (held, query) in zip(listed, snapshots, strict=True):
         for image in held:
             union.setdefault(image.id, image)
         picked.append((it, query, [image.id for image in held]))
@@ -1564,15 +1613,22 @@ def survivors(
     if images:
         ids = [i.target_id for i in images]
         # The workspace by id: its tags and metadata change, so no count there proves anything.
-        present = {im.id for im in client.get_images_by_ids(p, ids)}
-        for iteration_id in listed:
-            rest = [i for i in ids if i not in present]
-            if not rest:
-                break  # every one is still in the workspace: no snapshot can change that
+        present = set().union(
+            *_overlapped(
+                lambda batch: {im.id for im in client.get_images_by_ids(p, batch)},
+                chunks(ids, MAX_IMAGE_IDS),
+            )
+        )
+        rest = [i for i in ids if i not in present]
+
+        def held(iteration_id: str) -> set[str]:
             try:
-                present |= _held(client, p, iteration_id, rest, (counts or {}).get(iteration_id))
+                return _held(client, p, iteration_id, rest, (counts or {}).get(iteration_id))
             except NotFound:
-                continue  # the iteration went meanwhile, with its snapshot
+                return set()  # the iteration went meanwhile, with its snapshot
+
+        if rest:  # else every one is still in the workspace: no snapshot can change that
+            present = present.union(*_overlapped(held, list(listed)))
         left.update(i.seq for i in images if i.target_id in present)
     predictions = [i for i in items if i.kind == "prediction"]
     if predictions:
@@ -1876,8 +1932,11 @@ def _compare_with_plan(
     ctx: JobContext, batch: Sequence[DeletionItem], started_at: str
 ) -> Outcome | None:
     """Read the live contents; return the new-plan outcome when they outgrew the frozen plan."""
+    command = parser.load_delete(ctx.request.command)
     try:
-        facts = collect_facts(ctx, parser.load_delete(ctx.request.command))
+        if _nothing_new(ctx, command):
+            return None
+        facts = collect_facts(ctx, command)
     except TrainingApiError as exc:
         if not isinstance(exc, NotFound):
             raise _BatchFailed(exc, batch[0].batch) from exc
@@ -1889,6 +1948,39 @@ def _compare_with_plan(
     if not changes:
         return None
     return _replanned(ctx, facts, changes, OPERATIONS[batch[0].kind], started_at)
+
+
+def _nothing_new(ctx: JobContext, command: commands.Delete) -> bool:
+    """True when a short read proves that a selector's erasure (`delete images`) would remove
+    nothing beyond its frozen plan; False when it cannot (then the facts are read in full).
+
+    Only the workspace can gain a matching image: it is listed with the selector. A trained
+    snapshot never gains an image or a tag, so one the preview counted (SnapshotCount) can gain
+    no match either, unless its tags now answer the selector's tag names differently (its
+    tags are read, one call each), or it is an iteration trained since (GetIterations).
+    """
+    p = command.project_id
+    if command.kind != commands.DeleteKind.IMAGES or p is None or command.selector == "ids":
+        return False
+    items = ctx.plan()
+    counts = snapshot_counts(ctx.request.preview, items)
+    client = ctx.client
+    listed = client.get_iterations(p)
+    if any(it.id not in counts for it in listed):
+        return False
+    planned = {i.target_id for i in items if i.kind == "image"}
+    workspace, _ = _selected(client, command, p, None)
+    if any(image.id not in planned for image in workspace):
+        return False
+    if command.selector == "subject":
+        assert command.selectors is not None
+        for it in listed:
+            ctx.check()
+            tags, possible = subject.matching_tag_ids(client, p, it.id, command.selectors.tag_names)
+            count = counts[it.id]
+            if (tuple(t.id for t in tags), possible) != (count.tag_ids, count.possible):
+                return False
+    return True
 
 
 def _replanned(

@@ -171,3 +171,42 @@ def test_a_survivor_the_count_cannot_see_is_still_found_when_the_tag_is_gone_fro
         (s.a, "gone"),
         (s.c, "gone"),
     }
+
+
+def test_a_persons_erasure_is_compared_before_its_first_call_without_relisting_snapshots(
+    people: People,
+) -> None:
+    # The plan is a promise: before the first DeleteImages the live contents are compared with
+    # it. The workspace is listed again; a snapshot never gains an image, so only its tags are
+    # read (a tag of that name could answer differently), never its images.
+    s, h = people, people.h
+    record = h.submit(s.request("--tag-name"))
+    listed_before = len(h.cv.calls_to("GetImages"))
+
+    h.approve(record.number)
+
+    assert_done_with_receipt(h, record.number, len(s.erased))
+    calls = list(h.cv.calls)
+    first_delete = min(
+        n
+        for n, c in enumerate(calls)
+        if c.operation_id == "DeleteImages" and c.query["allIterations"] == "true"
+    )
+    compared = [c for c in calls[:first_delete] if c.operation_id == "GetImages"][listed_before:]
+    assert compared and {c.query.get("iterationId") for c in compared} == {None}
+    tags_read = [c.query.get("iterationId") for c in calls[:first_delete][-12:]]
+    assert {s.it1, s.it2} <= set(tags_read)
+
+
+def test_an_image_tagged_since_the_preview_still_means_a_new_plan(people: People) -> None:
+    s, h = people, people.h
+    record = h.submit(s.request("--tag-name"))
+    (late,) = s.fillers[:1]
+    h.cv.data.tag_images(s.p, [late], s.jane)
+
+    record = h.approve(record.number)
+
+    assert record.status == "pending"
+    assert record.approvals == ()
+    assert {i.target_id for i in h.items(record.number)} == s.erased | {late}
+    assert not [c for c in h.cv.calls_to("DeleteImages") if c.query["allIterations"] == "true"]
