@@ -65,11 +65,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from bot import browse, commands, package, parser, subject
@@ -222,6 +222,7 @@ class DownloadCache:
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._state: dict[str, Cached] = {}
+        self._records: IO[str] | None = None  # the state file, open for appending
         state = folder / _STATE_FILE
         if state.exists():
             with state.open(encoding="utf-8") as f:
@@ -267,9 +268,21 @@ class DownloadCache:
         """
         line = json.dumps({"key": key, **asdict(cached)}) + "\n"
         with self._lock:
-            with (self.folder / _STATE_FILE).open("a", encoding="utf-8") as f:
-                f.write(line)
+            if self._records is None:
+                self._records = (self.folder / _STATE_FILE).open("a", encoding="utf-8")
+            self._records.write(line)
+            self._records.flush()  # a crash of the process loses no record
             self._state[key] = cached
+
+    def close(self) -> None:
+        """Close the state file (records after this open it again)."""
+        with self._lock:
+            records, self._records = self._records, None
+        if records is not None:
+            # A record that cannot be written (a full disk) costs one download again; the
+            # handle is closed either way, and the job's own error is the one that matters.
+            with suppress(OSError):
+                records.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +402,10 @@ class Links:
 class Downloads:
     """Downloads files on a thread pool, at most `window` in flight, and adds them to the package.
 
-    The pool's threads only download (or verify a cached copy) and report each file on a
-    queue. The job's thread, the only caller of submit/wait_for/drain, puts the reported files
-    in the package as it collects them and raises the first failure: one thread writes the
-    zip, so the download threads never wait for it or for each other, and collecting costs
-    one queue read per file whatever the window.
+    The pool's threads only download (or verify a cached copy) and report each file. The
+    job's thread, the only caller of submit/wait_for/drain, collects the reports a batch at a
+    time, puts their files in the package and raises the first failure: one thread writes the
+    zip, so the download threads never wait for it or for each other.
     """
 
     def __init__(
@@ -416,9 +428,11 @@ class Downloads:
         self._window = threads * WINDOW_PER_THREAD
         self._links = Links(ctx.client, self._routes)
         self._pending: dict[str, FileJob] = {}
-        self._reported: queue.SimpleQueue[tuple[FileJob, Fetched | BaseException]] = (
-            queue.SimpleQueue()
-        )
+        self._reported: list[tuple[FileJob, Fetched | BaseException]] = []
+        self._ready = threading.Condition()
+        self._wake_at = 1  # reports that wake the job's thread
+        self._failed = False  # a failure was reported: it wakes the job's thread at once
+        self._batch = threads
         self.resolved: dict[str, str | None] = {}
         self.how: dict[str, int] = {}
         self.submitted = 0
@@ -442,7 +456,7 @@ class Downloads:
             self._settle(job.key, job.name(known.ext), "kept")  # in a part kept from before
             return
         while len(self._pending) >= self._window:
-            self._collect()
+            self._collect(self._batch)
         self._links.queued(job)
         self._pending[job.key] = job
         self._pool.submit(self._fetch, job)
@@ -450,25 +464,29 @@ class Downloads:
     def wait_for(self, key: str) -> None:
         """Wait until the file of `key` is settled."""
         while key in self._pending:
-            self._collect()
+            self._collect(1)
 
     def drain(self) -> None:
         """Wait until every queued file is settled."""
         while self._pending:
-            self._collect()
+            self._collect(self._batch)
 
     def close(self) -> None:
         """Drop what is still queued and wait for the downloads in flight."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _collect(self) -> None:
-        """Wait for a file to be reported, then package every file reported so far."""
-        reported = [self._reported.get()]
-        while True:
-            try:
-                reported.append(self._reported.get_nowait())
-            except queue.Empty:
-                break
+    def _collect(self, wanted: int) -> None:
+        """Wait until `wanted` files are reported (fewer when fewer are pending, or at a
+        failure), then package every file reported so far.
+
+        Waking the job's thread hands it the interpreter lock, which stalls the thread that
+        woke it: once per batch of files, not once per file.
+        """
+        with self._ready:
+            self._wake_at = max(1, min(wanted, len(self._pending)))
+            while len(self._reported) < self._wake_at and not self._failed:
+                self._ready.wait()
+            reported, self._reported = self._reported, []
         for job, fetched in reported:
             del self._pending[job.key]
             if isinstance(fetched, BaseException):
@@ -497,7 +515,11 @@ class Downloads:
             fetched = exc
         finally:
             self._links.settled(job)
-        self._reported.put((job, fetched))
+        with self._ready:
+            self._reported.append((job, fetched))
+            self._failed = self._failed or isinstance(fetched, BaseException)
+            if len(self._reported) >= self._wake_at or self._failed:
+                self._ready.notify()
 
     def _download(self, job: FileJob, dest: Path) -> Download | None:
         """Download the file (renewing an expired link once); None when it no longer exists."""
@@ -530,9 +552,7 @@ class Downloads:
         got = self._download(job, dest)
         if got is None:
             return None, "missing"
-        with dest.open("rb") as f:
-            head = f.read(16)
-        cached = Cached(file_ext(head, job.uri), got.size, got.sha256)
+        cached = Cached(file_ext(got.head, job.uri), got.size, got.sha256)
         self._cache.record(job.key, cached)
         return cached, "downloaded"
 
@@ -1248,6 +1268,7 @@ def _build(
             counts = build.run()
         finally:
             build.downloads.close()
+            cache.close()
         built = ctx.checkpoint.get("views_built_at")
         if not built:
             built = iso(ctx.clock.now())
