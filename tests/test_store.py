@@ -71,6 +71,22 @@ def test_store_claim_takes_queued_jobs_and_expired_leases_only(store: Store) -> 
     assert store.renew_lease(job.id, "worker-a", timedelta(minutes=2)) is False
 
 
+def test_store_claim_with_nothing_to_claim_takes_no_write_lock(store: Store) -> None:
+    # Idle workers poll every 50 ms; a write transaction each time queued them with the
+    # acknowledgements' writes.
+    number = new_request(store, Status.PENDING, Status.APPROVED)
+    with store.write() as conn:
+        store.enqueue_job(conn, number, JobKind.DELETE)
+    assert store.claim_job("worker-a", timedelta(minutes=2)) is not None
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        assert store.claim_job("worker-b", timedelta(minutes=2)) is None
+    finally:
+        store.db.conn.set_trace_callback(None)
+    assert statements and not [s for s in statements if not s.startswith("SELECT")]
+
+
 def test_store_outbox_item_requeued_while_sending_stays_pending(store: Store) -> None:
     number = new_request(store)
     with store.write() as conn:

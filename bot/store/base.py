@@ -40,6 +40,11 @@ def time_of(text: str | None) -> datetime | None:
     return None if text is None else parse_iso(text)
 
 
+def _log(event: audit_log.Event) -> None:
+    with request_context(event.request_id):
+        log.info("audit #%s %s by %s: %s", event.seq, event.action, event.actor, event.outcome)
+
+
 class StoreBase:
     """The database, the clock, the transaction, the audit log and the outbox's queue."""
 
@@ -57,8 +62,12 @@ class StoreBase:
         """Yield a connection inside one write transaction.
 
         A status change the lifecycle refuses (TransitionRefused) rolls the transaction back,
-        then is recorded as an audit event of its own before the error goes on.
+        then is recorded as an audit event of its own before the error goes on. The audit
+        events it recorded are logged once it committed, outside the write lock: every
+        acknowledgement's write queues on that lock, so it is held for the database only.
         """
+        committed: list[audit_log.Event] = []
+        self._local.events = committed
         try:
             with self.db.write() as conn:
                 yield conn
@@ -75,6 +84,10 @@ class StoreBase:
                 },
             )
             raise
+        finally:
+            self._local.events = None
+        for event in committed:
+            _log(event)
         if getattr(self._local, "enqueued", False):
             self._local.enqueued = False
             if self.on_enqueue is not None:
@@ -104,8 +117,11 @@ class StoreBase:
             details=details or {},
             secrets=self.secrets,
         )
-        with request_context(rid):
-            log.info("audit #%s %s by %s: %s", event.seq, action, actor, outcome)
+        events: list[audit_log.Event] | None = getattr(self._local, "events", None)
+        if events is not None:
+            events.append(event)  # logged by write() once committed
+        else:
+            _log(event)
         self._mirror(conn, event)
         return event
 

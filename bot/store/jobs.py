@@ -61,10 +61,14 @@ class Jobs(StoreBase):
             " OR (status = 'running' AND lease_until < ?))"
             f" AND id NOT IN ({marks}) ORDER BY id LIMIT 1"
         )
+        # Idle workers ask every poll interval: a read (beside the writer, in WAL) finds
+        # nothing without queueing on the write lock the acknowledgements wait for.
+        if self.db.conn.execute(sql, (iso(now), *skip)).fetchone() is None:
+            return None
         with self.write() as conn:
             row = conn.execute(sql, (iso(now), *skip)).fetchone()
             if row is None:
-                return None
+                return None  # another worker took it between the read and the lock
             taken_over = self.job(int(row[0]))
             conn.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,"
