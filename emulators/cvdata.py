@@ -14,6 +14,9 @@ Layout, chosen so that 100,000 images in one project cost a few megabytes:
   are numbered per project ("slots"); a tag definition never changes, so an iteration keeps
   naming a tag the workspace has since deleted.
 - An image exists (its blobs are served) while any set of its project holds it.
+- A listing asked of a set (its indices for a tagging status and tags) is cached as a 4-byte
+  array until the set changes. `Seed.full_size()`, the S0 maximum (100,000 images, 20
+  trained iterations of 20,000 to 100,000 images each), seeds in about 0.1 s and 20 MB.
 
 Service rules implemented (see /work/shared/NOTES-customvision.md):
 - DeleteImages with only imageIds removes from the workspace at once; a 202 delete
