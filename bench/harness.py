@@ -112,15 +112,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def named_request(text: str) -> str | None:
+    """Return the first request id (R-1001) named in a message, or None."""
+    for word in re.split(r"[\s:.,;()*_`]+", text):
+        if parse_request_id(word) is not None:
+            return word
+    return None
+
+
 def request_id(response: requests.Response) -> str:
     """Return the request id (R-1001) named in a command's acknowledgement; raise BenchError."""
     if response.status_code != 200:
         raise BenchError(f"the bot answered {response.status_code}: {response.text[:200]!r}")
     text = str(response.json().get("text", ""))
-    for word in re.split(r"[\s:.,;()*_`]+", text):
-        if parse_request_id(word) is not None:
-            return word
-    raise BenchError(f"no request id in the bot's answer {text!r}")
+    found = named_request(text)
+    if found is None:
+        raise BenchError(f"no request id in the bot's answer {text!r}")
+    return found
 
 
 @dataclass
@@ -233,6 +241,29 @@ class BotProcess:
     def driver(self, *, timeout: float = 30.0) -> SlackDriver:
         """Return a driver that sends signed Slack requests to this bot."""
         return SlackDriver(self.url, SIGNING_SECRET, self._slack, command="/cv", timeout=timeout)
+
+    def ask(self, user_id: str, text: str, *, timeout: float = 120.0) -> str:
+        """Type a slash command in CHANNEL; return the id of the request it stored.
+
+        On a loaded machine the bot may answer "working on it" first and name the request in
+        a follow-up message (response_url), which is waited for.
+        """
+        seen = len(self._slack.ephemerals(user_id=user_id))
+        answer = self.driver().command(user_id, CHANNEL, text)
+        if answer.status_code != 200:
+            raise BenchError(f"the bot answered {answer.status_code}: {answer.text[:200]!r}")
+        found = named_request(str(answer.json().get("text", "")))
+        if found is not None:
+            return found
+        named: list[str] = []
+
+        def followed_up() -> bool:
+            later = self._slack.ephemerals(user_id=user_id)[seen:]
+            named[:] = [r for r in (named_request(e.text) for e in later) if r is not None]
+            return bool(named)
+
+        wait_until(followed_up, timeout=timeout, what=f"the bot's answer to {text!r}", interval=0.1)
+        return named[0]
 
     def peak_rss_mb(self) -> float:
         """Return the bot's peak RSS so far, in MB."""

@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report
-from bench.harness import BotProcess, Emulators, child_env, peak_rss_mb, request_id, scratch
+from bench.harness import BotProcess, Emulators, child_env, peak_rss_mb, scratch
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed
-from emulators.stack import CHANNEL, REQUESTER
+from emulators.stack import REQUESTER
 
 TPS = 10.0
 GROWTH_TARGET_MB = 30.0
@@ -73,7 +73,7 @@ def measure_export(images: int, *, files: bool) -> Measured:
         ):
             idle = bot.peak_rss_mb()
             started = time.perf_counter()
-            rid = request_id(bot.driver().command(REQUESTER.user_id, CHANNEL, text))
+            rid = bot.ask(REQUESTER.user_id, text)
             # Listing alone takes images / 256 pages at 10 per second; allow ten times that.
             bot.wait_status(rid, "done", timeout=60 + images / 256 / TPS * 10 + images * 0.01)
             seconds = time.perf_counter() - started

@@ -32,14 +32,13 @@ from bench.harness import (
     BotProcess,
     Emulators,
     full_size_project,
-    request_id,
     scratch,
 )
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
 from bot.training import MAX_TAKE
 from emulators.customvision import Faults, Seed
-from emulators.stack import CHANNEL, REQUESTER
+from emulators.stack import REQUESTER
 
 TPS = 10.0  # the service's cap; the smoke run allows 100 calls/s to stay quick
 SMOKE_TPS = 100.0
@@ -101,7 +100,7 @@ def export_project(seed: Seed, tps: float) -> Export:
             mark = emulators.mark()
             started = time.perf_counter()
             text = f"export project {project} --no-images --ticket BENCH-8"
-            rid = request_id(bot.driver().command(REQUESTER.user_id, CHANNEL, text))
+            rid = bot.ask(REQUESTER.user_id, text)
             # Ten times the bound, plus start-up.
             bot.wait_status(rid, "done", timeout=60 + 10 * least / tps)
             seconds = time.perf_counter() - started
