@@ -117,6 +117,7 @@ class BurstRun:
     rate_limited: int
     limited_methods: tuple[tuple[str, int], ...]  # methods Slack answered `ratelimited`, counts
     load_average: tuple[float, float]  # the machine's 1-minute load at the start and the end
+    exports_done: float  # time.time() when the last export was completed
 
 
 def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
@@ -161,6 +162,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
             interval=0.2,
         )
     catch_up = time.monotonic() - ended
+    exports_done = max(process.audited_at(rid, "request.completed") for rid in rids)
     if _witnessed(emulators) != set(range(1, total + 1)):
         raise BenchError("the audit channel does not hold every event exactly once")
     return BurstRun(
@@ -179,6 +181,7 @@ def _measure(process: BotProcess, emulators: Emulators, size: Size) -> BurstRun:
             ).items()
         ),
         load_average=(load_before, os.getloadavg()[0]),
+        exports_done=exports_done,
     )
 
 
@@ -195,6 +198,11 @@ def measure(scale: Scale) -> Figures:
         emulators.close()
     latencies = [a.latency for a in run.answers]
     idle = [a.latency for a in run.idle]
+    # Sent while exports ran (their download threads share the bot's interpreter lock) or
+    # after the last one was done: the two phases of one run, compared on the same machine.
+    during = [a.latency for a in run.answers if a.sent < run.exports_done] or [0.0]
+    after = [a.latency for a in run.answers if a.sent >= run.exports_done] or [0.0]
+    burst_start = min(a.sent for a in run.answers)
     p99 = report.percentile(latencies, 99)
     idle_p99 = report.percentile(idle, 99)
     return {
@@ -205,6 +213,13 @@ def measure(scale: Scale) -> Figures:
         "p50_s": report.percentile(latencies, 50),
         "p99_s": p99,
         "max_s": max(latencies),
+        "exports_for_s": max(0.0, run.exports_done - burst_start),
+        "during_exports": sum(1 for a in run.answers if a.sent < run.exports_done),
+        "during_exports_p50_s": report.percentile(during, 50),
+        "during_exports_p99_s": report.percentile(during, 99),
+        "after_exports": sum(1 for a in run.answers if a.sent >= run.exports_done),
+        "after_exports_p50_s": report.percentile(after, 50),
+        "after_exports_p99_s": report.percentile(after, 99),
         "idle_commands": len(idle),
         "idle_p50_s": report.percentile(idle, 50),
         "idle_p99_s": idle_p99,
@@ -227,6 +242,12 @@ def measure(scale: Scale) -> Figures:
 
 def _latencies(f: Figures, prefix: str) -> str:
     return " / ".join(report.millis(f[f"{prefix}{p}_s"]) for p in ("p50", "p99", "max"))
+
+
+def _p50_p99(f: Figures, prefix: str) -> str:
+    if not f[prefix.rstrip("_")]:
+        return "none"
+    return ", ".join(report.millis(f[f"{prefix}{p}_s"]) for p in ("p50", "p99"))
 
 
 def present(f: Figures) -> Result:
@@ -253,6 +274,11 @@ def present(f: Figures) -> Result:
                 f"{f['missed']:.0f} of {n}",
                 "0",
                 f["missed"] == 0,
+            ),
+            Row(
+                f"while the exports ran ({f['exports_for_s']:.1f} s of the burst, "
+                f"{f['during_exports']:,.0f} commands) / after: p50, p99",
+                f"{_p50_p99(f, 'during_exports_')} / {_p50_p99(f, 'after_exports_')}",
             ),
             Row(
                 f"idle acknowledgements p50 / p99 / max (the same run, "

@@ -33,6 +33,7 @@ import requests
 
 import bot
 from bench.runs import Scale
+from bot.clock import parse_iso
 from bot.ids import format_request_id, parse_request_id
 from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
@@ -319,6 +320,18 @@ class BotProcess:
             (count,) = conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
         return int(count)
 
+    def audited_at(self, rid: str, action: str) -> float:
+        """Return when (time.time()) the newest audit event `action` of request `rid` was
+        recorded; raise BenchError when there is none."""
+        with self._db() as conn:
+            (at,) = conn.execute(
+                "SELECT MAX(at) FROM audit_events WHERE request_id = ? AND action = ?",
+                (rid, action),
+            ).fetchone()
+        if at is None:
+            raise BenchError(f"no {action} event of {rid}")
+        return parse_iso(str(at)).timestamp()
+
     def statuses(self) -> dict[str, int]:
         """Return how many requests are in each status."""
         with self._db() as conn:
@@ -397,6 +410,7 @@ class Answer:
 
     latency: float  # seconds; the timeout when there was no answer
     status: int | None  # None: no answer in time (or the connection failed)
+    sent: float = 0.0  # time.time() when it was sent
 
     def missed(self, limit: float) -> bool:
         """Return True when Slack would have shown the user a timeout."""
@@ -446,13 +460,16 @@ def send_load(
                 if not queue:
                     return
                 index, body = queue.popleft()
+            sent = time.time()
             started = time.perf_counter()
             try:
                 status: int | None = post(body)
             except (OSError, http.client.HTTPException):
                 status = None
             elapsed = time.perf_counter() - started
-            answers[index] = Answer(min(elapsed, timeout) if status is None else elapsed, status)
+            answers[index] = Answer(
+                min(elapsed, timeout) if status is None else elapsed, status, sent
+            )
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="load") as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
