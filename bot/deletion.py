@@ -1195,8 +1195,8 @@ def _subject_facts(ctx: JobContext, command: commands.Delete) -> SubjectFacts:
         failed += [f"resource {r}: {why}" for r, why in result.unreadable_resources]
         raise TrainingApiError(
             f"Could not search every project for {selectors.describe()}: {'; '.join(failed)}."
-            " No plan is made from a partial search; nothing was deleted by this search."
-            f" `retry {ctx.request.id}` searches again."
+            " No deletion is planned from a partial search (it could leave some of the"
+            f" person's images behind); `retry {ctx.request.id}` searches again."
         )
     projects: list[Facts] = []
     for found in result.projects:
