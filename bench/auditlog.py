@@ -24,7 +24,7 @@ from bench.runs import Benchmark, Figures, Scale
 from bot import audit
 from bot.db import connect, migrate
 
-EVENTS: dict[Scale, int] = {"smoke": 2_000, "bench": 300_000, "full": 1_000_000}
+EVENTS: dict[Scale, int] = {"smoke": 2_000, "bench": 200_000, "full": 1_000_000}
 TARGET_SECONDS = 10.0
 INSERT_BATCH = 20_000
 _INSERT = (

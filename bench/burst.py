@@ -62,7 +62,7 @@ SIZES: dict[Scale, Size] = {
     "bench": Size(
         exports=8,
         images=100,
-        commands=2_000,
+        commands=1_000,
         concurrency=50,
         catch_up_timeout=600.0,
         idle_commands=100,

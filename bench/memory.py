@@ -47,7 +47,7 @@ class Sizes:
 
 SIZES: dict[Scale, Sizes] = {
     "smoke": Sizes(small=100, large=600, files=60, pages_small=50, pages_large=600),
-    "bench": Sizes(small=2_000, large=20_000, files=3_000, pages_small=2_000, pages_large=20_000),
+    "bench": Sizes(small=2_000, large=10_000, files=1_500, pages_small=2_000, pages_large=10_000),
     "full": Sizes(small=2_000, large=100_000, files=3_000, pages_small=2_000, pages_large=20_000),
 }
 

@@ -2,7 +2,7 @@
 
 I/O module. The project is as big as the service allows (bench.harness.full_size_project:
 100,000 images, 20 trained iterations whose snapshots hold 20,000 to 100,000 images, a few
-thousand images only a snapshot holds; `make bench` a twentieth of it). The emulator answers
+thousand images only a snapshot holds; `make bench` 3% of it). The emulator answers
 at most 10 Training API calls per second (sliding window) and keeps Azure's link expiry and
 asynchronous deletion lag. A fresh bot (its own process, CUSTOM_VISION_TPS=10) exports it
 from a signed slash command, `export project <id> --no-images`, until the request is done.
@@ -16,7 +16,7 @@ Counting the images first (GetImageCount) is not needed to export them, so it is
 bound. Nothing else is: the package is written while the pages arrive.
 
 Memory: the bot's peak RSS (VmHWM) for the full-size project against the same export of a
-project of 2,000 images of the same shape (20 iterations; `make bench`: 5,000 against 1,000),
+project of 2,000 images of the same shape (20 iterations; `make bench`: 3,000 against 1,000),
 each in a fresh bot process.
 """
 
