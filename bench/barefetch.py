@@ -5,8 +5,9 @@ CUSTOM_VISION_TRAINING_KEY) lists a project's workspace with GetImages, 256 imag
 oldest first, at most `--tps` calls a second (a 429 waits for its Retry-After), and hands each
 original-image link to a pool of N threads as soon as its page arrives; the listing runs ahead
 of the downloads. Each download is read and dropped: nothing is written, hashed or checkpointed.
-One HTTP connection per thread (the session's pool holds N). It prints one JSON object:
-seconds (first call to last byte), pages, downloads, bytes, throttled, cpu_s (user + system).
+One HTTP connection per thread (the storage session's pool holds N); a 429 waits as the
+sequential baseline's do (bench.baseline.get). It prints one JSON object: seconds (first call
+to last byte), pages, downloads, bytes, throttled, cpu_s (user + system).
 
 It runs in a child process (`fetch`), as the bot does, so neither competes for the bench
 process's interpreter lock with the emulator that serves them both.
@@ -19,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,12 +28,11 @@ from dataclasses import dataclass
 import requests
 from requests.adapters import HTTPAdapter
 
+from bench.baseline import get
 from bench.harness import BenchError, child_env
 from bot.training import API_VERSION
 
 PAGE = 256
-TIMEOUT = 30.0
-MAX_ATTEMPTS = 10  # per request, so a run always ends
 KEY_VARIABLE = "CUSTOM_VISION_TRAINING_KEY"
 
 
@@ -64,24 +63,8 @@ class _Gate:
         self._next = max(now, self._next) + self._gap
 
 
-def _get(session: requests.Session, url: str, throttled: list[int], **kwargs: object) -> bytes:
-    for _attempt in range(MAX_ATTEMPTS):
-        response = session.get(url, timeout=TIMEOUT, **kwargs)  # type: ignore[arg-type]
-        if response.status_code == 429:
-            with _LOCK:
-                throttled[0] += 1
-            time.sleep(float(response.headers.get("Retry-After") or 1))
-            continue
-        response.raise_for_status()
-        return response.content
-    raise RuntimeError(f"still throttled after {MAX_ATTEMPTS} attempts")
-
-
 def _size(session: requests.Session, url: str, throttled: list[int]) -> int:
-    return len(_get(session, url, throttled))
-
-
-_LOCK = threading.Lock()
+    return len(get(session, url, throttled))
 
 
 def fetch_all(endpoint: str, key: str, project_id: str, *, threads: int, tps: float) -> BareRun:
@@ -93,19 +76,24 @@ def fetch_all(endpoint: str, key: str, project_id: str, *, threads: int, tps: fl
     sizes: list[int] = []
     cpu = time.process_time()
     started = time.perf_counter()
-    with requests.Session() as session, ThreadPoolExecutor(threads) as pool:
-        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=threads))
-        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=threads))
-        headers = {"Training-Key": key, "Accept": "application/json"}
+    with (
+        requests.Session() as api,
+        requests.Session() as storage,
+        ThreadPoolExecutor(threads) as pool,
+    ):
+        api.headers.update({"Training-Key": key, "Accept": "application/json"})
+        adapter = HTTPAdapter(pool_maxsize=threads)  # a kept connection per thread
+        storage.mount("http://", adapter)
+        storage.mount("https://", adapter)
         futures: list[Future[int]] = []
         skip = 0
         while True:
             gate.wait()
             params = {"take": str(PAGE), "skip": str(skip), "orderBy": "Oldest"}
-            page = json.loads(_get(session, url, throttled, params=params, headers=headers))
+            page = json.loads(get(api, url, throttled, params=params))
             pages += 1
             for image in page:
-                futures.append(pool.submit(_size, session, image["originalImageUri"], throttled))
+                futures.append(pool.submit(_size, storage, image["originalImageUri"], throttled))
             if len(page) < PAGE:
                 break
             skip += PAGE

@@ -10,6 +10,7 @@ answers are counted). It shares the emulator, the cap and the process with the b
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,21 +36,27 @@ class BaselineRun:
     throttled: int  # 429 answers met (and waited out)
 
 
-def _get(
+def get(
     session: requests.Session,
     url: str,
     counter: list[int],
     params: dict[str, str] | None = None,
 ) -> bytes:
+    """Return the body of a GET; a 429 waits for its Retry-After and tries again (counted in
+    `counter[0]`); raise for any other error, or after MAX_ATTEMPTS."""
     for _attempt in range(MAX_ATTEMPTS):
         response = session.get(url, params=params, timeout=TIMEOUT)
         if response.status_code == 429:
-            counter[0] += 1
+            with _COUNTING:
+                counter[0] += 1
             time.sleep(float(response.headers.get("Retry-After") or 1))
             continue
         response.raise_for_status()
         return response.content
     raise RuntimeError(f"still throttled after {MAX_ATTEMPTS} attempts")
+
+
+_COUNTING = threading.Lock()  # the bare fetch counts from several threads
 
 
 def export_sequentially(
@@ -69,7 +76,7 @@ def export_sequentially(
         for listing in ("tagged", "untagged"):
             skip = 0
             while True:
-                page = _get(
+                page = get(
                     api,
                     f"{base}/images/{listing}",
                     throttled,
@@ -81,7 +88,7 @@ def export_sequentially(
                     found = found[: limit - images]
                 for image in found:
                     images += 1
-                    data = _get(storage, image["originalImageUri"], throttled)
+                    data = get(storage, image["originalImageUri"], throttled)
                     (folder / f"{image['id']}.png").write_bytes(data)
                     downloads += 1
                     size += len(data)
