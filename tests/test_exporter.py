@@ -275,6 +275,11 @@ def test_export_project_holds_everything_the_project_holds(tmp_path: Path, vnet:
         assert len(downloads) == len(distinct) + len(predictions)
         assert set(downloads.values()) == {1}
         assert not (h.work_dir / record.id / CACHE_DIR).exists()
+        # Its files are deleted on a thread of their own, not left behind.
+        deadline = time.monotonic() + 30
+        while list((h.work_dir / record.id).glob(f".{CACHE_DIR}*")):
+            assert time.monotonic() < deadline, "the download cache is still being deleted"
+            time.sleep(0.05)
 
         counts = {
             "projects": 1,
