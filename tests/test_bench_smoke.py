@@ -84,7 +84,7 @@ def test_bench_deletion_smoke_erases_a_tags_images_from_every_snapshot_phase_by_
     result = deletion.BENCHMARK.run()
     well_formed(result, "deletion")
     f = result.figures
-    assert f["snapshots"] == deletion.SIZES["smoke"].iterations
+    assert f["snapshots"] == deletion.seed("smoke").iterations
     assert f["images"] > 0
     assert f["batches"] == -(-f["images"] // 256)
     for phase in ("preview", "delete", "verify"):
