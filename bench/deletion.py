@@ -13,7 +13,8 @@ Each phase is timed on the emulator's clock and compared with the bound of its o
 calls it made, at 10 per second):
 - preview: the command -> the request is pending (its calls: those answered meanwhile);
 - deletion: the approval click -> the last DeleteImages answered;
-- verification: the last DeleteImages answered -> the request is done. The 202 lag is inside
+- verification: the last DeleteImages answered -> its last read answered (the receipt is
+  written after it, inside the whole erasure's time). The 202 lag is inside
   it but overlapped: the verification reads the workspace (one call per 256 ids) before it
   counts the snapshots, so by then the last batch's lag has passed; only a lag longer than
   those reads would add to the phase, and the bound adds that remainder
@@ -106,13 +107,14 @@ def measure(scale: Scale) -> Figures:
     preview_calls = sum(1 for c in calls if c.time <= pending)
     delete_calls = sum(1 for c in calls if clicked <= c.time <= last_delete)
     verify = [c for c in calls if c.time > last_delete]
+    verified = max(c.time for c in verify) if verify else last_delete
     # The reads before the first snapshot count overlap the last batch's lag.
     first_count = next(
         (c.time for c in verify if c.operation_id == "GetImageCount" and "iterationId" in c.query),
         last_delete,
     )
     unoverlapped = max(0.0, LAG - (first_count - last_delete))
-    preview_s, delete_s, verify_s = pending - asked, last_delete - clicked, done - last_delete
+    preview_s, delete_s, verify_s = pending - asked, last_delete - clicked, verified - last_delete
     bounds = (preview_calls / TPS, delete_calls / TPS, len(verify) / TPS + unoverlapped)
     whole_s = done - asked - (clicked - pending)
     return {
@@ -136,6 +138,11 @@ def measure(scale: Scale) -> Figures:
         "whole_bound_s": sum(bounds),
         "whole_over_bound": report.ratio(whole_s, sum(bounds)),
         "throttled": sum(1 for c in calls if c.status == 429),
+        "throttled_preview": sum(1 for c in calls if c.status == 429 and c.time <= pending),
+        "throttled_deleting": sum(
+            1 for c in calls if c.status == 429 and clicked <= c.time <= last_delete
+        ),
+        "throttled_verifying": sum(1 for c in calls if c.status == 429 and c.time > last_delete),
     }
 
 

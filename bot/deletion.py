@@ -75,14 +75,12 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bot import commands, parser, subject, webpage, wording
 from bot.clock import iso, parse_iso
@@ -158,10 +156,6 @@ RECEIPT_COLUMNS = (
     "result",
 )
 SURVIVORS_SHOWN = 20
-# Reads in flight at once (preview listings, verification reads): while one answer is parsed
-# the next call is already on its way, so the client's spacing under the call cap, not the
-# time an answer takes, sets the pace. The rate limiter is shared, so this adds no calls.
-READS_IN_FLIGHT = 2
 CONTAINERS = frozenset({"project", "iteration", "tag"})  # their call removes what they hold
 # What this request did to an item, by its status: the receipt summary's column (SUMMARY_KEYS)
 # and the words of the item's `result`. Every count of a receipt or message comes from here.
@@ -812,43 +806,6 @@ def _shown(kind: str, target: str, parent: str | None) -> str:
     return f"{NOUNS[kind][0]} {target}"
 
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def _overlapped(
-    read: Callable[[_T], _R], each: Sequence[_T], check: Callable[[], None] | None = None
-) -> list[_R]:
-    """Return [read(x) for x in each], READS_IN_FLIGHT reads at a time, in order.
-
-    `check` runs in this thread after each answer (a job's stop and cancel check); when it
-    raises, the reads not started yet are dropped and it raises once those under way end.
-    """
-    if len(each) < 2:
-        found = []
-        for x in each:
-            found.append(read(x))
-            if check is not None:
-                check()
-        return found
-    dropped = threading.Event()
-
-    def guarded(x: _T) -> _R | None:
-        return None if dropped.is_set() else read(x)
-
-    with ThreadPoolExecutor(READS_IN_FLIGHT, thread_name_prefix="deletion-read") as pool:
-        answers: list[_R] = []
-        try:
-            for answer in pool.map(guarded, each):
-                if check is not None:
-                    check()
-                answers.append(answer)  # type: ignore[arg-type]  # None only once dropped
-        except BaseException:
-            dropped.set()
-            raise
-        return answers
-
-
 # ---------------------------------------------------------------------------------------------
 # Preview (I/O): read the live project
 
@@ -975,17 +932,13 @@ def _image_facts(
     """Return the facts of the images `command` picks in project `p` (on `client`'s resource;
     None: the request's own)."""
     client = client or ctx.client
-    listed = client.get_iterations(p)
-
-    def read(iteration_id: str | None) -> tuple[list[Image], _Query | None]:
-        return _selected(client, command, p, iteration_id)
-
-    scopes = [None, *(it.id for it in listed)]
-    (workspace, _), *snapshots = _overlapped(read, scopes, ctx.check)
+    workspace, _ = _selected(client, command, p, None)
     union = {image.id: image for image in workspace}
     iterations: list[IterationFacts] = []
     picked: list[tuple[Iteration, _Query | None, list[str]]] = []
-    for it, (held, query) in zip(listed, snapshots, strict=True):
+    for it in client.get_iterations(p):
+        ctx.check()
+        held, query = _selected(client, command, p, it.id)
         for image in held:
             union.setdefault(image.id, image)
         picked.append((it, query, [image.id for image in held]))
@@ -1613,22 +1566,15 @@ def survivors(
     if images:
         ids = [i.target_id for i in images]
         # The workspace by id: its tags and metadata change, so no count there proves anything.
-        present = set().union(
-            *_overlapped(
-                lambda batch: {im.id for im in client.get_images_by_ids(p, batch)},
-                chunks(ids, MAX_IMAGE_IDS),
-            )
-        )
-        rest = [i for i in ids if i not in present]
-
-        def held(iteration_id: str) -> set[str]:
+        present = {im.id for im in client.get_images_by_ids(p, ids)}
+        for iteration_id in listed:
+            rest = [i for i in ids if i not in present]
+            if not rest:
+                break  # every one is still in the workspace: no snapshot can change that
             try:
-                return _held(client, p, iteration_id, rest, (counts or {}).get(iteration_id))
+                present |= _held(client, p, iteration_id, rest, (counts or {}).get(iteration_id))
             except NotFound:
-                return set()  # the iteration went meanwhile, with its snapshot
-
-        if rest:  # else every one is still in the workspace: no snapshot can change that
-            present = present.union(*_overlapped(held, list(listed)))
+                continue  # the iteration went meanwhile, with its snapshot
         left.update(i.seq for i in images if i.target_id in present)
     predictions = [i for i in items if i.kind == "prediction"]
     if predictions:
