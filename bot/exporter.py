@@ -434,7 +434,10 @@ class Downloads:
         self._ready = threading.Condition()
         self._wake_at = 1  # reports that wake the job's thread
         self._failed = False  # a failure was reported: it wakes the job's thread at once
-        self._batch = threads
+        # Reports that wake the job's thread: a quarter of the threads, so that the window
+        # stays nearly full of queued files (an expired link is renewed for every file queued
+        # behind it: the fewer queued, the more downloads meet the 403 first).
+        self._batch = max(1, threads // 4)
         self.resolved: dict[str, str | None] = {}
         self.how: dict[str, int] = {}
         self.submitted = 0
