@@ -39,7 +39,7 @@ from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.slack.webapi import SlackEmulator
-from emulators.stack import CHANNEL, SIGNING_SECRET, bot_env, start_emulators
+from emulators.stack import CHANNEL, SIGNING_SECRET, bot_env, named_request, start_emulators
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the bench package
 CODE_ROOT = Path(bot.__file__).resolve().parent.parent  # the folder holding the bot package
@@ -111,14 +111,6 @@ def cpu_seconds(pid: int) -> float:
         # fields 14 and 15 (utime, stime) are the 12th and 13th of them.
         fields = fp.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def named_request(text: str) -> str | None:
-    """Return the first request id (R-1001) named in a message, or None."""
-    for word in re.split(r"[\s:.,;()*_`]+", text):
-        if parse_request_id(word) is not None:
-            return word
-    return None
 
 
 def request_id(response: requests.Response) -> str:

@@ -12,11 +12,13 @@ resource is then named `main`); without it the bot gets the single legacy pair (
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import requests
 
@@ -27,6 +29,7 @@ from emulators.customvision import CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.slack.records import Message
 from emulators.slack.webapi import DEFAULT_SCOPES, SlackEmulator
+from handlers.listeners import HOLDING_COMMAND
 
 SIGNING_SECRET = "emulator-signing-secret-0f9c2b"
 BOT_TOKEN = "xoxb-emulator-bot-token-5e1d"
@@ -54,6 +57,14 @@ CHANNEL = "C0DSR"  # private channel where requests are made
 PUBLIC_CHANNEL = "C0GENERAL"
 OUTSIDE_CHANNEL = "C0RANDOM"  # the bot is not a member
 AUDIT_CHANNEL = "C0AUDIT"
+
+
+def named_request(text: str) -> str | None:
+    """Return the first request id (R-1001) named in a message, or None."""
+    for word in re.split(r"[\s:.,;()*_`]+", text):
+        if parse_request_id(word) is not None:
+            return word
+    return None
 
 
 @dataclass
@@ -85,13 +96,26 @@ class Stack:
         assert self.driver is not None
         return self.driver.command(person.user_id, channel, text)
 
-    def request_id(self, response: requests.Response) -> str:
-        """Return the request id (R-1001) named in a command's ephemeral answer."""
+    def request_id(self, response: requests.Response, timeout: float = 30.0) -> str:
+        """Return the request id (R-1001) named in a command's ephemeral answer.
+
+        On a loaded machine the bot may acknowledge with its holding answer ("Working on it")
+        and name the request in a follow-up through the command's response_url: waited for.
+        """
         text = str(response.json()["text"])
-        for word in text.replace(":", " ").replace(".", " ").split():
-            if parse_request_id(word) is not None:
-                return word
-        raise AssertionError(f"no request id in {text!r}")
+        found = named_request(text)
+        if found is None and text == HOLDING_COMMAND:
+            body = response.request.body
+            form = dict(parse_qsl(body.decode() if isinstance(body, bytes) else str(body)))
+            deadline = time.monotonic() + timeout
+            while found is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                answers = self.slack.followups(form["response_url"])
+                found = named_request(answers[0]) if answers else None
+                text = answers[0] if answers else text
+        if found is None:
+            raise AssertionError(f"no request id in {text!r}")
+        return found
 
     def status(self, request_id: str) -> str:
         """Return the stored status of a request."""

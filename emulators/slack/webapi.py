@@ -184,6 +184,7 @@ class _ResponseUrl:
     uses: int = 0
     # the message replace_original/delete_original act on: ("message"|"ephemeral", ts)
     original: tuple[str, str] | None = None
+    posted: list[tuple[str, str]] = field(default_factory=list)  # its new messages, oldest first
 
 
 @dataclass
@@ -502,6 +503,23 @@ class SlackEmulator:
                 channel_id, user_id, self._clock(), original=original
             )
         return self.base_url + path
+
+    def followups(self, response_url: str) -> list[str]:
+        """Return the texts of the messages posted through a response_url, oldest first.
+
+        Each as it reads now (a later replace_original shows); a deleted one is left out.
+        """
+        with self._lock:
+            url = self._response_urls.get(urlsplit(response_url).path)
+            if url is None:
+                return []
+            found = [
+                self._messages.get((url.channel, ts))
+                if kind == "message"
+                else self._ephemerals.get(ts)
+                for kind, ts in url.posted
+            ]
+            return [f.text for f in found if f is not None and not f.deleted]
 
     def new_trigger_id(self, user_id: str) -> str:
         """Return a trigger_id that views.open accepts once, within 3 seconds."""
@@ -1636,6 +1654,7 @@ class SlackEmulator:
                 attachments=attachments or [],
             )
             url.original = ("message", ts)
+            url.posted.append(url.original)
         else:
             self._ephemerals[ts] = Ephemeral(
                 ts,
@@ -1647,6 +1666,7 @@ class SlackEmulator:
                 via="response_url",
             )
             url.original = ("ephemeral", ts)
+            url.posted.append(url.original)
 
 
 _WEBHOOK_TEXT_ERRORS = frozenset(
