@@ -460,7 +460,9 @@ class Downloads:
         if known is not None and self._writer.has(job.name(known.ext)):
             self._settle(job.key, job.name(known.ext), "kept")  # in a part kept from before
             return
-        while len(self._pending) >= self._window:
+        # The window counts the files still to download: those downloaded and waiting to be
+        # packed do not hold the queue back (an expired link is renewed for every file queued).
+        while len(self._pending) - len(self._reported) >= self._window:
             self._collect(self._batch)
         self._links.queued(job)
         self._pending[job.key] = job
