@@ -39,7 +39,14 @@ from bot.lifecycle import TERMINAL
 from emulators.customvision import Call, CustomVisionEmulator, Faults, Seed
 from emulators.slack.driver import SlackDriver
 from emulators.slack.webapi import SlackEmulator
-from emulators.stack import CHANNEL, SIGNING_SECRET, bot_env, named_request, start_emulators
+from emulators.stack import (
+    CHANNEL,
+    SIGNING_SECRET,
+    bot_env,
+    command_answer,
+    named_request,
+    start_emulators,
+)
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the bench package
 CODE_ROOT = Path(bot.__file__).resolve().parent.parent  # the folder holding the bot package
@@ -241,22 +248,14 @@ class BotProcess:
         On a loaded machine the bot may answer "working on it" first and name the request in
         a follow-up message (response_url), which is waited for.
         """
-        seen = len(self._slack.ephemerals(user_id=user_id))
         answer = self.driver().command(user_id, CHANNEL, text)
         if answer.status_code != 200:
             raise BenchError(f"the bot answered {answer.status_code}: {answer.text[:200]!r}")
-        found = named_request(str(answer.json().get("text", "")))
-        if found is not None:
-            return found
-        named: list[str] = []
-
-        def followed_up() -> bool:
-            later = self._slack.ephemerals(user_id=user_id)[seen:]
-            named[:] = [r for r in (named_request(e.text) for e in later) if r is not None]
-            return bool(named)
-
-        wait_until(followed_up, timeout=timeout, what=f"the bot's answer to {text!r}", interval=0.1)
-        return named[0]
+        said = command_answer(self._slack, answer, timeout)
+        found = named_request(said)
+        if found is None:
+            raise BenchError(f"the bot stored no request for {text!r}: {said[:200]!r}")
+        return found
 
     def peak_rss_mb(self) -> float:
         """Return the bot's peak RSS so far, in MB."""

@@ -67,6 +67,27 @@ def named_request(text: str) -> str | None:
     return None
 
 
+def command_answer(slack: SlackEmulator, response: requests.Response, timeout: float) -> str:
+    """Return the text a slash command's person reads as its answer.
+
+    That is the acknowledgement's text; or, when the bot acknowledged with its holding answer
+    ("Working on it", a loaded machine), the first follow-up through the command's
+    response_url, waited for up to `timeout` seconds (the holding text if none came).
+    """
+    text = str(response.json().get("text", ""))
+    if text != HOLDING_COMMAND:
+        return text
+    body = response.request.body
+    form = dict(parse_qsl(body.decode() if isinstance(body, bytes) else str(body)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answers = slack.followups(form["response_url"])
+        if answers:
+            return answers[0]
+        time.sleep(0.02)
+    return text
+
+
 @dataclass
 class Stack:
     """Running emulators and a running bot; `close()` stops everything."""
@@ -97,22 +118,9 @@ class Stack:
         return self.driver.command(person.user_id, channel, text)
 
     def request_id(self, response: requests.Response, timeout: float = 30.0) -> str:
-        """Return the request id (R-1001) named in a command's ephemeral answer.
-
-        On a loaded machine the bot may acknowledge with its holding answer ("Working on it")
-        and name the request in a follow-up through the command's response_url: waited for.
-        """
-        text = str(response.json()["text"])
+        """Return the request id (R-1001) named in a command's answer (`command_answer`)."""
+        text = command_answer(self.slack, response, timeout)
         found = named_request(text)
-        if found is None and text == HOLDING_COMMAND:
-            body = response.request.body
-            form = dict(parse_qsl(body.decode() if isinstance(body, bytes) else str(body)))
-            deadline = time.monotonic() + timeout
-            while found is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-                answers = self.slack.followups(form["response_url"])
-                found = named_request(answers[0]) if answers else None
-                text = answers[0] if answers else text
         if found is None:
             raise AssertionError(f"no request id in {text!r}")
         return found
