@@ -707,6 +707,40 @@ class SlackEmulator:
         with self._lock:
             self._channels[channel_id] = replace(self._channels[channel_id], is_archived=archived)
 
+    def set_audience(
+        self,
+        channel_id: str,
+        *,
+        is_private: bool | None = None,
+        is_ext_shared: bool | None = None,
+        is_org_shared: bool | None = None,
+        is_pending_ext_shared: bool | None = None,
+    ) -> None:
+        """Change who can read a channel (None: unchanged); it keeps its id and its history.
+
+        Real Slack changes a live channel's audience in place: a workspace admin makes a
+        private channel public (the `channel_convert_to_public` message subtype, "This channel
+        was made public. Any member in this workspace can see and join it", same channel id;
+        docs.slack.dev/reference/events/message/channel_convert_to_public; the Admin API's
+        admin.conversations.convertToPublic / convertToPrivate), and a channel "is converted
+        into a shared channel" with another organisation or workspace (the `channel_shared`
+        event, api.slack.com/events/channel_shared), after which conversations.info answers
+        `is_ext_shared` (or `is_pending_ext_shared` while the invitation waits) for the same id.
+        """
+        with self._lock:
+            channel = self._channels[channel_id]
+            self._channels[channel_id] = replace(
+                channel,
+                is_private=channel.is_private if is_private is None else is_private,
+                is_ext_shared=channel.is_ext_shared if is_ext_shared is None else is_ext_shared,
+                is_org_shared=channel.is_org_shared if is_org_shared is None else is_org_shared,
+                is_pending_ext_shared=(
+                    channel.is_pending_ext_shared
+                    if is_pending_ext_shared is None
+                    else is_pending_ext_shared
+                ),
+            )
+
     def rate_limited(self, method: str | None = None) -> int:
         """Return how many calls (of `method`) were answered `ratelimited`."""
         return sum(
