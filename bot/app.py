@@ -165,6 +165,7 @@ def build_bot(
     deliverer = Deliverer(
         store,
         web,
+        rules=rules,
         required_approvals=config.required_approvals,
         work_dir=config.work_dir,
         command=config.bot_command,

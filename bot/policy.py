@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.commands import Delete, Export
 from bot.lifecycle import RequestKind, Status
 from bot.wording import count
 
@@ -466,40 +467,57 @@ def may_read_audit(rules: Rules, actor: Actor, *, own_request: bool | None) -> D
     )
 
 
-def may_post_personal_data(rules: Rules, audience: Audience | None, *, what: str) -> Decision:
-    """Return whether `what` (e.g. "This export"), a file holding personal data, may be posted
-    into a conversation read by `audience` (None: Slack did not say).
+def audience_problem(rules: Rules, audience: Audience | None) -> str | None:
+    """Return why files with personal data may not go to a conversation read by `audience`
+    (None: Slack did not say): "unknown", "ext_shared", "org_shared" or "public"; None when
+    they may.
 
-    The one rule for packages, receipts and audit files. A shared channel's history, files
-    included, is readable by every organisation or workspace it is shared with. An audience
-    Slack did not confirm counts as unsafe: nothing personal leaks on a blip.
+    The one rule for packages, receipts, previews and audit files, when a request is made and
+    again just before each is posted. A shared channel's history, files included, is readable
+    by every organisation or workspace it is shared with. An audience Slack did not confirm
+    counts as unsafe: nothing personal leaks on a blip.
     """
     if audience is None:
-        return Decision(
-            False,
-            f"{what} holds personal data, and Slack did not confirm that this channel is private.",
-        )
+        return "unknown"
     if audience.external and not rules.allow_shared_exports:
-        return Decision(
-            False,
-            f"{what} holds personal data, and this channel is shared with another organisation "
-            "(Slack Connect), whose members could read it. Run it in a channel of your own "
-            "organisation, or ask an admin to set BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
-        )
+        return "ext_shared"
     if audience.org_wide and not rules.allow_shared_exports:
-        return Decision(
-            False,
-            f"{what} holds personal data, and this channel is shared with other workspaces of "
-            "your Enterprise Grid organisation. Run it in a channel of this workspace, or ask "
-            "an admin to set BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
-        )
+        return "org_shared"
     if audience.public and not rules.allow_public_exports:
-        return Decision(
-            False,
-            f"{what} holds personal data, and this is a public channel. Run it in a private "
-            "channel, or ask an admin to set BOT_ALLOW_PUBLIC_EXPORTS=true.",
-        )
-    return ALLOW
+        return "public"
+    return None
+
+
+def may_post_personal_data(rules: Rules, audience: Audience | None, *, what: str) -> Decision:
+    """Return whether `what` (e.g. "This export"), a file holding personal data, may be posted
+    into a conversation read by `audience` (None: Slack did not say), by `audience_problem`."""
+    problem = audience_problem(rules, audience)
+    if problem is None:
+        return ALLOW
+    reasons = {
+        "unknown": "Slack did not confirm that this channel is private.",
+        "ext_shared": "this channel is shared with another organisation (Slack Connect), whose "
+        "members could read it. Run it in a channel of your own organisation, or ask an admin "
+        "to set BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
+        "org_shared": "this channel is shared with other workspaces of your Enterprise Grid "
+        "organisation. Run it in a channel of this workspace, or ask an admin to set "
+        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true.",
+        "public": "this is a public channel. Run it in a private channel, or ask an admin to "
+        "set BOT_ALLOW_PUBLIC_EXPORTS=true.",
+    }
+    return Decision(False, f"{what} holds personal data, and {reasons[problem]}")
+
+
+def personal_results(command: Export | Delete) -> str | None:
+    """Return what of a request holds personal data, as a refusal names it ("This export",
+    "This deletion's receipt"), or None when nothing it posts does.
+
+    A deletion's preview and receipt list the person's image ids, tags and projects: evidence
+    about a data subject, kept out of the channels a package is kept out of.
+    """
+    if isinstance(command, Delete):
+        return "This deletion's receipt"
+    return "This export" if command.personal else None
 
 
 def may_extend(rules: Rules, actor: Actor, subject: Subject) -> Decision:

@@ -77,6 +77,7 @@ from bot.policy import (
     may_see_queue,
     may_see_status,
     may_submit_here,
+    personal_results,
     preview_shown,
 )
 from bot.reminders import digest_day, digests
@@ -428,18 +429,11 @@ class Service:
         decision = may_request(self.rules, self.actor(user_id), channel_id, deletion=deletion)
         if not decision:
             return decision
-        # A deletion's preview and receipt list the person's image ids, tags and projects:
-        # evidence about a data subject, kept out of the channels a package is kept out of.
-        personal = None
-        if isinstance(command, commands.Delete):
-            personal = "This deletion's receipt"
-        elif command.personal:
-            personal = "This export"
         return may_submit_here(
             self.rules,
             self._conversation(channel_id),
             rerun=f"{self.command} {text.strip()}",
-            personal=personal,
+            personal=personal_results(command),
         )
 
     def _store_request(
@@ -1382,6 +1376,7 @@ class Service:
                     "filename": path.name,
                     "title": title,
                     "comment": comment,
+                    "user": user_id,  # told by DM if the file cannot be posted here
                 },
                 request=None,
             )
@@ -1505,7 +1500,7 @@ def describe_status(
     if record.error:
         lines.append(f"Error: {record.error}")
     if held:
-        lines.append(f"Held ({len(held)}): Slack refused these; the bot keeps them:")
+        lines.append(f"Held ({len(held)}): not posted, and the bot keeps them:")
         lines += [f"• {h.name}: `{h.error}`" for h in held[:10]]
         if len(held) > 10:
             lines.append(f"• and {len(held) - 10} more")

@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -37,6 +37,19 @@ LOOKUP_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 # Answers that say something about the group itself: it has no members this bot can see.
 _GROUP_ANSWERS = frozenset({"no_such_subteam", "plan_upgrade_required", "missing_scope"})
+
+
+def channel_info_of(data: Mapping[str, Any]) -> ChannelInfo:
+    """Return what the rules need of the `channel` object conversations.info answered."""
+    return ChannelInfo(
+        exists=True,
+        is_member=bool(data.get("is_member")) or bool(data.get("is_im")),
+        is_private=bool(data.get("is_private")) or bool(data.get("is_group")),
+        is_im=bool(data.get("is_im")),
+        is_mpim=bool(data.get("is_mpim")),
+        external=bool(data.get("is_ext_shared")) or bool(data.get("is_pending_ext_shared")),
+        org_wide=bool(data.get("is_org_shared")),
+    )
 
 
 class SlackDirectory:
@@ -187,15 +200,7 @@ class SlackDirectory:
                 raise
             log.info("conversations.info %s: %s", channel_id, error)
             return ChannelInfo(exists=False)
-        info = ChannelInfo(
-            exists=True,
-            is_member=bool(data.get("is_member")) or bool(data.get("is_im")),
-            is_private=bool(data.get("is_private")) or bool(data.get("is_group")),
-            is_im=bool(data.get("is_im")),
-            is_mpim=bool(data.get("is_mpim")),
-            external=bool(data.get("is_ext_shared")) or bool(data.get("is_pending_ext_shared")),
-            org_wide=bool(data.get("is_org_shared")),
-        )
+        info = channel_info_of(data)
         with self._lock:
             self._channels[channel_id] = (started, info)
         return info

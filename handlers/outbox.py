@@ -17,6 +17,16 @@ archived, uploads are disabled, ...) is held at once: it keeps its files, the re
 messages go on, the requester is told where the bot still can post (the request's thread,
 else a DM) and `resend` puts it back in the queue once the cause is fixed.
 
+A channel's audience can widen after a request was made (an admin makes it public, or shares
+it with another organisation). So just before a delivery that may carry personal data (a
+file, or a message of a request whose results hold personal data: `carries_personal_data`)
+goes into a channel, conversations.info is asked again (`policy.audience_problem`, the rule
+the request passed). A widened channel holds the delivery like a refusal, and the requester
+is told by DM (not in the channel) how to resume; a lookup that fails is retried like the
+delivery itself, never taken as "private". A file is checked just before it is shared, every
+time; for messages (many, and conversations.info is Tier 3) a confirmed audience is
+remembered for `audience_ttl` seconds, a refused one never.
+
 Uploads use the three steps of files_upload_v2 by hand, recording the file id after the bytes
 are sent, so a restart between the steps completes the same file instead of posting it twice.
 """
@@ -39,11 +49,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import deletion
+from bot.commands import request_from_dict
 from bot.digest import sha256_file
 from bot.ids import format_request_id
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.logs import request_context
-from bot.policy import preview_digest
+from bot.policy import Rules, audience_problem, personal_results, preview_digest
+from bot.runner import REPORT_KEY
 from bot.store import (
     OutboxItem,
     Store,
@@ -52,6 +64,7 @@ from bot.store import (
     what_of,
 )
 from handlers import blocks, limits
+from handlers.directory import channel_info_of
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +112,32 @@ _CURES = {
 }
 
 
+# Why a delivery with personal data was withheld from a channel whose audience widened since
+# its request was made (`audience_problem`'s answers), and what cures it.
+_WIDENED = {
+    "channel_public": (
+        "<#{channel}> has become a public channel, which anyone in the workspace can join and read",
+        "make the channel private again (a workspace admin can), or ask an admin to set "
+        "BOT_ALLOW_PUBLIC_EXPORTS=true",
+    ),
+    "channel_ext_shared": (
+        "<#{channel}> is now shared with another organisation (Slack Connect), whose members "
+        "could read it",
+        "stop sharing the channel with the other organisation, or ask an admin to set "
+        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
+    ),
+    "channel_org_shared": (
+        "<#{channel}> is now shared with other workspaces of your Enterprise Grid organisation",
+        "stop sharing it with the other workspaces, or ask an admin to set "
+        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
+    ),
+}
+# How long a channel's audience, once Slack confirmed personal data may go there, is trusted
+# for the messages of requests (seconds; files always ask). A refusal is never remembered: a
+# `resend` after the channel was made private again asks at once.
+AUDIENCE_TTL = 10.0
+
+
 def is_permanent(error: str) -> bool:
     """Return True for Slack errors that retrying will not cure (`restricted_action*` too)."""
     return error in PERMANENT or error.startswith("restricted_action")
@@ -106,6 +145,14 @@ def is_permanent(error: str) -> bool:
 
 class Deferred(Exception):
     """The item cannot go yet (its thread's parent or its files are not posted)."""
+
+
+class Withheld(Exception):
+    """The channel's audience widened since the request: personal data may not go there."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error  # a key of _WIDENED
 
 
 class Held(Exception):
@@ -218,6 +265,7 @@ class Deliverer:
         store: Store,
         client: WebClient,
         *,
+        rules: Rules,
         required_approvals: int,
         poll_interval: float = 0.1,
         upload_timeout: float = 300.0,
@@ -228,6 +276,9 @@ class Deliverer:
     ) -> None:
         self.store = store
         self.client = client
+        self.rules = rules  # who may read what: the personal-data rule of each delivery
+        self.audience_ttl = AUDIENCE_TTL
+        self._confirmed: dict[str, float] = {}  # channel -> monotonic time it was confirmed
         self.required_approvals = required_approvals
         self.poll_interval = poll_interval
         self.upload_timeout = upload_timeout
@@ -314,6 +365,9 @@ class Deliverer:
         except Held as exc:
             self._hold(item, exc.error, notice=False)
             return "held"
+        except Withheld as exc:
+            self._hold(item, exc.error, notice=True)
+            return "held"
         except SlackApiError as exc:
             return self._slack_failure(item, exc)
         except FileNotFoundError as exc:
@@ -376,15 +430,31 @@ class Deliverer:
             refused = self._refused(item)
             if refused is not None:
                 refused(conn)
-            if number is None or not notice or item.kind == "notice" or not first:
+            if not notice or item.kind == "notice" or not first:
+                return
+            if number is None:
+                # A file asked for by a command (audit, status --all, report): no request to
+                # resend, so its asker is told to run it again.
+                if error in _WIDENED and item.payload.get("user"):
+                    user = str(item.payload["user"])
+                    text = self._unowned_notice(user, item.channel, name, error)
+                    self.store.enqueue(
+                        conn,
+                        kind="notice",
+                        channel=item.channel,
+                        payload={"user": user, "text": text, "dm": True},
+                        request=None,
+                    )
                 return
             record = self.store.get(number, conn)
+            payload: dict[str, Any] = {
+                "user": record.requester,
+                "text": self._notice(record, name, error),
+            }
+            if error in _WIDENED:
+                payload["dm"] = True  # not into the channel that became too wide
             self.store.enqueue(
-                conn,
-                kind="notice",
-                channel=item.channel,
-                payload={"user": record.requester, "text": self._notice(record, name, error)},
-                request=number,
+                conn, kind="notice", channel=item.channel, payload=payload, request=number
             )
 
     def _hold_mirror(self, batch: list[OutboxItem], error: str) -> None:
@@ -406,6 +476,14 @@ class Deliverer:
                 )
 
     def _notice(self, record: RequestRecord, name: str, error: str) -> str:
+        if error in _WIDENED:
+            why, cure = (t.format(channel=record.channel) for t in _WIDENED[error])
+            return (
+                f"<@{record.requester}> {record.id}: I did not post {name} in "
+                f"<#{record.channel}>: it holds personal data, and {why}. Nothing is lost: the "
+                f"bot keeps it, and `{self.command} status {record.id}` lists what is held. To "
+                f"have it posted, {cure}; then run `{self.command} resend {record.id}`."
+            )
         cure = _CURES.get(error, f"Slack answered `{error}`").format(
             channel=record.channel, bot="cv-dsr-bot"
         )
@@ -414,6 +492,53 @@ class Deliverer:
             f"is lost: the bot keeps it, and `{self.command} status {record.id}` lists what is "
             f"held. Once that is fixed, run `{self.command} resend {record.id}`."
         )
+
+    def _unowned_notice(self, user: str, channel: str, name: str, error: str) -> str:
+        why, cure = (t.format(channel=channel) for t in _WIDENED[error])
+        return (
+            f"<@{user}> I did not post {name} in <#{channel}>: it holds personal data, and "
+            f"{why}. Nothing was posted. Run the command again in a private channel, or {cure}."
+        )
+
+    # -- who reads the channel -------------------------------------------------------------
+
+    def carries_personal_data(self, item: OutboxItem) -> bool:
+        """Return whether `item` may carry personal data into its channel: every file (a
+        package, receipt, preview, audit trail or audit file) but the package of an export
+        that holds none, and the messages of a request whose results hold personal data (a
+        deletion's preview and receipt lines name the person's images and tags)."""
+        if item.kind in {"progress", "notice", "mirror"}:
+            return False  # counts only; a notice goes where the requester reads it
+        if item.request_number is None:
+            return item.kind == "upload"
+        if item.kind == "upload" and (item.key or "").startswith(f"{REPORT_KEY}:"):
+            return True  # the audit trail names the people and the reason
+        try:
+            command = request_from_dict(self._request(item).command)
+        except ValueError:
+            return True  # not understood: counted as personal
+        return personal_results(command) is not None
+
+    def _check_audience(self, item: OutboxItem, *, fresh: bool = False) -> None:
+        """Raise Withheld when personal data in `item` may no longer go to its channel
+        (`fresh`: ask Slack even if the channel was confirmed a moment ago).
+
+        A conversations.info that fails raises as any Slack call here does: the item is
+        retried (or held, for an error retrying will not cure), never delivered unchecked.
+        """
+        channel = item.channel
+        if channel.startswith("D") or not self.carries_personal_data(item):
+            return  # a DM's id says who reads it: the bot and the person
+        now = self.pacer.monotonic()
+        confirmed = self._confirmed.get(channel)
+        if not fresh and confirmed is not None and now - confirmed < self.audience_ttl:
+            return
+        data = self.client.conversations_info(channel=channel)["channel"]
+        problem = audience_problem(self.rules, channel_info_of(data).audience)
+        if problem is not None:
+            self._confirmed.pop(channel, None)
+            raise Withheld(f"channel_{problem}")
+        self._confirmed[channel] = now
 
     # -- the audit mirror --------------------------------------------------------------------
 
@@ -499,6 +624,7 @@ class Deliverer:
         return record.message_ts
 
     def _announce(self, item: OutboxItem) -> Delivered:
+        self._check_audience(item)
         record = self._request(item)
         preview_file, queue_file = self._preview_file(record)
         text, body = blocks.announcement(record, self.required_approvals, preview_file)
@@ -621,6 +747,7 @@ class Deliverer:
             raise Held("waits_for_held_file")  # it would announce a file Slack does not have
         if waits_for - {"sent", None}:
             raise Deferred
+        self._check_audience(item)
         response = self.client.chat_postMessage(
             channel=item.channel,
             thread_ts=thread_ts,
@@ -637,6 +764,9 @@ class Deliverer:
     def _notify(self, item: OutboxItem) -> Delivered:
         """Tell the requester in the request's thread, else in a DM (chat:write opens it)."""
         text = blocks.bot_text(str(item.payload["text"]))
+        if item.payload.get("dm") or item.request_number is None:
+            response = self.client.chat_postMessage(channel=str(item.payload["user"]), text=text)
+            return {"ts": str(response["ts"]), "where": "dm"}, None
         record = self._request(item)
         if record.message_ts and self._announcement_held(item) is None:
             try:
@@ -686,6 +816,7 @@ class Deliverer:
             arguments["thread_ts"] = thread_ts
         if payload.get("comment"):
             arguments["initial_comment"] = blocks.message_text(str(payload["comment"]))
+        self._check_audience(item, fresh=True)  # just before sharing; the bytes show nobody
         self.client.files_completeUploadExternal(**arguments)
         return {**state, "completed": True}, self._file_posted(item, state)
 

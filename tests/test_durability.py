@@ -46,6 +46,7 @@ from bot.lifecycle import (
     RequestRecord,
     Status,
 )
+from bot.policy import Rules
 from bot.runner import JobContext, JobHandler, JobInterrupted, Outcome, Runner, Settings
 from bot.store import Store
 from bot.training import TrainingClient
@@ -831,7 +832,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     db = Database(tmp_path / "cvdsr.db")
     store = Store(db, SystemClock())
     web = WebClient(token=BOT_TOKEN, base_url=slack.api_url)
-    deliverer = Deliverer(store, web, required_approvals=1)
+    deliverer = Deliverer(store, web, rules=Rules(), required_approvals=1)
     try:
         yield Outbox(slack, store, deliverer, web)
     finally:

@@ -204,3 +204,22 @@ def test_e2e_audience_unknown_is_never_delivered_and_retried(stack: Stack) -> No
     assert shares and all(s.time > failed[-1].time for s in shares)
     assert [n for n in files_of(stack, rid) if n.startswith(f"{rid}-export")]
     assert stack.slack.messages(DM) == []
+
+
+def test_e2e_audit_file_is_not_posted_into_a_channel_made_public_and_its_asker_is_told(
+    stack: Stack,
+) -> None:
+    """A file a command posts (no request to resend): withheld, and its asker told by DM."""
+    stack.slack.inject_latency("files.getUploadURLExternal", 1.0)  # the outbox is slow today
+    answer = ephemeral(stack.command(APPROVER, "audit"))
+    assert "audit" in answer.lower()
+    stack.slack.set_audience(CHANNEL, is_private=False)
+    dm = f"D{APPROVER.user_id[1:]}"
+    wait(lambda: stack.slack.messages(dm), "a DM to the approver")
+    stack.wait_delivered()
+
+    assert not [f for f in stack.slack.files(CHANNEL) if f.name.startswith("audit-")]
+    (told,) = stack.slack.messages(dm)
+    assert "did not post audit-all-" in told.text and "public channel" in told.text
+    assert "Run the command again in a private channel" in told.text
+    assert stack.slack.messages(DM) == []
