@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlite_utils
 
 from bot import audit
-from bot.errors import DatabaseBusy, DatabaseFull
+from bot.errors import ConfigError, DatabaseBusy, DatabaseFull
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,12 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 ]
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Return a new connection in autocommit mode (transactions are explicit), WAL enabled."""
+def connect(path: Path, *, require_wal: bool = True) -> sqlite3.Connection:
+    """Return a new connection in autocommit mode (transactions are explicit), WAL enabled.
+
+    Raises ConfigError naming the path when SQLite cannot use WAL there (`require_wal`: the
+    bot's own database; reading an audit copy does not need it).
+    """
     if str(path) != ":memory:":
         path.parent.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False only so close() can run at shutdown; each thread uses its own.
@@ -263,7 +267,20 @@ def connect(path: Path) -> sqlite3.Connection:
         str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    # SQLite answers the mode it kept when it cannot use WAL (an in-memory database, a file
+    # system without shared memory) instead of failing; the guarantees above need WAL.
+    mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+    if mode != "wal" and require_wal:
+        conn.close()
+        raise ConfigError(
+            [
+                f"BOT_DATABASE ({path}) cannot use SQLite's WAL mode (SQLite kept "
+                f"journal_mode={mode}), on which the bot relies so that reading never blocks "
+                "writing. Set BOT_DATABASE to a file on a local disk (not an in-memory database"
+                ", not a network file system), in a folder where the bot may create the file's "
+                "-wal and -shm companions."
+            ]
+        )
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA wal_autocheckpoint = 0")  # Database checkpoints (CHECKPOINT_EVERY)
     conn.execute("PRAGMA foreign_keys = ON")
@@ -290,7 +307,7 @@ class AuditFile:
     must not change the file it checks)."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = connect(path)
+        self._conn = connect(path, require_wal=False)  # verifying a copy needs no WAL
 
     def verify(self) -> audit.Verification:
         """Return the result of recomputing the hash chain."""
