@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from bot import coco, package, webpage
 from bot.clock import iso
@@ -43,8 +45,7 @@ from bot.package import INDEX_NAME, LABELS_NAME, PackageInfo, PackageWriter
 from bot.webpage import Box, Card, FileRef, PageLink
 
 IMAGES_PER_PAGE = 500
-# The start of an images.jsonl line (bot.exporter writes the record's keys in this order).
-_SCOPE_PREFIX = re.compile(r'\{"scope":"[a-z]+","iterationId":(null|"[^"\\]*"),')
+_CHUNK = 256 * 1024  # characters read at a time from a page's body file
 BOX_THRESHOLD = 0.5  # stored predictions: boxes drawn from this probability up
 
 
@@ -52,9 +53,9 @@ def _time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Scope:
-    """A run of listing lines of one scope, and the pages it takes."""
+    """A run of listing lines of one scope, and the pages it takes (counted as lines come)."""
 
     key: str | None  # iteration id, None for the workspace
     label: str
@@ -67,9 +68,8 @@ class _Scope:
 
 
 class _Views:
-    def __init__(self, writer: PackageWriter, built_at: datetime) -> None:
+    def __init__(self, writer: PackageWriter) -> None:
         self.writer = writer
-        self.built_at = built_at
         self.multi = writer.parts_so_far > 1
         self.iteration_names: dict[str, str] = {}
 
@@ -100,7 +100,7 @@ class _Views:
 
     # -- adding -------------------------------------------------------------------------------
 
-    def add_text(self, name: str, chunks: Iterator[str] | Sequence[str]) -> None:
+    def add_text(self, name: str, chunks: Iterable[str]) -> None:
         if self.writer.has(name):
             return  # a resumed export: a kept part holds it
         path = self.writer.temp_dir / f"view-{uuid.uuid4().hex}.tmp"
@@ -109,74 +109,10 @@ class _Views:
                 f.write(chunk)
         self.writer.add_file(name, path)
 
-    # -- listings -----------------------------------------------------------------------------
-
-    def scopes(self, name: str, key_of: Any, label_of: Any, first_page: int) -> list[_Scope]:
-        """Return the runs of lines of one scope in listing `name`."""
-        return _runs((key_of(record) for record in self.lines(name)), label_of, first_page)
-
     def scope_label(self, key: str | None) -> str:
         if key is None:
             return "training workspace"
         return f"snapshot of iteration {self.iteration_names.get(key.lower(), key)}"
-
-    def paged(
-        self,
-        listing: str,
-        stem: str,
-        what: str,
-        key_of: Any,
-        card_of: Any,
-        label_of: Any = None,
-        runs: list[_Scope] | None = None,
-    ) -> list[PageLink]:
-        """Add the pages of `listing`, a card a line; `runs`: its scopes, when already read."""
-        if runs is None:
-            runs = self.scopes(listing, key_of, label_of or self.scope_label, 1)
-        if not runs:
-            return []
-        total = runs[-1].first_page + runs[-1].pages - 1
-        names = [package.view_page_path(stem, n) for n in range(1, total + 1)]
-        links: list[PageLink] = []
-        for run in runs:
-            for i in range(run.pages):
-                first = i * IMAGES_PER_PAGE + 1
-                last = min(run.lines, first + IMAGES_PER_PAGE - 1)
-                number = run.first_page + i
-                links.append(
-                    PageLink(
-                        names[number - 1],
-                        f"{what} {first:,} to {last:,} of {run.lines:,} ({run.label})",
-                    )
-                )
-        records = self.lines(listing)
-
-        def page_cards(count: int) -> Iterator[Card]:
-            for _ in range(count):
-                yield card_of(next(records))
-
-        for run in runs:
-            for i in range(run.pages):
-                number = run.first_page + i
-                count = min(IMAGES_PER_PAGE, run.lines - i * IMAGES_PER_PAGE)
-                prev = names[number - 2].split("/")[-1] if number > 1 else None
-                nxt = names[number].split("/")[-1] if number < total else None
-                cards = page_cards(count)
-                if self.writer.has(names[number - 1]):
-                    for _ in cards:  # keep the listing and the callbacks in step
-                        pass
-                    continue
-                self.add_text(
-                    names[number - 1],
-                    webpage.card_page(
-                        f"{what} ({run.label})",
-                        f"page {number} of {total}: {links[number - 1].label}",
-                        cards,
-                        prev=prev,
-                        nxt=nxt,
-                    ),
-                )
-        return links
 
     def image_card(self, record: Mapping[str, Any], image: Image) -> Card:
         scope = self.scope_label(record.get("iterationId"))
@@ -233,48 +169,89 @@ def _scope_of(record: Mapping[str, Any]) -> Any:
     return record.get("iterationId")
 
 
-def _runs(keys: Iterable[Any], label_of: Any, first_page: int) -> list[_Scope]:
-    """Return the runs of equal keys (one scope's lines), numbering their pages on."""
-    runs: list[_Scope] = []
-    for key in keys:
-        if runs and runs[-1].key == key:
-            last = runs[-1]
-            runs[-1] = _Scope(last.key, last.label, last.lines + 1, last.first_page)
-        else:
-            page = runs[-1].first_page + runs[-1].pages if runs else first_page
-            runs.append(_Scope(key, label_of(key), 1, page))
-    return runs
-
-
-def _image_scopes(v: _Views, listing: str) -> tuple[list[_Scope], bool]:
-    """Return the scopes of an images.jsonl and whether any of its images has regions.
-
-    One pass that parses next to nothing: a line starts `{"scope":...,"iterationId":...,`
-    (bot.exporter writes its keys in that order), so its scope is read from that prefix; and
-    as lines are compact JSON, only a line holding `"regions":[{` can have a region.
-    """
-    regions: list[bool] = []
-
-    def keys(f: Iterable[str]) -> Iterator[Any]:
-        for line in f:
-            if not line.strip():
-                continue
-            match = _SCOPE_PREFIX.match(line)
-            record = None if match else json.loads(line)
-            if not regions and '"regions":[{' in line:
-                record = record or json.loads(line)
-                if record.get("image", {}).get("regions"):
-                    regions.append(True)
-            if match is None:
-                yield _scope_of(record or {})
-            else:
-                yield None if match.group(1) == "null" else match.group(1)[1:-1]
-
-    path = v.writer.kept(listing)
-    if path is None:
-        return [], False
+def _body(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
-        return _runs(keys(f), v.scope_label, 1), bool(regions)
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+class _Pager:
+    """Pages of cards, IMAGES_PER_PAGE a page and one scope a page, written as the cards come.
+
+    A page's head says where it stands among all the pages and in its scope ("page 3 of 40:
+    Images 1,001 to 1,500 of 2,300"), known only after the last card: so the cards of each page
+    wait, rendered, in a body file of their own, and `finish` puts each body in its page.
+    """
+
+    def __init__(self, v: _Views, stem: str, what: str, label_of: Callable[[Any], str]) -> None:
+        self.v = v
+        self.stem = stem
+        self.what = what
+        self.label_of = label_of
+        self.runs: list[_Scope] = []
+        self._bodies: list[Path] = []
+        self._body: IO[str] | None = None
+
+    def add(self, key: Any, card: str) -> None:
+        """Add a rendered card (webpage.card_html) to the pages of scope `key`."""
+        run = self.runs[-1] if self.runs else None
+        if run is None or run.key != key:
+            first = run.first_page + run.pages if run is not None else 1
+            run = _Scope(key, self.label_of(key), 0, first)
+            self.runs.append(run)
+        if run.lines % IMAGES_PER_PAGE == 0:
+            self._close()
+            path = self.v.writer.temp_dir / f"cards-{uuid.uuid4().hex}.tmp"
+            self._bodies.append(path)
+            self._body = path.open("w", encoding="utf-8", newline="\n")
+        assert self._body is not None
+        self._body.write(card)
+        run.lines += 1
+
+    def _close(self) -> None:
+        if self._body is not None:
+            body, self._body = self._body, None
+            body.close()
+
+    def discard(self) -> None:
+        """Drop the cards (idempotent); nothing is added."""
+        with suppress(OSError):
+            self._close()
+        for path in self._bodies:
+            path.unlink(missing_ok=True)
+        self._bodies = []
+
+    def finish(self) -> list[PageLink]:
+        """Add the pages not in the package yet; return the links to every page, in order."""
+        self._close()
+        if not self.runs:
+            return []
+        last = self.runs[-1]
+        total = last.first_page + last.pages - 1
+        names = [package.view_page_path(self.stem, n) for n in range(1, total + 1)]
+        links: list[PageLink] = []
+        pages: list[_Scope] = []  # the run of each page
+        for run in self.runs:
+            for i in range(run.pages):
+                first = i * IMAGES_PER_PAGE + 1
+                end = min(run.lines, first + IMAGES_PER_PAGE - 1)
+                label = f"{self.what} {first:,} to {end:,} of {run.lines:,} ({run.label})"
+                links.append(PageLink(names[len(links)], label))
+                pages.append(run)
+        for number, (run, body) in enumerate(zip(pages, self._bodies, strict=True), 1):
+            self.v.add_text(
+                names[number - 1],
+                webpage.cards_page(
+                    f"{self.what} ({run.label})",
+                    f"page {number} of {total}: {links[number - 1].label}",
+                    _body(body),
+                    prev=names[number - 2].split("/")[-1] if number > 1 else None,
+                    nxt=names[number].split("/")[-1] if number < total else None,
+                ),
+            )
+            body.unlink()
+        self._bodies = []
+        return links
 
 
 def _kind(project: Project, detection: bool) -> str:
@@ -344,36 +321,71 @@ def tags_held(data: Any) -> list[Tag]:
     return tags
 
 
+def _single_project_views(v: _Views) -> tuple[list[Project], Any]:
+    """Return the projects of projects.json and the root iterations.json."""
+    return [Project.from_dict(p) for p in v.json("projects.json") or []], v.json("iterations.json")
+
+
+def _project_files(
+    v: _Views, project: Project, single: bool, root_iterations: Any
+) -> tuple[list[Iteration], list[Tag]]:
+    """Return a project's iterations and tags from the package (its folder, else the root),
+    and learn the names of its iterations."""
+
+    def own(name: str) -> str:
+        nested = package.project_path(project.id, name)
+        return nested if v.writer.has(nested) or not single else name
+
+    iterations = [Iteration.from_dict(i) for i in v.json(own("iterations.json")) or []]
+    if not iterations and single and isinstance(root_iterations, list):
+        iterations = [Iteration.from_dict(i) for i in root_iterations]
+    v.iteration_names.update({it.id.lower(): it.name for it in iterations})
+    return iterations, tags_held(v.json(own("tags.json")))
+
+
+def streamed_images(writer: PackageWriter, info: PackageInfo, project_id: str) -> ImageViews:
+    """Return the views of `project_id`'s images.jsonl, to be fed each line as it is written.
+
+    For an export of one project without files (a line is final once written), whose
+    projects.json, iterations.json and tags.json are in the package already: the pages, COCO
+    file and labels.csv are then built while the next pages of the listing are awaited, and
+    `add_views(streamed=...)` only adds them. Raises ValueError when projects.json does not
+    hold the project.
+    """
+    v = _Views(writer)
+    projects, root_iterations = _single_project_views(v)
+    found = [p for p in projects if p.id.lower() == project_id.lower()]
+    if len(projects) != 1 or not found:
+        raise ValueError(f"projects.json does not hold project {project_id[:40]!r} alone")
+    _, tags = _project_files(v, found[0], True, root_iterations)
+    # A classification project whose images turn out to have regions is object detection
+    # after all (`_is_detection`): the views are then built again from the listing.
+    return ImageViews(v, info, found[0], tags, "images.jsonl", _is_detection(found[0], False))
+
+
 def add_views(
     writer: PackageWriter,
     info: PackageInfo,
     *,
     built_at: datetime,
     project_id: str | None,
+    streamed: ImageViews | None = None,
 ) -> None:
     """Add index.html, its pages, the COCO file and labels.csv (classification).
 
     `project_id` is the project whose images.jsonl/predictions.jsonl the package holds (None
-    for exports without images). Raises MalformedResponse when a file the export wrote is not
-    what the Training API returns (it was checked once already, so this means a bug).
+    for exports without images). `streamed`: that listing's views built while it was written
+    (`streamed_images`), used when they hold every line. Raises MalformedResponse when a file
+    the export wrote is not what the Training API returns (it was checked once already, so
+    this means a bug).
     """
-    v = _Views(writer, built_at)
-    projects = [Project.from_dict(p) for p in v.json("projects.json") or []]
+    v = _Views(writer)
+    projects, root_iterations = _single_project_views(v)
     single = len(projects) == 1
-    root_iterations = v.json("iterations.json")
     exports = v.json("exports.json")
     views: list[webpage.ProjectView] = []
     for project in projects:
-
-        def own(name: str, project: Project = project) -> str:
-            nested = package.project_path(project.id, name)
-            return nested if writer.has(nested) or not single else name
-
-        iterations = [Iteration.from_dict(i) for i in v.json(own("iterations.json")) or []]
-        if not iterations and single and isinstance(root_iterations, list):
-            iterations = [Iteration.from_dict(i) for i in root_iterations]
-        v.iteration_names.update({it.id.lower(): it.name for it in iterations})
-        tags = tags_held(v.json(own("tags.json")))
+        iterations, tags = _project_files(v, project, single, root_iterations)
         mine = project_id is not None and project.id.lower() == project_id.lower()
         image_pages: list[PageLink] = []
         prediction_pages: list[PageLink] = []
@@ -383,20 +395,25 @@ def add_views(
         if not writer.has(listing):
             listing = "images.jsonl" if mine else ""
         if listing and writer.has(listing):
-            runs, has_regions = _image_scopes(v, listing)
-            detection = _is_detection(project, has_regions)
-            image_pages, files = _images(v, info, project, tags, detection, listing, runs)
+            images = streamed if streamed is not None and streamed.holds(project, listing) else None
+            if images is None:
+                images = _listed_images(v, info, project, tags, listing)
+            else:
+                streamed = None
+            detection = images.detection
+            image_pages, files = images.finish(built_at)
         else:
             detection = _is_detection(project, False)
         if mine and writer.has("predictions.jsonl"):
-            prediction_pages = v.paged(
-                "predictions.jsonl",
+            pager = _Pager(
+                v,
                 "predictions",
                 "Stored predictions",
-                lambda r: None,
-                v.prediction_card,
-                label_of=lambda key: "kept by the service for 30 days",
+                lambda key: "kept by the service for 30 days",
             )
+            for record in v.lines("predictions.jsonl"):
+                pager.add(None, webpage.card_html(v.prediction_card(record)))
+            prediction_pages = pager.finish()
         views.append(
             webpage.ProjectView(
                 name=project.name,
@@ -413,6 +430,8 @@ def add_views(
                 files=tuple(files),
             )
         )
+    if streamed is not None:
+        streamed.discard()  # not this package's listing after all
     head = webpage.Header(
         title=f"Custom Vision data export, request {info.request_id}",
         rows=(
@@ -448,64 +467,109 @@ def add_views(
     v.add_text(INDEX_NAME, webpage.index_page(head, views, sections))
 
 
-def _images(
-    v: _Views,
-    info: PackageInfo,
-    project: Project,
-    tags: Sequence[Tag],
-    detection: bool,
-    listing: str,
-    runs: list[_Scope],
-) -> tuple[list[PageLink], list[tuple[str, str]]]:
-    """Write the image pages, the COCO file and (classification) labels.csv in one pass.
+def _has_regions(v: _Views, listing: str) -> bool:
+    """Return whether any image of `listing` has a region (a line holding `"regions":[{`:
+    lines are compact JSON, so only those are parsed)."""
+    path = v.writer.kept(listing)
+    if path is None:
+        return False
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if '"regions":[{' in line and json.loads(line).get("image", {}).get("regions"):
+                return True
+    return False
 
-    `listing` is the project's images.jsonl; one in a project's folder gets that project's
-    own page names and labels.csv (a package of several projects' images).
+
+def _listed_images(
+    v: _Views, info: PackageInfo, project: Project, tags: Sequence[Tag], listing: str
+) -> ImageViews:
+    """Return the views of `listing` built from the package's copy of it."""
+    detection = _is_detection(project, False) or _has_regions(v, listing)
+    images = ImageViews(v, info, project, tags, listing, detection)
+    try:
+        for record in v.lines(listing):
+            images.add(record)
+    except BaseException:
+        images.discard()
+        raise
+    return images
+
+
+class ImageViews:
+    """The image pages, COCO file and (classification) labels.csv of one images.jsonl.
+
+    Fed a line at a time: while the export writes the listing (`streamed_images`), or from the
+    package's copy of it afterwards (`add_views`); the files are the same. Each line is parsed
+    once, for its card, its COCO image and its labels row. `finish` adds the files.
+    `listing` is the project's images.jsonl; one in a project's folder gets that project's own
+    page names and labels.csv (a package of several projects' images).
     """
-    writer = v.writer
-    nested = listing != "images.jsonl"
-    stem = f"images-{project.id.lower()}" if nested else "images"
-    labels_name = package.project_path(project.id, LABELS_NAME) if nested else LABELS_NAME
-    name = package.coco_path(project.id)
-    work = writer.temp_dir / f"coco-{project.id.lower()}"
-    work.mkdir(parents=True, exist_ok=True)
-    labels_path = work / "labels.csv"
-    seen: set[int] = set()
-    with (
-        coco.CocoFile(
-            work,
+
+    def __init__(
+        self,
+        v: _Views,
+        info: PackageInfo,
+        project: Project,
+        tags: Sequence[Tag],
+        listing: str,
+        detection: bool,
+    ) -> None:
+        self.v = v
+        self.project = project
+        self.listing = listing
+        self.detection = detection
+        self.complete = False  # set by the feeder once the listing holds every line
+        self.spoiled = False  # a region in what was taken for a classification project
+        nested = listing != "images.jsonl"
+        self.labels_name = package.project_path(project.id, LABELS_NAME) if nested else LABELS_NAME
+        stem = f"images-{project.id.lower()}" if nested else "images"
+        self.pager = _Pager(v, stem, "Images", v.scope_label)
+        self.work = v.writer.temp_dir / f"coco-{project.id.lower()}-{uuid.uuid4().hex[:8]}"
+        self.work.mkdir(parents=True)
+        self.labels_path = self.work / "labels.csv"
+        self.seen: set[int] = set()
+        self.coco = coco.CocoFile(
+            self.work,
             info={
                 "description": f"Custom Vision project {project.name}",
                 "cv_project_id": project.id,
                 "cv_request": info.request_id,
-                "date_created": iso(v.built_at),
+                "date_created": None,  # the build time, given to finish()
                 "convention": "object detection: one annotation per region, bbox in pixels"
                 if detection
                 else "classification: one annotation per image tag, without bbox",
             },
             categories=[(t.id, t.name) for t in tags],
             detection=detection,
-        ) as coco_file,
-        labels_path.open("w", encoding="utf-8", newline="") as labels,
-    ):
-        labels.write(coco.label_header())
+        )
+        self.labels = self.labels_path.open("w", encoding="utf-8", newline="")
+        self.labels.write(coco.label_header())
 
-        def card(record: Mapping[str, Any]) -> Card:
-            # Each line is parsed once, for its card and for its COCO image and labels row.
-            image = Image.from_dict(record.get("image"), copy=False)  # the line is ours
-            add(record, image)
-            return v.image_card(record, image)
+    def holds(self, project: Project, listing: str) -> bool:
+        """Return True when these are the complete views of `project`'s `listing`."""
+        return (
+            self.complete
+            and not self.spoiled
+            and listing == self.listing
+            and project.id.lower() == self.project.id.lower()
+        )
 
-        def add(record: Mapping[str, Any], image: Image) -> None:
-            key = uuid.UUID(image.id).int  # 128-bit ints: a small set even for 100,000 images
-            if key in seen:
-                return  # one COCO image per distinct image: the first scope listing it
-            seen.add(key)
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Add one line of the listing, exactly as the package holds it."""
+        if self.spoiled:
+            return
+        image = Image.from_dict(record.get("image"), copy=False)  # the line is ours
+        if image.regions and not self.detection:
+            self.spoiled = True
+            return
+        key = uuid.UUID(image.id).int  # 128-bit ints: a small set even for 100,000 images
+        if key not in self.seen:  # one COCO image per distinct image: the first scope's
+            self.seen.add(key)
             file = record.get("file") if isinstance(record.get("file"), str) else None
-            if file is not None and writer.entry(file) is None:
+            if file is not None and self.v.writer.entry(file) is None:
                 file = None
             tag_pairs = [(t.tag_id or "", t.tag_name or "") for t in image.tags if t.tag_id]
-            coco_file.add_image(
+            self.coco.add_image(
                 image.id,
                 file,
                 image.width,
@@ -516,31 +580,51 @@ def _images(
                     for r in image.regions
                 ],
             )
-            if not detection:
-                labels.write(coco.label_row(file, image.id, [n for _, n in tag_pairs]))
+            if not self.detection:
+                self.labels.write(coco.label_row(file, image.id, [n for _, n in tag_pairs]))
+        self.pager.add(_scope_of(record), webpage.card_html(self.v.image_card(record, image)))
 
-        pages = v.paged(listing, stem, "Images", _scope_of, card, runs=runs)
-    files: list[tuple[str, str]] = []
-    convention = (
-        "object detection: one annotation per region, bbox in pixels"
-        if detection
-        else "classification: image-level labels, annotations without bbox"
-    )
-    path = coco_file.close()
-    if not writer.has(name):
-        writer.add_file(name, path)
-    files.append(
-        (
-            name,
-            f"COCO annotations ({convention}); {coco_file.images:,} images, "
-            f"{coco_file.annotations:,} annotations",
+    def discard(self) -> None:
+        """Drop everything built so far (idempotent); nothing is added."""
+        self.pager.discard()
+        self.coco.discard()
+        with suppress(OSError):
+            self.labels.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def finish(self, built_at: datetime) -> tuple[list[PageLink], list[tuple[str, str]]]:
+        """Add the pages, the COCO file and labels.csv; return the page links and the files
+        (name, what it holds) for the index."""
+        writer, project = self.v.writer, self.project
+        try:
+            pages = self.pager.finish()
+            self.labels.close()
+            self.coco.info["date_created"] = iso(built_at)
+            path = self.coco.close()
+        except BaseException:
+            self.discard()
+            raise
+        name = package.coco_path(project.id)
+        convention = (
+            "object detection: one annotation per region, bbox in pixels"
+            if self.detection
+            else "classification: image-level labels, annotations without bbox"
         )
-    )
-    writer.note(f"{name}: COCO annotations of project {project.name} ({project.id}), {convention}.")
-    if detection:
-        labels_path.unlink()
-    else:
-        if not writer.has(labels_name):
-            writer.add_file(labels_name, labels_path)
-        files.append((labels_name, "the tags of each image, one line per image (CSV)"))
-    return pages, files
+        if not writer.has(name):
+            writer.add_file(name, path)
+        files = [
+            (
+                name,
+                f"COCO annotations ({convention}); {self.coco.images:,} images, "
+                f"{self.coco.annotations:,} annotations",
+            )
+        ]
+        writer.note(
+            f"{name}: COCO annotations of project {project.name} ({project.id}), {convention}."
+        )
+        if not self.detection:
+            if not writer.has(self.labels_name):
+                writer.add_file(self.labels_name, self.labels_path)
+            files.append((self.labels_name, "the tags of each image, one line per image (CSV)"))
+        shutil.rmtree(self.work, ignore_errors=True)
+        return pages, files

@@ -76,7 +76,7 @@ class CocoFile:
         self.detection = detection
         self.images = 0
         self.annotations = 0
-        self._info = dict(info)
+        self.info = dict(info)  # written at close: a caller may settle it until then
         self._categories: dict[str, tuple[int, str]] = {}
         for tag_id, name in categories:
             self.category(tag_id, name)
@@ -190,7 +190,7 @@ class CocoFile:
         ]
         path = self.folder / COCO_NAME
         with path.open("w", encoding="utf-8", newline="\n") as out:
-            out.write('{\n"info": ' + json.dumps(self._info, ensure_ascii=False) + ",\n")
+            out.write('{\n"info": ' + json.dumps(self.info, ensure_ascii=False) + ",\n")
             out.write('"licenses": [],\n"images": [')
             with self._parts[0].open(encoding="utf-8") as part:
                 shutil.copyfileobj(part, out)

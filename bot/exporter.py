@@ -567,9 +567,15 @@ class Downloads:
 class Lines:
     """A JSON-lines listing whose lines are written in order, each once its file is settled."""
 
-    def __init__(self, sink: JsonlWriter | None, downloads: Downloads | None) -> None:
+    def __init__(
+        self,
+        sink: JsonlWriter | None,
+        downloads: Downloads | None,
+        on_line: Callable[[Any], None] | None = None,
+    ) -> None:
         self._sink = sink  # None: the listing is already in the package (a resumed job)
         self._downloads = downloads
+        self._on_line = on_line  # given each line as written (browse.ImageViews.add)
         self._waiting: deque[tuple[dict[str, Any], str | None]] = deque()
         self.count = 0
 
@@ -594,7 +600,9 @@ class Lines:
                 record["file"] = resolved[key]
             self._waiting.popleft()
             if self._sink is not None:
-                self._sink.write(record)
+                written = self._sink.write(record)
+                if self._on_line is not None:
+                    self._on_line(written)
             self.count += 1
 
     def finish(self) -> None:
@@ -678,6 +686,7 @@ class _Build:
         self.phase = "reading"
         self.listed = 0
         self.list_total: int | None = None
+        self.views: browse.ImageViews | None = None  # images.jsonl's, built as it is listed
 
     # -- checkpoints and progress -------------------------------------------------------------
 
@@ -821,10 +830,13 @@ class _Build:
         where: str | None = None,
         name: str = "images.jsonl",
         section: str = "images",
+        views: bool = False,
     ) -> None:
         """List the images of each (scope, tag ids) into `name`, queueing their files.
 
         `where`: a metadata `$filter`. The counts add up over calls (a subject's projects).
+        `views`: build the listing's index pages and COCO file as its lines are written
+        (`self.views`; only without files, whose lines are final once written).
         """
         self.phase, self.listed = "listing images", 0
         # No count first: the listing ends at a short page, and a count per scope would only
@@ -838,7 +850,11 @@ class _Build:
             # only hold links that age while they wait.
             pages = prefetched(pages, PREFETCH_PAGES)
         with self.jsonl(name) as sink:
-            lines = Lines(sink, self.downloads if files else None)
+            on_line = None
+            if views and sink is not None and not files:
+                self.views = browse.streamed_images(self.writer, self.writer.info, p)
+                on_line = self.views.add
+            lines = Lines(sink, self.downloads if files else None, on_line)
             for scope, page in pages:
                 for image in page:
                     distinct.add(image.id.lower())
@@ -854,6 +870,8 @@ class _Build:
             self.phase = "downloading files"
             self.ctx.progress(self.downloads.done, self.downloads.submitted, self.phase)
             lines.finish()
+        if self.views is not None:
+            self.views.complete = True
         self.counts["images"] = self.counts.get("images", 0) + len(distinct)
         self.counts["image_records"] = self.counts.get("image_records", 0) + lines.count
         if files:
@@ -1044,7 +1062,8 @@ class _Build:
         self.exports(p, trained, download=False)
         scopes: list[str | None] = [None, *(it.id for it in trained)]
         self.tags(p, scopes)
-        self.images(p, [(scope, ()) for scope in scopes], files=self.export.images)
+        files = self.export.images
+        self.images(p, [(scope, ()) for scope in scopes], files=files, views=not files)
         self.predictions(p, files=self.export.images)
 
     def subject(self) -> None:
@@ -1299,6 +1318,10 @@ def _build(
         build = _Build(ctx, export, writer, cache, export_wait=export_wait)
         try:
             counts = build.run()
+        except BaseException:
+            if build.views is not None:
+                build.views.discard()
+            raise
         finally:
             build.downloads.close()
             cache.close()
@@ -1307,7 +1330,13 @@ def _build(
             built = iso(ctx.clock.now())
             ctx.save(views_built_at=built)
         ctx.progress(0, 1, "building the index pages", force=True)
-        browse.add_views(writer, info, built_at=parse_iso(built), project_id=export.project_id)
+        browse.add_views(
+            writer,
+            info,
+            built_at=parse_iso(built),
+            project_id=export.project_id,
+            streamed=build.views,
+        )
         for key, n in counts.items():
             writer.count(key, n)
         ctx.save(section="packaging", counts=counts)

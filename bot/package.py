@@ -827,15 +827,18 @@ class JsonlWriter:
         self._lock = threading.Lock()
         self._file: IO[str] | None = path.open("w", encoding="utf-8", newline="\n")
 
-    def write(self, obj: Any) -> None:
-        """Append `obj` as one line; raise TypeError when it is not JSON-serializable."""
-        line = json.dumps(unsigned(obj), ensure_ascii=False, separators=(",", ":"))
+    def write(self, obj: Any) -> Any:
+        """Append `obj` as one line; return what the line holds (`unsigned(obj)`); raise
+        TypeError when it is not JSON-serializable."""
+        written = unsigned(obj)
+        line = json.dumps(written, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             if self._file is None:
                 raise RuntimeError(f"{self.name} is closed")
             self._file.write(line)
             self._file.write("\n")
             self.count += 1
+        return written
 
     def close(self) -> FileEntry:
         """Return the entry after adding the file to the package (idempotent)."""

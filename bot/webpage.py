@@ -383,7 +383,8 @@ def _pager(prev: str | None, nxt: str | None, index: str, where: str) -> str:
     return f'<nav class="pager">{"".join(links)}<span class="muted">{text(where)}</span></nav>\n'
 
 
-def _card(card: Card, depth: int) -> str:
+def card_html(card: Card, depth: int = 1) -> str:
+    """Return one card as HTML, for a page `depth` folders down (`card_page`, `cards_page`)."""
     f = card.file
     ratio = ""
     if card.width and card.height and card.width > 0 and card.height > 0:
@@ -431,13 +432,26 @@ def card_page(
     depth: int = 1,
 ) -> Iterator[str]:
     """Yield one page of image cards; `prev`/`nxt` are sibling page names, `depth` folders."""
+    rendered = (card_html(card, depth) for card in cards)
+    return cards_page(title, where, rendered, prev=prev, nxt=nxt, depth=depth)
+
+
+def cards_page(
+    title: str,
+    where: str,
+    cards: Iterable[str],
+    *,
+    prev: str | None,
+    nxt: str | None,
+    depth: int = 1,
+) -> Iterator[str]:
+    """Yield one page around cards already rendered by `card_html` (for the same `depth`)."""
     index = rel("index.html", depth)
     yield _frame_start(title)
     yield f'<header><h1 class="v">{text(title)}</h1></header>\n'
     yield _pager(prev, nxt, index, where)
     yield '<main><div class="grid">\n'
-    for card in cards:
-        yield _card(card, depth)
+    yield from cards
     yield "</div></main>\n"
     yield _pager(prev, nxt, index, where)
     yield _FRAME_END

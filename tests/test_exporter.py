@@ -374,6 +374,109 @@ def test_export_project_metadata_makes_only_the_calls_it_needs(tmp_path: Path) -
         assert record.result["counts"]["image_records"] == sum(sizes)
 
 
+# Scopes of more than one index page (500 images a page) in each kind of project.
+PAGED = Seed(projects=3, iterations=2, tags=3, images=620, predictions=4, image_bytes=64)
+
+
+@pytest.fixture
+def paged(tmp_path: Path) -> Iterator[Harness]:
+    yield from make_harness(tmp_path, seed=PAGED)
+
+
+def view_files(pkg: Package) -> dict[str, Any]:
+    """The index pages, labels.csv and COCO files of a package; a COCO file without the
+    request id, which names the request that built it."""
+    views: dict[str, Any] = {}
+    for name, data in pkg.files.items():
+        if name.startswith("annotations/"):
+            document = json.loads(data)
+            document["info"].pop("cv_request")
+            views[name] = document
+        elif name.startswith("index/") or name.endswith("labels.csv"):
+            views[name] = data
+    return views
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["multiclass", "detection", "multilabel"])
+def test_export_project_metadata_builds_its_views_while_listing_the_same_as_afterwards(
+    paged: Harness, which: int
+) -> None:
+    h = paged
+    p = h.cv.data.project_ids()[which]
+    text = f"export project {p} --no-images"
+    # While the last calls (the stored predictions) are made, the image pages wait rendered
+    # in the package's temp folder: built as the listing came, not after it.
+    rendered: list[int] = []
+
+    def look(exchange: Exchange) -> None:
+        if exchange.operation_id == "QueryPredictions" and not rendered:
+            rendered.append(len(list(h.work_dir.glob("*/.package/tmp/cards-*.tmp"))))
+
+    h.cv.hooks.append(look)
+    _, streamed = h.done(text)
+    h.cv.hooks.remove(look)
+    pages = streamed.names("index/images-")
+    assert len(pages) > 3 and rendered == [len(pages)]
+
+    # The same export stopped once images.jsonl is in the package and resumed: its views are
+    # built from the package's copy of the listing. The files are the same.
+    h.handler[0] = stop_when(lambda cp: cp.get("section") == "images")
+    _, resumed = h.done(text)
+    assert resumed.names("index/images-") == pages
+    assert view_files(resumed) == view_files(streamed)
+    convention = streamed.json(f"annotations/{p}.coco.json")["info"]["convention"]
+    kind = ("labels.csv" in streamed.files, convention.split(":")[0])
+    assert kind == ((False, "object detection") if which == 1 else (True, "classification"))
+
+
+def test_export_project_metadata_of_a_classification_project_with_regions(
+    paged: Harness,
+) -> None:
+    # The service's answer for regions on a classification project's images is unknown: if the
+    # workspace's last page holds one (after a page of lines without), the project is object
+    # detection after all, as for an export with files (whose views are built once the
+    # listing is complete).
+    h = paged
+    p = h.cv.data.project_ids()[0]
+    tag = h.cv.data.tag_ids(p)[0]
+    boxed: list[str] = []
+
+    def add_region(exchange: Exchange) -> None:
+        images = exchange.response_body
+        if exchange.operation_id != "GetImages" or "iterationId" in exchange.query:
+            return
+        if boxed or not images or len(images) == 256:
+            return
+        image = images[-1]
+        boxed.append(image["id"])
+        image["regions"] = [
+            {
+                "regionId": UNKNOWN,
+                "tagId": tag,
+                "tagName": "x",
+                "created": image["created"],
+                "left": 0.1,
+                "top": 0.2,
+                "width": 0.3,
+                "height": 0.4,
+            }
+        ]
+
+    h.cv.hooks.append(add_region)
+    _, pkg = h.done(f"export project {p} --no-images")
+    assert boxed
+    assert "labels.csv" not in pkg.files
+    document = pkg.json(f"annotations/{p}.coco.json")
+    assert document["info"]["convention"].startswith("object detection")
+    assert [a["bbox"] for a in document["annotations"]] == [
+        [round(0.1 * w, 2), round(0.2 * ht, 2), round(0.3 * w, 2), round(0.4 * ht, 2)]
+        for i in document["images"]
+        if i["cv_image_id"] == boxed[0]
+        for w, ht in [(i["width"], i["height"])]
+    ]
+    assert "Object detection" in pkg.files["index.html"].decode()
+
+
 def test_prefetched_keeps_the_order_and_raises_where_the_source_failed() -> None:
     def source() -> Iterator[int]:
         yield from range(10)
