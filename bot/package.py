@@ -61,6 +61,7 @@ import tempfile
 import threading
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
@@ -815,8 +816,24 @@ class _OpenPart:
         return self.raw.tell() + self.central
 
 
+@dataclass(frozen=True)
+class Deflated:
+    """A file's zip data deflated as it was written: the raw deflate stream at `path` of the
+    `size` bytes whose CRC-32 and SHA-256 are given."""
+
+    path: Path
+    size: int
+    crc: int
+    sha256: str
+
+
 class JsonlWriter:
-    """One JSON object per line, streamed to a temp file; added to the package on close."""
+    """One JSON object per line, streamed to a temp file; added to the package on close.
+
+    Each line is also deflated as it comes (the zip data of the entry, the same bytes zipfile
+    would write: deflate's output does not depend on how its input is cut), so closing a long
+    listing copies its compressed data instead of compressing it after the last line.
+    """
 
     def __init__(self, owner: PackageWriter, name: str, path: Path) -> None:
         self.name = name
@@ -824,19 +841,34 @@ class JsonlWriter:
         self.entry: FileEntry | None = None
         self._owner = owner
         self._path = path
+        self._deflated_path = path.with_name(path.name + ".deflate")
         self._lock = threading.Lock()
-        self._file: IO[str] | None = path.open("w", encoding="utf-8", newline="\n")
+        # What zipfile deflates a member with (zipfile._get_compressor, default level).
+        self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        self._crc = 0
+        self._size = 0
+        self._sha256 = hashlib.sha256()
+        self._file: IO[bytes] | None = path.open("wb")
+        try:
+            self._deflated: IO[bytes] | None = self._deflated_path.open("wb")
+        except BaseException:
+            self._file.close()
+            raise
 
     def write(self, obj: Any) -> Any:
         """Append `obj` as one line; return what the line holds (`unsigned(obj)`); raise
         TypeError when it is not JSON-serializable."""
         written = unsigned(obj)
-        line = json.dumps(written, ensure_ascii=False, separators=(",", ":"))
+        line = json.dumps(written, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = line.encode("utf-8")
         with self._lock:
-            if self._file is None:
+            if self._file is None or self._deflated is None:
                 raise RuntimeError(f"{self.name} is closed")
-            self._file.write(line)
-            self._file.write("\n")
+            self._file.write(data)
+            self._deflated.write(self._compressor.compress(data))
+            self._crc = zlib.crc32(data, self._crc)
+            self._sha256.update(data)
+            self._size += len(data)
             self.count += 1
         return written
 
@@ -845,26 +877,40 @@ class JsonlWriter:
         with self._lock:
             if self.entry is not None:
                 return self.entry
-            if self._file is None:
+            if self._file is None or self._deflated is None:
                 raise RuntimeError(f"{self.name} was discarded")
-            self._file.close()
-            self._file = None
-        self.entry = self._owner._add_jsonl(self, self._path)
+            try:
+                self._deflated.write(self._compressor.flush())
+            finally:
+                self._close_files()
+        deflated = Deflated(self._deflated_path, self._size, self._crc, self._sha256.hexdigest())
+        try:
+            self.entry = self._owner._add_jsonl(self, self._path, deflated)
+        finally:
+            self._deflated_path.unlink(missing_ok=True)
         return self.entry
+
+    def _close_files(self) -> None:
+        file, self._file = self._file, None
+        deflated, self._deflated = self._deflated, None
+        with ExitStack() as closing:
+            for handle in (file, deflated):
+                if handle is not None:
+                    closing.callback(handle.close)
 
     def discard(self) -> None:
         """Drop what was written (nothing is added); the name is free again."""
         with self._lock:
             if self._file is None:
                 return
-            file, self._file = self._file, None
-        try:
-            file.close()
-        except OSError:
-            pass  # flushing what is dropped failed (a full disk); the handle is closed anyway
-        finally:
-            self._path.unlink(missing_ok=True)
-            self._owner._release_jsonl(self)
+            try:
+                self._close_files()
+            except OSError:
+                pass  # flushing what is dropped failed (a full disk); the handles are closed
+            finally:
+                self._path.unlink(missing_ok=True)
+                self._deflated_path.unlink(missing_ok=True)
+                self._owner._release_jsonl(self)
 
     def __enter__(self) -> Self:
         return self
@@ -1125,17 +1171,19 @@ class PackageWriter:
         os.close(fd)
         return Path(path)
 
-    def _add_jsonl(self, writer: JsonlWriter, path: Path) -> FileEntry:
+    def _add_jsonl(self, writer: JsonlWriter, path: Path, deflated: Deflated) -> FileEntry:
         with self._lock:
             self._jsonl.pop(writer.name, None)
-        return self._add_claimed(writer.name, path)
+        return self._add_claimed(writer.name, path, deflated=deflated)
 
     def _release_jsonl(self, writer: JsonlWriter) -> None:
         with self._lock:
             if self._jsonl.pop(writer.name, None) is not None:
                 self._release(writer.name)
 
-    def _add_claimed(self, name: str, src: Path, *, keep_source: bool = False) -> FileEntry:
+    def _add_claimed(
+        self, name: str, src: Path, *, keep_source: bool = False, deflated: Deflated | None = None
+    ) -> FileEntry:
         with self._lock:
             try:
                 self._require_open()
@@ -1147,7 +1195,7 @@ class PackageWriter:
                 try:
                     if name.endswith(_KEPT_SUFFIXES):
                         self._keep(name, src)
-                    entry = self._add_handle(name, handle)
+                    entry = self._add_handle(name, handle, deflated)
                 except BaseException:
                     self._release(name)
                     raise
@@ -1166,11 +1214,21 @@ class PackageWriter:
         except OSError:
             shutil.copyfile(src, kept)
 
-    def _add_handle(self, name: str, src: IO[bytes]) -> FileEntry:
-        """Return the entry after writing `src`; ValueError leaves the package unchanged."""
+    def _add_handle(self, name: str, src: IO[bytes], deflated: Deflated | None = None) -> FileEntry:
+        """Return the entry after writing `src` (its zip data from `deflated` when it fits a
+        part whole); ValueError leaves the package unchanged."""
         size = os.fstat(src.fileno()).st_size
         plan, pieces = self._prepare(name, size)
         try:
+            if deflated is not None and not plan.split and deflates(name):
+                if deflated.size != size:
+                    raise OSError(f"{name}: {size} bytes written, {deflated.size} deflated")
+                part = self._rollover() if plan.new_part_first else self._part()
+                self._write_deflated(part, name, deflated)
+                entry = FileEntry(name, size, deflated.sha256, part.index)
+                part.files.append(entry)
+                self._entries[name] = entry
+                return entry
             return self._write_entry(name, src, size, plan, pieces)
         except BaseException as exc:
             # Whatever reached the open part is suspect: it is dropped, never journaled, and a
@@ -1252,6 +1310,36 @@ class PackageWriter:
             shutil.copyfileobj(reader, _Tee(dest, hashes), _COPY_CHUNK)
         if reader.remaining:
             raise OSError(f"{arcname}: the source file shrank while it was being packed")
+        part.entries.append(arcname)
+        part.central += _central_overhead(len(arcname.encode()))
+
+    def _write_deflated(self, part: _OpenPart, arcname: str, deflated: Deflated) -> None:
+        """Write a member from its deflated data: the bytes `_write_member` would write.
+
+        zipfile has no public way to add data compressed already, so this does what
+        ZipFile._open_to_write and _ZipWriteFile.close do on a seekable file, with the CRC and
+        sizes known up front: one local header, the data, and the entry for the central
+        directory.
+        """
+        zf = part.zf
+        info = zipfile.ZipInfo(arcname, date_time=self._zip_time())
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        info.file_size = deflated.size
+        info.compress_size = deflated.path.stat().st_size
+        info.CRC = deflated.crc
+        zip64 = deflated.size * 1.05 > zipfile.ZIP64_LIMIT  # _open_to_write's rule
+        assert zf.fp is not None
+        zf.fp.seek(zf.start_dir)
+        info.header_offset = zf.fp.tell()
+        zf._writecheck(info)  # type: ignore[attr-defined]
+        zf._didModify = True  # type: ignore[attr-defined]
+        zf.fp.write(info.FileHeader(zip64))
+        with deflated.path.open("rb") as data:
+            shutil.copyfileobj(data, zf.fp, _COPY_CHUNK)
+        zf.start_dir = zf.fp.tell()
+        zf.filelist.append(info)
+        zf.NameToInfo[info.filename] = info
         part.entries.append(arcname)
         part.central += _central_overhead(len(arcname.encode()))
 

@@ -688,6 +688,40 @@ def test_package_jsonl_discarded_on_error(tmp_path: Path) -> None:
     assert contents(parts)["x.jsonl"] == b'{"n":2}\n'
 
 
+@pytest.mark.parametrize("limit", [100 * 1024 * 1024, 300_000, 40_000])
+def test_package_jsonl_deflated_as_written_makes_the_same_zip_bytes(
+    tmp_path: Path, limit: int
+) -> None:
+    # The listing is deflated line by line while it is written; its zip data must be what
+    # zipfile writes from the whole file: the same parts, byte for byte. (Whole in one part, in
+    # the next part, and cut into pieces, which are deflated from the file as before.)
+    rng = random.Random(7)
+    records = [
+        {"n": n, "text": "x" * rng.randrange(0, 900), "name": f"Zoë {rng.random()}"}
+        for n in range(2_000)
+    ]
+    data = b"".join(
+        json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records
+    )
+    first = random_bytes(rng, limit // 2)
+    parts: dict[str, list[Part]] = {}
+    for how in ("streamed", "file"):
+        with writer(tmp_path / how, limit) as pkg:
+            pkg.add_file("first.bin", source(pkg, first))
+            if how == "streamed":
+                with pkg.jsonl("images.jsonl") as lines:
+                    for record in records:
+                        lines.write(record)
+            else:
+                pkg.add_file("images.jsonl", source(pkg, data))
+            parts[how] = pkg.finish()
+    streamed, whole = ([p.path.read_bytes() for p in parts[how]] for how in ("streamed", "file"))
+    assert len(streamed) == len(whole) >= (1 if limit > 1_000_000 else 2)
+    assert streamed == whole
+    check_parts(parts["streamed"], limit)
+    assert contents(parts["streamed"])["images.jsonl"] == data
+
+
 def test_package_finish_refuses_an_open_jsonl(tmp_path: Path) -> None:
     with writer(tmp_path) as pkg:
         lines = pkg.jsonl("images.jsonl")
