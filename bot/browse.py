@@ -11,9 +11,12 @@ I/O through the PackageWriter only: `add_views` reads the package's own JSON fil
     labels.csv                          image-level labels of a classification project
 
 Pages are streamed line by line from images.jsonl / predictions.jsonl, so memory stays flat
-whatever the number of images. Images are shown from the package's own files (relative
-paths); the service's addresses in the JSON are never used. When the package spans several
-parts, each image says which part holds its file. Rendering is bot.webpage's (pure).
+whatever the number of images. An export of one project without files builds the views of its
+images.jsonl while the listing arrives (`streamed_images`, fed each line as it is written), so
+that after the last call only the pages' heads (which name the totals) and the copying remain;
+every other listing is read back from the package. Images are shown from the package's own
+files (relative paths); the service's addresses in the JSON are never used. When the package
+spans several parts, each image says which part holds its file. Rendering is bot.webpage's (pure).
 A resumed export renders the same pages again (the build time is the caller's) and adds only
 those not already in the package.
 """

@@ -39,7 +39,9 @@ predictions.jsonl lines are {"prediction": <as returned>, "file": name|null}.
 
 Speed: listings go page by page (256, no count first: a short page ends a scope) and are
 streamed to the package; without files the next pages are read ahead on a thread of their own
-(`prefetched`), so the calls keep pace with the rate limit. Files download on
+(`prefetched`), so the calls keep pace with the rate limit, and a whole project's index pages
+and COCO file are built from each line as it is written (bot.browse.streamed_images), so
+that little is left to do after the last call. Files download on
 `download_concurrency` threads fed through a bounded window, so memory stays flat whatever the
 size of the project. A line waits (in order) until its file is in the package, because a
 file's name ends with its type, known only from its first bytes.

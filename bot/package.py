@@ -45,6 +45,9 @@ storage SAS (`?sv=...&se=...&sig=...`): the Training API signs every image, thum
 prediction image and model link, and a signed link opens a person's image for anyone who holds
 it. The blob's address stays; README.txt says so.
 
+Speed: a JSON-lines listing is deflated as its lines are written (`JsonlWriter`), so closing
+it copies zip data rather than compressing hundreds of megabytes after the last line.
+
 Pure: `unsigned`, `safe_name`, `check_arcname`, the path helpers, `part_name`, `plan_entry`,
 `render_manifest`, `render_readme`. I/O: `PackageWriter` and `JsonlWriter`, which touch only
 files under `work_dir` (and delete each `src` they take in, unless told to keep it).
