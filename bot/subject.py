@@ -198,7 +198,7 @@ def search_project(client: TrainingClient, place: Place, selectors: Selectors) -
 
 
 # Projects searched at once on one resource. Its limit (10 calls/s) is the resource's client's
-# rate limiter, which spaces the calls' starts whatever the threads; but a call to the service
+# rate limiter, which keeps the window whatever the threads; but a call to the service
 # takes longer than a tenth of a second (bench 8: 200 ms each made one project after another
 # 2.1x slower than the limit), so 4 in flight keep the limit busy up to 400 ms a call.
 SEARCHES_PER_RESOURCE = 4

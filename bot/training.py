@@ -21,7 +21,8 @@ Retries live in one place, `TrainingClient._retrying`, with the rules:
   gone, so a plain retry is enough for them.
 
 Rate limiting: every attempt (retries too) of a Training API call first takes a slot from a
-RateLimiter shared by every client of the process for the same endpoint (`shared_limiter`).
+RateLimiter shared by every client of the process for the same endpoint (`shared_limiter`),
+and reports its answer to it (a 429 widens the limiter's margin for every thread).
 Blob downloads of absolute URIs are not Training API calls and are not limited; GetArtifact is.
 
 Connections: a client that makes its own session keeps up to `connections` of them open per
@@ -41,6 +42,7 @@ Pure (no I/O): chunks, retry_after_hint, backoff_delay and the error-body parsin
 from __future__ import annotations
 
 import base64
+import collections
 import email.utils
 import hashlib
 import itertools
@@ -93,7 +95,6 @@ __all__ = [
     "API_VERSION",
     "BLOB_OPERATION",
     "DOWNLOAD_CHUNK",
-    "HEADROOM",
     "MAX_IMAGE_IDS",
     "MAX_PREDICTION_IDS",
     "MAX_TAG_IDS",
@@ -101,6 +102,7 @@ __all__ = [
     "Download",
     "ImageKind",
     "RateLimiter",
+    "Slot",
     "TrainingClient",
     "backoff_delay",
     "chunks",
@@ -306,19 +308,42 @@ def _check_skip(skip: int) -> None:
 # Rate limiting
 
 
-# The service counts calls in a sliding one-second window. Starts exactly 1/rate apart put
-# rate + 1 arrivals in one window whenever the network delays a call slightly more than the
-# call `rate` slots later, and each such 429 costs a whole second (Retry-After: 1). Starts
-# spaced 5% wider keep every window at `rate` unless arrivals jitter by more than 50 ms at
-# 10/s (bench: about 80 429s per 50,000-image erasure without it, none with it).
-HEADROOM = 0.05
+# The service counts the calls it admits in a sliding one-second window: `rate` calls in any
+# second, and the next one is answered 429 "retry after 1 second" (emulators.customvision
+# `_throttle`; Microsoft's limits page: 10 calls per second). The limiter keeps that window
+# itself: a call may start once the call `capacity` places before it has left the window.
+# The service counts a call somewhere between its start and its answer, so each call is
+# reckoned from its answer, which is exact whatever the network did, unless the answer comes
+# later than its start plus a margin: then from that (a slow call must not hold the window
+# for its whole round trip; it assumes the request reached the gateway within the margin).
+# So a window costs the round trip of its first call (a few ms here), not a fixed share:
+# spacing every start 5% wider than 1/rate, as the client did before, cost 5% of every bound
+# and still drew 429s on a loaded machine (bench 3 at full size: requests reached the
+# emulator up to 60 ms after they were sent). A 429 proves a request took longer than the
+# margin: it doubles (to at least MARGIN_STEP, at most MARGIN_MAX) and halves back every
+# MARGIN_HALF_LIFE answers without a 429. Margins are fractions of the window.
+MARGIN = 0.1
+MARGIN_STEP = 0.2
+MARGIN_MAX = 0.5
+MARGIN_HALF_LIFE = 350  # answers without a 429 (about 35 s at 10/s)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One call's place in the limiter's window (from RateLimiter.acquire)."""
+
+    start: float
+    counted_by: float  # the latest time the service counts it: start + margin, or its answer
 
 
 class RateLimiter:
-    """Starts at most one call per (1 + HEADROOM)/rate seconds across all threads.
+    """Starts at most `rate` calls in any one-second window across all threads and clients
+    that share it, reckoning each call from its answer (see `answered`) or its start plus a
+    margin that widens after a 429 (`throttled`) and decays again.
 
-    Each acquire() reserves the next free slot under a lock and sleeps outside it, so threads
-    go in arrival order and no 1-second window holds more than `rate` call starts.
+    acquire() reserves the next place under a lock and sleeps outside it, so threads go in
+    arrival order. A rate below 1 (or with a fraction) keeps whole calls per a longer window:
+    `capacity` = max(1, floor(rate)) calls per capacity / rate seconds.
     """
 
     def __init__(
@@ -328,34 +353,76 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+        self._set_rate(rate_per_second)
+        self._slots: collections.deque[Slot] = collections.deque()
+        self._floor = -math.inf  # the latest counted_by of the slots that left the deque
+        self._last_start = -math.inf
+        self._margin = MARGIN
+        self.throttled_count = 0  # 429s reported, for logs and tests
+
+    def _set_rate(self, rate_per_second: float) -> None:
         if not (rate_per_second > 0 and math.isfinite(rate_per_second)):
             raise ValueError(f"rate must be a positive number, got {rate_per_second!r}")
         self._rate = float(rate_per_second)
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._next_slot = -math.inf
+        self._capacity = max(1, math.floor(self._rate))
+        self._window = self._capacity / self._rate
 
     @property
     def rate(self) -> float:
         """Return the calls per second this limiter allows."""
         return self._rate
 
+    @property
+    def margin(self) -> float:
+        """Return the seconds a call is reckoned after its start when its answer is late."""
+        with self._lock:
+            return self._margin * self._window
+
     def lower_rate(self, rate_per_second: float) -> None:
         """Lower the rate to `rate_per_second` if that is lower (never raises it)."""
         if not (rate_per_second > 0 and math.isfinite(rate_per_second)):
             raise ValueError(f"rate must be a positive number, got {rate_per_second!r}")
         with self._lock:
-            self._rate = min(self._rate, float(rate_per_second))
+            if rate_per_second < self._rate:
+                self._set_rate(rate_per_second)
+                while len(self._slots) > self._capacity:
+                    self._floor = max(self._floor, self._slots.popleft().counted_by)
 
-    def acquire(self) -> None:
-        """Block until a call may start."""
+    def acquire(self) -> Slot:
+        """Block until a call may start; return its slot (pass it to `answered`)."""
         with self._lock:
             now = self._clock()
-            start = max(now, self._next_slot)
-            self._next_slot = start + (1.0 + HEADROOM) / self._rate
+            start = max(now, self._last_start)
+            if len(self._slots) >= self._capacity:
+                oldest = self._slots.popleft()
+                self._floor = max(self._floor, oldest.counted_by)
+                start = max(start, self._floor + self._window)
+            slot = Slot(start, start + self._margin * self._window)
+            self._slots.append(slot)
+            self._last_start = start
         if start > now:
             self._sleep(start - now)
+            # A loaded machine wakes a sleeper late: reckon the call from when it really goes.
+            with self._lock:
+                woke = self._clock()
+                slot.start = max(start, woke)
+                slot.counted_by = max(slot.counted_by, woke + self._margin * self._window)
+                self._last_start = max(self._last_start, slot.start)
+        return slot
+
+    def answered(self, slot: Slot, *, throttled: bool = False) -> None:
+        """Record that the call of `slot` was answered (429 when `throttled`): the service
+        counted it by now. A 429 widens the margin; other answers let it decay."""
+        with self._lock:
+            slot.counted_by = min(slot.counted_by, self._clock())
+            if throttled:
+                self.throttled_count += 1
+                self._margin = min(MARGIN_MAX, max(MARGIN_STEP, 2 * self._margin))
+            elif self._margin > MARGIN:
+                self._margin = max(MARGIN, self._margin * 0.5 ** (1 / MARGIN_HALF_LIFE))
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate_per_second={self._rate})"
@@ -1039,7 +1106,7 @@ class TrainingClient:
         url = self._base + path
 
         def attempt(state: _AttemptState) -> _Answer:
-            self._limiter.acquire()
+            slot = self._limiter.acquire()
             try:
                 response = self._session.request(
                     method,
@@ -1053,6 +1120,7 @@ class TrainingClient:
                 )
             except requests.RequestException as exc:
                 raise self._transport_failure(operation, exc) from None
+            self._limiter.answered(slot, throttled=response.status_code == 429)
             with response:
                 status = response.status_code
                 log.debug("%s %s -> %d (attempt %d)", method, operation, status, state.number)
@@ -1240,8 +1308,7 @@ class TrainingClient:
     ) -> Download:
         keyed = operation != _BLOB
         for _hop in range(_MAX_REDIRECTS + 1):
-            if keyed:
-                self._limiter.acquire()
+            slot = self._limiter.acquire() if keyed else None
             headers = self._headers("application/octet-stream, application/json") if keyed else {}
             try:
                 response = self._session.get(
@@ -1254,6 +1321,8 @@ class TrainingClient:
                 )
             except requests.RequestException as exc:
                 raise self._transport_failure(operation, exc) from None
+            if slot is not None:
+                self._limiter.answered(slot, throttled=response.status_code == 429)
             with response:
                 location = response.headers.get("Location")
                 if keyed and response.is_redirect and location:

@@ -62,6 +62,14 @@ Vision.CustomVision.Training/tests/SessionRecords/TrainingTests/<name>.json):
   docs write it; ASP.NET routing is case-insensitive).
 - The two guessed error codes are variants with no public source: `unpublish_unpublished`
   and `delete_published`.
+- Throttling (`tps_cap`, default off; the benchmarks set 10): Microsoft's limits page says
+  10 Training API calls per second per resource, and the gateway's 429 says "Please retry
+  after 1 second" (NOTES-customvision.md). How the gateway counts is not documented: the
+  emulator counts the calls it admits in a sliding one-second window, refused calls not
+  counted (inferred; a fixed window would be kinder to a client that bunches its calls).
+  Where on a request's way the gateway counts it is not documented either:
+  `admission_jitter` delays each count by a random time, so a call sent later can be counted
+  earlier (inferred), and `Call.admitted` records when each call was counted.
 - Several resources are several emulators (emulators.stack `more_resources`): in Azure each
   resource has its own endpoint and key (the portal's Keys and Endpoint page, per resource)
   and its own limit of 10 Training API calls per second (NOTES-customvision.md, "10 per second
@@ -142,6 +150,11 @@ class Faults:
     tps_cap: float | None = None
     # Send Retry-After with a 429; without it only the message names the wait.
     retry_after_header: bool = True
+    # Seconds (up to; uniform, seeded) a Training API call travels before the gateway counts
+    # it in the window: the network and the gateway's front end delay each request by a
+    # varying time, so a call sent later can be counted earlier (inferred: no public source
+    # says where in the request's path Azure counts it). 0: counted on arrival.
+    admission_jitter: float = 0.0
     # Fraction of Training API calls answered 500 (service body) or 503 (gateway body).
     error_rate: float = 0.0
     # Fraction of calls (Training API and blob) whose connection closes without an answer.
@@ -236,6 +249,9 @@ class Call:
     # Requests this emulator was serving when this one arrived, itself included: how many
     # calls a client keeps in flight at once.
     in_flight: int = 1
+    # When the gateway counted it in the rate-limit window (Training API calls while a
+    # tps_cap is set, the 429s too), on the emulator's clock; None: not counted.
+    admitted: float | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +281,7 @@ class _Request:
     body: Any
     key: str | None
     in_flight: int = 1
+    admitted: float | None = None
 
 
 @dataclass
@@ -618,6 +635,7 @@ class CustomVisionEmulator:
             self.clock(),
             key_sent,
             request.in_flight,
+            request.admitted,
         )
         with self._lock:
             self.calls.append(call)
@@ -701,7 +719,7 @@ class CustomVisionEmulator:
             return _gateway(401, GATEWAY_401_INVALID)
         if faults.quota_exhausted is not None:
             return _quota_403(faults.quota_exhausted, faults.quota_wording)
-        throttled = self._throttle(route.operation_id, faults)
+        throttled = self._throttle(route.operation_id, faults, request)
         if throttled is not None:
             return throttled
         self.data.real_quirks = faults.real_quirks
@@ -745,11 +763,16 @@ class CustomVisionEmulator:
             answer.body = _upper_guids(answer.body)
         return answer
 
-    def _throttle(self, operation_id: str, faults: Faults) -> _Answer | None:
+    def _throttle(self, operation_id: str, faults: Faults, request: _Request) -> _Answer | None:
         cap = faults.tps_cap
         if cap is None:
             return None
+        if faults.admission_jitter > 0:
+            with self._lock:
+                delay = self._random.uniform(0.0, faults.admission_jitter)
+            time.sleep(delay)
         now = self.clock()
+        request.admitted = now
         with self._lock:
             window = self._window
             while window and window[0] <= now - 1.0:

@@ -760,6 +760,21 @@ def test_emulator_rate_limit_answers_429(make_rig: MakeRig, header: bool) -> Non
     assert [c.status for c in rig.emu.calls] == [200, 200, 429, 429, 200]
 
 
+def test_emulator_records_when_the_gateway_counted_each_call(make_rig: MakeRig) -> None:
+    rig = make_rig(faults=Faults(tps_cap=1))
+    counted = rig.clock.now
+    rig.get("/domains")
+    rig.clock.now += 0.5
+    rig.get("/domains")  # refused: counted when refused, not in the window
+    rig.emu.faults.tps_cap = None
+    rig.get("/domains")
+    assert [(c.status, c.admitted) for c in rig.emu.calls] == [
+        (200, counted),
+        (429, counted + 0.5),
+        (200, None),  # no cap: nothing counts calls
+    ]
+
+
 def test_emulator_rate_limit_apim_wording(make_rig: MakeRig) -> None:
     rig = make_rig(faults=Faults(tps_cap=1, throttle_wording="apim"))
     rig.get("/domains")

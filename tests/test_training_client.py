@@ -35,10 +35,14 @@ from bot.errors import (
     Unauthorized,
 )
 from bot.training import (
-    HEADROOM,
+    MARGIN,
+    MARGIN_HALF_LIFE,
+    MARGIN_MAX,
+    MARGIN_STEP,
     MAX_IMAGE_IDS,
     MAX_PREDICTION_IDS,
     RateLimiter,
+    Slot,
     TrainingClient,
     backoff_delay,
     chunks,
@@ -47,7 +51,7 @@ from bot.training import (
     shared_limiter,
 )
 from bot.wording import describe_wait
-from emulators.customvision import CustomVisionEmulator, Exchange, Faults, Seed
+from emulators.customvision import Call, CustomVisionEmulator, Exchange, Faults, Seed
 from tests.test_client_conformance import Sent, check_all, check_calls, recording_session
 
 KEY = "test-training-key-Zq81x"
@@ -127,20 +131,88 @@ class FakeTime:
         self.now += seconds
 
 
-def test_rate_limiter_spaces_call_starts_by_one_over_rate_plus_headroom() -> None:
+def test_rate_limiter_starts_a_full_window_at_once_then_waits_for_its_oldest_call() -> None:
     fake = FakeTime()
     limiter = RateLimiter(4, clock=fake.clock, sleep=fake.sleep)
-    for _ in range(9):
-        limiter.acquire()
+    slots = []
+    for _ in range(4):
+        slots.append(limiter.acquire())
         fake.starts.append(fake.now)
-    step = 0.25 * (1 + HEADROOM)
-    assert fake.starts == pytest.approx([100.0 + step * i for i in range(9)])
-    assert fake.starts[4] - fake.starts[0] > 1.0  # never rate + 1 starts within one second
-    fake.now += 10  # idle time does not bank a burst
+    assert fake.starts == [100.0] * 4  # no spacing inside the window: the service has none
+    fake.now = 100.005
+    for slot in slots[:2]:
+        limiter.answered(slot)
+    # The oldest call was answered at 100.005: the service counted it by then.
     limiter.acquire()
-    first = fake.now
+    assert fake.now == pytest.approx(101.005)
+    # The second was answered too; the third and fourth were not: reckoned from their start
+    # plus the margin.
     limiter.acquire()
-    assert fake.now - first == pytest.approx(step)
+    assert fake.now == pytest.approx(101.005)
+    limiter.acquire()
+    assert fake.now == pytest.approx(100.0 + MARGIN + 1.0)
+    fake.now += 10  # idle time does not bank more than one window
+    idle = fake.now
+    for _ in range(5):
+        limiter.acquire()
+    assert fake.now == pytest.approx(idle + MARGIN + 1.0)
+
+
+def test_rate_limiter_never_starts_more_than_rate_calls_within_a_window_of_their_answers() -> None:
+    fake = FakeTime()
+    rate = 10
+    limiter = RateLimiter(rate, clock=fake.clock, sleep=fake.sleep)
+    rng = random.Random(5)
+    counted: list[tuple[float, float]] = []  # (start, answer): the service counts in between
+    for _ in range(200):
+        slot = limiter.acquire()
+        start = fake.now
+        fake.now += rng.choice([0.001, 0.01, 0.05, 0.3])  # the call's round trip
+        limiter.answered(slot)
+        counted.append((start, fake.now))
+    # Worst case: each call counted at its answer, or start + margin if that is earlier.
+    latest = sorted(min(answer, start + MARGIN) for start, answer in counted)
+    starts = [start for start, _ in counted]
+    for i, start in enumerate(starts):
+        if i >= rate:
+            assert start >= latest[i - rate] + 1.0 - 1e-9
+
+
+def test_rate_limiter_a_429_widens_the_margin_and_answers_let_it_decay() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(10, clock=fake.clock, sleep=fake.sleep)
+    assert limiter.margin == pytest.approx(MARGIN)
+    limiter.answered(limiter.acquire(), throttled=True)
+    assert limiter.margin == pytest.approx(MARGIN_STEP)
+    limiter.answered(limiter.acquire(), throttled=True)
+    assert limiter.margin == pytest.approx(min(MARGIN_MAX, 2 * MARGIN_STEP))
+    for _ in range(5):
+        limiter.answered(limiter.acquire(), throttled=True)
+    assert limiter.margin == pytest.approx(MARGIN_MAX)
+    for _ in range(MARGIN_HALF_LIFE):
+        limiter.answered(limiter.acquire())
+    assert limiter.margin == pytest.approx(MARGIN_MAX / 2)
+    for _ in range(20 * MARGIN_HALF_LIFE):
+        limiter.answered(limiter.acquire())
+    assert limiter.margin == pytest.approx(MARGIN)  # never below the base
+    assert limiter.throttled_count == 7
+
+
+@pytest.mark.parametrize(
+    ("rate", "per_window", "window"), [(0.5, 1, 2.0), (2.5, 2, 0.8), (1, 1, 1.0)]
+)
+def test_rate_limiter_keeps_whole_calls_for_fractional_rates(
+    rate: float, per_window: int, window: float
+) -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(rate, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(per_window):
+        limiter.answered(limiter.acquire())
+    assert fake.now == 100.0
+    limiter.acquire()
+    assert fake.now == pytest.approx(100.0 + window)
+    limiter.lower_rate(rate / 2)
+    assert limiter.rate == rate / 2
 
 
 @pytest.mark.parametrize("rate", [0, -1, float("inf"), float("nan")])
@@ -624,9 +696,9 @@ def test_training_client_every_attempt_takes_a_limiter_slot(
             super().__init__(1000)
             self.count = 0
 
-        def acquire(self) -> None:
+        def acquire(self) -> Slot:
             self.count += 1
-            super().acquire()
+            return super().acquire()
 
     limiter = Counting()
     faults = Faults(error_rate=1.0)
@@ -722,11 +794,17 @@ def test_training_client_delete_not_found_stays_an_error_when_nothing_was_ambigu
 # -- the rate limiter across threads and clients -----------------------------------------------
 
 
+def busiest_window(calls: list[Call]) -> int:
+    """Return the most calls the emulator's gateway counted (not 429) within one second."""
+    times = sorted(c.admitted for c in calls if c.admitted is not None and c.status != 429)
+    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
+
+
 def test_training_client_limiter_holds_8_threads_of_2_clients_under_the_cap(
     make_rig: MakeRig,
 ) -> None:
     cap = 20
-    rig = make_rig(tps=cap)
+    rig = make_rig(faults=Faults(tps_cap=cap), tps=cap, on_sleep=time.sleep)
     with TrainingClient(rig.emu.endpoint, KEY, session=rig.session, tps=cap) as second:
         assert second.limiter is rig.client.limiter  # one limiter per endpoint in a process
         clients = [rig.client, second]
@@ -734,7 +812,7 @@ def test_training_client_limiter_holds_8_threads_of_2_clients_under_the_cap(
 
         def work(client: TrainingClient) -> None:
             try:
-                for _ in range(4):
+                for _ in range(6):
                     client.get_domains()
             except BaseException as exc:  # reported below, not lost in the thread
                 errors.append(exc)
@@ -745,10 +823,71 @@ def test_training_client_limiter_holds_8_threads_of_2_clients_under_the_cap(
         for thread in threads:
             thread.join()
     assert errors == []
-    times = sorted(c.time for c in rig.emu.calls_to("GetDomains"))
-    assert len(times) == 32 > cap + 1  # enough calls that an unlimited client would break the cap
-    busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
-    assert busiest <= cap + 1
+    calls = rig.emu.calls_to("GetDomains")
+    assert len(calls) == 48 > 2 * cap  # enough calls that an unlimited client would break the cap
+    assert rig.statuses("GetDomains") == [200] * 48
+    assert busiest_window(calls) == cap  # the window filled, never over
+
+
+def test_training_client_keeps_the_service_rate_in_a_steady_stream_without_a_429(
+    make_rig: MakeRig,
+) -> None:
+    cap = 20
+    rig = make_rig(faults=Faults(tps_cap=cap), tps=cap, on_sleep=time.sleep)
+    for _ in range(3 * cap):
+        rig.client.get_domains()
+    assert rig.statuses("GetDomains") == [200] * 3 * cap
+    assert busiest_window(rig.emu.calls) == cap
+    assert rig.client.limiter.throttled_count == 0
+
+
+def test_training_client_waits_out_a_429_and_widens_so_jitter_draws_no_second(
+    make_rig: MakeRig,
+) -> None:
+    cap = 20
+    # Requests reach the gateway up to 120 ms late, in random order: beyond the old 5% spacing
+    # (50 ms at 20/s) and the limiter's first margin, within its margin after a 429.
+    jitter = 0.6 * MARGIN_STEP
+    assert MARGIN < jitter < MARGIN_STEP
+    faults = Faults(tps_cap=cap)
+    rig = make_rig(faults=faults, tps=cap, on_sleep=time.sleep)
+    # Another program on the same resource takes the whole window first.
+    with requests.Session() as other:
+        for _ in range(cap):
+            answer = other.get(
+                f"{rig.emu.endpoint}/customvision/v3.3/training/domains",
+                headers={"Training-Key": KEY},
+                timeout=5,
+            )
+            assert answer.status_code == 200
+    faults.admission_jitter = jitter
+    mark = len(rig.emu.calls)
+    rig.client.get_domains()  # refused once: waits the second it is told, then answered
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(cap):
+                rig.client.get_domains()
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    # Four threads: more than the cap asks at once, so the limiter holds the window.
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    calls = rig.emu.calls[mark:]
+    statuses = [c.status for c in calls]
+    assert statuses == [429] + [200] * (4 * cap + 1)
+    refused, retried = calls[0], calls[1]
+    assert refused.admitted is not None and retried.admitted is not None
+    assert retried.admitted - refused.admitted >= 1.0  # Retry-After: 1, honoured
+    assert rig.sleeps == [1.0]
+    assert rig.client.limiter.throttled_count == 1
+    assert busiest_window(rig.emu.calls) == cap
 
 
 # -- errors: typed, with user messages, never with the key -------------------------------------
