@@ -6,6 +6,7 @@ Every service answer in these tests is also checked against the spec (strict) by
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import re
@@ -734,6 +735,35 @@ def test_pngbytes_is_deterministic_and_sized() -> None:
     assert check_png(png(1, 1, "tiny")) == (1, 1)
     with pytest.raises(ValueError, match="not a PNG"):
         png_size(b"GIF89a" + bytes(30))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "key", "size", "sha256"),
+    [
+        (1, 1, "a", 0, "d28e8febb4c54f0a6b0f4fc4913568a315a8212bb12e5b61cf1bbb4238b0ec6c"),
+        (9, 17, "b/o", 0, "7cdc747c05e5c049dbf60c09442027b7b4d0379d1f09cbf9b2d691e28ca2c690"),
+        (
+            960,
+            720,
+            "abc/o",
+            2048,
+            "56cd6d40e470b0088779bd0d1e75c42fa379063964a0548d6bf34823b1eaa83f",
+        ),
+        (
+            1601,
+            1201,
+            "k/i",
+            5000,
+            "02f3d781cf5730f224b92bf581129c4974897f9f6429b8fee3538983e8e83cd0",
+        ),
+    ],
+)
+def test_pngbytes_keeps_the_bytes_of_every_key(
+    width: int, height: int, key: str, size: int, sha256: str
+) -> None:
+    # Digests of the first implementation: a faster one must serve the same bytes, or the
+    # images of a project would change between versions of the emulator.
+    assert hashlib.sha256(png(width, height, key, size)).hexdigest() == sha256
 
 
 # --------------------------------------------------------------------- faults
