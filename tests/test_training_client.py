@@ -1106,6 +1106,48 @@ def test_training_client_downloads_blob_links_byte_for_byte_without_the_key(
     assert _no_partial_files(tmp_path / "out")
 
 
+def test_training_client_download_follows_a_storage_redirect_without_the_key(
+    tmp_path: Path,
+) -> None:
+    # Blob GETs bypass Session.request (bot.training TrainingClient._blob_get), so the
+    # client follows a redirect itself, as requests would have.
+    seen: list[tuple[str, str | None]] = []
+    body = b"moved blob bytes"
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Training-Key")))
+            if self.path.startswith("/old"):
+                self.send_response(307)
+                self.send_header("Location", "/new/blob.png?sig=fresh")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        storage = f"http://127.0.0.1:{server.server_address[1]}"
+        with TrainingClient("https://cv.invalid", KEY) as client:
+            got = client.download(f"{storage}/old/blob.png?sig=old", tmp_path / "b.png")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert got.path.read_bytes() == body
+    assert seen == [("/old/blob.png?sig=old", None), ("/new/blob.png?sig=fresh", None)]
+
+
 def test_training_client_downloads_vnet_paths_through_get_artifact(
     make_rig: MakeRig, tmp_path: Path
 ) -> None:
