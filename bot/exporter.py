@@ -264,19 +264,21 @@ class DownloadCache:
             return None
         return cached
 
-    def record(self, key: str, cached: Cached) -> None:
-        """Remember a completed download (appended to the state file).
+    def record(self, downloads: Sequence[tuple[str, Cached]]) -> None:
+        """Remember completed downloads (appended to the state file in one write).
 
         Not fsynced: a record lost in a power cut costs one download again, and a file that
         did not reach the disk fails `verified`.
         """
-        line = json.dumps({"key": key, **asdict(cached)}) + "\n"
+        if not downloads:
+            return
+        text = "".join(json.dumps({"key": k, **asdict(c)}) + "\n" for k, c in downloads)
         with self._lock:
             if self._records is None:
                 self._records = (self.folder / _STATE_FILE).open("a", encoding="utf-8")
-            self._records.write(line)
+            self._records.write(text)
             self._records.flush()  # a crash of the process loses no record
-            self._state[key] = cached
+            self._state.update(downloads)
 
     def close(self) -> None:
         """Close the state file (records after this open it again)."""
@@ -481,8 +483,15 @@ class Downloads:
             self._collect(self._batch)
 
     def close(self) -> None:
-        """Drop what is still queued and wait for the downloads in flight."""
+        """Drop what is still queued, wait for the downloads in flight and record those done
+        (a resumed job reuses them)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._ready:
+            reported, self._reported = self._reported, []
+        # Closing follows the job's own outcome, whose error is the one that matters: a record
+        # that cannot be written (a full disk) costs one download again.
+        with suppress(OSError):
+            self._cache.record(_downloaded(reported))
 
     def _collect(self, wanted: int) -> None:
         """Wait until `wanted` files are reported (fewer when fewer are pending, or at a
@@ -496,6 +505,9 @@ class Downloads:
             while len(self._reported) < self._wake_at and not self._failed:
                 self._ready.wait()
             reported, self._reported = self._reported, []
+        # Recorded here, a batch in one write, before a failure below is raised: the download
+        # threads spend no write (nor a wait for the interpreter lock after it) on the record.
+        self._cache.record(_downloaded(reported))
         for job, fetched in reported:
             del self._pending[job.key]
             if isinstance(fetched, BaseException):
@@ -561,9 +573,19 @@ class Downloads:
         got = self._download(job, dest)
         if got is None:
             return None, "missing"
-        cached = Cached(file_ext(got.head, job.uri), got.size, got.sha256)
-        self._cache.record(job.key, cached)
-        return cached, "downloaded"
+        # The job's thread records it (Downloads._collect) with the others of its batch.
+        return Cached(file_ext(got.head, job.uri), got.size, got.sha256), "downloaded"
+
+
+def _downloaded(
+    reported: Iterable[tuple[FileJob, Fetched | BaseException]],
+) -> list[tuple[str, Cached]]:
+    """Return (key, cached file) of the reports that downloaded a file."""
+    return [
+        (job.key, fetched[0])
+        for job, fetched in reported
+        if isinstance(fetched, tuple) and fetched[0] is not None and fetched[1] == "downloaded"
+    ]
 
 
 class Lines:
