@@ -34,11 +34,12 @@ from bot.policy import Rules
 from bot.resources import Resources
 from bot.runner import Runner, Settings
 from bot.service import Service
-from bot.store import Store
+from bot.store import OutboxItem, Store
 from bot.training import TrainingClient
 from handlers.decider import Decider
 from handlers.directory import SlackDirectory
 from handlers.home import Workspace
+from handlers.hometabs import HomeTabs
 from handlers.listeners import register
 from handlers.outbox import Deliverer
 from handlers.webapi import BotIdentity, web_client
@@ -62,11 +63,13 @@ class Bot:
     web: WebClient
     directory: SlackDirectory
     decider: Decider
+    homes: HomeTabs
 
     def start(self) -> None:
-        """Start the job workers and the Slack outbox."""
+        """Start the job workers, the Slack outbox and the Home tabs' republishing."""
         self.runner.start()
         self.deliverer.start()
+        self.homes.start()
 
     def stop(self) -> None:
         """Stop taking jobs, let running ones reach a checkpoint, flush the outbox, close."""
@@ -74,6 +77,7 @@ class Bot:
         self.directory.close()
         self.runner.stop()
         self.deliverer.stop()
+        self.homes.stop()
         for client in self.clients.values():
             client.close()
         self.db.close()
@@ -162,6 +166,21 @@ def build_bot(
         resources=resources,
     )
     service.wake = runner.notify
+    identity = BotIdentity(web)
+    identity.get()
+
+    def workspace() -> Workspace:
+        ids = identity.wait(2.0)
+        return Workspace(url=ids.get("url") or None, team_id=ids.get("team_id") or None)
+
+    homes = HomeTabs(web, service, workspace=workspace, command=config.bot_command)
+
+    def delivered(item: OutboxItem) -> None:
+        # Every change of a request's state re-renders its announcement: the Home tabs that
+        # show the request follow it.
+        if item.kind == "announce" and item.request_number is not None:
+            homes.changed(store.get(item.request_number).requester)
+
     deliverer = Deliverer(
         store,
         web,
@@ -169,10 +188,11 @@ def build_bot(
         required_approvals=config.required_approvals,
         work_dir=config.work_dir,
         command=config.bot_command,
+        on_delivered=delivered,
     )
     store.on_enqueue = deliverer.wake.set
     decider = Decider(command=config.bot_command)
-    app = bolt_app(config, web, service, decider)
+    app = bolt_app(config, identity, service, decider, homes)
     return Bot(
         config,
         db,
@@ -186,6 +206,7 @@ def build_bot(
         web,
         directory,
         decider,
+        homes,
     )
 
 
@@ -204,10 +225,10 @@ class _EnvTokenNotice(logging.Filter):
         return "will be unused" not in record.getMessage()
 
 
-def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider) -> App:
+def bolt_app(
+    config: Config, identity: BotIdentity, service: Service, decider: Decider, homes: HomeTabs
+) -> App:
     """Return the Bolt app with the listeners registered; no token check at start-up."""
-    identity = BotIdentity(web)
-    identity.get()
 
     def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:
         me = identity.get()
@@ -245,11 +266,7 @@ def bolt_app(config: Config, web: WebClient, service: Service, decider: Decider)
             ["SLACK_CLIENT_ID/SLACK_CLIENT_SECRET are set: this single-workspace bot needs neither"]
         )
 
-    def workspace() -> Workspace:
-        ids = identity.wait(2.0)
-        return Workspace(url=ids.get("url") or None, team_id=ids.get("team_id") or None)
-
-    register(app, service, command=config.bot_command, decider=decider, workspace=workspace)
+    register(app, service, command=config.bot_command, decider=decider, homes=homes)
     return app
 
 

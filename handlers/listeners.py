@@ -1,8 +1,8 @@
 """Bolt listeners: ack, pull plain values out of the payload, call one Service method, reply.
 
 Besides the slash command, the buttons and the rejection dialog, one Events API event:
-`app_home_opened` on the Home tab publishes the person's dashboard (views.publish, after the
-ack; a retried delivery of an event already taken does nothing: handlers.events).
+`app_home_opened` on the Home tab publishes the person's dashboard (handlers.hometabs, after
+the ack; a retried delivery of an event already taken does nothing: handlers.events).
 
 No rule lives here: who may do what is bot.policy, what happens is bot.service. Every
 listener acknowledges within Slack's 3 seconds: decisions run through handlers.decider, which
@@ -28,6 +28,7 @@ from bot.service import Reply, Service
 from handlers import blocks, home
 from handlers.decider import Decider
 from handlers.events import SeenEvents
+from handlers.hometabs import HomeTabs
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ UNKNOWN_ACTION = (
     "Nothing was done. `{command} status` shows your requests."
 )
 KNOWN_ACTIONS = ("request.approve", "request.reject", "request.cancel", home.OPEN_THREAD)
-HOME_PROBLEM = (
-    "Something went wrong on my side while reading the requests for this tab (it is logged),"
-    " so it shows none of them"
-)
 HOLDING_COMMAND = (
     "Working on it: this takes longer than usual (a search across projects, or the database or"
     " Slack is slow). My answer follows here in a moment; until then this is neither recorded"
@@ -97,13 +94,13 @@ def register(
     *,
     command: str,
     decider: Decider,
-    workspace: Callable[[], home.Workspace] = home.Workspace,
+    homes: HomeTabs,
     seen: SeenEvents | None = None,
 ) -> None:
     """Attach the slash command, the buttons, the rejection dialog and the App Home to `app`.
 
-    `workspace`: where the App Home's thread links point (may wait for auth.test: it is only
-    called after an ack); `seen`: the Events API event ids already taken.
+    `homes`: publishes the Home tabs (after the ack); `seen`: the Events API event ids already
+    taken.
     """
     seen = seen or SeenEvents()
 
@@ -243,22 +240,7 @@ def register(
                 _header(request, "x-slack-retry-reason"),
             )
             return
-        decider.after(lambda: _publish_home(client, user))
-
-    def _publish_home(client: WebClient, user: str) -> None:
-        try:
-            view = home.home_view(service.dashboard(user), workspace(), command=command)
-        except Exception:
-            # The person sees the tab, not the log: say that this view is not the answer.
-            log.exception("could not read the App Home dashboard of %s", user)
-            view = home.problem_view(HOME_PROBLEM, service.clock.now(), command=command)
-        try:
-            client.views_publish(user_id=user, view=view)
-        except SlackApiError as exc:
-            # Nobody to tell: the tab shows its previous view; reopening it tries again.
-            log.warning(
-                "views.publish for %s failed: %s", user, exc.response.get("error") or "error"
-            )
+        decider.after(lambda: homes.opened(user))
 
     @app.action(home.OPEN_THREAD)
     def on_open_thread(ack: Ack) -> None:
