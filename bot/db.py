@@ -13,8 +13,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -22,6 +25,8 @@ from bot import audit
 from bot.errors import ConfigError, DatabaseBusy, DatabaseFull
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # One wait for SQLite's lock. Writers wait longer than this: `begin_immediate` retries until
 # LOCK_PATIENCE, so another process holding the lock (a backup, `sqlite3` at a prompt, a long
@@ -322,6 +327,16 @@ class AuditFile:
         self._conn.close()
 
 
+@dataclass
+class _Queued:
+    """A grouped write: its work, and its answer once the group's transaction is over."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    future: Future[Any] = field(default_factory=Future)
+    result: Any = None
+    error: Exception | None = None
+
+
 class Database:
     """Per-thread connections to one SQLite file, migrated on open."""
 
@@ -335,6 +350,10 @@ class Database:
         # sleep, not the work, was most of a decision's time.
         self._writer = threading.Lock()
         self._commits = 0
+        # Grouped writes (write_grouped) wait here until a thread commits them.
+        self._group = threading.Condition()
+        self._queued: list[_Queued] = []
+        self._committing = False
         self._checkpoint_due = threading.Event()
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -382,6 +401,75 @@ class Database:
         Raises DatabaseBusy (the lock stayed held) and DatabaseFull (no space; rolled back).
         Whatever fails, the transaction is over when this returns: nothing of it was stored.
         """
+        with self._transaction() as conn:
+            yield conn
+
+    def write_grouped(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Return `work(conn)`'s result once it is committed, in one transaction with the other
+        grouped writes queued meanwhile (group commit), each in a savepoint of its own.
+
+        For small writes that many threads make at once (an audit event on its own): one
+        BEGIN IMMEDIATE ... COMMIT for all of them, in the order they were queued. `work` runs
+        on whichever waiting thread commits the group, so it must not rely on thread-locals.
+        Raises what `work` raised (only its own savepoint is rolled back), or, for every write
+        of the group and no other, what the transaction raised: DatabaseBusy, DatabaseFull
+        (nothing of the group was stored), or the error that ended the transaction.
+        """
+        queued = _Queued(work)
+        with self._group:
+            self._queued.append(queued)
+            while not queued.future.done() and self._committing:
+                self._group.wait()
+            leads = not queued.future.done()
+            if leads:
+                self._committing = True
+        if leads:  # no other thread is committing a group: this one commits what is queued
+            try:
+                self._commit_group()
+            finally:
+                with self._group:
+                    self._committing = False
+                    self._group.notify_all()
+        result: T = queued.future.result()
+        return result
+
+    def _commit_group(self) -> None:
+        """Commit the grouped writes queued when the write lock is taken; settle each one."""
+        group: list[_Queued] = []
+        try:
+            with self._transaction() as conn:
+                with self._group:  # taken once the lock is ours: the writes queued meanwhile too
+                    group, self._queued = self._queued, []
+                for queued in group:
+                    conn.execute("SAVEPOINT grouped")
+                    try:
+                        queued.result = queued.work(conn)
+                    except Exception as exc:
+                        # A full disk fails the whole group, whatever SQLite rolled back.
+                        if is_full(exc) or not conn.in_transaction:
+                            raise
+                        conn.execute("ROLLBACK TO grouped")
+                        queued.error = exc
+                    conn.execute("RELEASE grouped")
+        except BaseException as exc:
+            if not group:  # the lock was never had (DatabaseBusy): those queued waited as long
+                with self._group:
+                    group, self._queued = self._queued, []
+            for queued in group:
+                queued.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for queued in group:  # committed: only now is any of them answered
+            if queued.error is not None:
+                queued.future.set_exception(queued.error)
+            else:
+                queued.future.set_result(queued.result)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Yield this thread's connection inside BEGIN IMMEDIATE, under the process's write
+        lock; commit, or roll back and raise (DatabaseBusy, DatabaseFull, the error)."""
         conn = self.conn
         started = time.monotonic()
         if not self._writer.acquire(timeout=LOCK_PATIENCE):

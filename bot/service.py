@@ -249,22 +249,18 @@ class Service:
         targets: tuple[str, ...] = (),
         conn: sqlite3.Connection | None = None,
     ) -> Reply:
-        """Record the refusal (in `conn`'s transaction, else in one of its own); return its
-        explanation."""
+        """Record the refusal (in `conn`'s transaction, else as an event of its own, committed
+        with the others of the moment: Store.record); return its explanation."""
+        refusal: dict[str, Any] = {
+            "request": request,
+            "targets": targets,
+            "outcome": "refused",
+            "details": {"reason": decision.reason},
+        }
         if conn is None:
-            with self.store.write() as conn:
-                return self._refused(
-                    user_id, action, decision, request=request, targets=targets, conn=conn
-                )
-        self.store.audit(
-            conn,
-            user_id,
-            f"{action}.refused",
-            request=request,
-            targets=targets,
-            outcome="refused",
-            details={"reason": decision.reason},
-        )
+            self.store.record(user_id, f"{action}.refused", **refusal)
+        else:
+            self.store.audit(conn, user_id, f"{action}.refused", **refusal)
         return Reply(decision.reason)
 
     # -- commands --------------------------------------------------------------------------------
@@ -325,20 +321,18 @@ class Service:
     def _audit_search(self, user_id: str, result: subject.FindResult, purpose: str = "") -> None:
         """Record a search for one person: who looked, for what, how much was found (counts
         and the projects holding matches, nothing personal), and for which deletion."""
-        with self.store.write() as conn:
-            self.store.audit(
-                conn,
-                user_id,
-                "find",
-                targets=tuple(p.place.project_id for p in result.projects if p.matched),
-                outcome="ok" if subject.complete(result) else "incomplete",
-                details={
-                    "selector": result.selectors.describe(),
-                    "projects": len(result.projects),
-                    "workspace_images": subject.workspace_images(result),
-                    **({"for": purpose} if purpose else {}),
-                },
-            )
+        self.store.record(
+            user_id,
+            "find",
+            targets=tuple(p.place.project_id for p in result.projects if p.matched),
+            outcome="ok" if subject.complete(result) else "incomplete",
+            details={
+                "selector": result.selectors.describe(),
+                "projects": len(result.projects),
+                "workspace_images": subject.workspace_images(result),
+                **({"for": purpose} if purpose else {}),
+            },
+        )
 
     def submit(
         self, user_id: str, channel_id: str, text: str, command: commands.Export | commands.Delete
@@ -947,11 +941,12 @@ class Service:
     def resend(self, user_id: str, request_id: str) -> Reply:
         """Queue a request's held deliveries again (after the cause was fixed)."""
         record = self._load(request_id, user_id=user_id, action="resend")
+        # Decided before the transaction: who may resend never changes (the requester, the
+        # approvers), and a refusal is then an audit event of its own, committed with others.
+        decision = may_resend(self.rules, self.actor(user_id), subject_of(record))
+        if not decision:
+            return self._refused(user_id, "resend", decision, request=record.number)
         with self.store.write() as conn:
-            record = self.store.get(record.number, conn)
-            decision = may_resend(self.rules, self.actor(user_id), subject_of(record))
-            if not decision:
-                return self._refused(user_id, "resend", decision, request=record.number, conn=conn)
             held = self.store.held_deliveries(record.number, conn)
             if not held:
                 return Reply(

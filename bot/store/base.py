@@ -105,6 +105,37 @@ class StoreBase:
         details: Mapping[str, Any] | None = None,
     ) -> audit_log.Event:
         """Append an audit event inside the caller's transaction (and queue its mirror)."""
+        event = self._append(
+            conn,
+            actor,
+            action,
+            request=request,
+            targets=targets,
+            outcome=outcome,
+            details=details,
+        )
+        events: list[audit_log.Event] | None = getattr(self._local, "events", None)
+        if events is not None:
+            events.append(event)  # logged by write() once committed
+        else:
+            _log(event)
+        if self.audit_channel:
+            self._local.enqueued = True
+        return event
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        *,
+        request: int | str | None,
+        targets: Sequence[str],
+        outcome: str,
+        details: Mapping[str, Any] | None,
+    ) -> audit_log.Event:
+        """Append an audit event and queue its mirror line, touching no thread-local state
+        (record's group commit runs it on whichever thread commits the group)."""
         rid = format_request_id(request) if isinstance(request, int) else request
         event = audit_log.append(
             conn,
@@ -117,23 +148,16 @@ class StoreBase:
             details=details or {},
             secrets=self.secrets,
         )
-        events: list[audit_log.Event] | None = getattr(self._local, "events", None)
-        if events is not None:
-            events.append(event)  # logged by write() once committed
-        else:
-            _log(event)
-        self._mirror(conn, event)
-        return event
-
-    def _mirror(self, conn: sqlite3.Connection, event: audit_log.Event) -> None:
         if self.audit_channel:
-            self.enqueue(
+            self._queue_delivery(
                 conn,
                 kind="mirror",
                 channel=self.audit_channel,
                 payload={"text": audit_log.mirror_line(event), "seq": event.seq},
                 request=None,
+                key=None,
             )
+        return event
 
     def record(
         self,
@@ -145,9 +169,14 @@ class StoreBase:
         outcome: str = "ok",
         details: Mapping[str, Any] | None = None,
     ) -> audit_log.Event:
-        """Append one audit event in a transaction of its own."""
-        with self.write() as conn:
-            return self.audit(
+        """Append one audit event that records no other change; return it once committed.
+
+        Committed together with the other events recorded at the same moment (one transaction:
+        Database.write_grouped), so a burst of refusals queues once on the write lock, not once
+        per event. Raises DatabaseBusy and DatabaseFull as `write()` does; nothing is stored then.
+        """
+        event = self.db.write_grouped(
+            lambda conn: self._append(
                 conn,
                 actor,
                 action,
@@ -156,6 +185,11 @@ class StoreBase:
                 outcome=outcome,
                 details=details,
             )
+        )
+        _log(event)
+        if self.audit_channel and self.on_enqueue is not None:
+            self.on_enqueue()
+        return event
 
     def audit_events(
         self, *, request_id: str | None = None, since: date | None = None
@@ -190,8 +224,22 @@ class StoreBase:
         place rather than posted again). A held item stays held, with the newest payload, until
         `resend`.
         """
-        now = iso(self.clock.now())
         self._local.enqueued = True
+        self._queue_delivery(
+            conn, kind=kind, channel=channel, payload=payload, request=request, key=key
+        )
+
+    def _queue_delivery(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: str,
+        channel: str,
+        payload: Mapping[str, Any],
+        request: int | None,
+        key: str | None,
+    ) -> None:
+        now = iso(self.clock.now())
         if key is not None:
             cursor = conn.execute(
                 "UPDATE outbox SET payload = ?, attempts = 0, not_before = ?,"
