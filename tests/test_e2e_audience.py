@@ -9,20 +9,15 @@ unmodified slack-sdk client made of it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import requests
 
 from bot import audit
-from emulators.customvision import Seed
 from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack, request_pending
-
-SEED = Seed(projects=2, iterations=1, tags=3, images=20, predictions=2, image_bytes=200)
-DM = f"D{REQUESTER.user_id[1:]}"  # the emulator's id of the bot's DM with the requester
+from tests.test_e2e_delivery import DM, SEED, ephemeral, wait
 
 # How an admin widens the private channel's audience, what the bot then holds the delivery
 # with, what the requester reads about it, and how the test undoes it.
@@ -57,21 +52,6 @@ WIDENED: dict[str, tuple[dict[str, bool], str, str, dict[str, bool]]] = {
 @pytest.fixture
 def stack(stacks: StartStack) -> Stack:
     return stacks(seed=SEED)
-
-
-def wait(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ephemeral(response: requests.Response) -> str:
-    text = response.json()["text"]
-    assert isinstance(text, str)
-    return text
 
 
 def files_of(stack: Stack, rid: str) -> list[str]:
