@@ -26,6 +26,7 @@ decision says whether something was stored; the holding answer never does.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +81,45 @@ class _Handoff:
             return self._reply
 
 
+class _Threads:
+    """Threads running jobs from one queue, in order.
+
+    Not a ThreadPoolExecutor: its submit() takes a lock that every executor of the process
+    shares (the export downloads' too), and under a burst the listener threads queued there.
+    SimpleQueue.put takes no Python-level lock.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}_{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` on the first free thread (jobs catch their own errors).
+
+        Raises RuntimeError once shut down."""
+        if self._closed:
+            raise RuntimeError("cannot take decisions after close()")
+        self._jobs.put(job)
+
+    def shutdown(self) -> None:
+        """Run the jobs already submitted, then stop the threads."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 class Decider:
     """Runs decisions on the bot's own threads and answers each within Slack's 3 seconds."""
 
@@ -92,14 +132,14 @@ class Decider:
     ) -> None:
         self.command = command
         self.monotonic = monotonic
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decide")
+        self._pool = _Threads(workers, "decide")
         # Apart from the decisions: a decision going late waits for its holding answer, which
         # must never queue behind that very decision.
         self._followups = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="follow")
 
     def close(self) -> None:
         """Finish the decisions and follow-ups already taken; take no more."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         self._followups.shutdown(wait=True)
 
     def after(self, job: Callable[[], None]) -> None:
