@@ -62,6 +62,7 @@ class Export:
     calls: collections.Counter[str]  # answered Training API calls by operation
     throttled: int
     seconds: float
+    calls_s: float  # from the first Training API call's arrival to the last one's
     tail_s: float  # from the last Training API call's arrival to the request done
     idle_mb: float
     peak_mb: float
@@ -123,6 +124,7 @@ def export_project(seed: Seed, tps: float) -> Export:
         calls=calls,
         throttled=sum(1 for c in api if c.status == 429),
         seconds=ended - started,
+        calls_s=max(c.time for c in api) - min(c.time for c in api),
         tail_s=ended - max(c.time for c in api),
         idle_mb=idle,
         peak_mb=peak,
@@ -149,6 +151,10 @@ def measure(scale: Scale) -> Figures:
         "throttled": large.throttled,
         "seconds": large.seconds,
         "tail_s": large.tail_s,
+        "calls_s": large.calls_s,
+        # The calls' own pace: their span against one call per 1/rate (the client's limiter
+        # spaces them 5% wider, bot.training.HEADROOM, and widens after a 429).
+        "pace": report.ratio(large.calls_s, max(1, made - 1) / tps),
         "bound_s": bound,
         "over_bound": report.ratio(large.seconds, bound),
         "calls_over_least": report.ratio(made, large.least_calls),
@@ -186,6 +192,10 @@ def present(f: Figures) -> Result:
                 report.times(f["calls_over_least"]),
             ),
             Row("429 answers (retried)", report.count(f["throttled"])),
+            Row(
+                "first → last Training API call ÷ (calls - 1) ÷ rate (the client's pacing)",
+                f"{report.seconds(f['calls_s'])}, {report.times(f['pace'])}",
+            ),
             Row("from the last Training API call to done", report.seconds(f["tail_s"])),
             Row("bot peak RSS", report.megabytes(f["peak_mb"])),
             Row(
