@@ -32,7 +32,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bot import coco, package, webpage
 from bot.clock import iso
@@ -183,7 +183,8 @@ class _Pager:
 
     A page's head says where it stands among all the pages and in its scope ("page 3 of 40:
     Images 1,001 to 1,500 of 2,300"), known only after the last card: so the cards of each page
-    wait, rendered, in a body file of their own, and `finish` puts each body in its page.
+    wait, rendered, in a body file of their own (written once the page is full), and `finish`
+    puts each body in its page.
     """
 
     def __init__(self, v: _Views, stem: str, what: str, label_of: Callable[[Any], str]) -> None:
@@ -193,7 +194,7 @@ class _Pager:
         self.label_of = label_of
         self.runs: list[_Scope] = []
         self._bodies: list[Path] = []
-        self._body: IO[str] | None = None
+        self._cards: list[str] = []  # the open page's
 
     def add(self, key: Any, card: str) -> None:
         """Add a rendered card (webpage.card_html) to the pages of scope `key`."""
@@ -203,30 +204,30 @@ class _Pager:
             run = _Scope(key, self.label_of(key), 0, first)
             self.runs.append(run)
         if run.lines % IMAGES_PER_PAGE == 0:
-            self._close()
-            path = self.v.writer.temp_dir / f"cards-{uuid.uuid4().hex}.tmp"
-            self._bodies.append(path)
-            self._body = path.open("w", encoding="utf-8", newline="\n")
-        assert self._body is not None
-        self._body.write(card)
+            self.flush()
+        self._cards.append(card)
         run.lines += 1
 
-    def _close(self) -> None:
-        if self._body is not None:
-            body, self._body = self._body, None
-            body.close()
+    def flush(self) -> None:
+        """Write the open page's cards to its body file."""
+        if not self._cards:
+            return
+        path = self.v.writer.temp_dir / f"cards-{uuid.uuid4().hex}.tmp"
+        self._bodies.append(path)
+        with path.open("w", encoding="utf-8", newline="\n") as body:
+            body.write("".join(self._cards))
+        self._cards.clear()
 
     def discard(self) -> None:
         """Drop the cards (idempotent); nothing is added."""
-        with suppress(OSError):
-            self._close()
+        self._cards.clear()
         for path in self._bodies:
             path.unlink(missing_ok=True)
         self._bodies = []
 
     def finish(self) -> list[PageLink]:
         """Add the pages not in the package yet; return the links to every page, in order."""
-        self._close()
+        self.flush()
         if not self.runs:
             return []
         last = self.runs[-1]
@@ -492,6 +493,7 @@ def _listed_images(
     try:
         for record in v.lines(listing):
             images.add(record)
+        images.listed()
     except BaseException:
         images.discard()
         raise
@@ -521,7 +523,7 @@ class ImageViews:
         self.project = project
         self.listing = listing
         self.detection = detection
-        self.complete = False  # set by the feeder once the listing holds every line
+        self.complete = False  # every line of the listing was added (`listed`)
         self.spoiled = False  # a region in what was taken for a classification project
         nested = listing != "images.jsonl"
         self.labels_name = package.project_path(project.id, LABELS_NAME) if nested else LABELS_NAME
@@ -556,6 +558,11 @@ class ImageViews:
             and listing == self.listing
             and project.id.lower() == self.project.id.lower()
         )
+
+    def listed(self) -> None:
+        """Say that every line of the listing was added; its last page is written."""
+        self.pager.flush()
+        self.complete = True
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Add one line of the listing, exactly as the package holds it."""

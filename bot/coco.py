@@ -32,6 +32,7 @@ COCO_NAME = "coco.json"  # in the folder given to CocoFile
 NO_FILE_NOTE = "no file in this package (exported without files, or deleted since it was listed)"
 LABEL_COLUMNS = ("file", "image_id", "tags")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_BUFFER = 1 << 20  # an object is written at a time: few, large writes to the disk
 
 
 def bbox(
@@ -83,8 +84,12 @@ class CocoFile:
         self._parts = (folder / "coco-images.part", folder / "coco-annotations.part")
         with ExitStack() as opening:
             self._files: tuple[IO[str], IO[str]] = (
-                opening.enter_context(self._parts[0].open("w", encoding="utf-8")),
-                opening.enter_context(self._parts[1].open("w", encoding="utf-8")),
+                opening.enter_context(
+                    self._parts[0].open("w", encoding="utf-8", buffering=_BUFFER)
+                ),
+                opening.enter_context(
+                    self._parts[1].open("w", encoding="utf-8", buffering=_BUFFER)
+                ),
             )
             self._open = opening.pop_all()  # closed by close() or discard()
 

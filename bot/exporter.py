@@ -895,7 +895,7 @@ class _Build:
             self.ctx.progress(self.downloads.done, self.downloads.submitted, self.phase)
             lines.finish()
         if self.views is not None:
-            self.views.complete = True
+            self.views.listed()
         self.counts["images"] = self.counts.get("images", 0) + len(distinct)
         self.counts["image_records"] = self.counts.get("image_records", 0) + lines.count
         if files:
