@@ -36,6 +36,7 @@ from typing import Any
 
 from bot import coco, package, webpage
 from bot.clock import iso
+from bot.ids import guid_key
 from bot.models import (
     Image,
     Iteration,
@@ -532,7 +533,7 @@ class ImageViews:
         self.work = v.writer.temp_dir / f"coco-{project.id.lower()}-{uuid.uuid4().hex[:8]}"
         self.work.mkdir(parents=True)
         self.labels_path = self.work / "labels.csv"
-        self.seen: set[int] = set()
+        self.seen: set[int | str] = set()
         self.coco = coco.CocoFile(
             self.work,
             info={
@@ -572,7 +573,7 @@ class ImageViews:
         if image.regions and not self.detection:
             self.spoiled = True
             return
-        key = uuid.UUID(image.id).int  # 128-bit ints: a small set even for 100,000 images
+        key = guid_key(image.id)
         if key not in self.seen:  # one COCO image per distinct image: the first scope's
             self.seen.add(key)
             file = record.get("file") if isinstance(record.get("file"), str) else None

@@ -81,6 +81,7 @@ from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
 from bot.errors import ConfigError, NotFound, ServiceError
+from bot.ids import guid_key
 from bot.lifecycle import Status
 from bot.models import Export, Image, Iteration, Tag
 from bot.package import JsonlWriter, PackageInfo, PackageWriter, Part
@@ -867,7 +868,7 @@ class _Build:
         # cost calls under the rate limit (GetImageCount is as dear as a page).
         self.list_total = len(image_ids) if image_ids else None
         self.ctx.progress(0, self.list_total, self.phase, force=True)
-        distinct: set[str] = set()
+        distinct: set[int | str] = set()
         pages = self._pages(p, scopes, kind=kind, image_ids=image_ids, where=where)
         if not files:
             # With files the download window paces the listing, and pages read ahead would
@@ -881,7 +882,7 @@ class _Build:
             lines = Lines(sink, self.downloads if files else None, on_line)
             for scope, page in pages:
                 for image in page:
-                    distinct.add(image.id.lower())
+                    distinct.add(guid_key(image.id))
                     key = self._image_file(p, image, scope) if files else None
                     record = {
                         "scope": "workspace" if scope is None else "iteration",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _REQUEST_ID = re.compile(r"^R-(\d{1,9})$", re.IGNORECASE)
@@ -18,6 +19,12 @@ def normalize_guid(value: str) -> str:
     if not is_guid(value):
         raise ValueError(f"not a GUID: {value!r}")
     return value.lower()
+
+
+def guid_key(value: str) -> int | str:
+    """Return a compact set key for an id: a GUID as its 128-bit int (any case, a small set even
+    for 100,000 images), anything else lowercased."""
+    return uuid.UUID(value).int if is_guid(value) else value.lower()
 
 
 def format_request_id(number: int) -> str:
