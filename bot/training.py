@@ -361,7 +361,7 @@ class RateLimiter:
         self._floor = -math.inf  # the latest counted_by of the slots that left the deque
         self._last_start = -math.inf
         self._margin = MARGIN
-        self.throttled_count = 0  # 429s reported, for logs and tests
+        self.throttled_count = 0  # 429s reported to it (diagnostics, tests)
 
     def _set_rate(self, rate_per_second: float) -> None:
         if not (rate_per_second > 0 and math.isfinite(rate_per_second)):
