@@ -20,7 +20,9 @@ calls it made, at 10 per second):
   those reads would add to the phase, and the bound adds that remainder
   (`unoverlapped_lag_s`).
 The whole erasure, command -> done without the approval wait (pending -> click), is compared
-with the sum of the three bounds. The 429 answers are counted over the whole request.
+with the sum of the three bounds. The 429 answers are counted over the whole request, and the
+busiest second of the calls the emulator counted shows the client kept its window full and no
+fuller.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bench import report
 from bench.harness import BenchError, BotProcess, Emulators, scratch
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
-from emulators.customvision import Faults, Seed
+from emulators.customvision import Faults, Seed, busiest_second
 from emulators.stack import APPROVER, CHANNEL, REQUESTER
 
 TPS = 10.0
@@ -138,6 +140,7 @@ def measure(scale: Scale) -> Figures:
         "whole_bound_s": sum(bounds),
         "whole_over_bound": report.ratio(whole_s, sum(bounds)),
         "throttled": sum(1 for c in calls if c.status == 429),
+        "busiest_second": busiest_second(calls),
         "throttled_preview": sum(1 for c in calls if c.status == 429 and c.time <= pending),
         "throttled_deleting": sum(
             1 for c in calls if c.status == 429 and clicked <= c.time <= last_delete
@@ -166,6 +169,10 @@ def present(f: Figures) -> Result:
         ),
         report.within("whole erasure ÷ sum of the bounds", f["whole_over_bound"], WHOLE_TARGET),
         Row("429 answers provoked", report.count(f["throttled"]), "0", f["throttled"] == 0),
+        Row(
+            f"busiest second the emulator counted (context: the cap is {TPS:g})",
+            report.count(f["busiest_second"]),
+        ),
     ]
     return Result(
         key="deletion",

@@ -79,6 +79,7 @@ Vision.CustomVision.Training/tests/SessionRecords/TrainingTests/<name>.json):
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import contextlib
 import email.utils
@@ -108,6 +109,7 @@ __all__ = [
     "Exchange",
     "Faults",
     "Seed",
+    "busiest_second",
     "main",
     "routes",
 ]
@@ -252,6 +254,12 @@ class Call:
     # When the gateway counted it in the rate-limit window (Training API calls while a
     # tps_cap is set, the 429s too), on the emulator's clock; None: not counted.
     admitted: float | None = None
+
+
+def busiest_second(calls: Sequence[Call]) -> int:
+    """Return the most of `calls` the gateway counted (not refused) within one second."""
+    times = sorted(c.admitted for c in calls if c.admitted is not None and c.status != 429)
+    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ from bot.pngbytes import png, png_size
 from emulators.customvision import (
     GATEWAY_401_INVALID,
     GATEWAY_401_MISSING,
+    Call,
     CustomVisionEmulator,
     Faults,
     Seed,
+    busiest_second,
 )
 from emulators.cvdata import EmulatorData
 from tests.spec_schema import SpecChecker
@@ -803,6 +805,15 @@ def test_emulator_records_when_the_gateway_counted_each_call(make_rig: MakeRig) 
         (429, counted + 0.5),
         (200, None),  # no cap: nothing counts calls
     ]
+
+
+def test_busiest_second_counts_admitted_calls_in_a_sliding_second() -> None:
+    def call(admitted: float | None, status: int = 200) -> Call:
+        return Call("GetDomains", "GET", "/", {}, status, 0.0, admitted=admitted)
+
+    assert busiest_second([]) == 0
+    calls = [call(0.0), call(0.5), call(0.99), call(1.0), call(1.2, 429), call(None), call(1.7)]
+    assert busiest_second(calls) == 3  # 0.0, 0.5, 0.99 or 0.5, 0.99, 1.0; refused not counted
 
 
 def test_emulator_rate_limit_apim_wording(make_rig: MakeRig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
@@ -51,7 +50,13 @@ from bot.training import (
     shared_limiter,
 )
 from bot.wording import describe_wait
-from emulators.customvision import Call, CustomVisionEmulator, Exchange, Faults, Seed
+from emulators.customvision import (
+    CustomVisionEmulator,
+    Exchange,
+    Faults,
+    Seed,
+    busiest_second,
+)
 from tests.test_client_conformance import Sent, check_all, check_calls, recording_session
 
 KEY = "test-training-key-Zq81x"
@@ -794,12 +799,6 @@ def test_training_client_delete_not_found_stays_an_error_when_nothing_was_ambigu
 # -- the rate limiter across threads and clients -----------------------------------------------
 
 
-def busiest_window(calls: list[Call]) -> int:
-    """Return the most calls the emulator's gateway counted (not 429) within one second."""
-    times = sorted(c.admitted for c in calls if c.admitted is not None and c.status != 429)
-    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
-
-
 def test_training_client_limiter_holds_8_threads_of_2_clients_under_the_cap(
     make_rig: MakeRig,
 ) -> None:
@@ -826,7 +825,7 @@ def test_training_client_limiter_holds_8_threads_of_2_clients_under_the_cap(
     calls = rig.emu.calls_to("GetDomains")
     assert len(calls) == 48 > 2 * cap  # enough calls that an unlimited client would break the cap
     assert rig.statuses("GetDomains") == [200] * 48
-    assert busiest_window(calls) == cap  # the window filled, never over
+    assert busiest_second(calls) == cap  # the window filled, never over
 
 
 def test_training_client_keeps_the_service_rate_in_a_steady_stream_without_a_429(
@@ -837,7 +836,7 @@ def test_training_client_keeps_the_service_rate_in_a_steady_stream_without_a_429
     for _ in range(3 * cap):
         rig.client.get_domains()
     assert rig.statuses("GetDomains") == [200] * 3 * cap
-    assert busiest_window(rig.emu.calls) == cap
+    assert busiest_second(rig.emu.calls) == cap
     assert rig.client.limiter.throttled_count == 0
 
 
@@ -887,7 +886,7 @@ def test_training_client_waits_out_a_429_and_widens_so_jitter_draws_no_second(
     assert retried.admitted - refused.admitted >= 1.0  # Retry-After: 1, honoured
     assert rig.sleeps == [1.0]
     assert rig.client.limiter.throttled_count == 1
-    assert busiest_window(rig.emu.calls) == cap
+    assert busiest_second(rig.emu.calls) == cap
 
 
 # -- errors: typed, with user messages, never with the key -------------------------------------
