@@ -105,11 +105,8 @@ class HomeTabs:
             for _, user in ready:
                 if self._stopping.is_set():
                     break
-                wait = self.pacer.wait(BUDGET)
-                if wait > 0:
+                if self.pacer.wait(BUDGET) > 0:
                     break  # the budget is spent: the rest wait for the next round
-                with self._lock:
-                    self._due.pop(user, None)
                 self._publish(user)
             pause = 0.5 if soonest is None else min(0.5, max(0.02, soonest - now))
             if ready:
@@ -119,6 +116,8 @@ class HomeTabs:
 
     def _publish(self, user: str) -> None:
         """Read `user`'s dashboard and publish it (a problem view when it cannot be read)."""
+        with self._lock:
+            self._due.pop(user, None)  # what this view reads covers the changes queued so far
         approver = False
         try:
             dashboard = self.service.dashboard(user)
