@@ -203,3 +203,18 @@ def test_e2e_audit_file_is_not_posted_into_a_channel_made_public_and_its_asker_i
     assert "did not post audit-all-" in told.text and "public channel" in told.text
     assert "Run the command again in a private channel" in told.text
     assert stack.slack.messages(DM) == []
+
+
+def test_e2e_status_file_in_a_group_dm_is_still_delivered_after_the_check(stack: Stack) -> None:
+    """A group DM's members are all it has: the delivery's check lets its file through."""
+    group_dm = "G0GROUPDM"
+    stack.slack.add_channel(group_dm, "mpdm-alice--bob-1", is_mpim=True)
+    project = stack.cv.data.project_ids()[0]
+    image = stack.cv.data.image_ids(project)[0]
+    request_pending(stack, f"delete images {project} --ids {image}")  # open until approved
+    stack.command(REQUESTER, "status --all", channel=group_dm)
+    stack.wait_delivered()
+    assert [f.name for f in stack.slack.files(group_dm) if f.name.startswith("status-")]
+    checked = [c.params.get("channel") for c in stack.slack.calls_to("conversations.info")]
+    assert group_dm in checked
+    assert stack.slack.messages(DM) == []
