@@ -508,6 +508,43 @@ def may_post_personal_data(rules: Rules, audience: Audience | None, *, what: str
     return Decision(False, f"{what} holds personal data, and {reasons[problem]}")
 
 
+# Why a delivery with personal data waits for a channel whose audience widened since its request
+# was made (held as `withheld_error(audience_problem(...))`), and what cures it.
+_WIDENED = {
+    "channel_public": (
+        "<#{channel}> has become a public channel, which anyone in the workspace can join and read",
+        "make the channel private again (a workspace admin can), or ask an admin to set "
+        "BOT_ALLOW_PUBLIC_EXPORTS=true",
+    ),
+    "channel_ext_shared": (
+        "<#{channel}> is now shared with another organisation (Slack Connect), whose members "
+        "could read it",
+        "stop sharing the channel with the other organisation, or ask an admin to set "
+        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
+    ),
+    "channel_org_shared": (
+        "<#{channel}> is now shared with other workspaces of your Enterprise Grid organisation",
+        "stop sharing it with the other workspaces, or ask an admin to set "
+        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
+    ),
+}
+
+
+def withheld_error(problem: str) -> str:
+    """Return the error a delivery is held with when `audience_problem` answered `problem`."""
+    return f"channel_{problem}"
+
+
+def widened(error: str, channel: str) -> tuple[str, str] | None:
+    """Return why a delivery held with `error` waits for `channel`, and what cures it, when the
+    channel's audience widened since its request (None for any other error)."""
+    texts = _WIDENED.get(error)
+    if texts is None:
+        return None
+    why, cure = texts
+    return why.format(channel=channel), cure
+
+
 def personal_results(command: Export | Delete) -> str | None:
     """Return what of a request holds personal data, as a refusal names it ("This export",
     "This deletion's receipt"), or None when nothing it posts does.

@@ -61,6 +61,7 @@ from bot.policy import (
     Subject,
     approval_counts,
     approvals_missing,
+    audience_problem,
     bot_is_in,
     in_a_channel,
     may_approve,
@@ -79,6 +80,8 @@ from bot.policy import (
     may_submit_here,
     personal_results,
     preview_shown,
+    widened,
+    withheld_error,
 )
 from bot.reminders import digest_day, digests
 from bot.report import csv_text as report_csv
@@ -144,8 +147,10 @@ class Directory(Protocol):
         """
         ...
 
-    def channel(self, channel_id: str) -> ChannelInfo:
-        """Return what the bot knows of a channel."""
+    def channel(self, channel_id: str, *, max_age: float | None = None) -> ChannelInfo:
+        """Return what the bot knows of a channel (`max_age`: how old a cached answer may be;
+        None: the directory's own TTL). Raises SlackLookupError when Slack does not answer in
+        time."""
         ...
 
 
@@ -946,6 +951,9 @@ class Service:
         decision = may_resend(self.rules, self.actor(user_id), subject_of(record))
         if not decision:
             return self._refused(user_id, "resend", decision, request=record.number)
+        still = self._still_widened(record)
+        if still is not None:
+            return Reply(still)
         with self.store.write() as conn:
             held = self.store.held_deliveries(record.number, conn)
             if not held:
@@ -969,6 +977,25 @@ class Service:
             f"Posting {wording.count(len(held), 'held delivery', 'held deliveries')} of "
             f"{record.id} again: {names}. If Slack "
             "refuses again, you will be told why."
+        )
+
+    def _still_widened(self, record: RequestRecord) -> str | None:
+        """Return why a resend would be held again at once, when the request's deliveries wait
+        for its channel's audience to narrow and Slack says it has not (None otherwise)."""
+        held = self.store.held_deliveries(record.number)
+        if not any(widened(h.error, record.channel) for h in held):
+            return None
+        # Asked afresh: the channel may have been made private a moment ago.
+        channel = self.directory.channel(record.channel, max_age=0.0)
+        problem = audience_problem(self.rules, channel.audience) if channel.exists else None
+        told = None if problem is None else widened(withheld_error(problem), record.channel)
+        if told is None:
+            return None  # narrowed (or gone: Slack's own answer will say so)
+        why, cure = told
+        return (
+            f"{record.id} stays held, and nothing was resent: its files hold personal data, "
+            f"and {why}. To have them posted, {cure}; then run `{self.command} resend "
+            f"{record.id}` again."
         )
 
     # -- the statutory clock -----------------------------------------------------------------

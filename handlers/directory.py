@@ -205,15 +205,17 @@ class SlackDirectory:
             self._channels[channel_id] = (started, info)
         return info
 
-    def channel(self, channel_id: str) -> ChannelInfo:
-        """Return what conversations.info says of a channel (not found: exists=False).
+    def channel(self, channel_id: str, *, max_age: float | None = None) -> ChannelInfo:
+        """Return what conversations.info says of a channel (not found: exists=False), from a
+        cached answer younger than `max_age` (None: the channel TTL).
 
         Raises SlackLookupError when Slack does not answer in time or answers an error.
         """
         now = self.monotonic()
         with self._lock:
             cached = self._channels.get(channel_id)
-        if cached is not None and now - cached[0] < self.channel_ttl:
+        ttl = self.channel_ttl if max_age is None else max_age
+        if cached is not None and now - cached[0] < ttl:
             return cached[1]
         future = self._fetch(
             "conversations.info", channel_id, functools.partial(self._channel_info, channel_id)

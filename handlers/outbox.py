@@ -54,7 +54,14 @@ from bot.digest import sha256_file
 from bot.ids import format_request_id
 from bot.lifecycle import RequestKind, RequestRecord, Status
 from bot.logs import request_context
-from bot.policy import Rules, audience_problem, personal_results, preview_digest
+from bot.policy import (
+    Rules,
+    audience_problem,
+    personal_results,
+    preview_digest,
+    widened,
+    withheld_error,
+)
 from bot.runner import REPORT_KEY
 from bot.store import (
     OutboxItem,
@@ -112,26 +119,6 @@ _CURES = {
 }
 
 
-# Why a delivery with personal data was withheld from a channel whose audience widened since
-# its request was made (`audience_problem`'s answers), and what cures it.
-_WIDENED = {
-    "channel_public": (
-        "<#{channel}> has become a public channel, which anyone in the workspace can join and read",
-        "make the channel private again (a workspace admin can), or ask an admin to set "
-        "BOT_ALLOW_PUBLIC_EXPORTS=true",
-    ),
-    "channel_ext_shared": (
-        "<#{channel}> is now shared with another organisation (Slack Connect), whose members "
-        "could read it",
-        "stop sharing the channel with the other organisation, or ask an admin to set "
-        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
-    ),
-    "channel_org_shared": (
-        "<#{channel}> is now shared with other workspaces of your Enterprise Grid organisation",
-        "stop sharing it with the other workspaces, or ask an admin to set "
-        "BOT_ALLOW_SHARED_CHANNEL_EXPORTS=true",
-    ),
-}
 # How long a channel's audience, once Slack confirmed personal data may go there, is trusted
 # for the messages of requests (seconds; files always ask). A refusal is never remembered: a
 # `resend` after the channel was made private again asks at once.
@@ -152,7 +139,7 @@ class Withheld(Exception):
 
     def __init__(self, error: str) -> None:
         super().__init__(error)
-        self.error = error  # a key of _WIDENED
+        self.error = error  # policy.withheld_error: channel_public, channel_ext_shared, ...
 
 
 class Held(Exception):
@@ -435,7 +422,7 @@ class Deliverer:
             if number is None:
                 # A file asked for by a command (audit, status --all, report): no request to
                 # resend, so its asker is told to run it again.
-                if error in _WIDENED and item.payload.get("user"):
+                if widened(error, item.channel) and item.payload.get("user"):
                     user = str(item.payload["user"])
                     text = self._unowned_notice(user, item.channel, name, error)
                     self.store.enqueue(
@@ -451,7 +438,7 @@ class Deliverer:
                 "user": record.requester,
                 "text": self._notice(record, name, error),
             }
-            if error in _WIDENED:
+            if widened(error, item.channel):
                 payload["dm"] = True  # not into the channel that became too wide
             self.store.enqueue(
                 conn, kind="notice", channel=item.channel, payload=payload, request=number
@@ -476,8 +463,8 @@ class Deliverer:
                 )
 
     def _notice(self, record: RequestRecord, name: str, error: str) -> str:
-        if error in _WIDENED:
-            why, cure = (t.format(channel=record.channel) for t in _WIDENED[error])
+        if told := widened(error, record.channel):
+            why, cure = told
             return (
                 f"<@{record.requester}> {record.id}: I did not post {name} in "
                 f"<#{record.channel}>: it holds personal data, and {why}. Nothing is lost: the "
@@ -494,7 +481,9 @@ class Deliverer:
         )
 
     def _unowned_notice(self, user: str, channel: str, name: str, error: str) -> str:
-        why, cure = (t.format(channel=channel) for t in _WIDENED[error])
+        told = widened(error, channel)
+        assert told is not None  # only called for a widened channel's error
+        why, cure = told
         return (
             f"<@{user}> I did not post {name} in <#{channel}>: it holds personal data, and "
             f"{why}. Nothing was posted. Run the command again in a private channel, or {cure}."
@@ -537,7 +526,7 @@ class Deliverer:
         problem = audience_problem(self.rules, channel_info_of(data).audience)
         if problem is not None:
             self._confirmed.pop(channel, None)
-            raise Withheld(f"channel_{problem}")
+            raise Withheld(withheld_error(problem))
         self._confirmed[channel] = now
 
     # -- the audit mirror --------------------------------------------------------------------

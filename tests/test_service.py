@@ -73,7 +73,7 @@ class FakeDirectory:
             raise SlackLookupError(SLACK_SLOW)
         return frozenset(g for g in groups if user_id in self.groups.get(g, set()))
 
-    def channel(self, channel_id: str) -> ChannelInfo:
+    def channel(self, channel_id: str, *, max_age: float | None = None) -> ChannelInfo:
         self.asked.append(("channel", channel_id))
         if "channel" in self.down:
             raise SlackLookupError(SLACK_SLOW)
