@@ -17,7 +17,7 @@ import pytest
 from bot import audit
 from emulators.stack import APPROVER, CHANNEL, PUBLIC_CHANNEL, REQUESTER, Stack
 from tests.conftest import StartStack, request_pending
-from tests.test_e2e_delivery import DM, SEED, ephemeral, wait
+from tests.test_e2e_delivery import DM, SEED, deletion_approved_after, ephemeral, wait
 
 # How an admin widens the private channel's audience, what the bot then holds the delivery
 # with, what the requester reads about it, and how the test undoes it.
@@ -129,14 +129,9 @@ def test_e2e_channel_widened_after_the_request_holds_its_package_until_resent(
 def test_e2e_deletion_receipt_is_held_when_the_channel_became_public_during_approval(
     stack: Stack,
 ) -> None:
-    project = stack.cv.data.project_ids()[0]
-    image = stack.cv.data.image_ids(project)[0]
-    rid = request_pending(stack, f"delete images {project} --ids {image}")
-    stack.slack.set_audience(CHANNEL, is_private=False)
-    stack.click(APPROVER, rid, "approve")
-    assert stack.wait_status(rid, "done", "failed") == "done"
-    wait(lambda: stack.slack.messages(DM), "a DM to the requester")
-    stack.wait_delivered()
+    rid = deletion_approved_after(
+        stack, lambda: stack.slack.set_audience(CHANNEL, is_private=False)
+    )
 
     number = stack.bot.store.get(rid).number
     held = stack.bot.store.held_deliveries(number)

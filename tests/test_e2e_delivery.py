@@ -161,15 +161,23 @@ def test_e2e_bot_removed_mid_request_tells_the_requester_by_dm_and_resends(
     assert not (stack.config.work_dir / rid).exists()
 
 
-def test_e2e_archived_channel_holds_the_deletion_receipt_until_resent(stack: Stack) -> None:
+def deletion_approved_after(stack: Stack, change: Callable[[], object]) -> str:
+    """Type a deletion of one image, run `change` while it awaits approval, approve it; wait
+    for its end, a DM to the requester and the outbox; return its request id."""
     project = stack.cv.data.project_ids()[0]
     image = stack.cv.data.image_ids(project)[0]
     rid = request_pending(stack, f"delete images {project} --ids {image}")
-    stack.slack.set_archived(CHANNEL, True)  # archived while the approval was pending
+    change()
     stack.click(APPROVER, rid, "approve")
     assert stack.wait_status(rid, "done", "failed") == "done"
     wait(lambda: stack.slack.messages(DM), "a DM to the requester")
     stack.wait_delivered()
+    return rid
+
+
+def test_e2e_archived_channel_holds_the_deletion_receipt_until_resent(stack: Stack) -> None:
+    # Archived while the approval was pending.
+    rid = deletion_approved_after(stack, lambda: stack.slack.set_archived(CHANNEL, True))
 
     number = stack.bot.store.get(rid).number
     held = stack.bot.store.held_deliveries(number)
