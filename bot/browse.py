@@ -326,7 +326,7 @@ def tags_held(data: Any) -> list[Tag]:
     return tags
 
 
-def _single_project_views(v: _Views) -> tuple[list[Project], Any]:
+def _projects(v: _Views) -> tuple[list[Project], Any]:
     """Return the projects of projects.json and the root iterations.json."""
     return [Project.from_dict(p) for p in v.json("projects.json") or []], v.json("iterations.json")
 
@@ -358,7 +358,7 @@ def streamed_images(writer: PackageWriter, info: PackageInfo, project_id: str) -
     hold the project.
     """
     v = _Views(writer)
-    projects, root_iterations = _single_project_views(v)
+    projects, root_iterations = _projects(v)
     found = [p for p in projects if p.id.lower() == project_id.lower()]
     if len(projects) != 1 or not found:
         raise ValueError(f"projects.json does not hold project {project_id[:40]!r} alone")
@@ -385,7 +385,7 @@ def add_views(
     this means a bug).
     """
     v = _Views(writer)
-    projects, root_iterations = _single_project_views(v)
+    projects, root_iterations = _projects(v)
     single = len(projects) == 1
     exports = v.json("exports.json")
     views: list[webpage.ProjectView] = []
