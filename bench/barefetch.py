@@ -2,9 +2,10 @@
 
 I/O module. `python -m bench.barefetch ENDPOINT PROJECT_ID --threads N` (the training key in
 CUSTOM_VISION_TRAINING_KEY) lists a project's workspace with GetImages, 256 images a page,
-oldest first, at most `--tps` calls a second (a 429 waits for its Retry-After), and hands each
-original-image link to a pool of N threads as soon as its page arrives; the listing runs ahead
-of the downloads. Each download is read and dropped: nothing is written, hashed or checkpointed.
+oldest first, at most `--tps` calls in any second (bot.training.RateLimiter, as the bot's
+client; a 429 waits for its Retry-After), and hands each original-image link to a pool of N
+threads as soon as its page arrives; the listing runs ahead of the downloads. Each download
+is read and dropped: nothing is written, hashed or checkpointed.
 One HTTP connection per thread (the storage session's pool holds N); a 429 waits as the
 sequential baseline's do (bench.baseline.get). It prints one JSON object: seconds (first call
 to last byte), pages, downloads, bytes, throttled, cpu_s (user + system).
@@ -30,7 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from bench.baseline import get
 from bench.harness import BenchError, child_env
-from bot.training import API_VERSION
+from bot.training import API_VERSION, RateLimiter
 
 PAGE = 256
 KEY_VARIABLE = "CUSTOM_VISION_TRAINING_KEY"
@@ -48,21 +49,6 @@ class BareRun:
     cpu_s: float
 
 
-class _Gate:
-    """Call starts at most `tps` a second, spaced 5% wider, as the bot's limiter does (a
-    sliding window counts a call that the network delayed into the next second)."""
-
-    def __init__(self, tps: float) -> None:
-        self._gap = 1.05 / tps
-        self._next = 0.0
-
-    def wait(self) -> None:
-        now = time.monotonic()
-        if self._next > now:
-            time.sleep(self._next - now)
-        self._next = max(now, self._next) + self._gap
-
-
 def _size(session: requests.Session, url: str, throttled: list[int]) -> int:
     return len(get(session, url, throttled))
 
@@ -70,7 +56,9 @@ def _size(session: requests.Session, url: str, throttled: list[int]) -> int:
 def fetch_all(endpoint: str, key: str, project_id: str, *, threads: int, tps: float) -> BareRun:
     """List the workspace's images page by page and download every original; return the run."""
     url = f"{endpoint}/customvision/{API_VERSION}/training/projects/{project_id}/images"
-    gate = _Gate(tps)
+    # Paced as the bot's client paces its calls (the service's sliding window, each call
+    # reckoned from its answer), so the listing costs both the same.
+    limiter = RateLimiter(tps)
     throttled = [0]
     pages = 0
     sizes: list[int] = []
@@ -88,9 +76,11 @@ def fetch_all(endpoint: str, key: str, project_id: str, *, threads: int, tps: fl
         futures: list[Future[int]] = []
         skip = 0
         while True:
-            gate.wait()
+            slot = limiter.acquire()
             params = {"take": str(PAGE), "skip": str(skip), "orderBy": "Oldest"}
-            page = json.loads(get(api, url, throttled, params=params))
+            body = get(api, url, throttled, params=params)
+            limiter.answered(slot)
+            page = json.loads(body)
             pages += 1
             for image in page:
                 futures.append(pool.submit(_size, storage, image["originalImageUri"], throttled))

@@ -422,9 +422,15 @@ class Deliverer:
             if number is None:
                 # A file asked for by a command (audit, status --all, report): no request to
                 # resend, so its asker is told to run it again.
-                if widened(error, item.channel) and item.payload.get("user"):
+                told = widened(error, item.channel)
+                if told is not None and item.payload.get("user"):
                     user = str(item.payload["user"])
-                    text = self._unowned_notice(user, item.channel, name, error)
+                    why, cure = told
+                    text = (
+                        f"<@{user}> I did not post {name} in <#{item.channel}>: it holds "
+                        f"personal data, and {why}. Nothing was posted. Run the command again "
+                        f"in a private channel, or {cure}."
+                    )
                     self.store.enqueue(
                         conn,
                         kind="notice",
@@ -478,15 +484,6 @@ class Deliverer:
             f"<@{record.requester}> {record.id}: Slack refused to post {name} ({cure}). Nothing "
             f"is lost: the bot keeps it, and `{self.command} status {record.id}` lists what is "
             f"held. Once that is fixed, run `{self.command} resend {record.id}`."
-        )
-
-    def _unowned_notice(self, user: str, channel: str, name: str, error: str) -> str:
-        told = widened(error, channel)
-        assert told is not None  # only called for a widened channel's error
-        why, cure = told
-        return (
-            f"<@{user}> I did not post {name} in <#{channel}>: it holds personal data, and "
-            f"{why}. Nothing was posted. Run the command again in a private channel, or {cure}."
         )
 
     # -- who reads the channel -------------------------------------------------------------
