@@ -19,9 +19,13 @@
         ├── TransportError        timeouts and dropped connections after every retry
         └── MalformedResponse     a body that is not what the spec promises
 
+    JobRetry                      not the request's fault, and cured by running its job again
+                                  from its checkpoint (the export's download process died): the
+                                  worker retries it with backoff (bot.runner)
+
 A refusal is not an exception: the rules (bot.policy) return a `Decision` whose reason the user
-is told. Anything that is not a BotError is a bug: it reaches the app's error handler with its
-traceback.
+is told. Anything else that is not a BotError is a bug: it reaches the app's error handler with
+its traceback.
 """
 
 from __future__ import annotations
@@ -170,3 +174,7 @@ class TransportError(TrainingApiError):
 
 class MalformedResponse(TrainingApiError):
     """The response is not what the spec promises (bad JSON, missing fields, HTML page)."""
+
+
+class JobRetry(Exception):
+    """A job's helper failed in a way that running the job again from its checkpoint cures."""

@@ -81,6 +81,7 @@ from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
 from bot.errors import ConfigError, NotFound, ServiceError
+from bot.fetcher import Fetcher, FetcherLost
 from bot.ids import guid_key
 from bot.lifecycle import Status
 from bot.models import Export, Image, Iteration, Tag
@@ -407,12 +408,15 @@ class Links:
 
 
 class Downloads:
-    """Downloads files on a thread pool, at most `window` in flight, and adds them to the package.
+    """Downloads files, at most `window` in flight, and adds them to the package.
 
-    The pool's threads only download (or verify a cached copy) and report each file. The
-    job's thread, the only caller of submit/wait_for/drain, collects the reports a batch at a
-    time, puts their files in the package and raises the first failure: one thread writes the
-    zip, so the download threads never wait for it or for each other.
+    Blob links (absolute URIs) download in a process of their own (bot.fetcher, started with
+    `start`), so its threads never hold the bot's interpreter lock; the thread reading its
+    answers only reports each file. A small pool of threads here verifies cached copies,
+    renews expired links (Training API calls stay in the bot, which holds the key) and
+    downloads relative paths (GetArtifact, with the key). The job's thread, the only caller of
+    submit/wait_for/drain, collects the reports a batch at a time, puts their files in the
+    package and raises the first failure: one thread writes the zip.
     """
 
     def __init__(
@@ -423,7 +427,8 @@ class Downloads:
         *,
         on_batch: Callable[[], None],
     ) -> None:
-        threads = max(1, int(ctx.settings.download_concurrency))
+        self._threads = max(1, int(ctx.settings.download_concurrency))
+        self._ctx = ctx
         self._client = ctx.client
         # A subject export reads projects of several resources: each project's files come
         # through its own resource's client (`route`).
@@ -431,21 +436,39 @@ class Downloads:
         self._writer = writer
         self._cache = cache
         self._on_batch = on_batch
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"export-{ctx.request.id}")
-        self._window = threads * WINDOW_PER_THREAD
+        self._pool = ThreadPoolExecutor(
+            self._threads, thread_name_prefix=f"export-{ctx.request.id}"
+        )
+        self._fetcher: Fetcher[tuple[FileJob, str, bool]] | None = None
+        # Files waiting for an order, and how many orders the process holds: a few more than
+        # its threads, so none idles, yet each order takes the newest link when it is sent
+        # (a renewal serves the files queued here; one sent already meets the 403 first).
+        self._unordered: deque[tuple[FileJob, bool]] = deque()
+        self._ordered = 0
+        self._max_ordered = self._threads + max(1, self._threads // 2)
+        self._order_lock = threading.Lock()
+        # Renewals under way: orders wait for them, as the links they hold may be the expired
+        # ones a renewal replaces (the in-process threads waited on the renewal's lock).
+        self._renewing = 0
+        self._window = self._threads * WINDOW_PER_THREAD
         self._links = Links(ctx.client, self._routes)
         self._pending: dict[str, FileJob] = {}
         self._reported: list[tuple[FileJob, Fetched | BaseException]] = []
         self._ready = threading.Condition()
         self._wake_at = 1  # reports that wake the job's thread
         self._failed = False  # a failure was reported: it wakes the job's thread at once
+        self._lost: FetcherLost | None = None  # the download process ended early
         # Reports that wake the job's thread: a quarter of the threads, so that the window
         # stays nearly full of queued files (an expired link is renewed for every file queued
         # behind it: the fewer queued, the more downloads meet the 403 first).
-        self._batch = max(1, threads // 4)
+        self._batch = max(1, self._threads // 4)
         self.resolved: dict[str, str | None] = {}
         self.how: dict[str, int] = {}
         self.submitted = 0
+
+    def start(self) -> None:
+        """Start the download process now, so that its start-up overlaps the listing."""
+        self._process()
 
     def route(self, project_id: str, client: TrainingClient) -> None:
         """Fetch (and renew) the files of `project_id` through `client`."""
@@ -471,7 +494,10 @@ class Downloads:
             self._collect(self._batch)
         self._links.queued(job)
         self._pending[job.key] = job
-        self._pool.submit(self._fetch, job)
+        if known is None and _blob_link(job.uri):
+            self._order(job)
+        else:
+            self._pool.submit(self._fetch, job)
 
     def wait_for(self, key: str) -> None:
         """Wait until the file of `key` is settled."""
@@ -485,14 +511,23 @@ class Downloads:
 
     def close(self) -> None:
         """Drop what is still queued, wait for the downloads in flight and record those done
-        (a resumed job reuses them)."""
+        (a resumed job reuses them); the download process ends."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._fetcher is not None:
+            self._fetcher.close()
         with self._ready:
             reported, self._reported = self._reported, []
         # Closing follows the job's own outcome, whose error is the one that matters: a record
         # that cannot be written (a full disk) costs one download again.
         with suppress(OSError):
             self._cache.record(_downloaded(reported))
+
+    def _process(self) -> Fetcher[tuple[FileJob, str, bool]]:
+        if self._fetcher is None:
+            self._fetcher = Fetcher(
+                self._client, self._threads, on_answer=self._answered, on_lost=self._gone
+            )
+        return self._fetcher
 
     def _collect(self, wanted: int) -> None:
         """Wait until `wanted` files are reported (fewer when fewer are pending, or at a
@@ -506,9 +541,13 @@ class Downloads:
             while len(self._reported) < self._wake_at and not self._failed:
                 self._ready.wait()
             reported, self._reported = self._reported, []
+            lost = self._lost
         # Recorded here, a batch in one write, before a failure below is raised: the download
         # threads spend no write (nor a wait for the interpreter lock after it) on the record.
         self._cache.record(_downloaded(reported))
+        if lost is not None:
+            self._ctx.check()  # a process stopping or a request cancelled says so instead
+            raise lost
         for job, fetched in reported:
             del self._pending[job.key]
             if isinstance(fetched, BaseException):
@@ -528,23 +567,109 @@ class Downloads:
         if self.done // FILES_PER_CHECKPOINT != before // FILES_PER_CHECKPOINT:
             self._on_batch()
 
-    def _fetch(self, job: FileJob) -> None:
-        """On a pool thread: obtain the file and report it (or the failure) to the job."""
-        fetched: Fetched | BaseException
-        try:
-            fetched = self._obtain(job)
-        except BaseException as exc:  # reported to the job's thread, which raises it
-            fetched = exc
-        finally:
-            self._links.settled(job)
+    def _report(self, job: FileJob, fetched: Fetched | BaseException) -> None:
+        """Hand a settled file (or its failure) to the job's thread."""
+        self._links.settled(job)
         with self._ready:
             self._reported.append((job, fetched))
             self._failed = self._failed or isinstance(fetched, BaseException)
             if len(self._reported) >= self._wake_at or self._failed:
                 self._ready.notify()
 
+    def _order(self, job: FileJob, *, renewed: bool = False) -> None:
+        """Have the download process fetch the file into the cache (`renewed`: its link was
+        renewed already), sent at once unless the process holds enough orders."""
+        with self._order_lock:
+            self._unordered.append((job, renewed))
+            self._send()
+
+    def _send(self) -> None:
+        """Send queued orders while the process holds fewer than its share; under the lock."""
+        while self._unordered and self._ordered < self._max_ordered and not self._renewing:
+            job, renewed = self._unordered.popleft()
+            self._ordered += 1
+            uri = self._links.current(job)
+            self._process().order(uri, self._cache.path(job.key), (job, uri, renewed))
+
+    def _answered(self, order: tuple[FileJob, str, bool], got: Download | BaseException) -> None:
+        """On the thread reading the download process: report the file, or renew its link."""
+        job, uri, renewed = order
+        expired = isinstance(got, ServiceError) and link_expired(got) and not renewed
+        with self._order_lock:
+            self._ordered -= 1
+            self._renewing += expired
+            self._send()
+        if isinstance(got, Download):
+            cached = Cached(file_ext(got.head, job.uri), got.size, got.sha256)
+            self._report(job, (cached, "downloaded"))
+        elif isinstance(got, NotFound):
+            self._report(job, (None, "missing"))  # deleted since it was listed
+        elif expired:
+            # Renewing calls the Training API: on a pool thread, not this one, which reads
+            # the answers of every other download meanwhile.
+            assert isinstance(got, ServiceError)
+            try:
+                self._pool.submit(self._renew, job, uri, got)
+            except RuntimeError:  # closing: the pool takes no more work
+                self._renewed()
+                self._report(job, got)
+        else:
+            self._report(job, got)
+
+    def _gone(self, lost: FetcherLost) -> None:
+        """On the thread reading the download process: it ended before it was closed."""
+        with self._ready:
+            self._lost = lost
+            self._failed = True
+            self._ready.notify()
+
+    def _renew(self, job: FileJob, failed: str, error: ServiceError) -> None:
+        """On a pool thread: order the file again through a fresh link, or report it gone."""
+        try:
+            fresh = self._links.renew(job, failed)
+        except BaseException as exc:  # reported to the job's thread, which raises it
+            self._report(job, exc)
+            return
+        finally:
+            self._renewed()
+        if fresh is None:
+            self._report(job, error if job.renewal is None else (None, "missing"))
+            return
+        log.info("%s: the link expired; downloading through a renewed link", job.key)
+        self._order(job, renewed=True)
+
+    def _renewed(self) -> None:
+        """A renewal ended: the orders it held back go, with the links it renewed."""
+        with self._order_lock:
+            self._renewing -= 1
+            self._send()
+
+    def _fetch(self, job: FileJob) -> None:
+        """On a pool thread: verify the cached copy, else download the file (a blob link
+        through the download process, a relative path here) and report it."""
+        fetched: Fetched | BaseException
+        try:
+            cached = self._cache.verified(job.key)
+            uri = self._links.current(job)
+            if cached is not None:
+                fetched = cached, "cached"
+            elif _blob_link(uri):
+                self._order(job)
+                return  # reported when the download process answers
+            else:
+                got = self._download(job, self._cache.path(job.key))
+                if got is None:
+                    fetched = None, "missing"
+                else:
+                    ext = file_ext(got.head, job.uri)
+                    fetched = Cached(ext, got.size, got.sha256), "downloaded"
+        except BaseException as exc:  # reported to the job's thread, which raises it
+            fetched = exc
+        self._report(job, fetched)
+
     def _download(self, job: FileJob, dest: Path) -> Download | None:
-        """Download the file (renewing an expired link once); None when it no longer exists."""
+        """Download the file here (renewing an expired link once); None when it no longer
+        exists."""
         uri = self._links.current(job)
         client: TrainingClient = self._routes.get(job.project_id, self._client)
         try:
@@ -565,17 +690,10 @@ class Downloads:
         except NotFound:
             return None
 
-    def _obtain(self, job: FileJob) -> Fetched:
-        """Return the file in the cache (verified, or downloaded now) and how it was obtained."""
-        cached = self._cache.verified(job.key)
-        if cached is not None:
-            return cached, "cached"
-        dest = self._cache.path(job.key)
-        got = self._download(job, dest)
-        if got is None:
-            return None, "missing"
-        # The job's thread records it (Downloads._collect) with the others of its batch.
-        return Cached(file_ext(got.head, job.uri), got.size, got.sha256), "downloaded"
+
+def _blob_link(uri: str) -> bool:
+    """True for an absolute link (blob storage, no key needed), False for a relative path."""
+    return bool(urlsplit(uri).scheme)
 
 
 def _downloaded(
@@ -708,6 +826,8 @@ class _Build:
         self.cache = cache
         self.counts: dict[str, int] = {}
         self.downloads = Downloads(ctx, writer, cache, on_batch=self._files_batch)
+        if export.needs_files:
+            self.downloads.start()
         self.phase = "reading"
         self.listed = 0
         self.list_total: int | None = None

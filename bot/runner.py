@@ -26,7 +26,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.db import is_locked
-from bot.errors import BotError, DatabaseBusy, WorkDirFull, is_disk_full
+from bot.errors import BotError, DatabaseBusy, JobRetry, WorkDirFull, is_disk_full
 from bot.lifecycle import (
     DeletionItem,
     ItemStatus,
@@ -436,13 +436,18 @@ class Runner:
         """Run a claimed job; after an error outside its handler, run it again with backoff.
 
         The job stays this worker's (its lease is renewed) and resumes from its checkpoint, as
-        after a restart; the error is logged once, with the request id.
+        after a restart; the error is logged once, with the request id (a JobRetry, an
+        expected fault, each time in one line).
         """
         failures = 0
         while True:
             try:
                 self.run_one(job)
                 return
+            except JobRetry as retry:
+                failures += 1
+                with request_context(job.request_id):
+                    log.warning("job %s (%s): %s; running it again", job.id, job.kind, retry)
             except Exception:
                 failures += 1
                 with request_context(job.request_id):
@@ -491,8 +496,8 @@ class Runner:
             log.info("job %s of %s interrupted at a checkpoint", job.id, request.id)
             self._release(job)
             return
-        except DatabaseBusy:
-            raise  # not the request's fault: the worker runs it again once the lock is gone
+        except (DatabaseBusy, JobRetry):
+            raise  # not the request's fault: the worker runs it again from its checkpoint
         except sqlite3.OperationalError as exc:
             if is_locked(exc):
                 raise

@@ -507,12 +507,17 @@ class _Answer:
 
 
 class TrainingClient:
-    """A Training API v3.3 client for one Custom Vision resource (thread-safe)."""
+    """A Training API v3.3 client for one Custom Vision resource (thread-safe).
+
+    Without a training key (None) it only downloads blob links (absolute URIs): what the
+    export's download process (bot.fetcher) needs, holding no secret; a keyed call raises
+    ValueError.
+    """
 
     def __init__(
         self,
         endpoint: str,
-        training_key: str,
+        training_key: str | None,
         *,
         session: requests.Session | None = None,
         tps: float = 10.0,
@@ -527,7 +532,9 @@ class TrainingClient:
         parts = urlsplit(endpoint.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
-        if not isinstance(training_key, str) or not _KEY_CHARS.match(training_key):
+        if training_key is not None and (
+            not isinstance(training_key, str) or not _KEY_CHARS.match(training_key)
+        ):
             # Never echo the key: say only what is wrong with it.
             raise ValueError("the training key is empty or has characters a key cannot have")
         if not (timeout > 0):
@@ -539,7 +546,7 @@ class TrainingClient:
         self.endpoint = endpoint.strip().rstrip("/")
         self.endpoint_host: str = parts.netloc.rpartition("@")[2].lower()
         self._base = f"{self.endpoint}/customvision/{API_VERSION}/training"
-        self._key = training_key
+        self._key = training_key  # None: blob links only (the export's download process)
         if connections < 1:
             raise ValueError(f"connections must be at least 1, got {connections!r}")
         self._owns_session = session is None
@@ -563,6 +570,17 @@ class TrainingClient:
 
     def __repr__(self) -> str:
         return f"TrainingClient(endpoint={self.endpoint!r}, tps={self._limiter.rate})"
+
+    @property
+    def download_settings(self) -> dict[str, float | int]:
+        """Return the timeout and retry settings a keyless copy of this client downloads with
+        (bot.fetcher's process builds its client from them)."""
+        return {
+            "timeout": self._timeout,
+            "max_attempts": self._max_attempts,
+            "backoff_base": self._backoff_base,
+            "backoff_cap": self._backoff_cap,
+        }
 
     @property
     def limiter(self) -> RateLimiter:
@@ -1028,6 +1046,8 @@ class TrainingClient:
         return operation, f"/projects/{p}{suffix}", params
 
     def _headers(self, accept: str = "application/json") -> dict[str, str]:
+        if self._key is None:
+            raise ValueError("this client holds no training key: it downloads blob links only")
         return {"Training-Key": self._key, "Accept": accept}
 
     # -- responses -----------------------------------------------------------------------------
@@ -1090,7 +1110,7 @@ class TrainingClient:
 
     def _scrub(self, text: str) -> str:
         # Belt and braces: no message we build should ever carry the key.
-        return text.replace(self._key, "[key]")
+        return text.replace(self._key, "[key]") if self._key else text
 
     # -- the one place where calls are sent and retried ----------------------------------------
 
