@@ -80,7 +80,7 @@ from bot import browse, commands, package, parser, subject
 from bot.clock import iso, parse_iso
 from bot.commands import ExportKind
 from bot.digest import sha256_file
-from bot.errors import ConfigError, NotFound, ServiceError
+from bot.errors import BotError, ConfigError, NotFound, ServiceError
 from bot.fetcher import Fetcher, FetcherLost
 from bot.ids import guid_key
 from bot.lifecycle import Status
@@ -114,6 +114,9 @@ LIMITS = {
 EXPORT_WAIT = 600.0
 FILES_PER_CHECKPOINT = 64
 WINDOW_PER_THREAD = 4  # downloads queued per download thread
+# Losses of the download process in a row, without a file more settled, before the request
+# fails (each loss before that runs the job again from its checkpoint).
+MAX_LOSSES = 3
 MAX_WAITING_LINES = 4096  # listing lines held while their files download
 PREFETCH_PAGES = 4  # listing pages read ahead of the package writing (~1 MB of JSON)
 CACHE_DIR = "cache"
@@ -1405,9 +1408,30 @@ def run_export(ctx: JobContext, *, export_wait: float = EXPORT_WAIT) -> Outcome:
         raise
     except NotFound as exc:
         raise _named(exc, export) from exc
+    except FetcherLost as lost:
+        raise _lost_again(ctx, lost) from lost
     finished = _queue_uploads(ctx, export, parts, counts)
     _discard_cache(ctx.work_dir)
     return _outcome(ctx, finished)
+
+
+def _lost_again(ctx: JobContext, lost: FetcherLost) -> FetcherLost | BotError:
+    """Return what to raise for a lost download process: `lost` itself, which the runner
+    retries from the checkpoint, unless it was lost MAX_LOSSES times in a row without a file
+    more settled: then the error that fails the request, saying how to resume it."""
+    done = int(ctx.checkpoint.get("files_done", 0))
+    before = ctx.checkpoint.get("fetcher_lost") or {}
+    again = before.get("round") == ctx.round and before.get("files_done") == done
+    times = int(before.get("times", 0)) + 1 if again else 1
+    with ctx.transaction() as tx:  # no stop or cancel check: _collect made it
+        tx.save(fetcher_lost={"round": ctx.round, "files_done": done, "times": times})
+    if times < MAX_LOSSES:
+        return lost
+    return BotError(
+        f"The export's download process stopped {count(times, 'time')} in a row without "
+        f"progress (last: it {lost.detail}). The {count(done, 'file')} settled so far are "
+        f"kept: `{ctx.settings.command} retry {ctx.request.id}` continues where it stopped."
+    )
 
 
 def _discard_cache(work_dir: Path) -> None:

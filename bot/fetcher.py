@@ -104,7 +104,11 @@ def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 class Fetcher(Generic[C]):
     """A download process: `order` sends a file to download; each answer goes to `on_answer`
     (a Download, or the exception the client raised) with the order's `context`, and a loss
-    of the process to `on_lost`, both on the thread reading the answers. Thread-safe."""
+    of the process to `on_lost`, both on the thread reading the answers. Thread-safe.
+
+    `program` runs the child (tests give one that misbehaves); the client's settings follow
+    it as --name=value options.
+    """
 
     def __init__(
         self,
@@ -113,9 +117,10 @@ class Fetcher(Generic[C]):
         *,
         on_answer: Callable[[C, Download | BaseException], None],
         on_lost: Callable[[FetcherLost], None],
+        program: Sequence[str] = (sys.executable, "-m", "bot.fetcher"),
     ) -> None:
         settings = {"threads": threads, "endpoint": client.endpoint, **client.download_settings}
-        command = [sys.executable, "-m", "bot.fetcher"]
+        command = [*program]
         command += [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
         self._on_answer = on_answer
         self._on_lost = on_lost

@@ -6,6 +6,7 @@ Jobs run synchronously in the test's thread (`run_jobs`), so each test reads lik
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -133,3 +134,19 @@ def job_parts(
         finally:
             client.close()
             db.close()
+
+
+def children() -> dict[int, str]:
+    """Return this process's child processes (zombies too): pid -> state letter."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields.get("PPid", "0")) == os.getpid():
+            found[int(entry.name)] = fields["State"].split()[0]
+    return found

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
 import threading
 import time
+import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,19 +33,21 @@ import pytest
 from bot.exporter import (
     CACHE_DIR,
     COUNT_NOUNS,
+    MAX_LOSSES,
     file_ext,
     not_found,
     prefetched,
     run_export,
     summary,
 )
+from bot.fetcher import FetcherLost
 from bot.lifecycle import JobKind, RequestRecord, Role, Status
 from bot.package import unsigned
 from bot.runner import JobContext, JobInterrupted, Outcome, Settings
 from bot.training import ImageKind
 from bot.wording import describe_counts
 from emulators.customvision import Exchange, Faults, Seed
-from tests.harness import REQUESTER, JobHarness, job_parts
+from tests.harness import REQUESTER, JobHarness, children, job_parts
 
 KEY = "exporter-test-key-9Qx2"
 SEED = Seed(projects=3, iterations=2, tags=3, images=40, predictions=6, image_bytes=256)
@@ -939,6 +944,124 @@ def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
     assert record.status == "cancelled"
     assert not (h.work_dir / record.id).exists()
     assert h.uploads(record.number) == {}
+
+
+# -- the download process (issues 13 and 19) ----------------------------------------------------
+
+
+def kill_download_process_at(h: Harness, blobs: int, *, every: bool = False) -> set[int]:
+    """SIGKILL the export's download process when the emulator serves its `blobs`-th file
+    (once, or at every file from then on); return the set of pids killed."""
+    killed: set[int] = set()
+
+    def kill(exchange: Exchange) -> None:
+        if exchange.operation_id != "Blob" or (killed and not every):
+            return
+        if len(h.cv.calls_to("Blob")) >= blobs:
+            for pid in children():
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+
+    h.cv.hooks.append(kill)
+    return killed
+
+
+def image_of(blob_path: str) -> str:
+    """Return the image id of an original's blob path (/blob/i-<project>/o-<image hex>)."""
+    return str(uuid.UUID(blob_path.rsplit("/o-", 1)[1][:32]))
+
+
+def test_export_resumes_after_its_download_process_is_killed(big: Harness) -> None:
+    h = big
+    p = h.p
+    killed = kill_download_process_at(h, 100)
+    record = h.submit(f"export images {p}", run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    with pytest.raises(FetcherLost, match="was killed by signal 9 before the export was done"):
+        h.runner.run_one(job)  # a JobRetry: the worker runs it again (test_runner_retries...)
+    assert len(killed) == 1 and children() == {}
+    assert h.store.get(record.number).status == "running"
+    state = h.work_dir / record.id / CACHE_DIR / "state.jsonl"
+    recorded = {json.loads(line)["key"] for line in state.read_text().splitlines()}
+    first = h.blob_paths()
+    assert len(recorded) >= 64 and len(first) < len(h.cv.data.image_ids(p))
+
+    again = h.store.job(job.id)
+    assert again is not None
+    h.runner.run_one(again)
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    assert children() == {}
+    pkg = h.package(record)
+    lines = pkg.lines("images.jsonl")
+    assert [li["image"]["id"] for li in lines] == [i["id"] for i in h.api(p)]
+    assert all(li["file"] for li in lines)
+    assert_image_files(h, pkg)
+    twice = {image_of(path) for path, n in h.blob_paths().items() if n > 1}
+    assert sum(h.blob_paths().values()) == len(lines) + len(twice)
+    # Downloaded again: only those the process had not answered yet, none that was recorded.
+    assert not twice & {key.split(":", 1)[1] for key in recorded}
+    assert len(twice) <= len(first) - len(recorded)
+
+
+def test_runner_runs_an_export_again_when_its_download_process_dies(big: Harness) -> None:
+    h = big
+    killed = kill_download_process_at(h, 50)
+    record = h.submit(f"export images {h.p}", run=False)
+    h.runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while h.store.get(record.number).status != "done" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        h.runner.stop()
+    record = h.store.get(record.number)
+    assert record.status == "done", record.error
+    assert len(killed) == 1 and children() == {}
+    pkg = h.package(record)
+    assert len(pkg.names("images/")) == len(h.cv.data.image_ids(h.p))
+    assert_image_files(h, pkg)
+
+
+def test_export_fails_saying_how_to_resume_when_its_download_process_keeps_dying(
+    big: Harness,
+) -> None:
+    h = big
+    killed = kill_download_process_at(h, 1, every=True)
+    record = h.submit(f"export images {h.p}", run=False)
+    job = h.store.claim_job("test-worker", timedelta(minutes=5))
+    assert job is not None
+    for _ in range(MAX_LOSSES - 1):
+        with pytest.raises(FetcherLost):
+            h.runner.run_one(job)
+        job = h.store.job(job.id)
+        assert job is not None
+    h.runner.run_one(job)
+    record = h.store.get(record.number)
+    assert record.status == "failed"
+    assert record.error == (
+        "The export's download process stopped 3 times in a row without progress (last: it "
+        "was killed by signal 9 before the export was done). The 0 files settled so far are "
+        f"kept: `/cv retry {record.id}` continues where it stopped."
+    )
+    assert len(killed) == MAX_LOSSES and children() == {}
+
+
+def test_cancelled_export_ends_its_download_process(big: Harness) -> None:
+    h = big
+
+    def cancel(ctx: JobContext) -> None:
+        assert len(children()) == 1  # the download process runs
+        with ctx.runner.store.write() as conn:
+            ctx.runner.store.transition(
+                conn, ctx.request.number, to=Status.CANCELLED, by=Role.REQUESTER, actor=REQUESTER
+            )
+
+    h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 64, then=cancel)
+    record = h.submit(f"export images {h.p}")
+    assert record.status == "cancelled"
+    assert children() == {}
 
 
 # -- links that age (issue 15) -------------------------------------------------------------------
