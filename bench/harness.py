@@ -10,9 +10,8 @@ states from the bot's SQLite file read-only (WAL lets a reader in beside the wri
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import http.client
+import json
 import os
 import re
 import signal
@@ -20,18 +19,17 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import requests
 
 import bot
+from bench.load import Answer
 from bench.runs import Scale
 from bot.clock import parse_iso
 from bot.ids import format_request_id, parse_request_id
@@ -395,19 +393,6 @@ def scratch(prefix: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One request of a load run: how long until the HTTP answer, and which status."""
-
-    latency: float  # seconds; the timeout when there was no answer
-    status: int | None  # None: no answer in time (or the connection failed)
-    sent: float = 0.0  # time.time() when it was sent
-
-    def missed(self, limit: float) -> bool:
-        """Return True when Slack would have shown the user a timeout."""
-        return self.status != 200 or self.latency > limit
-
-
 def command_bodies(driver: SlackDriver, commands: Iterable[tuple[str, str]]) -> list[bytes]:
     """Return the form bodies of slash commands typed in CHANNEL, one per (user id, text)."""
     return [
@@ -423,46 +408,32 @@ def send_load(
     concurrency: int,
     timeout: float,
 ) -> list[Answer]:
-    """POST every body, signed at send time, `concurrency` at a time; return the answers.
+    """POST every body to the driver's bot, signed at send time, `concurrency` at a time;
+    return the answers, in the bodies' order.
 
-    Each request goes on a new connection, as Slack's do, through http.client rather than
-    `requests`: the load generator shares this machine (and its GIL with the emulators), and
-    its own cost per request must not be what the benchmark measures.
+    The requests go from a process of their own (bench.load), not from this one, which hosts
+    the emulators: the latencies are then the bot's, not this process's wait for its
+    interpreter lock. Raises BenchError when that process fails.
     """
-    answers: list[Answer | None] = [None] * len(bodies)
-    lock = threading.Lock()
-    queue = collections.deque(enumerate(bodies))
-    url = urlsplit(driver.bot_url)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-
-    def post(body: bytes) -> int:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.request("POST", url.path, body=body, headers=driver.headers(body))
-            response = conn.getresponse()
-            response.read()
-            return response.status
-        finally:
-            conn.close()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                index, body = queue.popleft()
-            sent = time.time()
-            started = time.perf_counter()
-            try:
-                status: int | None = post(body)
-            except (OSError, http.client.HTTPException):
-                status = None
-            elapsed = time.perf_counter() - started
-            answers[index] = Answer(
-                min(elapsed, timeout) if status is None else elapsed, status, sent
-            )
-
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="load") as pool:
-        for future in [pool.submit(worker) for _ in range(concurrency)]:
-            future.result()
-    return [a for a in answers if a is not None]
+    job = {
+        "url": driver.bot_url,
+        "secret": driver.signing_secret,
+        "bodies": [body.decode("latin-1") for body in bodies],
+        "concurrency": concurrency,
+        "timeout": timeout,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load"],
+        input=json.dumps(job).encode(),
+        capture_output=True,
+        env=child_env({}),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(
+            f"the load generator failed: {done.stderr.decode(errors='replace')[-2000:]}"
+        )
+    return [
+        Answer(float(latency), status, float(sent))
+        for latency, status, sent in json.loads(done.stdout)
+    ]

@@ -38,7 +38,7 @@ import requests
 from emulators.slack.records import Channel
 from emulators.slack.webapi import SlackEmulator
 
-__all__ = ["Delivery", "SlackDriver", "signature"]
+__all__ = ["Delivery", "SlackDriver", "signature", "slack_headers"]
 
 JsonObject = dict[str, Any]
 EVENT_TIMEOUT = 3.0  # seconds Slack waits for an event's HTTP 2xx (or a Socket Mode ack)
@@ -61,6 +61,24 @@ def signature(signing_secret: str, timestamp: int | str, body: bytes) -> str:
     base = b"v0:" + str(timestamp).encode("ascii") + b":" + body
     digest = hmac.new(signing_secret.encode("utf-8"), base, hashlib.sha256).hexdigest()
     return f"v0={digest}"
+
+
+def slack_headers(
+    *,
+    timestamp: int,
+    signature: str | None,
+    content_type: str = "application/x-www-form-urlencoded",
+) -> dict[str, str]:
+    """Return the headers Slack sends with a body at `timestamp`, with `signature` (None or ""
+    sends none)."""
+    headers = {
+        "Content-Type": content_type,
+        "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
+        "X-Slack-Request-Timestamp": str(timestamp),
+    }
+    if signature:
+        headers["X-Slack-Signature"] = signature
+    return headers
 
 
 def _channel_name(channel: Channel | None, channel_id: str) -> str:
@@ -539,16 +557,14 @@ class SlackDriver:
     ) -> dict[str, str]:
         """Return the headers Slack sends with `body` (see `post`), signed now by default."""
         sent_at = int(self._clock()) if timestamp is None else timestamp
-        headers = {
-            "Content-Type": content_type,
-            "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)",
-            "X-Slack-Request-Timestamp": str(sent_at),
-        }
         if signature is None:
-            headers["X-Slack-Signature"] = self.sign(body, sent_at)
-        elif signature:
-            headers["X-Slack-Signature"] = signature
-        return headers
+            signature = self.sign(body, sent_at)
+        return slack_headers(timestamp=sent_at, signature=signature, content_type=content_type)
+
+    @property
+    def signing_secret(self) -> str:
+        """Return the secret this driver signs with (for a load generator of its own)."""
+        return self._signing_secret
 
     def sign(self, body: bytes, timestamp: int | str) -> str:
         """Return the signature Slack would send for `body` at `timestamp`."""
