@@ -73,7 +73,9 @@ HOLDING_CLICK = (
 
 
 def received_at(context: dict[str, Any]) -> float:
-    """Return when the request reached the bot (monotonic), as stamped on arrival."""
+    """Return when the request reached the bot (monotonic): as the HTTP edge stamped it on
+    arrival (handlers.wsgi), else now (Socket Mode, where Bolt's middleware and this listener
+    start together; a middleware of our own to stamp it would only cost every request)."""
     stamped = context.get("received_at")
     return float(stamped) if isinstance(stamped, float) else time.monotonic()
 
@@ -103,12 +105,6 @@ def register(
     taken.
     """
     seen = seen or SeenEvents()
-
-    @app.middleware
-    def stamp_arrival(context: dict[str, Any], next_: Callable[[], Any]) -> Any:
-        # The HTTP adapter stamps arrival before Bolt's own middleware; this covers Socket Mode.
-        context.setdefault("received_at", time.monotonic())
-        return next_()
 
     @app.command(command)
     def on_command(

@@ -193,9 +193,10 @@ class FormSafeRequestHandler(SlackRequestHandler):
             return BoltResponse(status=401, body={"error": "invalid request"})
         try:
             body = parse_slack_body(raw, _header(headers, "content-type"))
-            bolt_request = BoltRequest(
-                body=raw.decode("utf-8"), query=request.query_string, headers=headers
-            )
+            # Bolt is given the body parsed here instead of parsing it again (and differently):
+            # its raw text, which its signature check reads, its fields and their context.
+            bolt_request = BoltRequest(body="", query=request.query_string, headers=headers)
+            bolt_request.raw_body = raw.decode("utf-8")
             bolt_request.body = body
             bolt_request.context = build_context(BoltContext({}), body)
             # Slack's 3 seconds run from the arrival, not from when a listener starts.
