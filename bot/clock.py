@@ -46,5 +46,9 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    """Return the aware UTC datetime of a stored time string."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """Return the aware UTC datetime of a stored time string (`iso`'s form); raise ValueError
+    for any other form."""
+    # fromisoformat, a fiftieth of strptime's cost: every request read parses two of these.
+    if len(text) != 27 or text[10] != "T" or text[-1] != "Z":
+        raise ValueError(f"not a stored time: {text[:40]!r}")
+    return datetime.fromisoformat(text)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bot import audit, db
-from bot.clock import FakeClock
+from bot.clock import FakeClock, iso, parse_iso
 from bot.db import Database
 from bot.lifecycle import DeletionItem, ItemStatus, JobKind, RequestKind, Role, Status
 from bot.store import Store
@@ -234,3 +234,31 @@ def test_store_reads_of_the_ack_path_never_read_the_schema(store: Store) -> None
     assert [s for s in statements if "sqlite_master" in s or "PRAGMA" in s.upper()] == []
     # get: the request, its approvals, its clock; the list: the same three for all five.
     assert len(statements) == 3 + 3 + 1 + 1 + 1 + 1, statements
+
+
+def test_store_times_read_back_exactly_as_written(store: Store) -> None:
+    moment = datetime(2026, 12, 2, 23, 10, 11, 123456, tzinfo=UTC)
+    assert iso(moment) == "2026-12-02T23:10:11.123456Z"
+    assert parse_iso(iso(moment)) == moment
+    assert parse_iso(iso(moment)).tzinfo is UTC
+    number = new_request(store)
+    record = store.get(number)
+    assert record.created_at == store.clock.now()
+    assert record.created_at.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-02T23:10:11Z",  # no fraction
+        "2026-12-02T23:10:11.123Z",  # milliseconds: not the stored form
+        "2026-12-02 23:10:11.123456Z",  # a space, not T
+        "2026-12-02T23:10:11.123456+00:00",  # an offset, not Z
+        "2026-12-02T23:10:11.123456",  # naive
+        "2026-12-02T23:10:11.12345xZ",
+        "",
+    ],
+)
+def test_store_times_in_any_other_form_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_iso(text)
