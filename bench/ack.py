@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from bench import report
 from bench.harness import (
-    Answer,
     BenchError,
     BotProcess,
     Emulators,
@@ -25,6 +24,7 @@ from bench.harness import (
     send_load,
     wait_until,
 )
+from bench.load import Answer
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
 from emulators.customvision import Faults, Seed

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from bench import report
 from bench.ack import ACK_LIMIT
 from bench.harness import (
-    Answer,
     BenchError,
     BotProcess,
     Emulators,
@@ -35,6 +34,7 @@ from bench.harness import (
     send_load,
     wait_until,
 )
+from bench.load import Answer
 from bench.report import Result, Row
 from bench.runs import Benchmark, Figures, Scale
 from bot import audit

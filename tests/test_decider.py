@@ -23,6 +23,15 @@ def eventually(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
+def hold(release: threading.Event) -> Callable[[], None]:
+    """Return a job that keeps its thread busy until `release` is set."""
+
+    def job() -> None:
+        release.wait()
+
+    return job
+
+
 @pytest.fixture
 def pool() -> Iterator[_Threads]:
     threads = _Threads(4, "test-decide")
@@ -51,7 +60,7 @@ def test_decider_threads_run_the_jobs_taken_while_all_were_busy(pool: _Threads) 
     release = threading.Event()
     done: list[int] = []
     for _ in range(4):
-        pool.submit(release.wait)
+        pool.submit(hold(release))
     eventually(lambda: not pool._idle, "every thread to be busy")
     for n in range(10):
         pool.submit(lambda n=n: done.append(n))  # type: ignore[misc]
@@ -65,8 +74,8 @@ def test_decider_threads_finish_what_was_taken_then_refuse_more() -> None:
     threads = _Threads(2, "test-decide")
     release = threading.Event()
     done: list[int] = []
-    threads.submit(release.wait)
-    threads.submit(release.wait)
+    for _ in range(2):
+        threads.submit(hold(release))
     for n in range(5):
         threads.submit(lambda n=n: done.append(n))  # type: ignore[misc]
     release.set()
