@@ -65,6 +65,8 @@ def test_bench_export_smoke_downloads_every_image_and_runs_the_bare_fetch_and_ba
         assert f[p + "bot_s"] > 0 and f[p + "bare_s"] > 0
         assert f[p + "bot_over_bare"] == f[p + "bot_s"] / f[p + "bare_s"]
         assert f[p + "bot_cpu_per_1000"] > 0 and f[p + "bare_cpu_per_1000"] > 0
+        # The download process ran, ended and was reaped before the request was done.
+        assert 0 < f[p + "fetcher_cpu_per_1000"] < f[p + "bot_cpu_per_1000"]
         assert f[p + "peak_rss_mb"] > 10
 
 
