@@ -471,7 +471,8 @@ class Downloads:
 
     def start(self) -> None:
         """Start the download process now, so that its start-up overlaps the listing."""
-        self._process()
+        with self._order_lock:
+            self._process()
 
     def route(self, project_id: str, client: TrainingClient) -> None:
         """Fetch (and renew) the files of `project_id` through `client`."""
@@ -526,6 +527,7 @@ class Downloads:
             self._cache.record(_downloaded(reported))
 
     def _process(self) -> Fetcher[tuple[FileJob, str, bool]]:
+        """Return the download process, started now if need be; under the order lock."""
         if self._fetcher is None:
             self._fetcher = Fetcher(
                 self._client, self._threads, on_answer=self._answered, on_lost=self._gone

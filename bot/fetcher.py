@@ -128,14 +128,17 @@ class Fetcher(Generic[C]):
         self._orders: dict[int, tuple[Path, C]] = {}
         self._next = 1
         self._closing = False
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=child_env(),
-            cwd=_CODE_ROOT,
-            close_fds=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=child_env(),
+                cwd=_CODE_ROOT,  # `-m` looks here first: this very package, not the bot's cwd's
+                close_fds=True,
+            )
+        except OSError as exc:  # no memory or processes left for it, for now
+            raise FetcherLost(f"could not start ({exc.strerror or type(exc).__name__})") from None
         assert self._process.stdin is not None and self._process.stdout is not None
         self._stdin: IO[bytes] = self._process.stdin
         self._stdout: IO[bytes] = self._process.stdout
@@ -157,7 +160,8 @@ class Fetcher(Generic[C]):
                 return
             ident, self._next = self._next, self._next + 1
             self._orders[ident] = (dest, context)
-            line = json.dumps({"id": ident, "uri": uri, "dest": str(dest)}) + "\n"
+            # Absolute: the child's working directory is not the bot's.
+            line = json.dumps({"id": ident, "uri": uri, "dest": os.path.abspath(dest)}) + "\n"
             with suppress(OSError, ValueError):  # a broken pipe: the reader reports the loss
                 self._stdin.write(line.encode("utf-8"))
                 self._stdin.flush()

@@ -108,6 +108,17 @@ def test_fetcher_downloads_what_the_client_downloads(rig: Rig) -> None:
     assert got.path.read_bytes() == rig.cv.image_bytes(Path(uri.split("?")[0]).name[2:])
 
 
+def test_fetcher_writes_a_relative_destination_where_the_bot_runs(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # BOT_WORK_DIR's default is relative: ./data/work
+    rig.fetcher.order(rig.links()[0], Path("data/work/cache/x"), "x")
+    _, got = rig.answers.get(timeout=WAIT)
+    assert isinstance(got, Download)
+    assert got.path == Path("data/work/cache/x")
+    assert (tmp_path / "data/work/cache/x").stat().st_size == got.size
+
+
 @pytest.mark.parametrize("fault", ["expired link", "deleted blob", "truncated", "relative path"])
 def test_fetcher_raises_in_the_parent_what_the_client_raises(rig: Rig, fault: str) -> None:
     uri = rig.links()[1]
