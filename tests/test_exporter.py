@@ -934,6 +934,7 @@ def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
     h = big
 
     def cancel(ctx: JobContext) -> None:
+        assert len(children()) == 1  # the download process runs
         with ctx.runner.store.write() as conn:
             ctx.runner.store.transition(
                 conn, ctx.request.number, to=Status.CANCELLED, by=Role.REQUESTER, actor=REQUESTER
@@ -944,6 +945,7 @@ def test_cancelled_export_stops_and_removes_its_files(big: Harness) -> None:
     assert record.status == "cancelled"
     assert not (h.work_dir / record.id).exists()
     assert h.uploads(record.number) == {}
+    assert children() == {}  # the download process ended with the job
 
 
 # -- the download process (issues 13 and 19) ----------------------------------------------------
@@ -1046,22 +1048,6 @@ def test_export_fails_saying_how_to_resume_when_its_download_process_keeps_dying
         f"kept: `/cv retry {record.id}` continues where it stopped."
     )
     assert len(killed) == MAX_LOSSES and children() == {}
-
-
-def test_cancelled_export_ends_its_download_process(big: Harness) -> None:
-    h = big
-
-    def cancel(ctx: JobContext) -> None:
-        assert len(children()) == 1  # the download process runs
-        with ctx.runner.store.write() as conn:
-            ctx.runner.store.transition(
-                conn, ctx.request.number, to=Status.CANCELLED, by=Role.REQUESTER, actor=REQUESTER
-            )
-
-    h.handler[0] = stop_when(lambda cp: cp.get("files_done", 0) >= 64, then=cancel)
-    record = h.submit(f"export images {h.p}")
-    assert record.status == "cancelled"
-    assert children() == {}
 
 
 # -- links that age (issue 15) -------------------------------------------------------------------
