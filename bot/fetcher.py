@@ -13,6 +13,11 @@ the child. They speak JSON lines:
     answer (stdout): {"id": 7, "size": 1234, "sha256": "<hex>", "head": "<base64>"}
                  or  {"id": 7, "error": {"type": "ServiceError", "message": ..., "status": 403,
                       "code": ..., "operation": "BlobDownload", "maybe_applied": false}}
+    log line (stdout, between answers): {"log": {"level": 30, "logger": "bot.training",
+                      "message": "BlobDownload attempt 1/6 failed (HTTP 503); retrying ..."}}
+
+The child's log lines (the client's retries, a crash's traceback) are logged again in the
+bot, with its format, redaction and the request's id, so there is one log.
 
 The child downloads each order with bot.training's own blob download (TrainingClient without
 a key: the same retries, backoff, truncation checks, proxy settings and scrubbed messages)
@@ -33,6 +38,7 @@ parent's job runs again from its checkpoint (bot.errors.JobRetry).
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 import logging
 import os
@@ -142,7 +148,11 @@ class Fetcher(Generic[C]):
         assert self._process.stdin is not None and self._process.stdout is not None
         self._stdin: IO[bytes] = self._process.stdin
         self._stdout: IO[bytes] = self._process.stdout
-        self._reader = threading.Thread(target=self._read, name="fetcher-answers", daemon=True)
+        # The reader logs the child's lines in the context of the request that started it.
+        context = contextvars.copy_context()
+        self._reader = threading.Thread(
+            target=context.run, args=(self._read,), name="fetcher-answers", daemon=True
+        )
         self._reader.start()
 
     @property
@@ -192,8 +202,11 @@ class Fetcher(Generic[C]):
         """On the reader thread: hand each answer over until the process's output ends."""
         try:
             for line in self._stdout:
-                ident, outcome = self._parsed(line)
-                self._on_answer(ident, outcome)
+                answer = json.loads(line)
+                if "log" in answer:
+                    _relog(answer["log"])
+                else:
+                    self._on_answer(*self._parsed(answer))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("the download process answered garbage (%s); stopping it", exc)
             self._process.kill()
@@ -208,10 +221,9 @@ class Fetcher(Generic[C]):
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             self._on_lost(FetcherLost(f"{how} before the export was done"))
 
-    def _parsed(self, line: bytes) -> tuple[C, Download | BaseException]:
+    def _parsed(self, answer: Mapping[str, Any]) -> tuple[C, Download | BaseException]:
         """Return the context and outcome of one answer; raise ValueError (KeyError,
         TypeError) when it is not an answer to an order in flight."""
-        answer = json.loads(line)
         with self._lock:
             dest, context = self._orders.pop(int(answer["id"]))
         error = answer.get("error")
@@ -222,6 +234,29 @@ class Fetcher(Generic[C]):
         if size < 0 or len(sha256) != 64:
             raise ValueError("an answer with an impossible size or hash")
         return context, Download(path=dest, size=size, sha256=sha256, head=head)
+
+
+def _relog(line: Mapping[str, Any]) -> None:
+    """Log a line of the child's log here; raise ValueError when it is not one."""
+    level, name, message = line["level"], line["logger"], line["message"]
+    if not (isinstance(level, int) and isinstance(name, str) and isinstance(message, str)):
+        raise ValueError("a log line without a level, a logger and a message")
+    logging.getLogger(name).log(level, "download process: %s", message)
+
+
+class _ToParent(logging.Handler):
+    """The child's log handler: each record goes to the parent as a log line."""
+
+    def __init__(self, send: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        line = {"level": record.levelno, "logger": record.name, "message": message}
+        self._send(json.dumps({"log": line}))
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -284,11 +319,6 @@ def _options(argv: Sequence[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Download the orders read from stdin until its end; return the exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when downloads stop
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s bot.fetcher[%(process)d] %(name)s: %(message)s",
-    )
     options = _options(sys.argv[1:] if argv is None else argv)
     threads = int(options["threads"])
     client = TrainingClient(
@@ -310,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out.flush()
         except OSError:  # the parent is gone: nobody reads what is left to do
             os._exit(0)
+
+    root = logging.getLogger()
+    root.handlers[:] = [_ToParent(answer)]
+    root.setLevel(logging.INFO)
 
     def download(order: Mapping[str, Any]) -> None:
         reply: dict[str, Any] = {"id": order["id"]}

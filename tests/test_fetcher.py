@@ -8,6 +8,7 @@ through it too.
 
 from __future__ import annotations
 
+import logging
 import queue
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bot.errors import TrainingApiError
+from bot.errors import MalformedResponse, TrainingApiError
 from bot.fetcher import Fetcher, FetcherLost, child_env
 from bot.training import Download, TrainingClient
 from emulators.customvision import CustomVisionEmulator, Seed
@@ -140,6 +141,20 @@ def test_fetcher_raises_in_the_parent_what_the_client_raises(rig: Rig, fault: st
     assert described(got) == described(expected)
     assert not (rig.folder / "child" / "b").exists()
     assert not list((rig.folder / "child").glob(".*.part"))
+
+
+def test_fetcher_logs_its_retries_in_the_bot_s_log(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.cv.faults.blob_truncate_rate = 1.0
+    with caplog.at_level(logging.INFO, logger="bot.training"):
+        got = rig.fetch(rig.links()[0], "c")
+    assert isinstance(got, MalformedResponse)
+    retries = [r for r in caplog.records if r.name == "bot.training"]
+    assert [r.levelno for r in retries] == [logging.WARNING]
+    message = retries[0].getMessage()
+    assert message.startswith("download process: BlobDownload attempt 1/2 failed (0 of ")
+    assert message.endswith(" bytes); retrying in 0.00s")
 
 
 def test_fetcher_environment_holds_no_secret(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
