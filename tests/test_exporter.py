@@ -835,6 +835,7 @@ def test_export_resumes_without_downloading_anything_twice(big: Harness, damage:
     h.runner.run_one(job)
     record = h.store.get(record.number)
     assert record.status == "running", record.error
+    assert children() == {}  # an interrupted job's download process ended with it
     queued = h.store.job_for(record.number, JobKind.EXPORT)
     assert queued is not None and queued.status == "queued"
     first = h.blob_paths()
