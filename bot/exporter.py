@@ -41,10 +41,11 @@ Speed: listings go page by page (256, no count first: a short page ends a scope)
 streamed to the package; without files the next pages are read ahead on a thread of their own
 (`prefetched`), so the calls keep pace with the rate limit, and a whole project's index pages
 and COCO file are built from each line as it is written (bot.browse.streamed_images), so
-that little is left to do after the last call. Files download on
-`download_concurrency` threads fed through a bounded window, so memory stays flat whatever the
-size of the project. A line waits (in order) until its file is in the package, because a
-file's name ends with its type, known only from its first bytes.
+that little is left to do after the last call. Files download in a process of their own
+(bot.fetcher: the job's thread and the bot's listeners never wait for the download threads'
+interpreter lock), on `download_concurrency` threads fed through a bounded window, so memory
+stays flat whatever the size of the project. A line waits (in order) until its file is in the
+package, because a file's name ends with its type, known only from its first bytes.
 
 Resuming: a checkpoint is saved per section, per page listed and per batch of files. A
 downloaded file is kept in <work_dir>/cache (with its size and SHA-256 in cache/state.jsonl)
@@ -518,6 +519,9 @@ class Downloads:
     def close(self) -> None:
         """Drop what is still queued, wait for the downloads in flight and record those done
         (a resumed job reuses them); the download process ends."""
+        with self._order_lock:
+            self._unordered.clear()
+            self._max_ordered = 0  # no more orders: those in flight are answered, then it ends
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._fetcher is not None:
             self._fetcher.close()

@@ -109,7 +109,8 @@ def require_scratch(project_id: str, created_id: str | None) -> str:
 
 @dataclass
 class CallCounter:
-    """Counts every Training API and storage answer the trial's session receives."""
+    """Counts every Training API and storage answer the trial's session receives (not the bot
+    export's file downloads: those run in its download process, bot.fetcher)."""
 
     calls: int = 0
     throttled: int = 0

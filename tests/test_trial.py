@@ -183,7 +183,9 @@ def test_trial_runs_as_users_run_it_and_touches_nothing_else(
     assert deletion["status"] == "done"
     assert deletion["receipt"]["note"] == "18 images deleted and verified gone."
     assert report["measured"]["scratch_project_deleted"] is True
-    assert report["calls"]["total"] > 50 and report["calls"]["throttled"] == 0
+    # The trial's own calls (43-45): the bot export's file downloads run in its download
+    # process, outside the trial's session.
+    assert report["calls"]["total"] > 40 and report["calls"]["throttled"] == 0
     # On the emulator every assumption holds: it is what the assumptions describe.
     held: dict[str, bool | None] = dict.fromkeys(ASSUMPTIONS, True)
     if not real_quirks:
