@@ -5,7 +5,9 @@ about 1 post a second per channel, chat.update about 50 a minute, ...). Eight `e
 requests run while 10,000 signed slash commands arrive, 50 at a time: a third are `status`,
 two thirds are refused (`status R-1001` and `resend R-1001` by someone who may not), so most
 of them are an audit event that the audit channel mirrors. Measured: each acknowledgement's
-latency, how many calls Slack answered `ratelimited`, how long after each export finished its
+latency (by bench.load, a process of its own: from just before a request is sent to the end of
+its answer, with no wait for the interpreter lock of this process, where the emulators serve
+the exports' downloads), how many calls Slack answered `ratelimited`, how long after each export finished its
 "ready" message reached its thread (request threads must not wait behind the mirror), and how
 long the mirror took to catch up after the burst.
 
