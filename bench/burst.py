@@ -7,9 +7,9 @@ two thirds are refused (`status R-1001` and `resend R-1001` by someone who may n
 of them are an audit event that the audit channel mirrors. Measured: each acknowledgement's
 latency (by bench.load, a process of its own: from just before a request is sent to the end of
 its answer, with no wait for the interpreter lock of this process, where the emulators serve
-the exports' downloads), how many calls Slack answered `ratelimited`, how long after each export finished its
-"ready" message reached its thread (request threads must not wait behind the mirror), and how
-long the mirror took to catch up after the burst.
+the exports' downloads), how many calls Slack answered `ratelimited`, how long after each
+export finished its "ready" message reached its thread (request threads must not wait behind
+the mirror), and how long the mirror took to catch up after the burst.
 
 The same commands are first sent one at a time to the idle bot, in the same run: the burst's
 p99 over that idle p99 is a ratio that the machine's other load affects far less than the
