@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -348,8 +349,13 @@ class Trial:
                 record = store.get(number)
                 entry.update(request=record.id, status=str(record.status), problem=record.error)
                 folder = self.output / "work" / record.id
+                # os.walk, not rglob: the download cache is deleted on a thread of its own
+                # meanwhile (exporter._discard_cache), and rglob fails on a folder that goes
+                # while it reads it (os.walk passes over it).
                 entry["files"] = sorted(
-                    str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file()
+                    str(Path(top, name).relative_to(folder))
+                    for top, _dirs, names in os.walk(folder)
+                    for name in names
                 )
                 if record.status != Status.DONE:
                     raise BotError(f"The bot's export ended {record.status}: {record.error}")
