@@ -611,8 +611,7 @@ class Downloads:
             self._renewing += expired
             self._send()
         if isinstance(got, Download):
-            cached = Cached(file_ext(got.head, job.uri), got.size, got.sha256)
-            self._report(job, (cached, "downloaded"))
+            self._report(job, (_cached(job, got), "downloaded"))
         elif isinstance(got, NotFound):
             self._report(job, (None, "missing"))  # deleted since it was listed
         elif expired:
@@ -668,38 +667,24 @@ class Downloads:
                 self._order(job)
                 return  # reported when the download process answers
             else:
-                got = self._download(job, self._cache.path(job.key))
-                if got is None:
-                    fetched = None, "missing"
+                # A relative path goes through GetArtifact with the key, so here. It carries no
+                # signature to expire (link_expired is a blob link's 403): nothing to renew.
+                client: TrainingClient = self._routes.get(job.project_id, self._client)
+                dest = self._cache.path(job.key)
+                try:
+                    got = client.download(uri, dest, project_id=job.project_id)
+                except NotFound:
+                    fetched = None, "missing"  # deleted since it was listed
                 else:
-                    ext = file_ext(got.head, job.uri)
-                    fetched = Cached(ext, got.size, got.sha256), "downloaded"
+                    fetched = _cached(job, got), "downloaded"
         except BaseException as exc:  # reported to the job's thread, which raises it
             fetched = exc
         self._report(job, fetched)
 
-    def _download(self, job: FileJob, dest: Path) -> Download | None:
-        """Download the file here (renewing an expired link once); None when it no longer
-        exists."""
-        uri = self._links.current(job)
-        client: TrainingClient = self._routes.get(job.project_id, self._client)
-        try:
-            return client.download(uri, dest, project_id=job.project_id)
-        except NotFound:
-            return None  # deleted since it was listed
-        except ServiceError as exc:
-            if not link_expired(exc):
-                raise
-            fresh = self._links.renew(job, uri)
-            if fresh is None:
-                if job.renewal is None:
-                    raise
-                return None  # no longer listed: deleted since
-            log.info("%s: the link expired; downloading through a renewed link", job.key)
-        try:
-            return client.download(fresh, dest, project_id=job.project_id)
-        except NotFound:
-            return None
+
+def _cached(job: FileJob, got: Download) -> Cached:
+    """Return the cache record of the file `got` downloaded for `job`."""
+    return Cached(file_ext(got.head, job.uri), got.size, got.sha256)
 
 
 def _blob_link(uri: str) -> bool:
